@@ -1,0 +1,5 @@
+"""Routes (features)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Routes (generation)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

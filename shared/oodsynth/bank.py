@@ -1,0 +1,129 @@
+"""Feature bank: ID features, labels, class anchors T(y) and class names in one ``.npz``.
+
+The bank is the contract between the encoder (which writes it) and the
+densities/samplers (which read it), so it is validated on every load and save
+with errors that name the offending field.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+REQUIRED_FIELDS = ("features", "labels", "anchors", "class_names")
+
+
+class BankError(ValueError):
+    """A feature bank is malformed; ``field`` names the offending array."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class FeatureBank:
+    features: np.ndarray  # float32 (N, D)
+    labels: np.ndarray  # int64 (N,)
+    anchors: np.ndarray  # float32 (C, D), the token embeddings T(y)
+    class_names: np.ndarray  # str (C,)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.anchors.shape[0])
+
+    def class_features(self, c: int) -> np.ndarray:
+        return self.features[self.labels == c]
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.n_classes)
+
+    def validate(self, *, min_per_class: int = 2) -> "FeatureBank":
+        f, y, a, names = self.features, self.labels, self.anchors, self.class_names
+        if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
+            raise BankError("features", f"expected a non-empty 2-D array (N, D), got shape {f.shape}")
+        if not np.issubdtype(f.dtype, np.floating):
+            raise BankError("features", f"expected float32, got {f.dtype}")
+        if not np.isfinite(f).all():
+            raise BankError("features", f"{int((~np.isfinite(f)).any(axis=1).sum())} rows contain NaN or inf")
+        if y.ndim != 1 or y.shape[0] != f.shape[0]:
+            raise BankError("labels", f"expected shape ({f.shape[0]},) to match features, got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise BankError("labels", f"expected integers, got {y.dtype}")
+        if a.ndim != 2 or a.shape[0] == 0:
+            raise BankError("anchors", f"expected a non-empty 2-D array (C, D), got shape {a.shape}")
+        if a.shape[1] != f.shape[1]:
+            raise BankError("anchors", f"dimension {a.shape[1]} does not match features dimension {f.shape[1]}")
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+            raise BankError("anchors", "expected finite floats")
+        if np.any(np.linalg.norm(a, axis=1) == 0):
+            raise BankError("anchors", "an anchor has zero norm")
+        if names.ndim != 1 or names.shape[0] != a.shape[0]:
+            raise BankError("class_names", f"expected {a.shape[0]} names (one per anchor), got shape {names.shape}")
+        if y.min() < 0 or y.max() >= a.shape[0]:
+            bad = int(y[(y < 0) | (y >= a.shape[0])][0])
+            raise BankError("labels", f"label {bad} is out of range [0, {a.shape[0]})")
+        counts = np.bincount(y, minlength=a.shape[0])
+        few = np.flatnonzero(counts < min_per_class)
+        if few.size:
+            shown = ", ".join(f"{names[c]!s}={counts[c]}" for c in few[:5])
+            raise BankError("labels", f"{few.size} classes have fewer than {min_per_class} points ({shown})")
+        return self
+
+    @classmethod
+    def from_arrays(cls, features, labels, anchors, class_names=None, *, min_per_class: int = 2) -> "FeatureBank":
+        anchors = np.asarray(anchors)
+        if class_names is None:
+            class_names = [f"class_{i}" for i in range(len(anchors))]
+        bank = cls(
+            features=np.asarray(features),
+            labels=np.asarray(labels),
+            anchors=anchors,
+            class_names=np.asarray(class_names, dtype=str),
+        )
+        bank.validate(min_per_class=min_per_class)
+        bank.features = bank.features.astype(np.float32, copy=False)
+        bank.anchors = bank.anchors.astype(np.float32, copy=False)
+        bank.labels = bank.labels.astype(np.int64, copy=False)
+        return bank
+
+    def save(self, path: str | Path | BinaryIO) -> None:
+        self.validate(min_per_class=1)
+        np.savez(
+            path,
+            features=self.features.astype(np.float32),
+            labels=self.labels.astype(np.int64),
+            anchors=self.anchors.astype(np.float32),
+            class_names=self.class_names.astype(str),
+        )
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self.save(buf)
+        return buf.getvalue()
+
+
+def load_bank(source: str | Path | bytes | BinaryIO, *, min_per_class: int = 2) -> FeatureBank:
+    """Load and validate a bank from a path, raw bytes or a file object."""
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            missing = [k for k in REQUIRED_FIELDS if k not in data.files]
+            if missing:
+                raise BankError(missing[0], f"missing from the bank file (it has {sorted(data.files)})")
+            arrays = {k: data[k] for k in REQUIRED_FIELDS}
+    except BankError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:  # not an npz, truncated, object arrays
+        raise BankError("file", f"not a readable .npz feature bank ({exc})") from exc
+    return FeatureBank.from_arrays(**arrays, min_per_class=min_per_class)

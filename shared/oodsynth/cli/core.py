@@ -1,0 +1,3 @@
+"""CLI commands (core)."""
+
+from .app import app  # noqa: F401

