@@ -90,7 +90,8 @@ def redis_url() -> str:
     if configured:
         return configured
     if _embedded is None or _embedded.process.poll() is not None:
-        _embedded = start_embedded_redis(get_settings().home / "redis")
+        # AOF on: fits and samples survive a restart of a local API on the same home.
+        _embedded = start_embedded_redis(get_settings().home / "redis", appendonly=True)
         atexit.register(_embedded.stop)
         os.environ["OODSYNTH_REDIS_URL"] = _embedded.url
     return _embedded.url
