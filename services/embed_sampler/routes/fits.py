@@ -1,0 +1,118 @@
+"""Routes for class-density fits: upload a bank and fit it, list, inspect, delete.
+
+``POST /fits`` refuses to overwrite an existing name with 409 unless the
+request says ``?replace=true``: silently replacing a fit would change what
+later ``/sample`` calls (and the samples other clients refer to) mean.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from oodsynth.bank import BankError, load_bank
+from oodsynth.densities import DENSITY_KINDS, ClassDensities
+from oodsynth.registry import FIT_NAME_PATTERN, FieldError, FitRegistry
+
+from .. import observability as obs
+from ..errors import field_error, from_field_error, not_found
+from ..schemas import FitList, FitSummary
+from ..state import get_fits
+
+router = APIRouter(tags=["fits"])
+
+ERROR_RESPONSES = {
+    404: {"description": "No fit with that name."},
+    409: {"description": "A fit with that name exists and replace was not requested."},
+    422: {"description": "Bad input; `detail[].loc` names the field (e.g. `body.file.features`)."},
+}
+
+
+@router.post(
+    "/fits",
+    status_code=201,
+    response_model=FitSummary,
+    responses=ERROR_RESPONSES,
+    summary="Fit class densities to a feature bank",
+)
+async def create_fit(
+    response: Response,
+    name: Annotated[str, Form(pattern=FIT_NAME_PATTERN, description="Fit name (1-64 of letters, digits, _ . -).")],
+    file: Annotated[
+        UploadFile,
+        File(description="Feature bank `.npz`: features (N,D) float32, labels (N,) int, anchors (C,D), class_names (C,)."),
+    ],
+    density: Annotated[Literal[DENSITY_KINDS], Form(description="Density family per class.")] = "vmf",
+    replace: Annotated[bool, Query(description="Overwrite an existing fit of this name.")] = False,
+    fits: FitRegistry = Depends(get_fits),
+):
+    """Validate the bank, fit one density per class on the unit sphere, store both in Redis.
+
+    Answers 201 with the fit's summary (per-class κ or variance and the
+    quantiles of the ID log-densities).
+    """
+    if not replace and await run_in_threadpool(fits.redis.exists, fits.key(name)):
+        raise field_error(["body", "name"], f"a fit named {name!r} already exists (use ?replace=true)", 409)
+    data = await file.read()
+    if not data:
+        raise field_error(["body", "file"], "the uploaded file is empty")
+
+    def work() -> dict:
+        bank = load_bank(data)
+        start = time.perf_counter()
+        fit = ClassDensities(kind=density).fit(bank)
+        obs.FIT_SECONDS.labels(density).observe(time.perf_counter() - start)
+        return fits.put(name, fit, bank, replace=replace)
+
+    try:
+        summary = await run_in_threadpool(work)
+    except BankError as exc:
+        raise from_field_error(exc, ["body", "file"]) from exc
+    except FieldError as exc:
+        raise from_field_error(exc, ["body"]) from exc
+    except ValueError as exc:  # the density could not be fitted to this bank
+        raise field_error(["body", "density"], f"cannot fit {density!r} to this bank: {exc}") from exc
+    obs.FITS.labels(density).inc()
+    response.headers["ETag"] = f'"{summary["version"]}"'
+    response.headers["Location"] = f"/fits/{name}"
+    return summary
+
+
+@router.get("/fits", response_model=FitList, summary="List stored fits")
+def list_fits(fits: FitRegistry = Depends(get_fits)) -> FitList:
+    return FitList(fits=fits.list())
+
+
+@router.get(
+    "/fits/{name}",
+    response_model=FitSummary,
+    responses={**ERROR_RESPONSES, 304: {"description": "Unchanged since the ETag given in If-None-Match."}},
+    summary="A fit's summary",
+)
+def get_fit(
+    name: str,
+    response: Response,
+    if_none_match: Annotated[str | None, Header()] = None,
+    fits: FitRegistry = Depends(get_fits),
+):
+    """Per-class κ (vMF) or mean variance (Gaussian) and ID log-density quantiles."""
+    try:
+        summary = fits.summary(name)
+    except KeyError:
+        raise not_found(["path", "name"], f"no fit named {name!r}") from None
+    etag = f'"{summary["version"]}"'
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return summary
+
+
+@router.delete("/fits/{name}", status_code=204, responses={404: ERROR_RESPONSES[404]}, summary="Delete a fit")
+def delete_fit(name: str, fits: FitRegistry = Depends(get_fits)) -> Response:
+    if not fits.delete(name):
+        raise not_found(["path", "name"], f"no fit named {name!r}")
+    return Response(status_code=204)
+

@@ -1,0 +1,177 @@
+"""Request and response models of the embed_sampler API (also its OpenAPI docs).
+
+Checks that need no fit happen here, so FastAPI answers them with its standard
+422 naming the field: the sampler name, ``n_per_class`` against the configured
+cap, the shape of ``classes`` and finite numbers in ``params``. Checks that
+need the fit (class names, sampler parameter values) happen in the route and
+answer with the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from oodsynth.config import get_settings
+from oodsynth.registry import FIT_NAME_PATTERN
+
+
+def _sampler_names() -> list[str]:
+    from oodsynth.samplers import SAMPLERS
+
+    return sorted(SAMPLERS)
+
+
+def _non_finite_path(value: Any, path: str = "") -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _non_finite_path(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _non_finite_path(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+FitName = Annotated[str, Field(pattern=FIT_NAME_PATTERN, description="Name of a stored fit.", examples=["cifar100"])]
+
+
+class SampleRequest(BaseModel):
+    """Draw outlier vectors from the low-density regions of a stored fit's classes."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "fit": "cifar100",
+                    "method": "inverse_sgld",
+                    "n_per_class": 100,
+                    "classes": ["apple", 3],
+                    "seed": 0,
+                    "params": {},
+                }
+            ]
+        },
+    )
+
+    fit: FitName
+    method: str = Field(
+        description="Sampler: knn_boundary, inverse_sgld, inverse_rejection or barker.",
+        examples=["inverse_sgld"],
+    )
+    n_per_class: int = Field(
+        description="Vectors per class; at least 1, at most settings max_n_per_class (default 10,000).",
+        examples=[100],
+    )
+    classes: list[StrictInt | StrictStr] | None = Field(
+        None, description="Class indices and/or names to sample; all classes when left out."
+    )
+    seed: int | None = Field(None, description="Random seed; one is chosen (and returned) when left out.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Sampler parameters; see each sampler's defaults."
+    )
+    scale_to_anchor: bool = Field(True, description="Rescale vectors to the norm of their class anchor T(y).")
+    include_vectors: bool = Field(
+        True, description="Return vectors and per-vector diagnostics; false returns only the id and summaries."
+    )
+    knn_diagnostics: bool = Field(
+        False, description="Also compute the k-NN distance to the ID bank for methods that do not need the bank."
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        names = _sampler_names()
+        if v not in names:
+            raise ValueError(f"unknown sampler {v!r}; choose one of {', '.join(names)}")
+        return v
+
+    @field_validator("n_per_class")
+    @classmethod
+    def _within_cap(cls, v: int) -> int:
+        cap = get_settings().max_n_per_class
+        if v < 1:
+            raise ValueError("must be at least 1")
+        if v > cap:
+            raise ValueError(f"{v} is above the cap of {cap} (settings OODSYNTH_MAX_N_PER_CLASS)")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = _non_finite_path(v)
+        if bad:
+            raise ValueError(f"{bad} must be a finite number")
+        return v
+
+
+class ClassInfo(BaseModel):
+    index: int
+    name: str
+    n: int = Field(description="Vectors of this class in the sample.")
+
+
+class DiagnosticStats(BaseModel):
+    mean: float | None
+    min: float | None
+    max: float | None
+
+
+class SampleResponse(BaseModel):
+    """A drawn sample. Non-finite numbers (e.g. k-NN distance without a bank) are ``null``."""
+
+    sample_id: str = Field(description="Id under which the sample is kept (for GET /samples/{id} and /generate).")
+    fit: str
+    method: str
+    params: dict[str, Any] = Field(description="The sampler parameters used, defaults filled in.")
+    seed: int
+    dim: int
+    n: int = Field(description="Number of vectors.")
+    classes: list[ClassInfo] = Field(description="The sampled classes, in request order.")
+    class_index: list[int] | None = Field(description="Class index of each vector (null unless include_vectors).")
+    vectors: list[list[float | None]] | None = Field(description="(n, dim) vectors (null unless include_vectors).")
+    diagnostics: dict[str, list[float | None]] | None = Field(
+        description="Per-vector log_density, id_percentile, knn_distance, cos_to_mean (null unless include_vectors)."
+    )
+    diagnostics_summary: dict[str, DiagnosticStats] = Field(description="Mean/min/max of each diagnostic.")
+
+
+class ClassSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    name: str
+    n: int
+    kappa: float | None = Field(None, description="vMF concentration (vmf fits).")
+    variance: float | None = Field(None, description="Mean per-dimension variance (Gaussian fits).")
+    logpdf_quantiles: dict[str, float] = Field(description="Quantiles of the ID log-densities of this class.")
+
+
+class FitSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str = Field(description="Changes on every refit (also sent as the ETag header).")
+    created_at: str
+    kind: str
+    dim: int
+    n_classes: int
+    n_bank: int = Field(description="Feature vectors in the bank.")
+    classes: list[ClassSummary]
+
+
+class FitList(BaseModel):
+    fits: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    redis: str

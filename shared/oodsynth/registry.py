@@ -1,0 +1,399 @@
+"""Fits and samples kept in Redis, so every API replica, CLI and worker sees the same ones.
+
+A fit is stored as the density's own ``to_bytes()``, the feature bank's
+``to_bytes()`` and the summary JSON, in one Redis hash ``oodsynth:fit:<name>``
+together with a random ``version``. Decoding a large bank is slow, so each
+process keeps decoded fits in a small cache keyed by that version: a request
+costs one ``HGET`` while the fit is unchanged, and a refit under the same name
+(a new version) is picked up by every replica on its next request.
+
+A sample is stored as one ``.npz`` (no pickle) under ``oodsynth:sample:<id>``
+with a TTL (settings ``result_ttl_s``), so ``/generate`` can refer to it later.
+
+Redis caps one value at 512 MB; blobs are split across hash fields
+(``<part>:0``, ``<part>:1``, ...) so large banks and samples still fit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+
+from .bank import FeatureBank, load_bank
+from .config import get_settings
+
+if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
+    from .densities import ClassDensities
+    from .samplers import SampleResult
+
+FIT_PREFIX = "oodsynth:fit:"
+FIT_INDEX = "oodsynth:fits"
+SAMPLE_PREFIX = "oodsynth:sample:"
+FIT_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_FIT_NAME_RE = re.compile(FIT_NAME_PATTERN)
+_SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+# Redis refuses values over 512 MB; stay well below it per hash field.
+CHUNK_BYTES = 256 * 1024 * 1024
+
+
+class FieldError(ValueError):
+    """Bad input to a registry operation; ``field`` names what the caller passed wrongly."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+class FitExistsError(FieldError):
+    """A fit with that name exists and the caller did not ask to replace it."""
+
+    def __init__(self, name: str):
+        super().__init__("name", f"a fit named {name!r} already exists (pass replace to overwrite it)", 409)
+
+
+def validate_fit_name(name: str) -> str:
+    if not isinstance(name, str) or not _FIT_NAME_RE.match(name):
+        raise FieldError("name", f"{name!r} is not a valid fit name (1-64 of letters, digits, '_', '.', '-')")
+    return name
+
+
+def _json_default(value: Any) -> Any:
+    """Sampler params and summaries may hold numpy scalars/arrays; JSON needs plain types."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, default=_json_default, allow_nan=False)
+
+
+def _chunk_fields(part: str, data: bytes) -> dict[str, bytes]:
+    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+    fields = {f"{part}:{i}": c for i, c in enumerate(chunks)}
+    fields[f"{part}:n"] = str(len(chunks)).encode()
+    return fields
+
+
+def _read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
+    n = client.hget(key, f"{part}:n")
+    if n is None:
+        return None
+    chunks = client.hmget(key, [f"{part}:{i}" for i in range(int(n))])
+    if any(c is None for c in chunks):
+        return None  # replaced or expired between the two reads
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- fits
+
+
+@dataclass
+class _CachedFit:
+    version: str
+    fit: "ClassDensities"
+    bank: FeatureBank
+
+
+class FitRegistry:
+    """Named class-density fits with their banks, shared through Redis.
+
+    ``put`` writes atomically (one ``MULTI``), ``get`` returns the decoded
+    ``(fit, bank)`` from the per-process cache when its version is current.
+    """
+
+    _cache: "OrderedDict[tuple[str, str], _CachedFit]" = OrderedDict()
+    _cache_lock = threading.Lock()
+    cache_size = 4  # decoded banks can be ~150 MB each
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        # Cache entries are per server: two Redis servers may hold the same name.
+        kw = client.connection_pool.connection_kwargs
+        self._server = str(kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}")
+
+    @staticmethod
+    def key(name: str) -> str:
+        return FIT_PREFIX + name
+
+    def put(self, name: str, fit: "ClassDensities", bank: FeatureBank, *, replace: bool = True) -> dict:
+        """Store ``fit`` and ``bank`` under ``name``; returns the stored summary.
+
+        With ``replace=False`` an existing name raises ``FitExistsError`` (checked
+        atomically with WATCH, so two concurrent creators cannot both win).
+        """
+        validate_fit_name(name)
+        version = uuid.uuid4().hex
+        summary = {
+            "name": name,
+            "version": version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "n_bank": int(bank.features.shape[0]),
+            **fit.summary(),
+        }
+        fields: dict[str, bytes] = {
+            "version": version.encode(),
+            "summary": to_json(summary).encode(),
+            **_chunk_fields("fit", fit.to_bytes()),
+            **_chunk_fields("bank", bank.to_bytes()),
+        }
+        key = self.key(name)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not replace and pipe.exists(key):
+                        raise FitExistsError(name)
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.hset(key, mapping=fields)
+                    pipe.sadd(FIT_INDEX, name)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self._remember(name, _CachedFit(version, fit, bank))
+        return summary
+
+    def get(self, name: str) -> tuple["ClassDensities", FeatureBank]:
+        """The decoded ``(fit, bank)``; ``KeyError`` when there is no such fit."""
+        from .densities import ClassDensities
+
+        if not isinstance(name, str) or not _FIT_NAME_RE.match(name):
+            raise KeyError(name)
+        key = self.key(name)
+        version = self.redis.hget(key, "version")
+        if version is None:
+            raise KeyError(name)
+        version = version.decode()
+        with self._cache_lock:
+            hit = self._cache.get((self._server, name))
+            if hit is not None and hit.version == version:
+                self._cache.move_to_end((self._server, name))
+                return hit.fit, hit.bank
+        for _ in range(3):  # a refit may land between reads; retry on a torn read
+            version_b = self.redis.hget(key, "version")
+            if version_b is None:
+                raise KeyError(name)
+            fit_bytes = _read_chunks(self.redis, key, "fit")
+            bank_bytes = _read_chunks(self.redis, key, "bank")
+            if fit_bytes is None or bank_bytes is None or self.redis.hget(key, "version") != version_b:
+                continue
+            fit = ClassDensities.from_bytes(fit_bytes)
+            bank = load_bank(bank_bytes, min_per_class=1)
+            self._remember(name, _CachedFit(version_b.decode(), fit, bank))
+            return fit, bank
+        raise KeyError(name)
+
+    def _remember(self, name: str, entry: _CachedFit) -> None:
+        with self._cache_lock:
+            self._cache[(self._server, name)] = entry
+            self._cache.move_to_end((self._server, name))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def version(self, name: str) -> str:
+        """The current version (an etag); ``KeyError`` when absent."""
+        v = self.redis.hget(self.key(name), "version") if _FIT_NAME_RE.match(name or "") else None
+        if v is None:
+            raise KeyError(name)
+        return v.decode()
+
+    def summary(self, name: str) -> dict:
+        """The JSON summary stored with the fit, without decoding the arrays."""
+        raw = self.redis.hget(self.key(name), "summary") if _FIT_NAME_RE.match(name or "") else None
+        if raw is None:
+            raise KeyError(name)
+        return json.loads(raw)
+
+    def list(self) -> list[str]:
+        names = sorted(n.decode() for n in self.redis.smembers(FIT_INDEX))
+        # Drop index entries whose hash vanished (e.g. a flushed key), so list() never lies.
+        gone = [n for n in names if not self.redis.exists(self.key(n))]
+        if gone:
+            self.redis.srem(FIT_INDEX, *gone)
+        return [n for n in names if n not in gone]
+
+    def delete(self, name: str) -> bool:
+        if not _FIT_NAME_RE.match(name or ""):
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.key(name))
+            pipe.srem(FIT_INDEX, name)
+            removed, _ = pipe.execute()
+        with self._cache_lock:
+            self._cache.pop((self._server, name), None)
+        return bool(removed)
+
+
+# ---------------------------------------------------------------- samples
+
+
+@dataclass
+class StoredSample:
+    """A drawn sample as kept in Redis (and written by ``oodsynth sample --out``)."""
+
+    sample_id: str
+    fit_name: str
+    method: str
+    params: dict
+    seed: int
+    vectors: np.ndarray  # float32 (M, D)
+    class_index: np.ndarray  # int64 (M,)
+    class_names: list[str]  # indexed by class index (all classes of the fit)
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)  # each (M,)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @classmethod
+    def from_result(
+        cls, result: "SampleResult", fit_name: str, class_names: Sequence[str], sample_id: str | None = None
+    ) -> "StoredSample":
+        return cls(
+            sample_id=sample_id or uuid.uuid4().hex,
+            fit_name=fit_name,
+            method=result.method,
+            params=dict(result.params),
+            seed=int(result.seed),
+            vectors=np.asarray(result.vectors, dtype=np.float32),
+            class_index=np.asarray(result.class_index, dtype=np.int64),
+            class_names=[str(n) for n in class_names],
+            diagnostics={k: np.asarray(v) for k, v in result.diagnostics.items()},
+        )
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "sample_id": self.sample_id,
+            "fit_name": self.fit_name,
+            "method": self.method,
+            "params": self.params,
+            "seed": int(self.seed),
+        }
+        arrays = {
+            "vectors": np.asarray(self.vectors, dtype=np.float32),
+            "class_index": np.asarray(self.class_index, dtype=np.int64),
+            "class_names": np.asarray(self.class_names, dtype=str),
+            "meta": np.asarray(to_json(meta)),
+        }
+        for k, v in self.diagnostics.items():
+            arrays[f"diagnostics.{k}"] = np.asarray(v, dtype=np.float64)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "StoredSample":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            diagnostics = {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("diagnostics.")}
+            return cls(
+                sample_id=meta["sample_id"],
+                fit_name=meta["fit_name"],
+                method=meta["method"],
+                params=meta["params"],
+                seed=meta["seed"],
+                vectors=z["vectors"],
+                class_index=z["class_index"],
+                class_names=[str(n) for n in z["class_names"]],
+                diagnostics=diagnostics,
+            )
+
+    def save(self, path) -> None:
+        with open(path, "wb") as f:
+            f.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path) -> "StoredSample":
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read())
+
+
+class SampleRegistry:
+    """Drawn samples by id, kept for ``result_ttl_s`` so later requests can decode them."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int | None = None):
+        self.redis = client
+        self.ttl_s = int(ttl_s or get_settings().result_ttl_s)
+
+    @staticmethod
+    def key(sample_id: str) -> str:
+        return SAMPLE_PREFIX + sample_id
+
+    def put(self, result: "SampleResult", fit_name: str, class_names: list[str]) -> str:
+        """Keep ``result`` for ``result_ttl_s``; returns its new sample id."""
+        return self.put_stored(StoredSample.from_result(result, fit_name, class_names))
+
+    def put_stored(self, sample: StoredSample) -> str:
+        key = self.key(sample.sample_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=_chunk_fields("npz", sample.to_bytes()))
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+        return sample.sample_id
+
+    def get(self, sample_id: str) -> StoredSample:
+        """The stored sample; ``KeyError`` when unknown or expired."""
+        if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.match(sample_id):
+            raise KeyError(sample_id)
+        data = _read_chunks(self.redis, self.key(sample_id), "npz")
+        if data is None:
+            raise KeyError(sample_id)
+        return StoredSample.from_bytes(data)
+
+    def exists(self, sample_id: str) -> bool:
+        return isinstance(sample_id, str) and bool(_SAMPLE_ID_RE.match(sample_id)) and bool(
+            self.redis.exists(self.key(sample_id))
+        )
+
+
+# ---------------------------------------------------------------- request helpers
+
+
+def resolve_classes(class_names: Sequence[str], requested: Sequence[int | str] | None) -> list[int] | None:
+    """Turn class indices and/or names into indices (order kept, duplicates dropped).
+
+    ``None`` means every class. Raises ``FieldError`` naming ``classes[i]`` for
+    an unknown name or an index out of range, so the API and CLI say which entry.
+    """
+    if requested is None:
+        return None
+    if len(requested) == 0:
+        raise FieldError("classes", "give at least one class, or leave classes out for all of them")
+    by_name = {str(n): i for i, n in enumerate(class_names)}
+    out: list[int] = []
+    for pos, item in enumerate(requested):
+        if isinstance(item, (bool, np.bool_)):
+            raise FieldError(f"classes[{pos}]", f"expected a class index or name, got {item!r}")
+        if isinstance(item, (int, np.integer)):
+            idx = int(item)
+            if not 0 <= idx < len(class_names):
+                raise FieldError(f"classes[{pos}]", f"class index {idx} is out of range [0, {len(class_names)})")
+        elif isinstance(item, str):
+            if item not in by_name:
+                raise FieldError(f"classes[{pos}]", f"unknown class name {item!r}")
+            idx = by_name[item]
+        else:
+            raise FieldError(f"classes[{pos}]", f"expected a class index or name, got {type(item).__name__}")
+        if idx not in out:
+            out.append(idx)
+    return out
