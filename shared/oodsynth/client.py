@@ -1,0 +1,193 @@
+"""A small Python client of the embed_sampler API, for notebooks, scripts and the CLI.
+
+Errors come back as ``OodsynthError`` whose ``field`` names what the server
+rejected (``n_per_class``, ``params.sigma``, ``file.features``), so callers
+never have to dig through the JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from .bank import FeatureBank
+
+TERMINAL_JOB_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
+
+
+class OodsynthError(RuntimeError):
+    """The API answered with an error; ``field`` names the offending input when it can."""
+
+    def __init__(self, status: int, detail: Any):
+        self.status = status
+        self.detail = detail
+        first = detail[0] if isinstance(detail, list) and detail and isinstance(detail[0], dict) else None
+        if first is not None:
+            loc = [str(p) for p in first.get("loc", []) if p not in ("body", "path", "query", "header")]
+            self.field = ".".join(loc) or None
+            self.message = str(first.get("msg", ""))
+        else:
+            self.field = None
+            self.message = str(detail)
+        super().__init__(f"{self.field}: {self.message}" if self.field else self.message)
+
+
+class OodsynthClient:
+    """Calls the API over HTTP. ``http`` may be any ``httpx.Client`` (e.g. FastAPI's TestClient)."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 300.0, http: httpx.Client | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "OodsynthClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise OodsynthError(response.status_code, detail)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # ---- fits
+    def fit(self, name: str, bank: str | Path | bytes | FeatureBank, density: str = "vmf", *, replace: bool = False) -> dict:
+        """Upload a bank (path, raw ``.npz`` bytes or a ``FeatureBank``) and fit it; returns the summary."""
+        if isinstance(bank, FeatureBank):
+            data = bank.to_bytes()
+        elif isinstance(bank, bytes):
+            data = bank
+        else:
+            data = Path(bank).read_bytes()
+        return self._call(
+            "POST",
+            "/fits",
+            params={"replace": "true"} if replace else None,
+            data={"name": name, "density": density},
+            files={"file": ("bank.npz", data, "application/octet-stream")},
+        )
+
+    def get_fit(self, name: str) -> dict:
+        return self._call("GET", f"/fits/{name}")
+
+    def list_fits(self) -> list[str]:
+        return self._call("GET", "/fits")["fits"]
+
+    def delete_fit(self, name: str) -> None:
+        self._call("DELETE", f"/fits/{name}")
+
+    # ---- samples
+    def sample(
+        self,
+        fit: str,
+        method: str,
+        n_per_class: int,
+        *,
+        classes: Sequence[int | str] | None = None,
+        seed: int | None = None,
+        params: dict | None = None,
+        scale_to_anchor: bool = True,
+        include_vectors: bool = True,
+        knn_diagnostics: bool = False,
+    ) -> dict:
+        """``POST /sample``; the answer's ``sample_id`` can be passed to ``generate``."""
+        body = {
+            "fit": fit,
+            "method": method,
+            "n_per_class": n_per_class,
+            "classes": list(classes) if classes is not None else None,
+            "seed": seed,
+            "params": params or {},
+            "scale_to_anchor": scale_to_anchor,
+            "include_vectors": include_vectors,
+            "knn_diagnostics": knn_diagnostics,
+        }
+        return self._call("POST", "/sample", json=body)
+
+    def get_sample(self, sample_id: str, *, include_vectors: bool = True) -> dict:
+        return self._call("GET", f"/samples/{sample_id}", params={"include_vectors": str(include_vectors).lower()})
+
+    # ---- generation (queue)
+    def generate(self, dataset: str, *, sample_id: str | None = None, **fields: Any) -> dict:
+        """``POST /generate`` (202): ``{dataset, job_ids}``. Extra fields go into the body as given."""
+        body = {"dataset": dataset, **({"sample_id": sample_id} if sample_id else {}), **fields}
+        return self._call("POST", "/generate", json=body)
+
+    def job(self, job_id: str) -> dict:
+        """``{id, status, progress: {done, total}, result, error}``."""
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def queue(self) -> dict:
+        return self._call("GET", "/queue")
+
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        poll_s: float = 1.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict]:
+        """Poll until every job is finished/failed/stopped/canceled; returns the final job states.
+
+        ``progress(done_images, total_images)`` is called after each poll. Raises
+        ``TimeoutError`` (with the unfinished ids) when ``timeout`` seconds pass.
+        """
+        pending = list(dict.fromkeys(job_ids))
+        final: dict[str, dict] = {}
+        latest: dict[str, dict] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for job_id in list(pending):
+                state = self.job(job_id)
+                latest[job_id] = state
+                if state.get("status") in TERMINAL_JOB_STATES:
+                    final[job_id] = state
+                    pending.remove(job_id)
+            if progress is not None:
+                done = sum(int((s.get("progress") or {}).get("done") or 0) for s in latest.values())
+                total = sum(int((s.get("progress") or {}).get("total") or 0) for s in latest.values())
+                progress(done, total)
+            if not pending:
+                return [final[j] for j in dict.fromkeys(job_ids)]
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} jobs not finished after {timeout} s: {', '.join(pending[:5])}")
+            time.sleep(poll_s)
+
+    # ---- operations
+    def health(self) -> dict:
+        return self._call("GET", "/healthz")
+
+
+def sample_arrays(response: dict) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``(vectors float32, class_index int64, diagnostics)`` from a ``/sample`` answer (``null`` -> NaN)."""
+    if response.get("vectors") is None:
+        raise ValueError("the sample was requested without vectors (include_vectors=false)")
+
+    def arr(values, dtype):
+        return np.array([np.nan if v is None else v for v in values], dtype=dtype) if values else np.zeros(0, dtype)
+
+    vectors = np.array(
+        [[np.nan if v is None else v for v in row] for row in response["vectors"]], dtype=np.float32
+    ).reshape(-1, response["dim"])
+    class_index = np.asarray(response["class_index"], dtype=np.int64)
+    diagnostics = {k: arr(v, np.float64) for k, v in (response.get("diagnostics") or {}).items()}
+    return vectors, class_index, diagnostics
+
+
+__all__ = ["OodsynthClient", "OodsynthError", "sample_arrays", "TERMINAL_JOB_STATES"]
