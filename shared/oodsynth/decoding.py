@@ -1,0 +1,267 @@
+"""Decode outlier token embeddings into images with Stable Diffusion.
+
+Each outlier vector stands in for a class word: it becomes the token-embedding
+row of a placeholder token, and the prompt "A high-quality image of the
+<placeholder>" is denoised into an image. Placeholder tokens are added to the
+tokenizer ONCE, one per batch slot (``<oodsynth-0>`` ... ``<oodsynth-{n-1}>``),
+and the embedding table is resized once at load; each batch only overwrites
+the rows of the slots it uses. Prompt i of a batch uses slot i, so every image
+has its own vector, and each image has its own seeded generator and initial
+latents, so a rerun reproduces its pixels whatever batch it lands in.
+
+The loaded pipeline is kept for the life of the object: a worker builds one
+``OutlierDecoder`` per process and feeds it every job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PLACEHOLDER = "<oodsynth-{slot}>"
+DEFAULT_PROMPT_TEMPLATE = "A high-quality image of the {token}"
+SCHEDULERS = ("pndm", "ddim", "dpm++", "euler")
+DEFAULT_N_SLOTS = 64
+MAX_SEED = 2**63 - 1
+
+Progress = Callable[[int, int], None]
+
+
+def _scheduler_class(name: str):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    return {
+        "pndm": PNDMScheduler,
+        "ddim": DDIMScheduler,
+        "dpm++": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+    }[name]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """fp16 on CUDA (SD v1.x runs fine in half precision), fp32 elsewhere (CPU half is slow and lossy)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_pipeline(
+    model: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    channels_last: bool | None = None,
+    compile_unet: bool = False,
+):
+    """``StableDiffusionPipeline.from_pretrained`` (hub id or local folder), safety checker off.
+
+    On CUDA the UNet and VAE run with PyTorch's scaled-dot-product attention
+    and, by default, channels-last memory format (faster convolutions with
+    fp16 tensor cores). ``compile_unet`` wraps the UNet in ``torch.compile``
+    (off by default: the first batch then pays minutes of compilation).
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    device = torch.device(device or default_device())
+    dtype = dtype or default_dtype(device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(model), dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    pipe = pipe.to(device)
+    if channels_last if channels_last is not None else device.type == "cuda":
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
+    return pipe
+
+
+class OutlierDecoder:
+    """A loaded SD pipeline that turns (vector, seed) pairs into images, one vector per image.
+
+    Vectors are written as-is into the placeholder rows: rescaling each one to
+    its class anchor's norm is the caller's job (the samplers do it with
+    ``scale_to_anchor=True``).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        n_slots: int = DEFAULT_N_SLOTS,
+        *,
+        channels_last: bool | None = None,
+        compile_unet: bool = False,
+        progress_bar: bool = False,
+    ):
+        if int(n_slots) < 1:
+            raise ValueError(f"n_slots: must be >= 1, got {n_slots}")
+        self.model = str(model)
+        self.n_slots = int(n_slots)
+        self.pipe = load_pipeline(model, device, dtype, channels_last=channels_last, compile_unet=compile_unet)
+        self.pipe.set_progress_bar_config(disable=not progress_bar)
+        self.device = self.pipe.device
+        self.dtype = self.pipe.unet.dtype
+        self.placeholders = [PLACEHOLDER.format(slot=i) for i in range(self.n_slots)]
+        self.slot_ids = self._add_placeholders()
+        self._scheduler_config = self.pipe.scheduler.config
+        self._schedulers: dict[str, object] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.pipe.text_encoder.config.hidden_size)
+
+    def _add_placeholders(self) -> torch.Tensor:
+        """Add the slot tokens once and grow the embedding table once (never per batch)."""
+        tokenizer, text_encoder = self.pipe.tokenizer, self.pipe.text_encoder
+        clash = [t for t in self.placeholders if t in tokenizer.get_vocab()]
+        if clash:
+            raise ValueError(f"model: tokenizer already contains placeholder tokens {clash[:3]}")
+        tokenizer.add_tokens(self.placeholders)
+        ids = tokenizer.convert_tokens_to_ids(self.placeholders)
+        table = text_encoder.get_input_embeddings().weight
+        if max(ids) >= table.shape[0]:
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            table = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            # Start the slots at the mean row: a neutral token until a batch overwrites it.
+            table[ids] = table[: min(ids)].mean(dim=0, keepdim=True).to(table.dtype)
+        return torch.tensor(ids, dtype=torch.long, device=table.device)
+
+    def _scheduler(self, name: str):
+        if name not in SCHEDULERS:
+            raise ValueError(f"scheduler: unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        if name not in self._schedulers:
+            # Every scheduler takes the model's own noise schedule (betas, offsets) from its config.
+            self._schedulers[name] = _scheduler_class(name).from_config(self._scheduler_config)
+        return self._schedulers[name]
+
+    # -- validation -------------------------------------------------------------------------------
+
+    def _check_vectors(self, vectors) -> torch.Tensor:
+        v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if v.ndim != 2:
+            raise ValueError(f"vectors: expected a (B, D) array, got shape {tuple(v.shape)}")
+        if v.shape[1] != self.hidden_size:
+            raise ValueError(
+                f"vectors: dimension {v.shape[1]} does not match the text encoder's hidden size {self.hidden_size}"
+            )
+        if not torch.isfinite(v).all():
+            raise ValueError("vectors: contain NaN or infinite values")
+        return v
+
+    @staticmethod
+    def _check_template(prompt_template: str) -> str:
+        try:
+            prompt = prompt_template.format(token=PLACEHOLDER.format(slot=0))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt_template: only the field {{token}} may appear ({exc})") from None
+        if PLACEHOLDER.format(slot=0) not in prompt:
+            raise ValueError("prompt_template: must contain {token}, where the outlier vector goes")
+        return prompt_template
+
+    # -- the two steps ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def write_slots(self, vectors) -> list[str]:
+        """Overwrite the first B slot rows with ``vectors``; return the B placeholder tokens."""
+        v = self._check_vectors(vectors)
+        if len(v) > self.n_slots:
+            raise ValueError(f"vectors: batch of {len(v)} exceeds the decoder's {self.n_slots} slots")
+        table = self.pipe.text_encoder.get_input_embeddings().weight
+        table[self.slot_ids[: len(v)]] = v.to(device=table.device, dtype=table.dtype)
+        return self.placeholders[: len(v)]
+
+    @torch.no_grad()
+    def prompt_embeds(
+        self, vectors, prompt_template: str = DEFAULT_PROMPT_TEMPLATE, guidance_scale: float = 7.5
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-image (prompt_embeds, negative_prompt_embeds); prompt i holds vector i in slot i."""
+        self._check_template(prompt_template)
+        tokens = self.write_slots(vectors)
+        prompts = [prompt_template.format(token=t) for t in tokens]
+        return self.pipe.encode_prompt(
+            prompts, self.device, num_images_per_prompt=1, do_classifier_free_guidance=guidance_scale > 1.0
+        )
+
+    def initial_latents(self, seeds: Sequence[int], height: int, width: int) -> tuple[torch.Tensor, list]:
+        """One CPU generator per image, seeded by the image's seed: the same noise in any batch, on any device."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (1, self.pipe.unet.config.in_channels, height // self.pipe.vae_scale_factor, width // self.pipe.vae_scale_factor)
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        latents = torch.cat([randn_tensor(shape, generator=g, dtype=torch.float32) for g in generators])
+        return latents.to(device=self.device, dtype=self.dtype), generators
+
+    @torch.no_grad()
+    def decode(
+        self,
+        vectors,
+        seeds: Sequence[int],
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int = 512,
+        width: int = 512,
+        output_size: int | None = 256,
+        scheduler: str = "pndm",
+        progress: Progress | None = None,
+    ) -> list[Image.Image]:
+        """Decode B vectors (B, D) into B PIL images, in chunks of at most ``n_slots``.
+
+        ``progress(done_images, total_images)`` is called after each chunk.
+        """
+        v = self._check_vectors(vectors)
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != len(v):
+            raise ValueError(f"seeds: got {len(seeds)} seeds for {len(v)} vectors")
+        if any(s < 0 or s > MAX_SEED for s in seeds):
+            raise ValueError(f"seeds: must lie in [0, {MAX_SEED}]")
+        for field, value in (("height", height), ("width", width)):
+            if int(value) <= 0 or int(value) % 8:
+                raise ValueError(f"{field}: must be a positive multiple of 8, got {value}")
+        if int(steps) < 1:
+            raise ValueError(f"steps: must be >= 1, got {steps}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale: must be a finite number >= 0, got {guidance_scale}")
+        if output_size is not None and int(output_size) <= 0:
+            raise ValueError(f"output_size: must be positive, got {output_size}")
+        self._check_template(prompt_template)
+        self.pipe.scheduler = self._scheduler(scheduler)
+
+        images: list[Image.Image] = []
+        for start in range(0, len(v), self.n_slots):
+            chunk = slice(start, start + self.n_slots)
+            cond, uncond = self.prompt_embeds(v[chunk], prompt_template, guidance_scale)
+            latents, generators = self.initial_latents(seeds[chunk], int(height), int(width))
+            out = self.pipe(
+                prompt_embeds=cond,
+                negative_prompt_embeds=uncond,
+                latents=latents,
+                generator=generators,
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance_scale),
+                height=int(height),
+                width=int(width),
+                output_type="pil",
+            ).images
+            if output_size is not None:
+                size = (int(output_size), int(output_size))
+                out = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in out]
+            images.extend(out)
+            if progress is not None:
+                progress(len(images), len(v))
+        return images
