@@ -1,0 +1,48 @@
+"""A torch ``Dataset`` over generated outliers in the result store, for the training job."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .store import ImageRecord, ResultStore
+
+
+class StoredOutliers(Dataset):
+    """Images of one or more store datasets as ``(transform(image) or image, class_index)``.
+
+    The manifest is read once here, not per item; images are opened lazily so
+    the dataset is cheap to build and works with ``DataLoader`` workers.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        datasets: str | Sequence[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+    ):
+        names = [datasets] if isinstance(datasets, str) else list(datasets)
+        if not names:
+            raise ValueError("datasets: give at least one dataset name")
+        self.store = ResultStore(root)
+        available = set(self.store.datasets())
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise ValueError(f"datasets: {unknown} not found in {self.store.root} (available: {sorted(available)})")
+        self.datasets = names
+        self.transform = transform
+        self.records: list[ImageRecord] = [r for n in names for r in self.store.records(n)]
+        self.targets = [r.class_index for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        with Image.open(self.store.root / record.path) as img:
+            image = img.convert("RGB")
+        return (self.transform(image) if self.transform is not None else image), record.class_index
