@@ -20,6 +20,16 @@ from .bank import FeatureBank
 TERMINAL_JOB_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
 
 
+def format_loc(loc: Sequence[str | int]) -> str | None:
+    """``["body", "classes", 0]`` -> ``"classes[0]"``, the way the CLI names fields."""
+    out = ""
+    for part in loc:
+        if part in ("body", "path", "query", "header") and not out:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
 class OodsynthError(RuntimeError):
     """The API answered with an error; ``field`` names the offending input when it can."""
 
@@ -28,8 +38,7 @@ class OodsynthError(RuntimeError):
         self.detail = detail
         first = detail[0] if isinstance(detail, list) and detail and isinstance(detail[0], dict) else None
         if first is not None:
-            loc = [str(p) for p in first.get("loc", []) if p not in ("body", "path", "query", "header")]
-            self.field = ".".join(loc) or None
+            self.field = format_loc(first.get("loc", []))
             self.message = str(first.get("msg", ""))
         else:
             self.field = None

@@ -119,12 +119,14 @@ class FitRegistry:
     ``(fit, bank)`` from the per-process cache when its version is current.
     """
 
-    _cache: "OrderedDict[tuple[str, str], _CachedFit]" = OrderedDict()
+    _process_cache: "OrderedDict[tuple[str, str], _CachedFit]" = OrderedDict()
     _cache_lock = threading.Lock()
     cache_size = 4  # decoded banks can be ~150 MB each
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, *, cache: "OrderedDict | None" = None):
+        """``cache`` defaults to the one shared by the whole process; pass your own to isolate one."""
         self.redis = client
+        self._cache = self._process_cache if cache is None else cache
         # Cache entries are per server: two Redis servers may hold the same name.
         kw = client.connection_pool.connection_kwargs
         self._server = str(kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}")

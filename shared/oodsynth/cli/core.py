@@ -156,17 +156,18 @@ def fit(
         registry = FitRegistry(_registry_client())
         if not replace and name in registry.list():
             fail("name", f"a fit named {name!r} already exists (pass --replace to overwrite it)")
-        with Console(stderr=True).status(
-            f"fitting {density} densities to {feature_bank.n_classes} classes "
-            f"({feature_bank.features.shape[0]} x {feature_bank.dim})"
-        ):
+        bar, update = _progress_bar(f"fitting {density}", "class")
+        try:
+            densities = ClassDensities(kind=density).fit(feature_bank, progress=update)
+        except ValueError as exc:
+            fail(getattr(exc, "field", "density"), str(exc))
+        finally:
+            bar.close()
+        with Console(stderr=True).status(f"storing fit {name!r} in Redis"):
             try:
-                densities = ClassDensities(kind=density).fit(feature_bank)
                 summary = registry.put(name, densities, feature_bank, replace=replace)
             except FieldError as exc:
                 fail(exc.field, exc.message)
-            except ValueError as exc:
-                fail(getattr(exc, "field", "density"), str(exc))
     typer.echo(
         f"fit {summary['name']!r}: {summary['kind']}, {summary['n_classes']} classes, "
         f"dim {summary['dim']}, {summary['n_bank']} bank vectors"

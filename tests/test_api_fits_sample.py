@@ -1,0 +1,238 @@
+"""The embed_sampler API over a real Redis: fit -> summary -> sample -> stored sample, errors, metrics."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from oodsynth.bank import FeatureBank
+from oodsynth.client import OodsynthClient, OodsynthError, sample_arrays
+from oodsynth.registry import SampleRegistry
+from services.embed_sampler.app import create_app
+from services.embed_sampler.state import get_redis_dep
+
+def make_bank(n_classes: int = 3, n_per_class: int = 40, dim: int = 16, seed: int = 0) -> FeatureBank:
+    """Unit features around random class directions; anchors of norm 0.38 like SD's token rows."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(n_classes, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    feats = directions[labels] + 0.05 * rng.normal(size=(labels.size, dim))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    names = [f"class_{chr(97 + c)}" for c in range(n_classes)]
+    return FeatureBank.from_arrays(feats.astype(np.float32), labels, (0.38 * directions).astype(np.float32), names)
+
+
+SAMPLER = "inverse_rejection"  # needs no bank; cheap at this size
+
+
+def bank_bytes(**kw) -> bytes:
+    return make_bank(**kw).to_bytes()
+
+
+def raw_npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def api(redis_url):
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def post_fit(api, name="toy", data=None, density="vmf", replace=False):
+    return api.post(
+        "/fits" + ("?replace=true" if replace else ""),
+        data={"name": name, "density": density},
+        files={"file": ("bank.npz", data if data is not None else bank_bytes(), "application/octet-stream")},
+    )
+
+
+def test_fit_summary_sample_and_stored_sample(api):
+    r = post_fit(api)
+    assert r.status_code == 201, r.text
+    summary = r.json()
+    assert summary["name"] == "toy" and summary["kind"] == "vmf" and summary["n_classes"] == 3
+    assert r.headers["location"] == "/fits/toy"
+
+    assert api.get("/fits").json() == {"fits": ["toy"]}
+    r = api.get("/fits/toy")
+    assert r.status_code == 200
+    classes = r.json()["classes"]
+    assert [c["name"] for c in classes] == ["class_a", "class_b", "class_c"]
+    for c in classes:
+        assert c["kappa"] > 1
+        q = c["logpdf_quantiles"]
+        assert q["0.01"] <= q["0.5"] <= q["0.99"]
+    assert api.get("/fits/toy", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+    r = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 6, "classes": ["class_c", 0], "seed": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["n"] == 12 and body["dim"] == 16 and body["seed"] == 3
+    assert body["classes"] == [{"index": 2, "name": "class_c", "n": 6}, {"index": 0, "name": "class_a", "n": 6}]
+    vectors = np.array(body["vectors"])
+    assert vectors.shape == (12, 16) and np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 0.38, rtol=1e-4)  # scaled to ||T(y)||
+    assert sorted(body["diagnostics"]) == ["cos_to_mean", "id_percentile", "knn_distance", "log_density"]
+    assert body["diagnostics"]["knn_distance"] == [None] * 12  # no bank used: null, never NaN
+    assert all(0 <= p <= 100 for p in body["diagnostics"]["id_percentile"])
+    assert body["diagnostics_summary"]["knn_distance"] == {"mean": None, "min": None, "max": None}
+
+    again = api.get(f"/samples/{body['sample_id']}")
+    assert again.status_code == 200 and again.json() == body
+    short = api.get(f"/samples/{body['sample_id']}?include_vectors=false").json()
+    assert short["vectors"] is None and short["n"] == 12
+
+    stored = SampleRegistry(get_redis_dep()).get(body["sample_id"])
+    np.testing.assert_allclose(stored.vectors, vectors, rtol=1e-6)
+    assert stored.class_names == ["class_a", "class_b", "class_c"]
+
+
+def test_fits_survive_an_app_restart(redis_url):
+    with TestClient(create_app()) as first:
+        assert post_fit(first, "keep", density="gaussian_diagonal").status_code == 201
+    with TestClient(create_app()) as second:
+        assert second.get("/fits").json()["fits"] == ["keep"]
+        assert second.get("/fits/keep").json()["kind"] == "gaussian_diagonal"
+        r = second.post("/sample", json={"fit": "keep", "method": SAMPLER, "n_per_class": 2, "include_vectors": False})
+        assert r.status_code == 200 and r.json()["n"] == 6 and r.json()["vectors"] is None
+
+
+def test_existing_name_is_409_unless_replace(api):
+    assert post_fit(api, "dup").status_code == 201
+    r = post_fit(api, "dup", density="gaussian_isotropic")
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "name"]
+    r = post_fit(api, "dup", density="gaussian_isotropic", replace=True)
+    assert r.status_code == 201 and api.get("/fits/dup").json()["kind"] == "gaussian_isotropic"
+
+
+def test_bad_inputs_answer_4xx_naming_the_field(api):
+    assert post_fit(api, "toy").status_code == 201
+    good = bank_bytes()
+    nan_features = make_bank()
+    nan_features.features[3, 2] = np.nan
+    nan_bytes = raw_npz(features=nan_features.features, labels=nan_features.labels,
+                        anchors=nan_features.anchors, class_names=nan_features.class_names)
+    b = make_bank()
+    wrong_dim = raw_npz(features=b.features, labels=b.labels, anchors=b.anchors[:, :8], class_names=b.class_names)
+    out_of_range = raw_npz(features=b.features, labels=b.labels + 5, anchors=b.anchors, class_names=b.class_names)
+    no_anchors = raw_npz(features=b.features, labels=b.labels, class_names=b.class_names)
+    sample = {"fit": "toy", "method": SAMPLER, "n_per_class": 2}
+
+    fit_cases = [
+        ({"name": "bad name!"}, good, 422, "name"),
+        ({"name": "ok", "density": "cauchy"}, good, 422, "density"),
+        ({"name": "ok"}, nan_bytes, 422, "features"),
+        ({"name": "ok"}, wrong_dim, 422, "anchors"),
+        ({"name": "ok"}, out_of_range, 422, "labels"),
+        ({"name": "ok"}, no_anchors, 422, "anchors"),
+        ({"name": "ok"}, b"this is not an npz", 422, "file"),
+        ({"name": "ok"}, b"", 422, "file"),
+    ]
+    seen = []
+    for form, data, status, field in fit_cases:
+        r = api.post("/fits", data=form, files={"file": ("b.npz", data)})
+        seen.append((r.status_code, r.json()["detail"][0]["loc"]))
+        assert r.status_code == status, (form, r.text)
+        assert field in r.json()["detail"][0]["loc"], (field, r.text)
+    r = api.post("/fits", data={"name": "nofile"})
+    assert r.status_code == 422 and "file" in r.json()["detail"][0]["loc"]
+
+    sample_cases = [
+        ({"fit": "missing"}, 404, "fit"),
+        ({"fit": "bad/name"}, 422, "fit"),
+        ({"method": "nope"}, 422, "method"),
+        ({"n_per_class": 0}, 422, "n_per_class"),
+        ({"n_per_class": 10_001}, 422, "n_per_class"),
+        ({"n_per_class": "many"}, 422, "n_per_class"),
+        ({"classes": ["no_such_class"]}, 422, "classes"),
+        ({"classes": [3]}, 422, "classes"),
+        ({"classes": [-1]}, 422, "classes"),
+        ({"classes": []}, 422, "classes"),
+        ({"classes": [1.5]}, 422, "classes"),
+        ({"classes": [True]}, 422, "classes"),
+        ({"params": {"no_such_param": 1}}, 422, "params"),
+        ({"params": "x"}, 422, "params"),
+        ({"seed": "abc"}, 422, "seed"),
+        ({"unexpected": 1}, 422, "unexpected"),
+    ]
+    for change, status, field in sample_cases:
+        r = api.post("/sample", json={**sample, **change})
+        assert r.status_code == status, (change, r.text)
+        assert field in r.json()["detail"][0]["loc"], (field, r.text)
+    # Bad sampler parameter values are re-rooted under params.<name>.
+    r = api.post("/sample", json={**sample, "params": {"no_such_param": 1}})
+    assert r.json()["detail"][0]["loc"][:3] == ["body", "params", "no_such_param"]
+    # NaN literals are not valid JSON numbers for params.
+    r = api.post("/sample", content=b'{"fit":"toy","method":"%s","n_per_class":2,"params":{"x":NaN}}' % SAMPLER.encode(),
+                 headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert api.post("/sample", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+    for path, field in [("/fits/missing", "name"), ("/samples/" + "0" * 32, "sample_id"), ("/samples/xyz", "sample_id")]:
+        r = api.get(path)
+        assert r.status_code == 404 and field in r.json()["detail"][0]["loc"]
+    assert api.delete("/fits/missing").status_code == 404
+
+
+def test_cap_on_n_per_class_is_configurable(api, monkeypatch):
+    from oodsynth.config import get_settings
+
+    assert post_fit(api).status_code == 201
+    monkeypatch.setenv("OODSYNTH_MAX_N_PER_CLASS", "5")
+    get_settings.cache_clear()
+    r = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 6})
+    assert r.status_code == 422 and "cap of 5" in r.json()["detail"][0]["msg"]
+
+
+def counter_value(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_and_health(api):
+    before = api.get("/metrics").text
+    assert post_fit(api).status_code == 201
+    assert api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 4}).status_code == 200
+    after = api.get("/metrics").text
+    assert counter_value(after, "oodsynth_samples_drawn_total", method=SAMPLER) - counter_value(
+        before, "oodsynth_samples_drawn_total", method=SAMPLER) == 12
+    assert counter_value(after, "oodsynth_fits_total", density="vmf") >= counter_value(before, "oodsynth_fits_total", density="vmf") + 1
+    labels = {"method": "POST", "route": "/sample", "status": "200"}
+    assert counter_value(after, "oodsynth_http_requests_total", **labels) == counter_value(
+        before, "oodsynth_http_requests_total", **labels) + 1
+
+    assert api.get("/healthz").json() == {"status": "ok", "redis": "ok"}
+    spec = api.get("/openapi.json").json()
+    assert {"/fits", "/fits/{name}", "/sample", "/samples/{sample_id}", "/healthz", "/metrics"} <= set(spec["paths"])
+    assert api.get("/docs").status_code == 200
+
+
+def test_python_client_reports_the_field(api):
+    client = OodsynthClient("http://testserver", http=api)
+    summary = client.fit("viaclient", make_bank(), "gaussian_full")
+    assert summary["kind"] == "gaussian_full" and client.list_fits() == ["viaclient"]
+    body = client.sample("viaclient", SAMPLER, 3, seed=1)
+    vectors, class_index, diagnostics = sample_arrays(body)
+    assert vectors.shape == (9, 16) and class_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert np.isnan(diagnostics["knn_distance"]).all() and not math.isnan(diagnostics["log_density"][0])
+    with pytest.raises(OodsynthError) as exc:
+        client.sample("viaclient", SAMPLER, 3, classes=["zebra"])
+    assert exc.value.status == 422 and exc.value.field == "classes[0]"
+    with pytest.raises(OodsynthError) as exc:
+        client.get_fit("nothing")
+    assert exc.value.status == 404 and exc.value.field == "name"

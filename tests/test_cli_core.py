@@ -1,0 +1,112 @@
+"""CLI fit/sample in-process against a real Redis, over the API, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from oodsynth.bank import FeatureBank
+from oodsynth.cli import app
+from oodsynth.cli import core as cli_core
+from oodsynth.client import OodsynthClient
+from oodsynth.registry import FitRegistry, SampleRegistry, StoredSample
+
+SAMPLER = "inverse_rejection"
+runner = CliRunner()
+
+
+def write_bank(path, n_classes=3, n_per_class=30, dim=12, seed=0, nan=False):
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(n_classes, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    feats = directions[labels] + 0.05 * rng.normal(size=(labels.size, dim))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    feats = feats.astype(np.float32)
+    if nan:
+        feats[5, 0] = np.nan
+    np.savez(path, features=feats, labels=labels, anchors=(0.38 * directions).astype(np.float32),
+             class_names=np.array(["ant", "bee", "cat"][:n_classes]))
+    return path
+
+
+@pytest.fixture
+def bank_path(tmp_path):
+    return write_bank(tmp_path / "bank.npz")
+
+
+def test_fit_then_sample_in_process(redis_url, bank_path, tmp_path):
+    r = runner.invoke(app, ["fit", str(bank_path), "--name", "cli", "--density", "gaussian_diagonal"])
+    assert r.exit_code == 0, r.output
+    assert "fit 'cli': gaussian_diagonal, 3 classes, dim 12, 90 bank vectors" in r.stdout
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    assert FitRegistry(client).list() == ["cli"]
+
+    out = tmp_path / "sample.npz"
+    r = runner.invoke(app, ["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "4",
+                            "--classes", "cat,0", "--seed", "5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    stored = StoredSample.load(out)
+    assert stored.vectors.shape == (8, 12) and stored.vectors.dtype == np.float32
+    assert stored.class_index.tolist() == [2] * 4 + [0] * 4
+    assert stored.class_names == ["ant", "bee", "cat"] and stored.seed == 5 and stored.fit_name == "cli"
+    np.testing.assert_allclose(np.linalg.norm(stored.vectors, axis=1), 0.38, rtol=1e-4)
+    # The same sample is kept in Redis for /generate.
+    again = SampleRegistry(client).get(stored.sample_id)
+    np.testing.assert_array_equal(again.vectors, stored.vectors)
+
+    # Same seed, same vectors.
+    out2 = tmp_path / "again.npz"
+    r = runner.invoke(app, ["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "4",
+                            "--classes", "cat", "--classes", "0", "--seed", "5", "--out", str(out2)])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(StoredSample.load(out2).vectors, stored.vectors)
+
+
+def test_bad_input_is_one_line_naming_the_field(redis_url, bank_path, tmp_path):
+    out = str(tmp_path / "s.npz")
+    nan_bank = write_bank(tmp_path / "nan.npz", nan=True)
+    assert runner.invoke(app, ["fit", str(bank_path), "--name", "cli"]).exit_code == 0
+    cases = [
+        (["fit", str(nan_bank), "--name", "x"], "features"),
+        (["fit", str(tmp_path / "missing.npz"), "--name", "x"], "bank"),
+        (["fit", str(bank_path), "--name", "x", "--density", "cauchy"], "density"),
+        (["fit", str(bank_path), "--name", "bad name"], "name"),
+        (["fit", str(bank_path), "--name", "cli"], "name"),
+        (["sample", "--fit", "nope", "--method", SAMPLER, "--n-per-class", "2", "--out", out], "fit"),
+        (["sample", "--fit", "cli", "--method", "nope", "--n-per-class", "2", "--out", out], "method"),
+        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "0", "--out", out], "n_per_class"),
+        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "--classes", "dog", "--out", out], "classes[0]"),
+        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "-p", "bogus=1", "--out", out], "params.bogus"),
+        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "-p", "novalue", "--out", out], "params"),
+        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "--out", str(tmp_path / "no" / "s.npz")], "out"),
+    ]
+    for args, field in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {field}:"), (args, r.stderr)
+        assert "Traceback" not in r.output
+
+
+def test_fit_and_sample_over_the_api(redis_url, bank_path, tmp_path, monkeypatch):
+    from services.embed_sampler.app import create_app
+
+    with TestClient(create_app()) as http:
+        monkeypatch.setattr(cli_core, "_api_client", lambda url: OodsynthClient(url, http=http))
+        r = runner.invoke(app, ["fit", str(bank_path), "--name", "remote", "--api", "http://testserver"])
+        assert r.exit_code == 0, r.output
+        out = tmp_path / "remote.npz"
+        r = runner.invoke(app, ["sample", "--fit", "remote", "--method", SAMPLER, "--n-per-class", "3",
+                                "--classes", "bee", "--out", str(out), "--api", "http://testserver"])
+        assert r.exit_code == 0, r.output
+        stored = StoredSample.load(out)
+        assert stored.vectors.shape == (3, 12) and stored.class_index.tolist() == [1, 1, 1]
+        assert np.isnan(stored.diagnostics["knn_distance"]).all()
+        r = runner.invoke(app, ["sample", "--fit", "remote", "--method", SAMPLER, "--n-per-class", "3",
+                                "--classes", "wasp", "--out", str(out), "--api", "http://testserver"])
+        assert r.exit_code == 2 and r.stderr.startswith("error: classes[0]:"), r.output

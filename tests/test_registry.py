@@ -1,0 +1,169 @@
+"""Fits and samples in a real Redis: round trips, per-process cache, refits seen by other replicas."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import redis
+
+from oodsynth import registry as registry_mod
+from oodsynth.bank import FeatureBank
+from oodsynth.densities import ClassDensities
+from oodsynth.registry import (
+    FieldError,
+    FitExistsError,
+    FitRegistry,
+    SampleRegistry,
+    StoredSample,
+    resolve_classes,
+)
+from oodsynth.samplers import SampleResult
+
+
+def make_bank(n_classes: int = 3, n_per_class: int = 40, dim: int = 16, spread: float = 0.05, seed: int = 0) -> FeatureBank:
+    """Unit features scattered around random class directions; anchors of norm ~0.38 like SD's."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(n_classes, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    feats = directions[labels] + spread * rng.normal(size=(labels.size, dim))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    anchors = 0.38 * directions
+    names = [f"class_{chr(97 + c)}" for c in range(n_classes)]
+    return FeatureBank.from_arrays(feats.astype(np.float32), labels, anchors.astype(np.float32), names)
+
+
+@pytest.fixture
+def client(redis_url) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def test_fit_round_trip_list_and_summary(client):
+    bank = make_bank()
+    fit = ClassDensities(kind="vmf").fit(bank)
+    fits = FitRegistry(client)
+    summary = fits.put("toy", fit, bank)
+
+    assert fits.list() == ["toy"]
+    stored = fits.summary("toy")
+    assert stored == summary
+    assert stored["kind"] == "vmf" and stored["n_classes"] == 3 and stored["dim"] == 16
+    assert stored["n_bank"] == 120
+    assert [c["name"] for c in stored["classes"]] == ["class_a", "class_b", "class_c"]
+    assert all(c["kappa"] > 0 for c in stored["classes"])
+
+    # A replica with an empty cache decodes the same arrays from Redis.
+    replica = FitRegistry(client, cache=OrderedDict())
+    got_fit, got_bank = replica.get("toy")
+    np.testing.assert_allclose(got_fit.means_, fit.means_, rtol=1e-6)
+    np.testing.assert_array_equal(got_bank.features, bank.features)
+    np.testing.assert_array_equal(got_bank.labels, bank.labels)
+    assert got_fit.class_names_ == ["class_a", "class_b", "class_c"]
+    # Second get is served from the cache (same objects, no re-parse).
+    again_fit, again_bank = replica.get("toy")
+    assert again_fit is got_fit and again_bank is got_bank
+
+
+def test_refit_under_same_name_is_seen_by_other_replicas(client):
+    bank = make_bank()
+    writer = FitRegistry(client, cache=OrderedDict())
+    reader = FitRegistry(client, cache=OrderedDict())
+    writer.put("shared", ClassDensities(kind="vmf").fit(bank), bank)
+    first_version = reader.version("shared")
+    assert reader.get("shared")[0].kind == "vmf"
+
+    writer.put("shared", ClassDensities(kind="gaussian_diagonal").fit(bank), bank)
+    assert reader.version("shared") != first_version
+    assert reader.get("shared")[0].kind == "gaussian_diagonal"
+
+
+def test_put_refuses_existing_name_without_replace_and_validates_names(client):
+    bank = make_bank()
+    fit = ClassDensities(kind="vmf").fit(bank)
+    fits = FitRegistry(client)
+    fits.put("once", fit, bank)
+    with pytest.raises(FitExistsError) as exc:
+        fits.put("once", fit, bank, replace=False)
+    assert exc.value.field == "name" and exc.value.status == 409
+    for bad in ["", "has space", "a/b", "x" * 65, "../up"]:
+        with pytest.raises(FieldError) as exc:
+            fits.put(bad, fit, bank)
+        assert exc.value.field == "name"
+    for missing in ["nope", "a/b", ""]:
+        with pytest.raises(KeyError):
+            fits.get(missing)
+        with pytest.raises(KeyError):
+            fits.summary(missing)
+    assert fits.delete("once") is True
+    assert fits.delete("once") is False
+    assert fits.list() == []
+
+
+def test_large_blobs_are_split_across_hash_fields(client, monkeypatch):
+    monkeypatch.setattr(registry_mod, "CHUNK_BYTES", 1000)
+    bank = make_bank(n_per_class=30, dim=24)
+    fits = FitRegistry(client, cache=OrderedDict())
+    fits.put("chunked", ClassDensities(kind="gaussian_isotropic").fit(bank), bank)
+    assert int(client.hget("oodsynth:fit:chunked", "bank:n")) > 5
+    other = FitRegistry(client, cache=OrderedDict())
+    np.testing.assert_array_equal(other.get("chunked")[1].features, bank.features)
+
+
+def test_sample_round_trip_with_ttl_and_nan_diagnostics(client, monkeypatch):
+    monkeypatch.setenv("OODSYNTH_RESULT_TTL_S", "600")
+    from oodsynth.config import get_settings
+
+    get_settings.cache_clear()
+    rng = np.random.default_rng(1)
+    m, d = 7, 5
+    result = SampleResult(
+        vectors=rng.normal(size=(m, d)).astype(np.float32),
+        class_index=np.array([0, 0, 0, 2, 2, 2, 2], dtype=np.int64),
+        diagnostics={
+            "log_density": rng.normal(size=m),
+            "id_percentile": rng.uniform(0, 5, size=m),
+            "knn_distance": np.full(m, np.nan),
+            "cos_to_mean": rng.uniform(0.5, 1, size=m),
+        },
+        method="inverse_sgld",
+        params={"eta": np.float64(0.5), "band": (1.0, 5.0)},
+        seed=42,
+    )
+    samples = SampleRegistry(client)
+    sample_id = samples.put(result, "toy", ["a", "b", "c"])
+    ttl = client.ttl(f"oodsynth:sample:{sample_id}")
+    assert 0 < ttl <= 600
+
+    got = samples.get(sample_id)
+    assert isinstance(got, StoredSample)
+    assert (got.sample_id, got.fit_name, got.method, got.seed) == (sample_id, "toy", "inverse_sgld", 42)
+    assert got.params == {"eta": 0.5, "band": [1.0, 5.0]}
+    assert got.class_names == ["a", "b", "c"]
+    np.testing.assert_array_equal(got.vectors, result.vectors)
+    np.testing.assert_array_equal(got.class_index, result.class_index)
+    assert np.isnan(got.diagnostics["knn_distance"]).all()
+    np.testing.assert_allclose(got.diagnostics["log_density"], result.diagnostics["log_density"])
+    assert samples.exists(sample_id)
+    for unknown in ["0" * 32, "not-an-id", ""]:
+        with pytest.raises(KeyError):
+            samples.get(unknown)
+
+
+def test_resolve_classes_names_indices_and_errors():
+    names = ["cat", "dog", "7"]
+    assert resolve_classes(names, None) is None
+    assert resolve_classes(names, ["dog", 0, "dog", 1]) == [1, 0]
+    assert resolve_classes(names, ["7"]) == [2]
+    cases = {
+        "classes": [],
+        "classes[1]": ["cat", "cow"],
+        "classes[0]": [3],
+    }
+    for field, requested in cases.items():
+        with pytest.raises(FieldError) as exc:
+            resolve_classes(names, requested)
+        assert exc.value.field == field
+    with pytest.raises(FieldError, match="out of range"):
+        resolve_classes(names, [-1])
