@@ -25,7 +25,10 @@ from PIL import Image
 
 PLACEHOLDER = "<oodsynth-{slot}>"
 DEFAULT_PROMPT_TEMPLATE = "A high-quality image of the {token}"
-SCHEDULERS = ("pndm", "ddim", "dpm++", "euler")
+TOKEN_FIELD = "{token}"
+# "dpm" is an alias of "dpm++" (DPM-Solver++ multistep); "euler_a" is Euler ancestral (stochastic:
+# it draws its noise from the per-image generators, so it stays reproducible per seed).
+SCHEDULERS = ("pndm", "ddim", "dpm++", "dpm", "euler", "euler_a")
 DEFAULT_N_SLOTS = 64
 MAX_SEED = 2**63 - 1
 
@@ -33,13 +36,21 @@ Progress = Callable[[int, int], None]
 
 
 def _scheduler_class(name: str):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
 
     return {
         "pndm": PNDMScheduler,
         "ddim": DDIMScheduler,
         "dpm++": DPMSolverMultistepScheduler,
+        "dpm": DPMSolverMultistepScheduler,
         "euler": EulerDiscreteScheduler,
+        "euler_a": EulerAncestralDiscreteScheduler,
     }[name]
 
 
@@ -165,12 +176,8 @@ class OutlierDecoder:
 
     @staticmethod
     def _check_template(prompt_template: str) -> str:
-        try:
-            prompt = prompt_template.format(token=PLACEHOLDER.format(slot=0))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"prompt_template: only the field {{token}} may appear ({exc})") from None
-        if PLACEHOLDER.format(slot=0) not in prompt:
-            raise ValueError("prompt_template: must contain {token}, where the outlier vector goes")
+        if not isinstance(prompt_template, str) or prompt_template.count(TOKEN_FIELD) != 1:
+            raise ValueError(f"prompt_template: must contain {TOKEN_FIELD} exactly once, got {prompt_template!r}")
         return prompt_template
 
     # -- the two steps ----------------------------------------------------------------------------
@@ -192,7 +199,7 @@ class OutlierDecoder:
         """Per-image (prompt_embeds, negative_prompt_embeds); prompt i holds vector i in slot i."""
         self._check_template(prompt_template)
         tokens = self.write_slots(vectors)
-        prompts = [prompt_template.format(token=t) for t in tokens]
+        prompts = [prompt_template.replace(TOKEN_FIELD, t) for t in tokens]
         return self.pipe.encode_prompt(
             prompts, self.device, num_images_per_prompt=1, do_classifier_free_guidance=guidance_scale > 1.0
         )

@@ -1,0 +1,122 @@
+"""The RQ job function: decode one ``DecodeJob`` payload into stored images.
+
+Jobs are plain JSON (RQ's JSONSerializer), so the payload is validated again
+here; a bad payload raises and RQ keeps the error in its failed registry.
+The job is idempotent: image ids already in the store are skipped, so a retry
+after a killed worker only decodes what is missing, and two workers racing on
+one image leave one file and one manifest row (the store decides).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from rq import get_current_job
+
+from oodsynth.config import get_settings
+from oodsynth.decoding import OutlierDecoder
+from oodsynth.jobs import DecodeItem, DecodeJob
+from oodsynth.store import ImageRecord, ResultStore
+
+log = logging.getLogger(__name__)
+
+# One loaded pipeline per worker process, keyed by model. Only one is kept: a GPU
+# holds one SD pipeline comfortably, two may not fit.
+_DECODERS: dict[str, OutlierDecoder] = {}
+
+
+def get_decoder(model: str | None = None) -> OutlierDecoder:
+    """The process-wide decoder for ``model`` (default: settings.model), loaded on first use."""
+    settings = get_settings()
+    model = str(model or settings.model)
+    if model not in _DECODERS:
+        if _DECODERS:
+            _DECODERS.clear()
+            gc.collect()
+            _empty_cuda_cache()
+        log.info("loading pipeline %s", model)
+        _DECODERS[model] = OutlierDecoder(model, device=settings.device, n_slots=settings.gpu_batch_size)
+    return _DECODERS[model]
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _batches(items: Sequence[DecodeItem], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _record(job: DecodeJob, item: DecodeItem, job_id: str | None) -> ImageRecord:
+    return ImageRecord(
+        image_id=item.image_id,
+        class_index=item.class_index,
+        class_name=item.class_name,
+        vector_id=item.vector_id,
+        sampler=item.sampler,
+        sampler_params=item.sampler_params,
+        seed=item.seed,
+        model=job.model,
+        # The placeholder stands for this image's own vector, an outlier of its class.
+        prompt=job.prompt(f"<outlier:{item.class_name}>"),
+        diagnostics=item.diagnostics,
+        job_id=job_id,
+    )
+
+
+def decode_job(payload: dict) -> dict:
+    """Decode the payload's images that the store lacks; return every image path of the job.
+
+    Returns ``{"images": [paths relative to the store root, one per item, in
+    item order], "written": n, "skipped": k}``, where ``skipped`` counts the
+    images that were already stored (earlier attempt, or another worker).
+    """
+    job = DecodeJob.model_validate(payload)
+    settings = get_settings()
+    store = ResultStore(settings.store)
+    rq_job = get_current_job()
+    job_id = rq_job.id if rq_job is not None else None
+
+    stored = store.stored_ids(job.dataset)
+    todo = [item for item in job.items if item.image_id not in stored]
+    skipped = len(job.items) - len(todo)
+    done = skipped
+
+    def report() -> None:
+        if rq_job is not None:
+            rq_job.meta["progress"] = {"done": done, "total": len(job.items)}
+            rq_job.save_meta()
+
+    report()
+    written = 0
+    if todo:
+        decoder = get_decoder(job.model)
+        for batch in _batches(todo, settings.gpu_batch_size):
+            images = decoder.decode(
+                np.asarray([item.vector for item in batch], dtype=np.float32),
+                [item.seed for item in batch],
+                prompt_template=job.prompt_template,
+                steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                height=job.height,
+                width=job.width,
+                output_size=job.output_size,
+                scheduler=job.scheduler,
+            )
+            for item, image in zip(batch, images):
+                if store.write_image(job.dataset, _record(job, item, job_id), image):
+                    written += 1
+                else:  # another worker stored it meanwhile
+                    skipped += 1
+            done += len(batch)
+            report()
+            log.info("job %s: %d/%d images", job_id, done, len(job.items))
+    paths = [store.relative_path(job.dataset, item.class_name, item.image_id) for item in job.items]
+    return {"images": paths, "written": written, "skipped": skipped}
