@@ -1,0 +1,35 @@
+"""Outlier samplers: draw vectors from the low-density regions of each class.
+
+``get_sampler(name, params)`` is the one entry point the API, CLI and
+benchmarks use; each sampler validates its own pydantic ``Params``.
+"""
+
+from __future__ import annotations
+
+from .barker import BarkerSampler
+from .base import SampleResult, Sampler, compute_diagnostics
+from .inverse_rejection import InverseRejectionSampler
+from .inverse_sgld import InverseSGLDSampler
+from .knn_boundary import KnnBoundarySampler
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls for cls in (KnnBoundarySampler, InverseSGLDSampler, InverseRejectionSampler, BarkerSampler)
+}
+
+
+class UnknownSamplerError(ValueError):
+    """The requested sampler name is not registered."""
+
+    def __init__(self, name: str):
+        super().__init__(f"method: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        self.name = name
+
+
+def get_sampler(name: str, params: dict | None = None) -> Sampler:
+    """A sampler instance; raises UnknownSamplerError or pydantic.ValidationError for bad params."""
+    if name not in SAMPLERS:
+        raise UnknownSamplerError(name)
+    return SAMPLERS[name](**(params or {}))
+
+
+__all__ = ["SAMPLERS", "SampleResult", "Sampler", "UnknownSamplerError", "compute_diagnostics", "get_sampler"]

@@ -1,0 +1,167 @@
+"""What every sampler shares: the result type, input checks, blocking and diagnostics.
+
+A sampler only has to turn (fit, classes, n, rng) into unit vectors; this base
+class validates the request, splits it into memory-bounded blocks of
+(classes x chains), computes the four diagnostics and rescales to the anchor
+norm, so all samplers report the same things the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from ..bank import FeatureBank
+from ..densities import ClassDensities
+from ..knn import kth_neighbor_distance
+from ..sphere import unit_rows
+
+DIAGNOSTIC_KEYS = ("log_density", "id_percentile", "knn_distance", "cos_to_mean")
+DEFAULT_KNN_K = 300  # DREAM-OOD's K; capped at the class size
+ROWS_PER_BLOCK = 32_768  # chains processed together (bounds memory at ~100 MB of float32 in 768-d)
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class SampleResult:
+    vectors: np.ndarray  # float32 (M, D), scaled to the class anchor norm unless asked not to
+    class_index: np.ndarray  # int64 (M,)
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)  # each (M,)
+    method: str = ""
+    params: dict = field(default_factory=dict)
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+def knn_distances(bank: FeatureBank, unit_vectors: np.ndarray, class_index: np.ndarray, k: int = DEFAULT_KNN_K) -> np.ndarray:
+    """Distance of each vector to the k-th nearest ID point of its own class (k capped at the class size)."""
+    out = np.empty(unit_vectors.shape[0], dtype=np.float64)
+    for c in np.unique(class_index):
+        rows = class_index == c
+        ref = unit_rows(bank.class_features(int(c)).astype(np.float32), field="features")
+        out[rows] = kth_neighbor_distance(unit_vectors[rows], ref, min(k, ref.shape[0]))
+    return out
+
+
+def compute_diagnostics(
+    fit: ClassDensities,
+    unit_vectors: np.ndarray,
+    class_index: np.ndarray,
+    bank: FeatureBank | None = None,
+    knn_k: int = DEFAULT_KNN_K,
+) -> dict[str, np.ndarray]:
+    """The four per-vector diagnostics every sampler reports (``knn_distance`` is NaN without a bank)."""
+    logp = fit.score_samples(unit_vectors, class_index)
+    cos = np.einsum("md,md->m", unit_vectors.astype(np.float64), fit.means_[class_index])
+    knn = knn_distances(bank, unit_vectors, class_index, knn_k) if bank is not None else np.full(len(logp), np.nan)
+    return {
+        "log_density": logp,
+        "id_percentile": fit.percentile(logp, class_index),
+        "knn_distance": knn,
+        "cos_to_mean": cos,
+    }
+
+
+def class_blocks(classes: np.ndarray, n: int, rows: int = ROWS_PER_BLOCK) -> Iterator[tuple[np.ndarray, int]]:
+    """Split ``n`` chains for each class into (class group, chains) blocks of at most ~``rows`` chains."""
+    per_block = min(n, rows)
+    group = max(1, rows // per_block)
+    for start in range(0, len(classes), group):
+        cls = classes[start : start + group]
+        for done in range(0, n, per_block):
+            yield cls, min(per_block, n - done)
+
+
+class Sampler:
+    """Base of all samplers: subclasses set ``name``, ``Params`` and implement ``_sample_block``."""
+
+    name: ClassVar[str]
+    needs_bank: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(self, **params):
+        self.params = self.Params(**params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+    # subclasses -----------------------------------------------------------------
+    def _sample_block(self, fit: ClassDensities, classes: np.ndarray, n: int, rng: np.random.Generator,
+                      bank: FeatureBank | None) -> np.ndarray:
+        """Unit vectors (K, n, D) for ``classes`` (K,)."""
+        raise NotImplementedError
+
+    def _sample_all(self, fit, classes, n, rng, bank, progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
+        """Unit vectors (M, D) grouped by class in the order of ``classes``; blocks by default."""
+        per_class: dict[int, list[np.ndarray]] = {int(c): [] for c in classes}
+        total, done = len(classes) * n, 0
+        for cls, nb in class_blocks(classes, n):
+            block = self._sample_block(fit, cls, nb, rng, bank)
+            for c, rows in zip(cls, block):
+                per_class[int(c)].append(rows)
+            done += len(cls) * nb
+            if progress is not None:
+                progress(done, total)
+        vectors = np.concatenate([np.concatenate(per_class[int(c)]) for c in classes])
+        return vectors, np.repeat(classes, n)
+
+    def _knn_k(self) -> int:
+        return int(getattr(self.params, "k", DEFAULT_KNN_K))
+
+    # public ---------------------------------------------------------------------
+    def sample(
+        self,
+        fit: ClassDensities,
+        n_per_class: int,
+        classes: Sequence[int] | None = None,
+        seed: int | None = None,
+        bank: FeatureBank | None = None,
+        scale_to_anchor: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> SampleResult:
+        """``n_per_class`` outlier vectors for each class (all classes when ``classes`` is None)."""
+        if not isinstance(fit, ClassDensities) or not hasattr(fit, "quantile_values_"):
+            raise ValueError("fit: expected a fitted ClassDensities")
+        if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
+            raise ValueError(f"n_per_class: must be a positive integer, got {n_per_class!r}")
+        cls = fit._check_classes(np.arange(fit.n_classes) if classes is None else list(classes))
+        if cls.size == 0:
+            raise ValueError("classes: empty list of classes")
+        if np.unique(cls).size != cls.size:
+            raise ValueError("classes: duplicate class indices")
+        if bank is not None and (bank.dim != fit.dim or bank.n_classes != fit.n_classes):
+            raise ValueError(
+                f"bank: shape ({bank.n_classes} classes, dim {bank.dim}) does not match the fit "
+                f"({fit.n_classes} classes, dim {fit.dim})"
+            )
+        if self.needs_bank and bank is None:
+            raise ValueError(f"bank: the {self.name} sampler needs the ID feature bank")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**31)
+        rng = np.random.default_rng(seed)
+        unit, class_index = self._sample_all(fit, cls, int(n_per_class), rng, bank, progress)
+        unit = unit.astype(np.float32)
+        diagnostics = compute_diagnostics(fit, unit, class_index, bank, self._knn_k())
+        vectors = unit * np.linalg.norm(fit.anchors_[class_index], axis=1, keepdims=True) if scale_to_anchor else unit
+        return SampleResult(
+            vectors=vectors.astype(np.float32),
+            class_index=class_index.astype(np.int64),
+            diagnostics=diagnostics,
+            method=self.name,
+            params=self.params.model_dump(mode="json"),
+            seed=int(seed),
+        )
+
+
+def validate_band(band: tuple[float, float]) -> tuple[float, float]:
+    """A band of ID percentiles ``(low, high)`` with ``0 <= low < high <= 100``."""
+    low, high = band
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"band must satisfy 0 <= low < high <= 100, got {band}")
+    return (float(low), float(high))
