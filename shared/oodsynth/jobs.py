@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .store import validate_dataset_name
 
-SCHEDULERS = ("pndm", "ddim", "euler", "euler_a", "dpm")
+# The names the worker knows (oodsynth.decoding.SCHEDULERS; "dpm" aliases "dpm++"), kept here
+# so the API can check them without importing torch.
+SCHEDULERS = ("pndm", "ddim", "dpm++", "dpm", "euler", "euler_a")
 TOKEN_FIELD = "{token}"
 
 
@@ -60,29 +65,18 @@ class DecodeItem(BaseModel):
         return v
 
 
-class DecodeJob(BaseModel):
-    """A batch of images decoded by one worker call with shared diffusion settings."""
+class DecodeSettings(BaseModel):
+    """Diffusion settings shared by every image of a request (and checked before anything is queued)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str
-    model: str = Field(min_length=1)
-    prompt_template: str = "A high-quality image of the {token}"
-    steps: int = Field(50, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0.0, le=100.0)
-    height: int = Field(512, ge=8, le=2048)
-    width: int = Field(512, ge=8, le=2048)
-    output_size: int = Field(256, ge=8, le=2048)
-    scheduler: str = "pndm"
-    items: list[DecodeItem] = Field(min_length=1)
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        try:
-            return validate_dataset_name(v)
-        except ValueError as exc:
-            raise ValueError(str(exc).removeprefix("dataset: ")) from None
+    prompt_template: str = Field("A high-quality image of the {token}", description="Must contain {token} once.")
+    steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
+    guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="Classifier-free guidance scale.")
+    height: int = Field(512, ge=8, le=2048, description="Decode height in pixels (multiple of 8).")
+    width: int = Field(512, ge=8, le=2048, description="Decode width in pixels (multiple of 8).")
+    output_size: int = Field(256, ge=8, le=2048, description="Stored images are resized to this square size.")
+    scheduler: str = Field("pndm", description=f"One of {list(SCHEDULERS)}.")
 
     @field_validator("prompt_template")
     @classmethod
@@ -105,6 +99,29 @@ class DecodeJob(BaseModel):
             raise ValueError(f"unknown scheduler {v!r}; choose one of {list(SCHEDULERS)}")
         return v
 
+    def decode_settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in DecodeSettings.model_fields}
+
+
+def _dataset_name(v: str) -> str:
+    try:
+        return validate_dataset_name(v)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("dataset: ")) from None
+
+
+class DecodeJob(DecodeSettings):
+    """A batch of images decoded by one worker call with shared diffusion settings."""
+
+    dataset: str
+    model: str = Field(min_length=1)
+    items: list[DecodeItem] = Field(min_length=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _dataset_name(v)
+
     @model_validator(mode="after")
     def _consistent(self) -> "DecodeJob":
         dims = {len(item.vector) for item in self.items}
@@ -117,3 +134,68 @@ class DecodeJob(BaseModel):
 
     def prompt(self, token: str) -> str:
         return self.prompt_template.replace(TOKEN_FIELD, token)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def build_items(
+    *,
+    dataset: str,
+    vectors: np.ndarray,
+    class_index: np.ndarray,
+    class_names: Sequence[str],
+    vector_ids: Sequence[str],
+    sampler: str,
+    sampler_params: Mapping[str, Any] | None = None,
+    diagnostics: Mapping[str, np.ndarray] | None = None,
+    images_per_vector: int = 1,
+    seed: int | None = None,
+) -> list[DecodeItem]:
+    """One ``DecodeItem`` per (vector, repeat), with stable ids and seeds; vector-major order."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    diagnostics = diagnostics or {}
+    items = []
+    for i, (vector, c, vector_id) in enumerate(zip(vectors, np.asarray(class_index), vector_ids)):
+        diag = {name: _finite_or_none(values[i]) for name, values in diagnostics.items()}
+        as_list = vector.tolist()
+        for repeat in range(images_per_vector):
+            image_id = image_id_for(dataset, vector_id, repeat)
+            items.append(
+                DecodeItem(
+                    image_id=image_id,
+                    vector_id=vector_id,
+                    vector=as_list,
+                    class_index=int(c),
+                    class_name=str(class_names[int(c)]),
+                    seed=image_seed_for(image_id, seed),
+                    sampler=sampler,
+                    sampler_params=dict(sampler_params or {}),
+                    diagnostics=diag,
+                )
+            )
+    return items
+
+
+def inline_vector_ids(vectors: np.ndarray, class_index: np.ndarray) -> list[str]:
+    """Ids for vectors sent inline: a digest of the whole request's vectors and classes plus the row.
+
+    The same request sent twice gets the same ids (so the same image ids and
+    files); two equal rows of one request still get distinct ids.
+    """
+    h = hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(class_index, dtype=np.int64).tobytes())
+    digest = h.hexdigest()[:16]
+    return [f"inline-{digest}:{i}" for i in range(len(vectors))]
+
+
+def rescale_to_anchors(vectors: np.ndarray, class_index: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Give each vector the norm of its class anchor ||T(y)||, the scale the text encoder expects."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"vectors: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} has zero norm")
+    target = np.linalg.norm(np.asarray(anchors, dtype=np.float32)[np.asarray(class_index)], axis=1, keepdims=True)
+    return (vectors / norms * target).astype(np.float32)

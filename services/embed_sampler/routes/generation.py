@@ -1,5 +1,203 @@
-"""Routes (generation)."""
+"""Routes that queue decoding of outlier vectors into images, and report on the queue.
 
-from fastapi import APIRouter
+``POST /generate`` checks everything before it enqueues anything: a request
+that fails any check leaves the queue untouched. The work is split into RQ
+jobs of ``images_per_job`` images (see ``oodsynth.queue``).
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pydantic
+import redis
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from oodsynth import queue as rq_queue
+from oodsynth.config import get_settings
+from oodsynth.jobs import (
+    DecodeJob,
+    DecodeSettings,
+    build_items,
+    inline_vector_ids,
+    rescale_to_anchors,
+)
+from oodsynth.registry import FitRegistry, SampleRegistry
+from oodsynth.store import validate_dataset_name
+
+from ..errors import field_error, from_pydantic, not_found
+from ..state import get_fits, get_redis_dep, get_samples
+
+router = APIRouter(tags=["generation"])
+
+ERROR_RESPONSES = {
+    404: {"description": "Unknown sample, fit or job id."},
+    422: {"description": "Bad input; `detail[].loc` names the field. Nothing was enqueued."},
+}
+
+
+class GenerateRequest(DecodeSettings):
+    """Decode a stored sample (``sample_id``) or inline ``vectors`` + ``classes`` into images."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"sample_id": "3f2a...", "dataset": "cifar100-outliers", "images_per_vector": 1}]},
+    )
+
+    dataset: str = Field(description="Result-store dataset (one folder name) the images go into.")
+    sample_id: str | None = Field(None, description="A sample returned by POST /sample.")
+    vectors: list[list[float]] | None = Field(None, description="Inline vectors (M, D), instead of sample_id.")
+    classes: list[int] | None = Field(None, description="Class index of each inline vector.")
+    fit: str | None = Field(None, description="Fit of the inline vectors: class names, dimension, anchor norms.")
+    class_names: list[str] | None = Field(None, description="Class names for inline vectors without a fit.")
+    images_per_vector: int = Field(1, ge=1, description="Images decoded from each vector, each with its own seed.")
+    seed: int | None = Field(None, ge=0, description="Base seed; each image's seed derives from it and its id.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        try:
+            return validate_dataset_name(v)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("dataset: ")) from None
+
+
+class GenerateResponse(BaseModel):
+    dataset: str
+    job_ids: list[str]
+    n_images: int
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class JobState(BaseModel):
+    id: str
+    status: str = Field(description="queued, started, deferred, scheduled, finished, failed, stopped or canceled.")
+    progress: Progress
+    result: Any = Field(None, description='When finished: {"images": [paths relative to the store], ...}.')
+    error: str | None = Field(None, description="Text of the latest failure (RQ's failed registry).")
+    dataset: str | None = None
+    retries_left: int | None = None
+
+
+def _inline_arrays(req: GenerateRequest, fits: FitRegistry):
+    """Vectors, classes, class names and vector ids of an inline request, checked field by field."""
+    if req.classes is None:
+        raise field_error(["body", "classes"], "give one class index per vector")
+    if len(req.vectors) == 0:
+        raise field_error(["body", "vectors"], "give at least one vector")
+    if len(req.classes) != len(req.vectors):
+        raise field_error(["body", "classes"], f"expected {len(req.vectors)} class indices (one per vector), got {len(req.classes)}")
+    dims = {len(v) for v in req.vectors}
+    if len(dims) != 1 or 0 in dims:
+        raise field_error(["body", "vectors"], f"rows must be non-empty and of one dimension, got dimensions {sorted(dims)}")
+    vectors = np.asarray(req.vectors, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad.size:
+        raise field_error(["body", "vectors", int(bad[0])], f"{bad.size} vectors contain NaN or inf (first: row {int(bad[0])})")
+    if np.any(np.linalg.norm(vectors, axis=1) == 0):
+        raise field_error(["body", "vectors"], "a vector has zero norm")
+    classes = np.asarray(req.classes, dtype=np.int64)
+    if req.fit is not None:
+        try:
+            fit, _bank = fits.get(req.fit)
+        except KeyError:
+            raise not_found(["body", "fit"], f"no fit named {req.fit!r}") from None
+        if vectors.shape[1] != fit.dim:
+            raise field_error(["body", "vectors"], f"dimension {vectors.shape[1]} does not match fit {req.fit!r} ({fit.dim})")
+        names = list(fit.class_names_)
+    else:
+        names = list(req.class_names) if req.class_names is not None else None
+    n_classes = len(names) if names is not None else int(classes.max()) + 1
+    out = np.flatnonzero((classes < 0) | (classes >= n_classes))
+    if out.size:
+        raise field_error(["body", "classes", int(out[0])], f"class index {int(classes[out[0]])} is out of range [0, {n_classes})")
+    if names is None:
+        names = [f"class_{c}" for c in range(n_classes)]
+    vectors = vectors.astype(np.float32)
+    if req.fit is not None:
+        vectors = rescale_to_anchors(vectors, classes, fit.anchors_)
+    return vectors, classes, names, inline_vector_ids(vectors, classes)
+
+
+def plan_job(req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry) -> DecodeJob:
+    """The whole request as one validated ``DecodeJob`` (split into RQ jobs when enqueued)."""
+    settings = get_settings()
+    if (req.sample_id is None) == (req.vectors is None):
+        raise field_error(["body", "sample_id"], "give either sample_id or vectors (+ classes), not both or neither")
+    if req.sample_id is not None:
+        for name in ("classes", "fit", "class_names"):
+            if getattr(req, name) is not None:
+                raise field_error(["body", name], "only used with inline vectors; a stored sample carries its own")
+        try:
+            sample = samples.get(req.sample_id)
+        except KeyError:
+            raise not_found(["body", "sample_id"], f"no sample {req.sample_id!r} (unknown or expired)") from None
+        vectors, classes, names = sample.vectors, sample.class_index, sample.class_names
+        vector_ids = [f"{sample.sample_id}:{i}" for i in range(len(vectors))]
+        sampler, params, diagnostics = sample.method, sample.params, sample.diagnostics
+        if len(vectors) == 0:
+            raise field_error(["body", "sample_id"], "the sample holds no vectors")
+    else:
+        vectors, classes, names, vector_ids = _inline_arrays(req, fits)
+        sampler, params, diagnostics = "inline", {}, {}
+    n_images = len(vectors) * req.images_per_vector
+    if n_images > settings.max_images_per_request:
+        raise field_error(
+            ["body", "images_per_vector"],
+            f"{len(vectors)} vectors x {req.images_per_vector} images = {n_images} images, "
+            f"over the limit of {settings.max_images_per_request} per request",
+        )
+    items = build_items(
+        dataset=req.dataset, vectors=vectors, class_index=classes, class_names=names, vector_ids=vector_ids,
+        sampler=sampler, sampler_params=params, diagnostics=diagnostics,
+        images_per_vector=req.images_per_vector, seed=req.seed,
+    )
+    try:
+        return DecodeJob(dataset=req.dataset, model=settings.model, items=items, **req.decode_settings())
+    except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
+        raise from_pydantic(exc, ["body"]) from exc
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=GenerateResponse,
+    responses=ERROR_RESPONSES,
+    summary="Queue decoding of outlier vectors into images",
+)
+async def generate(
+    req: GenerateRequest,
+    fits: FitRegistry = Depends(get_fits),
+    samples: SampleRegistry = Depends(get_samples),
+    connection: redis.Redis = Depends(get_redis_dep),
+):
+    """Every image gets its own vector, seed and stable id, so a retried job rewrites the same files.
+
+    Follow the returned jobs with `GET /jobs/{id}`; images land in the result
+    store under `<dataset>/<class>/<image_id>.png` with a manifest row each.
+    """
+    job = await run_in_threadpool(plan_job, req, fits, samples)
+    job_ids = await run_in_threadpool(rq_queue.enqueue_decode, job, connection)
+    return GenerateResponse(dataset=req.dataset, job_ids=job_ids, n_images=len(job.items))
+
+
+@router.get("/jobs/{job_id}", response_model=JobState, responses=ERROR_RESPONSES, summary="State of one job")
+async def get_job(job_id: str, connection: redis.Redis = Depends(get_redis_dep)):
+    """Status, images done of total, the result (image paths) and the latest error text."""
+    try:
+        return await run_in_threadpool(rq_queue.job_status, job_id, connection)
+    except KeyError:
+        raise not_found(["path", "job_id"], f"no job {job_id!r} (unknown or expired)") from None
+
+
+@router.get("/queue", summary="Queue depth per registry and the live workers")
+async def get_queue_stats(connection: redis.Redis = Depends(get_redis_dep)) -> dict:
+    """Per queue: queued/started/finished/failed/deferred/scheduled counts; workers with their current job."""
+    return await run_in_threadpool(rq_queue.queue_stats, connection)

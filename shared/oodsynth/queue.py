@@ -1,0 +1,259 @@
+"""The generation queue: RQ with JSON payloads, job status, queue stats, abandoned-job recovery.
+
+* Payloads are JSON (``rq.serializers.JSONSerializer``), never pickle: whoever
+  can write to Redis must not be able to run code on the GPU workers.
+* The job function is referenced by name, so the API never imports torch.
+* A request is split into jobs of ``settings.images_per_job`` images, enqueued
+  in one Redis transaction (all or nothing), each with a finite timeout and
+  ``Retry`` with back-off.
+* Failures are data: the error text lives in RQ's failed registry / results.
+* A worker killed with SIGKILL leaves its job in the StartedJobRegistry until
+  ``timeout + 60`` s pass (RQ's own cleanup). ``recover_abandoned_jobs`` finds
+  jobs whose worker is provably gone sooner and hands them to the same RQ
+  cleanup (``StartedJobRegistry.cleanup``), which retries them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import redis
+from rq import Queue, Retry, Worker
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from .config import get_settings
+from .jobs import DecodeJob
+
+JOB_FUNCTION = "services.diffusion_worker.tasks.decode_job"
+# First retry at once (the usual cause is a dead worker, not the job), then back off.
+RETRY_INTERVALS_S = (0, 30, 120)
+TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
+REGISTRIES = ("started", "finished", "failed", "deferred", "scheduled")
+
+
+def connect() -> redis.Redis:
+    """A bytes-mode client on the configured (or embedded) Redis, as RQ needs."""
+    from .redis_conn import get_redis
+
+    return get_redis(decode_responses=False)
+
+
+def get_queue(connection: redis.Redis | None = None, name: str | None = None) -> Queue:
+    return Queue(
+        name or get_settings().queue_name,
+        connection=connection if connection is not None else connect(),
+        serializer=JSONSerializer,
+    )
+
+
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def enqueue_decode(
+    job: DecodeJob,
+    connection: redis.Redis | None = None,
+    *,
+    images_per_job: int | None = None,
+    queue_name: str | None = None,
+) -> list[str]:
+    """Split ``job`` into RQ jobs of ``images_per_job`` items and enqueue them atomically."""
+    settings = get_settings()
+    size = images_per_job or settings.images_per_job
+    if size < 1:
+        raise ValueError(f"images_per_job: must be >= 1, got {size}")
+    queue = get_queue(connection, queue_name)
+    retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
+    data = []
+    for part in chunks(job.items, size):
+        payload = job.model_copy(update={"items": list(part)}).model_dump(mode="json")
+        data.append(
+            Queue.prepare_data(
+                JOB_FUNCTION,
+                args=(payload,),
+                timeout=settings.job_timeout_s,
+                result_ttl=settings.result_ttl_s,
+                failure_ttl=settings.result_ttl_s,
+                retry=retry,
+                description=f"decode {len(part)} images into {job.dataset}",
+                meta={"dataset": job.dataset, "progress": {"done": 0, "total": len(part)}},
+            )
+        )
+    with queue.connection.pipeline() as pipe:  # MULTI/EXEC: every job or none
+        jobs = queue.enqueue_many(data, pipeline=pipe)
+        pipe.execute()
+    return [j.id for j in jobs]
+
+
+# -- status -----------------------------------------------------------------------------
+def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job:
+    """The RQ job; ``KeyError`` when unknown (or expired)."""
+    try:
+        return Job.fetch(job_id, connection=connection if connection is not None else connect(), serializer=JSONSerializer)
+    except NoSuchJobError:
+        raise KeyError(job_id) from None
+
+
+def _error_text(job: Job) -> str | None:
+    result = job.latest_result()
+    if result is not None and result.type == Result.Type.FAILED:
+        return result.exc_string
+    return None
+
+
+def job_status(job_id: str, connection: redis.Redis | None = None) -> dict[str, Any]:
+    """``{id, status, progress: {done, total}, result, error, dataset, retries_left}``; KeyError if unknown."""
+    connection = connection if connection is not None else connect()
+    job = fetch_job(job_id, connection)
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED and recover_abandoned_jobs(connection, job.origin):
+        job = fetch_job(job_id, connection)
+        status = job.get_status(refresh=False)
+    meta = job.get_meta(refresh=False)
+    progress = dict(meta.get("progress") or {})
+    progress.setdefault("done", 0)
+    progress.setdefault("total", len(job.args[0].get("items", [])) if job.args else 0)
+    status_text = status.value if isinstance(status, JobStatus) else str(status)
+    return {
+        "id": job.id,
+        "status": status_text,
+        "progress": {"done": int(progress["done"]), "total": int(progress["total"])},
+        "result": job.return_value() if status_text == "finished" else None,
+        # The latest failure's traceback: the final one when failed, the last retried one otherwise.
+        "error": _error_text(job),
+        "dataset": meta.get("dataset"),
+        "retries_left": job.retries_left,
+    }
+
+
+def queue_stats(connection: redis.Redis | None = None) -> dict[str, Any]:
+    """Per-queue counts (queued and each registry) and the live workers with their current job."""
+    connection = connection if connection is not None else connect()
+    names = {get_settings().queue_name} | {q.name for q in Queue.all(connection=connection, serializer=JSONSerializer)}
+    queues = []
+    for name in sorted(names):
+        recover_abandoned_jobs(connection, name)
+        q = get_queue(connection, name)
+        queues.append(
+            {
+                "name": name,
+                "queued": q.count,
+                "started": q.started_job_registry.count,
+                "finished": q.finished_job_registry.count,
+                "failed": q.failed_job_registry.count,
+                "deferred": q.deferred_job_registry.count,
+                "scheduled": q.scheduled_job_registry.count,
+            }
+        )
+    workers = []
+    for w in Worker.all(connection=connection, serializer=JSONSerializer):
+        workers.append(
+            {
+                "name": w.name,
+                "state": w.get_state(),
+                "current_job": w.get_current_job_id(),
+                "queues": w.queue_names(),
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "last_heartbeat": w.last_heartbeat.isoformat() if w.last_heartbeat else None,
+            }
+        )
+    return {"queues": queues, "workers": workers}
+
+
+# -- abandoned jobs -----------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_gone(name: str, connection: redis.Redis, here: str) -> bool:
+    """True when the worker is provably dead: its key expired, it said so, or (same host) its pid is gone."""
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=connection)
+    if worker is None or worker.death_date() is not None:
+        return True
+    if worker.hostname != here or not worker.pid:
+        return False  # another machine: only RQ's timeout-based cleanup can tell
+    if not _pid_alive(worker.pid):
+        return True
+    # Same host and pid, but a newer worker owns that pid (a restarted container is pid 1 again).
+    for other in Worker.all(connection=connection):
+        if other.name != name and other.hostname == here and other.pid == worker.pid:
+            if other.birth_date and worker.birth_date and other.birth_date > worker.birth_date:
+                return True
+    return False
+
+
+def recover_abandoned_jobs(connection: redis.Redis | None = None, queue_name: str | None = None) -> list[str]:
+    """Retry (or fail, when out of retries) started jobs whose worker is gone; returns their ids.
+
+    The entries are marked expired and RQ's ``StartedJobRegistry.cleanup`` does
+    the rest, exactly as it would after ``timeout + 60`` s: failure callbacks,
+    ``Retry`` bookkeeping, or the failed registry with an ``AbandonedJobError``.
+    """
+    connection = connection if connection is not None else connect()
+    registry = get_queue(connection, queue_name).started_job_registry
+    here = socket.gethostname()
+    expired: list[str] = []
+    for member, _score in connection.zrange(registry.key, 0, -1, withscores=True):
+        entry = member.decode() if isinstance(member, bytes) else member
+        job_id, _, execution_id = entry.partition(":")
+        try:
+            worker_name = Execution.fetch(execution_id, job_id, connection).worker_name
+        except ValueError:  # the execution record expired with its worker
+            worker_name = ""
+        if not worker_name or _worker_gone(worker_name, connection, here):
+            # Only move entries that are still there (a live worker may have just finished it).
+            if connection.zadd(registry.key, {member: 1}, xx=True, ch=True):
+                expired.append(job_id)
+    if expired:
+        registry.cleanup(timestamp=1)
+    return expired
+
+
+# -- waiting --------------------------------------------------------------------------------
+def wait_for_jobs(
+    job_ids: Sequence[str],
+    connection: redis.Redis | None = None,
+    *,
+    timeout: float | None = None,
+    poll_s: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Poll until every job is terminal; ``progress(done_images, total_images)`` after each poll.
+
+    Raises ``KeyError`` for an unknown id and ``TimeoutError`` naming the unfinished jobs.
+    """
+    connection = connection if connection is not None else connect()
+    ids = list(dict.fromkeys(job_ids))
+    latest: dict[str, dict] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        for job_id in ids:
+            if latest.get(job_id, {}).get("status") not in TERMINAL_STATES:
+                latest[job_id] = job_status(job_id, connection)
+        if progress is not None:
+            progress(
+                sum(s["progress"]["done"] for s in latest.values()),
+                sum(s["progress"]["total"] for s in latest.values()),
+            )
+        pending = [j for j in ids if latest[j]["status"] not in TERMINAL_STATES]
+        if not pending:
+            return [latest[j] for j in ids]
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(ids)} jobs not finished after {timeout} s: {', '.join(pending[:5])}")
+        time.sleep(poll_s)
