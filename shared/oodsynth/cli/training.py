@@ -1,3 +1,300 @@
-"""CLI commands (training)."""
+"""CLI commands ``train-encoder``, ``features``, ``train-ood``, ``evaluate``, ``plot tsne``, ``plot grid``.
 
-from .app import app  # noqa: F401
+Bad input prints one line ``error: <option>: <message>`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import typer
+
+from .app import app
+
+BAD_INPUT = 2
+
+plot_app = typer.Typer(help="Figures as PNG: t-SNE of features/anchors/outliers, image grids from the store.",
+                       no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+
+
+def _fail(option: str, message: str) -> NoReturn:
+    typer.echo(f"error: {option}: {message}", err=True)
+    raise typer.Exit(BAD_INPUT)
+
+
+def _load_data(dataset: str, split: str, data_root: Path | None, image_size: int | None = None, augment: bool = False,
+               option: str = "dataset"):
+    from ..data import DataUnavailableError, load_dataset
+
+    try:
+        return load_dataset(dataset, split, root=data_root, image_size=image_size, augment=augment)
+    except DataUnavailableError as exc:
+        _fail(exc.option if exc.option != "dataset" else option, exc.message)
+
+
+def _anchors_for(class_names: list[str], anchors: Path | None, anchors_model: Path | None,
+                 random_anchors: int | None, words: list[str] | None, seed: int) -> np.ndarray:
+    given = [o for o, v in (("anchors", anchors), ("anchors_model", anchors_model), ("random_anchors", random_anchors))
+             if v is not None]
+    if len(given) != 1:
+        _fail("anchors", "give exactly one of --anchors FILE, --anchors-model DIR or --random-anchors DIM")
+    if random_anchors is not None:
+        from ..data import random_anchors as make_random
+
+        if random_anchors < 1:
+            _fail("random_anchors", f"dimension must be positive, got {random_anchors}")
+        return make_random(len(class_names), random_anchors, seed=seed)
+    if anchors is not None:
+        from ..anchors import load_anchors
+
+        if not anchors.is_file():
+            _fail("anchors", f"{anchors} does not exist")
+        try:
+            a = load_anchors(anchors)
+        except (ValueError, OSError) as exc:
+            _fail("anchors", str(exc))
+        if a.shape[0] != len(class_names):
+            _fail("anchors", f"{anchors} has {a.shape[0]} rows, the dataset has {len(class_names)} classes")
+        return a
+    from ..anchors import extract_anchors
+
+    words = words or class_names
+    if len(words) != len(class_names):
+        _fail("words", f"{len(words)} words for {len(class_names)} classes")
+    try:
+        return extract_anchors(anchors_model, words)
+    except (ValueError, OSError) as exc:
+        _fail("anchors_model", str(exc))
+
+
+@app.command("train-encoder")
+def train_encoder_cmd(
+    out: Path = typer.Option(..., "--out", help="Run folder; the checkpoint is OUT/encoder.pt."),
+    dataset: str = typer.Option("digits", help="digits, cifar10, cifar100, imagefolder:<path> or a folder."),
+    data_root: Path | None = typer.Option(None, help="Where CIFAR lives or is downloaded to."),
+    anchors: Path | None = typer.Option(None, help="Anchors T(y): a (C, D) .npy or a bank .npz, in class order."),
+    anchors_model: Path | None = typer.Option(None, help="SD model folder: anchors are its token rows for --words."),
+    words: list[str] | None = typer.Option(None, "--words", help="Prompt word per class (default: class names)."),
+    random_anchors: int | None = typer.Option(None, help="Random unit anchors of this dimension (a stand-in)."),
+    arch: str = typer.Option("resnet18", help="resnet18, resnet34, resnet152 or efficientnet_v2_s."),
+    width: int = typer.Option(64, help="CIFAR ResNet base width (64 = standard)."),
+    epochs: int = typer.Option(200),
+    batch_size: int = typer.Option(256),
+    lr: float = typer.Option(0.1),
+    momentum: float = typer.Option(0.9),
+    weight_decay: float = typer.Option(5e-4),
+    temperature: float = typer.Option(0.1, help="t in cos(T(y_j), z)/t."),
+    kernel: str = typer.Option("cosine", help="cosine or euclidean."),
+    image_size: int | None = typer.Option(None, help="Input size (digits: default 16)."),
+    augment: bool = typer.Option(True, help="Random crop/flip for CIFAR and folders."),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="Continue from OUT/encoder.pt."),
+    device: str | None = typer.Option(None, help="torch device; auto when left out."),
+) -> None:
+    """Train the text-aligned encoder (CE over cos(T(y_j), z)/t) with a checkpoint per epoch."""
+    import pydantic
+
+    from ..encoder_training import EncoderTrainConfig, train_encoder
+
+    train = _load_data(dataset, "train", data_root, image_size, augment)
+    test = _load_data(dataset, "test", data_root, image_size)
+    a = _anchors_for(train.class_names, anchors, anchors_model, random_anchors, words, seed)
+    try:
+        config = EncoderTrainConfig(arch=arch, width=width, kernel=kernel, temperature=temperature, epochs=epochs,
+                                    batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                    seed=seed, dataset=dataset, image_size=train.image_size, mean=train.mean,
+                                    std=train.std)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        _fail(".".join(map(str, first["loc"])), first["msg"])
+    try:
+        ckpt = train_encoder(config, train, a, out, eval_data=test, resume=resume, device=device)
+    except ValueError as exc:
+        _fail("anchors" if "anchors" in str(exc) else "resume", str(exc))
+    last = ckpt.history[-1] if ckpt.history else {}
+    typer.echo(f"encoder: {out / 'encoder.pt'} after {ckpt.epoch} epochs; loss {last.get('loss', float('nan')):.4f}, "
+               f"nearest-anchor accuracy on {test.name}: {100 * last.get('eval_accuracy', float('nan')):.2f}%")
+
+
+@app.command("features")
+def features_cmd(
+    checkpoint: Path = typer.Option(..., help="Encoder checkpoint (file or run folder)."),
+    out: Path = typer.Option(..., "--out", help="Bank file to write (.npz)."),
+    dataset: str = typer.Option("digits"),
+    split: str = typer.Option("train", help="train or test."),
+    data_root: Path | None = typer.Option(None),
+    batch_size: int = typer.Option(256, min=1),
+) -> None:
+    """Encode a dataset into a feature bank (.npz): unit features, labels, anchors, class names."""
+    from ..encoder_training import load_encoder
+    from ..features import build_bank, nearest_anchor
+
+    try:
+        ckpt = load_encoder(checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail("checkpoint", str(exc))
+    data = _load_data(dataset, split, data_root, ckpt.config.image_size)
+    try:
+        bank = build_bank(ckpt, data, batch_size=batch_size)
+    except ValueError as exc:
+        _fail("dataset", str(exc))
+    if not out.parent.is_dir():
+        _fail("out", f"folder {out.parent} does not exist")
+    bank.save(out)
+    acc = float(np.mean(nearest_anchor(bank.features, bank.anchors)[0] == bank.labels))
+    typer.echo(f"bank: {out} with {len(bank.features)} features of dim {bank.dim}, {bank.n_classes} classes; "
+               f"nearest-anchor accuracy {100 * acc:.2f}%")
+
+
+@app.command("train-ood")
+def train_ood_cmd(
+    out: Path = typer.Option(..., "--out", help="Run folder; the checkpoint is OUT/ood.pt."),
+    dataset: str = typer.Option("digits"),
+    data_root: Path | None = typer.Option(None),
+    store: Path | None = typer.Option(None, help="Result store folder (default: settings OODSYNTH_STORE)."),
+    outliers: list[str] | None = typer.Option(None, "--outliers", help="Store dataset(s) of outliers (repeatable)."),
+    beta: float = typer.Option(2.5, help="Weight of L_ood; 0 or no --outliers = CE-only baseline."),
+    arch: str = typer.Option("resnet18"),
+    width: int = typer.Option(64),
+    epochs: int = typer.Option(100),
+    batch_size: int = typer.Option(128),
+    ood_batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.1),
+    weight_decay: float = typer.Option(5e-4),
+    image_size: int | None = typer.Option(None),
+    augment: bool = typer.Option(True),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False),
+    device: str | None = typer.Option(None),
+) -> None:
+    """Train a classifier with L = CE + beta * L_ood on generated outliers from the store."""
+    import pydantic
+
+    from ..config import get_settings
+    from ..ood_training import OODTrainConfig, train_ood
+
+    train = _load_data(dataset, "train", data_root, image_size, augment)
+    store_root = store or get_settings().store
+    if outliers and not Path(store_root).is_dir():
+        _fail("store", f"result store {store_root} does not exist")
+    try:
+        config = OODTrainConfig(arch=arch, width=width, epochs=epochs, batch_size=batch_size,
+                                ood_batch_size=ood_batch_size, lr=lr, weight_decay=weight_decay, beta=beta, seed=seed,
+                                dataset=dataset, image_size=train.image_size, mean=train.mean, std=train.std,
+                                store=str(store_root), outlier_datasets=list(outliers or []))
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        _fail(".".join(map(str, first["loc"])), first["msg"])
+    try:
+        clf = train_ood(config, train, out, resume=resume, device=device)
+    except ValueError as exc:  # StoredOutliers names "datasets"; the CLI option is --outliers
+        field, _, msg = str(exc).partition(": ")
+        _fail({"datasets": "outliers", "outlier_datasets": "outliers"}.get(field, field) if msg else "outliers",
+              msg or str(exc))
+    last = clf.history[-1]
+    kind = f"CE + {beta} * L_ood on {len(outliers or [])} outlier set(s)" if clf.uses_outliers else "CE only"
+    typer.echo(f"ood model: {out / 'ood.pt'} ({kind}) after {clf.epoch} epochs; "
+               f"ce {last['ce']:.4f}, L_ood {last['ood']:.4f}")
+
+
+def _ood_sets(specs: list[str], data_root: Path | None, image_size: int) -> dict:
+    """``digits:ood``, ``cifar10:test``, ``imagefolder:<path>`` or a folder -> loaded datasets by name."""
+    sets = {}
+    for spec in specs:
+        if spec.startswith("imagefolder:") or Path(spec).is_dir():
+            sets[Path(spec.split(":", 1)[-1]).name] = _load_data(spec, "test", data_root, image_size, option="ood")
+        else:
+            name, _, split = spec.partition(":")
+            sets[spec] = _load_data(name, split or "test", data_root, image_size, option="ood")
+    return sets
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Path = typer.Option(..., help="OOD classifier checkpoint from train-ood (file or run folder)."),
+    dataset: str = typer.Option("digits", help="ID dataset (its test split is scored)."),
+    ood: list[str] | None = typer.Option(None, "--ood", help="OOD set: digits:ood, cifar10:test, "
+                                         "imagefolder:<path> (repeatable; digits default: digits:ood)."),
+    data_root: Path | None = typer.Option(None),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    batch_size: int = typer.Option(256, min=1),
+) -> None:
+    """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for the energy score and phi."""
+    from rich.console import Console
+
+    from ..evaluation import evaluate
+    from ..ood_training import load_ood_classifier
+
+    try:
+        clf = load_ood_classifier(checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail("checkpoint", str(exc))
+    specs = ood or (["digits:ood"] if dataset == "digits" else None)
+    if not specs:
+        _fail("ood", "give at least one OOD set with --ood")
+    id_data = _load_data(dataset, "test", data_root, clf.config.image_size)
+    if list(id_data.class_names) != clf.class_names:
+        _fail("dataset", f"{dataset} classes differ from the model's {clf.class_names[:5]}...")
+    report = evaluate(clf, id_data, _ood_sets(specs, data_root, clf.config.image_size), batch_size=batch_size)
+    Console().print(report.table(f"evaluate {checkpoint}"))
+    if json_out is not None:
+        if not json_out.parent.is_dir():
+            _fail("json", f"folder {json_out.parent} does not exist")
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        typer.echo(f"results: {json_out}")
+
+
+@plot_app.command("tsne")
+def plot_tsne_cmd(
+    bank: Path = typer.Option(..., help="Feature bank (.npz)."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    sample: Path | None = typer.Option(None, help="Outlier vectors: an .npz with vectors and class_index "
+                                       "(what `oodsynth sample --out` writes)."),
+    max_per_class: int = typer.Option(200, min=1),
+    perplexity: float = typer.Option(30.0, min=1.0),
+    seed: int = typer.Option(0),
+) -> None:
+    """t-SNE of ID features, anchors and sampled outlier vectors in one picture."""
+    from ..bank import BankError, load_bank
+    from ..plots import plot_tsne
+
+    try:
+        fb = load_bank(bank)
+    except (BankError, FileNotFoundError) as exc:
+        _fail("bank", str(exc))
+    outliers = None
+    if sample is not None:
+        try:
+            with np.load(sample, allow_pickle=False) as z:
+                outliers = (z["vectors"], z["class_index"])
+        except (OSError, ValueError, KeyError) as exc:
+            _fail("sample", f"{sample} is not an .npz with vectors and class_index ({exc})")
+    try:
+        path = plot_tsne(fb, out, outliers, max_per_class=max_per_class, perplexity=perplexity, seed=seed)
+    except ValueError as exc:
+        _fail("sample", str(exc))
+    typer.echo(f"t-SNE: {path}")
+
+
+@plot_app.command("grid")
+def plot_grid_cmd(
+    dataset: str = typer.Option(..., help="Store dataset name."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    store: Path | None = typer.Option(None, help="Result store folder (default: settings OODSYNTH_STORE)."),
+    per_class: int = typer.Option(8, min=1),
+    classes: list[str] | None = typer.Option(None, "--classes", help="Class names to show (repeatable)."),
+) -> None:
+    """Generated images per class from the result store, one row per class."""
+    from ..config import get_settings
+    from ..plots import plot_grid
+
+    try:
+        path = plot_grid(store or get_settings().store, dataset, out, per_class=per_class, classes=classes)
+    except ValueError as exc:
+        msg = str(exc)
+        _fail(msg.split(":", 1)[0], msg.split(":", 1)[1].strip())
+    typer.echo(f"grid: {path}")

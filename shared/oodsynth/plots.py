@@ -1,0 +1,124 @@
+"""Figures as PNG files: a t-SNE of ID features, anchors and outlier vectors; image grids from the store.
+
+The t-SNE puts every point on the unit sphere first (features already are;
+anchors and outlier vectors are rescaled to ||T(y)||), so directions are
+compared, which is what the cosine-trained encoder and the densities use.
+matplotlib's Agg backend is used so plots work on headless machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .bank import FeatureBank  # noqa: E402
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _subsample(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
+
+
+def tsne_embedding(bank: FeatureBank, outliers: tuple[np.ndarray, np.ndarray] | None = None, *,
+                   max_per_class: int = 200, perplexity: float = 30.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """2-D t-SNE coordinates of (subsampled) features, all anchors and (subsampled) outlier vectors."""
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    fi = _subsample(bank.labels, max_per_class, rng)
+    parts = [_unit(bank.features[fi]), _unit(bank.anchors)]
+    out_vectors = out_labels = np.zeros(0)
+    if outliers is not None:
+        vectors, labels = np.asarray(outliers[0]), np.asarray(outliers[1], dtype=np.int64)
+        if vectors.ndim != 2 or vectors.shape[1] != bank.dim or len(labels) != len(vectors):
+            raise ValueError(f"outliers: expected vectors (M, {bank.dim}) and M class indices, "
+                             f"got {vectors.shape} and {labels.shape}")
+        oi = _subsample(labels, max_per_class, rng)
+        out_vectors, out_labels = _unit(vectors[oi]), labels[oi]
+        parts.append(out_vectors)
+    x = np.concatenate(parts)
+    perplexity = min(perplexity, max(2.0, (len(x) - 1) / 3))
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    n_f, n_a = len(fi), len(bank.anchors)
+    return {"features": xy[:n_f], "feature_labels": bank.labels[fi], "anchors": xy[n_f:n_f + n_a],
+            "outliers": xy[n_f + n_a:], "outlier_labels": out_labels}
+
+
+def plot_tsne(bank: FeatureBank, out_path: str | Path, outliers: tuple[np.ndarray, np.ndarray] | None = None, *,
+              max_per_class: int = 200, perplexity: float = 30.0, seed: int = 0, title: str | None = None) -> Path:
+    """Scatter ID features (dots), outlier vectors (crosses) and anchors (stars), coloured by class."""
+    emb = tsne_embedding(bank, outliers, max_per_class=max_per_class, perplexity=perplexity, seed=seed)
+    cmap = plt.get_cmap("tab10" if bank.n_classes <= 10 else "tab20")
+    color = lambda c: cmap(int(c) % cmap.N)  # noqa: E731
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.scatter(*emb["features"].T, s=6, c=[color(c) for c in emb["feature_labels"]], alpha=0.5, label="ID features")
+    if len(emb["outliers"]):
+        ax.scatter(*emb["outliers"].T, s=18, marker="x", c=[color(c) for c in emb["outlier_labels"]],
+                   label="outlier vectors")
+    ax.scatter(*emb["anchors"].T, s=220, marker="*", c=[color(c) for c in range(bank.n_classes)],
+               edgecolors="black", linewidths=0.8, label="anchors T(y)")
+    if bank.n_classes <= 20:
+        for c, (px, py) in enumerate(emb["anchors"]):
+            ax.annotate(str(bank.class_names[c]), (px, py), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax.set_title(title or f"t-SNE of features, anchors and outliers ({bank.n_classes} classes)")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, out_path)
+
+
+def plot_grid(store_root: str | Path, dataset: str, out_path: str | Path, *, per_class: int = 8,
+              classes: list[str] | None = None, thumb: float = 1.2) -> Path:
+    """A grid of generated images, one row per class (first ``per_class`` of each), from the result store."""
+    from PIL import Image
+
+    from .store import ResultStore
+
+    store = ResultStore(store_root)
+    if dataset not in store.datasets():
+        raise ValueError(f"dataset: {dataset!r} not in the store at {store_root} (has {store.datasets()})")
+    by_class: dict[str, list] = {}
+    for record in sorted(store.records(dataset), key=lambda r: (r.class_index, r.image_id)):
+        by_class.setdefault(record.class_name, []).append(record)
+    if classes:
+        unknown = [c for c in classes if c not in by_class]
+        if unknown:
+            raise ValueError(f"classes: {unknown} have no images in {dataset!r} (has {sorted(by_class)})")
+        by_class = {c: by_class[c] for c in classes}
+    if not by_class:
+        raise ValueError(f"dataset: {dataset!r} holds no images")
+    rows, cols = len(by_class), per_class
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * thumb, rows * thumb), squeeze=False)
+    for r, (name, records) in enumerate(by_class.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(records):
+                with Image.open(store.root / records[c].path) as im:
+                    ax.imshow(np.asarray(im.convert("RGB")))
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(f"{dataset}: generated outliers per class")
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: str | Path) -> Path:
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, format="png")
+    plt.close(fig)
+    return out
