@@ -1,0 +1,169 @@
+"""POST /generate, GET /jobs/{id}, GET /queue over a real Redis: planning, splitting, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from oodsynth.bank import FeatureBank
+from oodsynth.config import get_settings
+from oodsynth.queue import JOB_FUNCTION, queue_stats
+from services.embed_sampler.app import create_app
+
+DIM = 16
+ANCHOR_NORMS = np.array([0.35, 0.38, 0.41])
+
+
+def make_bank(n_per_class: int = 30) -> FeatureBank:
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(3, DIM))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(3), n_per_class)
+    feats = directions[labels] + 0.05 * rng.normal(size=(labels.size, DIM))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    anchors = (ANCHOR_NORMS[:, None] * directions).astype(np.float32)
+    return FeatureBank.from_arrays(feats.astype(np.float32), labels, anchors, ["cat", "dog", "sea lion"])
+
+
+@pytest.fixture
+def api(redis_url, monkeypatch):
+    monkeypatch.setenv("OODSYNTH_IMAGES_PER_JOB", "4")
+    monkeypatch.setenv("OODSYNTH_MAX_IMAGES_PER_REQUEST", "50")
+    monkeypatch.setenv("OODSYNTH_MODEL", "tiny-test-model")
+    get_settings.cache_clear()
+    with TestClient(create_app()) as client:
+        r = client.post("/fits", data={"name": "toy", "density": "vmf"},
+                        files={"file": ("bank.npz", make_bank().to_bytes(), "application/octet-stream")})
+        assert r.status_code == 201, r.text
+        yield client
+
+
+def _queue(redis_url) -> Queue:
+    return Queue(get_settings().queue_name, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+
+
+def _sample(api, n_per_class=3) -> str:
+    r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": n_per_class, "seed": 1})
+    assert r.status_code == 200, r.text
+    return r.json()["sample_id"]
+
+
+def _payloads(redis_url, job_ids):
+    conn = redis.Redis.from_url(redis_url)
+    return [Job.fetch(j, connection=conn, serializer=JSONSerializer).args[0] for j in job_ids]
+
+
+def test_generate_from_sample_splits_and_is_deterministic(api, redis_url):
+    sample_id = _sample(api)  # 3 classes x 3 vectors
+    body = {"sample_id": sample_id, "dataset": "toy-out", "images_per_vector": 2, "steps": 3,
+            "height": 64, "width": 64, "output_size": 32, "seed": 5}
+    r = api.post("/generate", json=body)
+    assert r.status_code == 202, r.text
+    out = r.json()
+    assert out["dataset"] == "toy-out" and out["n_images"] == 18
+    assert len(out["job_ids"]) == math.ceil(18 / 4) == 5
+    assert _queue(redis_url).count == 5
+
+    payloads = _payloads(redis_url, out["job_ids"])
+    items = [it for p in payloads for it in p["items"]]
+    assert [len(p["items"]) for p in payloads] == [4, 4, 4, 4, 2]
+    assert all(p["model"] == "tiny-test-model" and p["steps"] == 3 and p["height"] == 64 for p in payloads)
+    assert len({it["image_id"] for it in items}) == 18 and len({it["seed"] for it in items}) == 18
+    assert {it["vector_id"] for it in items} == {f"{sample_id}:{i}" for i in range(9)}
+    assert {it["class_name"] for it in items} == {"cat", "dog", "sea lion"}
+    first = items[0]
+    assert first["sampler"] == "inverse_rejection" and "eps_percentile" in first["sampler_params"]
+    assert set(first["diagnostics"]) >= {"log_density", "id_percentile", "cos_to_mean"}
+    assert first["diagnostics"]["knn_distance"] is None  # NaN (no bank) travels as null
+    # Each vector keeps its own row; the two repeats of one vector share it.
+    assert items[0]["vector"] == items[1]["vector"] != items[2]["vector"]
+
+    # The same request again names the same images with the same seeds (retries rewrite, never add).
+    again = _payloads(redis_url, api.post("/generate", json=body).json()["job_ids"])
+    assert [(it["image_id"], it["seed"]) for p in again for it in p["items"]] == [(it["image_id"], it["seed"]) for it in items]
+
+    state = api.get(f"/jobs/{out['job_ids'][-1]}").json()
+    assert state == {"id": out["job_ids"][-1], "status": "queued", "progress": {"done": 0, "total": 2},
+                     "result": None, "error": None, "dataset": "toy-out", "retries_left": get_settings().job_retries}
+    stats = api.get("/queue").json()
+    (mine,) = [q for q in stats["queues"] if q["name"] == get_settings().queue_name]
+    assert mine["queued"] == 10 and mine["started"] == mine["failed"] == 0 and stats["workers"] == []
+
+
+def test_inline_vectors_rescaled_to_anchor_norm(api, redis_url):
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(3, DIM)) * 5
+    r = api.post("/generate", json={"vectors": vectors.tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"})
+    assert r.status_code == 202, r.text
+    (payload,) = _payloads(redis_url, r.json()["job_ids"])
+    norms = [np.linalg.norm(it["vector"]) for it in payload["items"]]
+    np.testing.assert_allclose(norms, ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5)
+    assert [it["class_name"] for it in payload["items"]] == ["sea lion", "cat", "sea lion"]
+    assert all(it["sampler"] == "inline" for it in payload["items"])
+    # Without a fit: names from class_names, vectors kept as given.
+    r = api.post("/generate", json={"vectors": [[1.0, 2.0]], "classes": [1], "class_names": ["a", "b"], "dataset": "raw"})
+    assert r.status_code == 202, r.text
+    (payload,) = _payloads(redis_url, r.json()["job_ids"])
+    assert payload["items"][0]["vector"] == [1.0, 2.0] and payload["items"][0]["class_name"] == "b"
+
+
+BAD = [
+    ({"sample_id": "0123456789abcdef0123456789abcdef"}, 404, ["body", "sample_id"]),
+    ({"images_per_vector": 0}, 422, ["body", "images_per_vector"]),
+    ({"images_per_vector": 6}, 422, ["body", "images_per_vector"]),  # 9 x 6 = 54 > 50
+    ({"height": 100}, 422, ["body", "height"]),
+    ({"width": 60}, 422, ["body", "width"]),
+    ({"steps": 0}, 422, ["body", "steps"]),
+    ({"dataset": ""}, 422, ["body", "dataset"]),
+    ({"dataset": "../etc"}, 422, ["body", "dataset"]),
+    ({"scheduler": "magic"}, 422, ["body", "scheduler"]),
+    ({"prompt_template": "no placeholder"}, 422, ["body", "prompt_template"]),
+    ({"vectors": [[0.1] * DIM], "classes": [0]}, 422, ["body", "sample_id"]),  # both sources
+    ({"fit": "toy"}, 422, ["body", "fit"]),  # fit only goes with inline vectors
+    ({"sample_id": None, "vectors": [[0.1] * DIM, [float("nan")] * DIM], "classes": [0, 1], "fit": "toy"}, 422, ["body", "vectors", 1]),
+    ({"sample_id": None, "vectors": [[0.1] * (DIM - 1)], "classes": [0], "fit": "toy"}, 422, ["body", "vectors"]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [3], "fit": "toy"}, 422, ["body", "classes", 0]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0, 1], "fit": "toy"}, 422, ["body", "classes"]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0], "fit": "nope"}, 404, ["body", "fit"]),
+    ({"sample_id": None, "vectors": [], "classes": []}, 422, ["body", "vectors"]),
+    ({"sample_id": None}, 422, ["body", "sample_id"]),  # neither source
+]
+
+
+def test_bad_input_names_the_field_and_enqueues_nothing(api, redis_url):
+    sample_id = _sample(api)
+    base = {"sample_id": sample_id, "dataset": "toy-out"}
+    for change, status, loc in BAD:
+        body = {k: v for k, v in {**base, **change}.items() if v is not None}
+        # NaN is not JSON: send it the way a Python client would (json.dumps writes NaN literals).
+        r = api.post("/generate", content=json.dumps(body), headers={"content-type": "application/json"})
+        assert r.status_code == status, (change, r.text)
+        locs = [d["loc"] for d in r.json()["detail"]]
+        assert loc in locs, (change, locs)
+        assert r.json()["detail"][0]["msg"]
+    assert _queue(redis_url).count == 0
+    assert not redis.Redis.from_url(redis_url).keys("rq:job:*")
+    assert api.get("/jobs/no-such-job").status_code == 404
+
+
+def test_failed_job_reports_error_text(api, redis_url, monkeypatch):
+    """A job whose payload the worker rejects ends failed with the validation text, not a log line."""
+    monkeypatch.setenv("OODSYNTH_JOB_RETRIES", "0")
+    get_settings.cache_clear()
+    from rq import SimpleWorker
+
+    queue = _queue(redis_url)
+    job = queue.enqueue(JOB_FUNCTION, {"dataset": "a/b", "model": "m", "items": []}, meta={"progress": {"done": 0, "total": 0}})
+    SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
+    state = api.get(f"/jobs/{job.id}").json()
+    assert state["status"] == "failed" and "dataset" in state["error"] and "ValidationError" in state["error"]
+    (mine,) = [q for q in queue_stats(queue.connection)["queues"] if q["name"] == queue.name]
+    assert mine["failed"] == 1 and mine["queued"] == 0
