@@ -10,12 +10,16 @@ and a lost Redis a 503.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import pydantic
 import redis
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from oodsynth.bank import BankError
@@ -24,6 +28,7 @@ from oodsynth.registry import FieldError
 log = logging.getLogger("oodsynth.api")
 
 Loc = Sequence[str | int]
+MAX_ECHOED_INPUT = 2000  # characters of rejected input echoed back in a 422
 
 
 class APIError(Exception):
@@ -66,7 +71,26 @@ def from_pydantic(exc: pydantic.ValidationError, prefix: Loc) -> APIError:
     return APIError(422, errors or [error(prefix, str(exc))])
 
 
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, recursively: FastAPI echoes the rejected ``input``, and JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(exc.errors())
+        for e in errors:  # never echo megabytes of rejected input back
+            if len(repr(e.get("input"))) > MAX_ECHOED_INPUT:
+                e.pop("input", None)
+        return JSONResponse({"detail": json_safe(errors)}, status_code=422)
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=exc.status)
