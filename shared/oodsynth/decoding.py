@@ -69,14 +69,17 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     *,
     channels_last: bool | None = None,
+    fuse_qkv: bool = False,
     compile_unet: bool = False,
 ):
     """``StableDiffusionPipeline.from_pretrained`` (hub id or local folder), safety checker off.
 
-    On CUDA the UNet and VAE run with PyTorch's scaled-dot-product attention
-    and, by default, channels-last memory format (faster convolutions with
-    fp16 tensor cores). ``compile_unet`` wraps the UNet in ``torch.compile``
-    (off by default: the first batch then pays minutes of compilation).
+    The UNet and VAE run with PyTorch's scaled-dot-product attention and, on
+    CUDA by default, channels-last memory format (faster convolutions on fp16
+    tensor cores). Opt-in: ``fuse_qkv`` fuses each attention's q/k/v
+    projections into one matmul (diffusers' ``fuse_qkv_projections``);
+    ``compile_unet`` wraps the UNet in ``torch.compile`` (the first batch of
+    each shape then pays the compilation).
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -92,8 +95,10 @@ def load_pipeline(
     if channels_last if channels_last is not None else device.type == "cuda":
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if fuse_qkv:
+        pipe.fuse_qkv_projections(unet=True, vae=True)
     if compile_unet:
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
+        pipe.unet = torch.compile(pipe.unet)
     return pipe
 
 
@@ -113,6 +118,7 @@ class OutlierDecoder:
         n_slots: int = DEFAULT_N_SLOTS,
         *,
         channels_last: bool | None = None,
+        fuse_qkv: bool = False,
         compile_unet: bool = False,
         progress_bar: bool = False,
     ):
@@ -120,7 +126,9 @@ class OutlierDecoder:
             raise ValueError(f"n_slots: must be >= 1, got {n_slots}")
         self.model = str(model)
         self.n_slots = int(n_slots)
-        self.pipe = load_pipeline(model, device, dtype, channels_last=channels_last, compile_unet=compile_unet)
+        self.pipe = load_pipeline(
+            model, device, dtype, channels_last=channels_last, fuse_qkv=fuse_qkv, compile_unet=compile_unet
+        )
         self.pipe.set_progress_bar_config(disable=not progress_bar)
         self.device = self.pipe.device
         self.dtype = self.pipe.unet.dtype
