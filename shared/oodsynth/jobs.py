@@ -199,3 +199,32 @@ def rescale_to_anchors(vectors: np.ndarray, class_index: np.ndarray, anchors: np
         raise ValueError(f"vectors: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} has zero norm")
     target = np.linalg.norm(np.asarray(anchors, dtype=np.float32)[np.asarray(class_index)], axis=1, keepdims=True)
     return (vectors / norms * target).astype(np.float32)
+
+
+def job_from_sample(
+    sample: Any,
+    *,
+    dataset: str,
+    model: str,
+    decode: DecodeSettings | None = None,
+    images_per_vector: int = 1,
+    seed: int | None = None,
+) -> DecodeJob:
+    """The ``DecodeJob`` for every vector of a stored sample (``oodsynth.registry.StoredSample``).
+
+    Vector ids are ``<sample_id>:<row>``, so re-submitting a sample reproduces
+    the same image ids and seeds.
+    """
+    items = build_items(
+        dataset=dataset,
+        vectors=sample.vectors,
+        class_index=sample.class_index,
+        class_names=sample.class_names,
+        vector_ids=[f"{sample.sample_id}:{i}" for i in range(len(sample.vectors))],
+        sampler=sample.method,
+        sampler_params=sample.params,
+        diagnostics=sample.diagnostics,
+        images_per_vector=images_per_vector,
+        seed=seed,
+    )
+    return DecodeJob(dataset=dataset, model=model, items=items, **(decode or DecodeSettings()).decode_settings())

@@ -184,7 +184,7 @@ def _pid_alive(pid: int) -> bool:
 def _worker_gone(name: str, connection: redis.Redis, here: str) -> bool:
     """True when the worker is provably dead: its key expired, it said so, or (same host) its pid is gone."""
     worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=connection)
-    if worker is None or worker.death_date() is not None:
+    if worker is None or worker.death_date is not None:
         return True
     if worker.hostname != here or not worker.pid:
         return False  # another machine: only RQ's timeout-based cleanup can tell

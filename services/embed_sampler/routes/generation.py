@@ -23,6 +23,7 @@ from oodsynth.jobs import (
     DecodeSettings,
     build_items,
     inline_vector_ids,
+    job_from_sample,
     rescale_to_anchors,
 )
 from oodsynth.registry import FitRegistry, SampleRegistry
@@ -139,27 +140,29 @@ def plan_job(req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry) -
             sample = samples.get(req.sample_id)
         except KeyError:
             raise not_found(["body", "sample_id"], f"no sample {req.sample_id!r} (unknown or expired)") from None
-        vectors, classes, names = sample.vectors, sample.class_index, sample.class_names
-        vector_ids = [f"{sample.sample_id}:{i}" for i in range(len(vectors))]
-        sampler, params, diagnostics = sample.method, sample.params, sample.diagnostics
-        if len(vectors) == 0:
+        n_vectors = len(sample.vectors)
+        if n_vectors == 0:
             raise field_error(["body", "sample_id"], "the sample holds no vectors")
     else:
         vectors, classes, names, vector_ids = _inline_arrays(req, fits)
-        sampler, params, diagnostics = "inline", {}, {}
-    n_images = len(vectors) * req.images_per_vector
+        n_vectors = len(vectors)
+    n_images = n_vectors * req.images_per_vector
     if n_images > settings.max_images_per_request:
         raise field_error(
             ["body", "images_per_vector"],
-            f"{len(vectors)} vectors x {req.images_per_vector} images = {n_images} images, "
+            f"{n_vectors} vectors x {req.images_per_vector} images = {n_images} images, "
             f"over the limit of {settings.max_images_per_request} per request",
         )
-    items = build_items(
-        dataset=req.dataset, vectors=vectors, class_index=classes, class_names=names, vector_ids=vector_ids,
-        sampler=sampler, sampler_params=params, diagnostics=diagnostics,
-        images_per_vector=req.images_per_vector, seed=req.seed,
-    )
     try:
+        if req.sample_id is not None:
+            return job_from_sample(
+                sample, dataset=req.dataset, model=settings.model, decode=req,
+                images_per_vector=req.images_per_vector, seed=req.seed,
+            )
+        items = build_items(
+            dataset=req.dataset, vectors=vectors, class_index=classes, class_names=names, vector_ids=vector_ids,
+            sampler="inline", images_per_vector=req.images_per_vector, seed=req.seed,
+        )
         return DecodeJob(dataset=req.dataset, model=settings.model, items=items, **req.decode_settings())
     except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
         raise from_pydantic(exc, ["body"]) from exc

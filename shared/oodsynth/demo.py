@@ -1,0 +1,238 @@
+"""``oodsynth demo``: the whole system end to end on one machine, offline, in a few minutes on CPU.
+
+It runs the real parts as separate processes, exactly as deployed: a Redis
+server (embedded unless ``OODSYNTH_REDIS_URL`` is set), the API (uvicorn) and
+one non-forking diffusion worker, and talks to them only over HTTP. The SD
+pipeline is the tiny random-weight one (built once, cached under
+``OODSYNTH_HOME``), so the images are noise-like; the plumbing is what is shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import get_settings
+
+DEMO_WORDS = ("cat", "dog", "ship", "truck")
+
+
+@dataclass
+class DemoConfig:
+    words: tuple[str, ...] = DEMO_WORDS
+    bank_per_class: int = 60  # ID features per class in the toy bank
+    bank_spread: float = 0.15  # noise around each class direction (before renormalising)
+    density: str = "vmf"
+    method: str = "inverse_rejection"  # needs no k-NN bank: quick on 2 cores
+    n_per_class: int = 2  # outlier vectors per class
+    images_per_vector: int = 1
+    size: int = 64  # decode height = width (the tiny model's native size)
+    steps: int = 4
+    output_size: int = 64
+    dataset: str = "demo"
+    seed: int = 0
+    timeout_s: float = 600.0
+
+
+@dataclass
+class DemoResult:
+    dataset: str
+    store: Path
+    manifest: Path
+    images: list[Path] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    api_url: str = ""
+
+
+def tiny_model_dir(home: Path, words: tuple[str, ...]) -> Path:
+    """The cached tiny pipeline for ``words`` (built on first use)."""
+    from .tiny_model import make_tiny_pipeline
+
+    key = hashlib.sha256(",".join(words).encode()).hexdigest()[:10]
+    path = home / "models" / f"tiny-sd-{key}"
+    if not (path / "model_index.json").is_file():
+        _quiet_hf()
+        make_tiny_pipeline(path, list(words))
+    return path
+
+
+def _quiet_hf() -> None:
+    """The library progress bars of save/load would interleave with the demo's own output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def toy_bank(model_dir: Path, config: DemoConfig):
+    """ID features drawn around the model's own token rows T(y), so the anchors are real ones."""
+    from .anchors import extract_anchors
+    from .bank import FeatureBank
+
+    anchors = extract_anchors(model_dir, list(config.words))
+    rng = np.random.default_rng(config.seed)
+    directions = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(len(config.words)), config.bank_per_class)
+    feats = directions[labels] + config.bank_spread * rng.normal(size=(labels.size, anchors.shape[1])) / np.sqrt(anchors.shape[1])
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    return FeatureBank.from_arrays(feats.astype(np.float32), labels, anchors.astype(np.float32), list(config.words))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+class _Services:
+    """Child processes (API, worker) with their logs; stopped in reverse order, gently first."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir = log_dir
+        self.env = env
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = self.log_dir / f"{name}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=self.env)
+        self.procs.append((name, proc, log))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc, log in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; last log lines ({log}):\n{_tail(log)}")
+
+    def stop(self) -> None:
+        for _name, proc, _log in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # RQ: warm shutdown; uvicorn: graceful
+        for _name, proc, _log in reversed(self.procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(url: str, services: _Services, timeout_s: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        services.check_alive()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API at {url} did not become healthy within {timeout_s:.0f} s")
+
+
+def run_demo(
+    config: DemoConfig | None = None,
+    *,
+    echo: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+) -> DemoResult:
+    """Start Redis, the API and a worker; fit, sample, generate, wait; stop everything; return the outputs."""
+    from .client import OodsynthClient
+    from .redis_conn import start_embedded_redis
+    from .store import ResultStore
+
+    config = config or DemoConfig()
+    settings = get_settings()
+    home = Path(settings.home).resolve()
+    store_root = Path(settings.store).resolve()
+    log_dir = home / "demo-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    embedded = None
+    redis_url = os.environ.get("OODSYNTH_REDIS_URL") or settings.redis_url
+    if not redis_url:
+        embedded = start_embedded_redis(home / "demo-redis")
+        redis_url = embedded.url
+    echo(f"redis:  {redis_url}{' (embedded)' if embedded else ''}")
+    services = None
+    try:
+        echo("model:  building/loading the tiny random-weight SD pipeline ...")
+        model_dir = tiny_model_dir(home, tuple(config.words))
+        echo(f"model:  {model_dir}")
+        env = {
+            **os.environ,
+            "OODSYNTH_REDIS_URL": redis_url,
+            "OODSYNTH_MODEL": str(model_dir),
+            "OODSYNTH_STORE": str(store_root),
+            "OODSYNTH_HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        services = _Services(log_dir, env)
+        port = free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        services.start("api", [sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app",
+                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
+        # The worker loads the pipeline while the API fits and samples.
+        services.start("worker", [sys.executable, "-m", "services.diffusion_worker.worker", "--log-level", "WARNING"])
+        _wait_healthy(api_url, services)
+        echo(f"api:    {api_url}  (docs at {api_url}/docs; logs in {log_dir})")
+
+        bank = toy_bank(model_dir, config)
+        with OodsynthClient(api_url) as client:
+            fit = client.fit("demo", bank.to_bytes(), config.density, replace=True)
+            echo(f"fit:    {fit['kind']} on {fit['n_classes']} classes ({', '.join(config.words)}), dim {fit['dim']}")
+            sample = client.sample("demo", config.method, config.n_per_class, seed=config.seed, include_vectors=False)
+            pct = sample["diagnostics_summary"].get("id_percentile", {}).get("mean")
+            echo(f"sample: {sample['n']} outlier vectors by {config.method}"
+                 + (f", mean ID percentile {pct:.2f}" if pct is not None else ""))
+            queued = client.generate(
+                config.dataset, sample_id=sample["sample_id"], images_per_vector=config.images_per_vector,
+                steps=config.steps, height=config.size, width=config.size, output_size=config.output_size,
+                seed=config.seed,
+            )
+            echo(f"queue:  {queued['n_images']} images in {len(queued['job_ids'])} jobs")
+
+            def watch(done: int, total: int) -> None:
+                services.check_alive()
+                if progress is not None:
+                    progress(done, total)
+
+            states = client.wait(queued["job_ids"], timeout=config.timeout_s, poll_s=0.5, progress=watch)
+        failed = [s for s in states if s["status"] != "finished"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} jobs did not finish: {failed[0]['status']}: {failed[0].get('error')}")
+        store = ResultStore(store_root)
+        images = [store_root / p for s in states for p in s["result"]["images"]]
+        report = store.verify(config.dataset)
+        if not report.ok:
+            raise RuntimeError(f"the result store disagrees with its manifest: {report}")
+        return DemoResult(
+            dataset=config.dataset, store=store_root, manifest=store.manifest_path(config.dataset),
+            images=images, job_ids=queued["job_ids"], api_url=api_url,
+        )
+    finally:
+        if services is not None:
+            services.stop()
+        if embedded is not None:
+            embedded.stop()
