@@ -236,3 +236,35 @@ def test_python_client_reports_the_field(api):
     with pytest.raises(OodsynthError) as exc:
         client.get_fit("nothing")
     assert exc.value.status == 404 and exc.value.field == "name"
+
+
+def test_every_sampler_runs_and_reports_knn_only_with_a_bank(api):
+    from oodsynth.samplers import SAMPLERS
+
+    assert post_fit(api, density="gaussian_full").status_code == 201
+    for method, cls in SAMPLERS.items():
+        for knn in (False, True):
+            r = api.post("/sample", json={"fit": "toy", "method": method, "n_per_class": 4, "seed": 0, "knn_diagnostics": knn})
+            assert r.status_code == 200, (method, r.text)
+            body = r.json()
+            assert body["n"] == 12 and np.isfinite(np.array(body["vectors"], dtype=float)).all()
+            has_knn = body["diagnostics"]["knn_distance"][0] is not None
+            assert has_knn == (cls.needs_bank or knn), method
+
+
+def test_sampler_params_fuzz_never_500(api):
+    """Every parameter of every sampler, fed wrong types and edge values: 200 or a 422 under params."""
+    from oodsynth.samplers import SAMPLERS
+
+    assert post_fit(api).status_code == 201
+    statuses = []
+    for method, cls in SAMPLERS.items():
+        for name in cls.Params.model_fields:
+            for value in ("bad", -1, 0, [5, 1], None, 200):
+                r = api.post("/sample", json={"fit": "toy", "method": method, "n_per_class": 2, "seed": 1,
+                                              "params": {name: value}})
+                statuses.append(r.status_code)
+                assert r.status_code in (200, 422), (method, name, value, r.text)
+                if r.status_code == 422:
+                    assert r.json()["detail"][0]["loc"][:2] == ["body", "params"], r.text
+    assert statuses.count(422) > len(statuses) // 2

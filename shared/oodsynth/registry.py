@@ -61,7 +61,7 @@ class FitExistsError(FieldError):
     """A fit with that name exists and the caller did not ask to replace it."""
 
     def __init__(self, name: str):
-        super().__init__("name", f"a fit named {name!r} already exists (pass replace to overwrite it)", 409)
+        super().__init__("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)", 409)
 
 
 def validate_fit_name(name: str) -> str:

@@ -55,7 +55,7 @@ async def create_fit(
     quantiles of the ID log-densities).
     """
     if not replace and await run_in_threadpool(fits.redis.exists, fits.key(name)):
-        raise field_error(["body", "name"], f"a fit named {name!r} already exists (use ?replace=true)", 409)
+        raise field_error(["body", "name"], f"a fit named {name!r} already exists (replace it with replace=true / --replace)", 409)
     data = await file.read()
     if not data:
         raise field_error(["body", "file"], "the uploaded file is empty")

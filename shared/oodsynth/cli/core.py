@@ -9,6 +9,7 @@ or, with ``--api URL``, through the HTTP API. Bad input prints one line
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -116,6 +117,9 @@ def serve(
 
     url = redis_url()  # starts the embedded server when unset and exports its URL to the workers
     typer.echo(f"redis: {url}", err=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler the
+    # process would die before atexit stops the embedded Redis. Exit normally instead.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run("services.embed_sampler.app:app", host=host, port=port, reload=reload, workers=workers)
 
 
