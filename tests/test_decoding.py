@@ -97,6 +97,15 @@ def test_more_images_than_slots_and_progress(decoder):
     assert calls == [(4, 5), (5, 5)]
 
 
+def test_fast_options_keep_the_pixels(tiny_sd, decoder):
+    """Fused q/k/v and channels-last (the CUDA options) change speed, not the images."""
+    fast = OutlierDecoder(tiny_sd, device="cpu", n_slots=2, fuse_qkv=True, channels_last=True)
+    vectors = _vectors(2, seed=10)
+    a = _pixels(decoder.decode(vectors, [1, 2], **SIZE))
+    b = _pixels(fast.decode(vectors, [1, 2], **SIZE))
+    assert all(np.abs(x - y).max() <= 2 for x, y in zip(a, b))
+
+
 @pytest.mark.parametrize(
     ("scheduler", "cls"),
     [("ddim", "DDIMScheduler"), ("dpm++", "DPMSolverMultistepScheduler"), ("euler_a", "EulerAncestralDiscreteScheduler")],

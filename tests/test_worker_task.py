@@ -126,6 +126,14 @@ def test_retry_decodes_only_the_missing_images_with_the_same_pixels(env):
     assert np.abs(again - early).max() <= 2
 
 
+def test_a_job_for_another_model_is_refused(env, tmp_path):
+    from services.diffusion_worker.tasks import decode_job
+
+    with pytest.raises(ValueError, match="model"):
+        decode_job(_payload("other", 1, str(tmp_path / "some-other-model")))
+    assert ResultStore(env.store).records("other") == []
+
+
 def test_bad_payload_fails_with_the_field_named_in_the_failed_registry(env):
     from services.diffusion_worker.worker import run_worker
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from rq import get_current_job
@@ -49,6 +50,13 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 def _batches(items: Sequence[DecodeItem], size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -80,6 +88,10 @@ def decode_job(payload: dict) -> dict:
     """
     job = DecodeJob.model_validate(payload)
     settings = get_settings()
+    # A worker serves the model it was started with: a payload must not make it load
+    # (and maybe unpickle) arbitrary weights, which is what JSON-only jobs guard against.
+    if not _same_model(job.model, settings.model):
+        raise ValueError(f"model: job asks for {job.model!r} but this worker serves {settings.model!r}")
     store = ResultStore(settings.store)
     rq_job = get_current_job()
     job_id = rq_job.id if rq_job is not None else None
@@ -97,7 +109,7 @@ def decode_job(payload: dict) -> dict:
     report()
     written = 0
     if todo:
-        decoder = get_decoder(job.model)
+        decoder = get_decoder(settings.model)
         for batch in _batches(todo, settings.gpu_batch_size):
             images = decoder.decode(
                 np.asarray([item.vector for item in batch], dtype=np.float32),
