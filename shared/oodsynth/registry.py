@@ -228,7 +228,11 @@ class FitRegistry:
     def list(self) -> list[str]:
         names = sorted(n.decode() for n in self.redis.smembers(FIT_INDEX))
         # Drop index entries whose hash vanished (e.g. a flushed key), so list() never lies.
-        gone = [n for n in names if not self.redis.exists(self.key(n))]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for n in names:
+                pipe.exists(self.key(n))
+            present = pipe.execute()
+        gone = [n for n, ok in zip(names, present) if not ok]
         if gone:
             self.redis.srem(FIT_INDEX, *gone)
         return [n for n in names if n not in gone]

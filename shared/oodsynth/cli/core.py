@@ -101,6 +101,8 @@ def _api_call(fn, *args, **kwargs):
         fail(exc.field, exc.message, BAD_INPUT if exc.status < 500 else UNAVAILABLE)
     except httpx.HTTPError as exc:
         fail("api", f"cannot reach the API ({exc})", UNAVAILABLE)
+    except TimeoutError as exc:  # OodsynthClient.wait
+        fail("timeout", str(exc), UNAVAILABLE)
 
 
 @app.command()
