@@ -90,6 +90,7 @@ def test_bad_input_is_one_line_naming_the_field(redis_url, bank_path, tmp_path):
         assert r.exit_code == 2, (args, r.output)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {field}:"), (args, r.stderr)
+        assert lines[0].count(f"{field}:") == 1, r.stderr  # the field is named once, not twice
         assert "Traceback" not in r.output
 
 

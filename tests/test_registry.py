@@ -167,3 +167,14 @@ def test_resolve_classes_names_indices_and_errors():
         assert exc.value.field == field
     with pytest.raises(FieldError, match="out of range"):
         resolve_classes(names, [-1])
+
+
+def test_split_error_uses_the_field_prefix_of_library_errors():
+    from oodsynth.registry import split_error
+
+    assert split_error(ValueError("classes: class index 9 is out of range"), "params") == (
+        "classes", "class index 9 is out of range")
+    assert split_error(FieldError("classes[1]", "unknown class name 'x'"), "params") == (
+        "classes[1]", "unknown class name 'x'")
+    assert split_error(ValueError("band must satisfy 0 <= low < high"), "params") == (
+        "params", "band must satisfy 0 <= low < high")

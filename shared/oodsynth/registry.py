@@ -64,6 +64,26 @@ class FitExistsError(FieldError):
         super().__init__("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)", 409)
 
 
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.+)$", re.S)
+
+
+def split_error(exc: Exception, default_field: str) -> tuple[str, str]:
+    """``(field, message)`` of an error: its ``field`` attribute, else a ``"field: message"`` prefix.
+
+    The library's ValueErrors start with the field they blame; this keeps the
+    API and CLI from printing it twice or blaming the wrong field.
+    """
+    field = getattr(exc, "field", None)
+    message = getattr(exc, "message", None)
+    if field and message:
+        return str(field), str(message)
+    text = str(exc)
+    match = _FIELD_PREFIX.match(text)
+    if match:
+        return match.group(1), match.group(2)
+    return default_field, text
+
+
 def validate_fit_name(name: str) -> str:
     if not isinstance(name, str) or not _FIT_NAME_RE.match(name):
         raise FieldError("name", f"{name!r} is not a valid fit name (1-64 of letters, digits, '_', '.', '-')")

@@ -18,15 +18,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from oodsynth.bank import BankError
-from oodsynth.registry import FieldError, FitRegistry, SampleRegistry, StoredSample, resolve_classes
+from oodsynth.registry import FieldError, FitRegistry, SampleRegistry, StoredSample, resolve_classes, split_error
 from oodsynth.samplers import UnknownSamplerError, get_sampler
 
 from .. import observability as obs
-from ..errors import field_error, from_field_error, from_pydantic, not_found
+from ..errors import field_error, from_field_error, from_pydantic, not_found, split_field
 from ..schemas import SampleRequest, SampleResponse
 from ..state import get_fits, get_samples
 
 router = APIRouter(tags=["sampling"])
+REQUEST_FIELDS = frozenset(SampleRequest.model_fields)
 
 ERROR_RESPONSES = {
     404: {"description": "Unknown fit or sample id."},
@@ -102,7 +103,7 @@ async def sample(
     try:
         sampler = get_sampler(req.method, req.params)
     except UnknownSamplerError as exc:
-        raise field_error(["body", "method"], str(exc)) from exc
+        raise field_error(["body", "method"], split_error(exc, "method")[1]) from exc
     except pydantic.ValidationError as exc:
         raise from_pydantic(exc, ["body", "params"]) from exc
     use_bank = bool(sampler.needs_bank or req.knn_diagnostics)
@@ -121,7 +122,13 @@ async def sample(
     except (FieldError, BankError) as exc:
         raise from_field_error(exc, ["body", "params"]) from exc
     except ValueError as exc:  # a parameter combination the sampler cannot run with
-        raise field_error(["body", "params"], f"{req.method} cannot run with these inputs: {exc}") from exc
+        field, message = split_error(exc, "params")
+        loc = split_field(field)
+        if loc[0] == "bank":
+            loc = ["fit"]
+        elif loc[0] not in REQUEST_FIELDS:
+            loc = ["params", *loc]
+        raise field_error(["body", *loc], f"{req.method} cannot run with these inputs: {message}") from exc
     obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
     obs.SAMPLES_DRAWN.labels(req.method).inc(len(result.vectors))
 

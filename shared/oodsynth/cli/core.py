@@ -136,7 +136,7 @@ def fit(
     """Fit one class density per class to a feature bank and store it under NAME."""
     from ..bank import BankError, load_bank
     from ..densities import DENSITY_KINDS
-    from ..registry import FieldError, validate_fit_name
+    from ..registry import FieldError, split_error, validate_fit_name
 
     if not bank.is_file():
         fail("bank", f"no such file: {bank}")
@@ -166,7 +166,7 @@ def fit(
         try:
             densities = ClassDensities(kind=density).fit(feature_bank, progress=update)
         except ValueError as exc:
-            fail(getattr(exc, "field", "density"), str(exc))
+            fail(*split_error(exc, "density"))
         finally:
             bar.close()
         with Console(stderr=True).status(f"storing fit {name!r} in Redis"):
@@ -222,7 +222,7 @@ def sample(
 def _sample_in_process(fit_name, method, n_per_class, class_tokens, seed, params, scale_to_anchor, knn_diagnostics):
     import pydantic
 
-    from ..registry import FieldError, FitRegistry, SampleRegistry, StoredSample, resolve_classes
+    from ..registry import FieldError, FitRegistry, SampleRegistry, StoredSample, resolve_classes, split_error
     from ..samplers import UnknownSamplerError, get_sampler
 
     client = _registry_client()
@@ -233,7 +233,7 @@ def _sample_in_process(fit_name, method, n_per_class, class_tokens, seed, params
     try:
         sampler = get_sampler(method, params)
     except UnknownSamplerError as exc:
-        fail("method", str(exc))
+        fail(*split_error(exc, "method"))
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         fail(".".join(["params", *map(str, first["loc"])]), first["msg"])
@@ -253,7 +253,7 @@ def _sample_in_process(fit_name, method, n_per_class, class_tokens, seed, params
             progress=update,
         )
     except ValueError as exc:
-        fail(getattr(exc, "field", "params"), str(exc))
+        fail(*split_error(exc, "params"))
     finally:
         bar.close()
     stored = StoredSample.from_result(result, fit_name, densities.class_names_)
