@@ -226,6 +226,7 @@ class ClassDensities:
 
     def _derive(self) -> None:
         """Quantities recomputed from the stored arrays (after fit and after from_bytes)."""
+        self._basis_t = np.ascontiguousarray(self.basis_.transpose(0, 2, 1))  # BLAS wants contiguous operands
         if self.kind == "vmf":
             self.lognorm_ = vmf_log_normalizer(self.dim, self.kappa_)
             self.logdet_ = np.zeros(self.n_classes)
@@ -319,9 +320,9 @@ class ClassDensities:
         dt = G.dtype
         out = G * (self.diag_[classes] ** power).astype(dt)[:, None, :]
         if self.basis_.shape[2]:
-            V = self.basis_[classes].astype(dt)
+            V = self.basis_[classes].astype(dt, copy=False)
             coef = (self.eig_[classes] ** power - self.diag_[classes, :1] ** power).astype(dt)
-            out += np.matmul(np.matmul(G, V) * coef[:, None, :], V.transpose(0, 2, 1))
+            out += np.matmul(np.matmul(G, V) * coef[:, None, :], self._basis_t[classes].astype(dt, copy=False))
         return out
 
     def grad_log_density_stack(self, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -337,6 +338,13 @@ class ClassDensities:
         if self.kind == "vmf":  # (1/kappa) * kappa * mu
             return np.broadcast_to(self.means_[classes].astype(X.dtype)[:, None, :], X.shape).copy()
         return self.centers_[classes][:, None, :].astype(X.dtype) - X
+
+    def whitened_grad_stack(self, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Sigma_c^1/2 grad log p at X (K, n, D): the gradient in whitened coordinates."""
+        if self.kind == "vmf":  # kappa^-1/2 * kappa * mu
+            g = (np.sqrt(self.kappa_[classes])[:, None] * self.means_[classes]).astype(X.dtype)
+            return np.broadcast_to(g[:, None, :], X.shape).copy()
+        return -self.cov_power_stack(X - self.centers_[classes][:, None, :].astype(X.dtype), classes, -0.5)
 
     def sample_stack(self, classes: np.ndarray, n: int, rng: np.random.Generator, *, temperature: float = 1.0,
                      dtype=np.float64) -> np.ndarray:

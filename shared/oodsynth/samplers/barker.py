@@ -44,6 +44,7 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 class BarkerSampler(Sampler):
     name = "barker"
     needs_bank = False
+    blas_threads = 1
     Params = BarkerParams
 
     def _sample_block(self, fit: ClassDensities, classes, n, rng, bank=None) -> np.ndarray:
@@ -55,7 +56,7 @@ class BarkerSampler(Sampler):
             return np.where(logp >= floor, -logp / p.temperature, -np.inf)
 
         def whitened_grad(X):  # Sigma^1/2 grad log pi = -Sigma^1/2 grad log p / T
-            return -fit.cov_power_stack(fit.grad_log_density_stack(X, classes), classes, 0.5) / p.temperature
+            return -fit.whitened_grad_stack(X, classes) / p.temperature
 
         X = fit.sample_stack(classes, n, rng, temperature=p.start_temperature, dtype=dt)
         logp = fit.log_density_stack(X, classes)

@@ -47,6 +47,7 @@ def auto_temperature(fit: ClassDensities, classes: np.ndarray, target_logp: np.n
 class InverseRejectionSampler(Sampler):
     name = "inverse_rejection"
     needs_bank = False
+    blas_threads = 1
     Params = InverseRejectionParams
 
     def _sample_block(self, fit: ClassDensities, classes, n, rng, bank=None) -> np.ndarray:

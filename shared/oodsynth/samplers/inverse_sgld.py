@@ -46,6 +46,7 @@ class InverseSGLDParams(BaseModel):
 class InverseSGLDSampler(Sampler):
     name = "inverse_sgld"
     needs_bank = False
+    blas_threads = 1
     Params = InverseSGLDParams
 
     def _sample_block(self, fit: ClassDensities, classes, n, rng, bank=None) -> np.ndarray:
