@@ -33,8 +33,7 @@ from .config import get_settings
 from .jobs import DecodeJob
 
 JOB_FUNCTION = "services.diffusion_worker.tasks.decode_job"
-# First retry at once (the usual cause is a dead worker, not the job), then back off.
-RETRY_INTERVALS_S = (0, 30, 120)
+MAX_RETRY_INTERVAL_S = 900
 TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
 REGISTRIES = ("started", "finished", "failed", "deferred", "scheduled")
 
@@ -52,6 +51,14 @@ def get_queue(connection: redis.Redis | None = None, name: str | None = None) ->
         connection=connection if connection is not None else connect(),
         serializer=JSONSerializer,
     )
+
+
+def retry_intervals(retries: int) -> list[int]:
+    """Back-off per retry: the first at once (the usual cause is a dead worker, not the job), then 30 s x 4^k.
+
+    RQ picks ``intervals[len(intervals) - retries_left]``, so the list has one entry per retry.
+    """
+    return [0] + [min(30 * 4**k, MAX_RETRY_INTERVAL_S) for k in range(retries - 1)]
 
 
 def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -72,7 +79,7 @@ def enqueue_decode(
     if size < 1:
         raise ValueError(f"images_per_job: must be >= 1, got {size}")
     queue = get_queue(connection, queue_name)
-    retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
+    retry = Retry(max=settings.job_retries, interval=retry_intervals(settings.job_retries)) if settings.job_retries else None
     data = []
     for part in chunks(job.items, size):
         payload = job.model_copy(update={"items": list(part)}).model_dump(mode="json")

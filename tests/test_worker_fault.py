@@ -1,0 +1,101 @@
+"""kill -9 a worker in the middle of a job, start another: the job finishes, each image exactly once.
+
+The first worker dies with no chance to clean up (SIGKILL) after at least one
+image is stored. Its job stays 'started' in RQ's StartedJobRegistry; the next
+``oodsynth worker`` finds that the job's worker is gone and hands the job to
+RQ's abandoned-job cleanup, which retries it (``Retry``). The retry skips the
+images already stored and decodes the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from oodsynth.config import get_settings
+from oodsynth.jobs import DecodeJob, build_items
+from oodsynth.queue import connect, enqueue_decode, job_status
+from oodsynth.store import ResultStore
+from oodsynth.tiny_model import make_tiny_pipeline
+
+WORDS = ["cat", "ship", "horse"]  # same words as the end-to-end test: the tiny model folder is shared
+WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]
+N_IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    path = tmp_path_factory.getbasetemp() / "tiny-sd-generation"
+    if not (path / "model_index.json").is_file():
+        make_tiny_pipeline(path, words=WORDS)
+    return path
+
+
+def _job(model: str) -> DecodeJob:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(N_IMAGES, 768)).astype(np.float32)
+    vectors *= 0.38 / np.linalg.norm(vectors, axis=1, keepdims=True)
+    classes = np.arange(N_IMAGES) % len(WORDS)
+    items = build_items(dataset="fault", vectors=vectors, class_index=classes, class_names=WORDS,
+                        vector_ids=[f"fault:{i}" for i in range(N_IMAGES)], sampler="inline", seed=0)
+    return DecodeJob(dataset="fault", model=model, items=items, steps=2, height=64, width=64, output_size=32)
+
+
+def test_kill_9_mid_job_then_another_worker_finishes(redis_url, tiny_sd, monkeypatch, tmp_path):
+    for key, value in {"OODSYNTH_MODEL": str(tiny_sd), "OODSYNTH_GPU_BATCH_SIZE": "1",
+                       "OODSYNTH_IMAGES_PER_JOB": str(N_IMAGES), "OODSYNTH_DEVICE": "cpu",
+                       "OODSYNTH_JOB_RETRIES": "2"}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    store = ResultStore(get_settings().store)
+    (job_id,) = enqueue_decode(_job(str(tiny_sd)))
+    connection = connect()
+
+    first = subprocess.Popen(WORKER, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    progress = {"done": 0}
+    while progress["done"] < 1:
+        assert first.poll() is None, first.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the first worker stored no image within 240 s"
+        time.sleep(0.05)
+        progress = Job.fetch(job_id, connection=connection, serializer=JSONSerializer).get_meta()["progress"]
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()  # reap it: a zombie's pid still answers kill(pid, 0)
+    first.stderr.close()
+
+    killed = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    assert killed.get_status() == "started"
+    done_at_kill = killed.get_meta()["progress"]["done"]
+    assert 1 <= done_at_kill < N_IMAGES, "the job finished before the kill: the test proved nothing"
+
+    second = subprocess.run(WORKER, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "requeued 1 abandoned jobs" in second.stderr
+
+    state = job_status(job_id)
+    assert state["status"] == "finished", state
+    assert state["progress"] == {"done": N_IMAGES, "total": N_IMAGES}
+    assert state["retries_left"] == 1  # the abandoned run used one of RQ's retries
+    assert state["result"]["skipped"] >= done_at_kill and len(state["result"]["images"]) == N_IMAGES
+
+    records = store.records("fault")
+    assert len(records) == N_IMAGES == len({r.image_id for r in records})
+    manifest_lines = store.manifest_path("fault").read_text().splitlines()
+    assert len(manifest_lines) == N_IMAGES  # no duplicate and no torn row left behind
+    report = store.verify("fault")
+    assert report.ok, report  # no orphans, no missing files, no temp files of the killed writer
+    assert sorted(r.path for r in records) == sorted(state["result"]["images"])
+    for rec in records:
+        with Image.open(Path(get_settings().store) / rec.path) as im:
+            im.load()
+            assert im.size == (32, 32)
