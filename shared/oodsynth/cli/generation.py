@@ -50,7 +50,7 @@ def _decode_settings(**values):
         return DecodeSettings(**values)
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        fail(".".join(map(str, first["loc"])), first["msg"])
+        fail(".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, "))
 
 
 def _load_sample(source: str):
