@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from oodsynth.bank import FeatureBank
 from oodsynth.cli import app
-from oodsynth.plots import plot_grid, plot_tsne, tsne_embedding
+from oodsynth.plots import plot_grid, tsne_embedding
 from test_ood_training import write_outliers
 
 
