@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 
 from oodsynth.config import get_settings
 from oodsynth.jobs import DecodeJob, build_items
-from oodsynth.queue import connect, enqueue_decode, job_status
+from oodsynth.queue import connect, enqueue_decode, job_status, queue_stats
 from oodsynth.store import ResultStore
 from oodsynth.tiny_model import make_tiny_pipeline
 
@@ -69,6 +69,9 @@ def test_kill_9_mid_job_then_another_worker_finishes(redis_url, tiny_sd, monkeyp
         assert time.monotonic() < deadline, "the first worker stored no image within 240 s"
         time.sleep(0.05)
         progress = Job.fetch(job_id, connection=connection, serializer=JSONSerializer).get_meta()["progress"]
+    # GET /queue's view while the worker is busy: it is listed with the job it runs.
+    (live,) = queue_stats(connection)["workers"]
+    assert live["state"] == "busy" and live["current_job"] == job_id and live["pid"] == first.pid
     os.kill(first.pid, signal.SIGKILL)
     first.wait()  # reap it: a zombie's pid still answers kill(pid, 0)
     first.stderr.close()
