@@ -52,3 +52,21 @@ def test_not_an_npz():
         buf = io.BytesIO()
         np.savez(buf, features=np.zeros((2, 2), np.float32), labels=np.zeros(2, int), class_names=np.array(["a"]))
         load_bank(buf.getvalue())
+
+
+def test_embedded_redis_joins_a_live_server_instead_of_starting_a_second(tmp_path, monkeypatch):
+    import redis
+
+    from oodsynth import redis_conn
+
+    first = redis_conn.start_embedded_redis(tmp_path / "home" / "redis")
+    try:
+        with pytest.raises(redis_conn.EmbeddedRedisBusy):
+            redis_conn.start_embedded_redis(tmp_path / "home" / "redis")
+        monkeypatch.setattr(redis_conn, "_embedded", None)
+        url = redis_conn.redis_url()  # OODSYNTH_HOME points at tmp_path/home (conftest)
+        assert url == first.url
+        redis.Redis.from_url(url).set("k", "v")
+        assert redis.Redis.from_url(first.url).get("k") == b"v"
+    finally:
+        first.stop()

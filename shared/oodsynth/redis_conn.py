@@ -47,7 +47,11 @@ def start_embedded_redis(directory: Path, *, appendonly: bool = False) -> Embedd
     directory.mkdir(parents=True, exist_ok=True)
     sock = directory / "redis.sock"
     if sock.exists():
-        sock.unlink()
+        try:  # a server from an earlier process still owns this folder: never start a second one on it
+            redis.Redis.from_url(f"unix://{sock}").ping()
+            raise EmbeddedRedisBusy(f"a redis-server already answers on {sock}")
+        except redis.ConnectionError:
+            sock.unlink()  # stale socket of a dead server
     args = [
         redis_server_binary(),
         "--port", "0",
@@ -80,6 +84,10 @@ def start_embedded_redis(directory: Path, *, appendonly: bool = False) -> Embedd
     return EmbeddedRedis(url=url, process=proc, socket_path=sock)
 
 
+class EmbeddedRedisBusy(RuntimeError):
+    """The folder's socket already has a live server (left by another process)."""
+
+
 _embedded: EmbeddedRedis | None = None
 
 
@@ -90,8 +98,15 @@ def redis_url() -> str:
     if configured:
         return configured
     if _embedded is None or _embedded.process.poll() is not None:
-        # AOF on: fits and samples survive a restart of a local API on the same home.
-        _embedded = start_embedded_redis(get_settings().home / "redis", appendonly=True)
+        folder = get_settings().home / "redis"
+        try:
+            # AOF on: fits and samples survive a restart of a local API on the same home.
+            _embedded = start_embedded_redis(folder, appendonly=True)
+        except EmbeddedRedisBusy:
+            # Join the server another local process started (e.g. one left by a killed API).
+            url = f"unix://{(folder / 'redis.sock').resolve()}"
+            os.environ["OODSYNTH_REDIS_URL"] = url
+            return url
         atexit.register(_embedded.stop)
         os.environ["OODSYNTH_REDIS_URL"] = _embedded.url
     return _embedded.url
