@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/sampling.py
+	$(BIN)/python bench/sampling.py --classes 3 --reference-rounds 5
 	$(BIN)/python bench/decode.py
 
 clean:

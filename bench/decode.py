@@ -2,8 +2,8 @@
 
 Worker path: ``oodsynth.decoding.OutlierDecoder`` (placeholder slots added
 once, one vector and one seeded generator per image, prompt embeddings passed
-to the pipeline; on CUDA fp16 + SDPA + channels-last, optional fused QKV and
-``torch.compile``).
+to the pipeline; on CUDA fp16 + SDPA + fused QKV + ``torch.compile``, as the
+worker runs by default; ``--no-worker-speedups`` measures the plain path).
 
 Baseline: a plain ``StableDiffusionPipeline.from_pretrained`` in the same
 dtype, with the same vectors loaded through diffusers' own
@@ -197,9 +197,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up call (0: none)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--fp32", action="store_true", help="fp32 on CUDA too (default fp16 on CUDA)")
-    p.add_argument("--fuse-qkv", action="store_true", help="worker path: fused q/k/v projections")
-    p.add_argument("--compile", action="store_true", help="worker path: torch.compile the UNet")
-    p.add_argument("--no-channels-last", action="store_true", help="worker path: keep contiguous format on CUDA")
+    p.add_argument(
+        "--worker-speedups",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="worker path: fused q/k/v + torch.compile, as the worker runs on CUDA (default: on for CUDA)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="worker path: channels-last (measured slower)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (both paths)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -229,15 +233,16 @@ def main(argv=None) -> dict:
         model = build_sd14(workdir / "sd14", dtype)
 
     n_max = max(args.batch_sizes)
+    speedups = args.worker_speedups if args.worker_speedups is not None else torch.device(device).type == "cuda"
     load_start = time.perf_counter()
     worker = OutlierDecoder(
         model,
         device=device,
         dtype=dtype,
         n_slots=n_max,
-        channels_last=False if args.no_channels_last else None,
-        fuse_qkv=args.fuse_qkv,
-        compile_unet=args.compile,
+        channels_last=args.channels_last,
+        fuse_qkv=speedups,
+        compile_unet=speedups,
     )
     vectors = anchor_like_vectors(n_max, worker.hidden_size)
     baseline = Baseline(model, device, dtype, vectors)
@@ -289,9 +294,9 @@ def main(argv=None) -> dict:
         scheduler=args.scheduler,
         worker_options=dict(
             sdpa=True,
-            channels_last=not args.no_channels_last and torch.device(device).type == "cuda",
-            fuse_qkv=args.fuse_qkv,
-            compile=args.compile,
+            channels_last=args.channels_last,
+            fuse_qkv=speedups,
+            compile=speedups,
             cudnn_benchmark=args.cudnn_benchmark,
         ),
         settings={k: v for k, v in settings.items() if k != "prompt_template"},

@@ -193,6 +193,20 @@ def test_cap_on_n_per_class_is_configurable(api, monkeypatch):
     assert r.status_code == 422 and "cap of 5" in r.json()["detail"][0]["msg"]
 
 
+def test_cap_on_total_vectors_counts_the_classes(api, monkeypatch):
+    from oodsynth.config import get_settings
+
+    assert post_fit(api).status_code == 201
+    monkeypatch.setenv("OODSYNTH_MAX_VECTORS_PER_SAMPLE", "5")
+    get_settings.cache_clear()
+    one_class = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 5, "classes": [0]})
+    assert one_class.status_code == 200, one_class.text
+    every_class = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 5})
+    assert every_class.status_code == 422
+    detail = every_class.json()["detail"][0]
+    assert detail["loc"] == ["body", "n_per_class"] and "cap of 5" in detail["msg"]
+
+
 def counter_value(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():

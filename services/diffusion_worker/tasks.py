@@ -39,7 +39,13 @@ def get_decoder(model: str | None = None) -> OutlierDecoder:
             gc.collect()
             _empty_cuda_cache()
         log.info("loading pipeline %s", model)
-        _DECODERS[model] = OutlierDecoder(model, device=settings.device, n_slots=settings.gpu_batch_size)
+        import torch
+
+        on_cuda = (settings.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        speedups = settings.worker_compile and on_cuda  # compile is not worth it on CPU
+        _DECODERS[model] = OutlierDecoder(
+            model, device=settings.device, n_slots=settings.gpu_batch_size, fuse_qkv=speedups, compile_unet=speedups
+        )
     return _DECODERS[model]
 
 

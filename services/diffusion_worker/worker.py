@@ -19,6 +19,7 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from oodsynth.config import get_settings
+from oodsynth.queue import recover_abandoned_jobs
 from oodsynth.redis_conn import get_redis
 
 from .tasks import get_decoder
@@ -50,6 +51,13 @@ def run_worker(
     ``with_scheduler`` runs RQ's scheduler in this worker too, which moves jobs
     waiting out a retry interval back onto their queue.
     """
+    settings = get_settings()
+    connection = get_redis()
+    # Jobs left 'started' by a killed worker are retried now, not after timeout + 60 s.
+    for name in queues or [settings.queue_name]:
+        recovered = recover_abandoned_jobs(connection, name)
+        if recovered:
+            log.warning("requeued %d abandoned jobs from %s: %s", len(recovered), name, ", ".join(recovered))
     worker = build_worker(queues)
     return worker.work(
         burst=burst, max_jobs=max_jobs, with_scheduler=with_scheduler, logging_level=logging_level

@@ -74,12 +74,13 @@ def load_pipeline(
 ):
     """``StableDiffusionPipeline.from_pretrained`` (hub id or local folder), safety checker off.
 
-    The UNet and VAE run with PyTorch's scaled-dot-product attention and, on
-    CUDA by default, channels-last memory format (faster convolutions on fp16
-    tensor cores). Opt-in: ``fuse_qkv`` fuses each attention's q/k/v
-    projections into one matmul (diffusers' ``fuse_qkv_projections``);
-    ``compile_unet`` wraps the UNet in ``torch.compile`` (the first batch of
-    each shape then pays the compilation).
+    The UNet and VAE run with PyTorch's scaled-dot-product attention.
+    ``fuse_qkv`` fuses each attention's q/k/v projections into one matmul
+    (diffusers' ``fuse_qkv_projections``); ``compile_unet`` wraps the UNet in
+    ``torch.compile`` (the first batch of each shape pays the compilation).
+    Measured on an H200 (SD v1.4 architecture, fp16, 512², 50 steps, batch 32,
+    bench/decode.py): fuse_qkv + compile 1.29x plain diffusers; channels-last
+    0.89x, so it stays opt-in (``channels_last=True``).
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -92,7 +93,7 @@ def load_pipeline(
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     pipe = pipe.to(device)
-    if channels_last if channels_last is not None else device.type == "cuda":
+    if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if fuse_qkv:

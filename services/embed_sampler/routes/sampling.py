@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from oodsynth.bank import BankError
+from oodsynth.config import get_settings
 from oodsynth.registry import FieldError, FitRegistry, SampleRegistry, StoredSample, resolve_classes, split_error
 from oodsynth.samplers import UnknownSamplerError, get_sampler
 
@@ -100,6 +101,14 @@ async def sample(
         classes = resolve_classes(fit.class_names_, req.classes)
     except FieldError as exc:
         raise from_field_error(exc, ["body"]) from exc
+    total = req.n_per_class * (len(classes) if classes is not None else fit.n_classes)
+    cap = get_settings().max_vectors_per_sample
+    if total > cap:  # 100 classes x 10,000 x 768-d would be 3 GB in Redis and in the answer
+        raise field_error(
+            ["body", "n_per_class"],
+            f"{total} vectors requested ({req.n_per_class} per class), above the cap of {cap} "
+            "(settings OODSYNTH_MAX_VECTORS_PER_SAMPLE); ask for fewer classes per request",
+        )
     try:
         sampler = get_sampler(req.method, req.params)
     except UnknownSamplerError as exc:

@@ -26,16 +26,8 @@ def worker(
     """Run a non-forking diffusion worker: load the pipeline once, then decode queued jobs."""
     import logging
 
-    from ..config import get_settings
-    from ..queue import recover_abandoned_jobs
-
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    connection = _registry_client()
-    # Jobs left 'started' by a worker that was killed are retried now, not after timeout + 60 s.
-    for name in queue or [get_settings().queue_name]:
-        recovered = recover_abandoned_jobs(connection, name)
-        if recovered:
-            typer.echo(f"requeued {len(recovered)} abandoned jobs from {name}: {', '.join(recovered)}", err=True)
+    _registry_client()  # fail with a one-line error when Redis is unreachable
     from services.diffusion_worker.worker import run_worker
 
     run_worker(queue, burst=burst, max_jobs=max_jobs, with_scheduler=scheduler, logging_level=log_level.upper())

@@ -33,7 +33,7 @@ class BarkerParams(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Tempering of the inverted target.")
     step_size: float = Field(0.1, gt=0, description="Initial proposal scale in whitened coordinates.")
     target_accept: float = Field(0.4, gt=0, lt=1, description="Acceptance rate the step size adapts to.")
-    n_steps: int = Field(150, ge=1, description="MCMC steps per chain.")
+    n_steps: int = Field(150, ge=1, le=10_000, description="MCMC steps per chain.")
     start_temperature: float = Field(0.5, gt=0, description="Chains start from the class density at this temperature.")
 
 

@@ -26,8 +26,8 @@ class InverseRejectionParams(BaseModel):
     temperature: float | None = Field(
         None, gt=0, description="Proposal broadening; None picks it so the median proposal sits at eps."
     )
-    batch: int = Field(4096, ge=1, description="Proposals per class per round.")
-    max_rounds: int = Field(1000, ge=1, description="Give up (error) after this many rounds.")
+    batch: int = Field(4096, ge=1, le=1_000_000, description="Proposals per class per round.")
+    max_rounds: int = Field(1000, ge=1, le=100_000, description="Give up (error) after this many rounds.")
 
 
 def auto_temperature(fit: ClassDensities, classes: np.ndarray, target_logp: np.ndarray, rng) -> np.ndarray:
