@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .checkpoints import read_checkpoint, write_checkpoint
 from .data import ImageData
 from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 
@@ -94,9 +95,8 @@ class EncoderCheckpoint:
 def save_checkpoint(path: Path, model, optimizer, scheduler, config: EncoderTrainConfig, anchors: torch.Tensor,
                     class_names: list[str], epoch: int, history: list[dict]) -> None:
     """Write atomically (tmp + rename) so an interrupted run never leaves a corrupt checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
+    write_checkpoint(
+        path,
         {
             "kind": "text_aligned_encoder",
             "config": config.model_dump(mode="json"),
@@ -108,21 +108,12 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, config: EncoderTrai
             "epoch": epoch,
             "history": history,
         },
-        tmp,
     )
-    tmp.replace(path)
 
 
 def _read(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("kind") != "text_aligned_encoder":
-        raise ValueError(f"checkpoint: {path} is not a text-aligned encoder checkpoint")
-    return state
+    return read_checkpoint(path, kind="text_aligned_encoder", default_name=CHECKPOINT_NAME,
+                           what="a text-aligned encoder checkpoint")
 
 
 def load_encoder(path: str | Path, device: str | torch.device | None = None) -> EncoderCheckpoint:

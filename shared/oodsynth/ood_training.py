@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoints import read_checkpoint, write_checkpoint
 from .data import ImageData
 from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 from .encoder_training import default_device
@@ -105,25 +106,15 @@ def _cycle(loader: DataLoader) -> Iterator:
 
 def _save(path: Path, model, phi, optimizer, scheduler, config: OODTrainConfig, class_names, epoch, history,
           uses_outliers: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"kind": "ood_classifier", "config": config.model_dump(mode="json"), "model": model.state_dict(),
+    write_checkpoint(path, {"kind": "ood_classifier", "config": config.model_dump(mode="json"), "model": model.state_dict(),
                 "phi": phi.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "class_names": list(class_names), "epoch": epoch, "history": history,
-                "uses_outliers": uses_outliers}, tmp)
-    tmp.replace(path)
+                "uses_outliers": uses_outliers})
 
 
 def _read(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("kind") != "ood_classifier":
-        raise ValueError(f"checkpoint: {path} is not an OOD classifier checkpoint (from train-ood)")
-    return state
+    return read_checkpoint(path, kind="ood_classifier", default_name=CHECKPOINT_NAME,
+                           what="an OOD classifier checkpoint (from train-ood)")
 
 
 def _build(config: OODTrainConfig, n_classes: int) -> tuple[TextAlignedEncoder, EnergyHead]:
