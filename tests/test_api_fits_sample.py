@@ -282,3 +282,22 @@ def test_sampler_params_fuzz_never_500(api):
                 if r.status_code == 422:
                     assert r.json()["detail"][0]["loc"][:2] == ["body", "params"], r.text
     assert statuses.count(422) > len(statuses) // 2
+
+
+def test_review_regressions_answer_4xx_not_500(api):
+    """Inputs that once reached a 500: a bare .npy as bank, a damaged zip, a sampler giving up, a negative seed."""
+    import io
+
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((4, 4), np.float32))
+    r = post_fit(api, data=npy.getvalue())
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "file", r.text
+    r = post_fit(api, data=b"PK\x03\x04" + b"\x00" * 64)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "file", r.text
+
+    assert post_fit(api).status_code == 201
+    hopeless = {"eps_percentile": 0, "batch": 1, "max_rounds": 1, "temperature": 0.01}
+    r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "params": hopeless})
+    assert r.status_code == 422 and "max_rounds" in r.text, r.text
+    r = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 2, "seed": -1})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "seed"], r.text

@@ -70,3 +70,12 @@ def test_embedded_redis_joins_a_live_server_instead_of_starting_a_second(tmp_pat
         assert redis.Redis.from_url(first.url).get("k") == b"v"
     finally:
         first.stop()
+
+
+def test_unreadable_checkpoint_names_the_field(tmp_path):
+    from oodsynth.checkpoints import read_checkpoint
+
+    garbage = tmp_path / "encoder.pt"
+    garbage.write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match="^checkpoint: .* not a readable checkpoint"):
+        read_checkpoint(tmp_path, kind="text_aligned_encoder", default_name="encoder.pt", what="an encoder")

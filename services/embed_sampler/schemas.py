@@ -74,7 +74,7 @@ class SampleRequest(BaseModel):
     classes: list[StrictInt | StrictStr] | None = Field(
         None, description="Class indices and/or names to sample; all classes when left out."
     )
-    seed: int | None = Field(None, description="Random seed; one is chosen (and returned) when left out.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Random seed; one is chosen (and returned) when left out.")
     params: dict[str, Any] = Field(
         default_factory=dict, description="Sampler parameters; see each sampler's defaults."
     )

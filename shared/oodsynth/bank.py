@@ -8,6 +8,8 @@ with errors that name the offending field.
 from __future__ import annotations
 
 import io
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -117,13 +119,16 @@ def load_bank(source: str | Path | bytes | BinaryIO, *, min_per_class: int = 2) 
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        with np.load(source, allow_pickle=False) as data:
+        loaded = np.load(source, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise BankError("file", "expected a .npz with features, labels, anchors, class_names; got a single array (.npy)")
+        with loaded as data:
             missing = [k for k in REQUIRED_FIELDS if k not in data.files]
             if missing:
                 raise BankError(missing[0], f"missing from the bank file (it has {sorted(data.files)})")
             arrays = {k: data[k] for k in REQUIRED_FIELDS}
     except BankError:
         raise
-    except (ValueError, OSError, EOFError) as exc:  # not an npz, truncated, object arrays
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # not an npz, truncated, object arrays
         raise BankError("file", f"not a readable .npz feature bank ({exc})") from exc
     return FeatureBank.from_arrays(**arrays, min_per_class=min_per_class)

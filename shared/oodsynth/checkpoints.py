@@ -26,7 +26,10 @@ def read_checkpoint(path: str | Path, *, kind: str, default_name: str, what: str
         path = path / default_name
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for non-checkpoints
+        raise ValueError(f"checkpoint: {path} is not a readable checkpoint ({type(exc).__name__})") from exc
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise ValueError(f"checkpoint: {path} is not {what}")
     return state

@@ -25,6 +25,7 @@ from ..errors import APIError, error, field_error
 router = APIRouter(tags=["features"])
 
 MAX_IMAGES = 256
+MAX_PIXELS = 4096 * 4096  # per upload; the encoder resizes to a few dozen pixels anyway
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, float], ImageEmbedder] = {}
@@ -86,8 +87,11 @@ async def features(
         data = await upload.read()
         try:
             with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > MAX_PIXELS:  # checked on the header, before decoding the pixels
+                    raise field_error(["body", "files", i], f"{upload.filename or 'file'} has "
+                                      f"{im.width}x{im.height} pixels, above the cap of {MAX_PIXELS}")
                 images.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise field_error(["body", "files", i], f"{upload.filename or 'file'} is not a readable image ({exc})")
     out = await run_in_threadpool(embedder.embed, images)
     names = embedder.class_names

@@ -10,9 +10,12 @@ chosen with probability ``sigmoid(z * gradient)``: the gradient only tilts
 the direction, so a badly scaled step degrades gracefully instead of
 exploding like a Langevin step. Steps are taken in whitened coordinates
 (preconditioned by the fitted covariance, as in inverse SGLD), projected back
-onto the sphere, and Metropolis-Hastings corrected (the MH ratio is computed
-on the projected move). The step size adapts per chain towards
-``target_accept`` during the first half of the run.
+onto the sphere, with a Metropolis-Hastings test whose ratio is Barker's
+flat-space ratio evaluated on the projected move. That ratio ignores the
+projection's Jacobian and uses ambient (not tangent-plane) gradients, so the
+chain is an approximate, not exact, sampler of the inverted target; the floor
+is enforced exactly. An exact tangent-space version is future work. The step
+size adapts per chain towards ``target_accept`` during the first half of the run.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def knn_distances(bank: FeatureBank, unit_vectors: np.ndarray, class_index: np.n
     for c in np.unique(class_index):
         rows = class_index == c
         ref = unit_rows(bank.class_features(int(c)).astype(np.float32), field="features")
-        out[rows] = kth_neighbor_distance(unit_vectors[rows], ref, min(k, ref.shape[0]))
+        out[rows] = kth_neighbor_distance(unit_vectors[rows], ref, max(1, min(k, ref.shape[0] - 1)))  # the k the samplers rank by
     return out
 
 

@@ -26,7 +26,7 @@ class InverseRejectionParams(BaseModel):
     temperature: float | None = Field(
         None, gt=0, description="Proposal broadening; None picks it so the median proposal sits at eps."
     )
-    batch: int = Field(4096, ge=1, le=1_000_000, description="Proposals per class per round.")
+    batch: int = Field(4096, ge=1, le=65_536, description="Proposals per class per round.")
     max_rounds: int = Field(1000, ge=1, le=100_000, description="Give up (error) after this many rounds.")
 
 
@@ -72,8 +72,8 @@ class InverseRejectionSampler(Sampler):
         else:
             if (counts < n).any():
                 i = int(np.argmin(counts))
-                raise RuntimeError(
-                    f"inverse_rejection: class {int(classes[i])} accepted only {counts[i]} of {n} after "
+                raise ValueError(  # bad parameters for this fit: a 422, not a server error
+                    f"max_rounds: inverse_rejection class {int(classes[i])} accepted only {counts[i]} of {n} after "
                     f"{p.max_rounds} rounds; raise max_rounds or temperature"
                 )
         return np.stack([np.concatenate(k)[:n] for k in kept])

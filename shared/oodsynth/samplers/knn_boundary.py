@@ -28,6 +28,8 @@ from ..sphere import project_to_sphere, unit_rows
 from .base import Sampler
 
 
+CANDIDATE_BYTES = 1 << 30  # candidates held at once per round (1 GiB)
+
 class KnnBoundaryParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,12 +103,17 @@ class KnnBoundarySampler(Sampler):
         draws = min(p.n_draws, math.ceil(needed_per_point / p.keep_fraction))
         keep = max(1, min(draws, round(draws * p.keep_fraction)))
         kept, kept_dist = [], []
+        # Boundary points are perturbed a few at a time so one round's candidates stay
+        # under CANDIDATE_BYTES whatever select x n_draws a request asks for.
+        chunk = max(1, CANDIDATE_BYTES // (draws * ref.shape[1] * 4))
         while sum(len(x) for x in kept) < n:
-            noise = rng.standard_normal((n_points, draws, ref.shape[1]), dtype=np.float32)
-            candidates = project_to_sphere(ref[boundary][:, None, :] + p.sigma * noise).reshape(-1, ref.shape[1])
-            dist = kth_neighbor_distance(candidates, ref, k, backend=p.backend)
-            rows = pick_farthest(dist, n_points, draws, keep)
-            kept.append(candidates[rows])
-            kept_dist.append(dist[rows])
+            for start in range(0, n_points, chunk):
+                points = boundary[start : start + chunk]
+                noise = rng.standard_normal((len(points), draws, ref.shape[1]), dtype=np.float32)
+                candidates = project_to_sphere(ref[points][:, None, :] + p.sigma * noise).reshape(-1, ref.shape[1])
+                dist = kth_neighbor_distance(candidates, ref, k, backend=p.backend)
+                rows = pick_farthest(dist, len(points), draws, keep)
+                kept.append(candidates[rows])
+                kept_dist.append(dist[rows])
         kept_all, dist_all = np.concatenate(kept), np.concatenate(kept_dist)
         return kept_all[np.argsort(-dist_all, kind="stable")[:n]]
