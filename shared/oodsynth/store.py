@@ -176,6 +176,7 @@ class ResultStore:
                 temp.unlink(missing_ok=True)
                 return False
             os.replace(temp, target)
+            _fsync_dir(target.parent)  # the rename is durable before a row can point at it
             fd = os.open(self.manifest_path(dataset), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)
@@ -231,3 +232,11 @@ class ResultStore:
             temp_files=sorted(p.relative_to(self.root).as_posix() for p in directory.glob(f"*/.*{TEMP_SUFFIX}")),
             torn_tail=torn,
         )
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
