@@ -108,11 +108,41 @@ def test_inline_vectors_rescaled_to_anchor_norm(api, redis_url):
     np.testing.assert_allclose(norms, ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5)
     assert [it["class_name"] for it in payload["items"]] == ["sea lion", "cat", "sea lion"]
     assert all(it["sampler"] == "inline" for it in payload["items"])
-    # Without a fit: names from class_names, vectors kept as given.
-    r = api.post("/generate", json={"vectors": [[1.0, 2.0]], "classes": [1], "class_names": ["a", "b"], "dataset": "raw"})
+    # A tiny (but sane) scale is rescaled too, in float64 (no overflow, no underflow).
+    r = api.post("/generate", json={"vectors": (vectors * 1e-5).tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"})
     assert r.status_code == 202, r.text
     (payload,) = _payloads(redis_url, r.json()["job_ids"])
-    assert payload["items"][0]["vector"] == [1.0, 2.0] and payload["items"][0]["class_name"] == "b"
+    np.testing.assert_allclose([np.linalg.norm(it["vector"]) for it in payload["items"]], ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5)
+
+
+def _image_ids(api, redis_url, body) -> list[str]:
+    r = api.post("/generate", json=body)
+    assert r.status_code == 202, r.text
+    return [it["image_id"] for p in _payloads(redis_url, r.json()["job_ids"]) for it in p["items"]]
+
+
+@pytest.mark.parametrize("source", ["sample", "inline"])
+def test_image_ids_follow_seed_settings_and_model(api, redis_url, monkeypatch, source):
+    """Same request -> same ids (idempotent retries); new seed/settings/model -> new ids (never skipped as stored)."""
+    if source == "sample":
+        base = {"sample_id": _sample(api), "dataset": "ids", "seed": 5, "steps": 3}
+    else:
+        vectors = np.random.default_rng(4).normal(size=(2, DIM)).tolist()
+        base = {"vectors": vectors, "classes": [0, 1], "fit": "toy", "dataset": "ids", "seed": 5, "steps": 3}
+    ids = _image_ids(api, redis_url, base)
+    assert _image_ids(api, redis_url, base) == ids
+    changes = [{"seed": 6}, {"seed": None}, {"steps": 4}, {"guidance_scale": 3.0}, {"prompt_template": "A photo of a {token}"},
+               {"height": 64}, {"width": 64}, {"output_size": 64}, {"scheduler": "ddim"}]
+    seen = {tuple(ids)}
+    for change in changes:
+        body = {k: v for k, v in {**base, **change}.items() if v is not None}
+        other = _image_ids(api, redis_url, body)
+        assert len(other) == len(ids) and not set(other) & set(ids), change
+        seen.add(tuple(other))
+    assert len(seen) == len(changes) + 1
+    monkeypatch.setenv("OODSYNTH_MODEL", "another-model")
+    get_settings.cache_clear()
+    assert not set(_image_ids(api, redis_url, base)) & set(ids)
 
 
 BAD = [
@@ -134,6 +164,19 @@ BAD = [
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0, 1], "fit": "toy"}, 422, ["body", "classes"]),
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0], "fit": "nope"}, 404, ["body", "fit"]),
     ({"sample_id": None, "vectors": [], "classes": []}, 422, ["body", "vectors"]),
+    # Inline class indices are bounded by the schema and by the fit (no names built for 1e9 classes).
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [2**70], "fit": "toy"}, 422, ["body", "classes", 0]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [2**31], "fit": "toy"}, 422, ["body", "classes", 0]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [-1], "fit": "toy"}, 422, ["body", "classes", 0]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM] * 2, "classes": [0, 10**9], "fit": "toy"}, 422, ["body", "classes", 1]),
+    # Inline vectors need a fit (dimension, class names, anchor norms).
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0]}, 422, ["body", "fit"]),
+    ({"sample_id": None, "vectors": [[1.0, 2.0]], "classes": [10**9]}, 422, ["body", "fit"]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0], "class_names": ["a"]}, 422, ["body", "class_names"]),
+    # Absurd norms: overflowing, huge, vanishing.
+    ({"sample_id": None, "vectors": [[1e38] * DIM], "classes": [0], "fit": "toy"}, 422, ["body", "vectors", 0]),
+    ({"sample_id": None, "vectors": [[0.1] * DIM, [1e200] * DIM], "classes": [0, 1], "fit": "toy"}, 422, ["body", "vectors", 1]),
+    ({"sample_id": None, "vectors": [[1e-30] * DIM], "classes": [0], "fit": "toy"}, 422, ["body", "vectors", 0]),
     ({"sample_id": None}, 422, ["body", "sample_id"]),  # neither source
 ]
 

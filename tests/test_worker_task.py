@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import redis
 from PIL import Image
-from rq import Queue, SimpleWorker
+from rq import Queue, Retry, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -41,7 +41,7 @@ def _payload(dataset: str, n: int, model: str, seed: int = 0) -> dict:
         v = rng.normal(size=768)
         v *= 0.4 / np.linalg.norm(v)
         vector_id = f"s0:{i}"
-        image_id = image_id_for(dataset, vector_id, 0)
+        image_id = image_id_for(dataset, vector_id, 0, seed=seed, model=model)
         items.append(
             dict(
                 image_id=image_id,
@@ -148,3 +148,28 @@ def test_bad_payload_fails_with_the_field_named_in_the_failed_registry(env):
     error = job.latest_result().exc_string
     assert "height" in error and "multiple of 8" in error
     assert not (env.store / "bad").exists() or ResultStore(env.store).records("bad") == []
+
+
+@pytest.mark.parametrize("fault", ["payload", "model", "dimension"])
+def test_permanent_failures_are_not_retried(env, tmp_path, fault):
+    """Bad payload, another model, wrong dimension: failed registry after one attempt, despite Retry(max=3)."""
+    payload = _payload(f"noretry-{fault}", 1, str(env.model))
+    if fault == "payload":
+        payload["height"] = 60
+        expected = "multiple of 8"
+    elif fault == "model":
+        payload["model"] = str(tmp_path / "some-other-model")
+        expected = "this worker serves"
+    else:
+        payload["items"][0]["vector"] = payload["items"][0]["vector"][:16]
+        expected = "dimension 16"
+    queue = _queue(env)
+    job = queue.enqueue(TASK, payload, job_timeout=600, retry=Retry(max=3))
+    _work(queue)
+    job = Job.fetch(job.id, connection=queue.connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FAILED
+    assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
+    assert len(job.results()) == 1 and job.retries_left == 0
+    assert expected in job.latest_result().exc_string
+    assert queue.count == 0
+    assert ResultStore(env.store).records(f"noretry-{fault}") == []

@@ -1,7 +1,10 @@
 """The RQ job function: decode one ``DecodeJob`` payload into stored images.
 
 Jobs are plain JSON (RQ's JSONSerializer), so the payload is validated again
-here; a bad payload raises and RQ keeps the error in its failed registry.
+here. A payload that can never succeed (validation error, another model, a
+vector dimension the model does not take) fails at once: its job's retries
+are zeroed before it raises, so RQ puts it in the failed registry with the
+error text instead of retrying it with back-off.
 The job is idempotent: image ids already in the store are skipped, so a retry
 after a killed worker only decodes what is missing, and two workers racing on
 one image leave one file and one manifest row (the store decides).
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydantic
 from rq import get_current_job
 
 from oodsynth.config import get_settings
@@ -85,6 +89,25 @@ def _record(job: DecodeJob, item: DecodeItem, job_id: str | None) -> ImageRecord
     )
 
 
+def _disable_retries() -> None:
+    """Zero the current RQ job's retries, so the exception about to be raised fails it for good.
+
+    RQ (3.x) decides in ``Worker.handle_job_failure`` from ``job.should_retry``
+    (``retries_left > 0``) on the very Job object that ``get_current_job()``
+    returns, in the process that ran the job; so the job lands in the failed
+    registry after this one attempt, with the exception text. The field is
+    also written to Redis, so anything that reloads the job sees no retries left.
+    """
+    rq_job = get_current_job()
+    if rq_job is None or not rq_job.retries_left:
+        return
+    rq_job.retries_left = 0
+    try:
+        rq_job.connection.hset(rq_job.key, "retries_left", 0)
+    except Exception:  # the in-memory value is what the worker reads; Redis is best effort
+        log.exception("job %s: could not persist retries_left=0", rq_job.id)
+
+
 def decode_job(payload: dict) -> dict:
     """Decode the payload's images that the store lacks; return every image path of the job.
 
@@ -92,11 +115,16 @@ def decode_job(payload: dict) -> dict:
     item order], "written": n, "skipped": k}``, where ``skipped`` counts the
     images that were already stored (earlier attempt, or another worker).
     """
-    job = DecodeJob.model_validate(payload)
+    try:
+        job = DecodeJob.model_validate(payload)
+    except pydantic.ValidationError:
+        _disable_retries()
+        raise
     settings = get_settings()
     # A worker serves the model it was started with: a payload must not make it load
     # (and maybe unpickle) arbitrary weights, which is what JSON-only jobs guard against.
     if not _same_model(job.model, settings.model):
+        _disable_retries()
         raise ValueError(f"model: job asks for {job.model!r} but this worker serves {settings.model!r}")
     store = ResultStore(settings.store)
     rq_job = get_current_job()
@@ -116,6 +144,10 @@ def decode_job(payload: dict) -> dict:
     written = 0
     if todo:
         decoder = get_decoder(settings.model)
+        dim = len(job.items[0].vector)
+        if dim != decoder.hidden_size:
+            _disable_retries()
+            raise ValueError(f"items: vectors have dimension {dim} but {job.model!r} takes {decoder.hidden_size}")
         for batch in _batches(todo, settings.gpu_batch_size):
             images = decoder.decode(
                 np.asarray([item.vector for item in batch], dtype=np.float32),

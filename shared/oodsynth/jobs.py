@@ -5,14 +5,16 @@ so a job written by an older or foreign client fails loudly with the field
 named instead of decoding garbage.
 
 Image ids and seeds are derived from what the image *is* (dataset, vector id,
-repeat index, request seed), never from time or position in the queue, so a
-retried or re-submitted job reproduces the same files and the store can skip
-images it already holds.
+repeat index, request seed, decode settings and model), never from time or
+position in the queue, so a retried or re-submitted job reproduces the same
+files and the store can skip images it already holds, while a request with a
+new seed or new decode settings names new images instead of being skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,9 +31,28 @@ SCHEDULERS = ("pndm", "ddim", "dpm++", "dpm", "euler", "euler_a")
 TOKEN_FIELD = "{token}"
 
 
-def image_id_for(dataset: str, vector_id: str, repeat: int) -> str:
-    """Stable id of the ``repeat``-th image of a vector in a dataset."""
-    digest = hashlib.sha256(f"{dataset}\x1f{vector_id}\x1f{repeat}".encode()).hexdigest()[:20]
+def image_id_for(
+    dataset: str,
+    vector_id: str,
+    repeat: int,
+    *,
+    seed: int | None = None,
+    decode: Mapping[str, Any] | None = None,
+    model: str | None = None,
+) -> str:
+    """Stable id of the ``repeat``-th image of a vector in a dataset.
+
+    The base ``seed``, the ``decode`` settings (prompt template, steps,
+    guidance, size, output size, scheduler) and the ``model`` are part of the
+    id: the same request repeated names the same images (idempotent retries),
+    a request that would draw different pixels names different ones.
+    """
+    recipe = json.dumps(
+        {"seed": seed, "decode": dict(decode) if decode is not None else None, "model": model},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    digest = hashlib.sha256(f"{dataset}\x1f{vector_id}\x1f{repeat}\x1f{recipe}".encode()).hexdigest()[:20]
     return f"img-{digest}"
 
 
@@ -153,8 +174,13 @@ def build_items(
     diagnostics: Mapping[str, np.ndarray] | None = None,
     images_per_vector: int = 1,
     seed: int | None = None,
+    decode: Mapping[str, Any] | None = None,
+    model: str | None = None,
 ) -> list[DecodeItem]:
-    """One ``DecodeItem`` per (vector, repeat), with stable ids and seeds; vector-major order."""
+    """One ``DecodeItem`` per (vector, repeat), with stable ids and seeds; vector-major order.
+
+    Pass the job's ``decode`` settings and ``model`` so they are part of the image ids.
+    """
     vectors = np.asarray(vectors, dtype=np.float32)
     diagnostics = diagnostics or {}
     items = []
@@ -162,7 +188,7 @@ def build_items(
         diag = {name: _finite_or_none(values[i]) for name, values in diagnostics.items()}
         as_list = vector.tolist()
         for repeat in range(images_per_vector):
-            image_id = image_id_for(dataset, vector_id, repeat)
+            image_id = image_id_for(dataset, vector_id, repeat, seed=seed, decode=decode, model=model)
             items.append(
                 DecodeItem(
                     image_id=image_id,
@@ -193,11 +219,12 @@ def inline_vector_ids(vectors: np.ndarray, class_index: np.ndarray) -> list[str]
 
 def rescale_to_anchors(vectors: np.ndarray, class_index: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     """Give each vector the norm of its class anchor ||T(y)||, the scale the text encoder expects."""
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float64)  # float64: a huge row must not overflow to inf
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"vectors: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} has zero norm")
-    target = np.linalg.norm(np.asarray(anchors, dtype=np.float32)[np.asarray(class_index)], axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise ValueError(f"vectors: row {int(bad[0])} has zero or non-finite norm")
+    target = np.linalg.norm(np.asarray(anchors, dtype=np.float64)[np.asarray(class_index)], axis=1, keepdims=True)
     return (vectors / norms * target).astype(np.float32)
 
 
@@ -212,9 +239,10 @@ def job_from_sample(
 ) -> DecodeJob:
     """The ``DecodeJob`` for every vector of a stored sample (``oodsynth.registry.StoredSample``).
 
-    Vector ids are ``<sample_id>:<row>``, so re-submitting a sample reproduces
-    the same image ids and seeds.
+    Vector ids are ``<sample_id>:<row>``, so re-submitting a sample with the
+    same seed and settings reproduces the same image ids and seeds.
     """
+    decode = decode or DecodeSettings()
     items = build_items(
         dataset=dataset,
         vectors=sample.vectors,
@@ -226,5 +254,7 @@ def job_from_sample(
         diagnostics=sample.diagnostics,
         images_per_vector=images_per_vector,
         seed=seed,
+        decode=decode.decode_settings(),
+        model=model,
     )
-    return DecodeJob(dataset=dataset, model=model, items=items, **(decode or DecodeSettings()).decode_settings())
+    return DecodeJob(dataset=dataset, model=model, items=items, **decode.decode_settings())

@@ -7,7 +7,7 @@ jobs of ``images_per_job`` images (see ``oodsynth.queue``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pydantic
@@ -40,6 +40,12 @@ ERROR_RESPONSES = {
 }
 
 
+MAX_CLASS_INDEX = 2**31
+# Inline vectors are rescaled to their anchor's norm, so only their direction matters; a norm
+# outside this range is a unit or serialisation mistake, not a direction worth decoding.
+MIN_INLINE_NORM, MAX_INLINE_NORM = 1e-6, 1e6
+
+
 class GenerateRequest(DecodeSettings):
     """Decode a stored sample (``sample_id``) or inline ``vectors`` + ``classes`` into images."""
 
@@ -50,10 +56,15 @@ class GenerateRequest(DecodeSettings):
 
     dataset: str = Field(description="Result-store dataset (one folder name) the images go into.")
     sample_id: str | None = Field(None, description="A sample returned by POST /sample.")
-    vectors: list[list[float]] | None = Field(None, description="Inline vectors (M, D), instead of sample_id.")
-    classes: list[int] | None = Field(None, description="Class index of each inline vector.")
-    fit: str | None = Field(None, description="Fit of the inline vectors: class names, dimension, anchor norms.")
-    class_names: list[str] | None = Field(None, description="Class names for inline vectors without a fit.")
+    vectors: list[list[float]] | None = Field(
+        None, description="Inline vectors (M, D), instead of sample_id; need `fit`, and are rescaled to ||T(y)||."
+    )
+    classes: list[Annotated[int, Field(ge=0, lt=MAX_CLASS_INDEX)]] | None = Field(
+        None, description="Class index of each inline vector (a class of `fit`)."
+    )
+    fit: str | None = Field(
+        None, description="Fit of the inline vectors (required with them): class names, dimension, anchor norms."
+    )
     images_per_vector: int = Field(1, ge=1, description="Images decoded from each vector, each with its own seed.")
     seed: int | None = Field(None, ge=0, description="Base seed; each image's seed derives from it and its id.")
 
@@ -88,7 +99,11 @@ class JobState(BaseModel):
 
 
 def _inline_arrays(req: GenerateRequest, fits: FitRegistry):
-    """Vectors, classes, class names and vector ids of an inline request, checked field by field."""
+    """Vectors, classes, class names and vector ids of an inline request, checked field by field.
+
+    Inline vectors need a ``fit``: it gives the class names, the dimension the
+    vectors must have and the anchor norms ||T(y)|| they are rescaled to.
+    """
     if req.classes is None:
         raise field_error(["body", "classes"], "give one class index per vector")
     if len(req.vectors) == 0:
@@ -102,28 +117,35 @@ def _inline_arrays(req: GenerateRequest, fits: FitRegistry):
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if bad.size:
         raise field_error(["body", "vectors", int(bad[0])], f"{bad.size} vectors contain NaN or inf (first: row {int(bad[0])})")
-    if np.any(np.linalg.norm(vectors, axis=1) == 0):
-        raise field_error(["body", "vectors"], "a vector has zero norm")
-    classes = np.asarray(req.classes, dtype=np.int64)
-    if req.fit is not None:
-        try:
-            fit, _bank = fits.get(req.fit)
-        except KeyError:
-            raise not_found(["body", "fit"], f"no fit named {req.fit!r}") from None
-        if vectors.shape[1] != fit.dim:
-            raise field_error(["body", "vectors"], f"dimension {vectors.shape[1]} does not match fit {req.fit!r} ({fit.dim})")
-        names = list(fit.class_names_)
-    else:
-        names = list(req.class_names) if req.class_names is not None else None
-    n_classes = len(names) if names is not None else int(classes.max()) + 1
-    out = np.flatnonzero((classes < 0) | (classes >= n_classes))
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(vectors, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms < MIN_INLINE_NORM) | (norms > MAX_INLINE_NORM))
+    if bad.size:
+        raise field_error(
+            ["body", "vectors", int(bad[0])],
+            f"{bad.size} vectors have a norm outside [{MIN_INLINE_NORM:g}, {MAX_INLINE_NORM:g}] "
+            f"(first: row {int(bad[0])}, norm {float(norms[bad[0]]):.3g})",
+        )
+    if req.fit is None:
+        raise field_error(["body", "fit"], "inline vectors need a fit: it names the classes, fixes the dimension "
+                          "and gives the anchor norms the vectors are rescaled to")
+    try:
+        fit, _bank = fits.get(req.fit)
+    except KeyError:
+        raise not_found(["body", "fit"], f"no fit named {req.fit!r}") from None
+    if vectors.shape[1] != fit.dim:
+        raise field_error(["body", "vectors"], f"dimension {vectors.shape[1]} does not match fit {req.fit!r} ({fit.dim})")
+    names = list(fit.class_names_)
+    classes = np.asarray(req.classes, dtype=np.int64)  # each in [0, 2**31) by the schema
+    out = np.flatnonzero(classes >= len(names))
     if out.size:
-        raise field_error(["body", "classes", int(out[0])], f"class index {int(classes[out[0]])} is out of range [0, {n_classes})")
-    if names is None:
-        names = [f"class_{c}" for c in range(n_classes)]
-    vectors = vectors.astype(np.float32)
-    if req.fit is not None:
+        raise field_error(["body", "classes", int(out[0])], f"class index {int(classes[out[0]])} is out of range [0, {len(names)}) of fit {req.fit!r}")
+    try:
         vectors = rescale_to_anchors(vectors, classes, fit.anchors_)
+    except ValueError as exc:
+        raise field_error(["body", "vectors"], str(exc).removeprefix("vectors: ")) from None
+    if not np.isfinite(vectors).all():
+        raise field_error(["body", "vectors"], "rescaling to the anchor norms gave non-finite values")
     return vectors, classes, names, inline_vector_ids(vectors, classes)
 
 
@@ -133,7 +155,7 @@ def plan_job(req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry) -
     if (req.sample_id is None) == (req.vectors is None):
         raise field_error(["body", "sample_id"], "give either sample_id or vectors (+ classes), not both or neither")
     if req.sample_id is not None:
-        for name in ("classes", "fit", "class_names"):
+        for name in ("classes", "fit"):
             if getattr(req, name) is not None:
                 raise field_error(["body", name], "only used with inline vectors; a stored sample carries its own")
         try:
@@ -162,6 +184,7 @@ def plan_job(req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry) -
         items = build_items(
             dataset=req.dataset, vectors=vectors, class_index=classes, class_names=names, vector_ids=vector_ids,
             sampler="inline", images_per_vector=req.images_per_vector, seed=req.seed,
+            decode=req.decode_settings(), model=settings.model,
         )
         return DecodeJob(dataset=req.dataset, model=settings.model, items=items, **req.decode_settings())
     except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
