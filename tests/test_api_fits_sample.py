@@ -10,22 +10,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from oodsynth.bank import FeatureBank
 from oodsynth.client import OodsynthClient, OodsynthError, sample_arrays
 from oodsynth.registry import SampleRegistry
 from services.embed_sampler.app import create_app
 from services.embed_sampler.state import get_redis_dep
+from toy_banks import toy_bank
 
-def make_bank(n_classes: int = 3, n_per_class: int = 40, dim: int = 16, seed: int = 0) -> FeatureBank:
-    """Unit features around random class directions; anchors of norm 0.38 like SD's token rows."""
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(n_classes, dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(n_classes), n_per_class)
-    feats = directions[labels] + 0.05 * rng.normal(size=(labels.size, dim))
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    names = [f"class_{chr(97 + c)}" for c in range(n_classes)]
-    return FeatureBank.from_arrays(feats.astype(np.float32), labels, (0.38 * directions).astype(np.float32), names)
+make_bank = toy_bank
 
 
 SAMPLER = "inverse_rejection"  # needs no bank; cheap at this size

@@ -7,28 +7,21 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from oodsynth.bank import FeatureBank
 from oodsynth.cli import app
 from oodsynth.cli import core as cli_core
 from oodsynth.client import OodsynthClient
 from oodsynth.registry import FitRegistry, SampleRegistry, StoredSample
+from toy_banks import toy_bank
 
 SAMPLER = "inverse_rejection"
 runner = CliRunner()
 
 
 def write_bank(path, n_classes=3, n_per_class=30, dim=12, seed=0, nan=False):
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(n_classes, dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(n_classes), n_per_class)
-    feats = directions[labels] + 0.05 * rng.normal(size=(labels.size, dim))
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    feats = feats.astype(np.float32)
-    if nan:
-        feats[5, 0] = np.nan
-    np.savez(path, features=feats, labels=labels, anchors=(0.38 * directions).astype(np.float32),
-             class_names=np.array(["ant", "bee", "cat"][:n_classes]))
+    bank = toy_bank(n_classes, n_per_class, dim, seed=seed, names=["ant", "bee", "cat"][:n_classes])
+    if nan:  # written raw: FeatureBank refuses to hold NaN, the CLI must refuse to read it
+        bank.features[5, 0] = np.nan
+    np.savez(path, features=bank.features, labels=bank.labels, anchors=bank.anchors, class_names=bank.class_names)
     return path
 
 

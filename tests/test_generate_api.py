@@ -17,20 +17,14 @@ from oodsynth.bank import FeatureBank
 from oodsynth.config import get_settings
 from oodsynth.queue import JOB_FUNCTION, queue_stats
 from services.embed_sampler.app import create_app
+from toy_banks import toy_bank
 
 DIM = 16
 ANCHOR_NORMS = np.array([0.35, 0.38, 0.41])
 
 
 def make_bank(n_per_class: int = 30) -> FeatureBank:
-    rng = np.random.default_rng(0)
-    directions = rng.normal(size=(3, DIM))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(3), n_per_class)
-    feats = directions[labels] + 0.05 * rng.normal(size=(labels.size, DIM))
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    anchors = (ANCHOR_NORMS[:, None] * directions).astype(np.float32)
-    return FeatureBank.from_arrays(feats.astype(np.float32), labels, anchors, ["cat", "dog", "sea lion"])
+    return toy_bank(3, n_per_class, DIM, anchor_norms=ANCHOR_NORMS, names=["cat", "dog", "sea lion"])
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from oodsynth import registry as registry_mod
-from oodsynth.bank import FeatureBank
 from oodsynth.densities import ClassDensities
 from oodsynth.registry import (
     FieldError,
@@ -20,19 +19,10 @@ from oodsynth.registry import (
     resolve_classes,
 )
 from oodsynth.samplers import SampleResult
+from toy_banks import toy_bank
 
 
-def make_bank(n_classes: int = 3, n_per_class: int = 40, dim: int = 16, spread: float = 0.05, seed: int = 0) -> FeatureBank:
-    """Unit features scattered around random class directions; anchors of norm ~0.38 like SD's."""
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(n_classes, dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(n_classes), n_per_class)
-    feats = directions[labels] + spread * rng.normal(size=(labels.size, dim))
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    anchors = 0.38 * directions
-    names = [f"class_{chr(97 + c)}" for c in range(n_classes)]
-    return FeatureBank.from_arrays(feats.astype(np.float32), labels, anchors.astype(np.float32), names)
+make_bank = toy_bank
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oodsynth.jobs import DecodeItem, DecodeJob, image_id_for, image_seed_for
+from oodsynth.jobs import DecodeJob, image_id_for, image_seed_for
 from oodsynth.outlier_dataset import StoredOutliers
 from oodsynth.store import MANIFEST, ImageRecord, ResultStore
 
