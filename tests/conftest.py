@@ -53,3 +53,14 @@ def _isolated_home(tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+TINY_SD_WORDS = ["cat", "ship", "horse"]  # every test that decodes uses a subset of these class words
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """One tiny random-weight SD pipeline folder for the whole session (each word is one token)."""
+    from oodsynth.tiny_model import make_tiny_pipeline
+
+    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), words=TINY_SD_WORDS)

@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from oodsynth.decoding import OutlierDecoder
-from oodsynth.tiny_model import make_tiny_pipeline
 
 SIZE = dict(height=64, width=64, output_size=32, steps=2)  # 8x8 latents
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), words=["cat", "ship"])
 
 
 @pytest.fixture(scope="module")

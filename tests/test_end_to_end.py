@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -20,20 +19,10 @@ from oodsynth.bank import FeatureBank
 from oodsynth.config import get_settings
 from oodsynth.queue import wait_for_jobs
 from oodsynth.store import ResultStore
-from oodsynth.tiny_model import make_tiny_pipeline
 from services.embed_sampler.app import create_app
 
 WORDS = ["cat", "ship", "horse"]
 WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory) -> Path:
-    """Built once per test session (the fault test uses the same folder)."""
-    path = tmp_path_factory.getbasetemp() / "tiny-sd-generation"
-    if not (path / "model_index.json").is_file():
-        make_tiny_pipeline(path, words=WORDS)
-    return path
 
 
 def toy_bank(model_dir: Path, n_per_class: int = 25) -> FeatureBank:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -26,19 +25,10 @@ from oodsynth.config import get_settings
 from oodsynth.jobs import DecodeJob, build_items
 from oodsynth.queue import connect, enqueue_decode, job_status, queue_stats
 from oodsynth.store import ResultStore
-from oodsynth.tiny_model import make_tiny_pipeline
 
-WORDS = ["cat", "ship", "horse"]  # same words as the end-to-end test: the tiny model folder is shared
+WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
 WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]
 N_IMAGES = 6
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "tiny-sd-generation"
-    if not (path / "model_index.json").is_file():
-        make_tiny_pipeline(path, words=WORDS)
-    return path
 
 
 def _job(model: str) -> DecodeJob:

@@ -14,15 +14,9 @@ from rq.serializers import JSONSerializer
 from oodsynth.config import get_settings
 from oodsynth.jobs import image_id_for, image_seed_for
 from oodsynth.store import ResultStore
-from oodsynth.tiny_model import make_tiny_pipeline
 
 TASK = "services.diffusion_worker.tasks.decode_job"
 CLASSES = ["cat", "ship"]
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), words=CLASSES)
 
 
 @pytest.fixture

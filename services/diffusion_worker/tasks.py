@@ -74,17 +74,10 @@ def _batches(items: Sequence[DecodeItem], size: int):
 
 def _record(job: DecodeJob, item: DecodeItem, job_id: str | None) -> ImageRecord:
     return ImageRecord(
-        image_id=item.image_id,
-        class_index=item.class_index,
-        class_name=item.class_name,
-        vector_id=item.vector_id,
-        sampler=item.sampler,
-        sampler_params=item.sampler_params,
-        seed=item.seed,
+        **item.model_dump(exclude={"vector"}),
         model=job.model,
         # The placeholder stands for this image's own vector, an outlier of its class.
         prompt=job.prompt(f"<outlier:{item.class_name}>"),
-        diagnostics=item.diagnostics,
         job_id=job_id,
     )
 
@@ -152,13 +145,7 @@ def decode_job(payload: dict) -> dict:
             images = decoder.decode(
                 np.asarray([item.vector for item in batch], dtype=np.float32),
                 [item.seed for item in batch],
-                prompt_template=job.prompt_template,
-                steps=job.steps,
-                guidance_scale=job.guidance_scale,
-                height=job.height,
-                width=job.width,
-                output_size=job.output_size,
-                scheduler=job.scheduler,
+                **job.decode_settings(),
             )
             for item, image in zip(batch, images):
                 if store.write_image(job.dataset, _record(job, item, job_id), image):

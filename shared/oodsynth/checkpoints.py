@@ -33,3 +33,10 @@ def read_checkpoint(path: str | Path, *, kind: str, default_name: str, what: str
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise ValueError(f"checkpoint: {path} is not {what}")
     return state
+
+
+def restore_training(state: dict, **parts) -> tuple[int, list[dict]]:
+    """Load each named part (``model=..., optimizer=...``) from ``state``; return (epochs done, history)."""
+    for key, obj in parts.items():
+        obj.load_state_dict(state[key])
+    return int(state["epoch"]), list(state["history"])

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoints import read_checkpoint, write_checkpoint
+from .checkpoints import read_checkpoint, restore_training, write_checkpoint
 from .data import ImageData
 from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 
@@ -181,10 +181,7 @@ def train_encoder(
         state = _read(path)
         if not torch.equal(state["anchors"], anchors_t):
             raise ValueError(f"resume: the anchors differ from those of the checkpoint at {path}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = int(state["epoch"]), list(state["history"])
+        start, history = restore_training(state, model=model, optimizer=optimizer, scheduler=scheduler)
     total_steps = (config.epochs - start) * len(loader)
     bar = tqdm(total=total_steps, desc="train-encoder", unit="batch", disable=progress is not True, leave=False)
     for epoch in range(start, config.epochs):

@@ -124,7 +124,8 @@ class DecodeSettings(BaseModel):
         return {name: getattr(self, name) for name in DecodeSettings.model_fields}
 
 
-def _dataset_name(v: str) -> str:
+def dataset_name_field(v: str) -> str:
+    """``validate_dataset_name`` for a pydantic validator: the message without the field prefix."""
     try:
         return validate_dataset_name(v)
     except ValueError as exc:
@@ -141,7 +142,7 @@ class DecodeJob(DecodeSettings):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        return _dataset_name(v)
+        return dataset_name_field(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "DecodeJob":

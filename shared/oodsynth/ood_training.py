@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoints import read_checkpoint, write_checkpoint
+from .checkpoints import read_checkpoint, restore_training, write_checkpoint
 from .data import ImageData
 from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 from .encoder_training import default_device
@@ -168,11 +168,7 @@ def train_ood(
     start, history = 0, []
     if resume and path.exists():
         state = _read(path)
-        model.load_state_dict(state["model"])
-        phi.load_state_dict(state["phi"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = int(state["epoch"]), list(state["history"])
+        start, history = restore_training(state, model=model, phi=phi, optimizer=optimizer, scheduler=scheduler)
     id_iter = _cycle(id_loader)
     ood_iter = _cycle(ood_loader) if use_ood else None
     bar = tqdm(total=(config.epochs - start) * steps_per_epoch, desc="train-ood", unit="step",

@@ -22,12 +22,12 @@ from oodsynth.jobs import (
     DecodeJob,
     DecodeSettings,
     build_items,
+    dataset_name_field,
     inline_vector_ids,
     job_from_sample,
     rescale_to_anchors,
 )
 from oodsynth.registry import FitRegistry, SampleRegistry
-from oodsynth.store import validate_dataset_name
 
 from ..errors import field_error, from_pydantic, not_found
 from ..state import get_fits, get_redis_dep, get_samples
@@ -71,10 +71,7 @@ class GenerateRequest(DecodeSettings):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        try:
-            return validate_dataset_name(v)
-        except ValueError as exc:
-            raise ValueError(str(exc).removeprefix("dataset: ")) from None
+        return dataset_name_field(v)
 
 
 class GenerateResponse(BaseModel):
