@@ -1,0 +1,120 @@
+"""The library's typed errors: what went wrong, and which input field is to blame.
+
+Every surface maps these the same way, so a bad request reads the same
+through the API, the CLI and the Python client:
+
+========== ======== ===========================================
+error      HTTP     CLI (one line ``error: <field>: <message>``)
+========== ======== ===========================================
+InputError 422      exit 2
+NotFound   404      exit 2
+Conflict   409      exit 2
+Unavailable 503     exit 1
+========== ======== ===========================================
+
+``field`` is written the way a user names it: ``n_per_class``,
+``classes[2]``, ``params.sigma``, ``file.features``. The API turns it into
+``detail[].loc`` (``["body", "classes", 2]``); the client turns ``loc`` back
+into the same string. Raise them anywhere in the library::
+
+    raise InputError("n_per_class", f"{n} is outside [1, {cap}]")
+    raise NotFound("fit", f"no fit named {name!r}")
+
+``InputError`` is a ``ValueError`` and ``NotFound`` a ``KeyError``, so code
+that catches those still works.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+Loc = Sequence[str | int]
+_LOC_TOKEN = re.compile(r"[^.\[\]]+|\[\d+\]")
+REQUEST_SECTIONS = ("body", "path", "query", "header")
+
+
+def split_field(field: str | None) -> list[str | int]:
+    """``"classes[2]"`` -> ``["classes", 2]``; ``"params.sigma"`` -> ``["params", "sigma"]``."""
+    return [int(t[1:-1]) if t.startswith("[") else t for t in _LOC_TOKEN.findall(field or "")]
+
+
+def join_loc(loc: Iterable[str | int]) -> str | None:
+    """``["body", "classes", 0]`` -> ``"classes[0]"``: the inverse of ``split_field`` (request section dropped)."""
+    out = ""
+    for part in loc:
+        if part in REQUEST_SECTIONS and not out:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+class OodsynthError(Exception):
+    """Base of every error the library raises on purpose; ``field`` names the input to change."""
+
+    status = 500  # the HTTP status the API answers with
+    type = "error"  # the ``detail[].type`` the API answers with
+    exit_code = 1  # the CLI's exit status
+
+    def __init__(self, field: str | None, message: str, *, errors: Sequence[tuple[str | None, str]] | None = None):
+        super().__init__(field, message)
+        self.field = field
+        self.message = message
+        # Every problem found, first one first (a pydantic model can report several at once).
+        self.errors: list[tuple[str | None, str]] = list(errors) if errors else [(field, message)]
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+    def __reduce__(self):  # picklable across processes despite the keyword-only argument
+        return _rebuild, (type(self), self.field, self.message, self.errors)
+
+    @classmethod
+    def from_pydantic(cls, exc, prefix: str | None = None) -> "OodsynthError":
+        """One error from a ``pydantic.ValidationError``, fields rooted under ``prefix`` (e.g. ``params``)."""
+        errors = []
+        for e in exc.errors(include_url=False):
+            field = join_loc([*split_field(prefix), *e["loc"]])
+            errors.append((field, str(e["msg"]).removeprefix("Value error, ")))
+        return cls(*(errors[0] if errors else (prefix, str(exc))), errors=errors)
+
+
+def _rebuild(cls, field, message, errors):
+    return cls(field, message, errors=errors)
+
+
+class InputError(OodsynthError, ValueError):
+    """The caller passed a bad value (HTTP 422, CLI exit 2)."""
+
+    status = 422
+    type = "value_error"
+    exit_code = 2
+
+
+class NotFound(OodsynthError, KeyError):
+    """A named thing (fit, sample, job) does not exist or has expired (HTTP 404, CLI exit 2)."""
+
+    status = 404
+    type = "not_found"
+    exit_code = 2
+
+
+class Conflict(OodsynthError):
+    """The request clashes with what exists, e.g. a fit name taken without ``replace`` (HTTP 409, CLI exit 2)."""
+
+    status = 409
+    type = "conflict"
+    exit_code = 2
+
+
+class Unavailable(OodsynthError, RuntimeError):
+    """A service the request needs is down or unreachable: Redis, the API, a download (HTTP 503, CLI exit 1)."""
+
+    status = 503
+    type = "service_unavailable"
+    exit_code = 1
+
+
+BY_STATUS: dict[int, type[OodsynthError]] = {cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable)}
+
+__all__ = ["BY_STATUS", "Conflict", "InputError", "NotFound", "OodsynthError", "Unavailable", "join_loc", "split_field"]
