@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e '.[test]' $(TORCH_PINS)
+	# the animals profile's data; --no-deps because its own loader pulls in tensorflow, which oodsynth never imports
+	$(BIN)/pip install -q --no-deps animal-mnist==0.4
 	touch $(STAMP)
 
 setup: $(STAMP)
