@@ -6,6 +6,7 @@ benchmarks use; each sampler validates its own pydantic ``Params``.
 
 from __future__ import annotations
 
+from ..errors import InputError
 from .barker import BarkerSampler
 from .base import SampleResult, Sampler, compute_diagnostics
 from .inverse_rejection import InverseRejectionSampler
@@ -17,11 +18,11 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(InputError):
     """The requested sampler name is not registered."""
 
     def __init__(self, name: str):
-        super().__init__(f"method: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        super().__init__("method", f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
         self.name = name
 
 

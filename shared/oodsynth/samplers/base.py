@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ..bank import FeatureBank
 from ..densities import ClassDensities
+from ..errors import InputError
 from ..knn import kth_neighbor_distance
 from ..sphere import unit_rows
 
@@ -131,21 +132,21 @@ class Sampler:
     ) -> SampleResult:
         """``n_per_class`` outlier vectors for each class (all classes when ``classes`` is None)."""
         if not isinstance(fit, ClassDensities) or not hasattr(fit, "quantile_values_"):
-            raise ValueError("fit: expected a fitted ClassDensities")
+            raise InputError("fit", "expected a fitted ClassDensities")
         if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-            raise ValueError(f"n_per_class: must be a positive integer, got {n_per_class!r}")
+            raise InputError("n_per_class", f"must be a positive integer, got {n_per_class!r}")
         cls = fit._check_classes(np.arange(fit.n_classes) if classes is None else list(classes))
         if cls.size == 0:
-            raise ValueError("classes: empty list of classes")
+            raise InputError("classes", "empty list of classes")
         if np.unique(cls).size != cls.size:
-            raise ValueError("classes: duplicate class indices")
+            raise InputError("classes", "duplicate class indices")
         if bank is not None and (bank.dim != fit.dim or bank.n_classes != fit.n_classes):
-            raise ValueError(
-                f"bank: shape ({bank.n_classes} classes, dim {bank.dim}) does not match the fit "
+            raise InputError(
+                "bank", f"shape ({bank.n_classes} classes, dim {bank.dim}) does not match the fit "
                 f"({fit.n_classes} classes, dim {fit.dim})"
             )
         if self.needs_bank and bank is None:
-            raise ValueError(f"bank: the {self.name} sampler needs the ID feature bank")
+            raise InputError("bank", f"the {self.name} sampler needs the ID feature bank")
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**31)
         rng = np.random.default_rng(seed)

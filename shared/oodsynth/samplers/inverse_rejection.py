@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..densities import ClassDensities
+from ..errors import InputError
 from ..sphere import project_to_sphere
 from .base import Sampler
 
@@ -72,8 +73,8 @@ class InverseRejectionSampler(Sampler):
         else:
             if (counts < n).any():
                 i = int(np.argmin(counts))
-                raise ValueError(  # bad parameters for this fit: a 422, not a server error
-                    f"max_rounds: inverse_rejection class {int(classes[i])} accepted only {counts[i]} of {n} after "
+                raise InputError(  # bad parameters for this fit: a 422, not a server error
+                    "max_rounds", f"inverse_rejection class {int(classes[i])} accepted only {counts[i]} of {n} after "
                     f"{p.max_rounds} rounds; raise max_rounds or temperature"
                 )
         return np.stack([np.concatenate(k)[:n] for k in kept])

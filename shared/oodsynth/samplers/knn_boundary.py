@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..bank import FeatureBank
+from ..errors import InputError
 from ..knn import KNN_BACKENDS, kth_neighbor_distance
 from ..sphere import project_to_sphere, unit_rows
 from .base import Sampler
@@ -84,7 +85,7 @@ class KnnBoundarySampler(Sampler):
     def _sample_all(self, fit, classes, n, rng, bank: FeatureBank, progress):
         p = self.params
         if p.backend not in KNN_BACKENDS:
-            raise ValueError(f"backend: unknown k-NN backend {p.backend!r}; choose one of {KNN_BACKENDS}")
+            raise InputError("backend", f"unknown k-NN backend {p.backend!r}; choose one of {KNN_BACKENDS}")
         out = []
         for done, c in enumerate(classes):
             out.append(self.sample_class(bank.class_features(int(c)), n, rng))
