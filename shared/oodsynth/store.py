@@ -28,6 +28,8 @@ from typing import Any, Iterator
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from .errors import InputError
+
 MANIFEST = "manifest.jsonl"
 LOCK = ".manifest.lock"
 TEMP_SUFFIX = ".tmp"
@@ -38,9 +40,9 @@ _UNSAFE = re.compile(r"[\\/\x00]")
 def validate_dataset_name(name: str) -> str:
     """A dataset name is one folder: non-empty, no path separators, not ``.``/``..``."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("dataset: must be a non-empty name")
+        raise InputError("dataset", "must be a non-empty name")
     if _UNSAFE.search(name) or name in (".", "..") or name.startswith("."):
-        raise ValueError(f"dataset: {name!r} must be a single folder name (no path separators, no leading dot)")
+        raise InputError("dataset", f"{name!r} must be a single folder name (no path separators, no leading dot)")
     return name
 
 
