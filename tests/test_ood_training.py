@@ -132,3 +132,114 @@ def test_cli_errors_name_the_option(tmp_path):
     assert res.exit_code == 2 and "error: outliers:" in res.output and "blobs" in res.output
     res = runner.invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--beta", "-1"])
     assert res.exit_code == 2 and "error: beta:" in res.output
+
+
+# ---------------------------------------------------------------- feature-space outliers
+
+
+@pytest.fixture(scope="module")
+def feature_setup(tmp_path_factory, digits):
+    """A 1-epoch text-aligned encoder on 400 digits, its bank and fit, and a stored inverse_sgld sample."""
+    from oodsynth.densities import ClassDensities
+    from oodsynth.encoder_training import EncoderTrainConfig, train_encoder
+    from oodsynth.features import build_bank
+    from oodsynth.registry import StoredSample
+    from oodsynth.samplers import get_sampler
+
+    from oodsynth.data import random_anchors
+
+    root = tmp_path_factory.mktemp("feature")
+    small = ImageData(Subset(digits.dataset, range(400)), digits.class_names, 16, digits.mean, digits.std)
+    cfg = EncoderTrainConfig(width=4, epochs=1, batch_size=64, lr=0.05, image_size=16, mean=digits.mean, std=digits.std)
+    ckpt = train_encoder(cfg, small, random_anchors(8, 768, seed=0), root / "enc", progress=False, device="cpu")
+    bank = build_bank(ckpt, small, progress=False)
+    fit = ClassDensities("gaussian_diagonal").fit(bank)
+    result = get_sampler("inverse_sgld").sample(fit, 24, seed=0, bank=bank)
+    stored = StoredSample.from_result(result, "digits-fit", bank.class_names.tolist())
+    stored.save(root / "sample.npz")
+    return {"root": root, "small": small, "ckpt": ckpt, "stored": stored, "npz": root / "sample.npz"}
+
+
+def feature_config(setup, **kw):
+    return tiny_config(**{"init_encoder": str(setup["root"] / "enc"), "batch_size": 64, "ood_batch_size": 24,
+                          "lr": 0.01, "mean": setup["small"].mean, "std": setup["small"].std, **kw})
+
+
+def test_feature_model_starts_as_the_anchor_classifier(feature_setup):
+    from oodsynth.ood_training import _from_encoder
+
+    setup = feature_setup
+    _, model, _ = _from_encoder(feature_config(setup), setup["small"])
+    model.eval()
+    x = torch.stack([setup["small"].dataset[i][0] for i in range(8)])
+    with torch.no_grad():
+        z = setup["ckpt"].model.cpu().embed(x)
+        anchors = torch.nn.functional.normalize(torch.from_numpy(setup["ckpt"].anchors), dim=1)
+        torch.testing.assert_close(model.features(x), z)
+        torch.testing.assert_close(model(x), z @ anchors.T / 0.1)
+        torch.testing.assert_close(model.classify(0.38 * z), model(x))  # sampled vectors come at the anchor norm
+
+
+def test_feature_outliers_train_the_head_and_reload(tmp_path, feature_setup):
+    setup = feature_setup
+    clf = train_ood(feature_config(setup, epochs=4, lr=0.05), setup["small"], tmp_path, feature_outliers=setup["npz"],
+                    progress=False, device="cpu")
+    assert clf.uses_outliers and all(np.isfinite(h["ood"]) for h in clf.history)
+    assert clf.history[-1]["ood"] < clf.history[0]["ood"]  # measured 0.62 -> 0.30
+    vectors = torch.from_numpy(setup["stored"].vectors)
+    x = torch.stack([setup["small"].dataset[i][0] for i in range(200)])
+    with torch.no_grad():
+        p_id_images = torch.sigmoid(clf.phi(energy(clf.model(x)))).mean()
+        p_id_outliers = torch.sigmoid(clf.phi(energy(clf.model.classify(vectors)))).mean()
+    assert p_id_outliers < p_id_images - 0.1  # phi tells the vectors from ID images (measured 0.8 vs 0.5)
+    loaded = load_ood_classifier(tmp_path, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x[:4]), clf.model(x[:4]))
+
+
+def test_feature_outliers_from_a_sample_id_and_a_bare_npz_with_redraw(tmp_path, feature_setup, redis_url):
+    from oodsynth.feature_outliers import load_feature_outliers, redraw_feature_outliers
+    from oodsynth.ood_training import _from_encoder
+    from oodsynth.redis_conn import get_redis
+    from oodsynth.registry import SampleRegistry
+
+    setup = feature_setup
+    sample_id = SampleRegistry(get_redis()).put_stored(setup["stored"])
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train-ood", "--out", str(run), "--init-encoder", str(setup["root"] / "enc"),
+                                   "--feature-outliers", sample_id, "--redraw-every", "1",
+                                   "--redraw-density", "gaussian_diagonal", "--width", "4",
+                                   "--epochs", "2", "--batch-size", "128", "--lr", "0.01", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "feature outliers" in res.output and load_ood_classifier(run, device="cpu").uses_outliers
+
+    bare = tmp_path / "bare.npz"  # what a client that saved /sample's JSON (vectors + class_index) would have
+    np.savez(bare, vectors=setup["stored"].vectors, class_index=setup["stored"].class_index)
+    loaded = load_feature_outliers(bare, n_classes=8)
+    assert loaded.method == "" and loaded.vectors.shape == setup["stored"].vectors.shape
+    with pytest.raises(ValueError, match="^redraw_every:"):
+        train_ood(feature_config(setup, redraw_every=1), setup["small"], tmp_path / "r2", feature_outliers=bare,
+                  progress=False, device="cpu")
+
+    _, model, _ = _from_encoder(feature_config(setup), setup["small"])
+    stored = load_feature_outliers(setup["stored"])
+    redrawn = redraw_feature_outliers(model, setup["small"], stored, "gaussian_diagonal", seed=1)
+    assert redrawn.method == "inverse_sgld" and redrawn.vectors.shape == stored.vectors.shape
+    np.testing.assert_array_equal(redrawn.class_index, stored.class_index)
+
+
+def test_feature_outlier_errors_name_the_field(tmp_path, feature_setup):
+    setup = feature_setup
+    with pytest.raises(ValueError, match="^init_encoder:"):
+        train_ood(tiny_config(), setup["small"], tmp_path, feature_outliers=setup["stored"], progress=False)
+    wrong_dim = tmp_path / "wrong.npz"
+    np.savez(wrong_dim, vectors=np.ones((4, 12), np.float32), class_index=np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match="^feature_outliers: vectors have dim 12"):
+        train_ood(feature_config(setup), setup["small"], tmp_path, feature_outliers=wrong_dim, progress=False)
+    np.savez(tmp_path / "other.npz", features=np.ones((4, 768), np.float32))
+    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--init-encoder",
+                                   str(setup["root"] / "enc"), "--feature-outliers", str(tmp_path / "other.npz")])
+    assert res.exit_code == 2 and "error: feature_outliers:" in res.output and "class_index" in res.output
+    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--init-encoder", str(tmp_path / "none"),
+                                   "--feature-outliers", str(setup["npz"])])
+    assert res.exit_code == 2 and "error: init_encoder:" in res.output

@@ -157,6 +157,13 @@ def train_ood_cmd(
     data_root: Path | None = typer.Option(None),
     store: Path | None = typer.Option(None, help="Result store folder (default: settings OODSYNTH_STORE)."),
     outliers: list[str] | None = typer.Option(None, "--outliers", help="Store dataset(s) of outliers (repeatable)."),
+    feature_outliers: str | None = typer.Option(None, "--feature-outliers", help="SAMPLE_ID|FILE.npz: sampled vectors "
+                                                "fed straight to the head (no decoding); needs --init-encoder."),
+    init_encoder: Path | None = typer.Option(None, help="Text-aligned encoder run folder to start from "
+                                             "(768-d feature + anchor head)."),
+    redraw_every: int = typer.Option(0, help="With --feature-outliers: redraw them from the current features "
+                                     "every N epochs (0 = never)."),
+    redraw_density: str = typer.Option("gaussian_full", help="Density kind refitted for a redraw."),
     beta: float = typer.Option(2.5, help="Weight of L_ood; 0 or no --outliers = CE-only baseline."),
     arch: str = typer.Option("resnet18"),
     width: int = typer.Option(64),
@@ -185,18 +192,21 @@ def train_ood_cmd(
         config = OODTrainConfig(arch=arch, width=width, epochs=epochs, batch_size=batch_size,
                                 ood_batch_size=ood_batch_size, lr=lr, weight_decay=weight_decay, beta=beta, seed=seed,
                                 dataset=dataset, image_size=train.image_size, mean=train.mean, std=train.std,
-                                store=str(store_root), outlier_datasets=list(outliers or []))
+                                store=str(store_root), outlier_datasets=list(outliers or []),
+                                init_encoder=str(init_encoder) if init_encoder else None, redraw_every=redraw_every,
+                                redraw_density=redraw_density)
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         _fail(".".join(map(str, first["loc"])), first["msg"])
     try:
-        clf = train_ood(config, train, out, resume=resume, device=device)
+        clf = train_ood(config, train, out, feature_outliers=feature_outliers, resume=resume, device=device)
     except ValueError as exc:  # StoredOutliers names "datasets"; the CLI option is --outliers
         field, _, msg = str(exc).partition(": ")
         _fail({"datasets": "outliers", "outlier_datasets": "outliers"}.get(field, field) if msg else "outliers",
               msg or str(exc))
     last = clf.history[-1]
-    kind = f"CE + {beta} * L_ood on {len(outliers or [])} outlier set(s)" if clf.uses_outliers else "CE only"
+    sets = [f"{len(outliers or [])} outlier set(s)"] + (["feature outliers"] if feature_outliers else [])
+    kind = f"CE + {beta} * L_ood on {' + '.join(sets)}" if clf.uses_outliers else "CE only"
     typer.echo(f"ood model: {out / 'ood.pt'} ({kind}) after {clf.epoch} epochs; "
                f"ce {last['ce']:.4f}, L_ood {last['ood']:.4f}")
 
