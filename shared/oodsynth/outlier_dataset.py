@@ -15,8 +15,9 @@ from .store import ImageRecord, ResultStore
 class StoredOutliers(Dataset):
     """Images of one or more store datasets as ``(transform(image) or image, class_index)``.
 
-    The manifest is read once here, not per item; images are opened lazily so
-    the dataset is cheap to build and works with ``DataLoader`` workers.
+    ``root`` is a store folder or an ``s3://bucket/prefix`` URL (as ``OODSYNTH_STORE``).
+    The merged manifest is read once here, not per item; images are read lazily
+    so the dataset is cheap to build and works with ``DataLoader`` workers.
     """
 
     def __init__(
@@ -24,15 +25,16 @@ class StoredOutliers(Dataset):
         root: str | os.PathLike,
         datasets: str | Sequence[str],
         transform: Callable[[Image.Image], Any] | None = None,
+        storage_options: dict | None = None,
     ):
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         if not names:
             raise ValueError("datasets: give at least one dataset name")
-        self.store = ResultStore(root)
+        self.store = ResultStore(root, storage_options)
         available = set(self.store.datasets())
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise ValueError(f"datasets: {unknown} not found in {self.store.root} (available: {sorted(available)})")
+            raise ValueError(f"datasets: {unknown} not found in {self.store.url} (available: {sorted(available)})")
         self.datasets = names
         self.transform = transform
         self.records: list[ImageRecord] = [r for n in names for r in self.store.records(n)]
@@ -43,6 +45,5 @@ class StoredOutliers(Dataset):
 
     def __getitem__(self, index: int):
         record = self.records[index]
-        with Image.open(self.store.root / record.path) as img:
-            image = img.convert("RGB")
+        image = self.store.open_image(record.path).convert("RGB")
         return (self.transform(image) if self.transform is not None else image), record.class_index

@@ -79,9 +79,8 @@ def plot_tsne(bank: FeatureBank, out_path: str | Path, outliers: tuple[np.ndarra
 
 def plot_grid(store_root: str | Path, dataset: str, out_path: str | Path, *, per_class: int = 8,
               classes: list[str] | None = None, thumb: float = 1.2) -> Path:
-    """A grid of generated images, one row per class (first ``per_class`` of each), from the result store."""
-    from PIL import Image
-
+    """A grid of generated images, one row per class (first ``per_class`` of each), from the result store
+    (a folder or an ``s3://bucket/prefix`` URL)."""
     from .store import ResultStore
 
     store = ResultStore(store_root)
@@ -107,8 +106,7 @@ def plot_grid(store_root: str | Path, dataset: str, out_path: str | Path, *, per
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if c < len(records):
-                with Image.open(store.root / records[c].path) as im:
-                    ax.imshow(np.asarray(im.convert("RGB")))
+                ax.imshow(np.asarray(store.open_image(records[c].path).convert("RGB")))
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
     fig.suptitle(f"{dataset}: generated outliers per class")
