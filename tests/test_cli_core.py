@@ -60,31 +60,33 @@ def test_fit_then_sample_in_process(redis_url, bank_path, tmp_path):
     np.testing.assert_array_equal(StoredSample.load(out2).vectors, stored.vectors)
 
 
-def test_bad_input_is_one_line_naming_the_field(redis_url, bank_path, tmp_path):
-    out = str(tmp_path / "s.npz")
-    nan_bank = write_bank(tmp_path / "nan.npz", nan=True)
+SAMPLE = ["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["fit", "{nan}", "--name", "x"], "bank.features"),
+    (["fit", "{missing}", "--name", "x"], "bank"),
+    (["fit", "{bank}", "--name", "x", "--density", "cauchy"], "density"),
+    (["fit", "{bank}", "--name", "bad name"], "name"),
+    (["fit", "{bank}", "--name", "cli"], "name"),
+    (["sample", "--fit", "nope", "--method", SAMPLER, "--n-per-class", "2", "--out", "{out}"], "fit"),
+    (["sample", "--fit", "cli", "--method", "nope", "--n-per-class", "2", "--out", "{out}"], "method"),
+    (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "0", "--out", "{out}"], "n_per_class"),
+    ([*SAMPLE, "--classes", "dog", "--out", "{out}"], "classes[0]"),
+    ([*SAMPLE, "-p", "bogus=1", "--out", "{out}"], "params.bogus"),
+    ([*SAMPLE, "-p", "novalue", "--out", "{out}"], "params"),
+    ([*SAMPLE, "--out", "{nodir}"], "out"),
+])
+def test_bad_input_is_one_line_naming_the_field(redis_url, bank_path, tmp_path, args, field):
+    paths = {"bank": bank_path, "nan": write_bank(tmp_path / "nan.npz", nan=True), "missing": tmp_path / "missing.npz",
+             "out": tmp_path / "s.npz", "nodir": tmp_path / "no" / "s.npz"}
     assert runner.invoke(app, ["fit", str(bank_path), "--name", "cli"]).exit_code == 0
-    cases = [
-        (["fit", str(nan_bank), "--name", "x"], "features"),
-        (["fit", str(tmp_path / "missing.npz"), "--name", "x"], "bank"),
-        (["fit", str(bank_path), "--name", "x", "--density", "cauchy"], "density"),
-        (["fit", str(bank_path), "--name", "bad name"], "name"),
-        (["fit", str(bank_path), "--name", "cli"], "name"),
-        (["sample", "--fit", "nope", "--method", SAMPLER, "--n-per-class", "2", "--out", out], "fit"),
-        (["sample", "--fit", "cli", "--method", "nope", "--n-per-class", "2", "--out", out], "method"),
-        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "0", "--out", out], "n_per_class"),
-        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "--classes", "dog", "--out", out], "classes[0]"),
-        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "-p", "bogus=1", "--out", out], "params.bogus"),
-        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "-p", "novalue", "--out", out], "params"),
-        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2", "--out", str(tmp_path / "no" / "s.npz")], "out"),
-    ]
-    for args, field in cases:
-        r = runner.invoke(app, args)
-        assert r.exit_code == 2, (args, r.output)
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"error: {field}:"), (args, r.stderr)
-        assert lines[0].count(f"{field}:") == 1, r.stderr  # the field is named once, not twice
-        assert "Traceback" not in r.output
+    r = runner.invoke(app, [a.format(**paths) for a in args])
+    assert r.exit_code == 2, (args, r.output)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}:"), (args, r.stderr)
+    assert lines[0].count(f"{field}:") == 1, r.stderr  # the field is named once, not twice
+    assert "Traceback" not in r.output
 
 
 def test_fit_and_sample_over_the_api(redis_url, bank_path, tmp_path, monkeypatch):

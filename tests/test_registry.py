@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import redis
 
 from oodsynth import registry as registry_mod
 from oodsynth.densities import ClassDensities
-from oodsynth.registry import (
-    FieldError,
-    FitExistsError,
-    FitRegistry,
-    SampleRegistry,
-    StoredSample,
-    resolve_classes,
-)
+from oodsynth.errors import Conflict, InputError, NotFound
+from oodsynth.registry import FitCache, FitRegistry, SampleRegistry, StoredSample, resolve_classes
 from oodsynth.samplers import SampleResult
 from toy_banks import toy_bank
 
@@ -45,7 +37,7 @@ def test_fit_round_trip_list_and_summary(client):
     assert all(c["kappa"] > 0 for c in stored["classes"])
 
     # A replica with an empty cache decodes the same arrays from Redis.
-    replica = FitRegistry(client, cache=OrderedDict())
+    replica = FitRegistry(client, cache=FitCache())
     got_fit, got_bank = replica.get("toy")
     np.testing.assert_allclose(got_fit.means_, fit.means_, rtol=1e-6)
     np.testing.assert_array_equal(got_bank.features, bank.features)
@@ -58,8 +50,8 @@ def test_fit_round_trip_list_and_summary(client):
 
 def test_refit_under_same_name_is_seen_by_other_replicas(client):
     bank = make_bank()
-    writer = FitRegistry(client, cache=OrderedDict())
-    reader = FitRegistry(client, cache=OrderedDict())
+    writer = FitRegistry(client, cache=FitCache())
+    reader = FitRegistry(client, cache=FitCache())
     writer.put("shared", ClassDensities(kind="vmf").fit(bank), bank)
     first_version = reader.version("shared")
     assert reader.get("shared")[0].kind == "vmf"
@@ -74,18 +66,20 @@ def test_put_refuses_existing_name_without_replace_and_validates_names(client):
     fit = ClassDensities(kind="vmf").fit(bank)
     fits = FitRegistry(client)
     fits.put("once", fit, bank)
-    with pytest.raises(FitExistsError) as exc:
+    with pytest.raises(Conflict) as exc:
         fits.put("once", fit, bank, replace=False)
     assert exc.value.field == "name" and exc.value.status == 409
     for bad in ["", "has space", "a/b", "x" * 65, "../up"]:
-        with pytest.raises(FieldError) as exc:
+        with pytest.raises(InputError) as exc:
             fits.put(bad, fit, bank)
         assert exc.value.field == "name"
     for missing in ["nope", "a/b", ""]:
-        with pytest.raises(KeyError):
+        with pytest.raises(NotFound) as exc:
             fits.get(missing)
-        with pytest.raises(KeyError):
-            fits.summary(missing)
+        assert exc.value.field == "fit" and exc.value.message == f"no fit named {missing!r}"
+        with pytest.raises(NotFound) as exc:
+            fits.summary(missing, field="name")
+        assert exc.value.field == "name"
     assert fits.delete("once") is True
     assert fits.delete("once") is False
     assert fits.list() == []
@@ -94,10 +88,10 @@ def test_put_refuses_existing_name_without_replace_and_validates_names(client):
 def test_large_blobs_are_split_across_hash_fields(client, monkeypatch):
     monkeypatch.setattr(registry_mod, "CHUNK_BYTES", 1000)
     bank = make_bank(n_per_class=30, dim=24)
-    fits = FitRegistry(client, cache=OrderedDict())
+    fits = FitRegistry(client, cache=FitCache())
     fits.put("chunked", ClassDensities(kind="gaussian_isotropic").fit(bank), bank)
     assert int(client.hget("oodsynth:fit:chunked", "bank:n")) > 5
-    other = FitRegistry(client, cache=OrderedDict())
+    other = FitRegistry(client, cache=FitCache())
     np.testing.assert_array_equal(other.get("chunked")[1].features, bank.features)
 
 
@@ -137,8 +131,23 @@ def test_sample_round_trip_with_ttl_and_nan_diagnostics(client, monkeypatch):
     np.testing.assert_allclose(got.diagnostics["log_density"], result.diagnostics["log_density"])
     assert samples.exists(sample_id)
     for unknown in ["0" * 32, "not-an-id", ""]:
-        with pytest.raises(KeyError):
+        with pytest.raises(NotFound) as exc:
             samples.get(unknown)
+        assert exc.value.field == "sample_id" and "unknown or expired" in exc.value.message
+
+
+def test_a_cache_drops_the_least_recently_used_fit_and_stale_versions(client):
+    bank = make_bank()
+    cache = FitCache(size=2)
+    fits = FitRegistry(client, cache=cache)
+    for name in ("a", "b", "c"):
+        fits.put(name, ClassDensities(kind="vmf").fit(bank), bank)
+    server = fits._server
+    assert cache.get((server, "a"), fits.version("a")) is None  # evicted: the oldest of three
+    assert cache.get((server, "c"), fits.version("c")) is not None
+    assert cache.get((server, "c"), "another-version") is None  # a refit elsewhere invalidates it
+    fits.delete("c")
+    assert cache.get((server, "c"), "any") is None
 
 
 def test_resolve_classes_names_indices_and_errors():
@@ -152,19 +161,8 @@ def test_resolve_classes_names_indices_and_errors():
         "classes[0]": [3],
     }
     for field, requested in cases.items():
-        with pytest.raises(FieldError) as exc:
+        with pytest.raises(InputError) as exc:
             resolve_classes(names, requested)
         assert exc.value.field == field
-    with pytest.raises(FieldError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         resolve_classes(names, [-1])
-
-
-def test_split_error_uses_the_field_prefix_of_library_errors():
-    from oodsynth.registry import split_error
-
-    assert split_error(ValueError("classes: class index 9 is out of range"), "params") == (
-        "classes", "class index 9 is out of range")
-    assert split_error(FieldError("classes[1]", "unknown class name 'x'"), "params") == (
-        "classes[1]", "unknown class name 'x'")
-    assert split_error(ValueError("band must satisfy 0 <= low < high"), "params") == (
-        "params", "band must satisfy 0 <= low < high")

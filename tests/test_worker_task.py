@@ -15,7 +15,7 @@ from oodsynth.config import get_settings
 from oodsynth.jobs import image_id_for, image_seed_for
 from oodsynth.store import ResultStore
 
-TASK = "services.diffusion_worker.tasks.decode_job"
+TASK = "oodsynth.decode_job.decode_task"
 CLASSES = ["cat", "ship"]
 
 
@@ -101,7 +101,7 @@ def test_job_stores_images_and_rows_one_to_one_and_rerun_writes_nothing(env):
 
 def test_retry_decodes_only_the_missing_images_with_the_same_pixels(env):
     """A job whose first attempt stored some images: the rerun fills in the rest, reproducibly."""
-    from services.diffusion_worker.tasks import decode_job
+    from oodsynth.decode_job import decode_task as decode_job
 
     payload = _payload("partial", 3, str(env.model), seed=1)
     first = dict(payload, items=payload["items"][:1])
@@ -121,7 +121,7 @@ def test_retry_decodes_only_the_missing_images_with_the_same_pixels(env):
 
 
 def test_a_job_for_another_model_is_refused(env, tmp_path):
-    from services.diffusion_worker.tasks import decode_job
+    from oodsynth.decode_job import decode_task as decode_job
 
     with pytest.raises(ValueError, match="model"):
         decode_job(_payload("other", 1, str(tmp_path / "some-other-model")))
@@ -129,7 +129,7 @@ def test_a_job_for_another_model_is_refused(env, tmp_path):
 
 
 def test_bad_payload_fails_with_the_field_named_in_the_failed_registry(env):
-    from services.diffusion_worker.worker import run_worker
+    from oodsynth.worker import run_worker
 
     payload = _payload("bad", 1, str(env.model))
     payload["height"] = 60

@@ -1,12 +1,8 @@
-"""The GPU worker process: a non-forking RQ worker with the pipeline loaded once.
+"""Deployable entry point of the diffusion worker: ``python -m services.diffusion_worker.worker``.
 
-RQ's default worker forks a child per job; CUDA cannot be used in a forked
-child, and reloading SD per job would cost more than decoding. So this is an
-``rq.SimpleWorker`` (jobs run in this process) that loads the pipeline before
-it takes its first job. ``max_jobs`` lets a supervisor recycle the process
-(fresh memory) after N jobs. Jobs travel as JSON, never pickle.
-
-Run it as ``oodsynth worker`` or ``python -m services.diffusion_worker.worker``.
+The worker itself (a non-forking RQ worker, the pipeline loaded once, the job
+function) lives in the library (``oodsynth.worker``, ``oodsynth.decode_job``);
+this module only parses the command line, the same options as ``oodsynth worker``.
 """
 
 from __future__ import annotations
@@ -15,53 +11,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
-
-from oodsynth.config import get_settings
-from oodsynth.queue import recover_abandoned_jobs
-from oodsynth.redis_conn import get_redis
-
-from .tasks import get_decoder
-
-log = logging.getLogger(__name__)
-
-
-def build_worker(queues: Sequence[str] | None = None, *, preload: bool = True) -> SimpleWorker:
-    """A SimpleWorker with JSONSerializer on ``queues`` (default: settings.queue_name)."""
-    settings = get_settings()
-    connection = get_redis()
-    names = list(queues) if queues else [settings.queue_name]
-    if preload:
-        decoder = get_decoder(settings.model)
-        log.info("pipeline %s loaded on %s (%s)", decoder.model, decoder.device, decoder.dtype)
-    rq_queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
-    return SimpleWorker(rq_queues, connection=connection, serializer=JSONSerializer)
-
-
-def run_worker(
-    queues: Sequence[str] | None = None,
-    burst: bool = False,
-    max_jobs: int | None = None,
-    with_scheduler: bool = True,
-    logging_level: str = "INFO",
-) -> bool:
-    """Load the pipeline, then work the queues; True when any job was processed.
-
-    ``with_scheduler`` runs RQ's scheduler in this worker too, which moves jobs
-    waiting out a retry interval back onto their queue.
-    """
-    settings = get_settings()
-    connection = get_redis()
-    # Jobs left 'started' by a killed worker are retried now, not after timeout + 60 s.
-    for name in queues or [settings.queue_name]:
-        recovered = recover_abandoned_jobs(connection, name)
-        if recovered:
-            log.warning("requeued %d abandoned jobs from %s: %s", len(recovered), name, ", ".join(recovered))
-    worker = build_worker(queues)
-    return worker.work(
-        burst=burst, max_jobs=max_jobs, with_scheduler=with_scheduler, logging_level=logging_level
-    )
+from oodsynth.worker import run_worker
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_jobs is not None and args.max_jobs < 1:
         parser.error("--max-jobs: must be >= 1")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_worker(args.queues, burst=args.burst, max_jobs=args.max_jobs, with_scheduler=not args.no_scheduler, logging_level=args.log_level)
+    run_worker(args.queues, burst=args.burst, max_jobs=args.max_jobs, with_scheduler=not args.no_scheduler,
+               logging_level=args.log_level)
     return 0
 
 

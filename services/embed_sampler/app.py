@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from oodsynth.registry import FitCache
+from oodsynth.service import EmbedderCache
+
 from .errors import install_error_handlers
 from .observability import MetricsMiddleware
 from .routes import features, fits, generation, health, sampling
@@ -36,6 +39,8 @@ TAGS = [
 
 def create_app() -> FastAPI:
     app = FastAPI(title="oodsynth embed_sampler", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS)
+    app.state.fit_cache = FitCache()  # decoded fits, dropped when their stored version changes
+    app.state.embedders = EmbedderCache()  # the encoder checkpoint, reloaded when the file changes
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)
     for module in (health, fits, sampling, generation, features):

@@ -1,10 +1,9 @@
 """Request and response models of the embed_sampler API (also its OpenAPI docs).
 
-Checks that need no fit happen here, so FastAPI answers them with its standard
-422 naming the field: the sampler name, ``n_per_class`` against the configured
-cap, the shape of ``classes`` and finite numbers in ``params``. Checks that
-need the fit (class names, sampler parameter values) happen in the route and
-answer with the same shape.
+The models check only what JSON itself can get wrong (types, shapes, finite
+numbers in ``params``); limits, sampler names and everything that needs the fit
+are checked once, in ``oodsynth.service``, for every surface alike, and answer
+with the same ``detail[].loc`` shape.
 """
 
 from __future__ import annotations
@@ -14,14 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from oodsynth.config import get_settings
 from oodsynth.registry import FIT_NAME_PATTERN
-
-
-def _sampler_names() -> list[str]:
-    from oodsynth.samplers import SAMPLERS
-
-    return sorted(SAMPLERS)
 
 
 def _non_finite_path(value: Any, path: str = "") -> str | None:
@@ -85,24 +77,6 @@ class SampleRequest(BaseModel):
     knn_diagnostics: bool = Field(
         False, description="Also compute the k-NN distance to the ID bank for methods that do not need the bank."
     )
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        names = _sampler_names()
-        if v not in names:
-            raise ValueError(f"unknown sampler {v!r}; choose one of {', '.join(names)}")
-        return v
-
-    @field_validator("n_per_class")
-    @classmethod
-    def _within_cap(cls, v: int) -> int:
-        cap = get_settings().max_n_per_class
-        if v < 1:
-            raise ValueError("must be at least 1")
-        if v > cap:
-            raise ValueError(f"{v} is above the cap of {cap} (settings OODSYNTH_MAX_N_PER_CLASS)")
-        return v
 
     @field_validator("params")
     @classmethod

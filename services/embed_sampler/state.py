@@ -1,9 +1,11 @@
-"""Route dependencies: the process's Redis client and the registries built on it.
+"""Route dependencies: settings, the process's Redis client, and the registries built on it.
 
-One client (and connection pool) per Redis URL per process; the URL is read
-on each call so a changed ``OODSYNTH_REDIS_URL`` (tests, restarts) is honoured.
-The registries are cheap views over the client; decoded fits are cached inside
-``FitRegistry`` itself.
+Process-wide state lives on ``app.state`` (set up by ``create_app``): the
+decoded-fit cache and the encoder cache, each with its own invalidation rule
+(a fit's stored version; the checkpoint's path and mtime). Settings come from
+``oodsynth.config.get_settings`` (cleared with ``get_settings.cache_clear()``).
+One Redis client (and connection pool) per URL per process; the URL is read on
+each call so a changed ``OODSYNTH_REDIS_URL`` (tests, restarts) is honoured.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from __future__ import annotations
 import threading
 
 import redis
+from fastapi import Depends, Request
 
+from oodsynth.config import Settings, get_settings
 from oodsynth.redis_conn import redis_url
 from oodsynth.registry import FitRegistry, SampleRegistry
 
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
+
+
+def get_settings_dep() -> Settings:
+    return get_settings()
 
 
 def get_redis_dep() -> redis.Redis:
@@ -29,9 +37,9 @@ def get_redis_dep() -> redis.Redis:
     return client
 
 
-def get_fits() -> FitRegistry:
-    return FitRegistry(get_redis_dep())
+def get_fits(request: Request, client: redis.Redis = Depends(get_redis_dep)) -> FitRegistry:
+    return FitRegistry(client, cache=request.app.state.fit_cache)
 
 
-def get_samples() -> SampleRegistry:
-    return SampleRegistry(get_redis_dep())
+def get_samples(client: redis.Redis = Depends(get_redis_dep), settings: Settings = Depends(get_settings_dep)) -> SampleRegistry:
+    return SampleRegistry(client, ttl_s=settings.result_ttl_s)

@@ -16,16 +16,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .errors import InputError
+
 REQUIRED_FIELDS = ("features", "labels", "anchors", "class_names")
 
 
-class BankError(ValueError):
-    """A feature bank is malformed; ``field`` names the offending array."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class BankError(InputError):
+    """A feature bank is malformed; ``field`` names the offending array (or ``file``)."""
 
 
 @dataclass
@@ -45,9 +42,6 @@ class FeatureBank:
 
     def class_features(self, c: int) -> np.ndarray:
         return self.features[self.labels == c]
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=self.n_classes)
 
     def validate(self, *, min_per_class: int = 2) -> "FeatureBank":
         f, y, a, names = self.features, self.labels, self.anchors, self.class_names

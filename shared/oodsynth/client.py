@@ -1,8 +1,10 @@
 """A small Python client of the embed_sampler API, for notebooks, scripts and the CLI.
 
-Errors come back as ``OodsynthError`` whose ``field`` names what the server
-rejected (``n_per_class``, ``params.sigma``, ``file.features``), so callers
-never have to dig through the JSON.
+Errors come back as the library's own typed errors (``oodsynth.errors``:
+``InputError`` for a 422, ``NotFound`` for a 404, ``Conflict`` for a 409,
+``Unavailable`` for a 503), whose ``field`` names what the server rejected
+(``n_per_class``, ``params.sigma``, ``file.features``) exactly as the library
+names it in-process; ``status`` and ``detail`` keep the HTTP answer.
 """
 
 from __future__ import annotations
@@ -16,34 +18,17 @@ import httpx
 import numpy as np
 
 from .bank import FeatureBank
-
-TERMINAL_JOB_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
-
-
-def format_loc(loc: Sequence[str | int]) -> str | None:
-    """``["body", "classes", 0]`` -> ``"classes[0]"``, the way the CLI names fields."""
-    out = ""
-    for part in loc:
-        if part in ("body", "path", "query", "header") and not out:
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or None
+from .errors import BY_STATUS, InputError, OodsynthError, join_loc
+from .jobs import TERMINAL_JOB_STATES
 
 
-class OodsynthError(RuntimeError):
-    """The API answered with an error; ``field`` names the offending input when it can."""
-
-    def __init__(self, status: int, detail: Any):
-        self.status = status
-        self.detail = detail
-        first = detail[0] if isinstance(detail, list) and detail and isinstance(detail[0], dict) else None
-        if first is not None:
-            self.field = format_loc(first.get("loc", []))
-            self.message = str(first.get("msg", ""))
-        else:
-            self.field = None
-            self.message = str(detail)
-        super().__init__(f"{self.field}: {self.message}" if self.field else self.message)
+def api_error(status: int, detail: Any) -> OodsynthError:
+    """The typed error of an HTTP error answer ``{"detail": [{"loc", "msg", "type"}, ...]}``."""
+    entries = [d for d in detail if isinstance(d, dict)] if isinstance(detail, list) else []
+    errors = [(join_loc(d.get("loc", [])), str(d.get("msg", ""))) for d in entries] or [(None, str(detail))]
+    exc = BY_STATUS.get(status, OodsynthError)(*errors[0], errors=errors)
+    exc.status, exc.detail = status, detail
+    return exc
 
 
 class OodsynthClient:
@@ -69,7 +54,7 @@ class OodsynthClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise OodsynthError(response.status_code, detail)
+            raise api_error(response.status_code, detail)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -81,8 +66,10 @@ class OodsynthClient:
             data = bank.to_bytes()
         elif isinstance(bank, bytes):
             data = bank
-        else:
+        elif Path(bank).is_file():
             data = Path(bank).read_bytes()
+        else:
+            raise InputError("bank", f"no such file: {bank}")
         return self._call(
             "POST",
             "/fits",
@@ -199,4 +186,4 @@ def sample_arrays(response: dict) -> tuple[np.ndarray, np.ndarray, dict[str, np.
     return vectors, class_index, diagnostics
 
 
-__all__ = ["OodsynthClient", "OodsynthError", "sample_arrays", "TERMINAL_JOB_STATES"]
+__all__ = ["OodsynthClient", "OodsynthError", "api_error", "sample_arrays"]

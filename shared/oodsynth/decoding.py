@@ -23,12 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import InputError
+from .jobs import DEFAULT_PROMPT_TEMPLATE, SCHEDULERS, TOKEN_FIELD
+
 PLACEHOLDER = "<oodsynth-{slot}>"
-DEFAULT_PROMPT_TEMPLATE = "A high-quality image of the {token}"
-TOKEN_FIELD = "{token}"
-# "dpm" is an alias of "dpm++" (DPM-Solver++ multistep); "euler_a" is Euler ancestral (stochastic:
-# it draws its noise from the per-image generators, so it stays reproducible per seed).
-SCHEDULERS = ("pndm", "ddim", "dpm++", "dpm", "euler", "euler_a")
 DEFAULT_N_SLOTS = 64
 MAX_SEED = 2**63 - 1
 
@@ -124,7 +122,7 @@ class OutlierDecoder:
         progress_bar: bool = False,
     ):
         if int(n_slots) < 1:
-            raise ValueError(f"n_slots: must be >= 1, got {n_slots}")
+            raise InputError("n_slots", f"must be >= 1, got {n_slots}")
         self.model = str(model)
         self.n_slots = int(n_slots)
         self.pipe = load_pipeline(
@@ -149,7 +147,7 @@ class OutlierDecoder:
         tokenizer, text_encoder = self.pipe.tokenizer, self.pipe.text_encoder
         clash = [t for t in self.placeholders if t in tokenizer.get_vocab()]
         if clash:
-            raise ValueError(f"model: tokenizer already contains placeholder tokens {clash[:3]}")
+            raise InputError("model", f"tokenizer already contains placeholder tokens {clash[:3]}")
         tokenizer.add_tokens(self.placeholders)
         ids = tokenizer.convert_tokens_to_ids(self.placeholders)
         table = text_encoder.get_input_embeddings().weight
@@ -163,7 +161,7 @@ class OutlierDecoder:
 
     def _scheduler(self, name: str):
         if name not in SCHEDULERS:
-            raise ValueError(f"scheduler: unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+            raise InputError("scheduler", f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
         if name not in self._schedulers:
             # Every scheduler takes the model's own noise schedule (betas, offsets) from its config.
             self._schedulers[name] = _scheduler_class(name).from_config(self._scheduler_config)
@@ -174,19 +172,19 @@ class OutlierDecoder:
     def _check_vectors(self, vectors) -> torch.Tensor:
         v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
         if v.ndim != 2:
-            raise ValueError(f"vectors: expected a (B, D) array, got shape {tuple(v.shape)}")
+            raise InputError("vectors", f"expected a (B, D) array, got shape {tuple(v.shape)}")
         if v.shape[1] != self.hidden_size:
-            raise ValueError(
-                f"vectors: dimension {v.shape[1]} does not match the text encoder's hidden size {self.hidden_size}"
+            raise InputError(
+                "vectors", f"dimension {v.shape[1]} does not match the text encoder's hidden size {self.hidden_size}"
             )
         if not torch.isfinite(v).all():
-            raise ValueError("vectors: contain NaN or infinite values")
+            raise InputError("vectors", "contain NaN or infinite values")
         return v
 
     @staticmethod
     def _check_template(prompt_template: str) -> str:
         if not isinstance(prompt_template, str) or prompt_template.count(TOKEN_FIELD) != 1:
-            raise ValueError(f"prompt_template: must contain {TOKEN_FIELD} exactly once, got {prompt_template!r}")
+            raise InputError("prompt_template", f"must contain {TOKEN_FIELD} exactly once, got {prompt_template!r}")
         return prompt_template
 
     # -- the two steps ----------------------------------------------------------------------------
@@ -196,7 +194,7 @@ class OutlierDecoder:
         """Overwrite the first B slot rows with ``vectors``; return the B placeholder tokens."""
         v = self._check_vectors(vectors)
         if len(v) > self.n_slots:
-            raise ValueError(f"vectors: batch of {len(v)} exceeds the decoder's {self.n_slots} slots")
+            raise InputError("vectors", f"batch of {len(v)} exceeds the decoder's {self.n_slots} slots")
         table = self.pipe.text_encoder.get_input_embeddings().weight
         table[self.slot_ids[: len(v)]] = v.to(device=table.device, dtype=table.dtype)
         return self.placeholders[: len(v)]
@@ -243,18 +241,18 @@ class OutlierDecoder:
         v = self._check_vectors(vectors)
         seeds = [int(s) for s in seeds]
         if len(seeds) != len(v):
-            raise ValueError(f"seeds: got {len(seeds)} seeds for {len(v)} vectors")
+            raise InputError("seeds", f"got {len(seeds)} seeds for {len(v)} vectors")
         if any(s < 0 or s > MAX_SEED for s in seeds):
-            raise ValueError(f"seeds: must lie in [0, {MAX_SEED}]")
+            raise InputError("seeds", f"must lie in [0, {MAX_SEED}]")
         for field, value in (("height", height), ("width", width)):
             if int(value) <= 0 or int(value) % 8:
-                raise ValueError(f"{field}: must be a positive multiple of 8, got {value}")
+                raise InputError(field, f"must be a positive multiple of 8, got {value}")
         if int(steps) < 1:
-            raise ValueError(f"steps: must be >= 1, got {steps}")
+            raise InputError("steps", f"must be >= 1, got {steps}")
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale: must be a finite number >= 0, got {guidance_scale}")
+            raise InputError("guidance_scale", f"must be a finite number >= 0, got {guidance_scale}")
         if output_size is not None and int(output_size) <= 0:
-            raise ValueError(f"output_size: must be positive, got {output_size}")
+            raise InputError("output_size", f"must be positive, got {output_size}")
         self._check_template(prompt_template)
         self.pipe.scheduler = self._scheduler(scheduler)
 

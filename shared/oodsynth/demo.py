@@ -102,7 +102,7 @@ def _tail(path: Path, n: int = 20) -> str:
         return ""
 
 
-class _Services:
+class _Processes:
     """Child processes (API, worker) with their logs; stopped in reverse order, gently first."""
 
     def __init__(self, log_dir: Path, env: dict[str, str]):
@@ -134,12 +134,12 @@ class _Services:
                 proc.wait()
 
 
-def _wait_healthy(url: str, services: _Services, timeout_s: float = 60.0) -> None:
+def _wait_healthy(url: str, procs: _Processes, timeout_s: float = 60.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        services.check_alive()
+        procs.check_alive()
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
@@ -173,7 +173,7 @@ def run_demo(
         embedded = start_embedded_redis(home / "demo-redis")
         redis_url = embedded.url
     echo(f"redis:  {redis_url}{' (embedded)' if embedded else ''}")
-    services = None
+    procs = None
     try:
         echo("model:  building/loading the tiny random-weight SD pipeline ...")
         model_dir = tiny_model_dir(home, tuple(config.words))
@@ -188,14 +188,14 @@ def run_demo(
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "HF_HUB_OFFLINE": "1",
         }
-        services = _Services(log_dir, env)
+        procs = _Processes(log_dir, env)
         port = free_port()
         api_url = f"http://127.0.0.1:{port}"
-        services.start("api", [sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
+        cli = [sys.executable, "-c", "from oodsynth.cli import main; main()"]
+        procs.start("api", [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)])
         # The worker loads the pipeline while the API fits and samples.
-        services.start("worker", [sys.executable, "-m", "services.diffusion_worker.worker", "--log-level", "WARNING"])
-        _wait_healthy(api_url, services)
+        procs.start("worker", [*cli, "worker", "--log-level", "WARNING"])
+        _wait_healthy(api_url, procs)
         echo(f"api:    {api_url}  (docs at {api_url}/docs; logs in {log_dir})")
 
         bank = toy_bank(model_dir, config)
@@ -214,7 +214,7 @@ def run_demo(
             echo(f"queue:  {queued['n_images']} images in {len(queued['job_ids'])} jobs")
 
             def watch(done: int, total: int) -> None:
-                services.check_alive()
+                procs.check_alive()
                 if progress is not None:
                     progress(done, total)
 
@@ -232,7 +232,7 @@ def run_demo(
             images=images, job_ids=queued["job_ids"], api_url=api_url,
         )
     finally:
-        if services is not None:
-            services.stop()
+        if procs is not None:
+            procs.stop()
         if embedded is not None:
             embedded.stop()

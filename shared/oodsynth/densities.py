@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import special
 
 from .bank import FeatureBank
+from .errors import InputError
 from .sphere import project_to_sphere, sample_vmf, unit_rows
 
 DENSITY_KINDS = ("vmf", "gaussian_isotropic", "gaussian_diagonal", "gaussian_full")
@@ -117,7 +118,7 @@ class ClassDensities:
 
     def __init__(self, kind: str = "vmf", **params):
         if kind not in DENSITY_KINDS:
-            raise ValueError(f"density: unknown density kind {kind!r}; choose one of {', '.join(DENSITY_KINDS)}")
+            raise InputError("density", f"unknown density kind {kind!r}; choose one of {', '.join(DENSITY_KINDS)}")
         self.kind = kind
         self.params = DensityParams(**params)
         self.dim: int | None = None
@@ -132,7 +133,7 @@ class ClassDensities:
         counts = np.bincount(labels, minlength=C)
         if (counts < 2).any():
             c = int(np.flatnonzero(counts < 2)[0])
-            raise ValueError(f"labels: class {c} ({bank.class_names[c]}) has {counts[c]} points; a density needs >= 2")
+            raise InputError("labels", f"class {c} ({bank.class_names[c]}) has {counts[c]} points; a density needs >= 2")
         self.dim, self.n_classes = D, C
         self.class_names_ = [str(n) for n in bank.class_names]
         self.anchors_ = np.asarray(bank.anchors, dtype=np.float32)
@@ -282,20 +283,20 @@ class ClassDensities:
     def _check_classes(self, classes, m: int | None = None) -> np.ndarray:
         classes = np.asarray(classes)
         if classes.ndim != 1 or (m is not None and classes.shape[0] != m):
-            raise ValueError(f"classes: expected shape ({m},), got {classes.shape}")
+            raise InputError("classes", f"expected shape ({m},), got {classes.shape}")
         if classes.size and not np.issubdtype(classes.dtype, np.integer):
-            raise ValueError(f"classes: expected integer class indices, got {classes.dtype}")
+            raise InputError("classes", f"expected integer class indices, got {classes.dtype}")
         if classes.size and (classes.min() < 0 or classes.max() >= self.n_classes):
             bad = int(classes[(classes < 0) | (classes >= self.n_classes)][0])
-            raise ValueError(f"classes: class index {bad} is out of range [0, {self.n_classes})")
+            raise InputError("classes", f"class index {bad} is out of range [0, {self.n_classes})")
         return classes.astype(np.int64)
 
     def _check_vectors(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.dim:
-            raise ValueError(f"X: expected shape (M, {self.dim}), got {X.shape}")
+            raise InputError("X", f"expected shape (M, {self.dim}), got {X.shape}")
         if not np.isfinite(X).all():
-            raise ValueError("X: contains NaN or inf")
+            raise InputError("X", "contains NaN or inf")
         return unit_rows(X, field="X")
 
     # ------------------------------------------------------------------ public scoring
@@ -388,7 +389,7 @@ class ClassDensities:
                      dtype=np.float64) -> np.ndarray:
         """(K, n, D) unit draws from the class densities, broadened (temperature > 1) or sharpened (< 1)."""
         if temperature <= 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
+            raise InputError("temperature", f"must be > 0, got {temperature}")
         classes = np.asarray(classes, dtype=np.int64)
         if self.kind == "vmf":
             return sample_vmf(self.means_[classes], self.kappa_[classes] / temperature, n, rng, dtype=dtype)
@@ -437,13 +438,13 @@ class ClassDensities:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 if "format" not in z.files or str(z["format"]) != _FORMAT:
-                    raise ValueError("fit: not a serialised ClassDensities (format tag missing or different)")
+                    raise InputError("fit", "not a serialised ClassDensities (format tag missing or different)")
                 fit = cls(str(z["kind"]), **json.loads(str(z["params"])))
                 fit.class_names_ = [str(n) for n in z["class_names_"]]
                 for name in cls._ARRAYS:
                     setattr(fit, name, z[name])
         except (OSError, EOFError, KeyError) as exc:
-            raise ValueError(f"fit: unreadable serialised ClassDensities ({exc})") from exc
+            raise InputError("fit", f"unreadable serialised ClassDensities ({exc})") from exc
         fit.n_classes, fit.dim = fit.means_.shape
         fit._derive()
         return fit

@@ -16,19 +16,30 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import InputError
 from .store import validate_dataset_name
 
-# The names the worker knows (oodsynth.decoding.SCHEDULERS; "dpm" aliases "dpm++"), kept here
-# so the API can check them without importing torch.
+# The home of the decode vocabulary (here, not in oodsynth.decoding, so the API checks it
+# without importing torch). "dpm" is an alias of "dpm++" (DPM-Solver++ multistep); "euler_a"
+# is Euler ancestral (stochastic: it draws its noise from the per-image generators, so it
+# stays reproducible per seed).
 SCHEDULERS = ("pndm", "ddim", "dpm++", "dpm", "euler", "euler_a")
 TOKEN_FIELD = "{token}"
+DEFAULT_PROMPT_TEMPLATE = "A high-quality image of the {token}"
+TERMINAL_JOB_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
+
+
+def batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of ``size`` items (the last may be shorter)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def image_id_for(
@@ -91,7 +102,7 @@ class DecodeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt_template: str = Field("A high-quality image of the {token}", description="Must contain {token} once.")
+    prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="Must contain {token} once.")
     steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="Classifier-free guidance scale.")
     height: int = Field(512, ge=8, le=2048, description="Decode height in pixels (multiple of 8).")
@@ -125,11 +136,11 @@ class DecodeSettings(BaseModel):
 
 
 def dataset_name_field(v: str) -> str:
-    """``validate_dataset_name`` for a pydantic validator: the message without the field prefix."""
+    """``validate_dataset_name`` for a pydantic validator (pydantic adds the field itself)."""
     try:
         return validate_dataset_name(v)
-    except ValueError as exc:
-        raise ValueError(str(exc).removeprefix("dataset: ")) from None
+    except InputError as exc:
+        raise ValueError(exc.message) from None
 
 
 class DecodeJob(DecodeSettings):
@@ -224,7 +235,7 @@ def rescale_to_anchors(vectors: np.ndarray, class_index: np.ndarray, anchors: np
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
     if bad.size:
-        raise ValueError(f"vectors: row {int(bad[0])} has zero or non-finite norm")
+        raise InputError("vectors", f"row {int(bad[0])} has zero or non-finite norm")
     target = np.linalg.norm(np.asarray(anchors, dtype=np.float64)[np.asarray(class_index)], axis=1, keepdims=True)
     return (vectors / norms * target).astype(np.float32)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 KNN_BACKENDS = ("blas", "faiss")
 _BLOCK_BYTES = 64 * 2**20  # bound the (queries x bank) distance block
 
@@ -36,13 +38,13 @@ def kth_neighbor_distance(
     distance to itself is skipped, so ``k`` counts other points only.
     """
     if backend not in KNN_BACKENDS:
-        raise ValueError(f"backend: unknown k-NN backend {backend!r}; choose one of {KNN_BACKENDS}")
+        raise InputError("backend", f"unknown k-NN backend {backend!r}; choose one of {KNN_BACKENDS}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     n_bank = bank.shape[0]
     kk = k + 1 if exclude_self else k
     if not 1 <= kk <= n_bank:
-        raise ValueError(f"k: need 1 <= k <= {n_bank - int(exclude_self)} (bank size), got {k}")
+        raise InputError("k", f"need 1 <= k <= {n_bank - int(exclude_self)} (bank size), got {k}")
     out = np.empty(queries.shape[0], dtype=np.float32)
     if backend == "faiss":
         import faiss

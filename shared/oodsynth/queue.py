@@ -2,15 +2,18 @@
 
 * Payloads are JSON (``rq.serializers.JSONSerializer``), never pickle: whoever
   can write to Redis must not be able to run code on the GPU workers.
-* The job function is referenced by name, so the API never imports torch.
+* The job function (``oodsynth.decode_job.decode_task``) is referenced by
+  name, so the API never imports torch.
 * A request is split into jobs of ``settings.images_per_job`` images, enqueued
   in one Redis transaction (all or nothing), each with a finite timeout and
   ``Retry`` with back-off.
 * Failures are data: the error text lives in RQ's failed registry / results.
 * A worker killed with SIGKILL leaves its job in the StartedJobRegistry until
   ``timeout + 60`` s pass (RQ's own cleanup). ``recover_abandoned_jobs`` finds
-  jobs whose worker is provably gone sooner and hands them to the same RQ
-  cleanup (``StartedJobRegistry.cleanup``), which retries them.
+  jobs whose worker is provably gone sooner (through RQ's public registry and
+  execution API) and hands them to the same RQ cleanup
+  (``StartedJobRegistry.cleanup``), which retries them. Only the worker and
+  ``GET /queue`` run it; reading one job's status has no side effect.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -28,14 +31,14 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
+from rq.utils import current_timestamp
 
-from .config import get_settings
-from .jobs import DecodeJob
+from .config import Settings, get_settings
+from .errors import InputError, NotFound
+from .jobs import TERMINAL_JOB_STATES, DecodeJob, batches
 
-JOB_FUNCTION = "services.diffusion_worker.tasks.decode_job"
+JOB_FUNCTION = "oodsynth.decode_job.decode_task"
 MAX_RETRY_INTERVAL_S = 900
-TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
-REGISTRIES = ("started", "finished", "failed", "deferred", "scheduled")
 
 
 def connect() -> redis.Redis:
@@ -61,27 +64,23 @@ def retry_intervals(retries: int) -> list[int]:
     return [0] + [min(30 * 4**k, MAX_RETRY_INTERVAL_S) for k in range(retries - 1)]
 
 
-def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def enqueue_decode(
     job: DecodeJob,
     connection: redis.Redis | None = None,
     *,
+    settings: Settings | None = None,
     images_per_job: int | None = None,
     queue_name: str | None = None,
 ) -> list[str]:
     """Split ``job`` into RQ jobs of ``images_per_job`` items and enqueue them atomically."""
-    settings = get_settings()
+    settings = settings or get_settings()
     size = images_per_job or settings.images_per_job
     if size < 1:
-        raise ValueError(f"images_per_job: must be >= 1, got {size}")
-    queue = get_queue(connection, queue_name)
+        raise InputError("images_per_job", f"must be >= 1, got {size}")
+    queue = get_queue(connection, queue_name or settings.queue_name)
     retry = Retry(max=settings.job_retries, interval=retry_intervals(settings.job_retries)) if settings.job_retries else None
     data = []
-    for part in chunks(job.items, size):
+    for part in batches(job.items, size):
         payload = job.model_copy(update={"items": list(part)}).model_dump(mode="json")
         data.append(
             Queue.prepare_data(
@@ -103,11 +102,11 @@ def enqueue_decode(
 
 # -- status -----------------------------------------------------------------------------
 def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job:
-    """The RQ job; ``KeyError`` when unknown (or expired)."""
+    """The RQ job; ``NotFound`` when unknown (or expired)."""
     try:
         return Job.fetch(job_id, connection=connection if connection is not None else connect(), serializer=JSONSerializer)
     except NoSuchJobError:
-        raise KeyError(job_id) from None
+        raise NotFound("job_id", f"no job {job_id!r} (unknown or expired)") from None
 
 
 def _error_text(job: Job) -> str | None:
@@ -118,13 +117,9 @@ def _error_text(job: Job) -> str | None:
 
 
 def job_status(job_id: str, connection: redis.Redis | None = None) -> dict[str, Any]:
-    """``{id, status, progress: {done, total}, result, error, dataset, retries_left}``; KeyError if unknown."""
-    connection = connection if connection is not None else connect()
+    """``{id, status, progress: {done, total}, result, error, dataset, retries_left}``; NotFound if unknown."""
     job = fetch_job(job_id, connection)
     status = job.get_status(refresh=False)
-    if status == JobStatus.STARTED and recover_abandoned_jobs(connection, job.origin):
-        job = fetch_job(job_id, connection)
-        status = job.get_status(refresh=False)
     meta = job.get_meta(refresh=False)
     progress = dict(meta.get("progress") or {})
     progress.setdefault("done", 0)
@@ -215,21 +210,24 @@ def recover_abandoned_jobs(connection: redis.Redis | None = None, queue_name: st
     connection = connection if connection is not None else connect()
     registry = get_queue(connection, queue_name).started_job_registry
     here = socket.gethostname()
-    expired: list[str] = []
-    for member, _score in connection.zrange(registry.key, 0, -1, withscores=True):
-        entry = member.decode() if isinstance(member, bytes) else member
-        job_id, _, execution_id = entry.partition(":")
+    abandoned: list[Execution] = []
+    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
         try:
             worker_name = Execution.fetch(execution_id, job_id, connection).worker_name
         except ValueError:  # the execution record expired with its worker
             worker_name = ""
         if not worker_name or _worker_gone(worker_name, connection, here):
-            # Only move entries that are still there (a live worker may have just finished it).
-            if connection.zadd(registry.key, {member: 1}, xx=True, ch=True):
-                expired.append(job_id)
-    if expired:
-        registry.cleanup(timestamp=1)
-    return expired
+            abandoned.append(Execution(execution_id, job_id, connection))
+    if not abandoned:
+        return []
+    now = current_timestamp()
+    with connection.pipeline() as pipe:  # MULTI: the check and the move see the same registry
+        for execution in abandoned:  # xx: only entries still there (a live worker may have just finished)
+            pipe.zscore(registry.key, execution.composite_key)
+            registry.add_execution(execution, pipe, ttl=0, xx=True)
+        replies = pipe.execute()
+    registry.cleanup(timestamp=now)
+    return [e.job_id for e, score in zip(abandoned, replies[::2]) if score is not None]
 
 
 # -- waiting --------------------------------------------------------------------------------
@@ -243,7 +241,7 @@ def wait_for_jobs(
 ) -> list[dict[str, Any]]:
     """Poll until every job is terminal; ``progress(done_images, total_images)`` after each poll.
 
-    Raises ``KeyError`` for an unknown id and ``TimeoutError`` naming the unfinished jobs.
+    Raises ``NotFound`` for an unknown id and ``TimeoutError`` naming the unfinished jobs.
     """
     connection = connection if connection is not None else connect()
     ids = list(dict.fromkeys(job_ids))
@@ -251,14 +249,14 @@ def wait_for_jobs(
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         for job_id in ids:
-            if latest.get(job_id, {}).get("status") not in TERMINAL_STATES:
+            if latest.get(job_id, {}).get("status") not in TERMINAL_JOB_STATES:
                 latest[job_id] = job_status(job_id, connection)
         if progress is not None:
             progress(
                 sum(s["progress"]["done"] for s in latest.values()),
                 sum(s["progress"]["total"] for s in latest.values()),
             )
-        pending = [j for j in ids if latest[j]["status"] not in TERMINAL_STATES]
+        pending = [j for j in ids if latest[j]["status"] not in TERMINAL_JOB_STATES]
         if not pending:
             return [latest[j] for j in ids]
         if deadline is not None and time.monotonic() > deadline:

@@ -32,6 +32,7 @@ import redis
 
 from .bank import FeatureBank, load_bank
 from .config import get_settings
+from .errors import Conflict, InputError, NotFound
 
 if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
     from .densities import ClassDensities
@@ -47,46 +48,16 @@ _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CHUNK_BYTES = 256 * 1024 * 1024
 
 
-class FieldError(ValueError):
-    """Bad input to a registry operation; ``field`` names what the caller passed wrongly."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
+FieldError = InputError  # the old name, kept while callers outside this module move to oodsynth.errors
 
 
-class FitExistsError(FieldError):
-    """A fit with that name exists and the caller did not ask to replace it."""
-
-    def __init__(self, name: str):
-        super().__init__("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)", 409)
-
-
-_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.+)$", re.S)
-
-
-def split_error(exc: Exception, default_field: str) -> tuple[str, str]:
-    """``(field, message)`` of an error: its ``field`` attribute, else a ``"field: message"`` prefix.
-
-    The library's ValueErrors start with the field they blame; this keeps the
-    API and CLI from printing it twice or blaming the wrong field.
-    """
-    field = getattr(exc, "field", None)
-    message = getattr(exc, "message", None)
-    if field and message:
-        return str(field), str(message)
-    text = str(exc)
-    match = _FIELD_PREFIX.match(text)
-    if match:
-        return match.group(1), match.group(2)
-    return default_field, text
+def fit_exists_error(name: str) -> Conflict:
+    return Conflict("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)")
 
 
 def validate_fit_name(name: str) -> str:
     if not isinstance(name, str) or not _FIT_NAME_RE.match(name):
-        raise FieldError("name", f"{name!r} is not a valid fit name (1-64 of letters, digits, '_', '.', '-')")
+        raise InputError("name", f"{name!r} is not a valid fit name (1-64 of letters, digits, '_', '.', '-')")
     return name
 
 
@@ -132,21 +103,49 @@ class _CachedFit:
     bank: FeatureBank
 
 
+class FitCache:
+    """Decoded fits by (Redis server, name), least recently used dropped first.
+
+    One rule invalidates an entry: its stored ``version`` changed (a refit or
+    delete anywhere). The API keeps one on ``app.state``; a CLI run needs none.
+    """
+
+    def __init__(self, size: int = 4):  # decoded banks can be ~150 MB each
+        self.size = size
+        self._entries: "OrderedDict[tuple[str, str], _CachedFit]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str], version: str) -> _CachedFit | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit.version != version:
+                return None
+            self._entries.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[str, str], entry: _CachedFit) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def drop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+
 class FitRegistry:
     """Named class-density fits with their banks, shared through Redis.
 
     ``put`` writes atomically (one ``MULTI``), ``get`` returns the decoded
-    ``(fit, bank)`` from the per-process cache when its version is current.
+    ``(fit, bank)`` from ``cache`` when its version is current.
     """
 
-    _process_cache: "OrderedDict[tuple[str, str], _CachedFit]" = OrderedDict()
-    _cache_lock = threading.Lock()
-    cache_size = 4  # decoded banks can be ~150 MB each
-
-    def __init__(self, client: redis.Redis, *, cache: "OrderedDict | None" = None):
-        """``cache`` defaults to the one shared by the whole process; pass your own to isolate one."""
+    def __init__(self, client: redis.Redis, *, cache: FitCache | None = None):
+        """``cache``: share one across registries (the API's ``app.state``); a private one otherwise."""
         self.redis = client
-        self._cache = self._process_cache if cache is None else cache
+        self.cache = cache if cache is not None else FitCache()
         # Cache entries are per server: two Redis servers may hold the same name.
         kw = client.connection_pool.connection_kwargs
         self._server = str(kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}")
@@ -158,7 +157,7 @@ class FitRegistry:
     def put(self, name: str, fit: "ClassDensities", bank: FeatureBank, *, replace: bool = True) -> dict:
         """Store ``fit`` and ``bank`` under ``name``; returns the stored summary.
 
-        With ``replace=False`` an existing name raises ``FitExistsError`` (checked
+        With ``replace=False`` an existing name raises ``Conflict`` (checked
         atomically with WATCH, so two concurrent creators cannot both win).
         """
         validate_fit_name(name)
@@ -182,7 +181,7 @@ class FitRegistry:
                 try:
                     pipe.watch(key)
                     if not replace and pipe.exists(key):
-                        raise FitExistsError(name)
+                        raise fit_exists_error(name)
                     pipe.multi()
                     pipe.delete(key)
                     pipe.hset(key, mapping=fields)
@@ -191,58 +190,52 @@ class FitRegistry:
                     break
                 except redis.WatchError:
                     continue
-        self._remember(name, _CachedFit(version, fit, bank))
+        self.cache.put((self._server, name), _CachedFit(version, fit, bank))
         return summary
 
-    def get(self, name: str) -> tuple["ClassDensities", FeatureBank]:
-        """The decoded ``(fit, bank)``; ``KeyError`` when there is no such fit."""
+    def exists(self, name: str) -> bool:
+        return isinstance(name, str) and bool(_FIT_NAME_RE.match(name)) and bool(self.redis.exists(self.key(name)))
+
+    def get(self, name: str, *, field: str = "fit") -> tuple["ClassDensities", FeatureBank]:
+        """The decoded ``(fit, bank)``; ``NotFound`` blaming ``field`` when there is no such fit."""
         from .densities import ClassDensities
 
+        missing = NotFound(field, f"no fit named {name!r}")
         if not isinstance(name, str) or not _FIT_NAME_RE.match(name):
-            raise KeyError(name)
+            raise missing
         key = self.key(name)
         version = self.redis.hget(key, "version")
         if version is None:
-            raise KeyError(name)
-        version = version.decode()
-        with self._cache_lock:
-            hit = self._cache.get((self._server, name))
-            if hit is not None and hit.version == version:
-                self._cache.move_to_end((self._server, name))
-                return hit.fit, hit.bank
+            raise missing
+        hit = self.cache.get((self._server, name), version.decode())
+        if hit is not None:
+            return hit.fit, hit.bank
         for _ in range(3):  # a refit may land between reads; retry on a torn read
             version_b = self.redis.hget(key, "version")
             if version_b is None:
-                raise KeyError(name)
+                raise missing
             fit_bytes = _read_chunks(self.redis, key, "fit")
             bank_bytes = _read_chunks(self.redis, key, "bank")
             if fit_bytes is None or bank_bytes is None or self.redis.hget(key, "version") != version_b:
                 continue
             fit = ClassDensities.from_bytes(fit_bytes)
             bank = load_bank(bank_bytes, min_per_class=1)
-            self._remember(name, _CachedFit(version_b.decode(), fit, bank))
+            self.cache.put((self._server, name), _CachedFit(version_b.decode(), fit, bank))
             return fit, bank
-        raise KeyError(name)
-
-    def _remember(self, name: str, entry: _CachedFit) -> None:
-        with self._cache_lock:
-            self._cache[(self._server, name)] = entry
-            self._cache.move_to_end((self._server, name))
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        raise missing
 
     def version(self, name: str) -> str:
-        """The current version (an etag); ``KeyError`` when absent."""
+        """The current version (an etag); ``NotFound`` when absent."""
         v = self.redis.hget(self.key(name), "version") if _FIT_NAME_RE.match(name or "") else None
         if v is None:
-            raise KeyError(name)
+            raise NotFound("fit", f"no fit named {name!r}")
         return v.decode()
 
-    def summary(self, name: str) -> dict:
-        """The JSON summary stored with the fit, without decoding the arrays."""
+    def summary(self, name: str, *, field: str = "fit") -> dict:
+        """The JSON summary stored with the fit, without decoding the arrays; ``NotFound`` when absent."""
         raw = self.redis.hget(self.key(name), "summary") if _FIT_NAME_RE.match(name or "") else None
         if raw is None:
-            raise KeyError(name)
+            raise NotFound(field, f"no fit named {name!r}")
         return json.loads(raw)
 
     def list(self) -> list[str]:
@@ -264,8 +257,7 @@ class FitRegistry:
             pipe.delete(self.key(name))
             pipe.srem(FIT_INDEX, name)
             removed, _ = pipe.execute()
-        with self._cache_lock:
-            self._cache.pop((self._server, name), None)
+        self.cache.drop((self._server, name))
         return bool(removed)
 
 
@@ -377,13 +369,11 @@ class SampleRegistry:
             pipe.execute()
         return sample.sample_id
 
-    def get(self, sample_id: str) -> StoredSample:
-        """The stored sample; ``KeyError`` when unknown or expired."""
-        if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.match(sample_id):
-            raise KeyError(sample_id)
-        data = _read_chunks(self.redis, self.key(sample_id), "npz")
+    def get(self, sample_id: str, *, field: str = "sample_id") -> StoredSample:
+        """The stored sample; ``NotFound`` blaming ``field`` when unknown or expired."""
+        data = _read_chunks(self.redis, self.key(sample_id), "npz") if self.exists(sample_id) else None
         if data is None:
-            raise KeyError(sample_id)
+            raise NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
         return StoredSample.from_bytes(data)
 
     def exists(self, sample_id: str) -> bool:
@@ -398,28 +388,28 @@ class SampleRegistry:
 def resolve_classes(class_names: Sequence[str], requested: Sequence[int | str] | None) -> list[int] | None:
     """Turn class indices and/or names into indices (order kept, duplicates dropped).
 
-    ``None`` means every class. Raises ``FieldError`` naming ``classes[i]`` for
+    ``None`` means every class. Raises ``InputError`` naming ``classes[i]`` for
     an unknown name or an index out of range, so the API and CLI say which entry.
     """
     if requested is None:
         return None
     if len(requested) == 0:
-        raise FieldError("classes", "give at least one class, or leave classes out for all of them")
+        raise InputError("classes", "give at least one class, or leave classes out for all of them")
     by_name = {str(n): i for i, n in enumerate(class_names)}
     out: list[int] = []
     for pos, item in enumerate(requested):
         if isinstance(item, (bool, np.bool_)):
-            raise FieldError(f"classes[{pos}]", f"expected a class index or name, got {item!r}")
+            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {item!r}")
         if isinstance(item, (int, np.integer)):
             idx = int(item)
             if not 0 <= idx < len(class_names):
-                raise FieldError(f"classes[{pos}]", f"class index {idx} is out of range [0, {len(class_names)})")
+                raise InputError(f"classes[{pos}]", f"class index {idx} is out of range [0, {len(class_names)})")
         elif isinstance(item, str):
             if item not in by_name:
-                raise FieldError(f"classes[{pos}]", f"unknown class name {item!r}")
+                raise InputError(f"classes[{pos}]", f"unknown class name {item!r}")
             idx = by_name[item]
         else:
-            raise FieldError(f"classes[{pos}]", f"expected a class index or name, got {type(item).__name__}")
+            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {type(item).__name__}")
         if idx not in out:
             out.append(idx)
     return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 
 def unit_rows(X: np.ndarray, *, field: str = "X") -> np.ndarray:
     """Rows of ``X`` scaled to unit norm; a zero or non-finite row is an error naming ``field``."""
@@ -15,7 +17,7 @@ def unit_rows(X: np.ndarray, *, field: str = "X") -> np.ndarray:
     norms = np.linalg.norm(X, axis=-1, keepdims=True)
     bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
-        raise ValueError(f"{field}: {int(bad.sum())} rows have zero or non-finite norm")
+        raise InputError(field, f"{int(bad.sum())} rows have zero or non-finite norm")
     return X / norms
 
 

@@ -13,12 +13,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from oodsynth.bank import BankError, load_bank
-from oodsynth.densities import DENSITY_KINDS, ClassDensities
-from oodsynth.registry import FIT_NAME_PATTERN, FieldError, FitRegistry
+from oodsynth.densities import DENSITY_KINDS
+from oodsynth.errors import NotFound
+from oodsynth.registry import FIT_NAME_PATTERN, FitRegistry
+from oodsynth.service import create_fit as create_fit_use_case
 
 from .. import observability as obs
-from ..errors import field_error, from_field_error, not_found
 from ..schemas import FitList, FitSummary
 from ..state import get_fits
 
@@ -54,27 +54,10 @@ async def create_fit(
     Answers 201 with the fit's summary (per-class κ or variance and the
     quantiles of the ID log-densities).
     """
-    if not replace and await run_in_threadpool(fits.redis.exists, fits.key(name)):
-        raise field_error(["body", "name"], f"a fit named {name!r} already exists (replace it with replace=true / --replace)", 409)
     data = await file.read()
-    if not data:
-        raise field_error(["body", "file"], "the uploaded file is empty")
-
-    def work() -> dict:
-        bank = load_bank(data)
-        start = time.perf_counter()
-        fit = ClassDensities(kind=density).fit(bank)
-        obs.FIT_SECONDS.labels(density).observe(time.perf_counter() - start)
-        return fits.put(name, fit, bank, replace=replace)
-
-    try:
-        summary = await run_in_threadpool(work)
-    except BankError as exc:
-        raise from_field_error(exc, ["body", "file"]) from exc
-    except FieldError as exc:
-        raise from_field_error(exc, ["body"]) from exc
-    except ValueError as exc:  # the density could not be fitted to this bank
-        raise field_error(["body", "density"], f"cannot fit {density!r} to this bank: {exc}") from exc
+    start = time.perf_counter()
+    summary = await run_in_threadpool(create_fit_use_case, fits, name, data, density, replace=replace, bank_field="file")
+    obs.FIT_SECONDS.labels(density).observe(time.perf_counter() - start)
     obs.FITS.labels(density).inc()
     response.headers["ETag"] = f'"{summary["version"]}"'
     response.headers["Location"] = f"/fits/{name}"
@@ -99,10 +82,7 @@ def get_fit(
     fits: FitRegistry = Depends(get_fits),
 ):
     """Per-class κ (vMF) or mean variance (Gaussian) and ID log-density quantiles."""
-    try:
-        summary = fits.summary(name)
-    except KeyError:
-        raise not_found(["path", "name"], f"no fit named {name!r}") from None
+    summary = fits.summary(name, field="name")
     etag = f'"{summary["version"]}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
@@ -113,6 +93,6 @@ def get_fit(
 @router.delete("/fits/{name}", status_code=204, responses={404: ERROR_RESPONSES[404]}, summary="Delete a fit")
 def delete_fit(name: str, fits: FitRegistry = Depends(get_fits)) -> Response:
     if not fits.delete(name):
-        raise not_found(["path", "name"], f"no fit named {name!r}")
+        raise NotFound("name", f"no fit named {name!r}")
     return Response(status_code=204)
 

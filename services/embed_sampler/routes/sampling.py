@@ -12,23 +12,19 @@ import time
 from typing import Annotated
 
 import numpy as np
-import pydantic
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from oodsynth.bank import BankError
-from oodsynth.config import get_settings
-from oodsynth.registry import FieldError, FitRegistry, SampleRegistry, StoredSample, resolve_classes, split_error
-from oodsynth.samplers import UnknownSamplerError, get_sampler
+from oodsynth.config import Settings
+from oodsynth.registry import FitRegistry, SampleRegistry, StoredSample
+from oodsynth.service import draw_sample
 
 from .. import observability as obs
-from ..errors import field_error, from_field_error, from_pydantic, not_found, split_field
 from ..schemas import SampleRequest, SampleResponse
-from ..state import get_fits, get_samples
+from ..state import get_fits, get_samples, get_settings_dep
 
 router = APIRouter(tags=["sampling"])
-REQUEST_FIELDS = frozenset(SampleRequest.model_fields)
 
 ERROR_RESPONSES = {
     404: {"description": "Unknown fit or sample id."},
@@ -86,6 +82,7 @@ async def sample(
     req: SampleRequest,
     fits: FitRegistry = Depends(get_fits),
     samples: SampleRegistry = Depends(get_samples),
+    settings: Settings = Depends(get_settings_dep),
 ):
     """Run a sampler on the fit's classes; the sample is kept under `sample_id` for `/generate`.
 
@@ -93,56 +90,12 @@ async def sample(
     the ID bank (null unless the method uses the bank or `knn_diagnostics`)
     and cosine to its class mean.
     """
-    try:
-        fit, bank = await run_in_threadpool(fits.get, req.fit)
-    except KeyError:
-        raise not_found(["body", "fit"], f"no fit named {req.fit!r}") from None
-    try:
-        classes = resolve_classes(fit.class_names_, req.classes)
-    except FieldError as exc:
-        raise from_field_error(exc, ["body"]) from exc
-    total = req.n_per_class * (len(classes) if classes is not None else fit.n_classes)
-    cap = get_settings().max_vectors_per_sample
-    if total > cap:  # 100 classes x 10,000 x 768-d would be 3 GB in Redis and in the answer
-        raise field_error(
-            ["body", "n_per_class"],
-            f"{total} vectors requested ({req.n_per_class} per class), above the cap of {cap} "
-            "(settings OODSYNTH_MAX_VECTORS_PER_SAMPLE); ask for fewer classes per request",
-        )
-    try:
-        sampler = get_sampler(req.method, req.params)
-    except UnknownSamplerError as exc:
-        raise field_error(["body", "method"], split_error(exc, "method")[1]) from exc
-    except pydantic.ValidationError as exc:
-        raise from_pydantic(exc, ["body", "params"]) from exc
-    use_bank = bool(sampler.needs_bank or req.knn_diagnostics)
-
     start = time.perf_counter()
-    try:
-        result = await run_in_threadpool(
-            sampler.sample,
-            fit,
-            req.n_per_class,
-            classes=classes,
-            seed=req.seed,
-            bank=bank if use_bank else None,
-            scale_to_anchor=req.scale_to_anchor,
-        )
-    except (FieldError, BankError) as exc:
-        raise from_field_error(exc, ["body", "params"]) from exc
-    except ValueError as exc:  # a parameter combination the sampler cannot run with
-        field, message = split_error(exc, "params")
-        loc = split_field(field)
-        if loc[0] == "bank":
-            loc = ["fit"]
-        elif loc[0] not in REQUEST_FIELDS:
-            loc = ["params", *loc]
-        raise field_error(["body", *loc], f"{req.method} cannot run with these inputs: {message}") from exc
+    stored = await run_in_threadpool(
+        draw_sample, fits, samples, settings, **req.model_dump(exclude={"include_vectors"})
+    )
     obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
-    obs.SAMPLES_DRAWN.labels(req.method).inc(len(result.vectors))
-
-    stored = StoredSample.from_result(result, req.fit, fit.class_names_)
-    await run_in_threadpool(samples.put_stored, stored)
+    obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
     return await run_in_threadpool(render_sample, stored, req.include_vectors)
 
 
@@ -158,8 +111,5 @@ async def get_sample(
     samples: SampleRegistry = Depends(get_samples),
 ):
     """The sample as `POST /sample` returned it (until it expires after `result_ttl_s`)."""
-    try:
-        stored = await run_in_threadpool(samples.get, sample_id)
-    except KeyError:
-        raise not_found(["path", "sample_id"], f"no sample {sample_id!r} (unknown or expired)") from None
+    stored = await run_in_threadpool(samples.get, sample_id)
     return await run_in_threadpool(render_sample, stored, include_vectors)

@@ -1,9 +1,34 @@
-"""The one typer application; command modules register themselves on it."""
+"""The one typer application; command modules register themselves on it.
 
+Every library error (``oodsynth.errors``) that escapes a command is printed
+here as one line ``error: <field>: <message>`` and exits with the error's
+code (2 for bad input, missing or conflicting names; 1 when a service is
+unavailable), so commands never translate errors themselves.
+"""
+
+import click
 import typer
+from typer.core import TyperGroup
+
+from ..errors import OodsynthError
+
+
+def fail_line(field: str | None, message: str) -> str:
+    return f"error: {field}: {message}" if field else f"error: {message}"
+
+
+class _ErrorsAsOneLine(TyperGroup):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OodsynthError as exc:
+            typer.echo(fail_line(exc.field, exc.message), err=True)
+            raise typer.Exit(exc.exit_code) from None
+
 
 app = typer.Typer(
     name="oodsynth",
+    cls=_ErrorsAsOneLine,
     help="Imagine outliers for OOD detection: fit class densities, sample low-density "
     "vectors, decode them with Stable Diffusion, train and evaluate OOD detectors.",
     no_args_is_help=True,

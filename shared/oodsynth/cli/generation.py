@@ -1,8 +1,8 @@
 """CLI commands ``worker``, ``generate``, ``wait``, ``make-tiny-model`` and ``demo``.
 
-``generate`` and ``wait`` work in-process against Redis (the same queue the
-API uses) or, with ``--api URL``, through the HTTP API. Bad input prints one
-line ``error: <field>: <message>`` and exits with code 2.
+``generate`` and ``wait`` work in-process against Redis (the same use cases
+and queue the API uses) or, with ``--api URL``, through the HTTP API. Bad
+input prints one line ``error: <field>: <message>`` and exits with code 2.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import typer
 
+from ..errors import InputError, Unavailable
+from ..jobs import DEFAULT_PROMPT_TEMPLATE
 from .app import app
-from .core import UNAVAILABLE, _api_call, _api_client, _progress_bar, _registry_client, fail
+from .core import UNAVAILABLE, _api_call, _api_client, _registry_client, progress_bar
 
 
 @app.command()
@@ -28,56 +30,36 @@ def worker(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _registry_client()  # fail with a one-line error when Redis is unreachable
-    from services.diffusion_worker.worker import run_worker
+    from ..worker import run_worker
 
     run_worker(queue, burst=burst, max_jobs=max_jobs, with_scheduler=scheduler, logging_level=log_level.upper())
 
 
-def _decode_settings(**values):
-    import pydantic
-
-    from ..jobs import DecodeSettings
-
-    try:
-        return DecodeSettings(**values)
-    except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        fail(".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, "))
-
-
 def _load_sample(source: str):
-    """A sample id kept in Redis, or a ``.npz`` written by ``oodsynth sample --out``."""
-    from ..registry import SampleRegistry, StoredSample
+    """A local ``.npz`` written by ``oodsynth sample --out``, or None for a sample id kept in Redis."""
+    from ..registry import StoredSample
 
     path = Path(source)
-    if path.suffix == ".npz" or path.is_file():
-        if not path.is_file():
-            fail("sample", f"no such file: {path}")
-        try:
-            return StoredSample.load(path)
-        except Exception as exc:  # a foreign or damaged file
-            fail("sample", f"cannot read {path} as a sample ({exc})")
+    if path.suffix != ".npz" and not path.is_file():
+        return None
+    if not path.is_file():
+        raise InputError("sample", f"no such file: {path}")
     try:
-        return SampleRegistry(_registry_client()).get(source)
-    except KeyError:
-        fail("sample", f"no sample {source!r} in Redis (unknown or expired); pass the .npz from 'oodsynth sample --out'")
+        return StoredSample.load(path)
+    except Exception as exc:  # a foreign or damaged file
+        raise InputError("sample", f"cannot read {path} as a sample ({exc})") from None
 
 
 def _wait(job_ids: list[str], api: str | None, timeout: float | None) -> list[dict]:
-    bar, update = _progress_bar("decoding", "img")
-    try:
+    from ..queue import wait_for_jobs
+
+    with progress_bar("decoding", "img") as update:
         if api:
             return _api_call(_api_client(api).wait, job_ids, timeout=timeout, progress=update)
-        from ..queue import wait_for_jobs
-
         try:
             return wait_for_jobs(job_ids, _registry_client(), timeout=timeout, progress=update)
-        except KeyError as exc:
-            fail("job_ids", f"no job {exc.args[0]!r} (unknown or expired)")
-    except TimeoutError as exc:
-        fail("timeout", str(exc), UNAVAILABLE)
-    finally:
-        bar.close()
+        except TimeoutError as exc:
+            raise Unavailable("timeout", str(exc)) from None
 
 
 def _report(states: list[dict]) -> None:
@@ -96,7 +78,7 @@ def generate(
     sample: str = typer.Argument(..., help="Sample id (from 'oodsynth sample' or POST /sample), or its .npz."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Result-store dataset the images go into."),
     images_per_vector: int = typer.Option(1, min=1, help="Images per vector, each with its own seed."),
-    prompt_template: str = typer.Option("A high-quality image of the {token}", help="Prompt; {token} is the vector."),
+    prompt_template: str = typer.Option(DEFAULT_PROMPT_TEMPLATE, help="Prompt; {token} is the vector."),
     steps: int = typer.Option(50, help="Denoising steps."),
     guidance_scale: float = typer.Option(7.5, help="Classifier-free guidance scale."),
     height: int = typer.Option(512, help="Decode height (multiple of 8)."),
@@ -109,45 +91,37 @@ def generate(
     api: str | None = typer.Option(None, help="API base URL; in-process against Redis when left out."),
 ) -> None:
     """Queue decoding of a sample's vectors into images; prints the job ids, one per line."""
-    decode = _decode_settings(
-        prompt_template=prompt_template, steps=steps, guidance_scale=guidance_scale, height=height,
-        width=width, output_size=output_size, scheduler=scheduler,
-    )
-    from ..store import validate_dataset_name
+    import pydantic
 
+    from ..service import GenerateRequest
+
+    local = _load_sample(sample)
     try:
-        validate_dataset_name(dataset)
-    except ValueError as exc:
-        fail("dataset", str(exc).removeprefix("dataset: "))
-    if api:
-        if Path(sample).suffix == ".npz":
-            fail("sample", "with --api give the sample id; the API cannot read local files")
-        queued = _api_call(
-            _api_client(api).generate, dataset, sample_id=sample, images_per_vector=images_per_vector,
-            seed=seed, **decode.decode_settings(),
+        req = GenerateRequest(
+            dataset=dataset, sample_id=local.sample_id if local else sample, images_per_vector=images_per_vector,
+            seed=seed, prompt_template=prompt_template, steps=steps, guidance_scale=guidance_scale, height=height,
+            width=width, output_size=output_size, scheduler=scheduler,
         )
-        job_ids, n_images = queued["job_ids"], queued["n_images"]
-    else:
-        from ..config import get_settings
-        from ..jobs import job_from_sample
-        from ..queue import enqueue_decode
-
-        stored = _load_sample(sample)
-        settings = get_settings()
-        n_images = len(stored.vectors) * images_per_vector
-        if n_images == 0:
-            fail("sample", "the sample holds no vectors")
-        if n_images > settings.max_images_per_request:
-            fail("images_per_vector", f"{n_images} images is over the limit of {settings.max_images_per_request} "
-                 "(settings OODSYNTH_MAX_IMAGES_PER_REQUEST)")
-        job = job_from_sample(stored, dataset=dataset, model=settings.model, decode=decode,
-                              images_per_vector=images_per_vector, seed=seed)
-        job_ids = enqueue_decode(job, _registry_client())
-    typer.echo(f"queued {n_images} images into {dataset!r} as {len(job_ids)} jobs", err=True)
-    for job_id in job_ids:
+    except pydantic.ValidationError as exc:
+        raise InputError.from_pydantic(exc) from None
+    if api and local:
+        raise InputError("sample", "with --api give the sample id; the API cannot read local files")
+    queued = _api_call(_api_client(api).generate, **req.model_dump(exclude_none=True)) if api else _enqueue(req, local)
+    typer.echo(f"queued {queued['n_images']} images into {dataset!r} as {len(queued['job_ids'])} jobs", err=True)
+    for job_id in queued["job_ids"]:
         typer.echo(job_id)
     if wait:
-        _report(_wait(job_ids, api, timeout))
+        _report(_wait(queued["job_ids"], api, timeout))
+
+
+def _enqueue(req, local_sample) -> dict:
+    from ..config import get_settings
+    from ..registry import FitRegistry, SampleRegistry
+    from ..service import enqueue_generation, plan_generation
+
+    settings, client = get_settings(), _registry_client()
+    job = plan_generation(req, FitRegistry(client), SampleRegistry(client), settings, sample=local_sample)
+    return {"job_ids": enqueue_generation(job, client, settings), "n_images": len(job.items)}
 
 
 @app.command("wait")
@@ -171,11 +145,11 @@ def make_tiny_model(
 
     word_list = [w.strip() for w in words.split(",") if w.strip()]
     if not word_list:
-        fail("words", "give at least one word")
+        raise InputError("words", "give at least one word")
     try:
         out = make_tiny_pipeline(path, word_list)
     except ValueError as exc:
-        fail("words", str(exc))
+        raise InputError("words", str(exc)) from None
     typer.echo(f"tiny pipeline ({len(word_list)} words) -> {out}  (use OODSYNTH_MODEL={out})")
 
 
@@ -188,21 +162,12 @@ def demo(
     """End to end on this machine, offline: Redis, API, a worker, tiny SD; fit, sample, generate."""
     from ..demo import DemoConfig, run_demo
 
-    bars: list = []  # the bar starts with the first progress report, after the set-up lines
-
-    def update(done: int, total: int) -> None:
-        if not bars:
-            bars.extend(_progress_bar("decoding", "img"))
-        bars[1](done, total)
-
     try:
-        result = run_demo(DemoConfig(n_per_class=n_per_class, steps=steps, timeout_s=timeout),
-                          echo=lambda line: typer.echo(line, err=True), progress=update)
+        with progress_bar("decoding", "img") as update:  # the bar starts with the first report, after set-up
+            result = run_demo(DemoConfig(n_per_class=n_per_class, steps=steps, timeout_s=timeout),
+                              echo=lambda line: typer.echo(line, err=True), progress=update)
     except (RuntimeError, TimeoutError) as exc:
-        fail("demo", str(exc), UNAVAILABLE)
-    finally:
-        if bars:
-            bars[0].close()
+        raise Unavailable("demo", str(exc)) from None
     typer.echo(f"{len(result.images)} images in {result.store / result.dataset}")
     for path in result.images[:5]:
         typer.echo(f"  {path}")

@@ -1,0 +1,31 @@
+"""``oodsynth serve``: this service's command, added to the CLI by the ``oodsynth.commands`` entry point.
+
+The library's CLI never names the services; each service contributes its own
+command (see ``[project.entry-points."oodsynth.commands"]`` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import typer
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+    reload: bool = typer.Option(False, help="Reload on code changes (development)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes; fits and samples are shared through Redis."),
+) -> None:
+    """Run the embed_sampler API (uvicorn on services.embed_sampler.app:app)."""
+    import uvicorn
+
+    from oodsynth.redis_conn import redis_url
+
+    url = redis_url()  # starts the embedded server when unset and exports its URL to the workers
+    typer.echo(f"redis: {url}", err=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler the
+    # process would die before atexit stops the embedded Redis. Exit normally instead.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    uvicorn.run("services.embed_sampler.app:app", host=host, port=port, reload=reload, workers=workers)

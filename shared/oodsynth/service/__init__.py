@@ -1,0 +1,24 @@
+"""The application layer: each use case once, with its limits and connections passed in.
+
+The HTTP routes, the CLI commands and the queue's job function are adapters
+of a few lines around these calls, so a limit or a check holds on every
+surface, and every failure is a typed ``oodsynth.errors`` exception.
+"""
+
+from ..decode_job import DecoderCache, run_decode_job
+from .features import EmbedderCache, extract_features
+from .fits import create_fit
+from .generation import GenerateRequest, enqueue_generation, plan_generation
+from .sampling import draw_sample
+
+__all__ = [
+    "DecoderCache",
+    "EmbedderCache",
+    "GenerateRequest",
+    "create_fit",
+    "draw_sample",
+    "enqueue_generation",
+    "extract_features",
+    "plan_generation",
+    "run_decode_job",
+]

@@ -1,0 +1,49 @@
+"""Use case: fit one class density per class to a feature bank and store it under a name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..bank import BankError, FeatureBank, load_bank
+from ..errors import InputError
+from ..registry import FitRegistry, fit_exists_error, validate_fit_name
+
+
+def create_fit(
+    fits: FitRegistry,
+    name: str,
+    bank: str | Path | bytes | FeatureBank,
+    density: str = "vmf",
+    *,
+    replace: bool = False,
+    bank_field: str = "bank",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Validate, fit and store; returns the stored summary.
+
+    ``bank_field`` is what the caller calls the bank (``file`` for the API's
+    upload), so a malformed array is blamed as ``<bank_field>.<array>``.
+    Cheap checks (name, density, an existing fit) run before the bank is read.
+    """
+    from ..densities import DENSITY_KINDS, ClassDensities  # scipy/torch: only when fitting
+
+    validate_fit_name(name)
+    if density not in DENSITY_KINDS:
+        raise InputError("density", f"unknown density {density!r}; choose one of {', '.join(DENSITY_KINDS)}")
+    if not replace and fits.exists(name):
+        raise fit_exists_error(name)
+    if isinstance(bank, (str, Path)) and not Path(bank).is_file():
+        raise InputError(bank_field, f"no such file: {bank}")
+    if isinstance(bank, bytes) and not bank:
+        raise InputError(bank_field, "the uploaded file is empty")
+    try:
+        feature_bank = bank.validate() if isinstance(bank, FeatureBank) else load_bank(bank)
+    except BankError as exc:
+        field = bank_field if exc.field == "file" else f"{bank_field}.{exc.field}"
+        raise InputError(field, exc.message) from exc
+    try:
+        densities = ClassDensities(kind=density).fit(feature_bank, progress=progress)
+    except ValueError as exc:  # e.g. a full covariance that cannot be estimated from this bank
+        raise InputError("density", f"cannot fit {density!r} to this bank: {getattr(exc, 'message', exc)}") from exc
+    return fits.put(name, densities, feature_bank, replace=replace)

@@ -1,0 +1,157 @@
+"""Use case: turn a generation request into one checked ``DecodeJob`` and queue it.
+
+Everything is checked before anything is enqueued: a request that fails any
+check leaves the queue untouched. The job is split into RQ jobs of
+``images_per_job`` images by ``oodsynth.queue.enqueue_decode``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import pydantic
+import redis
+from pydantic import ConfigDict, Field, field_validator
+
+from ..config import Settings
+from ..errors import InputError
+from ..jobs import DecodeJob, DecodeSettings, build_items, dataset_name_field, inline_vector_ids, job_from_sample, rescale_to_anchors
+from ..queue import enqueue_decode
+from ..registry import FitRegistry, SampleRegistry, StoredSample
+
+MAX_CLASS_INDEX = 2**31
+# Inline vectors are rescaled to their anchor's norm, so only their direction matters; a norm
+# outside this range is a unit or serialisation mistake, not a direction worth decoding.
+MIN_INLINE_NORM, MAX_INLINE_NORM = 1e-6, 1e6
+
+
+class GenerateRequest(DecodeSettings):
+    """Decode a stored sample (``sample_id``) or inline ``vectors`` + ``classes`` into images."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"sample_id": "3f2a...", "dataset": "cifar100-outliers", "images_per_vector": 1}]},
+    )
+
+    dataset: str = Field(description="Result-store dataset (one folder name) the images go into.")
+    sample_id: str | None = Field(None, description="A sample returned by POST /sample.")
+    vectors: list[list[float]] | None = Field(
+        None, description="Inline vectors (M, D), instead of sample_id; need `fit`, and are rescaled to ||T(y)||."
+    )
+    classes: list[Annotated[int, Field(ge=0, lt=MAX_CLASS_INDEX)]] | None = Field(
+        None, description="Class index of each inline vector (a class of `fit`)."
+    )
+    fit: str | None = Field(
+        None, description="Fit of the inline vectors (required with them): class names, dimension, anchor norms."
+    )
+    images_per_vector: int = Field(1, ge=1, description="Images decoded from each vector, each with its own seed.")
+    seed: int | None = Field(None, ge=0, description="Base seed; each image's seed derives from it and its id.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return dataset_name_field(v)
+
+
+def _check_inline_rows(req: GenerateRequest) -> np.ndarray:
+    """The inline vectors as an array: one class each, one dimension, finite, with a sane norm."""
+    if req.classes is None:
+        raise InputError("classes", "give one class index per vector")
+    if len(req.vectors) == 0:
+        raise InputError("vectors", "give at least one vector")
+    if len(req.classes) != len(req.vectors):
+        raise InputError("classes", f"expected {len(req.vectors)} class indices (one per vector), got {len(req.classes)}")
+    dims = {len(v) for v in req.vectors}
+    if len(dims) != 1 or 0 in dims:
+        raise InputError("vectors", f"rows must be non-empty and of one dimension, got dimensions {sorted(dims)}")
+    vectors = np.asarray(req.vectors, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad.size:
+        raise InputError(f"vectors[{int(bad[0])}]", f"{bad.size} vectors contain NaN or inf (first: row {int(bad[0])})")
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(vectors, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms < MIN_INLINE_NORM) | (norms > MAX_INLINE_NORM))
+    if bad.size:
+        raise InputError(
+            f"vectors[{int(bad[0])}]",
+            f"{bad.size} vectors have a norm outside [{MIN_INLINE_NORM:g}, {MAX_INLINE_NORM:g}] "
+            f"(first: row {int(bad[0])}, norm {float(norms[bad[0]]):.3g})",
+        )
+    return vectors
+
+
+def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJob:
+    """Inline vectors need a ``fit``: it names the classes, fixes the dimension and gives the anchor norms."""
+    vectors = _check_inline_rows(req)
+    if req.fit is None:
+        raise InputError("fit", "inline vectors need a fit: it names the classes, fixes the dimension "
+                         "and gives the anchor norms the vectors are rescaled to")
+    fit, _bank = fits.get(req.fit)
+    if vectors.shape[1] != fit.dim:
+        raise InputError("vectors", f"dimension {vectors.shape[1]} does not match fit {req.fit!r} ({fit.dim})")
+    names = list(fit.class_names_)
+    classes = np.asarray(req.classes, dtype=np.int64)  # each in [0, 2**31) by the schema
+    out = np.flatnonzero(classes >= len(names))
+    if out.size:
+        raise InputError(f"classes[{int(out[0])}]",
+                         f"class index {int(classes[out[0]])} is out of range [0, {len(names)}) of fit {req.fit!r}")
+    vectors = rescale_to_anchors(vectors, classes, fit.anchors_)
+    if not np.isfinite(vectors).all():
+        raise InputError("vectors", "rescaling to the anchor norms gave non-finite values")
+    decode = req.decode_settings()
+    items = build_items(
+        dataset=req.dataset, vectors=vectors, class_index=classes, class_names=names,
+        vector_ids=inline_vector_ids(vectors, classes), sampler="inline",
+        images_per_vector=req.images_per_vector, seed=req.seed, decode=decode, model=model,
+    )
+    return DecodeJob(dataset=req.dataset, model=model, items=items, **decode)
+
+
+def check_image_count(n_vectors: int, images_per_vector: int, settings: Settings) -> None:
+    n_images = n_vectors * images_per_vector
+    if n_images > settings.max_images_per_request:
+        raise InputError(
+            "images_per_vector",
+            f"{n_vectors} vectors x {images_per_vector} images = {n_images} images, over the limit of "
+            f"{settings.max_images_per_request} per request (settings OODSYNTH_MAX_IMAGES_PER_REQUEST)",
+        )
+
+
+def plan_generation(
+    req: GenerateRequest,
+    fits: FitRegistry,
+    samples: SampleRegistry,
+    settings: Settings,
+    *,
+    sample: StoredSample | None = None,
+) -> DecodeJob:
+    """The whole request as one validated ``DecodeJob`` for ``settings.model``.
+
+    ``sample`` is a sample already in hand (a local ``.npz``); otherwise
+    ``req.sample_id`` is looked up in ``samples``.
+    """
+    if sample is None and (req.sample_id is None) == (req.vectors is None):
+        raise InputError("sample_id", "give either sample_id or vectors (+ classes), not both or neither")
+    if sample is None and req.sample_id is None:
+        check_image_count(len(req.vectors), req.images_per_vector, settings)
+        return _inline_job(req, fits, settings.model)
+    for name in ("classes", "fit"):
+        if getattr(req, name) is not None:
+            raise InputError(name, "only used with inline vectors; a stored sample carries its own")
+    sample = sample if sample is not None else samples.get(req.sample_id)
+    if len(sample.vectors) == 0:
+        raise InputError("sample_id", "the sample holds no vectors")
+    check_image_count(len(sample.vectors), req.images_per_vector, settings)
+    try:
+        return job_from_sample(
+            sample, dataset=req.dataset, model=settings.model, decode=req,
+            images_per_vector=req.images_per_vector, seed=req.seed,
+        )
+    except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
+        raise InputError.from_pydantic(exc) from exc
+
+
+def enqueue_generation(job: DecodeJob, connection: redis.Redis, settings: Settings) -> list[str]:
+    """Queue ``job`` as RQ jobs of ``settings.images_per_job`` images, all or none."""
+    return enqueue_decode(job, connection, settings=settings)

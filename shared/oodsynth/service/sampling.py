@@ -1,0 +1,81 @@
+"""Use case: draw outlier vectors from a stored fit and keep them as a sample."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pydantic
+
+from ..config import Settings
+from ..errors import InputError
+from ..registry import FitRegistry, SampleRegistry, StoredSample, resolve_classes
+
+# What a sample request names; a sampler error about anything else is about one of its params.
+REQUEST_FIELDS = frozenset({"fit", "method", "n_per_class", "classes", "seed", "params", "scale_to_anchor"})
+
+
+def check_n_per_class(n_per_class: int, settings: Settings) -> None:
+    cap = settings.max_n_per_class
+    if n_per_class < 1:
+        raise InputError("n_per_class", "must be at least 1")
+    if n_per_class > cap:
+        raise InputError("n_per_class", f"{n_per_class} is above the cap of {cap} (settings OODSYNTH_MAX_N_PER_CLASS)")
+
+
+def get_sampler_checked(method: str, params: Mapping[str, Any] | None):
+    """The sampler, with bad parameters blamed as ``params.<name>``."""
+    from ..samplers import get_sampler  # numpy/scipy work: imported when sampling
+
+    try:
+        return get_sampler(method, dict(params or {}))
+    except pydantic.ValidationError as exc:
+        raise InputError.from_pydantic(exc, "params") from exc
+
+
+def draw_sample(
+    fits: FitRegistry,
+    samples: SampleRegistry,
+    settings: Settings,
+    *,
+    fit: str,
+    method: str,
+    n_per_class: int,
+    classes: Sequence[int | str] | None = None,
+    seed: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    scale_to_anchor: bool = True,
+    knn_diagnostics: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> StoredSample:
+    """Run ``method`` on the fit's classes under the settings' caps; the sample is kept in ``samples``."""
+    check_n_per_class(n_per_class, settings)
+    densities, bank = fits.get(fit)
+    class_index = resolve_classes(densities.class_names_, classes)
+    total = n_per_class * (len(class_index) if class_index is not None else densities.n_classes)
+    cap = settings.max_vectors_per_sample
+    if total > cap:  # 100 classes x 10,000 x 768-d would be 3 GB in Redis and in the answer
+        raise InputError(
+            "n_per_class",
+            f"{total} vectors requested ({n_per_class} per class), above the cap of {cap} "
+            "(settings OODSYNTH_MAX_VECTORS_PER_SAMPLE); ask for fewer classes per request",
+        )
+    sampler = get_sampler_checked(method, params)
+    try:
+        result = sampler.sample(
+            densities,
+            n_per_class,
+            classes=class_index,
+            seed=seed,
+            bank=bank if (sampler.needs_bank or knn_diagnostics) else None,
+            scale_to_anchor=scale_to_anchor,
+            progress=progress,
+        )
+    except InputError as exc:  # a parameter combination the sampler cannot run with on this fit
+        field = "fit" if exc.field == "bank" else exc.field if exc.field in REQUEST_FIELDS else f"params.{exc.field}"
+        raise InputError(field, f"{method} cannot run with these inputs: {exc.message}") from exc
+    except ValueError as exc:  # an untyped check inside a sampler: still the caller's parameters
+        raise InputError("params", f"{method} cannot run with these inputs: {exc}") from exc
+    stored = StoredSample.from_result(result, fit, densities.class_names_)
+    samples.put_stored(stored)
+    return stored
