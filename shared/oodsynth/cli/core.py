@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import numpy as np
 import typer
 
-from ..errors import InputError, Unavailable
+from ..errors import InputError, NotFound, Unavailable
 from .app import app, fail_line
 
 BAD_INPUT = 2
@@ -190,7 +190,10 @@ def _sample_over_api(api, class_tokens, **request):
     from ..registry import StoredSample
 
     client = _api_client(api)
-    names = class_names(_api_call(client.get_fit, request["fit"]))
+    try:
+        names = class_names(_api_call(client.get_fit, request["fit"]))
+    except NotFound as exc:  # GET /fits/{name} calls it "name"; this command calls it --fit
+        raise NotFound("fit", exc.message) from None
     response = _api_call(client.sample, classes=parse_classes(class_tokens, names), **request)
     vectors, class_index, diagnostics = sample_arrays(response)
     return StoredSample(

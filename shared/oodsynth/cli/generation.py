@@ -14,7 +14,8 @@ import typer
 from ..errors import InputError, Unavailable
 from ..jobs import DEFAULT_PROMPT_TEMPLATE
 from .app import app
-from .core import UNAVAILABLE, _api_call, _api_client, _registry_client, progress_bar
+from . import core
+from .core import UNAVAILABLE, _api_call, _registry_client, progress_bar
 
 
 @app.command()
@@ -55,7 +56,7 @@ def _wait(job_ids: list[str], api: str | None, timeout: float | None) -> list[di
 
     with progress_bar("decoding", "img") as update:
         if api:
-            return _api_call(_api_client(api).wait, job_ids, timeout=timeout, progress=update)
+            return _api_call(core._api_client(api).wait, job_ids, timeout=timeout, progress=update)
         try:
             return wait_for_jobs(job_ids, _registry_client(), timeout=timeout, progress=update)
         except TimeoutError as exc:
@@ -106,7 +107,7 @@ def generate(
         raise InputError.from_pydantic(exc) from None
     if api and local:
         raise InputError("sample", "with --api give the sample id; the API cannot read local files")
-    queued = _api_call(_api_client(api).generate, **req.model_dump(exclude_none=True)) if api else _enqueue(req, local)
+    queued = _api_call(core._api_client(api).generate, **req.model_dump(exclude_none=True)) if api else _enqueue(req, local)
     typer.echo(f"queued {queued['n_images']} images into {dataset!r} as {len(queued['job_ids'])} jobs", err=True)
     for job_id in queued["job_ids"]:
         typer.echo(job_id)
