@@ -43,7 +43,8 @@ def _in_band(fit, result, band):
 
 
 def test_registry_names_and_param_validation():
-    assert set(SAMPLERS) == {"knn_boundary", "inverse_sgld", "inverse_rejection", "barker"}
+    assert set(SAMPLERS) == {"knn_boundary", "inverse_sgld", "inverse_rejection", "barker", "boundary_crossing",
+                             "class_interpolation"}
     with pytest.raises(UnknownSamplerError, match="method: unknown sampler 'magic'") as err:
         get_sampler("magic")
     assert isinstance(err.value, ValueError)
@@ -54,7 +55,7 @@ def test_registry_names_and_param_validation():
     with pytest.raises(pydantic.ValidationError, match="sigma"):
         get_sampler("knn_boundary", {"sigma": -1})
     assert get_sampler("barker", {"n_steps": 10}).params.n_steps == 10
-    assert [SAMPLERS[n].needs_bank for n in sorted(SAMPLERS)] == [False, False, False, True]
+    assert {n for n in SAMPLERS if SAMPLERS[n].needs_bank} == {"knn_boundary", "boundary_crossing", "class_interpolation"}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -69,7 +70,8 @@ def test_result_contract(name, fits, bank):
     assert result.class_index.dtype == np.int64 and list(result.class_index) == [2] * 7 + [0] * 7
     norms = np.linalg.norm(result.vectors, axis=1)
     np.testing.assert_allclose(norms, np.linalg.norm(bank.anchors[result.class_index], axis=1), rtol=1e-5)
-    assert set(result.diagnostics) == {"log_density", "id_percentile", "knn_distance", "cos_to_mean"}
+    extra = {"margin", "target_class"} if sampler.reports_margin else set()
+    assert set(result.diagnostics) == {"log_density", "id_percentile", "knn_distance", "cos_to_mean"} | extra
     assert all(v.shape == (14,) and np.isfinite(v).all() for v in result.diagnostics.values())
     assert result.params == sampler.params.model_dump(mode="json")
     assert calls and calls[-1] == (14, 14)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import ImageData
+from .errors import InputError
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _from_npz(path: Path) -> FeatureOutliers:
                 raise ValueError(f"expected arrays 'vectors' and 'class_index', found {sorted(files)}")
             return FeatureOutliers(z["vectors"], z["class_index"])
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, ValueError) as exc:
-        raise ValueError(f"feature_outliers: {path} is not a readable sample .npz ({exc})") from exc
+        raise InputError("feature_outliers", f"{path} is not a readable sample .npz ({exc})") from exc
 
 
 def _from_registry(sample_id: str) -> FeatureOutliers:
@@ -62,9 +63,9 @@ def _from_registry(sample_id: str) -> FeatureOutliers:
     try:
         stored = SampleRegistry(get_redis()).get(sample_id)
     except (redis.exceptions.RedisError, RuntimeError) as exc:
-        raise ValueError(f"feature_outliers: {sample_id!r} is no file, and Redis cannot be reached to look it up ({exc})") from exc
+        raise InputError("feature_outliers", f"{sample_id!r} is no file, and Redis cannot be reached to look it up ({exc})") from exc
     except KeyError:
-        raise ValueError(f"feature_outliers: no file and no stored sample {sample_id!r} (unknown or expired)") from None
+        raise InputError("feature_outliers", f"no file and no stored sample {sample_id!r} (unknown or expired)") from None
     return FeatureOutliers(stored.vectors, stored.class_index, stored.method, dict(stored.params))
 
 
@@ -80,21 +81,21 @@ def load_feature_outliers(source, *, n_classes: int | None = None) -> FeatureOut
         if path.is_file():
             out = _from_npz(path)
         elif path.suffix == ".npz" or isinstance(source, Path):
-            raise ValueError(f"feature_outliers: no such file: {path}")
+            raise InputError("feature_outliers", f"no such file: {path}")
         else:
             out = _from_registry(str(source))
     else:
-        raise ValueError(f"feature_outliers: expected a sample, a sample id or an .npz path, got {type(source).__name__}")
+        raise InputError("feature_outliers", f"expected a sample, a sample id or an .npz path, got {type(source).__name__}")
     vectors = np.asarray(out.vectors)
     labels = np.asarray(out.class_index)
     if vectors.ndim != 2 or vectors.shape[0] == 0 or not np.issubdtype(vectors.dtype, np.floating):
-        raise ValueError(f"feature_outliers: vectors must be a non-empty float (M, D) array, got {vectors.shape} {vectors.dtype}")
+        raise InputError("feature_outliers", f"vectors must be a non-empty float (M, D) array, got {vectors.shape} {vectors.dtype}")
     if not np.isfinite(vectors).all() or (np.linalg.norm(vectors, axis=1) == 0).any():
-        raise ValueError("feature_outliers: vectors contain NaN/inf or zero rows")
+        raise InputError("feature_outliers", "vectors contain NaN/inf or zero rows")
     if labels.shape != (vectors.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"feature_outliers: class_index must be {vectors.shape[0]} integers, got {labels.shape} {labels.dtype}")
+        raise InputError("feature_outliers", f"class_index must be {vectors.shape[0]} integers, got {labels.shape} {labels.dtype}")
     if n_classes is not None and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"feature_outliers: class_index out of range [0, {n_classes})")
+        raise InputError("feature_outliers", f"class_index out of range [0, {n_classes})")
     return FeatureOutliers(vectors.astype(np.float32), labels.astype(np.int64), out.method, dict(out.params))
 
 

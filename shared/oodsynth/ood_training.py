@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import read_checkpoint, restore_training, write_checkpoint
 from .data import ImageData
+from .errors import InputError
 from .densities import DENSITY_KINDS
 from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 from .encoder_training import default_device
@@ -140,7 +141,7 @@ def outlier_dataset(store: str | Path, datasets: list[str], image_size: int) -> 
     transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
     ds = StoredOutliers(store, datasets, transform=transform)
     if len(ds) == 0:
-        raise ValueError(f"outlier_datasets: {datasets} in {store} hold no images")
+        raise InputError("outlier_datasets", f"{datasets} in {store} hold no images")
     return ds
 
 
@@ -183,14 +184,14 @@ def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainCon
     try:
         ckpt = load_encoder(config.init_encoder, device="cpu")
     except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(f"init_encoder: {exc}") from exc
+        raise InputError("init_encoder", f"{exc}") from exc
     if list(ckpt.class_names) != list(train.class_names):
-        raise ValueError(f"init_encoder: its classes {ckpt.class_names[:5]}... differ from the dataset's "
+        raise InputError("init_encoder", f"its classes {ckpt.class_names[:5]}... differ from the dataset's "
                          f"{list(train.class_names)[:5]}...")
     if ckpt.config.image_size != config.image_size:
-        raise ValueError(f"init_encoder: trained at image size {ckpt.config.image_size}, the data is {config.image_size}")
+        raise InputError("init_encoder", f"trained at image size {ckpt.config.image_size}, the data is {config.image_size}")
     if ckpt.config.kernel != "cosine":
-        raise ValueError("init_encoder: feature outliers need a cosine-kernel encoder (features on the unit sphere)")
+        raise InputError("init_encoder", "feature outliers need a cosine-kernel encoder (features on the unit sphere)")
     enc = ckpt.config
     config = config.model_copy(update={"arch": enc.arch, "width": enc.width, "mean": enc.mean, "std": enc.std})
     model, phi = _build(config, len(train.class_names), feature_dim=ckpt.anchors.shape[1])
@@ -249,15 +250,15 @@ def train_ood(
     device = torch.device(device) if device else default_device()
     if outliers is None and config.outlier_datasets:
         if not config.store:
-            raise ValueError("store: outlier_datasets are given but no result store folder")
+            raise InputError("store", "outlier_datasets are given but no result store folder")
         outliers = outlier_dataset(config.store, config.outlier_datasets, config.image_size)
     if feature_outliers is not None:
         if not config.init_encoder:
-            raise ValueError("init_encoder: feature_outliers need a text-aligned encoder to start from "
+            raise InputError("init_encoder", "feature_outliers need a text-aligned encoder to start from "
                              "(the space the vectors were sampled in)")
         feature_outliers = load_feature_outliers(feature_outliers, n_classes=len(train.class_names))
     if config.redraw_every and feature_outliers is not None and not feature_outliers.method:
-        raise ValueError("redraw_every: the feature outliers do not record the sampler that drew them; "
+        raise InputError("redraw_every", "the feature outliers do not record the sampler that drew them; "
                          "pass a stored sample (or its .npz from 'oodsynth sample --out')")
     use_images = outliers is not None and config.beta > 0
     use_features = feature_outliers is not None and config.beta > 0
@@ -265,7 +266,7 @@ def train_ood(
     if config.init_encoder:
         config, model, phi = _from_encoder(config, train)
         if use_features and feature_outliers.vectors.shape[1] != model.encoder.dim:
-            raise ValueError(f"feature_outliers: vectors have dim {feature_outliers.vectors.shape[1]}, "
+            raise InputError("feature_outliers", f"vectors have dim {feature_outliers.vectors.shape[1]}, "
                              f"the encoder's features {model.encoder.dim}")
     else:
         model, phi = _build(config, len(train.class_names))

@@ -9,12 +9,16 @@ from __future__ import annotations
 from ..errors import InputError
 from .barker import BarkerSampler
 from .base import SampleResult, Sampler, compute_diagnostics
+from .boundary_crossing import BoundaryCrossingSampler
+from .class_interpolation import ClassInterpolationSampler
 from .inverse_rejection import InverseRejectionSampler
 from .inverse_sgld import InverseSGLDSampler
 from .knn_boundary import KnnBoundarySampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    cls.name: cls for cls in (KnnBoundarySampler, InverseSGLDSampler, InverseRejectionSampler, BarkerSampler)
+    cls.name: cls
+    for cls in (KnnBoundarySampler, InverseSGLDSampler, InverseRejectionSampler, BarkerSampler,
+                BoundaryCrossingSampler, ClassInterpolationSampler)
 }
 
 

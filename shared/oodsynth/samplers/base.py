@@ -70,6 +70,14 @@ def compute_diagnostics(
     }
 
 
+def margin_diagnostics(fit: ClassDensities, unit_vectors: np.ndarray, class_index: np.ndarray) -> dict[str, np.ndarray]:
+    """``margin`` (cosine units, negative = assigned to another class) and ``target_class`` (the best other class)."""
+    from .anchor_classifier import margin_and_rival, unit_anchors
+
+    margin, rival = margin_and_rival(unit_vectors.astype(np.float32), class_index, unit_anchors(fit.anchors_))
+    return {"margin": margin, "target_class": rival.astype(np.float64)}
+
+
 def class_blocks(classes: np.ndarray, n: int, rows: int = ROWS_PER_BLOCK) -> Iterator[tuple[np.ndarray, int]]:
     """Split ``n`` chains for each class into (class group, chains) blocks of at most ~``rows`` chains."""
     per_block = min(n, rows)
@@ -89,6 +97,8 @@ class Sampler:
     # Chain samplers do many small batched products; OpenBLAS threads cost more than they give
     # there (measured 5x slower on a busy 2-core box), so they run BLAS single-threaded.
     blas_threads: ClassVar[int | None] = None
+    # Between-class samplers also report the anchor classifier's margin and the class each vector was pushed to.
+    reports_margin: ClassVar[bool] = False
 
     def __init__(self, **params):
         self.params = self.Params(**params)
@@ -154,6 +164,8 @@ class Sampler:
             unit, class_index = self._sample_all(fit, cls, int(n_per_class), rng, bank, progress)
         unit = unit.astype(np.float32)
         diagnostics = compute_diagnostics(fit, unit, class_index, bank, self._knn_k())
+        if self.reports_margin:
+            diagnostics.update(margin_diagnostics(fit, unit, class_index))
         vectors = unit * np.linalg.norm(fit.anchors_[class_index], axis=1, keepdims=True) if scale_to_anchor else unit
         return SampleResult(
             vectors=vectors.astype(np.float32),
