@@ -2,8 +2,10 @@
 
 The file parses; each service's OODSYNTH_* variables are settings the code
 reads and their values validate; Dockerfiles exist and copy paths that exist;
-commands name real modules and CLI commands; Redis persists (AOF) and is
-health-checked; the worker reserves a GPU and keeps the HF cache in a volume.
+commands name real modules and CLI commands; Redis persists (AOF), needs a
+password and is not published; results go to a MinIO bucket created at
+start-up; the dashboard is pinned, JSON-only, password-protected and opt-in;
+the worker reserves a GPU and keeps the HF cache in a volume.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import re
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -20,7 +23,17 @@ import yaml
 from oodsynth.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-KNOWN_FOREIGN_ENV = {"HF_HOME", "RQ_DASHBOARD_REDIS_URL"}
+S3_ENV = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+# Variables of other programs, per service: anything else must be an oodsynth setting.
+FOREIGN_ENV = {
+    "redis": {"REDISCLI_AUTH"},
+    "minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
+    "create-bucket": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"},
+    "api": S3_ENV,
+    "worker": S3_ENV | {"HF_HOME"},
+    "dashboard": {"RQ_DASHBOARD_REDIS_URL", "RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD"},
+}
+SECRETS = {"REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "S3_SECRET_KEY"}  # compose refuses to start without these
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +49,22 @@ def _env(service: dict) -> dict[str, str]:
 
 
 def _expand(value: str) -> str:
-    """Compose's ${VAR:-default} with VAR unset."""
+    """Compose's interpolation with nothing set: ${VAR:-default} -> default, ${VAR:?err} -> a stand-in."""
+    value = re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: f"<{m[1]}>", value)
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def _published(service: dict) -> list[str]:
+    return [str(p) for p in service.get("ports") or []]
 
 
 def test_services_and_env_match_settings(compose, monkeypatch):
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "dashboard"}
+    assert set(services) == {"redis", "minio", "create-bucket", "api", "worker", "dashboard"}
     setting_vars = {f"OODSYNTH_{name.upper()}" for name in Settings.model_fields}
     for name, service in services.items():
         env = _env(service)
-        unknown = {k for k in env if not k.startswith("OODSYNTH_")} - KNOWN_FOREIGN_ENV
+        unknown = {k for k in env if not k.startswith("OODSYNTH_")} - FOREIGN_ENV[name]
         assert not unknown, f"{name}: variables no code reads: {unknown}"
         ours = {k: _expand(v) for k, v in env.items() if k.startswith("OODSYNTH_")}
         assert set(ours) <= setting_vars, f"{name}: not settings: {set(ours) - setting_vars}"
@@ -56,22 +74,75 @@ def test_services_and_env_match_settings(compose, monkeypatch):
             monkeypatch.setenv(key, value)
         settings = Settings(_env_file=None)  # the values validate (ints are ints, paths are paths)
         if ours:
-            assert settings.redis_url == "redis://redis:6379/0"
-            assert settings.store == Path("/data/store")
+            assert settings.redis_url == "redis://:<REDIS_PASSWORD>@redis:6379/0"
+            assert settings.store == "s3://oodsynth/store"
     # API and worker agree on everything that both read.
     api, worker = _env(services["api"]), _env(services["worker"])
-    for key in ("OODSYNTH_REDIS_URL", "OODSYNTH_QUEUE_NAME", "OODSYNTH_STORE", "OODSYNTH_MODEL"):
+    for key in ("OODSYNTH_REDIS_URL", "OODSYNTH_QUEUE_NAME", "OODSYNTH_STORE", "OODSYNTH_MODEL", *S3_ENV):
         assert api[key] == worker[key]
     assert _env(services["dashboard"])["RQ_DASHBOARD_REDIS_URL"] == api["OODSYNTH_REDIS_URL"]
 
 
-def test_redis_persists_and_is_health_checked(compose):
+def test_redis_needs_a_password_persists_and_is_not_published(compose):
     redis = compose["services"]["redis"]
-    command = " ".join(redis["command"])
-    assert "--appendonly yes" in command
+    command = redis["command"]
+    assert "--appendonly yes" in " ".join(command)
+    password = command[command.index("--requirepass") + 1]
+    assert password == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"  # a required variable, no default
+    assert urlsplit(_expand(_env(compose["services"]["worker"])["OODSYNTH_REDIS_URL"])).password == "<REDIS_PASSWORD>"
+    assert _env(redis)["REDISCLI_AUTH"] == password  # the health check authenticates too
     assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert not _published(redis) and "network_mode" not in redis
     for name in ("api", "worker", "dashboard"):
         assert compose["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_secrets_have_no_defaults(compose):
+    text = (REPO / "docker-compose.yml").read_text()
+    for secret in SECRETS:
+        uses = re.findall(r"\$\{" + secret + r"(:[?-][^}]*)?\}", text)
+        assert uses and all(u.startswith(":?") for u in uses), f"{secret}: every use must be ${{{secret}:?...}}"
+
+
+def test_results_go_to_a_minio_bucket_created_at_start_up(compose):
+    services = compose["services"]
+    minio, init = services["minio"], services["create-bucket"]
+    assert re.fullmatch(r"quay\.io/minio/minio:RELEASE\.[0-9TZ-]+", minio["image"])  # pinned release
+    assert re.fullmatch(r"quay\.io/minio/mc:RELEASE\.[0-9TZ-]+", init["image"])
+    assert not _published(minio) and "minio-data:/data" in minio["volumes"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = init["command"][0]
+    bucket = urlsplit(_env(services["worker"])["OODSYNTH_STORE"]).netloc
+    assert f"mc mb --ignore-existing store/{bucket}" in script and script.startswith("set -e")
+    # The services get their own key pair (read/write objects), not MinIO's root account.
+    assert "mc admin user add store" in script and "readwrite" in script
+    for name in ("api", "worker"):
+        env = _env(services[name])
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == _env(init)["S3_ACCESS_KEY"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == _env(init)["S3_SECRET_KEY"]
+        assert services[name]["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully"
+        assert not any(v.endswith(":/data/store") for v in services[name].get("volumes") or [])
+
+
+def test_only_the_api_is_published_and_only_on_localhost(compose):
+    services = compose["services"]
+    assert _published(services["api"]) == ["127.0.0.1:8000:8000"]
+    assert not _published(services["worker"]) and not _published(services["create-bucket"])
+
+
+def test_dashboard_is_pinned_json_protected_and_opt_in(compose):
+    dashboard = compose["services"]["dashboard"]
+    assert dashboard["profiles"] == ["dashboard"]  # not started by a plain `docker compose up`
+    assert "image" not in dashboard  # built here from pinned packages, no third-party image
+    dockerfile = dashboard["build"]["dockerfile_inline"]
+    assert re.search(r"rq-dashboard==\d+\.\d+\.\d+", dockerfile) and re.search(r"\brq==\d+\.\d+\.\d+", dockerfile)
+    assert re.search(r"^USER (?!root)", dockerfile, re.M)
+    assert "--json" in dashboard["command"]  # JSONSerializer: nothing is unpickled
+    env = _env(dashboard)
+    assert env["RQ_DASHBOARD_USERNAME"] and "RQ_DASHBOARD_PASSWORD" in env
+    assert 'test -n "$$RQ_DASHBOARD_PASSWORD"' in " ".join(dashboard["entrypoint"])  # no password, no start
+    assert _published(dashboard) == ["127.0.0.1:9181:9181"]
 
 
 def test_worker_reserves_a_gpu_and_caches_models(compose):
@@ -81,8 +152,6 @@ def test_worker_reserves_a_gpu_and_caches_models(compose):
     hf_home = _env(worker)["HF_HOME"]
     volumes = {v.split(":")[1]: v.split(":")[0] for v in worker["volumes"]}
     assert volumes[hf_home] in compose["volumes"]  # a named volume: downloads survive rebuilds
-    # The API and the worker see the same result store.
-    assert "store:/data/store" in worker["volumes"] and "store:/data/store" in compose["services"]["api"]["volumes"]
 
 
 def test_dockerfiles_exist_and_copy_real_paths(compose):
