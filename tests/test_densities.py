@@ -11,6 +11,7 @@ from scipy import stats
 from oodsynth.bank import FeatureBank
 from oodsynth.densities import DENSITY_KINDS, ClassDensities, log_bessel_iv
 from oodsynth.sphere import sample_vmf
+from toy_banks import toy_bank
 
 
 def _bank(features, labels, dim):
@@ -35,11 +36,11 @@ def test_vmf_kappa_recovered_from_vmf_draws(dim, kappa, n):
     mu[3] = 1.0
     X = sample_vmf(mu[None], np.array([kappa]), n, rng)[0]
     fit = ClassDensities("vmf").fit(_bank(X, np.zeros(n, int), dim))
-    assert abs(fit.kappa_[0] / kappa - 1) < 0.03
+    assert abs(fit.family.kappa_[0] / kappa - 1) < 0.03
     assert fit.means_[0] @ mu > 0.99
     # the log-density is scipy's vMF log-density for the fitted parameters
     Y = X[:50]
-    expected = stats.vonmises_fisher(fit.means_[0], fit.kappa_[0]).logpdf(Y)
+    expected = stats.vonmises_fisher(fit.means_[0], fit.family.kappa_[0]).logpdf(Y)
     np.testing.assert_allclose(fit.score_samples(Y, np.zeros(50, int)), expected, rtol=1e-9, atol=1e-6)
 
 
@@ -78,9 +79,9 @@ def test_gaussian_variances_recovered():
     assert abs(iso.summary()["classes"][0]["variance"] / (variances.sum() * scale / dim) - 1) < 0.03
 
     diag = ClassDensities("gaussian_diagonal").fit(_bank(X, labels, dim))
-    rel = diag.diag_[0, 1:] / (variances * scale) - 1
+    rel = diag.family.diag_[0, 1:] / (variances * scale) - 1
     assert np.median(np.abs(rel)) < 0.04 and np.abs(rel).max() < 0.15
-    assert diag.diag_[0, 0] < 1e-6  # the radial direction has (almost) no variance on the sphere
+    assert diag.family.diag_[0, 0] < 1e-6  # the radial direction has (almost) no variance on the sphere
 
 
 def test_full_covariance_recovered_and_logpdf_is_the_gaussian():
@@ -92,8 +93,8 @@ def test_full_covariance_recovered_and_logpdf_is_the_gaussian():
     X[:, 0] = 1.0
     X[:, 1:] = rng.multivariate_normal(np.zeros(dim - 1), cov, n)
     fit = ClassDensities("gaussian_full").fit(_bank(X, np.zeros(n, int), dim))
-    V = fit.basis_[0].astype(np.float64)
-    sigma = np.diag(fit.diag_[0]) + V @ np.diag(fit.eig_[0] - fit.diag_[0, 0]) @ V.T
+    V = fit.family.basis_[0].astype(np.float64)
+    sigma = np.diag(fit.family.diag_[0]) + V @ np.diag(fit.family.eig_[0] - fit.family.diag_[0, 0]) @ V.T
     assert np.linalg.norm(sigma[1:, 1:] - cov) / np.linalg.norm(cov) < 0.08
     unit = X[:20] / np.linalg.norm(X[:20], axis=1, keepdims=True)
     expected = stats.multivariate_normal(fit.centers_[0], sigma).logpdf(unit)
@@ -197,3 +198,26 @@ def test_errors_name_the_field():
         ClassDensities.from_bytes(_bank(np.ones((2, 8)), [0, 0], 8).to_bytes())
     with pytest.raises(RuntimeError, match="not fitted"):
         ClassDensities().score_samples(np.ones((1, 8)), [0])
+
+
+def test_a_new_family_is_one_class_plus_one_registry_entry(monkeypatch):
+    """A family registered in FAMILIES fits, scores, summarises and round-trips through ClassDensities."""
+    from oodsynth.densities import FAMILIES
+    from oodsynth.densities.families import Gaussian
+
+    class FixedSpread(Gaussian):  # a made-up family: isotropic with a fixed variance
+        kind = "fixed_spread"
+
+        def covariance(self, centered):
+            d = centered.shape[1]
+            return np.full(d, 0.01), np.zeros((d, 0)), np.zeros(0)
+
+    monkeypatch.setitem(FAMILIES, FixedSpread.kind, FixedSpread)
+    bank = toy_bank(3, 40, 16)
+    fit = ClassDensities(kind="fixed_spread").fit(bank)
+    assert fit.summary()["classes"][0]["variance"] == pytest.approx(0.01)
+    x = bank.features[:5].astype(np.float64)
+    expected = stats.multivariate_normal(fit.centers_[0], 0.01 * np.eye(16)).logpdf(x)
+    np.testing.assert_allclose(fit.score_samples(x, [0] * 5), expected, rtol=1e-7)
+    again = ClassDensities.from_bytes(fit.to_bytes())
+    np.testing.assert_array_equal(again.score_samples(x, [0] * 5), fit.score_samples(x, [0] * 5))
