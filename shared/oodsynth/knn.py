@@ -47,7 +47,10 @@ def kth_neighbor_distance(
         raise InputError("k", f"need 1 <= k <= {n_bank - int(exclude_self)} (bank size), got {k}")
     out = np.empty(queries.shape[0], dtype=np.float32)
     if backend == "faiss":
-        import faiss
+        try:
+            import faiss
+        except ImportError:
+            raise InputError("backend", "the faiss backend needs the faiss extra: pip install 'oodsynth[faiss]'") from None
 
         index = faiss.IndexFlatL2(bank.shape[1])
         index.add(bank)
