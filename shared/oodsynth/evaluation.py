@@ -1,9 +1,12 @@
 """Evaluate an OOD classifier: ID accuracy and, per OOD set, FPR95 / AUROC / AUPR-in / AUPR-out.
 
-Two scores, both "higher = more ID": the negative energy logsumexp f(x), and
-phi's probability of ID (only for models trained with outliers; a baseline's
-phi never saw a label). Results as JSON-ready dicts and rich tables, with the
-average over OOD sets as papers report it (in percent).
+Scores, all "higher = more ID": the negative energy logsumexp f(x), phi's
+probability of ID (only for models trained with outliers; a baseline's phi
+never saw a label), and ``density``: the text-aligned encoder's unit feature
+scored by the fitted class densities, max over classes of the log-density (for
+Gaussian fits a Mahalanobis score; it needs no classifier at all). Results as
+JSON-ready dicts and rich tables, with the average over OOD sets as papers
+report it (in percent).
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageData
+from .densities import ClassDensities
+from .encoder import TextAlignedEncoder
+from .features import extract_features
 from .metrics import accuracy, ood_metrics
 from .ood_training import OODClassifier, energy
+
+SCORE_KINDS = ("energy", "phi", "density")
 
 METRIC_NAMES = ("fpr95", "auroc", "aupr_in", "aupr_out")
 METRIC_LABELS = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-in ↑", "aupr_out": "AUPR-out ↑"}
@@ -40,6 +48,23 @@ def score_images(clf: OODClassifier, data: ImageData, *, batch_size: int = 256, 
         out["prediction"].append(logits.argmax(1).cpu().numpy())
         out["label"].append(np.asarray(y))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def max_class_log_density(fit: ClassDensities, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the highest log-density over the fit's classes, and that class."""
+    features = np.asarray(features, dtype=np.float64)
+    logp = np.stack([fit.score_samples(features, np.full(len(features), c)) for c in range(fit.n_classes)])
+    return logp.max(axis=0), logp.argmax(axis=0)
+
+
+def density_scores(encoder: TextAlignedEncoder, fit: ClassDensities, data: ImageData, *, batch_size: int = 256,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """Per image: ``density`` score (max class log-density of its encoder feature), ``prediction``, ``label``."""
+    if encoder.dim != fit.dim:
+        raise ValueError(f"fit: its dimension {fit.dim} differs from the encoder's output {encoder.dim}")
+    features, labels = extract_features(encoder, data, batch_size=batch_size, progress=progress)
+    score, prediction = max_class_log_density(fit, features)
+    return {"density": score, "prediction": prediction, "label": labels}
 
 
 @dataclass
@@ -73,20 +98,40 @@ class EvaluationReport:
         return table
 
 
-def evaluate(clf: OODClassifier, id_data: ImageData, ood_sets: dict[str, ImageData], *, batch_size: int = 256,
-             progress: bool = True) -> EvaluationReport:
-    """Score the ID test set and every OOD set; phi's score only when phi was trained on outliers."""
+def _report(scorer, kinds: list[str], id_data: ImageData, ood_sets: dict[str, ImageData]) -> EvaluationReport:
+    """Score ID and every OOD set with ``scorer(data) -> dict`` and fill the metrics of each score kind."""
     if not ood_sets:
         raise ValueError("ood_sets: give at least one OOD dataset")
-    id_scores = score_images(clf, id_data, batch_size=batch_size, progress=progress)
+    id_scores = scorer(id_data)
     report = EvaluationReport(accuracy(id_scores["prediction"], id_scores["label"]), len(id_scores["label"]))
-    kinds = ["energy", "phi"] if clf.uses_outliers else ["energy"]
     for name, data in ood_sets.items():
-        ood_scores = score_images(clf, data, batch_size=batch_size, progress=progress)
+        ood_scores = scorer(data)
         for kind in kinds:
             m = ood_metrics(id_scores[kind], ood_scores[kind])
             report.results.setdefault(kind, {})[name] = {**m, "n": float(len(ood_scores[kind]))}
     return report
+
+
+def evaluate(clf: OODClassifier, id_data: ImageData, ood_sets: dict[str, ImageData], *, batch_size: int = 256,
+             progress: bool = True) -> EvaluationReport:
+    """Score the ID test set and every OOD set; phi's score only when phi was trained on outliers."""
+    kinds = ["energy", "phi"] if clf.uses_outliers else ["energy"]
+    return _report(lambda d: score_images(clf, d, batch_size=batch_size, progress=progress), kinds, id_data, ood_sets)
+
+
+def evaluate_density(encoder: TextAlignedEncoder, fit: ClassDensities, id_data: ImageData,
+                     ood_sets: dict[str, ImageData], *, batch_size: int = 256, progress: bool = True) -> EvaluationReport:
+    """The ``density`` score on the ID test set and every OOD set; ID accuracy is the densest class's."""
+    return _report(lambda d: density_scores(encoder, fit, d, batch_size=batch_size, progress=progress), ["density"],
+                   id_data, ood_sets)
+
+
+def merge_reports(*reports: EvaluationReport) -> EvaluationReport:
+    """One report holding every score of several reports on the same ID set (the first one's accuracy)."""
+    merged = EvaluationReport(reports[0].id_accuracy, reports[0].n_id)
+    for rep in reports:
+        merged.results.update(rep.results)
+    return merged
 
 
 def comparison_table(reports: dict[str, EvaluationReport], title: str = "CE-only vs CE + beta*L_ood") -> Table:

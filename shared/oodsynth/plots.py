@@ -120,3 +120,36 @@ def _save(fig, out_path: str | Path) -> Path:
     fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
     return out
+
+
+def plot_ood_gain(summary: dict, out: str | Path, *, metrics: tuple[str, ...] = ("near_fpr95", "far_fpr95")) -> Path:
+    """Bar chart of the OOD-gain benchmark: one panel per (profile, metric), one bar per row, error bars = std
+    over seeds; the row's paired Δ to its baseline is written above each bar (percent points)."""
+    profiles = list(summary)
+    if not profiles:
+        raise ValueError("summary: no results to plot")
+    labels = {"near_fpr95": "near-OOD FPR95 (%) ↓", "far_fpr95": "far-OOD FPR95 (%) ↓",
+              "near_auroc": "near-OOD AUROC (%) ↑", "far_auroc": "far-OOD AUROC (%) ↑"}
+    n_rows = max(len(summary[p]) for p in profiles)
+    fig, axes = plt.subplots(len(profiles), len(metrics), figsize=(4 + 0.45 * n_rows * len(metrics), 3.6 * len(profiles)),
+                             squeeze=False)
+    for i, profile in enumerate(profiles):
+        rows = list(summary[profile])
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            mean = np.array([100 * summary[profile][r][metric]["mean"] for r in rows])
+            std = np.array([100 * summary[profile][r][metric]["std"] for r in rows])
+            colors = ["0.55" if summary[profile][r]["baseline"] is None else "tab:blue" for r in rows]
+            ax.bar(np.arange(len(rows)), mean, yerr=std, capsize=3, color=colors)
+            for k, r in enumerate(rows):
+                d = summary[profile][r].get(f"delta_{metric}")
+                if d:
+                    ax.annotate(f"{100 * d['mean']:+.1f}", (k, mean[k] + std[k]), ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(np.arange(len(rows)), rows, rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{profile}: {labels.get(metric, metric)}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -223,34 +223,95 @@ def _ood_sets(specs: list[str], data_root: Path | None, image_size: int) -> dict
     return sets
 
 
+def _load_fit(fit: str):
+    """A fit by name from the registry (Redis), or a file of ``ClassDensities.to_bytes``."""
+    from ..densities import ClassDensities
+
+    if Path(fit).is_file():
+        try:
+            return ClassDensities.from_bytes(Path(fit).read_bytes())
+        except (ValueError, KeyError, OSError) as exc:
+            _fail("fit", f"{fit} is not a saved fit ({exc})")
+    from ..registry import FieldError, FitRegistry
+    from .core import _registry_client
+
+    try:
+        return FitRegistry(_registry_client()).get(fit)[0]
+    except (FieldError, LookupError, ValueError) as exc:
+        _fail("fit", getattr(exc, "message", str(exc)))
+
+
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: Path = typer.Option(..., help="OOD classifier checkpoint from train-ood (file or run folder)."),
+    checkpoint: Path | None = typer.Option(None, help="OOD classifier checkpoint from train-ood (file or run folder); "
+                                           "needed for the energy and phi scores."),
     dataset: str = typer.Option("digits", help="ID dataset (its test split is scored)."),
-    ood: list[str] | None = typer.Option(None, "--ood", help="OOD set: digits:ood, cifar10:test, "
-                                         "imagefolder:<path> (repeatable; digits default: digits:ood)."),
+    ood: list[str] | None = typer.Option(None, "--ood", help="OOD set: digits:ood, animals:far-noise, cifar10:test, "
+                                         "imagefolder:<path> (repeatable; offline profiles default to their "
+                                         "near- and far-OOD sets)."),
+    score: list[str] | None = typer.Option(None, "--score", help="energy, phi, density (repeatable; default energy "
+                                           "and phi). density = max class log-density of the encoder feature."),
+    encoder: Path | None = typer.Option(None, help="Text-aligned encoder checkpoint (for --score density)."),
+    fit: str | None = typer.Option(None, help="Stored fit name or fit file (for --score density)."),
     data_root: Path | None = typer.Option(None),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
     batch_size: int = typer.Option(256, min=1),
 ) -> None:
-    """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for the energy score and phi."""
+    """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for the energy, phi and density scores."""
     from rich.console import Console
 
-    from ..evaluation import evaluate
-    from ..ood_training import load_ood_classifier
+    from ..data import FAR_KINDS, OFFLINE_PROFILES
+    from ..evaluation import SCORE_KINDS, evaluate, evaluate_density, merge_reports
 
-    try:
-        clf = load_ood_classifier(checkpoint)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail("checkpoint", str(exc))
-    specs = ood or (["digits:ood"] if dataset == "digits" else None)
-    if not specs:
+    scores = list(dict.fromkeys(score or ["energy", "phi"]))
+    unknown = [s for s in scores if s not in SCORE_KINDS]
+    if unknown:
+        _fail("score", f"unknown score {unknown[0]!r}; choose from {', '.join(SCORE_KINDS)}")
+    reports, image_size, class_names = [], None, None
+    if set(scores) & {"energy", "phi"}:
+        if checkpoint is None:
+            _fail("checkpoint", "the energy and phi scores need --checkpoint (a train-ood model)")
+        from ..ood_training import load_ood_classifier
+
+        try:
+            clf = load_ood_classifier(checkpoint)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail("checkpoint", str(exc))
+        image_size, class_names = clf.config.image_size, clf.class_names
+    if "density" in scores:
+        if encoder is None or fit is None:
+            _fail("encoder" if encoder is None else "fit", "--score density needs --encoder and --fit")
+        from ..encoder_training import load_encoder
+
+        try:
+            enc = load_encoder(encoder)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail("encoder", str(exc))
+        densities = _load_fit(fit)
+        if densities.dim != enc.model.dim:
+            _fail("fit", f"its dimension {densities.dim} differs from the encoder's {enc.model.dim}")
+        image_size = image_size or enc.config.image_size
+        if class_names is not None and class_names != enc.class_names:
+            _fail("encoder", "its classes differ from the checkpoint's")
+        class_names = enc.class_names
+    if dataset in OFFLINE_PROFILES and not ood:
+        ood = [f"{dataset}:ood"] + [f"{dataset}:far-{k}" for k in FAR_KINDS[dataset]]
+    if not ood:
         _fail("ood", "give at least one OOD set with --ood")
-    id_data = _load_data(dataset, "test", data_root, clf.config.image_size)
-    if list(id_data.class_names) != clf.class_names:
-        _fail("dataset", f"{dataset} classes differ from the model's {clf.class_names[:5]}...")
-    report = evaluate(clf, id_data, _ood_sets(specs, data_root, clf.config.image_size), batch_size=batch_size)
-    Console().print(report.table(f"evaluate {checkpoint}"))
+    id_data = _load_data(dataset, "test", data_root, image_size)
+    if list(id_data.class_names) != class_names:
+        _fail("dataset", f"{dataset} classes differ from the model's {class_names[:5]}...")
+    ood_sets = _ood_sets(ood, data_root, image_size)
+    if set(scores) & {"energy", "phi"}:
+        reports.append(evaluate(clf, id_data, ood_sets, batch_size=batch_size))
+        if "phi" not in scores:
+            reports[-1].results.pop("phi", None)
+        if "energy" not in scores:
+            reports[-1].results.pop("energy", None)
+    if "density" in scores:
+        reports.append(evaluate_density(enc.model, densities, id_data, ood_sets, batch_size=batch_size))
+    report = merge_reports(*reports)
+    Console().print(report.table(f"evaluate {checkpoint or encoder}"))
     if json_out is not None:
         if not json_out.parent.is_dir():
             _fail("json", f"folder {json_out.parent} does not exist")

@@ -1,0 +1,479 @@
+"""The OOD lab: one cell (profile, row, seed) of the OOD-gain benchmark.
+
+Every default of the project is chosen by measured OOD gain. A *row* is one
+way of building a detector; a *cell* trains it with one seed and measures it
+on the profile's near-OOD (held-out classes) and far-OOD sets (mean over the
+far sets): FPR95 and AUROC of its score. Rows are paired by seed with a
+baseline row (``ce`` for most): same seed = same initial weights and the
+same ID batches, so a per-seed difference isolates what the outliers did.
+
+The generation side (text-aligned encoder, class-density fit, trained
+decoder) is trained once per profile and cached (``ProfileAssets``); seeds
+vary the outlier sampling, the decoding noise and the detector training. The
+detector is always trained end to end, CE + beta * L_ood through the whole
+network (``train_ood``), never as a head on frozen features.
+
+Adding a row is one entry in ``ROW_BUILDERS`` (or one sampler in
+``oodsynth.samplers.SAMPLERS``: its decoded, verified and feature-space rows
+follow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import TensorDataset
+
+from .data import ImageData, load_profile_split, profile_ood_sets
+from .densities import DENSITY_KINDS, ClassDensities
+from .encoder_training import EncoderCheckpoint, EncoderTrainConfig, load_encoder, train_encoder
+from .evaluation import EvaluationReport, evaluate, evaluate_density
+from .features import build_bank
+from .verification import Verification, images_to_tensor, verify_images
+
+
+class LabSettings(BaseModel):
+    """What a cell depends on, beyond (profile, row, seed). Its hash names the cell cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # the detector: small enough that one animals cell takes ~15-40 s on 2 cores
+    arch: str = "resnet18"
+    width: int = Field(8, ge=1)
+    image_size: int = Field(16, ge=8)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=1)
+    ood_batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    beta: float = Field(2.5, ge=0)
+    # the outliers
+    n_per_class: int = Field(200, ge=1, description="outliers per ID class that reach the detector")
+    oversample: float = Field(2.0, ge=1, description="decoded pool per class = oversample * n_per_class; the "
+                              "verified row keeps the first n_per_class that pass, the plain row the first n_per_class")
+    max_id_percentile: float = Field(10.0, ge=0, le=100, description="verification threshold")
+    density: str = "gaussian_full"
+    decode: dict = Field(default_factory=dict, description="decode settings over the assets' defaults")
+
+    def key(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+
+
+QUICK = {"epochs": 2, "n_per_class": 40}
+
+
+# ----------------------------------------------------------------------------- the generation side
+
+@dataclass
+class ProfileAssets:
+    """What a profile's outliers are made with: trained once, cached, shared by every cell."""
+
+    profile: str
+    encoder: EncoderCheckpoint
+    encoder_path: Path
+    fit: ClassDensities
+    bank: object  # FeatureBank of the ID training features
+    decoder_dir: Path | None = None
+    decode: dict = field(default_factory=dict)  # decode settings that suit this decoder
+
+    @property
+    def anchors(self) -> np.ndarray:
+        return self.encoder.anchors
+
+
+def fit_assets(profile: str, encoder_path: Path, cache: Path, density: str, *, decoder_dir: Path | None = None,
+               decode: dict | None = None) -> ProfileAssets:
+    """Load an encoder, fit (or reload the cached fit of) its ID training features, and bundle the assets."""
+    if density not in DENSITY_KINDS:
+        raise ValueError(f"density: unknown kind {density!r}; choose one of {', '.join(DENSITY_KINDS)}")
+    encoder = load_encoder(encoder_path, device="cpu")
+    train = load_profile_split(profile, "train", image_size=encoder.config.image_size)
+    bank = build_bank(encoder, train, progress=False)
+    file = Path(encoder_path) if Path(encoder_path).is_file() else Path(encoder_path) / "encoder.pt"
+    stamp = hashlib.sha256(file.read_bytes()).hexdigest()[:10]
+    fit_file = cache / f"fit-{density}-{stamp}.bin"
+    if fit_file.is_file():
+        fit = ClassDensities.from_bytes(fit_file.read_bytes())
+    else:
+        fit = ClassDensities(kind=density).fit(bank)
+        cache.mkdir(parents=True, exist_ok=True)
+        fit_file.write_bytes(fit.to_bytes())
+    return ProfileAssets(profile, encoder, Path(encoder_path), fit, bank, decoder_dir, dict(decode or {}))
+
+
+def train_local_assets(profile: str, folder: Path, decoder_dir: Path, *, density: str = "gaussian_full",
+                       epochs: int = 3, width: int = 8, image_size: int = 16, decode: dict | None = None) -> ProfileAssets:
+    """Small stand-in assets for tests: an encoder trained on ``decoder_dir``'s token rows, any decoder folder."""
+    from .anchors import extract_anchors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = load_profile_split(profile, "train", image_size=image_size)
+    if not (folder / "encoder.pt").is_file():
+        anchors = extract_anchors(decoder_dir, train.class_names)
+        config = EncoderTrainConfig(width=width, epochs=epochs, batch_size=128, lr=0.05, image_size=image_size,
+                                    mean=train.mean, std=train.std, dataset=profile)
+        train_encoder(config, train, anchors, folder, device="cpu", progress=False)
+    return fit_assets(profile, folder, folder, density, decoder_dir=decoder_dir, decode=decode)
+
+
+def profile_assets(profile: str, cache: Path, density: str = "gaussian_full") -> ProfileAssets:
+    """The project's trained assets for a profile (``ensure_profile_assets``: trained on first use, then cached)."""
+    from .decoder_training import ensure_profile_assets  # the trained decoder, its encoder and anchors
+
+    found = ensure_profile_assets(profile)
+    return fit_assets(profile, Path(found.encoder), cache / profile, density, decoder_dir=Path(found.decoder),
+                      decode=dict(getattr(found, "decode", None) or {}))
+
+
+# ----------------------------------------------------------------------------- outliers
+
+_DECODERS: dict[str, object] = {}
+
+
+def _decoder(path: Path):
+    """One loaded decoder per folder per process (loading a pipeline costs seconds)."""
+    from .decoding import OutlierDecoder
+
+    key = str(Path(path).resolve())
+    if key not in _DECODERS:
+        _DECODERS[key] = OutlierDecoder(path, device="cpu")
+    return _DECODERS[key]
+
+
+def smooth_noise(n: int, image_size: int, seed: int) -> torch.Tensor:
+    """The noise control: grey 4x4 uniform noise upsampled to ``image_size`` (blobs).
+
+    Deliberately unlike the far-OOD ``noise`` set (per-pixel uniform noise), so
+    the control is not trained on a test distribution.
+    """
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+@dataclass
+class DecodedPool:
+    """Decoded outliers of one sampler and seed: images (uint8, N x 3 x S x S at the encoder size) and checks."""
+
+    images: torch.Tensor
+    class_index: np.ndarray
+    verification: Verification
+    sample_seconds: float
+    decode_seconds: float
+
+    def choose(self, n_per_class: int, max_id_percentile: float | None) -> np.ndarray:
+        """Indices of the first ``n_per_class`` images per class (that pass verification, when a threshold is given)."""
+        ok = np.ones(len(self.class_index), bool) if max_id_percentile is None else \
+            self.verification.passes(max_id_percentile)
+        keep = [np.flatnonzero((self.class_index == c) & ok)[:n_per_class] for c in np.unique(self.class_index)]
+        return np.sort(np.concatenate(keep))
+
+
+def decoded_pool(assets: ProfileAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
+    """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
+    from .samplers import get_sampler
+
+    if assets.decoder_dir is None:
+        raise ValueError("decoder: these assets have no decoder folder")
+    n_pool = int(np.ceil(settings.oversample * settings.n_per_class))
+    tag = hashlib.sha256(json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool,
+                                     settings.density]).encode()).hexdigest()[:8]
+    path = cache / f"decoded-{sampler}-s{seed}-{tag}.pt"
+    if path.is_file():
+        state = torch.load(path, weights_only=True)
+        return DecodedPool(state["images"], state["class_index"].numpy(),
+                           Verification(*(state[k].numpy() for k in ("id_percentile", "id_class", "max_softmax"))),
+                           float(state["sample_seconds"]), float(state["decode_seconds"]))
+    t0 = time.perf_counter()
+    result = get_sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
+    t1 = time.perf_counter()
+    seeds = [seed * 1_000_003 + i for i in range(len(result.vectors))]
+    size = assets.encoder.config.image_size
+    decode = {**{"steps": 20, "guidance_scale": 3.0}, **assets.decode, **settings.decode}
+    images = _decoder(assets.decoder_dir).decode(result.vectors, seeds, **{"output_size": size, **decode})
+    t2 = time.perf_counter()
+    x = images_to_tensor(images, size)
+    verification = verify_images(assets.encoder, assets.fit, x)
+    pool = DecodedPool((x * 255).round().to(torch.uint8), result.class_index, verification, t1 - t0, t2 - t1)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": pool.images, "class_index": torch.from_numpy(pool.class_index),
+                "id_percentile": torch.from_numpy(verification.id_percentile),
+                "id_class": torch.from_numpy(verification.id_class),
+                "max_softmax": torch.from_numpy(verification.max_softmax),
+                "sample_seconds": pool.sample_seconds, "decode_seconds": pool.decode_seconds}, path)
+    return pool
+
+
+# ----------------------------------------------------------------------------- rows
+
+@dataclass
+class Cell:
+    """Everything a row needs to run one seed."""
+
+    profile: str
+    seed: int
+    settings: LabSettings
+    train: ImageData
+    test: ImageData
+    ood_sets: dict[str, ImageData]
+    cache: Path
+    work: Path
+    assets: Callable[[], ProfileAssets]  # lazy: ce/noise rows never build the generation side
+
+
+@dataclass
+class CellOutcome:
+    report: EvaluationReport
+    score: str  # the score the row is ranked by
+    info: dict = field(default_factory=dict)
+
+
+def _ood_config(cell: Cell, beta: float, **extra):
+    from .ood_training import OODTrainConfig
+
+    s = cell.settings
+    return OODTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs, batch_size=s.batch_size,
+                          ood_batch_size=s.ood_batch_size, lr=s.lr, beta=beta, seed=cell.seed, dataset=cell.profile,
+                          image_size=s.image_size, mean=cell.train.mean, std=cell.train.std, **extra)
+
+
+def _train_and_evaluate(cell: Cell, outliers: torch.Tensor | None, info: dict | None = None) -> CellOutcome:
+    from .ood_training import train_ood
+
+    beta = cell.settings.beta if outliers is not None else 0.0
+    ds = None
+    if outliers is not None:
+        x = images_to_tensor(outliers.float() / 255 if outliers.dtype == torch.uint8 else outliers,
+                             cell.settings.image_size)
+        ds = TensorDataset(x, torch.zeros(len(x), dtype=torch.int64))
+    clf = train_ood(_ood_config(cell, beta), cell.train, cell.work, outliers=ds, device="cpu", progress=False)
+    report = evaluate(clf, cell.test, cell.ood_sets, progress=False)
+    return CellOutcome(report, "energy", {"n_outliers": 0 if ds is None else len(ds), **(info or {})})
+
+
+def row_ce(cell: Cell) -> CellOutcome:
+    """CE only: the baseline every row is paired with."""
+    return _train_and_evaluate(cell, None)
+
+
+def row_density(cell: Cell) -> CellOutcome:
+    """No outliers: a text-aligned encoder trained with this seed at the detector's budget, scored by the max
+    class log-density of a fit to its own training features."""
+    s = cell.settings
+    anchors = cell.assets().anchors
+    config = EncoderTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+                                seed=cell.seed, image_size=s.image_size, mean=cell.train.mean, std=cell.train.std,
+                                dataset=cell.profile)
+    encoder = train_encoder(config, cell.train, anchors, cell.work, device="cpu", progress=False)
+    fit = ClassDensities(kind=s.density).fit(build_bank(encoder, cell.train, progress=False))
+    return CellOutcome(evaluate_density(encoder.model, fit, cell.test, cell.ood_sets, progress=False), "density")
+
+
+def row_noise(cell: Cell) -> CellOutcome:
+    """The control: as many outliers as the decoded rows, but smooth random noise."""
+    n = cell.settings.n_per_class * len(cell.train.class_names)
+    return _train_and_evaluate(cell, smooth_noise(n, cell.settings.image_size, cell.seed))
+
+
+def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
+    def run(cell: Cell) -> CellOutcome:
+        s = cell.settings
+        pool = decoded_pool(cell.assets(), sampler, cell.seed, s, cell.cache)
+        keep = pool.choose(s.n_per_class, s.max_id_percentile if verified else None)
+        info = {"pool": len(pool.class_index), "sample_s": pool.sample_seconds, "decode_s": pool.decode_seconds,
+                "pool_pass_rate": float(pool.verification.passes(s.max_id_percentile).mean()),
+                "pool_median_id_percentile": float(np.median(pool.verification.id_percentile)),
+                "kept_median_id_percentile": float(np.median(pool.verification.id_percentile[keep])) if len(keep)
+                else float("nan")}
+        if len(keep) == 0:
+            raise ValueError(f"max_id_percentile: no decoded {sampler} outlier passes {s.max_id_percentile}")
+        return _train_and_evaluate(cell, pool.images[torch.from_numpy(keep)], info)
+
+    run.__doc__ = f"{sampler} vectors decoded by the trained decoder{', verified' if verified else ''}."
+    return run
+
+
+def feature_outliers_available() -> bool:
+    from .ood_training import train_ood
+
+    return "feature_outliers" in inspect.signature(train_ood).parameters
+
+
+def row_ce_init(cell: Cell) -> CellOutcome:
+    """CE only, starting from the text-aligned encoder (the pair of the feature-space rows)."""
+    from .ood_training import train_ood
+
+    config = _ood_config(cell, 0.0, init_encoder=str(cell.assets().encoder_path))
+    clf = train_ood(config, cell.train, cell.work, device="cpu", progress=False)
+    return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy")
+
+
+def feature_row(sampler: str) -> Callable[[Cell], CellOutcome]:
+    def run(cell: Cell) -> CellOutcome:
+        from .ood_training import train_ood
+        from .samplers import get_sampler
+
+        s, assets = cell.settings, cell.assets()
+        result = get_sampler(sampler).sample(assets.fit, s.n_per_class, seed=cell.seed, bank=assets.bank)
+        config = _ood_config(cell, s.beta, init_encoder=str(assets.encoder_path))
+        clf = train_ood(config, cell.train, cell.work, feature_outliers=result, device="cpu", progress=False)
+        return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy",
+                           {"n_outliers": len(result.vectors)})
+
+    run.__doc__ = f"{sampler} vectors fed straight to the head (no decoding), end to end from the encoder."
+    return run
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    run: Callable[[Cell], CellOutcome]
+    baseline: str | None = "ce"  # the row it is paired with by seed
+    needs_decoder: bool = False
+
+    @property
+    def description(self) -> str:
+        return (self.run.__doc__ or "").strip().split("\n")[0]
+
+
+def lab_rows() -> dict[str, Row]:
+    """Every row the lab knows now: the fixed ones, then per registered sampler its decoded/verified/feature rows."""
+    from .samplers import SAMPLERS
+
+    rows = [Row("ce", row_ce, None), Row("density", row_density), Row("noise", row_noise)]
+    for name in SAMPLERS:
+        rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True),
+                 Row(f"decoded:{name}+verified", decoded_row(name, True), needs_decoder=True)]
+    if feature_outliers_available():
+        rows.append(Row("ce:init", row_ce_init, None))
+        rows += [Row(f"feature:{name}", feature_row(name), baseline="ce:init") for name in SAMPLERS]
+    return {r.name: r for r in rows}
+
+
+# ----------------------------------------------------------------------------- running cells
+
+def metrics_of(outcome: CellOutcome) -> dict:
+    """near/far FPR95 and AUROC of the row's score (far = mean over the far sets), plus every raw number."""
+    sets = outcome.report.results[outcome.score]
+    near = [m for name, m in sets.items() if name.startswith("near:")]
+    far = [m for name, m in sets.items() if name.startswith("far:")]
+    summary = {
+        "near_fpr95": float(np.mean([m["fpr95"] for m in near])), "near_auroc": float(np.mean([m["auroc"] for m in near])),
+        "far_fpr95": float(np.mean([m["fpr95"] for m in far])), "far_auroc": float(np.mean([m["auroc"] for m in far])),
+    }
+    return {**summary, "id_accuracy": outcome.report.id_accuracy, "score": outcome.score,
+            "report": outcome.report.to_dict(), **outcome.info}
+
+
+def cell_path(out: Path, profile: str, row: str, seed: int, settings: LabSettings) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row)
+    return out / "cells" / f"{profile}-{settings.key()}" / safe / f"seed{seed}.json"
+
+
+class LabData:
+    """A profile's splits and OOD sets at one image size, loaded once per process."""
+
+    _cache: dict[tuple[str, int], tuple] = {}
+
+    @classmethod
+    def get(cls, profile: str, image_size: int) -> tuple[ImageData, ImageData, dict[str, ImageData]]:
+        key = (profile, image_size)
+        if key not in cls._cache:
+            cls._cache[key] = (load_profile_split(profile, "train", image_size=image_size),
+                               load_profile_split(profile, "test", image_size=image_size),
+                               profile_ood_sets(profile, image_size=image_size))
+        return cls._cache[key]
+
+
+def run_cell(profile: str, row: Row, seed: int, settings: LabSettings, out: Path,
+             assets: Callable[[], ProfileAssets]) -> dict:
+    """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
+    path = cell_path(out, profile, row.name, seed, settings)
+    if path.is_file():
+        return json.loads(path.read_text())
+    train, test, ood_sets = LabData.get(profile, settings.image_size)
+    work = Path(tempfile.mkdtemp(prefix="oodlab-"))
+    cache = out / "cache" / profile
+    try:
+        t0 = time.perf_counter()
+        outcome = row.run(Cell(profile, seed, settings, train, test, ood_sets, cache, work, assets))
+        result = {"profile": profile, "row": row.name, "seed": seed, "baseline": row.baseline,
+                  "seconds": time.perf_counter() - t0, **metrics_of(outcome)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+# ----------------------------------------------------------------------------- summaries
+
+METRICS = ("near_fpr95", "near_auroc", "far_fpr95", "far_auroc")
+
+
+def summarise(cells: list[dict]) -> dict:
+    """Per (profile, row): mean/std of each metric over seeds, and the paired per-seed difference to its baseline.
+
+    ``t`` is mean/standard error of the paired differences (std with ddof=1 over the seeds).
+    """
+    by = {}
+    for c in cells:
+        by.setdefault((c["profile"], c["row"]), {})[c["seed"]] = c
+    out: dict = {}
+    for (profile, row), seeds in by.items():
+        entry = {"n_seeds": len(seeds), "baseline": next(iter(seeds.values()))["baseline"],
+                 "seconds_mean": float(np.mean([c["seconds"] for c in seeds.values()]))}
+        for m in (*METRICS, "id_accuracy"):
+            v = np.array([c[m] for c in seeds.values()])
+            entry[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        base = by.get((profile, entry["baseline"]))
+        if base:
+            common = sorted(set(seeds) & set(base))
+            for m in METRICS:
+                d = np.array([seeds[s][m] - base[s][m] for s in common])
+                if len(d) == 0:
+                    continue
+                sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+                se = sd / np.sqrt(len(d)) if len(d) > 1 else 0.0
+                entry[f"delta_{m}"] = {"mean": float(d.mean()), "std": sd, "n": len(d),
+                                       "t": float(d.mean() / se) if se > 0 else None}
+        out.setdefault(profile, {})[row] = entry
+    return out
+
+
+def markdown_table(summary: dict, profile: str) -> str:
+    """One markdown table per profile, in percent; Δ = paired per-seed difference to the row's baseline."""
+    head = ("| row | near FPR95 ↓ | near AUROC ↑ | far FPR95 ↓ | far AUROC ↑ | Δ near FPR95 (mean ± std, t) | "
+            "Δ near AUROC | Δ far FPR95 | ID acc | seeds |")
+    lines = [head, "|" + "---|" * 10]
+
+    def ms(e):
+        return f"{100 * e['mean']:.1f} ± {100 * e['std']:.1f}"
+
+    def delta(e, m):
+        d = e.get(f"delta_{m}")
+        if not d:
+            return "–"
+        t = f", t {d['t']:+.1f}" if d["t"] is not None else ""
+        return f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f}{t}"
+
+    for row, e in summary[profile].items():
+        base = f" (vs {e['baseline']})" if e["baseline"] not in (None, "ce") else ""
+        lines.append(f"| {row}{base} | {ms(e['near_fpr95'])} | {ms(e['near_auroc'])} | {ms(e['far_fpr95'])} | "
+                     f"{ms(e['far_auroc'])} | {delta(e, 'near_fpr95')} | {delta(e, 'near_auroc')} | "
+                     f"{delta(e, 'far_fpr95')} | {100 * e['id_accuracy']['mean']:.1f} | {e['n_seeds']} |")
+    return "\n".join(lines)
