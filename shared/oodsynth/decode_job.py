@@ -48,9 +48,10 @@ class DecoderCache:
         self._lock = threading.Lock()
 
     def get(self, settings: Settings) -> "OutlierDecoder":
-        from .decoding import OutlierDecoder, default_device
+        from .decoding import OutlierDecoder
+        from .device import default_device
 
-        device = settings.device or default_device()
+        device = str(settings.device or default_device())
         key = (str(settings.model), device, settings.gpu_batch_size, settings.worker_compile)
         with self._lock:
             if self._key != key:

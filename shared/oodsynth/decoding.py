@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .device import default_device
 from .errors import InputError
 from .jobs import DEFAULT_PROMPT_TEMPLATE, SCHEDULERS, TOKEN_FIELD
 
@@ -50,10 +51,6 @@ def _scheduler_class(name: str):
         "euler": EulerDiscreteScheduler,
         "euler_a": EulerAncestralDiscreteScheduler,
     }[name]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:

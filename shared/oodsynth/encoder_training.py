@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import read_checkpoint, restore_training, write_checkpoint
 from .data import ImageData
+from .device import default_device
 from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 
 CHECKPOINT_NAME = "encoder.pt"
@@ -74,10 +75,6 @@ class AnchorLoss(nn.Module):
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(h), labels)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass

@@ -42,8 +42,8 @@ from .checkpoints import read_checkpoint, restore_training, write_checkpoint
 from .data import ImageData
 from .errors import InputError
 from .densities import DENSITY_KINDS
+from .device import default_device
 from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
-from .encoder_training import default_device
 from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_feature_outliers
 
 CHECKPOINT_NAME = "ood.pt"
