@@ -6,8 +6,8 @@ With ``dim`` = the anchor dimension (768 for SD v1.x) it is the text-aligned
 encoder; with ``dim`` = the number of classes it is a plain classifier (the
 OOD training job uses it that way).
 
-- ``resnet18`` / ``resnet34``: CIFAR-style ResNets (3x3 stem, stride 1, no
-  max-pool) for 32x32-ish inputs; ``width`` scales the channels (64 is the
+- ``resnet10`` / ``resnet18`` / ``resnet34``: CIFAR-style ResNets (3x3 stem, stride 1, no
+  max-pool) for 32x32-ish inputs (resnet10: one block per stage, the OOD lab's fast detector); ``width`` scales the channels (64 is the
   standard network, small widths make CPU tests fast).
 - ``resnet152`` / ``efficientnet_v2_s``: torchvision backbones for larger
   inputs, their classifier replaced by the new head.
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ENCODER_ARCHS = ("resnet18", "resnet34", "resnet152", "efficientnet_v2_s")
+ENCODER_ARCHS = ("resnet10", "resnet18", "resnet34", "resnet152", "efficientnet_v2_s")
+CIFAR_RESNET_BLOCKS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
 
 class BasicBlock(nn.Module):
@@ -127,8 +128,8 @@ def build_encoder(
         raise ValueError(f"dim: must be positive, got {dim}")
     if width < 1:
         raise ValueError(f"width: must be positive, got {width}")
-    if arch in ("resnet18", "resnet34"):
-        backbone = CifarResNet([2, 2, 2, 2] if arch == "resnet18" else [3, 4, 6, 3], width=width)
+    if arch in CIFAR_RESNET_BLOCKS:
+        backbone = CifarResNet(CIFAR_RESNET_BLOCKS[arch], width=width)
         backbone_dim = backbone.out_features
     else:
         backbone, backbone_dim = _torchvision_backbone(arch, pretrained)
