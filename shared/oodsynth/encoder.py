@@ -6,9 +6,10 @@ With ``dim`` = the anchor dimension (768 for SD v1.x) it is the text-aligned
 encoder; with ``dim`` = the number of classes it is a plain classifier (the
 OOD training job uses it that way).
 
-- ``resnet10`` / ``resnet18`` / ``resnet34``: CIFAR-style ResNets (3x3 stem, stride 1, no
-  max-pool) for 32x32-ish inputs (resnet10: one block per stage, the OOD lab's fast detector); ``width`` scales the channels (64 is the
-  standard network, small widths make CPU tests fast).
+- ``resnet10`` / ``resnet18`` / ``resnet34``: CIFAR-style ResNets (3x3 stem,
+  stride 1, no max-pool) for 32x32-ish inputs; ``width`` scales the channels
+  (64 is the standard network, small widths make CPU tests fast). resnet10
+  has one block per stage: the OOD lab's fast detector.
 - ``resnet152`` / ``efficientnet_v2_s``: torchvision backbones for larger
   inputs, their classifier replaced by the new head.
 """
