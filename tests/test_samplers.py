@@ -44,7 +44,7 @@ def _in_band(fit, result, band):
 
 def test_registry_names_and_param_validation():
     assert set(SAMPLERS) == {"knn_boundary", "inverse_sgld", "inverse_rejection", "barker", "boundary_crossing",
-                             "class_interpolation"}
+                             "class_interpolation", "sphere_hmc"}
     with pytest.raises(UnknownSamplerError, match="method: unknown sampler 'magic'") as err:
         get_sampler("magic")
     assert isinstance(err.value, ValueError)

@@ -14,11 +14,12 @@ from .class_interpolation import ClassInterpolationSampler
 from .inverse_rejection import InverseRejectionSampler
 from .inverse_sgld import InverseSGLDSampler
 from .knn_boundary import KnnBoundarySampler
+from .sphere_hmc import SphereHMCSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
     for cls in (KnnBoundarySampler, InverseSGLDSampler, InverseRejectionSampler, BarkerSampler,
-                BoundaryCrossingSampler, ClassInterpolationSampler)
+                BoundaryCrossingSampler, ClassInterpolationSampler, SphereHMCSampler)
 }
 
 
