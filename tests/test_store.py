@@ -70,6 +70,22 @@ def test_retried_job_rewrites_its_own_shard(tmp_path):
     assert retry.verify("ds").ok
 
 
+def test_stored_ids_reads_only_shards_written_since_the_last_call(tmp_path, monkeypatch):
+    """A worker builds a new store per job: unchanged shards are not read again (per-process cache)."""
+    from oodsynth.store_backends import LocalBackend
+
+    for job in range(5):
+        ResultStore(tmp_path).write_image("ds", _record(f"x{job}").model_copy(update={"job_id": f"j{job}"}), _image(1))
+    assert ResultStore(tmp_path).stored_ids("ds") == {f"x{j}" for j in range(5)}
+    reads = []
+    original = LocalBackend.read
+    monkeypatch.setattr(LocalBackend, "read", lambda self, key: reads.append(key) or original(self, key))
+    assert len(ResultStore(tmp_path).stored_ids("ds")) == 5 and reads == []
+    ResultStore(tmp_path).write_image("ds", _record("y").model_copy(update={"job_id": "j9"}), _image(1))
+    reads.clear()
+    assert "y" in ResultStore(tmp_path).stored_ids("ds") and reads == ["ds/manifest/j9.jsonl"]
+
+
 def test_abandoned_image_is_adopted_and_temp_files_removed(tmp_path):
     """A writer killed between its image and its row: the next writer of that image records it."""
     store = ResultStore(tmp_path)

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import re
+import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ SHARD_SUFFIX = ".jsonl"
 ADOPT_AFTER_S = 600.0
 
 _UNSAFE = re.compile(r"[\\/\x00]")
+# Per process: (store url, dataset) -> manifest object key -> (version token, image_ids in it).
+_ID_CACHE: dict[tuple[str, str], dict[str, tuple[str, frozenset[str]]]] = {}
+_ID_CACHE_LOCK = threading.Lock()
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 __all__ = ["ImageRecord", "ResultStore", "VerifyReport", "class_folder", "validate_dataset_name", "LOCK", "TEMP_SUFFIX"]
@@ -222,15 +226,20 @@ class ResultStore:
         return record.image_id not in self.stored_ids(dataset) and age > ADOPT_AFTER_S
 
     # -- reading -------------------------------------------------------------------------
-    def _refresh(self, dataset: str) -> dict[str, _Shard]:
-        """Re-read the shards (and legacy manifest) that changed since this instance last looked."""
-        name = validate_dataset_name(dataset)
-        cached = self._index.get(name, {})
+    def _manifest_versions(self, name: str) -> dict[str, str]:
+        """Every manifest object of a dataset (shards and a legacy file) -> its version token."""
         current = {f"{name}/{SHARDS}/{n}": v for n, v in self.backend.versions(f"{name}/{SHARDS}").items()
                    if n.endswith(SHARD_SUFFIX)}
         legacy = self.backend.versions(name).get(LEGACY_MANIFEST)
         if legacy is not None:
             current[f"{name}/{LEGACY_MANIFEST}"] = legacy
+        return current
+
+    def _refresh(self, dataset: str) -> dict[str, _Shard]:
+        """Re-read the shards (and legacy manifest) that changed since this instance last looked."""
+        name = validate_dataset_name(dataset)
+        cached = self._index.get(name, {})
+        current = self._manifest_versions(name)
         fresh: dict[str, _Shard] = {}
         for key, version in current.items():
             if key in cached and cached[key].version == version:
@@ -252,8 +261,26 @@ class ResultStore:
         return [row for *_, row in sorted(ordered, key=lambda t: t[:3])]
 
     def stored_ids(self, dataset: str) -> set[str]:
-        """image_ids that have a manifest row (and hence an image) in ``dataset``."""
-        return {row["image_id"] for row in self.manifest_rows(dataset)}
+        """image_ids that have a manifest row (and hence an image) in ``dataset``.
+
+        A worker asks this once per job, with a new store object each time: the ids of
+        every shard it has read are kept per process (``_ID_CACHE``), so a job costs one
+        listing plus the shards written since the last job, not a read of every shard.
+        """
+        name = validate_dataset_name(dataset)
+        current = self._manifest_versions(name)
+        with _ID_CACHE_LOCK:
+            cache = _ID_CACHE.setdefault((self.url, name), {})
+            for key in set(cache) - set(current):
+                del cache[key]
+            stale = [key for key, version in current.items() if cache.get(key, ("",))[0] != version]
+        for key in stale:  # read outside the lock; a newer body than its token only costs a re-read later
+            data = self.backend.read(key)
+            ids = frozenset(row["image_id"] for row in _parse_rows(data)[0]) if data is not None else frozenset()
+            with _ID_CACHE_LOCK:
+                cache[key] = (current[key], ids)
+        with _ID_CACHE_LOCK:
+            return set().union(*(ids for _, ids in cache.values()))
 
     def has(self, dataset: str, image_id: str) -> bool:
         return image_id in self.stored_ids(dataset)
