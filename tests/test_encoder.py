@@ -71,7 +71,7 @@ def test_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(DataUnavailableError, match="data_root: cifar10 is not in") as info:
         load_dataset("cifar10", "train", root=tmp_path)
-    assert info.value.option == "data_root"
+    assert info.value.field == "data_root"
 
 
 def test_nearest_anchor_accuracy_above_floor(trained):

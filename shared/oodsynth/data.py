@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .errors import InputError
+
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGITS_HOLDOUT = (8, 9)
 # Label order of animal-mnist (checked by eye on a grid of each label's first images).
@@ -57,13 +59,8 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-class DataUnavailableError(RuntimeError):
-    """A dataset cannot be loaded (offline download, missing folder); ``option`` names what to change."""
-
-    def __init__(self, option: str, message: str):
-        super().__init__(f"{option}: {message}")
-        self.option = option
-        self.message = message
+class DataUnavailableError(InputError):
+    """A dataset cannot be loaded (offline download, missing folder); ``field`` names the option to change."""
 
 
 @dataclass

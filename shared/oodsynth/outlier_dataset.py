@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .errors import InputError
 from .store import ImageRecord, ResultStore
 
 
@@ -29,12 +30,12 @@ class StoredOutliers(Dataset):
     ):
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         if not names:
-            raise ValueError("datasets: give at least one dataset name")
+            raise InputError("datasets", "give at least one dataset name")
         self.store = ResultStore(root, storage_options)
         available = set(self.store.datasets())
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise ValueError(f"datasets: {unknown} not found in {self.store.url} (available: {sorted(available)})")
+            raise InputError("datasets", f"{unknown} not found in {self.store.url} (available: {sorted(available)})")
         self.datasets = names
         self.transform = transform
         self.records: list[ImageRecord] = [r for n in names for r in self.store.records(n)]

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .bank import FeatureBank  # noqa: E402
+from .errors import InputError  # noqa: E402
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -41,7 +42,7 @@ def tsne_embedding(bank: FeatureBank, outliers: tuple[np.ndarray, np.ndarray] | 
     if outliers is not None:
         vectors, labels = np.asarray(outliers[0]), np.asarray(outliers[1], dtype=np.int64)
         if vectors.ndim != 2 or vectors.shape[1] != bank.dim or len(labels) != len(vectors):
-            raise ValueError(f"outliers: expected vectors (M, {bank.dim}) and M class indices, "
+            raise InputError("outliers", f"expected vectors (M, {bank.dim}) and M class indices, "
                              f"got {vectors.shape} and {labels.shape}")
         oi = _subsample(labels, max_per_class, rng)
         out_vectors, out_labels = _unit(vectors[oi]), labels[oi]
@@ -85,17 +86,17 @@ def plot_grid(store_root: str | Path, dataset: str, out_path: str | Path, *, per
 
     store = ResultStore(store_root)
     if dataset not in store.datasets():
-        raise ValueError(f"dataset: {dataset!r} not in the store at {store_root} (has {store.datasets()})")
+        raise InputError("dataset", f"{dataset!r} not in the store at {store_root} (has {store.datasets()})")
     by_class: dict[str, list] = {}
     for record in sorted(store.records(dataset), key=lambda r: (r.class_index, r.image_id)):
         by_class.setdefault(record.class_name, []).append(record)
     if classes:
         unknown = [c for c in classes if c not in by_class]
         if unknown:
-            raise ValueError(f"classes: {unknown} have no images in {dataset!r} (has {sorted(by_class)})")
+            raise InputError("classes", f"{unknown} have no images in {dataset!r} (has {sorted(by_class)})")
         by_class = {c: by_class[c] for c in classes}
     if not by_class:
-        raise ValueError(f"dataset: {dataset!r} holds no images")
+        raise InputError("dataset", f"{dataset!r} holds no images")
     rows, cols = len(by_class), per_class
     fig, axes = plt.subplots(rows, cols, figsize=(cols * thumb, rows * thumb), squeeze=False)
     for r, (name, records) in enumerate(by_class.items()):
@@ -127,7 +128,7 @@ def plot_ood_gain(summary: dict, out: str | Path, *, metrics: tuple[str, ...] = 
     over seeds; the row's paired Δ to its baseline is written above each bar (percent points)."""
     profiles = list(summary)
     if not profiles:
-        raise ValueError("summary: no results to plot")
+        raise InputError("summary", "no results to plot")
     labels = {"near_fpr95": "near-OOD FPR95 (%) ↓", "far_fpr95": "far-OOD FPR95 (%) ↓",
               "near_auroc": "near-OOD AUROC (%) ↑", "far_auroc": "far-OOD AUROC (%) ↑"}
     n_rows = max(len(summary[p]) for p in profiles)

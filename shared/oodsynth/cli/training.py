@@ -12,6 +12,7 @@ from typing import NoReturn
 import numpy as np
 import typer
 
+from ..errors import InputError
 from .app import app
 
 BAD_INPUT = 2
@@ -33,7 +34,7 @@ def _load_data(dataset: str, split: str, data_root: Path | None, image_size: int
     try:
         return load_dataset(dataset, split, root=data_root, image_size=image_size, augment=augment)
     except DataUnavailableError as exc:
-        _fail(exc.option if exc.option != "dataset" else option, exc.message)
+        _fail(exc.field if exc.field != "dataset" else option, exc.message)
 
 
 def _anchors_for(class_names: list[str], anchors: Path | None, anchors_model: Path | None,
@@ -200,10 +201,10 @@ def train_ood_cmd(
         _fail(".".join(map(str, first["loc"])), first["msg"])
     try:
         clf = train_ood(config, train, out, feature_outliers=feature_outliers, resume=resume, device=device)
-    except ValueError as exc:  # StoredOutliers names "datasets"; the CLI option is --outliers
-        field, _, msg = str(exc).partition(": ")
-        _fail({"datasets": "outliers", "outlier_datasets": "outliers"}.get(field, field) if msg else "outliers",
-              msg or str(exc))
+    except InputError as exc:  # StoredOutliers names "datasets"; the CLI option is --outliers
+        _fail({"datasets": "outliers", "outlier_datasets": "outliers"}.get(exc.field, exc.field), exc.message)
+    except ValueError as exc:
+        _fail("outliers", str(exc))
     last = clf.history[-1]
     sets = [f"{len(outliers or [])} outlier set(s)"] + (["feature outliers"] if feature_outliers else [])
     kind = f"CE + {beta} * L_ood on {' + '.join(sets)}" if clf.uses_outliers else "CE only"
@@ -232,13 +233,10 @@ def _load_fit(fit: str):
             return ClassDensities.from_bytes(Path(fit).read_bytes())
         except (ValueError, KeyError, OSError) as exc:
             _fail("fit", f"{fit} is not a saved fit ({exc})")
-    from ..registry import FieldError, FitRegistry
+    from ..registry import FitRegistry
     from .core import _registry_client
 
-    try:
-        return FitRegistry(_registry_client()).get(fit)[0]
-    except (FieldError, LookupError, ValueError) as exc:
-        _fail("fit", getattr(exc, "message", str(exc)))
+    return FitRegistry(_registry_client()).get(fit)[0]  # NotFound names "fit"
 
 
 @app.command("evaluate")
@@ -365,7 +363,6 @@ def plot_grid_cmd(
 
     try:
         path = plot_grid(store or get_settings().store, dataset, out, per_class=per_class, classes=classes)
-    except ValueError as exc:
-        msg = str(exc)
-        _fail(msg.split(":", 1)[0], msg.split(":", 1)[1].strip())
+    except InputError as exc:
+        _fail(exc.field, exc.message)
     typer.echo(f"grid: {path}")
