@@ -48,9 +48,6 @@ _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CHUNK_BYTES = 256 * 1024 * 1024
 
 
-FieldError = InputError  # the old name, kept while callers outside this module move to oodsynth.errors
-
-
 def fit_exists_error(name: str) -> Conflict:
     return Conflict("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)")
 
