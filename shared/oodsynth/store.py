@@ -185,16 +185,14 @@ class ResultStore:
         for record, image in items:  # encode outside the lock: writers serialise only on the commit
             rel = self.relative_path(dataset, record.class_name, record.image_id)
             prepared.append((record.model_copy(update={"dataset": dataset, "path": rel}), _png(image)))
-        results: list[bool] = []
+        by_shard: dict[str, list[tuple[ImageRecord, bytes]]] = {}
+        for record, data in prepared:
+            by_shard.setdefault(self.shard_key(dataset, record.job_id), []).append((record, data))
+        stored: dict[str, bool] = {}
         with self.backend.lock(dataset):
-            by_shard: dict[str, list[tuple[ImageRecord, bytes]]] = {}
-            for record, data in prepared:
-                by_shard.setdefault(self.shard_key(dataset, record.job_id), []).append((record, data))
-            stored: dict[str, bool] = {}
             for key, group in by_shard.items():
                 stored.update(self._commit(dataset, key, group))
-            results = [stored[record.image_id] for record, _ in prepared]
-        return results
+        return [stored[record.image_id] for record, _ in prepared]
 
     def _commit(self, dataset: str, key: str, group: list[tuple[ImageRecord, bytes]]) -> dict[str, bool]:
         """Create the group's images, then rewrite shard ``key`` with its old rows plus the new ones."""
