@@ -64,3 +64,25 @@ def tiny_sd(tmp_path_factory) -> Path:
     from oodsynth.tiny_model import make_tiny_pipeline
 
     return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), words=TINY_SD_WORDS)
+
+
+@pytest.fixture(scope="session")
+def digits_lab_assets(tiny_sd, tmp_path_factory):
+    """The OOD lab's generation side on digits, small: an encoder (3 epochs), a diagonal Gaussian fit, the tiny
+    decoder. One torch thread while it trains (several times faster than two on a busy 2-core machine)."""
+    import json
+
+    import torch
+
+    from oodsynth.data import random_anchors
+    from oodsynth.lab import train_local_assets
+
+    dim = json.loads((tiny_sd / "text_encoder" / "config.json").read_text())["hidden_size"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_local_assets("digits", tmp_path_factory.mktemp("lab-assets"), tiny_sd,
+                                  anchors=random_anchors(8, dim, seed=0), density="gaussian_diagonal", epochs=3,
+                                  width=8, decode={"height": 32, "width": 32, "steps": 2})
+    finally:
+        torch.set_num_threads(threads)

@@ -50,7 +50,7 @@ class LabSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # the detector: small enough that one animals cell takes ~15-40 s on 2 cores
-    arch: str = "resnet18"
+    arch: str = "resnet10"
     width: int = Field(8, ge=1)
     image_size: int = Field(16, ge=8)
     epochs: int = Field(8, ge=1)
@@ -112,17 +112,23 @@ def fit_assets(profile: str, encoder_path: Path, cache: Path, density: str, *, d
     return ProfileAssets(profile, encoder, Path(encoder_path), fit, bank, decoder_dir, dict(decode or {}))
 
 
-def train_local_assets(profile: str, folder: Path, decoder_dir: Path, *, density: str = "gaussian_full",
-                       epochs: int = 3, width: int = 8, image_size: int = 16, decode: dict | None = None) -> ProfileAssets:
-    """Small stand-in assets for tests: an encoder trained on ``decoder_dir``'s token rows, any decoder folder."""
+def train_local_assets(profile: str, folder: Path, decoder_dir: Path, *, anchors: np.ndarray | None = None,
+                       density: str = "gaussian_full", epochs: int = 3, width: int = 8, image_size: int = 16,
+                       decode: dict | None = None) -> ProfileAssets:
+    """Small stand-in assets for tests: a quickly trained encoder and any decoder folder.
+
+    ``anchors`` default to ``decoder_dir``'s token rows of the class words; the decoder writes outlier vectors
+    into placeholder tokens, so any anchors of its hidden size work.
+    """
     from .anchors import extract_anchors
 
     folder.mkdir(parents=True, exist_ok=True)
     train = load_profile_split(profile, "train", image_size=image_size)
     if not (folder / "encoder.pt").is_file():
-        anchors = extract_anchors(decoder_dir, train.class_names)
-        config = EncoderTrainConfig(width=width, epochs=epochs, batch_size=128, lr=0.05, image_size=image_size,
-                                    mean=train.mean, std=train.std, dataset=profile)
+        if anchors is None:
+            anchors = extract_anchors(decoder_dir, train.class_names)
+        config = EncoderTrainConfig(arch="resnet10", width=width, epochs=epochs, batch_size=64, lr=0.05,
+                                    image_size=image_size, mean=train.mean, std=train.std, dataset=profile)
         train_encoder(config, train, anchors, folder, device="cpu", progress=False)
     return fit_assets(profile, folder, folder, density, decoder_dir=decoder_dir, decode=decode)
 
@@ -269,15 +275,18 @@ def row_ce(cell: Cell) -> CellOutcome:
 
 
 def row_density(cell: Cell) -> CellOutcome:
-    """No outliers: a text-aligned encoder trained with this seed at the detector's budget, scored by the max
-    class log-density of a fit to its own training features."""
+    """No outliers: max class log-density of a text-aligned encoder trained with this seed at the same budget.
+
+    The fit is to that encoder's own training features (Gaussian by default: a Mahalanobis-like score).
+    """
     s = cell.settings
     anchors = cell.assets().anchors
     config = EncoderTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
                                 seed=cell.seed, image_size=s.image_size, mean=cell.train.mean, std=cell.train.std,
                                 dataset=cell.profile)
     encoder = train_encoder(config, cell.train, anchors, cell.work, device="cpu", progress=False)
-    fit = ClassDensities(kind=s.density).fit(build_bank(encoder, cell.train, progress=False))
+    # the score uses raw log-densities only, so the ID-percentile calibration (cross-fitting) is skipped
+    fit = ClassDensities(kind=s.density, calibration_folds=0).fit(build_bank(encoder, cell.train, progress=False))
     return CellOutcome(evaluate_density(encoder.model, fit, cell.test, cell.ood_sets, progress=False), "density")
 
 
@@ -477,3 +486,65 @@ def markdown_table(summary: dict, profile: str) -> str:
                      f"{ms(e['far_auroc'])} | {delta(e, 'near_fpr95')} | {delta(e, 'near_auroc')} | "
                      f"{delta(e, 'far_fpr95')} | {100 * e['id_accuracy']['mean']:.1f} | {e['n_seeds']} |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the whole benchmark
+
+def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], settings: LabSettings, out: Path,
+                  assets_for: Callable[[str], Callable[[], ProfileAssets]], *,
+                  log: Callable[[str], None] = print) -> dict:
+    """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
+
+    A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
+    """
+    rows = lab_rows()
+    unknown = [r for r in row_names if r not in rows]
+    if unknown:
+        raise ValueError(f"rows: unknown rows {unknown}; known rows: {', '.join(rows)}")
+    chosen = list(dict.fromkeys([b for r in row_names if (b := rows[r].baseline)] + list(row_names)))
+    out.mkdir(parents=True, exist_ok=True)
+    cells, failures = [], []
+    total, done, t0 = len(profiles) * len(chosen) * len(seeds), 0, time.perf_counter()
+    log(f"settings {settings.key()}: {settings.model_dump()}")
+    log(f"{total} cells: profiles {profiles}, seeds {seeds}, rows {chosen}")
+    results: dict = {}
+    for profile in profiles:
+        assets = assets_for(profile)
+        for seed in seeds:  # seeds outermost: an interrupted run still has every row at the first seeds
+            for name in chosen:
+                done += 1
+                try:
+                    c = run_cell(profile, rows[name], seed, settings, out, assets)
+                except Exception as exc:  # one broken row must not lose the others; it is reported
+                    failures.append({"profile": profile, "row": name, "seed": seed,
+                                     "error": f"{type(exc).__name__}: {exc}"})
+                    log(f"[{done}/{total}] {profile} {name} seed {seed}: FAILED {failures[-1]['error']}")
+                    continue
+                cells.append(c)
+                log(f"[{done}/{total}] {profile} {name} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
+                    f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
+                    f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)")
+                results = write_results(out, settings, cells, failures)
+    return results or write_results(out, settings, cells, failures)
+
+
+def write_results(out: Path, settings: LabSettings, cells: list[dict], failures: list[dict]) -> dict:
+    """OUT/results.json (settings, summary, cells without their full reports, failures), results.md, ood_gain.png."""
+    from .plots import plot_ood_gain
+
+    summary = summarise(cells) if cells else {}
+    results = {"settings": settings.model_dump(), "summary": summary,
+               "cells": [{k: v for k, v in c.items() if k != "report"} for c in cells], "failures": failures}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    md = [f"# OOD gain (lab settings {settings.key()})", "",
+          "Percent; mean ± std over seeds; Δ = paired per-seed difference to the row's baseline (CE only unless "
+          "named), t = mean / standard error of the paired differences. Score: energy (density row: max class "
+          "log-density); far = mean over the far-OOD sets.", ""]
+    for profile in summary:
+        md += [f"## {profile}", "", markdown_table(summary, profile), ""]
+    if failures:
+        md += ["## failed cells", ""] + [f"- {f['profile']} {f['row']} seed {f['seed']}: {f['error']}" for f in failures]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    if summary:
+        plot_ood_gain(summary, out / "ood_gain.png")
+    return results

@@ -1,0 +1,112 @@
+"""The OOD lab end to end on digits, tiny: cells, pairing, caching, verified pools, results files, density CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from oodsynth.lab import LabSettings, decoded_pool, lab_rows, run_benchmark, summarise
+
+SETTINGS = LabSettings(width=4, epochs=2, batch_size=32, ood_batch_size=16, n_per_class=4, max_id_percentile=50.0)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_cells_pair_cache_and_report(digits_lab_assets, tmp_path, one_thread):
+    rows = ["ce", "noise", "decoded:knn_boundary+verified"]
+    results = run_benchmark(["digits"], rows[1:], [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets,
+                            log=lambda line: None)
+    assert results["failures"] == []
+    cells = {c["row"]: c for c in results["cells"]}
+    assert list(cells) == rows  # the baseline ran first, although only the other rows were asked for
+    for c in cells.values():
+        assert 0 <= c["near_fpr95"] <= 1 and 0 <= c["far_auroc"] <= 1 and c["id_accuracy"] > 0.3
+    assert cells["noise"]["n_outliers"] == 4 * 8
+    verified = cells["decoded:knn_boundary+verified"]
+    assert verified["pool"] == 8 * 8 and 0 < verified["n_outliers"] <= 4 * 8
+    assert verified["kept_median_id_percentile"] <= 50.0
+    # paired difference: noise minus CE of the same seed
+    d = results["summary"]["digits"]["noise"]["delta_near_fpr95"]
+    assert d["n"] == 1 and d["mean"] == pytest.approx(cells["noise"]["near_fpr95"] - cells["ce"]["near_fpr95"])
+    # the three result files
+    table = (tmp_path / "results.md").read_text()
+    assert "| decoded:knn_boundary+verified |" in table and "## digits" in table
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]["digits"]["ce"]["n_seeds"] == 1
+    assert (tmp_path / "ood_gain.png").stat().st_size > 5_000
+    # a rerun resumes from the cached cells: same numbers, no training
+    t0 = time.perf_counter()
+    again = run_benchmark(["digits"], rows, [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets,
+                          log=lambda line: None)
+    assert time.perf_counter() - t0 < 5
+    assert [c["near_fpr95"] for c in again["cells"]] == [c["near_fpr95"] for c in results["cells"]]
+
+
+def test_verified_pool_keeps_only_outliers_below_the_threshold(digits_lab_assets, tmp_path, one_thread):
+    pool = decoded_pool(digits_lab_assets, "knn_boundary", 1, SETTINGS, tmp_path)
+    pct = pool.verification.id_percentile
+    assert pool.images.dtype == torch.uint8 and len(pool.images) == 64 and np.isfinite(pct).all()
+    threshold = float(np.median(pct))
+    keep = pool.choose(4, threshold)
+    assert len(keep) > 0 and (pct[keep] <= threshold).all()
+    assert all((pool.class_index[keep] == c).sum() <= 4 for c in range(8))
+    assert len(pool.choose(4, None)) == 32
+    cached = decoded_pool(digits_lab_assets, "knn_boundary", 1, SETTINGS, tmp_path)
+    assert torch.equal(cached.images, pool.images)
+
+
+def test_summary_statistics_are_paired():
+    def cell(row, seed, fpr):
+        return {"profile": "p", "row": row, "seed": seed, "baseline": None if row == "ce" else "ce", "seconds": 1.0,
+                "near_fpr95": fpr, "near_auroc": 0.5, "far_fpr95": 0.5, "far_auroc": 0.5, "id_accuracy": 0.9}
+
+    ce = [0.30, 0.40, 0.50]
+    new = [0.25, 0.36, 0.44]  # always 4-6 points better, although the seeds spread 10 points
+    s = summarise([cell("ce", i, f) for i, f in enumerate(ce)] + [cell("x", i, f) for i, f in enumerate(new)])
+    d = s["p"]["x"]["delta_near_fpr95"]
+    diffs = np.subtract(new, ce)
+    assert d["mean"] == pytest.approx(diffs.mean()) and d["std"] == pytest.approx(diffs.std(ddof=1))
+    assert d["t"] == pytest.approx(diffs.mean() / (diffs.std(ddof=1) / np.sqrt(3)))
+    assert d["t"] < -2 and s["p"]["x"]["near_fpr95"]["std"] > 0.09
+
+
+def test_rows_registry():
+    rows = lab_rows()
+    assert list(rows)[:3] == ["ce", "density", "noise"]
+    from oodsynth.samplers import SAMPLERS
+
+    for name in SAMPLERS:
+        assert rows[f"decoded:{name}"].needs_decoder and rows[f"decoded:{name}+verified"].baseline == "ce"
+    with pytest.raises(ValueError, match="rows"):
+        run_benchmark(["digits"], ["no-such-row"], [0], SETTINGS, None, None)
+
+
+def test_evaluate_density_score_cli(digits_lab_assets, tmp_path, one_thread):
+    from oodsynth.cli import app
+
+    fit_file = tmp_path / "fit.bin"
+    fit_file.write_bytes(digits_lab_assets.fit.to_bytes())
+    runner = CliRunner()
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", "--score", "density", "--encoder", str(digits_lab_assets.encoder_path),
+                              "--fit", str(fit_file), "--dataset", "digits", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    scores = json.loads(out.read_text())["scores"]
+    assert list(scores) == ["density"]
+    assert set(scores["density"]) == {"digits:ood", "digits:far-animals", "digits:far-noise", "digits:far-inverted",
+                                      "average"}
+    assert scores["density"]["digits:far-noise"]["auroc"] > 0.95  # noise is far below every class density
+    res = runner.invoke(app, ["evaluate", "--score", "density", "--dataset", "digits"])
+    assert res.exit_code == 2 and "encoder" in res.output
+    res = runner.invoke(app, ["evaluate", "--score", "mahalanobis", "--dataset", "digits"])
+    assert res.exit_code == 2 and "score" in res.output
