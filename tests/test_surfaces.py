@@ -116,3 +116,27 @@ def test_a_generation_over_the_image_cap_fails_alike_everywhere(surfaces, tmp_pa
         r = runner.invoke(cli_app, ["generate", sample.sample_id, "--dataset", "out", "--images-per-vector", "2", *api])
         assert (r.exit_code, r.stderr.strip()) == (2, line)
     assert http.get("/queue").json()["queues"][0]["queued"] == 0  # nothing was enqueued by any surface
+
+
+@pytest.mark.parametrize("option, value, field, message", [
+    ("--height", "60", "height", "must be a multiple of 8 (the VAE downsamples by 8), got 60"),
+    ("--scheduler", "nope", "scheduler", "unknown scheduler 'nope'"),
+    ("--dataset", "../up", "dataset", "must be one name"),
+])
+def test_a_bad_decode_setting_fails_alike_everywhere(surfaces, option, value, field, message):
+    client, http = surfaces
+    sample = draw_sample(FitRegistry(client), SampleRegistry(client), get_settings(), fit="toy", method=SAMPLER,
+                         n_per_class=1, seed=0)
+    body = {"dataset": "out", "sample_id": sample.sample_id, option.lstrip("-"): value}
+    r = http.post("/generate", json=body)
+    detail = r.json()["detail"][0]
+    assert r.status_code == 422 and join_loc(detail["loc"]) == field and message in detail["msg"], r.text
+    with pytest.raises(InputError) as exc:
+        OodsynthClient(http=http).generate(**body)
+    assert (exc.value.field, exc.value.message) == (field, detail["msg"])
+    args = ["generate", sample.sample_id, "--dataset", "out", option, value]
+    if option == "--dataset":
+        args = ["generate", sample.sample_id, "--dataset", value]
+    for api in ([], ["--api", "http://testserver"]):
+        r = runner.invoke(cli_app, [*args, *api])
+        assert (r.exit_code, r.stderr.strip()) == (2, f"error: {field}: {detail['msg']}"), api

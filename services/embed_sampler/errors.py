@@ -19,7 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from oodsynth.errors import OodsynthError, Unavailable, split_field
+from oodsynth.errors import OodsynthError, Unavailable, pydantic_message, split_field
 
 log = logging.getLogger("oodsynth.api")
 
@@ -54,10 +54,12 @@ def json_safe(value: Any) -> Any:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(exc.errors())
-        for e in errors:  # never echo megabytes of rejected input back
-            if len(repr(e.get("input"))) > MAX_ECHOED_INPUT:
+        errors = []
+        for e in exc.errors():
+            e = {**e, "msg": pydantic_message(e)}  # the same text the library's InputError.from_pydantic gives
+            if len(repr(e.get("input"))) > MAX_ECHOED_INPUT:  # never echo megabytes of rejected input back
                 e.pop("input", None)
+            errors.append(jsonable_encoder(e))
         return JSONResponse({"detail": json_safe(errors)}, status_code=422)
 
     @app.exception_handler(OodsynthError)

@@ -75,8 +75,14 @@ class OodsynthError(Exception):
         errors = []
         for e in exc.errors(include_url=False):
             field = join_loc([*split_field(prefix), *e["loc"]])
-            errors.append((field, str(e["msg"]).removeprefix("Value error, ")))
+            errors.append((field, pydantic_message(e)))
         return cls(*(errors[0] if errors else (prefix, str(exc))), errors=errors)
+
+
+def pydantic_message(error: dict) -> str:
+    """A pydantic error's message; a validator's own ValueError keeps its text, without "Value error, "."""
+    raised = (error.get("ctx") or {}).get("error")
+    return str(raised) if isinstance(raised, Exception) else str(error["msg"])
 
 
 def _rebuild(cls, field, message, errors):
@@ -117,4 +123,7 @@ class Unavailable(OodsynthError, RuntimeError):
 
 BY_STATUS: dict[int, type[OodsynthError]] = {cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable)}
 
-__all__ = ["BY_STATUS", "Conflict", "InputError", "NotFound", "OodsynthError", "Unavailable", "join_loc", "split_field"]
+__all__ = [
+    "BY_STATUS", "Conflict", "InputError", "NotFound", "OodsynthError", "Unavailable", "join_loc", "pydantic_message",
+    "split_field",
+]
