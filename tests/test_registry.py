@@ -116,7 +116,7 @@ def test_sample_round_trip_with_ttl_and_nan_diagnostics(client, monkeypatch):
         seed=42,
     )
     samples = SampleRegistry(client)
-    sample_id = samples.put(result, "toy", ["a", "b", "c"])
+    sample_id = samples.put_stored(StoredSample.from_result(result, "toy", ["a", "b", "c"]))
     ttl = client.ttl(f"oodsynth:sample:{sample_id}")
     assert 0 < ttl <= 600
 

@@ -365,11 +365,6 @@ def profile_anchor_words(profile: str) -> list[str]:
     return [w for c, w in enumerate(p.words) if c not in p.holdout]
 
 
-def digits_anchor_words(holdout: tuple[int, ...] = DIGITS_HOLDOUT) -> list[str]:
-    """The prompt words of the digits profile's ID classes, in class order."""
-    return [DIGIT_WORDS[d] for d in range(10) if d not in holdout]
-
-
 def random_anchors(n_classes: int, dim: int, *, norm: float = 0.38, seed: int = 0) -> np.ndarray:
     """Random directions with SD-like token-embedding norms (~0.38); a stand-in when no text encoder is at hand."""
     rng = np.random.default_rng(seed)

@@ -353,10 +353,6 @@ class SampleRegistry:
     def key(sample_id: str) -> str:
         return SAMPLE_PREFIX + sample_id
 
-    def put(self, result: "SampleResult", fit_name: str, class_names: list[str]) -> str:
-        """Keep ``result`` for ``result_ttl_s``; returns its new sample id."""
-        return self.put_stored(StoredSample.from_result(result, fit_name, class_names))
-
     def put_stored(self, sample: StoredSample) -> str:
         key = self.key(sample.sample_id)
         with self.redis.pipeline(transaction=True) as pipe:

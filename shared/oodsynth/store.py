@@ -280,9 +280,6 @@ class ResultStore:
         with _ID_CACHE_LOCK:
             return set().union(*(ids for _, ids in cache.values()))
 
-    def has(self, dataset: str, image_id: str) -> bool:
-        return image_id in self.stored_ids(dataset)
-
     def records(self, dataset: str) -> list[ImageRecord]:
         """The merged manifest: one row per image (its first), in write order."""
         seen: set[str] = set()

@@ -21,7 +21,6 @@ from ..errors import InputError
 from ..knn import kth_neighbor_distance
 from ..sphere import unit_rows
 
-DIAGNOSTIC_KEYS = ("log_density", "id_percentile", "knn_distance", "cos_to_mean")
 DEFAULT_KNN_K = 300  # DREAM-OOD's K; capped at the class size
 ROWS_PER_BLOCK = 32_768  # chains processed together (bounds memory at ~100 MB of float32 in 768-d)
 
