@@ -2,7 +2,7 @@
 
 RQ's default worker forks a child per job; CUDA cannot be used in a forked
 child, and reloading SD per job would cost more than decoding. So this is an
-``rq.SimpleWorker`` (jobs run in this process) that loads the pipeline (into
+``rq.SimpleWorker`` (jobs run in this process; ``oodsynth.safe_worker`` refuses any job but the job function) that loads the pipeline (into
 ``oodsynth.decode_job.DECODERS``) before it takes its first job. ``max_jobs``
 lets a supervisor recycle the process (fresh memory) after N jobs. Jobs travel
 as JSON, never pickle. Run it as ``oodsynth worker``.
@@ -13,19 +13,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from .config import get_settings
 from .decode_job import DECODERS
 from .queue import recover_abandoned_jobs
 from .redis_conn import get_redis
+from .safe_worker import AllowlistWorker
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(queues: Sequence[str] | None = None, *, preload: bool = True) -> SimpleWorker:
-    """A SimpleWorker with JSONSerializer on ``queues`` (default: settings.queue_name)."""
+def build_worker(queues: Sequence[str] | None = None, *, preload: bool = True) -> AllowlistWorker:
+    """A non-forking worker with JSONSerializer on ``queues`` (default: settings.queue_name) that runs only the job function."""
     settings = get_settings()
     connection = get_redis()
     names = list(queues) if queues else [settings.queue_name]
@@ -33,7 +34,7 @@ def build_worker(queues: Sequence[str] | None = None, *, preload: bool = True) -
         decoder = DECODERS.get(settings)
         log.info("pipeline %s loaded on %s (%s)", decoder.model, decoder.device, decoder.dtype)
     rq_queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
-    return SimpleWorker(rq_queues, connection=connection, serializer=JSONSerializer)
+    return AllowlistWorker(rq_queues, connection=connection, serializer=JSONSerializer)
 
 
 def run_worker(
