@@ -321,14 +321,8 @@ class StoredSample:
             meta = json.loads(str(z["meta"]))
             diagnostics = {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("diagnostics.")}
             return cls(
-                sample_id=meta["sample_id"],
-                fit_name=meta["fit_name"],
-                method=meta["method"],
-                params=meta["params"],
-                seed=meta["seed"],
-                vectors=z["vectors"],
-                class_index=z["class_index"],
-                class_names=[str(n) for n in z["class_names"]],
+                **{k: meta[k] for k in ("sample_id", "fit_name", "method", "params", "seed")},
+                vectors=z["vectors"], class_index=z["class_index"], class_names=[str(n) for n in z["class_names"]],
                 diagnostics=diagnostics,
             )
 
