@@ -66,8 +66,17 @@ class LabSettings(BaseModel):
     density: str = "gaussian_full"
     decode: dict = Field(default_factory=dict, description="decode settings over the assets' defaults")
 
-    def key(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+    def key(self, fields: frozenset[str] | None = None) -> str:
+        """Hash of the settings (or of the detector settings plus ``fields``: what one row depends on)."""
+        data = self.model_dump(mode="json")
+        if fields is not None:
+            data = {k: v for k, v in data.items() if k in DETECTOR_FIELDS | fields}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "batch_size", "lr"})
+OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "n_per_class"})
+DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode"}
 
 
 QUICK = {"epochs": 2, "n_per_class": 40}
@@ -351,6 +360,7 @@ class Row:
     run: Callable[[Cell], CellOutcome]
     baseline: str | None = "ce"  # the row it is paired with by seed
     needs_decoder: bool = False
+    uses: frozenset[str] = frozenset()  # settings beyond the detector's that its result depends on (cache key)
 
     @property
     def description(self) -> str:
@@ -361,13 +371,16 @@ def lab_rows() -> dict[str, Row]:
     """Every row the lab knows now: the fixed ones, then per registered sampler its decoded/verified/feature rows."""
     from .samplers import SAMPLERS
 
-    rows = [Row("ce", row_ce, None), Row("density", row_density), Row("noise", row_noise)]
+    rows = [Row("ce", row_ce, None), Row("density", row_density, uses=frozenset({"density"})),
+            Row("noise", row_noise, uses=OUTLIER_FIELDS)]
     for name in SAMPLERS:
-        rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True),
-                 Row(f"decoded:{name}+verified", decoded_row(name, True), needs_decoder=True)]
+        rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=DECODED_FIELDS),
+                 Row(f"decoded:{name}+verified", decoded_row(name, True), needs_decoder=True,
+                     uses=DECODED_FIELDS | {"max_id_percentile"})]
     if feature_outliers_available():
         rows.append(Row("ce:init", row_ce_init, None))
-        rows += [Row(f"feature:{name}", feature_row(name), baseline="ce:init") for name in SAMPLERS]
+        rows += [Row(f"feature:{name}", feature_row(name), baseline="ce:init", uses=OUTLIER_FIELDS | {"density"})
+                 for name in SAMPLERS]
     return {r.name: r for r in rows}
 
 
@@ -386,9 +399,10 @@ def metrics_of(outcome: CellOutcome) -> dict:
             "report": outcome.report.to_dict(), **outcome.info}
 
 
-def cell_path(out: Path, profile: str, row: str, seed: int, settings: LabSettings) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row)
-    return out / "cells" / f"{profile}-{settings.key()}" / safe / f"seed{seed}.json"
+def cell_path(out: Path, profile: str, row: Row, seed: int, settings: LabSettings) -> Path:
+    """A cell's cache file; keyed by the settings the row uses, so e.g. a new threshold reruns verified rows only."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row.name)
+    return out / "cells" / profile / safe / f"{settings.key(row.uses)}-seed{seed}.json"
 
 
 class LabData:
@@ -409,7 +423,7 @@ class LabData:
 def run_cell(profile: str, row: Row, seed: int, settings: LabSettings, out: Path,
              assets: Callable[[], ProfileAssets]) -> dict:
     """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
-    path = cell_path(out, profile, row.name, seed, settings)
+    path = cell_path(out, profile, row, seed, settings)
     if path.is_file():
         return json.loads(path.read_text())
     train, test, ood_sets = LabData.get(profile, settings.image_size)
@@ -492,7 +506,7 @@ def markdown_table(summary: dict, profile: str) -> str:
 
 def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], settings: LabSettings, out: Path,
                   assets_for: Callable[[str], Callable[[], ProfileAssets]], *,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, name: str = "results") -> dict:
     """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
 
     A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
@@ -511,31 +525,32 @@ def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], s
     for profile in profiles:
         assets = assets_for(profile)
         for seed in seeds:  # seeds outermost: an interrupted run still has every row at the first seeds
-            for name in chosen:
+            for row_name in chosen:
                 done += 1
                 try:
-                    c = run_cell(profile, rows[name], seed, settings, out, assets)
+                    c = run_cell(profile, rows[row_name], seed, settings, out, assets)
                 except Exception as exc:  # one broken row must not lose the others; it is reported
-                    failures.append({"profile": profile, "row": name, "seed": seed,
+                    failures.append({"profile": profile, "row": row_name, "seed": seed,
                                      "error": f"{type(exc).__name__}: {exc}"})
-                    log(f"[{done}/{total}] {profile} {name} seed {seed}: FAILED {failures[-1]['error']}")
+                    log(f"[{done}/{total}] {profile} {row_name} seed {seed}: FAILED {failures[-1]['error']}")
                     continue
                 cells.append(c)
-                log(f"[{done}/{total}] {profile} {name} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
+                log(f"[{done}/{total}] {profile} {row_name} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
                     f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
                     f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)")
-                results = write_results(out, settings, cells, failures)
-    return results or write_results(out, settings, cells, failures)
+                results = write_results(out, settings, cells, failures, name)
+    return write_results(out, settings, cells, failures, name)
 
 
-def write_results(out: Path, settings: LabSettings, cells: list[dict], failures: list[dict]) -> dict:
-    """OUT/results.json (settings, summary, cells without their full reports, failures), results.md, ood_gain.png."""
+def write_results(out: Path, settings: LabSettings, cells: list[dict], failures: list[dict],
+                  name: str = "results") -> dict:
+    """OUT/<name>.json (settings, summary, cells without their full reports, failures), <name>.md, <name>.png."""
     from .plots import plot_ood_gain
 
     summary = summarise(cells) if cells else {}
     results = {"settings": settings.model_dump(), "summary": summary,
                "cells": [{k: v for k, v in c.items() if k != "report"} for c in cells], "failures": failures}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
     md = [f"# OOD gain (lab settings {settings.key()})", "",
           "Percent; mean ± std over seeds; Δ = paired per-seed difference to the row's baseline (CE only unless "
           "named), t = mean / standard error of the paired differences. Score: energy (density row: max class "
@@ -544,7 +559,7 @@ def write_results(out: Path, settings: LabSettings, cells: list[dict], failures:
         md += [f"## {profile}", "", markdown_table(summary, profile), ""]
     if failures:
         md += ["## failed cells", ""] + [f"- {f['profile']} {f['row']} seed {f['seed']}: {f['error']}" for f in failures]
-    (out / "results.md").write_text("\n".join(md) + "\n")
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
     if summary:
-        plot_ood_gain(summary, out / "ood_gain.png")
+        plot_ood_gain(summary, out / f"{name}.png")
     return results
