@@ -12,6 +12,24 @@ import sys
 import typer
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def bind_host(host: str) -> str:
+    """``host``, or 127.0.0.1 when no API keys are configured: an open API is for this machine only."""
+    from oodsynth.api_keys import parse_api_keys
+    from oodsynth.config import get_settings
+
+    if parse_api_keys(get_settings().api_keys):
+        typer.echo("API keys configured: every route but /healthz needs 'Authorization: Bearer <key>'", err=True)
+        return host
+    if host not in (LOOPBACK, "localhost", "::1"):
+        typer.echo(f"no API keys configured (OODSYNTH_API_KEYS): binding to {LOOPBACK} only, not {host}", err=True)
+    else:
+        typer.echo(f"no API keys configured (OODSYNTH_API_KEYS): open API, bound to {LOOPBACK} only", err=True)
+    return LOOPBACK
+
+
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
@@ -23,6 +41,7 @@ def serve(
 
     from oodsynth.redis_conn import redis_url
 
+    host = bind_host(host)
     url = redis_url()  # starts the embedded server when unset and exports its URL to the workers
     typer.echo(f"redis: {url}", err=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler the

@@ -35,6 +35,8 @@ def locate(field: str | None, request: Request, exc: OodsynthError) -> list[str 
     loc = split_field(field)
     if isinstance(exc, Unavailable):  # a setting or service, not part of the request
         return loc
+    if getattr(exc, "section", None):  # e.g. the authorization header
+        return [exc.section, *loc]
     head = loc[0] if loc else None
     section = "path" if head in request.path_params else "query" if head in request.query_params else "body"
     return [section, *loc]
@@ -65,7 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OodsynthError)
     async def _library_error(request: Request, exc: OodsynthError) -> JSONResponse:
         detail = [error(locate(field, request, exc), message, exc.type) for field, message in exc.errors]
-        return JSONResponse({"detail": detail}, status_code=exc.status)
+        return JSONResponse({"detail": detail}, status_code=exc.status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)

@@ -2,7 +2,7 @@
 
 Errors come back as the library's own typed errors (``oodsynth.errors``:
 ``InputError`` for a 422, ``NotFound`` for a 404, ``Conflict`` for a 409,
-``Unavailable`` for a 503), whose ``field`` names what the server rejected
+``Unavailable`` for a 503, ``Unauthorized``/``Forbidden`` for a 401/403), whose ``field`` names what the server rejected
 (``n_per_class``, ``params.sigma``, ``file.features``) exactly as the library
 names it in-process; ``status`` and ``detail`` keep the HTTP answer.
 """
@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from .bank import FeatureBank
+from .config import get_settings
 from .errors import BY_STATUS, InputError, OodsynthError, join_loc
 from .jobs import TERMINAL_JOB_STATES
 
@@ -34,9 +35,20 @@ def api_error(status: int, detail: Any) -> OodsynthError:
 class OodsynthClient:
     """Calls the API over HTTP. ``http`` may be any ``httpx.Client`` (e.g. FastAPI's TestClient)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 300.0, http: httpx.Client | None = None):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        timeout: float = 300.0,
+        http: httpx.Client | None = None,
+        api_key: str | None = None,
+    ):
+        """``api_key`` (default: settings ``OODSYNTH_API_KEY``) is sent as ``Authorization: Bearer``."""
         self.base_url = base_url.rstrip("/")
         self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        if api_key is None and get_settings().api_key is not None:
+            api_key = get_settings().api_key.get_secret_value()
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def close(self) -> None:
         self.http.close()
@@ -48,7 +60,7 @@ class OodsynthClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
-        response = self.http.request(method, path, **kwargs)
+        response = self.http.request(method, path, headers={**self._auth, **kwargs.pop("headers", {})}, **kwargs)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .store_backends import parse_store_setting
@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_vectors_per_sample: int = Field(
         200_000, ge=1, description="Cap on n_per_class x classes for one POST /sample (Redis and JSON size)."
     )
-    max_images_per_request: int = Field(100_000, ge=1, description="Cap on images per POST /generate.")
+    max_images_per_request: int = Field(10_000, ge=1, description="Cap on images per POST /generate (each carries its vector in the queue).")
     images_per_job: int = Field(32, ge=1, description="Images per RQ job: enough to keep a GPU busy.")
     gpu_batch_size: int = Field(8, ge=1, description="Images decoded together on the worker.")
     worker_compile: bool = Field(
@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     job_retries: int = Field(3, ge=0)
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     encoder_checkpoint: Path | None = Field(None, description="Encoder checkpoint that enables POST /features.")
+    # -- security and bounds (oodsynth.api_keys, oodsynth.limits)
+    api_keys: str = Field(
+        "", description="Server: API keys as '<scope>:<sha256 hex>' entries (scope read, write or admin), comma-separated; "
+        "empty: no keys, and `oodsynth serve` binds to 127.0.0.1 only.",
+    )
+    api_key: SecretStr | None = Field(None, description="Client and CLI: the API key sent as 'Authorization: Bearer'.")
+    sample_time_budget_s: float = Field(60.0, gt=0, description="Wall-clock budget of one POST /sample.")
+    max_request_bytes: int = Field(16 * 2**20, ge=1024, description="Largest JSON request body (413 above).")
+    max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest upload (POST /fits, /features) (413 above).")
+    max_bank_bytes: int = Field(
+        1 * 2**30, ge=1024, description="Largest decompressed feature bank (.npz members, checked before decompressing)."
+    )
+    max_decode_steps: int = Field(200, ge=1, description="Cap on denoising steps per image.")
+    max_decode_pixels: int = Field(1024 * 1024, ge=64, description="Cap on height x width per image.")
 
 
 @lru_cache

@@ -10,6 +10,8 @@ InputError 422      exit 2
 NotFound   404      exit 2
 Conflict   409      exit 2
 Unavailable 503     exit 1
+Unauthorized 401    exit 2
+Forbidden  403      exit 2
 ========== ======== ===========================================
 
 ``field`` is written the way a user names it: ``n_per_class``,
@@ -121,9 +123,30 @@ class Unavailable(OodsynthError, RuntimeError):
     exit_code = 1
 
 
-BY_STATUS: dict[int, type[OodsynthError]] = {cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable)}
+class Unauthorized(OodsynthError):
+    """No API key, or an unknown one (HTTP 401, CLI exit 2); ``field`` is the ``authorization`` header."""
+
+    status = 401
+    type = "unauthorized"
+    exit_code = 2
+    section = "header"  # where the API says the field is
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(OodsynthError):
+    """The API key's scope does not cover the request (HTTP 403, CLI exit 2)."""
+
+    status = 403
+    type = "forbidden"
+    exit_code = 2
+    section = "header"
+
+
+BY_STATUS: dict[int, type[OodsynthError]] = {
+    cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable, Unauthorized, Forbidden)
+}
 
 __all__ = [
-    "BY_STATUS", "Conflict", "InputError", "NotFound", "OodsynthError", "Unavailable", "join_loc", "pydantic_message",
-    "split_field",
+    "BY_STATUS", "Conflict", "Forbidden", "InputError", "NotFound", "OodsynthError", "Unauthorized", "Unavailable",
+    "join_loc", "pydantic_message", "split_field",
 ]

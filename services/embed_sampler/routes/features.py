@@ -17,6 +17,8 @@ from oodsynth.config import get_settings
 from oodsynth.service import extract_features
 from oodsynth.service.features import MAX_IMAGES
 
+from ..auth import WRITE
+
 router = APIRouter(tags=["features"])
 
 
@@ -36,6 +38,7 @@ class FeaturesResponse(BaseModel):
 
 @router.post(
     "/features",
+    dependencies=[WRITE],
     response_model=FeaturesResponse,
     responses={422: {"description": "A file is not an image; `loc` names it."},
                503: {"description": "No encoder checkpoint configured."}},

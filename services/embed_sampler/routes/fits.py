@@ -19,6 +19,7 @@ from oodsynth.registry import FIT_NAME_PATTERN, FitRegistry
 from oodsynth.service import create_fit as create_fit_use_case
 
 from .. import observability as obs
+from ..auth import ADMIN, READ, WRITE
 from ..schemas import FitList, FitSummary
 from ..state import get_fits
 
@@ -34,6 +35,7 @@ ERROR_RESPONSES = {
 @router.post(
     "/fits",
     status_code=201,
+    dependencies=[WRITE],
     response_model=FitSummary,
     responses=ERROR_RESPONSES,
     summary="Fit class densities to a feature bank",
@@ -64,13 +66,14 @@ async def create_fit(
     return summary
 
 
-@router.get("/fits", response_model=FitList, summary="List stored fits")
+@router.get("/fits", dependencies=[READ], response_model=FitList, summary="List stored fits")
 def list_fits(fits: FitRegistry = Depends(get_fits)) -> FitList:
     return FitList(fits=fits.list())
 
 
 @router.get(
     "/fits/{name}",
+    dependencies=[READ],
     response_model=FitSummary,
     responses={**ERROR_RESPONSES, 304: {"description": "Unchanged since the ETag given in If-None-Match."}},
     summary="A fit's summary",
@@ -90,7 +93,7 @@ def get_fit(
     return summary
 
 
-@router.delete("/fits/{name}", status_code=204, responses={404: ERROR_RESPONSES[404]}, summary="Delete a fit")
+@router.delete("/fits/{name}", status_code=204, dependencies=[ADMIN], responses={404: ERROR_RESPONSES[404]}, summary="Delete a fit")
 def delete_fit(name: str, fits: FitRegistry = Depends(get_fits)) -> Response:
     if not fits.delete(name):
         raise NotFound("name", f"no fit named {name!r}")

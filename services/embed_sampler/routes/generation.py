@@ -19,6 +19,7 @@ from oodsynth.config import Settings
 from oodsynth.registry import FitRegistry, SampleRegistry
 from oodsynth.service import GenerateRequest, enqueue_generation, plan_generation
 
+from ..auth import READ, WRITE
 from ..state import get_fits, get_redis_dep, get_samples, get_settings_dep
 
 router = APIRouter(tags=["generation"])
@@ -53,6 +54,7 @@ class JobState(BaseModel):
 @router.post(
     "/generate",
     status_code=202,
+    dependencies=[WRITE],
     response_model=GenerateResponse,
     responses=ERROR_RESPONSES,
     summary="Queue decoding of outlier vectors into images",
@@ -74,13 +76,13 @@ async def generate(
     return GenerateResponse(dataset=req.dataset, job_ids=job_ids, n_images=len(job.items))
 
 
-@router.get("/jobs/{job_id}", response_model=JobState, responses=ERROR_RESPONSES, summary="State of one job")
+@router.get("/jobs/{job_id}", dependencies=[READ], response_model=JobState, responses=ERROR_RESPONSES, summary="State of one job")
 async def get_job(job_id: str, connection: redis.Redis = Depends(get_redis_dep)):
     """Status, images done of total, the result (image paths) and the latest error text."""
     return await run_in_threadpool(rq_queue.job_status, job_id, connection)
 
 
-@router.get("/queue", summary="Queue depth per registry and the live workers")
+@router.get("/queue", dependencies=[READ], summary="Queue depth per registry and the live workers")
 async def get_queue_stats(connection: redis.Redis = Depends(get_redis_dep)) -> dict:
     """Per queue: queued/started/finished/failed/deferred/scheduled counts; workers with their current job.
 

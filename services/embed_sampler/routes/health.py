@@ -6,6 +6,7 @@ import redis
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
+from ..auth import READ
 from ..observability import metrics_response
 from ..schemas import Health
 from ..state import get_redis_dep
@@ -28,7 +29,7 @@ def healthz(client: redis.Redis = Depends(get_redis_dep)):
     return Health(status="ok", redis="ok")
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", dependencies=[READ], summary="Prometheus metrics", response_class=Response)
 def metrics() -> Response:
     """Request counts and latency per route, fits stored, samples drawn (text exposition format)."""
     return metrics_response()

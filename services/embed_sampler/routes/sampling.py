@@ -21,6 +21,7 @@ from oodsynth.registry import FitRegistry, SampleRegistry, StoredSample
 from oodsynth.service import draw_sample
 
 from .. import observability as obs
+from ..auth import READ, WRITE
 from ..schemas import SampleRequest, SampleResponse
 from ..state import get_fits, get_samples, get_settings_dep
 
@@ -74,6 +75,7 @@ def render_sample(sample: StoredSample, include_vectors: bool) -> JSONResponse:
 
 @router.post(
     "/sample",
+    dependencies=[WRITE],
     response_model=SampleResponse,
     responses=ERROR_RESPONSES,
     summary="Draw outlier vectors from a fit",
@@ -101,6 +103,7 @@ async def sample(
 
 @router.get(
     "/samples/{sample_id}",
+    dependencies=[READ],
     response_model=SampleResponse,
     responses=ERROR_RESPONSES,
     summary="A stored sample",

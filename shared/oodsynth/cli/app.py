@@ -34,3 +34,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _options(
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="OODSYNTH_API_KEY", show_default=False,
+        help="API key for commands run with --api (sent as 'Authorization: Bearer'); prefer the environment variable.",
+    ),
+) -> None:
+    """Imagine outliers for OOD detection."""
+    if api_key:  # the client reads it from settings, like every other OODSYNTH_* value
+        import os
+
+        from ..config import get_settings
+
+        os.environ["OODSYNTH_API_KEY"] = api_key
+        get_settings.cache_clear()

@@ -207,3 +207,13 @@ def _sample_over_api(api, class_tokens, **request):
         class_names=names,
         diagnostics=diagnostics,
     )
+
+
+@app.command("api-key")
+def api_key(scope: str = typer.Option("write", help="read (GETs), write (fits, sample, generate, features) or admin.")) -> None:
+    """Print a new API key (for the client: OODSYNTH_API_KEY) and its entry for the server's OODSYNTH_API_KEYS."""
+    from ..api_keys import new_api_key
+
+    key, entry = new_api_key(scope)
+    typer.echo(f"OODSYNTH_API_KEY={key}")
+    typer.echo(f"OODSYNTH_API_KEYS entry: {entry}")

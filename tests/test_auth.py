@@ -1,0 +1,106 @@
+"""Scoped API keys: 401 without a key, 403 for a scope that does not cover the route, exactly as the table says."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from oodsynth.api_keys import hash_key, new_api_key, parse_api_keys
+from oodsynth.client import OodsynthClient
+from oodsynth.config import get_settings
+from oodsynth.errors import Forbidden, InputError, Unauthorized
+from services.embed_sampler.app import create_app
+from services.embed_sampler.cli import bind_host
+
+# Every operation of the API and the scope it needs (None: open).
+SCOPE_OF = {
+    ("GET", "/healthz"): None,
+    ("GET", "/metrics"): "read",
+    ("GET", "/fits"): "read",
+    ("GET", "/fits/{name}"): "read",
+    ("GET", "/samples/{sample_id}"): "read",
+    ("GET", "/jobs/{job_id}"): "read",
+    ("GET", "/queue"): "read",
+    ("POST", "/fits"): "write",
+    ("POST", "/sample"): "write",
+    ("POST", "/generate"): "write",
+    ("POST", "/features"): "write",
+    ("DELETE", "/fits/{name}"): "admin",
+}
+ORDER = ["read", "write", "admin"]
+
+
+@pytest.fixture
+def keys(redis_url, monkeypatch) -> dict[str, str]:
+    made = {scope: new_api_key(scope) for scope in ORDER}
+    monkeypatch.setenv("OODSYNTH_API_KEYS", ", ".join(entry for _, entry in made.values()))
+    get_settings.cache_clear()
+    return {scope: key for scope, (key, _) in made.items()}
+
+
+@pytest.fixture
+def api(keys):
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def _call(api, method: str, template: str, key: str | None):
+    path = template.replace("{name}", "toy").replace("{sample_id}", "s1").replace("{job_id}", "j1")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return api.request(method, path, headers=headers)
+
+
+def test_table_covers_every_operation(api):
+    operations = {(m.upper(), p) for p, ops in api.app.openapi()["paths"].items() for m in ops}
+    assert operations == set(SCOPE_OF)
+
+
+@pytest.mark.parametrize("method,template", sorted(SCOPE_OF))
+def test_scopes(api, keys, method, template):
+    needed = SCOPE_OF[(method, template)]
+    if needed is None:
+        assert _call(api, method, template, None).status_code == 200
+        return
+    r = _call(api, method, template, None)
+    assert r.status_code == 401, r.text
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["detail"][0]["loc"] == ["header", "authorization"]
+    assert _call(api, method, template, "not-a-key").status_code == 401
+    for scope in ORDER:
+        status = _call(api, method, template, keys[scope]).status_code
+        if ORDER.index(scope) < ORDER.index(needed):
+            assert status == 403, (scope, status)
+        else:
+            assert status not in (401, 403, 500), (scope, status)
+
+
+def test_keys_are_stored_as_hashes_and_malformed_entries_are_named():
+    key, entry = new_api_key("admin")
+    assert key not in entry and entry == f"admin:{hash_key(key)}"
+    assert parse_api_keys(f" {entry}\nread:{'a' * 64} ") == {hash_key(key): "admin", "a" * 64: "read"}
+    with pytest.raises(InputError) as exc:
+        parse_api_keys(f"{entry},write:{key}")
+    assert exc.value.field == "api_keys[1]" and key not in exc.value.message
+
+
+def test_client_sends_its_key_and_gets_typed_errors(api, keys, monkeypatch):
+    assert OodsynthClient(http=api, api_key=keys["read"]).list_fits() == []
+    with pytest.raises(Forbidden) as exc:
+        OodsynthClient(http=api, api_key=keys["read"]).delete_fit("toy")
+    assert exc.value.field == "authorization" and "needs 'admin'" in exc.value.message
+    with pytest.raises(Unauthorized):
+        OodsynthClient(http=api).list_fits()
+    monkeypatch.setenv("OODSYNTH_API_KEY", keys["write"])  # what `oodsynth --api-key` and compose set
+    get_settings.cache_clear()
+    assert OodsynthClient(http=api).list_fits() == []
+
+
+def test_without_keys_everything_is_open_and_serve_binds_to_loopback(redis_url, capsys):
+    with TestClient(create_app()) as api:
+        assert api.get("/fits").status_code == 200 and api.get("/metrics").status_code == 200
+    assert bind_host("0.0.0.0") == "127.0.0.1"
+    assert "binding to 127.0.0.1 only" in capsys.readouterr().err
+
+
+def test_with_keys_serve_binds_where_asked(keys):
+    assert bind_host("0.0.0.0") == "0.0.0.0"
