@@ -42,3 +42,44 @@ def test_verification_checks_its_inputs(digits_lab_assets):
     other = ClassDensities("vmf").fit(toy_bank(n_classes=3, dim=16))
     with pytest.raises(ValueError, match="fit"):
         verify_images(assets.encoder, other, torch.rand(2, 3, 16, 16))
+
+
+def _store_with_verification(root, percentiles):
+    from PIL import Image
+
+    from oodsynth.store import ImageRecord, ResultStore
+
+    store = ResultStore(root)
+    for i, pct in enumerate(percentiles):
+        diag = {} if pct is None else {"verified_id_percentile": pct, "verified_id_class": 0, "verified_max_softmax": 0.5}
+        record = ImageRecord(image_id=f"img-{i}", class_index=0, class_name="zero", vector_id=f"v{i}",
+                             sampler="knn_boundary", seed=i, model="test", prompt="p", diagnostics=diag)
+        assert store.write_image("dec", record, Image.new("RGB", (16, 16), (i * 20, 0, 0)))
+    return store
+
+
+def test_stored_outliers_keep_only_verified(tmp_path):
+    from oodsynth.errors import InputError
+    from oodsynth.outlier_dataset import StoredOutliers
+
+    _store_with_verification(tmp_path / "store", [0.0, 3.0, 10.0, 40.0, 90.0])
+    assert len(StoredOutliers(tmp_path / "store", "dec")) == 5
+    kept = StoredOutliers(tmp_path / "store", "dec", max_id_percentile=10.0)
+    assert sorted(r.image_id for r in kept.records) == ["img-0", "img-1", "img-2"]
+    assert len(kept.targets) == 3
+    _store_with_verification(tmp_path / "old", [5.0, None])
+    with pytest.raises(InputError, match="1 of 2 images carry no verified_id_percentile") as info:
+        StoredOutliers(tmp_path / "old", "dec", max_id_percentile=10.0)
+    assert info.value.field == "max_id_percentile"
+
+
+def test_train_ood_cli_max_id_percentile(tmp_path):
+    from typer.testing import CliRunner
+
+    from oodsynth.cli import app
+
+    _store_with_verification(tmp_path / "store", [50.0, 60.0])
+    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "run"), "--dataset", "digits", "--store",
+                                   str(tmp_path / "store"), "--outliers", "dec", "--max-id-percentile", "10",
+                                   "--epochs", "1", "--width", "4"])
+    assert res.exit_code == 2 and "max_id_percentile" in res.output and "at or below ID percentile 10" in res.output

@@ -71,6 +71,8 @@ class OODTrainConfig(BaseModel):
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     store: str | None = None
     outlier_datasets: list[str] = Field(default_factory=list)
+    max_id_percentile: float | None = Field(None, ge=0, le=100, description="keep only verified outliers: "
+                                            "re-encoded at or below this ID percentile (oodsynth.verification)")
     init_encoder: str | None = Field(None, description="text-aligned encoder checkpoint to start from; gives the "
                                      "model a 768-d feature and an anchor-initialised head (needed for feature outliers)")
     redraw_every: int = Field(0, ge=0, description="feature outliers: redraw them from the current features every "
@@ -132,14 +134,18 @@ class OODClassifier:
     uses_outliers: bool
 
 
-def outlier_dataset(store: str | Path, datasets: list[str], image_size: int) -> Dataset:
-    """The store's outliers as tensors at the ID resolution."""
+def outlier_dataset(store: str | Path, datasets: list[str], image_size: int,
+                    max_id_percentile: float | None = None) -> Dataset:
+    """The store's outliers as tensors at the ID resolution (only the verified ones under a threshold)."""
     from torchvision import transforms
 
     from .outlier_dataset import StoredOutliers
 
     transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    ds = StoredOutliers(store, datasets, transform=transform)
+    ds = StoredOutliers(store, datasets, transform=transform, max_id_percentile=max_id_percentile)
+    if len(ds) == 0 and max_id_percentile is not None:
+        raise InputError("max_id_percentile", f"no image of {datasets} in {store} is at or below ID percentile "
+                                              f"{max_id_percentile}")
     if len(ds) == 0:
         raise InputError("outlier_datasets", f"{datasets} in {store} hold no images")
     return ds
@@ -251,7 +257,7 @@ def train_ood(
     if outliers is None and config.outlier_datasets:
         if not config.store:
             raise InputError("store", "outlier_datasets are given but no result store folder")
-        outliers = outlier_dataset(config.store, config.outlier_datasets, config.image_size)
+        outliers = outlier_dataset(config.store, config.outlier_datasets, config.image_size, config.max_id_percentile)
     if feature_outliers is not None:
         if not config.init_encoder:
             raise InputError("init_encoder", "feature_outliers need a text-aligned encoder to start from "

@@ -17,6 +17,7 @@ class StoredOutliers(Dataset):
     """Images of one or more store datasets as ``(transform(image) or image, class_index)``.
 
     ``root`` is a store folder or an ``s3://bucket/prefix`` URL (as ``OODSYNTH_STORE``).
+    ``max_id_percentile`` keeps only verified outliers (see ``verified_only``).
     The merged manifest is read once here, not per item; images are read lazily
     so the dataset is cheap to build and works with ``DataLoader`` workers.
     """
@@ -27,6 +28,7 @@ class StoredOutliers(Dataset):
         datasets: str | Sequence[str],
         transform: Callable[[Image.Image], Any] | None = None,
         storage_options: dict | None = None,
+        max_id_percentile: float | None = None,
     ):
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         if not names:
@@ -39,6 +41,8 @@ class StoredOutliers(Dataset):
         self.datasets = names
         self.transform = transform
         self.records: list[ImageRecord] = [r for n in names for r in self.store.records(n)]
+        if max_id_percentile is not None:
+            self.records = verified_only(self.records, max_id_percentile)
         self.targets = [r.class_index for r in self.records]
 
     def __len__(self) -> int:
@@ -48,3 +52,20 @@ class StoredOutliers(Dataset):
         record = self.records[index]
         image = self.store.open_image(record.path).convert("RGB")
         return (self.transform(image) if self.transform is not None else image), record.class_index
+
+
+def verified_only(records: list[ImageRecord], max_id_percentile: float) -> list[ImageRecord]:
+    """The records whose re-encoded image sits at or below ``max_id_percentile`` (``oodsynth.verification``).
+
+    Images decoded without verification carry no such field: that is an error, not a silent pass.
+    """
+    from .verification import MANIFEST_PREFIX
+
+    if not 0.0 <= max_id_percentile <= 100.0:
+        raise InputError("max_id_percentile", f"must lie in [0, 100], got {max_id_percentile}")
+    key = f"{MANIFEST_PREFIX}id_percentile"
+    missing = sum(key not in r.diagnostics for r in records)
+    if missing:
+        raise InputError("max_id_percentile", f"{missing} of {len(records)} images carry no {key} "
+                                              "(decoded without verification)")
+    return [r for r in records if float(r.diagnostics[key]) <= max_id_percentile]

@@ -158,6 +158,9 @@ def train_ood_cmd(
     data_root: Path | None = typer.Option(None),
     store: Path | None = typer.Option(None, help="Result store folder (default: settings OODSYNTH_STORE)."),
     outliers: list[str] | None = typer.Option(None, "--outliers", help="Store dataset(s) of outliers (repeatable)."),
+    max_id_percentile: float | None = typer.Option(None, help="Keep only verified outliers: images whose re-encoded "
+                                                   "feature sits at or below this ID percentile (manifest field "
+                                                   "verified_id_percentile)."),
     feature_outliers: str | None = typer.Option(None, "--feature-outliers", help="SAMPLE_ID|FILE.npz: sampled vectors "
                                                 "fed straight to the head (no decoding); needs --init-encoder."),
     init_encoder: Path | None = typer.Option(None, help="Text-aligned encoder run folder to start from "
@@ -194,6 +197,7 @@ def train_ood_cmd(
                                 ood_batch_size=ood_batch_size, lr=lr, weight_decay=weight_decay, beta=beta, seed=seed,
                                 dataset=dataset, image_size=train.image_size, mean=train.mean, std=train.std,
                                 store=str(store_root), outlier_datasets=list(outliers or []),
+                                max_id_percentile=max_id_percentile,
                                 init_encoder=str(init_encoder) if init_encoder else None, redraw_every=redraw_every,
                                 redraw_density=redraw_density)
     except pydantic.ValidationError as exc:
