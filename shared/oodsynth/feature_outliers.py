@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .data import ImageData
 from .errors import InputError
@@ -99,20 +98,6 @@ def load_feature_outliers(source, *, n_classes: int | None = None) -> FeatureOut
     return FeatureOutliers(vectors.astype(np.float32), labels.astype(np.int64), out.method, dict(out.params))
 
 
-@torch.no_grad()
-def encode_train_set(model, data: ImageData, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Unit features (N, D) and labels of ``data`` under ``model.features`` (eval mode)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    feats, labels = [], []
-    for x, y in DataLoader(data.dataset, batch_size=batch_size):
-        feats.append(model.features(x.to(device)).float().cpu().numpy())
-        labels.append(np.asarray(y, dtype=np.int64))
-    model.train(was_training)
-    return np.concatenate(feats), np.concatenate(labels)
-
-
 def redraw_feature_outliers(model, data: ImageData, current: FeatureOutliers, density_kind: str,
                             seed: int) -> FeatureOutliers:
     """Draw ``current``'s sampler afresh on the model's current features (same classes and count per class).
@@ -122,9 +107,10 @@ def redraw_feature_outliers(model, data: ImageData, current: FeatureOutliers, de
     """
     from .bank import FeatureBank
     from .densities import ClassDensities
+    from .features import extract_features
     from .samplers import get_sampler
 
-    features, labels = encode_train_set(model, data)
+    features, labels = extract_features(model.encoder, data, progress=False)  # unit z, the head's input
     anchors = model.head.weight.detach().float().cpu().numpy()
     bank = FeatureBank.from_arrays(features, labels, anchors, list(data.class_names))
     fit = ClassDensities(density_kind).fit(bank)
