@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pydantic
 
+from .batching import batches
 from .config import Settings, get_settings
 from .errors import InputError
-from .jobs import DecodeItem, DecodeJob, batches
+from .jobs import DecodeItem, DecodeJob
 from .store import ImageRecord, ResultStore
 
 if TYPE_CHECKING:  # torch and diffusers load with the first decoder, not on import

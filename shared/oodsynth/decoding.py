@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .batching import slices
 from .device import default_device
 from .errors import InputError
 from .jobs import DEFAULT_PROMPT_TEMPLATE, SCHEDULERS, TOKEN_FIELD
@@ -254,8 +255,7 @@ class OutlierDecoder:
         self.pipe.scheduler = self._scheduler(scheduler)
 
         images: list[Image.Image] = []
-        for start in range(0, len(v), self.n_slots):
-            chunk = slice(start, start + self.n_slots)
+        for chunk in slices(len(v), self.n_slots):
             cond, uncond = self.prompt_embeds(v[chunk], prompt_template, guidance_scale)
             latents, generators = self.initial_latents(seeds[chunk], int(height), int(width))
             out = self.pipe(

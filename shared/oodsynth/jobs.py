@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,6 @@ SCHEDULERS = ("pndm", "ddim", "dpm++", "dpm", "euler", "euler_a")
 TOKEN_FIELD = "{token}"
 DEFAULT_PROMPT_TEMPLATE = "A high-quality image of the {token}"
 TERMINAL_JOB_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
-
-
-def batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    """Consecutive slices of ``size`` items (the last may be shorter)."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
 
 def image_id_for(
     dataset: str,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .batching import slices
 from .errors import InputError
 
 KNN_BACKENDS = ("blas", "faiss")
@@ -55,14 +56,14 @@ def kth_neighbor_distance(
         index = faiss.IndexFlatL2(bank.shape[1])
         index.add(bank)
         step = max(1, _BLOCK_BYTES // (12 * kk))
-        for start in range(0, queries.shape[0], step):
-            d2, _ = index.search(queries[start : start + step], kk)
-            out[start : start + step] = d2[:, -1]
+        for block in slices(queries.shape[0], step):
+            d2, _ = index.search(queries[block], kk)
+            out[block] = d2[:, -1]
     else:
         step = max(1, _BLOCK_BYTES // (4 * n_bank))
-        for start in range(0, queries.shape[0], step):
-            q = queries[start : start + step]
+        for block in slices(queries.shape[0], step):
+            q = queries[block]
             d2 = np.add.outer((q * q).sum(1), (bank * bank).sum(1))
             d2 -= 2.0 * (q @ bank.T)
-            out[start : start + step] = np.partition(d2, kk - 1, axis=1)[:, kk - 1]
+            out[block] = np.partition(d2, kk - 1, axis=1)[:, kk - 1]
     return np.sqrt(np.clip(out, 0.0, None))

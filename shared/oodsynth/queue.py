@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry, Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
@@ -35,7 +35,8 @@ from rq.utils import current_timestamp
 
 from .config import Settings, get_settings
 from .errors import InputError, NotFound
-from .jobs import TERMINAL_JOB_STATES, DecodeJob, batches
+from .batching import batches
+from .jobs import TERMINAL_JOB_STATES, DecodeJob
 
 JOB_FUNCTION = "oodsynth.decode_job.decode_task"
 MAX_RETRY_INTERVAL_S = 900
@@ -104,15 +105,17 @@ def enqueue_decode(
 def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job:
     """The RQ job; ``NotFound`` when unknown (or expired)."""
     try:
-        return Job.fetch(job_id, connection=connection if connection is not None else connect(), serializer=JSONSerializer)
-    except NoSuchJobError:
-        raise NotFound("job_id", f"no job {job_id!r} (unknown or expired)") from None
+        job = Job.fetch(job_id, connection=connection if connection is not None else connect(), serializer=JSONSerializer)
+        job.args  # noqa: B018  (decode the payload now: a job written without JSON is not ours)
+        return job
+    except (NoSuchJobError, ValueError, DeserializationError):  # ValueError: not a job id RQ accepts ('*', NUL)
+        raise NotFound("job_id", f"no job {job_id[:100]!r} (unknown, expired or not a job id)") from None
 
 
 def _error_text(job: Job) -> str | None:
     result = job.latest_result()
     if result is not None and result.type == Result.Type.FAILED:
-        return result.exc_string
+        return failure_line(result.exc_string)  # the traceback stays in RQ's registry and the worker's log
     return None
 
 
@@ -130,7 +133,7 @@ def job_status(job_id: str, connection: redis.Redis | None = None) -> dict[str, 
         "status": status_text,
         "progress": {"done": int(progress["done"]), "total": int(progress["total"])},
         "result": job.return_value() if status_text == "finished" else None,
-        # The latest failure's traceback: the final one when failed, the last retried one otherwise.
+        # The latest failure's last line: the final one when failed, the last retried one otherwise.
         "error": _error_text(job),
         "dataset": meta.get("dataset"),
         "retries_left": job.retries_left,
