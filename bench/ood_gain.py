@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.name:38s} paired with {r.baseline or '-':8s} {r.description}")
         return 0
     torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)  # BLAS too: spinning OpenBLAS threads make the fit's SVDs many times slower here
     overrides = dict(QUICK) if args.quick else {}
     for item in args.set:
         key, _, value = item.partition("=")
