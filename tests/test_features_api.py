@@ -9,8 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from oodsynth.config import get_settings
-from oodsynth.data import load_dataset, random_anchors
-from oodsynth.encoder_training import EncoderTrainConfig, train_encoder
+from oodsynth.data import load_dataset
 
 
 def png(array: np.ndarray) -> bytes:
@@ -20,13 +19,9 @@ def png(array: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp("enc")
-    train = load_dataset("digits", "train")
-    config = EncoderTrainConfig(width=4, epochs=1, batch_size=64, lr=0.05, image_size=16, mean=train.mean, std=train.std)
-    ckpt = train_encoder(config, train, random_anchors(8, 96, seed=1), out, progress=False, device="cpu")
-    return out / "encoder.pt", ckpt
+def checkpoint(digits_lab_assets):
+    """The session's digits encoder (trained once, shared with the OOD lab tests)."""
+    return digits_lab_assets.encoder_path, digits_lab_assets.encoder
 
 
 @pytest.fixture
@@ -56,7 +51,8 @@ def test_features_and_nearest_anchor(client, checkpoint, monkeypatch):
     r = client.post("/features", files=files)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["dim"] == 96 and body["class_names"] == test.class_names and len(body["items"]) == len(idx)
+    assert body["dim"] == ckpt.anchors.shape[1] and body["class_names"] == test.class_names
+    assert len(body["items"]) == len(idx)
     feats = np.array([it["features"] for it in body["items"]])
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
     # same answer as the library on the same (resized) pixels
