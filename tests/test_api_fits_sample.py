@@ -105,60 +105,75 @@ def test_existing_name_is_409_unless_replace(api):
     assert r.status_code == 201 and api.get("/fits/dup").json()["kind"] == "gaussian_isotropic"
 
 
-def test_bad_inputs_answer_4xx_naming_the_field(api):
-    assert post_fit(api, "toy").status_code == 201
-    good = bank_bytes()
-    nan_features = make_bank()
-    nan_features.features[3, 2] = np.nan
-    nan_bytes = raw_npz(features=nan_features.features, labels=nan_features.labels,
-                        anchors=nan_features.anchors, class_names=nan_features.class_names)
+def _bank_with(**change) -> bytes:
+    """A raw (unvalidated) bank .npz with some arrays changed (None drops one)."""
     b = make_bank()
-    wrong_dim = raw_npz(features=b.features, labels=b.labels, anchors=b.anchors[:, :8], class_names=b.class_names)
-    out_of_range = raw_npz(features=b.features, labels=b.labels + 5, anchors=b.anchors, class_names=b.class_names)
-    no_anchors = raw_npz(features=b.features, labels=b.labels, class_names=b.class_names)
-    sample = {"fit": "toy", "method": SAMPLER, "n_per_class": 2}
+    arrays = {"features": b.features, "labels": b.labels, "anchors": b.anchors, "class_names": b.class_names, **change}
+    return raw_npz(**{k: v for k, v in arrays.items() if v is not None})
 
-    fit_cases = [
-        ({"name": "bad name!"}, good, 422, "name"),
-        ({"name": "ok", "density": "cauchy"}, good, 422, "density"),
-        ({"name": "ok"}, nan_bytes, 422, "features"),
-        ({"name": "ok"}, wrong_dim, 422, "anchors"),
-        ({"name": "ok"}, out_of_range, 422, "labels"),
-        ({"name": "ok"}, no_anchors, 422, "anchors"),
-        ({"name": "ok"}, b"this is not an npz", 422, "file"),
-        ({"name": "ok"}, b"", 422, "file"),
-    ]
-    seen = []
-    for form, data, status, field in fit_cases:
-        r = api.post("/fits", data=form, files={"file": ("b.npz", data)})
-        seen.append((r.status_code, r.json()["detail"][0]["loc"]))
-        assert r.status_code == status, (form, r.text)
-        assert field in r.json()["detail"][0]["loc"], (field, r.text)
+
+def _nan_features():
+    f = make_bank().features.copy()
+    f[3, 2] = np.nan
+    return f
+
+
+FIT_CASES = {  # id: (form, upload, status, a field the loc names)
+    "bad name": ({"name": "a/b"}, None, 422, "name"),
+    "unknown density": ({"name": "ok", "density": "cauchy"}, None, 422, "density"),
+    "nan features": ({"name": "ok"}, lambda: _bank_with(features=_nan_features()), 422, "features"),
+    "anchor dimension": ({"name": "ok"}, lambda: _bank_with(anchors=make_bank().anchors[:, :8]), 422, "anchors"),
+    "label out of range": ({"name": "ok"}, lambda: _bank_with(labels=make_bank().labels + 5), 422, "labels"),
+    "no anchors": ({"name": "ok"}, lambda: _bank_with(anchors=None), 422, "anchors"),
+    "not an npz": ({"name": "ok"}, lambda: b"this is not an npz", 422, "file"),
+    "empty file": ({"name": "ok"}, lambda: b"", 422, "file"),
+}
+
+
+@pytest.mark.parametrize("form, upload, status, field", FIT_CASES.values(), ids=FIT_CASES.keys())
+def test_bad_fit_inputs_answer_4xx_naming_the_field(api, form, upload, status, field):
+    data = upload() if upload else bank_bytes()
+    r = api.post("/fits", data=form, files={"file": ("b.npz", data)})
+    assert r.status_code == status, (form, r.text)
+    assert field in r.json()["detail"][0]["loc"], (field, r.text)
+
+
+def test_a_fit_without_a_file_names_the_file(api):
     r = api.post("/fits", data={"name": "nofile"})
     assert r.status_code == 422 and "file" in r.json()["detail"][0]["loc"]
 
-    sample_cases = [
-        ({"fit": "missing"}, 404, "fit"),
-        ({"fit": "bad/name"}, 422, "fit"),
-        ({"method": "nope"}, 422, "method"),
-        ({"n_per_class": 0}, 422, "n_per_class"),
-        ({"n_per_class": 10_001}, 422, "n_per_class"),
-        ({"n_per_class": "many"}, 422, "n_per_class"),
-        ({"classes": ["no_such_class"]}, 422, "classes"),
-        ({"classes": [3]}, 422, "classes"),
-        ({"classes": [-1]}, 422, "classes"),
-        ({"classes": []}, 422, "classes"),
-        ({"classes": [1.5]}, 422, "classes"),
-        ({"classes": [True]}, 422, "classes"),
-        ({"params": {"no_such_param": 1}}, 422, "params"),
-        ({"params": "x"}, 422, "params"),
-        ({"seed": "abc"}, 422, "seed"),
-        ({"unexpected": 1}, 422, "unexpected"),
-    ]
-    for change, status, field in sample_cases:
-        r = api.post("/sample", json={**sample, **change})
-        assert r.status_code == status, (change, r.text)
-        assert field in r.json()["detail"][0]["loc"], (field, r.text)
+
+SAMPLE_CASES = {  # id: (request change, status, a field the loc names)
+    "unknown fit": ({"fit": "missing"}, 404, "fit"),
+    "bad fit name": ({"fit": "bad/name"}, 422, "fit"),
+    "unknown method": ({"method": "nope"}, 422, "method"),
+    "zero per class": ({"n_per_class": 0}, 422, "n_per_class"),
+    "over the cap": ({"n_per_class": 10_001}, 422, "n_per_class"),
+    "not a number": ({"n_per_class": "many"}, 422, "n_per_class"),
+    "unknown class name": ({"classes": ["no_such_class"]}, 422, "classes"),
+    "class index too big": ({"classes": [3]}, 422, "classes"),
+    "negative class index": ({"classes": [-1]}, 422, "classes"),
+    "no classes": ({"classes": []}, 422, "classes"),
+    "float class": ({"classes": [1.5]}, 422, "classes"),
+    "bool class": ({"classes": [True]}, 422, "classes"),
+    "unknown param": ({"params": {"no_such_param": 1}}, 422, "params"),
+    "params not a dict": ({"params": "x"}, 422, "params"),
+    "bad seed": ({"seed": "abc"}, 422, "seed"),
+    "unknown field": ({"unexpected": 1}, 422, "unexpected"),
+}
+
+
+@pytest.mark.parametrize("change, status, field", SAMPLE_CASES.values(), ids=SAMPLE_CASES.keys())
+def test_bad_sample_inputs_answer_4xx_naming_the_field(api, change, status, field):
+    assert post_fit(api, "toy").status_code == 201
+    r = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 2, **change})
+    assert r.status_code == status, (change, r.text)
+    assert field in r.json()["detail"][0]["loc"], (field, r.text)
+
+
+def test_bad_sampler_params_and_json(api):
+    assert post_fit(api, "toy").status_code == 201
+    sample = {"fit": "toy", "method": SAMPLER, "n_per_class": 2}
     # Bad sampler parameter values are re-rooted under params.<name>.
     r = api.post("/sample", json={**sample, "params": {"no_such_param": 1}})
     assert r.json()["detail"][0]["loc"][:3] == ["body", "params", "no_such_param"]
@@ -168,9 +183,15 @@ def test_bad_inputs_answer_4xx_naming_the_field(api):
     assert r.status_code == 422
     assert api.post("/sample", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
 
-    for path, field in [("/fits/missing", "name"), ("/samples/" + "0" * 32, "sample_id"), ("/samples/xyz", "sample_id")]:
-        r = api.get(path)
-        assert r.status_code == 404 and field in r.json()["detail"][0]["loc"]
+
+@pytest.mark.parametrize("path, field", [("/fits/missing", "name"), ("/samples/" + "0" * 32, "sample_id"),
+                                         ("/samples/xyz", "sample_id")])
+def test_unknown_names_answer_404_naming_the_path_field(api, path, field):
+    r = api.get(path)
+    assert r.status_code == 404 and r.json()["detail"][0]["loc"] == ["path", field]
+
+
+def test_deleting_an_unknown_fit_is_404(api):
     assert api.delete("/fits/missing").status_code == 404
 
 

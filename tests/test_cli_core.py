@@ -67,7 +67,7 @@ SAMPLE = ["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2"]
     (["fit", "{nan}", "--name", "x"], "bank.features"),
     (["fit", "{missing}", "--name", "x"], "bank"),
     (["fit", "{bank}", "--name", "x", "--density", "cauchy"], "density"),
-    (["fit", "{bank}", "--name", "bad name"], "name"),
+    (["fit", "{bank}", "--name", "a/b"], "name"),
     (["fit", "{bank}", "--name", "cli"], "name"),
     (["sample", "--fit", "nope", "--method", SAMPLER, "--n-per-class", "2", "--out", "{out}"], "fit"),
     (["sample", "--fit", "cli", "--method", "nope", "--n-per-class", "2", "--out", "{out}"], "method"),
