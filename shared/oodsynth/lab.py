@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -255,12 +256,16 @@ class CellOutcome:
     info: dict = field(default_factory=dict)
 
 
-def _ood_config(cell: Cell, beta: float, **extra):
+def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, **extra):
+    """The detector's config. The outlier batch grows when needed so that an epoch is one pass over the ID
+    images whatever the outlier count: a row and its CE pair then take exactly the same ID steps."""
     from .ood_training import OODTrainConfig
 
     s = cell.settings
+    id_steps = math.ceil(len(cell.train) / s.batch_size)
+    ood_batch_size = max(s.ood_batch_size, math.ceil(n_outliers / id_steps))
     return OODTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs, batch_size=s.batch_size,
-                          ood_batch_size=s.ood_batch_size, lr=s.lr, beta=beta, seed=cell.seed, dataset=cell.profile,
+                          ood_batch_size=ood_batch_size, lr=s.lr, beta=beta, seed=cell.seed, dataset=cell.profile,
                           image_size=s.image_size, mean=cell.train.mean, std=cell.train.std, **extra)
 
 
@@ -273,7 +278,8 @@ def _train_and_evaluate(cell: Cell, outliers: torch.Tensor | None, info: dict | 
         x = images_to_tensor(outliers.float() / 255 if outliers.dtype == torch.uint8 else outliers,
                              cell.settings.image_size)
         ds = TensorDataset(x, torch.zeros(len(x), dtype=torch.int64))
-    clf = train_ood(_ood_config(cell, beta), cell.train, cell.work, outliers=ds, device="cpu", progress=False)
+    config = _ood_config(cell, beta, 0 if ds is None else len(ds))
+    clf = train_ood(config, cell.train, cell.work, outliers=ds, device="cpu", progress=False)
     report = evaluate(clf, cell.test, cell.ood_sets, progress=False)
     return CellOutcome(report, "energy", {"n_outliers": 0 if ds is None else len(ds), **(info or {})})
 
@@ -345,7 +351,7 @@ def feature_row(sampler: str) -> Callable[[Cell], CellOutcome]:
 
         s, assets = cell.settings, cell.assets()
         result = get_sampler(sampler).sample(assets.fit, s.n_per_class, seed=cell.seed, bank=assets.bank)
-        config = _ood_config(cell, s.beta, init_encoder=str(assets.encoder_path))
+        config = _ood_config(cell, s.beta, len(result.vectors), init_encoder=str(assets.encoder_path))
         clf = train_ood(config, cell.train, cell.work, feature_outliers=result, device="cpu", progress=False)
         return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy",
                            {"n_outliers": len(result.vectors)})
