@@ -70,6 +70,9 @@ def test_kill_9_mid_job_then_another_worker_finishes(redis_url, tiny_sd, monkeyp
     assert killed.get_status() == "started"
     done_at_kill = killed.get_meta()["progress"]["done"]
     assert 1 <= done_at_kill < N_IMAGES, "the job finished before the kill: the test proved nothing"
+    # Reading a job's state (GET /jobs/{id}) has no side effect: the dead worker's job stays started.
+    assert job_status(job_id, connection)["status"] == "started"
+    assert Job.fetch(job_id, connection=connection, serializer=JSONSerializer).get_status() == "started"
 
     second = subprocess.run(WORKER, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stderr[-3000:]
