@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", default="animals,digits", help="comma-separated: animals, digits")
     p.add_argument("--seeds", default="5", help="a count (5 = seeds 0..4), a range 0-4, or a list 0,2,5")
     p.add_argument("--rows", default=None, help="comma-separated row names or globs (default: all)")
-    p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, 40 outliers per class: a check")
+    p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, outlier_ratio 0.1: a check")
     p.add_argument("--list-rows", action="store_true")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: measured 7x faster per step than 2 on a busy 2-core machine)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a lab setting (repeatable): epochs, beta, n_per_class, max_id_percentile, width, ...")
+                   help="override a lab setting (repeatable): epochs, beta, outlier_ratio, max_id_percentile, width, ...")
     p.add_argument("--name", default="results", help="result files OUT/NAME.{json,md,png} (cells are shared)")
     args = p.parse_args(argv)
 

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from oodsynth.lab import LabSettings, decoded_pool, lab_rows, run_benchmark, summarise
 
-SETTINGS = LabSettings(width=4, epochs=2, batch_size=32, ood_batch_size=16, n_per_class=4, max_id_percentile=50.0)
+# digits: 1,010 training images in 8 classes, so outlier_ratio 0.032 gives 4 outliers per class
+SETTINGS = LabSettings(width=4, epochs=2, min_steps=0, batch_size=32, ood_batch_size=16, outlier_ratio=0.032,
+                       max_id_percentile=50.0)
 
 
 @pytest.fixture

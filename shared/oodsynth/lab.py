@@ -60,12 +60,21 @@ class LabSettings(BaseModel):
     lr: float = Field(0.05, gt=0)
     beta: float = Field(2.5, ge=0)
     # the outliers
-    n_per_class: int = Field(200, ge=1, description="outliers per ID class that reach the detector")
-    oversample: float = Field(2.0, ge=1, description="decoded pool per class = oversample * n_per_class; the "
-                              "verified row keeps the first n_per_class that pass, the plain row the first n_per_class")
+    min_steps: int = Field(300, ge=0, description="epochs grow until the detector takes at least this many ID "
+                           "batches (small profiles such as digits get more epochs)")
+    outlier_ratio: float = Field(0.3, gt=0, description="outliers reaching the detector per ID training image")
+    oversample: float = Field(2.0, ge=1, description="decoded pool per class = oversample * outliers per class; the "
+                              "verified row keeps the first ones that pass, the plain row the first ones")
     max_id_percentile: float = Field(10.0, ge=0, le=100, description="verification threshold")
     density: str = "gaussian_full"
     decode: dict = Field(default_factory=dict, description="decode settings over the assets' defaults")
+
+    def per_class(self, n_train: int, n_classes: int) -> int:
+        """Outliers per class that reach the detector (``outlier_ratio`` of the ID training set)."""
+        return max(1, round(self.outlier_ratio * n_train / n_classes))
+
+    def epochs_for(self, n_train: int) -> int:
+        return max(self.epochs, math.ceil(self.min_steps / math.ceil(n_train / self.batch_size)))
 
     def key(self, fields: frozenset[str] | None = None) -> str:
         """Hash of the settings (or of the detector settings plus ``fields``: what one row depends on)."""
@@ -75,12 +84,12 @@ class LabSettings(BaseModel):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
-DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "batch_size", "lr"})
-OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "n_per_class"})
+DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
+OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio"})
 DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode"}
 
 
-QUICK = {"epochs": 2, "n_per_class": 40}
+QUICK = {"epochs": 2, "min_steps": 0, "outlier_ratio": 0.1}
 
 
 # ----------------------------------------------------------------------------- the generation side
@@ -203,7 +212,7 @@ def decoded_pool(assets: ProfileAssets, sampler: str, seed: int, settings: LabSe
 
     if assets.decoder_dir is None:
         raise ValueError("decoder: these assets have no decoder folder")
-    n_pool = int(np.ceil(settings.oversample * settings.n_per_class))
+    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
     tag = hashlib.sha256(json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool,
                                      settings.density]).encode()).hexdigest()[:8]
     path = cache / f"decoded-{sampler}-s{seed}-{tag}.pt"
@@ -264,7 +273,7 @@ def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, **extra):
     s = cell.settings
     id_steps = math.ceil(len(cell.train) / s.batch_size)
     ood_batch_size = max(s.ood_batch_size, math.ceil(n_outliers / id_steps))
-    return OODTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs, batch_size=s.batch_size,
+    return OODTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs_for(len(cell.train)), batch_size=s.batch_size,
                           ood_batch_size=ood_batch_size, lr=s.lr, beta=beta, seed=cell.seed, dataset=cell.profile,
                           image_size=s.image_size, mean=cell.train.mean, std=cell.train.std, **extra)
 
@@ -296,7 +305,8 @@ def row_density(cell: Cell) -> CellOutcome:
     """
     s = cell.settings
     anchors = cell.assets().anchors
-    config = EncoderTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+    config = EncoderTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs_for(len(cell.train)),
+                                batch_size=s.batch_size, lr=s.lr,
                                 seed=cell.seed, image_size=s.image_size, mean=cell.train.mean, std=cell.train.std,
                                 dataset=cell.profile)
     encoder = train_encoder(config, cell.train, anchors, cell.work, device="cpu", progress=False)
@@ -307,7 +317,7 @@ def row_density(cell: Cell) -> CellOutcome:
 
 def row_noise(cell: Cell) -> CellOutcome:
     """The control: as many outliers as the decoded rows, but smooth random noise."""
-    n = cell.settings.n_per_class * len(cell.train.class_names)
+    n = cell.settings.per_class(len(cell.train), len(cell.train.class_names)) * len(cell.train.class_names)
     return _train_and_evaluate(cell, smooth_noise(n, cell.settings.image_size, cell.seed))
 
 
@@ -315,7 +325,8 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
         s = cell.settings
         pool = decoded_pool(cell.assets(), sampler, cell.seed, s, cell.cache)
-        keep = pool.choose(s.n_per_class, s.max_id_percentile if verified else None)
+        keep = pool.choose(s.per_class(len(cell.train), len(cell.train.class_names)),
+                           s.max_id_percentile if verified else None)
         info = {"pool": len(pool.class_index), "sample_s": pool.sample_seconds, "decode_s": pool.decode_seconds,
                 "pool_pass_rate": float(pool.verification.passes(s.max_id_percentile).mean()),
                 "pool_median_id_percentile": float(np.median(pool.verification.id_percentile)),
@@ -350,7 +361,8 @@ def feature_row(sampler: str) -> Callable[[Cell], CellOutcome]:
         from .samplers import get_sampler
 
         s, assets = cell.settings, cell.assets()
-        result = get_sampler(sampler).sample(assets.fit, s.n_per_class, seed=cell.seed, bank=assets.bank)
+        n = s.per_class(len(cell.train), len(cell.train.class_names))
+        result = get_sampler(sampler).sample(assets.fit, n, seed=cell.seed, bank=assets.bank)
         config = _ood_config(cell, s.beta, len(result.vectors), init_encoder=str(assets.encoder_path))
         clf = train_ood(config, cell.train, cell.work, feature_outliers=result, device="cpu", progress=False)
         return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy",
