@@ -153,8 +153,13 @@ def tiny_text_encoder_config(vocab_size: int, bos_token_id: int, eos_token_id: i
     )
 
 
-def write_tiny_clip_text(path: str | Path, words: list[str], hidden_size: int = 768, seed: int = 0) -> Path:
-    """Write ``path/tokenizer`` and ``path/text_encoder`` (random CLIPTextModel) where each word is one token."""
+def write_tiny_clip_text(
+    path: str | Path, words: list[str], hidden_size: int = 768, seed: int = 0, row_norm: float = 0.4
+) -> Path:
+    """Write ``path/tokenizer`` and ``path/text_encoder`` (random CLIPTextModel) where each word is one token.
+
+    Token rows are drawn with norms of about ``row_norm`` (SD v1.x rows lie at 0.34-0.42).
+    """
     import torch
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -169,7 +174,7 @@ def write_tiny_clip_text(path: str | Path, words: list[str], hidden_size: int = 
         model = CLIPTextModel(config)
         # SD v1.x token rows have norms of about 0.4; keep the random table in that range.
         with torch.no_grad():
-            model.get_input_embeddings().weight.normal_(0.0, 0.4 / hidden_size**0.5)
+            model.get_input_embeddings().weight.normal_(0.0, row_norm / hidden_size**0.5)
     model.save_pretrained(path / "text_encoder")
     return path
 
