@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 
 from .app import app
 from . import core, generation, training  # noqa: F401  (register commands)
+from . import decoder  # noqa: F401  (train-decoder)
 
 for _command in entry_points(group="oodsynth.commands"):
     app.command(_command.name)(_command.load())
