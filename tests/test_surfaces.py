@@ -127,7 +127,7 @@ def test_a_bad_decode_setting_fails_alike_everywhere(surfaces, option, value, fi
     client, http = surfaces
     sample = draw_sample(FitRegistry(client), SampleRegistry(client), get_settings(), fit="toy", method=SAMPLER,
                          n_per_class=1, seed=0)
-    body = {"dataset": "out", "sample_id": sample.sample_id, option.lstrip("-"): value}
+    body = {"dataset": "out", "sample_id": sample.sample_id, option.lstrip("-"): int(value) if value.isdigit() else value}
     r = http.post("/generate", json=body)
     detail = r.json()["detail"][0]
     assert r.status_code == 422 and join_loc(detail["loc"]) == field and message in detail["msg"], r.text

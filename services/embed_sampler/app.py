@@ -13,6 +13,7 @@ from oodsynth.registry import FitCache
 from oodsynth.service import EmbedderCache
 
 from .errors import install_error_handlers
+from .limits import BodyLimitMiddleware
 from .observability import MetricsMiddleware
 from .routes import features, fits, generation, health, sampling
 
@@ -42,6 +43,7 @@ def create_app() -> FastAPI:
     app.state.fit_cache = FitCache()  # decoded fits, dropped when their stored version changes
     app.state.embedders = EmbedderCache()  # the encoder checkpoint, reloaded when the file changes
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)  # inside the metrics: a 413 is counted too
     app.add_middleware(MetricsMiddleware)
     for module in (health, fits, sampling, generation, features):
         app.include_router(module.router)

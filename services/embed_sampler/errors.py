@@ -4,7 +4,8 @@ FastAPI answers request-validation failures with that shape already; one
 handler gives the library's typed errors (``oodsynth.errors``) the same shape
 and their status (422/404/409/503), with ``loc`` rooted where the field came
 from (``path``, ``query`` or ``body``). Anything unexpected becomes a JSON 500
-without a traceback, and a lost Redis a 503.
+without a traceback, and a lost Redis a 503; paths are redacted from messages
+(the logs keep them).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oodsynth.errors import OodsynthError, Unavailable, pydantic_message, split_field
+from oodsynth.redact import redact_paths
+
+from .limits import body_limit, too_large
 
 log = logging.getLogger("oodsynth.api")
 
@@ -64,9 +69,17 @@ def install_error_handlers(app: FastAPI) -> None:
             errors.append(jsonable_encoder(e))
         return JSONResponse({"detail": json_safe(errors)}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404 (no route), 405, 413 (body over the cap) ...: the same ``detail`` list shape."""
+        if exc.status_code == 413:  # a streamed body passed the cap (limits.BodyLimitMiddleware)
+            return too_large(body_limit(request.headers.get("content-type", "")))
+        return JSONResponse({"detail": [error([], str(exc.detail), "http_error")]}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     @app.exception_handler(OodsynthError)
     async def _library_error(request: Request, exc: OodsynthError) -> JSONResponse:
-        detail = [error(locate(field, request, exc), message, exc.type) for field, message in exc.errors]
+        detail = [error(locate(field, request, exc), redact_paths(message), exc.type) for field, message in exc.errors]
         return JSONResponse({"detail": detail}, status_code=exc.status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(redis.exceptions.ConnectionError)
@@ -74,7 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return JSONResponse(
-            {"detail": [error(["redis"], f"Redis is unavailable: {exc}", "service_unavailable")]},
+            {"detail": [error(["redis"], f"Redis is unavailable ({type(exc).__name__})", "service_unavailable")]},
             status_code=503,
         )
 

@@ -31,6 +31,10 @@ SAMPLE_SECONDS = Histogram(
 )
 
 
+# The method label comes from this fixed set: a client can send any token as its method.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streamed bodies)."""
 
@@ -54,8 +58,9 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            HTTP_REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
-            HTTP_LATENCY.labels(scope["method"], template).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            HTTP_REQUESTS.labels(method, template, str(status["code"])).inc()
+            HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - start)
 
 
 def metrics_response() -> Response:

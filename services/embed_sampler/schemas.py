@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from oodsynth.registry import FIT_NAME_PATTERN
+from oodsynth.errors import InputError
+from oodsynth.names import MAX_NAME_LENGTH, validate_name
 
 
 def _non_finite_path(value: Any, path: str = "") -> str | None:
@@ -32,7 +33,18 @@ def _non_finite_path(value: Any, path: str = "") -> str | None:
     return None
 
 
-FitName = Annotated[str, Field(pattern=FIT_NAME_PATTERN, description="Name of a stored fit.", examples=["cifar100"])]
+def _fit_name(value: str) -> str:
+    try:
+        return validate_name("fit", value)
+    except InputError as exc:  # pydantic names the field itself
+        raise ValueError(exc.message) from None
+
+
+FitName = Annotated[
+    StrictStr,
+    Field(max_length=MAX_NAME_LENGTH, description="Name of a stored fit (names.validate_name).", examples=["cifar100"]),
+    AfterValidator(_fit_name),
+]
 
 
 class SampleRequest(BaseModel):
@@ -40,6 +52,7 @@ class SampleRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # `seed: false` or `n_per_class: "5"` are mistakes, not numbers
         json_schema_extra={
             "examples": [
                 {

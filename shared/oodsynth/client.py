@@ -10,6 +10,7 @@ names it in-process; ``status`` and ``detail`` keep the HTTP answer.
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,13 @@ class OodsynthClient:
         )
 
     def get_fit(self, name: str) -> dict:
-        return self._call("GET", f"/fits/{name}")
+        return self._call("GET", f"/fits/{quote(name, safe='')}")
 
     def list_fits(self) -> list[str]:
         return self._call("GET", "/fits")["fits"]
 
     def delete_fit(self, name: str) -> None:
-        self._call("DELETE", f"/fits/{name}")
+        self._call("DELETE", f"/fits/{quote(name, safe='')}")
 
     # ---- samples
     def sample(
@@ -128,7 +129,7 @@ class OodsynthClient:
         return self._call("POST", "/sample", json=body)
 
     def get_sample(self, sample_id: str, *, include_vectors: bool = True) -> dict:
-        return self._call("GET", f"/samples/{sample_id}", params={"include_vectors": str(include_vectors).lower()})
+        return self._call("GET", f"/samples/{quote(sample_id, safe='')}", params={"include_vectors": str(include_vectors).lower()})
 
     # ---- generation (queue)
     def generate(self, dataset: str, *, sample_id: str | None = None, **fields: Any) -> dict:
@@ -138,7 +139,7 @@ class OodsynthClient:
 
     def job(self, job_id: str) -> dict:
         """``{id, status, progress: {done, total}, result, error}``."""
-        return self._call("GET", f"/jobs/{job_id}")
+        return self._call("GET", f"/jobs/{quote(job_id, safe='')}")
 
     def queue(self) -> dict:
         return self._call("GET", "/queue")

@@ -36,3 +36,12 @@ def validate_name(field: str, value: object) -> str:
     if value != value.strip():
         raise InputError(field, f"{value!r} must not start or end with spaces")
     return value
+
+
+def is_valid_name(value: object) -> bool:
+    """``validate_name`` as a test, for lookups: an invalid name names nothing."""
+    try:
+        validate_name("name", value)
+    except InputError:
+        return False
+    return True

@@ -37,6 +37,7 @@ from .config import Settings, get_settings
 from .errors import InputError, NotFound
 from .batching import batches
 from .jobs import TERMINAL_JOB_STATES, DecodeJob
+from .redact import failure_line
 
 JOB_FUNCTION = "oodsynth.decode_job.decode_task"
 MAX_RETRY_INTERVAL_S = 900

@@ -33,6 +33,7 @@ import redis
 from .bank import FeatureBank, load_bank
 from .config import get_settings
 from .errors import Conflict, InputError, NotFound
+from .names import is_valid_name, validate_name
 
 if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
     from .densities import ClassDensities
@@ -41,8 +42,6 @@ if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/to
 FIT_PREFIX = "oodsynth:fit:"
 FIT_INDEX = "oodsynth:fits"
 SAMPLE_PREFIX = "oodsynth:sample:"
-FIT_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_FIT_NAME_RE = re.compile(FIT_NAME_PATTERN)
 _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # Redis refuses values over 512 MB; stay well below it per hash field.
 CHUNK_BYTES = 256 * 1024 * 1024
@@ -53,9 +52,8 @@ def fit_exists_error(name: str) -> Conflict:
 
 
 def validate_fit_name(name: str) -> str:
-    if not isinstance(name, str) or not _FIT_NAME_RE.match(name):
-        raise InputError("name", f"{name!r} is not a valid fit name (1-64 of letters, digits, '_', '.', '-')")
-    return name
+    """Fit names follow the one naming rule (``names.validate_name``), like dataset names."""
+    return validate_name("name", name)
 
 
 def _json_default(value: Any) -> Any:
@@ -191,14 +189,14 @@ class FitRegistry:
         return summary
 
     def exists(self, name: str) -> bool:
-        return isinstance(name, str) and bool(_FIT_NAME_RE.match(name)) and bool(self.redis.exists(self.key(name)))
+        return is_valid_name(name) and bool(self.redis.exists(self.key(name)))
 
     def get(self, name: str, *, field: str = "fit") -> tuple["ClassDensities", FeatureBank]:
         """The decoded ``(fit, bank)``; ``NotFound`` blaming ``field`` when there is no such fit."""
         from .densities import ClassDensities
 
         missing = NotFound(field, f"no fit named {name!r}")
-        if not isinstance(name, str) or not _FIT_NAME_RE.match(name):
+        if not is_valid_name(name):
             raise missing
         key = self.key(name)
         version = self.redis.hget(key, "version")
@@ -223,14 +221,14 @@ class FitRegistry:
 
     def version(self, name: str) -> str:
         """The current version (an etag); ``NotFound`` when absent."""
-        v = self.redis.hget(self.key(name), "version") if _FIT_NAME_RE.match(name or "") else None
+        v = self.redis.hget(self.key(name), "version") if is_valid_name(name) else None
         if v is None:
             raise NotFound("fit", f"no fit named {name!r}")
         return v.decode()
 
     def summary(self, name: str, *, field: str = "fit") -> dict:
         """The JSON summary stored with the fit, without decoding the arrays; ``NotFound`` when absent."""
-        raw = self.redis.hget(self.key(name), "summary") if _FIT_NAME_RE.match(name or "") else None
+        raw = self.redis.hget(self.key(name), "summary") if is_valid_name(name) else None
         if raw is None:
             raise NotFound(field, f"no fit named {name!r}")
         return json.loads(raw)
@@ -248,7 +246,7 @@ class FitRegistry:
         return [n for n in names if n not in gone]
 
     def delete(self, name: str) -> bool:
-        if not _FIT_NAME_RE.match(name or ""):
+        if not is_valid_name(name):
             return False
         with self.redis.pipeline() as pipe:
             pipe.delete(self.key(name))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .deadline import check_deadline
 from .errors import InputError
 
 
@@ -38,12 +39,16 @@ def sample_vmf(mu: np.ndarray, kappa: np.ndarray, n: int, rng: np.random.Generat
     kappa = np.broadcast_to(np.asarray(kappa, dtype=np.float64), (mu.shape[0],))
     K, D = mu.shape
     m1 = D - 1.0
-    b = m1 / (2.0 * kappa + np.sqrt(4.0 * kappa**2 + m1**2))  # stable form of (-2k + sqrt(4k^2+m1^2)) / m1
-    x0 = (1.0 - b) / (1.0 + b)
-    c = kappa * x0 + m1 * np.log1p(-x0 * x0)
-    w = np.empty((K, n))
-    todo = np.ones((K, n), dtype=bool)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        b = m1 / (2.0 * kappa + np.sqrt(4.0 * kappa**2 + m1**2))  # stable form of (-2k + sqrt(4k^2+m1^2)) / m1
+        x0 = (1.0 - b) / (1.0 + b)
+        c = kappa * x0 + m1 * np.log1p(-x0 * x0)
+    # A kappa too large for float64 (e.g. kappa / a temperature of 1e-308): the draw is the mean
+    # direction to machine precision, and the rejection loop below would never accept.
+    w = np.ones((K, n))
+    todo = np.repeat(np.isfinite(c)[:, None], n, axis=1)
     while todo.any():
+        check_deadline()
         rows, cols = np.nonzero(todo)
         z = rng.beta(m1 / 2.0, m1 / 2.0, size=rows.size)
         bb, kk, xx, cc = b[rows], kappa[rows], x0[rows], c[rows]

@@ -8,6 +8,7 @@ later ``/sample`` calls (and the samples other clients refer to) mean.
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
@@ -15,7 +16,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from oodsynth.densities import DENSITY_KINDS
 from oodsynth.errors import NotFound
-from oodsynth.registry import FIT_NAME_PATTERN, FitRegistry
+from oodsynth.names import MAX_NAME_LENGTH
+from oodsynth.registry import FitRegistry
 from oodsynth.service import create_fit as create_fit_use_case
 
 from .. import observability as obs
@@ -42,7 +44,7 @@ ERROR_RESPONSES = {
 )
 async def create_fit(
     response: Response,
-    name: Annotated[str, Form(pattern=FIT_NAME_PATTERN, description="Fit name (1-64 of letters, digits, _ . -).")],
+    name: Annotated[str, Form(max_length=MAX_NAME_LENGTH, description="Fit name: printable, at most 128 characters, not starting with '.', no '/' or '\\'.")],
     file: Annotated[
         UploadFile,
         File(description="Feature bank `.npz`: features (N,D) float32, labels (N,) int, anchors (C,D), class_names (C,)."),
@@ -62,7 +64,7 @@ async def create_fit(
     obs.FIT_SECONDS.labels(density).observe(time.perf_counter() - start)
     obs.FITS.labels(density).inc()
     response.headers["ETag"] = f'"{summary["version"]}"'
-    response.headers["Location"] = f"/fits/{name}"
+    response.headers["Location"] = f"/fits/{quote(name, safe='')}"
     return summary
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
@@ -12,6 +14,7 @@ from ..schemas import Health
 from ..state import get_redis_dep
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("oodsynth.api")
 
 
 @router.get(
@@ -21,11 +24,12 @@ router = APIRouter(tags=["operations"])
     summary="Liveness and Redis reachability",
 )
 def healthz(client: redis.Redis = Depends(get_redis_dep)):
-    """200 when Redis answers a PING, 503 (with the error) when it does not."""
+    """200 when Redis answers a PING, 503 (with the error's type; details in the log) when it does not."""
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
-        return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
+        log.warning("healthz: redis unavailable: %s", exc)
+        return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
     return Health(status="ok", redis="ok")
 
 

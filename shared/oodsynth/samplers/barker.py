@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import expit
 
 from ..densities import ClassDensities
-from .base import Sampler
+from .base import Sampler, check_deadline
 from .geodesic import rowdot
 
 
@@ -113,6 +113,7 @@ def barker_chain(target: SphereTarget, x0: np.ndarray, n_steps: int, step_size: 
     log_scale = np.full(shape, np.log(step_size))
     accepted = np.zeros(shape)
     for t in range(n_steps):
+        check_deadline()  # the request's time budget (base.check_deadline)
         move = rng.standard_normal(s.shape, dtype=dt)
         move *= np.exp(log_scale).astype(dt)[..., None]
         # Barker: keep the sign of z with probability sigmoid(z * grad), else flip it

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ..bank import FeatureBank
 from ..densities import ClassDensities
+from ..deadline import check_deadline, time_budget
 from ..errors import InputError
 from ..knn import kth_neighbor_distance
 from ..sphere import unit_rows
@@ -25,6 +26,7 @@ DEFAULT_KNN_K = 300  # DREAM-OOD's K; capped at the class size
 ROWS_PER_BLOCK = 32_768  # chains processed together (bounds memory at ~100 MB of float32 in 768-d)
 
 ProgressFn = Callable[[int, int], None]
+
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Sampler:
         per_class: dict[int, list[np.ndarray]] = {int(c): [] for c in classes}
         total, done = len(classes) * n, 0
         for cls, nb in class_blocks(classes, n):
+            check_deadline()
             block = self._sample_block(fit, cls, nb, rng, bank)
             for c, rows in zip(cls, block):
                 per_class[int(c)].append(rows)
@@ -138,8 +141,12 @@ class Sampler:
         bank: FeatureBank | None = None,
         scale_to_anchor: bool = True,
         progress: ProgressFn | None = None,
+        time_budget_s: float | None = None,
     ) -> SampleResult:
-        """``n_per_class`` outlier vectors for each class (all classes when ``classes`` is None)."""
+        """``n_per_class`` outlier vectors for each class (all classes when ``classes`` is None).
+
+        ``time_budget_s``: raise ``Unavailable`` once sampling has run this long (``oodsynth.deadline``).
+        """
         if not isinstance(fit, ClassDensities) or not hasattr(fit, "quantile_values_"):
             raise InputError("fit", "expected a fitted ClassDensities")
         if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
@@ -159,7 +166,7 @@ class Sampler:
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**31)
         rng = np.random.default_rng(seed)
-        with threadpool_limits(self.blas_threads, user_api="blas"):
+        with time_budget(time_budget_s), threadpool_limits(self.blas_threads, user_api="blas"):
             unit, class_index = self._sample_all(fit, cls, int(n_per_class), rng, bank, progress)
         unit = unit.astype(np.float32)
         diagnostics = compute_diagnostics(fit, unit, class_index, bank, self._knn_k())

@@ -33,7 +33,7 @@ from ..bank import FeatureBank
 from ..densities import ClassDensities
 from ..sphere import unit_rows
 from .anchor_classifier import boundary_points, unit_anchors
-from .base import Sampler
+from .base import Sampler, check_deadline
 from .geodesic import exp_map, rowdot, to_tangent
 
 
@@ -69,6 +69,7 @@ def stepwise_crossing(x0: np.ndarray, direction: np.ndarray, step_size: float, s
     x = x0.copy()
     left = np.full(x.shape[:-1], steps_beyond)
     for _ in range(max_steps):
+        check_deadline()  # the request's time budget (base.check_deadline)
         crossed = rowdot(direction, x)[..., 0] > 0
         move = ~crossed | (left > 0)
         if not move.any():

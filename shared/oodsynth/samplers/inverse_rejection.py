@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..densities import ClassDensities
 from ..errors import InputError
 from ..sphere import project_to_sphere
-from .base import Sampler
+from .base import Sampler, check_deadline
 
 _PILOT = 256
 
@@ -59,6 +59,7 @@ class InverseRejectionSampler(Sampler):
         kept: list[list[np.ndarray]] = [[] for _ in classes]
         counts = np.zeros(len(classes), dtype=np.int64)
         for _ in range(p.max_rounds):
+            check_deadline()  # the request's time budget (base.check_deadline)
             todo = np.flatnonzero(counts < n)
             if todo.size == 0:
                 break

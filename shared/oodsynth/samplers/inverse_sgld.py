@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..densities import ClassDensities
 from ..sphere import project_to_sphere
-from .base import Sampler, validate_band
+from .base import Sampler, check_deadline, validate_band
 
 
 class InverseSGLDParams(BaseModel):
@@ -59,6 +59,7 @@ class InverseSGLDSampler(Sampler):
         eta = np.full(logp.shape, p.step_size)
         done = (logp >= bottom) & (logp <= top)
         for _ in range(p.max_steps):
+            check_deadline()  # the request's time budget (base.check_deadline)
             active = ~done
             if not active.any():
                 break

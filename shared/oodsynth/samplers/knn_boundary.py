@@ -26,7 +26,7 @@ from ..bank import FeatureBank
 from ..errors import InputError
 from ..knn import KNN_BACKENDS, kth_neighbor_distance
 from ..sphere import project_to_sphere, unit_rows
-from .base import Sampler
+from .base import Sampler, check_deadline
 
 
 CANDIDATE_BYTES = 1 << 30  # candidates held at once per round (1 GiB)
@@ -101,13 +101,14 @@ class KnnBoundarySampler(Sampler):
         boundary, _ = select_boundary(ref, k, p.select, p.backend)
         n_points = len(boundary)
         needed_per_point = math.ceil(n / n_points)
-        draws = min(p.n_draws, math.ceil(needed_per_point / p.keep_fraction))
+        draws = math.ceil(min(needed_per_point / p.keep_fraction, p.n_draws))  # a tiny keep_fraction gives inf
         keep = max(1, min(draws, round(draws * p.keep_fraction)))
         kept, kept_dist = [], []
         # Boundary points are perturbed a few at a time so one round's candidates stay
         # under CANDIDATE_BYTES whatever select x n_draws a request asks for.
         chunk = max(1, CANDIDATE_BYTES // (draws * ref.shape[1] * 4))
         while sum(len(x) for x in kept) < n:
+            check_deadline()  # the request's time budget (base.check_deadline)
             for start in range(0, n_points, chunk):
                 points = boundary[start : start + chunk]
                 noise = rng.standard_normal((len(points), draws, ref.shape[1]), dtype=np.float32)

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..densities import ClassDensities
 from ..errors import InputError
 from .anchor_classifier import unit_anchors
-from .base import Sampler
+from .base import Sampler, check_deadline
 from .class_interpolation import nearest_classes
 from .geodesic import geodesic_flow, to_tangent
 
@@ -108,6 +108,7 @@ def subspace_hmc(u: np.ndarray, log_prob_grad: LogProbGrad, dim: int, step: np.n
     logp, grad = log_prob_grad(u)
     accepted = np.zeros(shape)
     for it in range(n_iter):
+        check_deadline()  # the request's time budget (base.check_deadline)
         q = np.concatenate([u, rho[..., None], np.zeros(shape + (1,))], axis=-1)
         # momentum: N(0,1) along E and z_perp, chi(dim-k-1) for the norm of the rest, then made tangent
         rest = np.sqrt(rng.chisquare(dim - k - 1, size=shape)) if dim - k - 1 > 0 else np.zeros(shape)

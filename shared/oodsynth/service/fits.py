@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..bank import BankError, FeatureBank, load_bank
+from ..bank import REQUIRED_FIELDS, BankError, FeatureBank, load_bank
+from ..config import get_settings
 from ..errors import InputError
+from ..npz_limits import check_npz_size
 from ..registry import FitRegistry, fit_exists_error, validate_fit_name
 
 
@@ -19,12 +21,14 @@ def create_fit(
     replace: bool = False,
     bank_field: str = "bank",
     progress: Callable[[int, int], None] | None = None,
+    max_bank_bytes: int | None = None,
 ) -> dict:
     """Validate, fit and store; returns the stored summary.
 
     ``bank_field`` is what the caller calls the bank (``file`` for the API's
     upload), so a malformed array is blamed as ``<bank_field>.<array>``.
-    Cheap checks (name, density, an existing fit) run before the bank is read.
+    Cheap checks (name, density, an existing fit) run before the bank is read, and the
+    bank's decompressed size (``max_bank_bytes``, default from settings) before it is decompressed.
     """
     from ..densities import DENSITY_KINDS, ClassDensities  # scipy/torch: only when fitting
 
@@ -37,6 +41,8 @@ def create_fit(
         raise InputError(bank_field, f"no such file: {bank}")
     if isinstance(bank, bytes) and not bank:
         raise InputError(bank_field, "the uploaded file is empty")
+    if isinstance(bank, (str, Path, bytes)):
+        check_npz_size(bank, REQUIRED_FIELDS, max_bank_bytes or get_settings().max_bank_bytes, field=bank_field)
     try:
         feature_bank = bank.validate() if isinstance(bank, FeatureBank) else load_bank(bank)
     except BankError as exc:

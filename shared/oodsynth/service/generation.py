@@ -31,6 +31,7 @@ class GenerateRequest(DecodeSettings):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # `seed: false` or `steps: "50"` are mistakes, not numbers
         json_schema_extra={"examples": [{"sample_id": "3f2a...", "dataset": "cifar100-outliers", "images_per_vector": 1}]},
     )
 
@@ -108,6 +109,22 @@ def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJo
     return DecodeJob(dataset=req.dataset, model=model, items=items, **decode)
 
 
+MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; a longer template only inflates every queued job
+
+
+def check_decode_bounds(req: GenerateRequest, settings: Settings) -> None:
+    """Steps, pixels per image and the prompt length under the settings' caps (work per image is bounded)."""
+    if req.steps > settings.max_decode_steps:
+        raise InputError("steps", f"{req.steps} is above the cap of {settings.max_decode_steps} "
+                         "(settings OODSYNTH_MAX_DECODE_STEPS)")
+    for field, pixels in (("height", req.height * req.width), ("output_size", req.output_size**2)):
+        if pixels > settings.max_decode_pixels:
+            raise InputError(field, f"{pixels} pixels per image is above the cap of {settings.max_decode_pixels} "
+                             "(settings OODSYNTH_MAX_DECODE_PIXELS)")
+    if len(req.prompt_template) > MAX_PROMPT_CHARS:
+        raise InputError("prompt_template", f"{len(req.prompt_template)} characters, above the cap of {MAX_PROMPT_CHARS}")
+
+
 def check_image_count(n_vectors: int, images_per_vector: int, settings: Settings) -> None:
     n_images = n_vectors * images_per_vector
     if n_images > settings.max_images_per_request:
@@ -131,6 +148,7 @@ def plan_generation(
     ``sample`` is a sample already in hand (a local ``.npz``); otherwise
     ``req.sample_id`` is looked up in ``samples``.
     """
+    check_decode_bounds(req, settings)
     if sample is None and (req.sample_id is None) == (req.vectors is None):
         raise InputError("sample_id", "give either sample_id or vectors (+ classes), not both or neither")
     if sample is None and req.sample_id is None:

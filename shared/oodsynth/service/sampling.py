@@ -70,6 +70,7 @@ def draw_sample(
             bank=bank if (sampler.needs_bank or knn_diagnostics) else None,
             scale_to_anchor=scale_to_anchor,
             progress=progress,
+            time_budget_s=settings.sample_time_budget_s,
         )
     except InputError as exc:  # a parameter combination the sampler cannot run with on this fit
         field = "fit" if exc.field == "bank" else exc.field if exc.field in REQUEST_FIELDS else f"params.{exc.field}"

@@ -1,0 +1,45 @@
+"""Request-body caps: uploads (multipart) up to ``max_upload_bytes``, any other body up to ``max_request_bytes``.
+
+Starlette's ``RequestBodyLimitMiddleware`` does the counting (a declared
+Content-Length over the cap is refused before a byte is read; a streamed
+body is cut off as soon as it passes the cap), so a 1 GiB junk upload costs
+the server one chunk, not 1 GiB. This middleware only picks the cap per
+request from the settings; the 413 reaches the client in the API's one
+error shape (``errors.py``).
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from oodsynth.config import get_settings
+
+
+def body_limit(content_type: str) -> int:
+    settings = get_settings()
+    return settings.max_upload_bytes if content_type.startswith("multipart/") else settings.max_request_bytes
+
+
+def too_large(limit: int) -> JSONResponse:
+    msg = f"request body over the limit of {limit} bytes (settings OODSYNTH_MAX_REQUEST_BYTES / OODSYNTH_MAX_UPLOAD_BYTES)"
+    return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "too_large"}]}, status_code=413)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        limit = body_limit(headers.get("content-type", ""))
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:  # refused before a byte is read, in the API's error shape
+            await too_large(limit)(scope, receive, send)
+            return
+        await RequestBodyLimitMiddleware(self.app, max_body_size=limit)(scope, receive, send)

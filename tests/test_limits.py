@@ -1,0 +1,203 @@
+"""Hostile requests get a clear 4xx/503, never a 500, a hang or a leaked path; work per request is bounded."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from oodsynth.config import get_settings
+from services.embed_sampler.app import create_app
+from services.embed_sampler.state import get_redis_dep
+from toy_banks import toy_bank
+
+
+@pytest.fixture
+def limits(redis_url, monkeypatch):
+    for name, value in {"MAX_REQUEST_BYTES": 64 * 1024, "MAX_UPLOAD_BYTES": 256 * 1024, "MAX_BANK_BYTES": 128 * 1024,
+                        "SAMPLE_TIME_BUDGET_S": 1.0, "MAX_DECODE_STEPS": 100, "MAX_DECODE_PIXELS": 512 * 512}.items():
+        monkeypatch.setenv(f"OODSYNTH_{name}", str(value))
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def api(limits):
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        yield client
+
+
+def post_fit(api, name="toy", data: bytes | None = None):
+    data = toy_bank().to_bytes() if data is None else data
+    return api.post("/fits", data={"name": name}, files={"file": ("bank.npz", data, "application/octet-stream")})
+
+
+def first_error(r) -> dict:
+    return r.json()["detail"][0]
+
+
+@pytest.fixture
+def sample_id(api) -> str:
+    assert post_fit(api).status_code == 201
+    r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 2, "seed": 0})
+    return r.json()["sample_id"]
+
+
+@pytest.mark.parametrize("path", ["/jobs/*", "/jobs/%00", "/jobs/a%20b", "/jobs/" + "x" * 5000])
+def test_odd_job_ids_are_404(api, path):
+    r = api.get(path)
+    assert r.status_code == 404 and first_error(r)["loc"] == ["path", "job_id"], r.text
+
+
+def test_tiny_keep_fraction_is_answered(api):
+    assert post_fit(api).status_code == 201
+    r = api.post("/sample", json={"fit": "toy", "method": "knn_boundary", "n_per_class": 3, "seed": 0,
+                                  "params": {"keep_fraction": 1e-300, "k": 5, "select": 5, "n_draws": 20}})
+    assert r.status_code == 200 and r.json()["n"] == 9, r.text
+
+
+@pytest.mark.parametrize("route,body,field", [
+    ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": 2, "seed": False}, "seed"),
+    ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": "2"}, "n_per_class"),
+    ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": 2, "include_vectors": "yes"}, "include_vectors"),
+    ("/generate", {"dataset": "d", "sample_id": "0" * 32, "seed": False}, "seed"),
+    ("/generate", {"dataset": "d", "sample_id": "0" * 32, "steps": 2.0}, "steps"),
+])
+def test_strict_types(api, route, body, field):
+    r = api.post(route, json=body)
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", field], r.text
+
+
+@pytest.mark.parametrize("name", [".", "..", "a\nb", "rtl\u202eevil", "x" * 129, "a/b"])
+def test_bad_fit_names(api, name):
+    r = post_fit(api, name)
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "name"], r.text
+
+
+@pytest.mark.parametrize("dataset", [".", "..", "a\nb", "rtl\u202eevil", "x" * 200])
+def test_bad_dataset_names(api, sample_id, dataset):
+    r = api.post("/generate", json={"dataset": dataset, "sample_id": sample_id})
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "dataset"], r.text
+
+
+@pytest.mark.parametrize("change,field,text", [
+    ({"steps": 101}, "steps", "above the cap of 100"),
+    ({"height": 1024, "width": 1024}, "height", "above the cap of 262144"),
+    ({"prompt_template": "{token} " + "x" * 2000}, "prompt_template", "above the cap of 1000"),
+])
+def test_decode_bounds(api, sample_id, change, field, text):
+    r = api.post("/generate", json={"dataset": "d", "sample_id": sample_id, **change})
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", field] and text in first_error(r)["msg"], r.text
+
+
+def test_generate_enqueues_in_a_constant_number_of_round_trips(api, sample_id, redis_url, monkeypatch):
+    """The same few Redis round trips for 6 images in 6 jobs as for 600 images in 600 jobs."""
+    monkeypatch.setenv("OODSYNTH_IMAGES_PER_JOB", "1")
+    get_settings.cache_clear()
+    counted = CountingRedis.from_url(redis_url)
+    api.app.dependency_overrides[get_redis_dep] = lambda: counted
+    trips = {}
+    for per_vector in (1, 100):
+        counted.trips = 0
+        r = api.post("/generate", json={"dataset": f"d{per_vector}", "sample_id": sample_id, "images_per_vector": per_vector,
+                                        "steps": 2, "height": 64, "width": 64})
+        assert r.status_code == 202 and len(r.json()["job_ids"]) == 6 * per_vector, r.text
+        trips[per_vector] = counted.trips
+    assert trips[100] <= trips[1] <= 5, trips  # not one per job
+
+
+class CountingRedis(redis.Redis):
+    """A real client that counts its round trips: single commands and pipeline executions."""
+
+    trips = 0
+
+    def execute_command(self, *args, **options):
+        self.trips += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        def counted_execute(*a, **kw):
+            self.trips += 1
+            return execute(*a, **kw)
+
+        pipe.execute = counted_execute
+        return pipe
+
+
+def test_json_body_over_the_cap_is_413(api):
+    body = b'{"fit": "' + b"x" * 70_000 + b'"}'
+    r = api.post("/sample", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "65536 bytes" in first_error(r)["msg"], r.text
+    r = api.post("/sample", content=iter([body[:40_000], body[40_000:]]),  # streamed: no Content-Length
+                 headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and "65536 bytes" in first_error(r)["msg"], r.text
+
+
+def test_upload_over_the_cap_is_413_and_the_fit_is_not_stored(api):
+    r = post_fit(api, data=np.random.default_rng(0).bytes(300 * 1024))
+    assert r.status_code == 413, r.text
+    assert api.get("/fits").json() == {"fits": []}
+
+
+def test_npz_that_unpacks_past_the_cap_is_refused_before_decompressing(api):
+    bank = toy_bank()
+    buf = io.BytesIO()  # 8 MB of zeros compress to a few KB: a small upload, a large array
+    np.savez_compressed(buf, features=np.zeros((2**17, 16), np.float32), labels=bank.labels, anchors=bank.anchors,
+                        class_names=bank.class_names)
+    assert len(buf.getvalue()) < 64 * 1024
+    r = post_fit(api, data=buf.getvalue())
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "file", "features"], r.text
+    assert "OODSYNTH_MAX_BANK_BYTES" in first_error(r)["msg"]
+
+
+def test_npy_header_claiming_a_huge_shape_is_refused(api):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 768)})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("features.npy", header.getvalue() + b"\0" * 64)
+        for name in ("labels", "anchors", "class_names"):
+            member = io.BytesIO()
+            np.save(member, np.zeros(3))
+            z.writestr(f"{name}.npy", member.getvalue())
+    r = post_fit(api, data=buf.getvalue())
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "file", "features"], r.text
+
+
+def test_sampler_time_budget(api):
+    """A temperature of 1e-308 used to spin for minutes: now a 503 within the budget, and no thread keeps working."""
+    assert post_fit(api).status_code == 201
+    start = time.monotonic()
+    r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "seed": 0,
+                                  "params": {"temperature": 1e-308}})
+    took = time.monotonic() - start
+    assert r.status_code == 503 and first_error(r)["loc"] == ["sample_time_budget_s"], r.text
+    assert "time budget of 1 s" in first_error(r)["msg"] and took < 5, took
+    cpu = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - cpu < 0.2  # nothing left spinning in this process
+
+
+def test_no_paths_or_tracebacks_when_redis_is_down(limits, monkeypatch, tmp_path):
+    monkeypatch.setenv("OODSYNTH_REDIS_URL", f"unix://{tmp_path}/gone/redis.sock")
+    get_settings.cache_clear()
+    with TestClient(create_app(), raise_server_exceptions=False) as api:
+        for r in (api.get("/healthz"), api.get("/fits"), api.get("/jobs/abc")):
+            assert r.status_code == 503, r.text
+            assert str(tmp_path) not in r.text and "sock" not in r.text and "Traceback" not in r.text
+
+
+def test_metrics_labels_come_from_a_fixed_set(api):
+    for i in range(20):
+        api.request(f"X{i}WEIRD", f"/random/{i}")
+    text = api.get("/metrics").text
+    assert "WEIRD" not in text and "/random/" not in text
+    assert 'method="other",route="unmatched"' in text
