@@ -22,6 +22,9 @@ from .bank import FeatureBank
 from .config import get_settings
 from .errors import BY_STATUS, InputError, OodsynthError, join_loc
 from .jobs import TERMINAL_JOB_STATES
+from .registry import StoredSample
+
+NPZ = "application/x-npz"
 
 
 def api_error(status: int, detail: Any) -> OodsynthError:
@@ -60,7 +63,8 @@ class OodsynthClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs) -> Any:
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """The HTTP answer; a typed error (``api_error``) when it is an error."""
         response = self.http.request(method, path, headers={**self._auth, **kwargs.pop("headers", {})}, **kwargs)
         if response.status_code >= 400:
             try:
@@ -68,6 +72,10 @@ class OodsynthClient:
             except ValueError:
                 detail = response.text
             raise api_error(response.status_code, detail)
+        return response
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        response = self._send(method, path, **kwargs)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -114,7 +122,10 @@ class OodsynthClient:
         include_vectors: bool = True,
         knn_diagnostics: bool = False,
     ) -> dict:
-        """``POST /sample``; the answer's ``sample_id`` can be passed to ``generate``."""
+        """``POST /sample`` as JSON; the answer's ``sample_id`` can be passed to ``generate``.
+
+        ``sample_npz`` takes the same arguments and returns the vectors as arrays (5x smaller, no float parsing).
+        """
         body = {
             "fit": fit,
             "method": method,
@@ -127,6 +138,17 @@ class OodsynthClient:
             "knn_diagnostics": knn_diagnostics,
         }
         return self._call("POST", "/sample", json=body)
+
+    def sample_npz(self, fit: str, method: str, n_per_class: int, **options: Any) -> StoredSample:
+        """``POST /sample`` answered as ``.npz`` (``Accept: application/x-npz``): a ``StoredSample`` of arrays."""
+        body = {"fit": fit, "method": method, "n_per_class": n_per_class, **options}
+        body = {k: list(v) if k == "classes" and v is not None else v for k, v in body.items()}
+        return StoredSample.from_bytes(self._send("POST", "/sample", json=body, headers={"Accept": NPZ}).content)
+
+    def get_sample_npz(self, sample_id: str) -> StoredSample:
+        """``GET /samples/{id}`` as ``.npz``."""
+        path = f"/samples/{quote(sample_id, safe='')}"
+        return StoredSample.from_bytes(self._send("GET", path, headers={"Accept": NPZ}).content)
 
     def get_sample(self, sample_id: str, *, include_vectors: bool = True) -> dict:
         return self._call("GET", f"/samples/{quote(sample_id, safe='')}", params={"include_vectors": str(include_vectors).lower()})

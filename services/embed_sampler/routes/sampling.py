@@ -3,16 +3,18 @@
 Sampling and rendering run in the threadpool: a large request (100 classes x
 10,000 vectors) takes seconds of numpy work that must not block the event loop.
 Responses are rendered straight to JSON (no second pydantic pass over millions
-of floats); non-finite numbers become ``null``.
+of floats); non-finite numbers become ``null``. ``Accept: application/x-npz`` (or
+``?format=npz``) answers with the sample's ``.npz`` instead: 3 MB for 1,000
+768-d vectors, against about 15 MB of JSON, and no float formatting.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -26,6 +28,22 @@ from ..schemas import SampleRequest, SampleResponse
 from ..state import get_fits, get_samples, get_settings_dep
 
 router = APIRouter(tags=["sampling"])
+
+NPZ = "application/x-npz"
+NPZ_RESPONSE = {200: {"content": {NPZ: {"schema": {"type": "string", "format": "binary"}}},
+                      "description": "JSON, or with `Accept: application/x-npz` (or `format=npz`) the sample as an "
+                                     ".npz: vectors, class_index, class_names, meta (JSON) and diagnostics.<name>."}}
+Format = Annotated[Literal["json", "npz"] | None, Query(description="npz: answer with the .npz (as Accept: application/x-npz).")]
+
+
+def wants_npz(request: Request, format: str | None) -> bool:
+    return format == "npz" if format else NPZ in request.headers.get("accept", "")
+
+
+def npz_response(sample: StoredSample) -> Response:
+    """The sample as ``StoredSample.to_bytes`` writes it (the format Redis keeps and ``oodsynth sample --out`` saves)."""
+    return Response(sample.to_bytes(), media_type=NPZ,
+                    headers={"Content-Disposition": f'attachment; filename="{sample.sample_id}.npz"'})
 
 ERROR_RESPONSES = {
     404: {"description": "Unknown fit or sample id."},
@@ -77,11 +95,13 @@ def render_sample(sample: StoredSample, include_vectors: bool) -> JSONResponse:
     "/sample",
     dependencies=[WRITE],
     response_model=SampleResponse,
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, **NPZ_RESPONSE},
     summary="Draw outlier vectors from a fit",
 )
 async def sample(
     req: SampleRequest,
+    request: Request,
+    format: Format = None,
     fits: FitRegistry = Depends(get_fits),
     samples: SampleRegistry = Depends(get_samples),
     settings: Settings = Depends(get_settings_dep),
@@ -98,6 +118,8 @@ async def sample(
     )
     obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
     obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
+    if wants_npz(request, format):
+        return await run_in_threadpool(npz_response, stored)
     return await run_in_threadpool(render_sample, stored, req.include_vectors)
 
 
@@ -105,14 +127,18 @@ async def sample(
     "/samples/{sample_id}",
     dependencies=[READ],
     response_model=SampleResponse,
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, **NPZ_RESPONSE},
     summary="A stored sample",
 )
 async def get_sample(
     sample_id: str,
+    request: Request,
     include_vectors: Annotated[bool, Query(description="Return vectors and per-vector diagnostics.")] = True,
+    format: Format = None,
     samples: SampleRegistry = Depends(get_samples),
 ):
     """The sample as `POST /sample` returned it (until it expires after `result_ttl_s`)."""
     stored = await run_in_threadpool(samples.get, sample_id)
+    if wants_npz(request, format):
+        return await run_in_threadpool(npz_response, stored)
     return await run_in_threadpool(render_sample, stored, include_vectors)

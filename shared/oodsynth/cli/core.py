@@ -186,27 +186,13 @@ def _sample_in_process(class_tokens, **request):
 
 
 def _sample_over_api(api, class_tokens, **request):
-    from ..client import sample_arrays
-    from ..registry import StoredSample
-
     client = _api_client(api)
     try:
         names = class_names(_api_call(client.get_fit, request["fit"]))
     except NotFound as exc:  # GET /fits/{name} calls it "name"; this command calls it --fit
         raise NotFound("fit", exc.message) from None
-    response = _api_call(client.sample, classes=parse_classes(class_tokens, names), **request)
-    vectors, class_index, diagnostics = sample_arrays(response)
-    return StoredSample(
-        sample_id=response["sample_id"],
-        fit_name=response["fit"],
-        method=response["method"],
-        params=response["params"],
-        seed=response["seed"],
-        vectors=vectors,
-        class_index=class_index,
-        class_names=names,
-        diagnostics=diagnostics,
-    )
+    # As .npz: the arrays as the server keeps them, no JSON floats to format and parse.
+    return _api_call(client.sample_npz, classes=parse_classes(class_tokens, names), **request)
 
 
 @app.command("api-key")
