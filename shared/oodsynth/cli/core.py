@@ -15,21 +15,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import typer
 
 from ..errors import InputError, NotFound, Unavailable
-from .app import app, fail_line
-
-BAD_INPUT = 2
-UNAVAILABLE = 1
-
-
-def fail(field: str | None, message: str, code: int = BAD_INPUT) -> NoReturn:
-    typer.echo(fail_line(field, message), err=True)
-    raise typer.Exit(code)
+from .app import app
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:

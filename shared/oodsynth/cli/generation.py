@@ -15,7 +15,7 @@ from ..errors import InputError, Unavailable
 from ..jobs import DEFAULT_PROMPT_TEMPLATE
 from .app import app
 from . import core
-from .core import UNAVAILABLE, _api_call, _registry_client, progress_bar
+from .core import _api_call, _registry_client, progress_bar
 
 
 @app.command()
@@ -71,7 +71,7 @@ def _report(states: list[dict]) -> None:
         last = (s.get("error") or "").strip().splitlines()[-1:] or [""]
         typer.echo(f"job {s['id']}: {s['status']}: {last[0]}", err=True)
     if failed:
-        raise typer.Exit(UNAVAILABLE)
+        raise typer.Exit(Unavailable.exit_code)
 
 
 @app.command()

@@ -15,16 +15,14 @@ import typer
 from ..errors import InputError
 from .app import app
 
-BAD_INPUT = 2
-
 plot_app = typer.Typer(help="Figures as PNG: t-SNE of features/anchors/outliers, image grids from the store.",
                        no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
 
 def _fail(option: str, message: str) -> NoReturn:
-    typer.echo(f"error: {option}: {message}", err=True)
-    raise typer.Exit(BAD_INPUT)
+    """Bad input: ``cli.app`` prints it as one line and exits 2, like every library error."""
+    raise InputError(option, message)
 
 
 def _load_data(dataset: str, split: str, data_root: Path | None, image_size: int | None = None, augment: bool = False,
