@@ -8,7 +8,7 @@ baseline row (``ce`` for most): same seed = same initial weights and the
 same ID batches, so a per-seed difference isolates what the outliers did.
 
 The generation side (text-aligned encoder, class-density fit, trained
-decoder) is trained once per profile and cached (``ProfileAssets``); seeds
+decoder) is trained once per profile and cached (``LabAssets``); seeds
 vary the outlier sampling, the decoding noise and the detector training. The
 detector is always trained end to end, CE + beta * L_ood through the whole
 network (``train_ood``), never as a head on frozen features.
@@ -95,7 +95,7 @@ QUICK = {"epochs": 2, "min_steps": 0, "outlier_ratio": 0.1}
 # ----------------------------------------------------------------------------- the generation side
 
 @dataclass
-class ProfileAssets:
+class LabAssets:
     """What a profile's outliers are made with: trained once, cached, shared by every cell."""
 
     profile: str
@@ -112,7 +112,7 @@ class ProfileAssets:
 
 
 def fit_assets(profile: str, encoder_path: Path, cache: Path, density: str, *, decoder_dir: Path | None = None,
-               decode: dict | None = None) -> ProfileAssets:
+               decode: dict | None = None) -> LabAssets:
     """Load an encoder, fit (or reload the cached fit of) its ID training features, and bundle the assets."""
     if density not in DENSITY_KINDS:
         raise ValueError(f"density: unknown kind {density!r}; choose one of {', '.join(DENSITY_KINDS)}")
@@ -128,12 +128,12 @@ def fit_assets(profile: str, encoder_path: Path, cache: Path, density: str, *, d
         fit = ClassDensities(kind=density).fit(bank)
         cache.mkdir(parents=True, exist_ok=True)
         fit_file.write_bytes(fit.to_bytes())
-    return ProfileAssets(profile, encoder, Path(encoder_path), fit, bank, decoder_dir, dict(decode or {}))
+    return LabAssets(profile, encoder, Path(encoder_path), fit, bank, decoder_dir, dict(decode or {}))
 
 
 def train_local_assets(profile: str, folder: Path, decoder_dir: Path, *, anchors: np.ndarray | None = None,
                        density: str = "gaussian_full", epochs: int = 3, width: int = 8, image_size: int = 16,
-                       decode: dict | None = None) -> ProfileAssets:
+                       decode: dict | None = None) -> LabAssets:
     """Small stand-in assets for tests: a quickly trained encoder and any decoder folder.
 
     ``anchors`` default to ``decoder_dir``'s token rows of the class words; the decoder writes outlier vectors
@@ -152,13 +152,14 @@ def train_local_assets(profile: str, folder: Path, decoder_dir: Path, *, anchors
     return fit_assets(profile, folder, folder, density, decoder_dir=decoder_dir, decode=decode)
 
 
-def profile_assets(profile: str, cache: Path, density: str = "gaussian_full") -> ProfileAssets:
-    """The project's trained assets for a profile (``ensure_profile_assets``: trained on first use, then cached)."""
-    from .decoder_training import ensure_profile_assets  # the trained decoder, its encoder and anchors
+def profile_assets(profile: str, cache: Path, density: str = "gaussian_full") -> LabAssets:
+    """The project's trained assets for a profile (``ensure_profile_assets``: trained on first use, then cached
+    under ``OODSYNTH_HOME``), with the decode settings its training recommends and a fit cached in ``cache``."""
+    from .decoder_assets import ensure_profile_assets
 
-    found = ensure_profile_assets(profile)
-    return fit_assets(profile, Path(found.encoder), cache / profile, density, decoder_dir=Path(found.decoder),
-                      decode=dict(getattr(found, "decode", None) or {}))
+    found = ensure_profile_assets(profile, progress=False, echo=print)
+    return fit_assets(profile, found.encoder_checkpoint, cache / profile, density, decoder_dir=found.decoder_dir,
+                      decode=found.decode_settings())
 
 
 # ----------------------------------------------------------------------------- outliers
@@ -206,7 +207,7 @@ class DecodedPool:
         return np.sort(np.concatenate(keep))
 
 
-def decoded_pool(assets: ProfileAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
+def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
     """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
     from .samplers import get_sampler
 
@@ -255,7 +256,7 @@ class Cell:
     ood_sets: dict[str, ImageData]
     cache: Path
     work: Path
-    assets: Callable[[], ProfileAssets]  # lazy: ce/noise rows never build the generation side
+    assets: Callable[[], LabAssets]  # lazy: ce/noise rows never build the generation side
 
 
 @dataclass
@@ -439,7 +440,7 @@ class LabData:
 
 
 def run_cell(profile: str, row: Row, seed: int, settings: LabSettings, out: Path,
-             assets: Callable[[], ProfileAssets]) -> dict:
+             assets: Callable[[], LabAssets]) -> dict:
     """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
     path = cell_path(out, profile, row, seed, settings)
     if path.is_file():
@@ -523,7 +524,7 @@ def markdown_table(summary: dict, profile: str) -> str:
 # ----------------------------------------------------------------------------- the whole benchmark
 
 def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], settings: LabSettings, out: Path,
-                  assets_for: Callable[[str], Callable[[], ProfileAssets]], *,
+                  assets_for: Callable[[str], Callable[[], LabAssets]], *,
                   log: Callable[[str], None] = print, name: str = "results") -> dict:
     """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
 
