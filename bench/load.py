@@ -1,0 +1,179 @@
+"""Load benchmark of the API: latency percentiles and throughput of /sample (JSON and .npz) and /generate.
+
+Starts its own embedded Redis and ``uvicorn services.embed_sampler.app:app``
+on 127.0.0.1 (a free port, API keys on), uploads a fit of 10 classes x 768-d,
+then times, sequentially and at ``--concurrency`` clients:
+
+* ``POST /sample`` of 1,000 vectors (10 classes x 100) answered as JSON;
+* the same answered as ``.npz`` (``Accept: application/x-npz``);
+* ``POST /generate`` of a stored 100-vector sample (enqueue only: no worker runs).
+
+Request counts are bounded, every request has a timeout, and the server and
+Redis are stopped at the end (or on Ctrl-C). The server's RSS is read before
+and after. Prints a markdown table and writes JSON with ``--out``.
+
+    python bench/load.py                      # the measured run (about a minute on 2 cores)
+    python bench/load.py --quick              # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the toy bank the tests use
+
+NPZ = "application/x-npz"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(home: Path, redis_url: str, api_keys: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "OODSYNTH_HOME": str(home), "OODSYNTH_REDIS_URL": redis_url, "OODSYNTH_API_KEYS": api_keys,
+           "OODSYNTH_STORE": str(home / "store")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        cwd=REPO, env=env, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError("the API did not answer /healthz within 60 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[float, int, int]:
+    start = time.perf_counter()
+    try:
+        r = client.request(method, path, **kwargs)
+        status, size = r.status_code, len(r.content)
+    except httpx.HTTPError:
+        status, size = -1, 0
+    return time.perf_counter() - start, status, size
+
+
+def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, ok: int, **kwargs) -> dict:
+    """``n`` requests, ``concurrency`` at a time: percentiles (ms), throughput (req/s), errors, bytes per answer."""
+    start = time.perf_counter()
+    if concurrency == 1:
+        results = [timed(client, method, path, **kwargs) for _ in range(n)]
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(lambda _: timed(client, method, path, **kwargs), range(n)))
+    wall = time.perf_counter() - start
+    lat = np.array([r[0] for r in results]) * 1000
+    errors = sum(r[1] != ok for r in results)
+    return {
+        "n": n, "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)), "throughput_rps": n / wall, "errors": int(errors),
+        "statuses": sorted({r[1] for r in results}), "bytes_per_answer": int(np.mean([r[2] for r in results])),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", default="inverse_sgld", help="sampler for /sample (inverse_sgld: the cheapest per vector)")
+    parser.add_argument("--sequential", type=int, default=20, help="requests per sequential run")
+    parser.add_argument("--concurrent", type=int, default=60, help="requests per concurrent run")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="5 sequential / 20 concurrent requests")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sequential, args.concurrent = 5, 20
+
+    from oodsynth.api_keys import new_api_key
+    from oodsynth.redis_conn import start_embedded_redis
+    from toy_banks import toy_bank
+
+    key, entry = new_api_key("write")
+    results: dict = {"method": args.method, "cpu_load_1m_at_start": os.getloadavg()[0], "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="oodsynth-load-") as tmp:
+        redis_server = start_embedded_redis(Path(tmp) / "redis")
+        port = free_port()
+        server = None
+        try:
+            server = start_server(Path(tmp), redis_server.url, entry, port)
+            headers = {"Authorization": f"Bearer {key}"}
+            limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits) as client:
+                bank = toy_bank(n_classes=10, n_per_class=200, dim=768, spread=0.02)
+                r = client.post("/fits", data={"name": "load"}, files={"file": ("b.npz", bank.to_bytes(), NPZ)})
+                r.raise_for_status()
+                sample = {"fit": "load", "method": args.method, "n_per_class": 100, "seed": 0}
+                small = client.post("/sample", json={**sample, "n_per_class": 10, "include_vectors": False}).json()
+                generate = {"dataset": "load", "sample_id": small["sample_id"], "steps": 20, "height": 256, "width": 256}
+                results["rss_mb_before"] = rss_mb(server.pid)
+                plan = [
+                    ("sample_json", "POST", "/sample", 200, {"json": sample}),
+                    ("sample_npz", "POST", "/sample", 200, {"json": sample, "headers": {"Accept": NPZ}}),
+                    ("generate", "POST", "/generate", 202, {"json": generate}),
+                ]
+                for name, method, path, ok, kwargs in plan:
+                    for concurrency, n in ((1, args.sequential), (args.concurrency, args.concurrent)):
+                        label = f"{name} x{concurrency}"
+                        results["runs"][label] = run(client, n, concurrency, method, path, ok, **kwargs)
+                        print(f"{label}: {json.dumps(results['runs'][label])}", file=sys.stderr, flush=True)
+                results["rss_mb_after"] = rss_mb(server.pid)
+        finally:
+            if server is not None:
+                stop(server)
+            redis_server.stop()
+    results["cpu_load_1m_at_end"] = os.getloadavg()[0]
+    print(f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a 100-vector sample")
+    print("| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, r in results["runs"].items():
+        print(f"| {label} | {r['n']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
+              f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} |")
+    print(f"API RSS {results['rss_mb_before']:.0f} -> {results['rss_mb_after']:.0f} MB; "
+          f"1-min load average {results['cpu_load_1m_at_start']:.1f} at start, {results['cpu_load_1m_at_end']:.1f} at end")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
