@@ -20,7 +20,8 @@ from toy_banks import toy_bank
 @pytest.fixture
 def limits(redis_url, monkeypatch):
     for name, value in {"MAX_REQUEST_BYTES": 64 * 1024, "MAX_UPLOAD_BYTES": 256 * 1024, "MAX_BANK_BYTES": 128 * 1024,
-                        "SAMPLE_TIME_BUDGET_S": 1.0, "MAX_DECODE_STEPS": 100, "MAX_DECODE_PIXELS": 512 * 512}.items():
+                        "SAMPLE_TIME_BUDGET_S": 1.0, "MAX_DECODE_STEPS": 100, "MAX_DECODE_PIXELS": 512 * 512,
+                        "MAX_JSON_VALUES": 1000}.items():
         monkeypatch.setenv(f"OODSYNTH_{name}", str(value))
     get_settings.cache_clear()
 
@@ -201,3 +202,14 @@ def test_metrics_labels_come_from_a_fixed_set(api):
     text = api.get("/metrics").text
     assert "WEIRD" not in text and "/random/" not in text
     assert 'method="other",route="unmatched"' in text
+
+
+def test_a_sample_too_large_for_json_is_refused_and_kept_for_npz(api):
+    assert post_fit(api).status_code == 201
+    r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 30, "seed": 0})
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "include_vectors"], r.text
+    assert "above the cap of 1000" in first_error(r)["msg"]
+    sample_id = first_error(r)["msg"].split("sample ")[1].split(" ")[0]
+    r = api.get(f"/samples/{sample_id}?format=npz")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npz"
+    assert api.get(f"/samples/{sample_id}?include_vectors=false").json()["n"] == 90

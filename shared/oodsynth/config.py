@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     queue_name: str = "oodsynth-generate"
     max_n_per_class: int = Field(10_000, ge=1, description="Cap on n_per_class for POST /sample.")
     max_vectors_per_sample: int = Field(
-        200_000, ge=1, description="Cap on n_per_class x classes for one POST /sample (Redis and JSON size)."
+        50_000, ge=1, description="Cap on n_per_class x classes for one POST /sample (Redis and JSON size)."
     )
     max_images_per_request: int = Field(10_000, ge=1, description="Cap on images per POST /generate (each carries its vector in the queue).")
     images_per_job: int = Field(32, ge=1, description="Images per RQ job: enough to keep a GPU busy.")
@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest upload (POST /fits, /features) (413 above).")
     max_bank_bytes: int = Field(
         1 * 2**30, ge=1024, description="Largest decompressed feature bank (.npz members, checked before decompressing)."
+    )
+    max_json_values: int = Field(
+        2_000_000, ge=1, description="Most numbers in one JSON sample answer (~40 MB); larger samples are fetched as .npz."
     )
     max_decode_steps: int = Field(200, ge=1, description="Cap on denoising steps per image.")
     max_decode_pixels: int = Field(1024 * 1024, ge=64, description="Cap on height x width per image.")

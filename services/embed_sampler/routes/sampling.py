@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from oodsynth.config import Settings
 from oodsynth.registry import FitRegistry, SampleRegistry, StoredSample
 from oodsynth.service import draw_sample
+from oodsynth.service.sampling import check_json_answer
 
 from .. import observability as obs
 from ..auth import READ, WRITE
@@ -70,8 +71,10 @@ def _stats(values: np.ndarray) -> dict:
     return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
 
 
-def render_sample(sample: StoredSample, include_vectors: bool) -> JSONResponse:
-    """The ``SampleResponse`` JSON of a stored sample."""
+def render_sample(sample: StoredSample, include_vectors: bool, settings: Settings) -> JSONResponse:
+    """The ``SampleResponse`` JSON of a stored sample (``InputError`` when it is too large for JSON)."""
+    if include_vectors:
+        check_json_answer(sample, settings)
     order = list(dict.fromkeys(sample.class_index.tolist()))  # classes in the order drawn
     counts = np.bincount(sample.class_index, minlength=len(sample.class_names)) if sample.class_index.size else []
     body = {
@@ -120,7 +123,7 @@ async def sample(
     obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
     if wants_npz(request, format):
         return await run_in_threadpool(npz_response, stored)
-    return await run_in_threadpool(render_sample, stored, req.include_vectors)
+    return await run_in_threadpool(render_sample, stored, req.include_vectors, settings)
 
 
 @router.get(
@@ -136,9 +139,10 @@ async def get_sample(
     include_vectors: Annotated[bool, Query(description="Return vectors and per-vector diagnostics.")] = True,
     format: Format = None,
     samples: SampleRegistry = Depends(get_samples),
+    settings: Settings = Depends(get_settings_dep),
 ):
     """The sample as `POST /sample` returned it (until it expires after `result_ttl_s`)."""
     stored = await run_in_threadpool(samples.get, sample_id)
     if wants_npz(request, format):
         return await run_in_threadpool(npz_response, stored)
-    return await run_in_threadpool(render_sample, stored, include_vectors)
+    return await run_in_threadpool(render_sample, stored, include_vectors, settings)

@@ -80,3 +80,18 @@ def draw_sample(
     stored = StoredSample.from_result(result, fit, densities.class_names_)
     samples.put_stored(stored)
     return stored
+
+
+def check_json_answer(sample: StoredSample, settings: Settings) -> None:
+    """Refuse to spell a large sample out as JSON (~24 bytes per number in Python, ~20 in the text).
+
+    The sample is kept: the message says how to fetch it as ``.npz`` (4 bytes per number).
+    """
+    values = sample.vectors.size + len(sample.class_index) * (1 + len(sample.diagnostics))
+    if values > settings.max_json_values:
+        raise InputError(
+            "include_vectors",
+            f"the answer would hold {values} numbers as JSON, above the cap of {settings.max_json_values} "
+            f"(settings OODSYNTH_MAX_JSON_VALUES); sample {sample.sample_id} is kept: fetch it as .npz "
+            "(Accept: application/x-npz, or GET /samples/{id}?format=npz) or ask with include_vectors=false",
+        )
