@@ -104,3 +104,17 @@ def test_without_keys_everything_is_open_and_serve_binds_to_loopback(redis_url, 
 
 def test_with_keys_serve_binds_where_asked(keys):
     assert bind_host("0.0.0.0") == "0.0.0.0"
+
+
+def test_without_keys_foreign_hosts_and_cross_site_writes_are_refused(redis_url):
+    """DNS rebinding (a foreign Host) and CSRF (a foreign Origin on a POST) against a keyless local API."""
+    with TestClient(create_app()) as api:
+        r = api.get("/fits", headers={"Host": "evil.example:8000"})
+        assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["header", "host"], r.text
+        upload = {"data": {"name": "x"}, "files": {"file": ("b.npz", b"junk", "application/octet-stream")}}
+        r = api.post("/fits", headers={"Host": "127.0.0.1:8000", "Origin": "https://evil.example"}, **upload)
+        assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["header", "origin"], r.text
+        r = api.post("/fits", headers={"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:8000"}, **upload)
+        assert r.status_code == 422  # same-origin: reaches the bank check
+        assert api.get("/fits", headers={"Host": "localhost:8000", "Origin": "https://evil.example"}).status_code == 200
+        assert api.get("/healthz", headers={"Host": "evil.example"}).status_code == 200
