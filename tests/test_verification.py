@@ -83,3 +83,44 @@ def test_train_ood_cli_max_id_percentile(tmp_path):
                                    str(tmp_path / "store"), "--outliers", "dec", "--max-id-percentile", "10",
                                    "--epochs", "1", "--width", "4"])
     assert res.exit_code == 2 and "max_id_percentile" in res.output and "at or below ID percentile 10" in res.output
+
+
+def test_decode_job_records_verification_in_the_manifest(redis_url, tiny_sd, digits_lab_assets, monkeypatch,
+                                                          tmp_path):
+    from oodsynth.config import get_settings
+    from oodsynth.decode_job import DecoderCache, run_decode_job
+    from oodsynth.errors import NotFound
+    from oodsynth.jobs import DecodeJob, build_items
+    from oodsynth.redis_conn import get_redis
+    from oodsynth.registry import FitRegistry
+    from oodsynth.samplers import get_sampler
+    from oodsynth.store import ResultStore
+
+    assets = digits_lab_assets
+    monkeypatch.setenv("OODSYNTH_MODEL", str(tiny_sd))
+    monkeypatch.setenv("OODSYNTH_DEVICE", "cpu")
+    monkeypatch.setenv("OODSYNTH_ENCODER_CHECKPOINT", str(assets.encoder_path))
+    get_settings.cache_clear()
+    settings = get_settings()
+    FitRegistry(get_redis()).put("digits-lab", assets.fit, assets.bank)
+    sample = get_sampler("knn_boundary").sample(assets.fit, 1, seed=0, bank=assets.bank)
+    decode = {"steps": 2, "height": 32, "width": 32, "output_size": 16}
+    items = build_items(dataset="dec", vectors=sample.vectors, class_index=sample.class_index,
+                        class_names=assets.fit.class_names_, vector_ids=[f"s:{i}" for i in range(len(sample))],
+                        sampler="knn_boundary", diagnostics=sample.diagnostics, seed=0, decode=decode,
+                        model=str(tiny_sd))
+    job = DecodeJob(dataset="dec", model=str(tiny_sd), items=items, verify_fit="digits-lab", **decode)
+    assert run_decode_job(job.model_dump(), settings, DecoderCache())["written"] == 8
+    store = ResultStore(settings.store)
+    records = store.records("dec")
+    pct = np.array([r.diagnostics["verified_id_percentile"] for r in records])
+    assert len(records) == 8 and ((0 <= pct) & (pct <= 100)).all()
+    assert all("id_percentile" in r.diagnostics for r in records)  # the vector's own diagnostics stay
+    # the recorded numbers are those of the stored images
+    again = verify_images(assets.encoder, assets.fit, [store.open_image(r.path).convert("RGB") for r in records])
+    np.testing.assert_allclose(again.id_percentile, pct, atol=1e-6)
+    # a job naming a fit that does not exist fails with the field named
+    bad = DecodeJob(dataset="dec2", model=str(tiny_sd), items=items, verify_fit="no-such-fit", **decode)
+    with pytest.raises(NotFound) as info:
+        run_decode_job(bad.model_dump(), settings, DecoderCache())
+    assert info.value.field == "verify_fit"

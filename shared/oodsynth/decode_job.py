@@ -127,6 +127,8 @@ def run_decode_job(
     report(done, len(job.items))
     written = 0
     if todo:
+        from .verification import VERIFIER
+
         decoder = decoders.get(settings)
         dim = len(job.items[0].vector)
         if dim != decoder.hidden_size:
@@ -137,8 +139,12 @@ def run_decode_job(
                 [item.seed for item in batch],
                 **job.decode_settings(),
             )
-            for item, image in zip(batch, images):
-                if store.write_image(job.dataset, _record(job, item, job_id), image):
+            verified = VERIFIER.fields(settings, job.verify_fit, images)  # None: this worker/job does not verify
+            for k, (item, image) in enumerate(zip(batch, images)):
+                record = _record(job, item, job_id)
+                if verified is not None:
+                    record.diagnostics.update(verified[k])
+                if store.write_image(job.dataset, record, image):
                     written += 1
                 else:  # another worker stored it meanwhile
                     skipped += 1

@@ -142,6 +142,8 @@ class DecodeJob(DecodeSettings):
     dataset: str
     model: str = Field(min_length=1)
     items: list[DecodeItem] = Field(min_length=1)
+    verify_fit: str | None = Field(None, description="the fit the vectors came from: a worker with an encoder "
+                                   "re-encodes each image and records its ID percentile (oodsynth.verification)")
 
     @field_validator("dataset")
     @classmethod
@@ -262,4 +264,5 @@ def job_from_sample(
         decode=decode.decode_settings(),
         model=model,
     )
-    return DecodeJob(dataset=dataset, model=model, items=items, **decode.decode_settings())
+    return DecodeJob(dataset=dataset, model=model, items=items, verify_fit=sample.fit_name,
+                     **decode.decode_settings())

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from .densities import ClassDensities
 from .encoder_training import EncoderCheckpoint
+from .errors import InputError
 
 VERIFICATION_KEYS = ("id_percentile", "id_class", "max_softmax")
 # the manifest's diagnostics already hold the *vector's* id_percentile; the image's carry this prefix
@@ -90,3 +91,43 @@ def verify_images(encoder: EncoderCheckpoint, fit: ClassDensities, images: Seque
     probs = torch.softmax(z @ anchors.T / encoder.config.temperature, dim=1)
     return Verification(id_percentile=pct.max(axis=0), id_class=pct.argmax(axis=0).astype(np.int64),
                         max_softmax=probs.max(dim=1).values.numpy().astype(np.float64))
+
+
+class DecodeVerifier:
+    """Verification inside the decode job: the worker's encoder loaded once per process, fits from the registry.
+
+    The worker verifies when it has an encoder (``OODSYNTH_ENCODER_CHECKPOINT``) and the job names the fit its
+    vectors came from (``DecodeJob.verify_fit``); otherwise images are stored unverified, and
+    ``train-ood --max-id-percentile`` refuses them by name.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._encoder: EncoderCheckpoint | None = None
+
+    def _load(self, path, device) -> EncoderCheckpoint:
+        from .encoder_training import load_encoder
+
+        key = (str(path), str(device))
+        if self._key != key:
+            self._encoder, self._key = load_encoder(path, device=device), key
+        return self._encoder
+
+    def fields(self, settings, fit_name: str | None, images: Sequence[Image.Image]) -> list[dict] | None:
+        """Per image, its manifest fields (``verified_*``); None when this worker or job does not verify."""
+        if not fit_name or settings.encoder_checkpoint is None:
+            return None
+        from .device import default_device
+        from .redis_conn import get_redis
+        from .registry import FitRegistry
+
+        encoder = self._load(settings.encoder_checkpoint, settings.device or default_device())
+        fit, _bank = FitRegistry(get_redis()).get(fit_name, field="verify_fit")
+        try:
+            v = verify_images(encoder, fit, images)
+        except ValueError as exc:  # this worker's encoder does not match the fit: no image of the job can pass
+            raise InputError("verify_fit", f"{exc} (worker encoder {settings.encoder_checkpoint})") from None
+        return [v.manifest_fields(i) for i in range(len(v))]
+
+
+VERIFIER = DecodeVerifier()  # the worker process's one encoder

@@ -106,7 +106,7 @@ def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJo
         vector_ids=inline_vector_ids(vectors, classes), sampler="inline",
         images_per_vector=req.images_per_vector, seed=req.seed, decode=decode, model=model,
     )
-    return DecodeJob(dataset=req.dataset, model=model, items=items, **decode)
+    return DecodeJob(dataset=req.dataset, model=model, items=items, verify_fit=req.fit, **decode)
 
 
 MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; a longer template only inflates every queued job
