@@ -60,6 +60,20 @@ def _isolated_home(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def settings_env(monkeypatch):
+    """``settings_env(MODEL="m", DEVICE="cpu")`` sets ``OODSYNTH_*`` for this test and returns the fresh settings."""
+    from oodsynth.config import get_settings
+
+    def apply(**values):
+        for key, value in values.items():
+            monkeypatch.setenv(f"OODSYNTH_{key}", str(value))
+        get_settings.cache_clear()
+        return get_settings()
+
+    return apply
+
+
 TINY_SD_WORDS = ["cat", "ship", "horse"]  # every test that decodes uses a subset of these class words
 
 

@@ -195,22 +195,16 @@ def test_deleting_an_unknown_fit_is_404(api):
     assert api.delete("/fits/missing").status_code == 404
 
 
-def test_cap_on_n_per_class_is_configurable(api, monkeypatch):
-    from oodsynth.config import get_settings
-
+def test_cap_on_n_per_class_is_configurable(api, settings_env):
     assert post_fit(api).status_code == 201
-    monkeypatch.setenv("OODSYNTH_MAX_N_PER_CLASS", "5")
-    get_settings.cache_clear()
+    settings_env(MAX_N_PER_CLASS=5)
     r = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 6})
     assert r.status_code == 422 and "cap of 5" in r.json()["detail"][0]["msg"]
 
 
-def test_cap_on_total_vectors_counts_the_classes(api, monkeypatch):
-    from oodsynth.config import get_settings
-
+def test_cap_on_total_vectors_counts_the_classes(api, settings_env):
     assert post_fit(api).status_code == 201
-    monkeypatch.setenv("OODSYNTH_MAX_VECTORS_PER_SAMPLE", "5")
-    get_settings.cache_clear()
+    settings_env(MAX_VECTORS_PER_SAMPLE=5)
     one_class = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 5, "classes": [0]})
     assert one_class.status_code == 200, one_class.text
     every_class = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 5})

@@ -36,13 +36,8 @@ def toy_bank(model_dir: Path, n_per_class: int = 25) -> FeatureBank:
     return FeatureBank.from_arrays(feats.astype(np.float32), labels, anchors, WORDS)
 
 
-def test_fit_sample_generate_worker_store(redis_url, tiny_sd, monkeypatch, tmp_path):
-    env = {"OODSYNTH_MODEL": str(tiny_sd), "OODSYNTH_IMAGES_PER_JOB": "4", "OODSYNTH_GPU_BATCH_SIZE": "2",
-           "OODSYNTH_DEVICE": "cpu"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    store_root = get_settings().store
+def test_fit_sample_generate_worker_store(redis_url, tiny_sd, settings_env, tmp_path):
+    store_root = settings_env(MODEL=tiny_sd, IMAGES_PER_JOB=4, GPU_BATCH_SIZE=2, DEVICE="cpu").store
 
     with TestClient(create_app()) as api:
         r = api.post("/fits", data={"name": "e2e", "density": "vmf"},

@@ -28,11 +28,8 @@ def make_bank(n_per_class: int = 30) -> FeatureBank:
 
 
 @pytest.fixture
-def api(redis_url, monkeypatch):
-    monkeypatch.setenv("OODSYNTH_IMAGES_PER_JOB", "4")
-    monkeypatch.setenv("OODSYNTH_MAX_IMAGES_PER_REQUEST", "50")
-    monkeypatch.setenv("OODSYNTH_MODEL", "tiny-test-model")
-    get_settings.cache_clear()
+def api(redis_url, settings_env):
+    settings_env(IMAGES_PER_JOB=4, MAX_IMAGES_PER_REQUEST=50, MODEL="tiny-test-model")
     with TestClient(create_app()) as client:
         r = client.post("/fits", data={"name": "toy", "density": "vmf"},
                         files={"file": ("bank.npz", make_bank().to_bytes(), "application/octet-stream")})
@@ -116,7 +113,7 @@ def _image_ids(api, redis_url, body) -> list[str]:
 
 
 @pytest.mark.parametrize("source", ["sample", "inline"])
-def test_image_ids_follow_seed_settings_and_model(api, redis_url, monkeypatch, source):
+def test_image_ids_follow_seed_settings_and_model(api, redis_url, settings_env, source):
     """Same request -> same ids (idempotent retries); new seed/settings/model -> new ids (never skipped as stored)."""
     if source == "sample":
         base = {"sample_id": _sample(api), "dataset": "ids", "seed": 5, "steps": 3}
@@ -134,8 +131,7 @@ def test_image_ids_follow_seed_settings_and_model(api, redis_url, monkeypatch, s
         assert len(other) == len(ids) and not set(other) & set(ids), change
         seen.add(tuple(other))
     assert len(seen) == len(changes) + 1
-    monkeypatch.setenv("OODSYNTH_MODEL", "another-model")
-    get_settings.cache_clear()
+    settings_env(MODEL="another-model")
     assert not set(_image_ids(api, redis_url, base)) & set(ids)
 
 
@@ -191,10 +187,9 @@ def test_bad_input_names_the_field_and_enqueues_nothing(api, redis_url):
     assert api.get("/jobs/no-such-job").status_code == 404
 
 
-def test_failed_job_reports_error_text(api, redis_url, monkeypatch):
+def test_failed_job_reports_error_text(api, redis_url, settings_env):
     """A job whose payload the worker rejects ends failed with the validation text, not a log line."""
-    monkeypatch.setenv("OODSYNTH_JOB_RETRIES", "0")
-    get_settings.cache_clear()
+    settings_env(JOB_RETRIES=0)
     from rq import SimpleWorker
 
     queue = _queue(redis_url)

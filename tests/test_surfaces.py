@@ -35,12 +35,9 @@ SAMPLE_CASES = [
 
 
 @pytest.fixture
-def surfaces(redis_url, monkeypatch):
+def surfaces(redis_url, monkeypatch, settings_env):
     """An API on the session's Redis with a 3-class fit ``toy``, caps of 5 per class and 10 per sample."""
-    monkeypatch.setenv("OODSYNTH_MAX_N_PER_CLASS", "5")
-    monkeypatch.setenv("OODSYNTH_MAX_VECTORS_PER_SAMPLE", "10")
-    monkeypatch.setenv("OODSYNTH_MAX_IMAGES_PER_REQUEST", "4")
-    get_settings.cache_clear()
+    settings_env(MAX_N_PER_CLASS=5, MAX_VECTORS_PER_SAMPLE=10, MAX_IMAGES_PER_REQUEST=4)
     client = redis.Redis.from_url(redis_url)
     create_fit(FitRegistry(client), "toy", toy_bank(3, 30, 12, names=["ant", "bee", "cat"]))
     with TestClient(create_app()) as http:

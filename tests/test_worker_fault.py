@@ -41,13 +41,9 @@ def _job(model: str) -> DecodeJob:
     return DecodeJob(dataset="fault", model=model, items=items, steps=2, height=64, width=64, output_size=32)
 
 
-def test_kill_9_mid_job_then_another_worker_finishes(redis_url, tiny_sd, monkeypatch, tmp_path):
-    for key, value in {"OODSYNTH_MODEL": str(tiny_sd), "OODSYNTH_GPU_BATCH_SIZE": "1",
-                       "OODSYNTH_IMAGES_PER_JOB": str(N_IMAGES), "OODSYNTH_DEVICE": "cpu",
-                       "OODSYNTH_JOB_RETRIES": "2"}.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    store = ResultStore(get_settings().store)
+def test_kill_9_mid_job_then_another_worker_finishes(redis_url, tiny_sd, settings_env, tmp_path):
+    settings = settings_env(MODEL=tiny_sd, GPU_BATCH_SIZE=1, IMAGES_PER_JOB=N_IMAGES, DEVICE="cpu", JOB_RETRIES=2)
+    store = ResultStore(settings.store)
     (job_id,) = enqueue_decode(_job(str(tiny_sd)))
     connection = connect()
 

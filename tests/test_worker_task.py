@@ -11,7 +11,6 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from oodsynth.config import get_settings
 from oodsynth.jobs import image_id_for, image_seed_for
 from oodsynth.store import ResultStore
 
@@ -20,12 +19,8 @@ CLASSES = ["cat", "ship"]
 
 
 @pytest.fixture
-def env(redis_url, tiny_sd, monkeypatch, tmp_path):
-    monkeypatch.setenv("OODSYNTH_MODEL", str(tiny_sd))
-    monkeypatch.setenv("OODSYNTH_GPU_BATCH_SIZE", "2")  # 5 images -> batches of 2, 2, 1
-    monkeypatch.setenv("OODSYNTH_DEVICE", "cpu")
-    get_settings.cache_clear()
-    return get_settings()
+def env(redis_url, tiny_sd, settings_env):
+    return settings_env(MODEL=tiny_sd, GPU_BATCH_SIZE=2, DEVICE="cpu")  # 5 images -> batches of 2, 2, 1
 
 
 def _payload(dataset: str, n: int, model: str, seed: int = 0) -> dict:
