@@ -347,27 +347,35 @@ def feature_outliers_available() -> bool:
     return "feature_outliers" in inspect.signature(train_ood).parameters
 
 
-def row_ce_init(cell: Cell) -> CellOutcome:
-    """CE only, starting from the text-aligned encoder (the pair of the feature-space rows)."""
+def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = None) -> CellOutcome:
+    """Train end to end starting from the assets' text-aligned encoder (its arch, width and image size; anchor
+    head), with feature-space outliers when given; evaluated at the encoder's image size."""
     from .ood_training import train_ood
 
-    config = _ood_config(cell, 0.0, init_encoder=str(cell.assets().encoder_path))
-    clf = train_ood(config, cell.train, cell.work, device="cpu", progress=False)
-    return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy")
+    s, assets = cell.settings, cell.assets()
+    size = assets.encoder.config.image_size
+    train, test, ood_sets = LabData.get(cell.profile, size)
+    at_size = Cell(cell.profile, cell.seed, s.model_copy(update={"image_size": size}), train, test, ood_sets,
+                   cell.cache, cell.work, cell.assets)
+    n = 0 if feature_outliers is None else len(feature_outliers.vectors)
+    beta = s.beta if feature_outliers is not None else 0.0
+    config = _ood_config(at_size, beta, n, init_encoder=str(assets.encoder_path))
+    clf = train_ood(config, train, cell.work, feature_outliers=feature_outliers, device="cpu", progress=False)
+    return CellOutcome(evaluate(clf, test, ood_sets, progress=False), "energy", {"n_outliers": n, **(info or {})})
+
+
+def row_ce_init(cell: Cell) -> CellOutcome:
+    """CE only, starting from the text-aligned encoder (the pair of the feature-space rows)."""
+    return _train_from_encoder(cell)
 
 
 def feature_row(sampler: str) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
-        from .ood_training import train_ood
         from .samplers import get_sampler
 
         s, assets = cell.settings, cell.assets()
         n = s.per_class(len(cell.train), len(cell.train.class_names))
-        result = get_sampler(sampler).sample(assets.fit, n, seed=cell.seed, bank=assets.bank)
-        config = _ood_config(cell, s.beta, len(result.vectors), init_encoder=str(assets.encoder_path))
-        clf = train_ood(config, cell.train, cell.work, feature_outliers=result, device="cpu", progress=False)
-        return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy",
-                           {"n_outliers": len(result.vectors)})
+        return _train_from_encoder(cell, get_sampler(sampler).sample(assets.fit, n, seed=cell.seed, bank=assets.bank))
 
     run.__doc__ = f"{sampler} vectors fed straight to the head (no decoding), end to end from the encoder."
     return run
