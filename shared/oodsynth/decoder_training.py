@@ -58,7 +58,7 @@ class DecoderTrainConfig(BaseModel):
     # image encoder
     encoder_arch: str = "resnet18"
     encoder_width: int = Field(8, ge=1)
-    encoder_epochs: int = Field(4, ge=1)
+    encoder_epochs: int = Field(15, ge=1)
     encoder_batch_size: int = Field(128, ge=1)
     encoder_lr: float = Field(0.05, gt=0)
     # VAE
@@ -72,10 +72,9 @@ class DecoderTrainConfig(BaseModel):
     unet_channels: tuple[int, ...] = (32, 64)
     cross_attention_dim: int = Field(64, ge=8)
     unet_steps: int = Field(600, ge=1)
-    unet_batch_size: int = Field(32, ge=1, description="denoising examples per step")
-    noise_draws: int = Field(4, ge=1, description="noise levels per conditioned image in a step (text states reused)")
+    unet_batch_size: int = Field(64, ge=1, description="images per step")
     unet_lr: float = Field(2e-3, gt=0)
-    p_anchor: float = Field(0.2, ge=0, le=1, description="share of steps conditioned on the exact anchor")
+    p_anchor: float = Field(0.35, ge=0, le=1, description="share of steps conditioned on the exact anchor")
     p_uncond: float = Field(0.1, ge=0, le=1, description="share conditioned on the empty prompt (for CFG)")
     # recommended decode settings, recorded for callers
     decode_steps: int = Field(20, ge=1)
@@ -90,7 +89,7 @@ class DecoderTrainConfig(BaseModel):
 # Settings that differ per profile; everything else is shared.
 PROFILE_SETTINGS: dict[str, dict] = {
     "digits": {"image_size": 16},
-    "animals": {"image_size": 32},
+    "animals": {"image_size": 16},
 }
 
 
@@ -151,26 +150,36 @@ def train_vae(vae, images: torch.Tensor, config: DecoderTrainConfig, progress: b
     return {"recon_mse": float(F.mse_loss(recon, images)), "scaling_factor": scaling}
 
 
+def text_states(conditioner, vectors: torch.Tensor, chunk: int = 128, progress: bool = True) -> torch.Tensor:
+    """(N, 77, 768) float16 hidden states, one per training vector, computed once.
+
+    The text encoder is fixed, so each image's conditioning never changes:
+    computing it once (float16 halves the memory: 120 MB for digits, 580 MB
+    for animals) leaves only the UNet in the training loop.
+    """
+    parts = []
+    for start in tqdm(range(0, len(vectors), chunk), desc="decoder: text states", disable=not progress, leave=False):
+        parts.append(conditioner(vectors[start:start + chunk]).half())
+    return torch.cat(parts)
+
+
 def train_unet(
     unet,
     latents: torch.Tensor,
-    vectors: torch.Tensor,
+    states: torch.Tensor,
     labels: torch.Tensor,
-    anchors: torch.Tensor,
-    conditioner,
+    anchor_states: torch.Tensor,
+    empty_states: torch.Tensor,
     config: DecoderTrainConfig,
     progress: bool = True,
 ) -> dict:
-    """Epsilon-prediction DDPM loss; each image conditioned on its own vector (or its anchor, or nothing)."""
+    """v-prediction DDPM loss; each image conditioned on its own vector's states (or its anchor's, or none)."""
     from diffusers import DDPMScheduler
 
     from .decoder_models import SCHEDULER_CONFIG
 
     alphas = DDPMScheduler.from_config(SCHEDULER_CONFIG).alphas_cumprod.float()
-    anchor_states = conditioner(anchors)  # (C, 77, 768)
-    empty = conditioner.empty_states()  # (1, 77, 768)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    n_images = max(1, config.unet_batch_size // config.noise_draws)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=1e-4)
     warmup = min(100, config.unet_steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -180,20 +189,20 @@ def train_unet(
     losses = []
     bar = _bar(config.unet_steps, "decoder: unet", progress)
     for step in range(config.unet_steps):
-        idx = torch.randint(len(latents), (n_images,), generator=gen)
-        mode = torch.rand(n_images, generator=gen)
-        states = conditioner(vectors[idx])
+        idx = torch.randint(len(latents), (config.unet_batch_size,), generator=gen)
+        mode = torch.rand(len(idx), generator=gen)
+        cond = states[idx].float()
         use_anchor = mode < config.p_anchor
         use_empty = (mode >= config.p_anchor) & (mode < config.p_anchor + config.p_uncond)
-        states[use_anchor] = anchor_states[labels[idx][use_anchor]]
-        states[use_empty] = empty
-        x0 = latents[idx].repeat_interleave(config.noise_draws, 0)
-        states = states.repeat_interleave(config.noise_draws, 0)
+        cond[use_anchor] = anchor_states[labels[idx][use_anchor]]
+        cond[use_empty] = empty_states
+        x0 = latents[idx]
         t = torch.randint(len(alphas), (len(x0),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=cond).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -290,7 +299,10 @@ def train_decoder(
     torch.manual_seed(config.seed)
     unet = decoder_unet(config.image_size, config.latent_channels, config.unet_channels, config.cross_attention_dim)
     t2 = time.perf_counter()
-    unet_record = train_unet(unet, latents, vectors, labels_t, anchor_t, conditioner, config, progress)
+    states = text_states(conditioner, vectors, progress=progress)
+    unet_record = train_unet(unet, latents, states, labels_t, conditioner(anchor_t), conditioner.empty_states(),
+                             config, progress)
+    del states
     timings["unet_s"] = time.perf_counter() - t2
     say(f"unet: final denoising loss {unet_record['final_loss']:.4f}")
 
