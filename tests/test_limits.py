@@ -213,3 +213,21 @@ def test_a_sample_too_large_for_json_is_refused_and_kept_for_npz(api):
     r = api.get(f"/samples/{sample_id}?format=npz")
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-npz"
     assert api.get(f"/samples/{sample_id}?include_vectors=false").json()["n"] == 90
+
+
+def test_samples_expire_and_stay_within_a_byte_budget(api, redis_url, monkeypatch):
+    from oodsynth.registry import SampleRegistry
+
+    assert post_fit(api).status_code == 201
+    body = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 10, "include_vectors": False}
+    first = api.post("/sample", json={**body, "seed": 0}).json()["sample_id"]
+    size = int(redis.Redis.from_url(redis_url).hget("oodsynth:samples:bytes", first))
+    monkeypatch.setenv("OODSYNTH_SAMPLE_BUDGET_BYTES", str(3 * size + size // 2))  # room for 3 samples
+    monkeypatch.setenv("OODSYNTH_SAMPLE_TTL_S", "600")
+    get_settings.cache_clear()
+    ids = [first] + [api.post("/sample", json={**body, "seed": s}).json()["sample_id"] for s in range(1, 5)]
+    kept = [api.get(f"/samples/{i}?include_vectors=false").status_code for i in ids]
+    assert kept == [404, 404, 200, 200, 200]
+    client = redis.Redis.from_url(redis_url)
+    assert 590 <= client.ttl(SampleRegistry.key(ids[-1])) <= 600
+    assert sum(int(v) for v in client.hvals("oodsynth:samples:bytes")) <= 3 * size + size // 2

@@ -96,7 +96,7 @@ def test_large_blobs_are_split_across_hash_fields(client, monkeypatch):
 
 
 def test_sample_round_trip_with_ttl_and_nan_diagnostics(client, monkeypatch):
-    monkeypatch.setenv("OODSYNTH_RESULT_TTL_S", "600")
+    monkeypatch.setenv("OODSYNTH_SAMPLE_TTL_S", "600")
     from oodsynth.config import get_settings
 
     get_settings.cache_clear()

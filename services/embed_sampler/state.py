@@ -50,4 +50,4 @@ def get_fits(request: Request, client: redis.Redis = Depends(get_redis_dep)) -> 
 
 
 def get_samples(client: redis.Redis = Depends(get_redis_dep), settings: Settings = Depends(get_settings_dep)) -> SampleRegistry:
-    return SampleRegistry(client, ttl_s=settings.result_ttl_s)
+    return SampleRegistry(client, ttl_s=settings.sample_ttl_s, budget_bytes=settings.sample_budget_bytes)

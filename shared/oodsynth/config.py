@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(3600, ge=1)
     job_retries: int = Field(3, ge=0)
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    sample_ttl_s: int = Field(24 * 3600, ge=1, description="How long the API keeps a drawn sample in Redis.")
+    sample_budget_bytes: int = Field(
+        512 * 2**20, ge=1024, description="Total bytes of samples kept in Redis; the oldest are dropped beyond it."
+    )
     encoder_checkpoint: Path | None = Field(None, description="Encoder checkpoint that enables POST /features.")
     # -- security and bounds (oodsynth.api_keys, oodsynth.limits)
     api_keys: str = Field(

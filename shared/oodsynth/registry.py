@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/to
 FIT_PREFIX = "oodsynth:fit:"
 FIT_INDEX = "oodsynth:fits"
 SAMPLE_PREFIX = "oodsynth:sample:"
+SAMPLE_TIMES = "oodsynth:samples:times"  # sample id -> when it was stored (for the byte budget)
+SAMPLE_SIZES = "oodsynth:samples:bytes"  # sample id -> its stored size
 _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # Redis refuses values over 512 MB; stay well below it per hash field.
 CHUNK_BYTES = 256 * 1024 * 1024
@@ -335,11 +337,17 @@ class StoredSample:
 
 
 class SampleRegistry:
-    """Drawn samples by id, kept for ``result_ttl_s`` so later requests can decode them."""
+    """Drawn samples by id, kept for ``ttl_s`` so later requests can decode them, within a byte budget.
 
-    def __init__(self, client: redis.Redis, ttl_s: int | None = None):
+    Each sample also has an entry in an index (id -> time, id -> bytes); after each put, entries past
+    their TTL are dropped from the index and, while the samples kept total more than ``budget_bytes``,
+    the oldest are deleted. So Redis holds at most about ``budget_bytes`` of samples, whatever the load.
+    """
+
+    def __init__(self, client: redis.Redis, ttl_s: int | None = None, budget_bytes: int | None = None):
         self.redis = client
-        self.ttl_s = int(ttl_s or get_settings().result_ttl_s)
+        self.ttl_s = int(ttl_s or get_settings().sample_ttl_s)
+        self.budget_bytes = int(budget_bytes or get_settings().sample_budget_bytes)
 
     @staticmethod
     def key(sample_id: str) -> str:
@@ -347,12 +355,40 @@ class SampleRegistry:
 
     def put_stored(self, sample: StoredSample) -> str:
         key = self.key(sample.sample_id)
+        data = sample.to_bytes()
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.hset(key, mapping=_chunk_fields("npz", sample.to_bytes()))
+            pipe.hset(key, mapping=_chunk_fields("npz", data))
             pipe.expire(key, self.ttl_s)
+            pipe.zadd(SAMPLE_TIMES, {sample.sample_id: time.time()})
+            pipe.hset(SAMPLE_SIZES, sample.sample_id, len(data))
             pipe.execute()
+        self._enforce_budget(keep=sample.sample_id)
         return sample.sample_id
+
+    def _enforce_budget(self, keep: str) -> list[str]:
+        """Forget expired entries, then delete the oldest samples (never ``keep``) until within the budget."""
+        expired = self.redis.zrangebyscore(SAMPLE_TIMES, "-inf", time.time() - self.ttl_s)
+        if expired:
+            self.redis.zrem(SAMPLE_TIMES, *expired)
+            self.redis.hdel(SAMPLE_SIZES, *expired)
+        sizes = {k.decode(): int(v) for k, v in self.redis.hgetall(SAMPLE_SIZES).items()}
+        total = sum(sizes.values())
+        evict = []
+        for raw in self.redis.zrange(SAMPLE_TIMES, 0, -1) if total > self.budget_bytes else []:
+            sample_id = raw.decode()
+            if total <= self.budget_bytes:
+                break
+            if sample_id != keep:
+                evict.append(sample_id)
+                total -= sizes.get(sample_id, 0)
+        if evict:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*(self.key(s) for s in evict))
+                pipe.zrem(SAMPLE_TIMES, *evict)
+                pipe.hdel(SAMPLE_SIZES, *evict)
+                pipe.execute()
+        return evict
 
     def get(self, sample_id: str, *, field: str = "sample_id") -> StoredSample:
         """The stored sample; ``NotFound`` blaming ``field`` when unknown or expired."""
