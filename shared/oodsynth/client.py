@@ -9,7 +9,6 @@ names it in-process; ``status`` and ``detail`` keep the HTTP answer.
 
 from __future__ import annotations
 
-import time
 from urllib.parse import quote
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from .bank import FeatureBank
 from .config import get_settings
 from .errors import BY_STATUS, InputError, OodsynthError, join_loc
-from .jobs import TERMINAL_JOB_STATES
+from .jobs import wait_until_terminal
 from .registry import StoredSample
 
 NPZ = "application/x-npz"
@@ -179,26 +178,7 @@ class OodsynthClient:
         ``progress(done_images, total_images)`` is called after each poll. Raises
         ``TimeoutError`` (with the unfinished ids) when ``timeout`` seconds pass.
         """
-        pending = list(dict.fromkeys(job_ids))
-        final: dict[str, dict] = {}
-        latest: dict[str, dict] = {}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for job_id in list(pending):
-                state = self.job(job_id)
-                latest[job_id] = state
-                if state.get("status") in TERMINAL_JOB_STATES:
-                    final[job_id] = state
-                    pending.remove(job_id)
-            if progress is not None:
-                done = sum(int((s.get("progress") or {}).get("done") or 0) for s in latest.values())
-                total = sum(int((s.get("progress") or {}).get("total") or 0) for s in latest.values())
-                progress(done, total)
-            if not pending:
-                return [final[j] for j in dict.fromkeys(job_ids)]
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(pending)} jobs not finished after {timeout} s: {', '.join(pending[:5])}")
-            time.sleep(poll_s)
+        return wait_until_terminal(self.job, job_ids, timeout=timeout, poll_s=poll_s, progress=progress)
 
     # ---- operations
     def health(self) -> dict:

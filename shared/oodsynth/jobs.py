@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -266,3 +267,35 @@ def job_from_sample(
     )
     return DecodeJob(dataset=dataset, model=model, items=items, verify_fit=sample.fit_name,
                      **decode.decode_settings())
+
+
+def wait_until_terminal(
+    status_of: Callable[[str], dict[str, Any]],
+    job_ids: Sequence[str],
+    *,
+    timeout: float | None = None,
+    poll_s: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Poll ``status_of(job_id)`` until every job is terminal; ``progress(done_images, total_images)`` after each poll.
+
+    The queue (in-process) and the HTTP client share this loop. Returns the
+    final states in ``job_ids`` order; raises ``TimeoutError`` naming the
+    unfinished jobs.
+    """
+    ids = list(dict.fromkeys(job_ids))
+    latest: dict[str, dict] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        for job_id in ids:
+            if latest.get(job_id, {}).get("status") not in TERMINAL_JOB_STATES:
+                latest[job_id] = status_of(job_id)
+        if progress is not None:
+            counts = [s.get("progress") or {} for s in latest.values()]
+            progress(sum(int(c.get("done") or 0) for c in counts), sum(int(c.get("total") or 0) for c in counts))
+        pending = [j for j in ids if latest[j].get("status") not in TERMINAL_JOB_STATES]
+        if not pending:
+            return [latest[j] for j in ids]
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(ids)} jobs not finished after {timeout} s: {', '.join(pending[:5])}")
+        time.sleep(poll_s)

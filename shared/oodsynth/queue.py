@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ from rq.utils import current_timestamp
 from .config import Settings, get_settings
 from .errors import InputError, NotFound
 from .batching import batches
-from .jobs import TERMINAL_JOB_STATES, DecodeJob
+from .jobs import DecodeJob, wait_until_terminal
 from .redact import failure_line
 
 JOB_FUNCTION = "oodsynth.decode_job.decode_task"
@@ -248,21 +247,5 @@ def wait_for_jobs(
     Raises ``NotFound`` for an unknown id and ``TimeoutError`` naming the unfinished jobs.
     """
     connection = connection if connection is not None else connect()
-    ids = list(dict.fromkeys(job_ids))
-    latest: dict[str, dict] = {}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        for job_id in ids:
-            if latest.get(job_id, {}).get("status") not in TERMINAL_JOB_STATES:
-                latest[job_id] = job_status(job_id, connection)
-        if progress is not None:
-            progress(
-                sum(s["progress"]["done"] for s in latest.values()),
-                sum(s["progress"]["total"] for s in latest.values()),
-            )
-        pending = [j for j in ids if latest[j]["status"] not in TERMINAL_JOB_STATES]
-        if not pending:
-            return [latest[j] for j in ids]
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} of {len(ids)} jobs not finished after {timeout} s: {', '.join(pending[:5])}")
-        time.sleep(poll_s)
+    return wait_until_terminal(lambda job_id: job_status(job_id, connection), job_ids, timeout=timeout, poll_s=poll_s,
+                               progress=progress)
