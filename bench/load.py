@@ -6,7 +6,7 @@ then times, sequentially and at ``--concurrency`` clients:
 
 * ``POST /sample`` of 1,000 vectors (10 classes x 100) answered as JSON;
 * the same answered as ``.npz`` (``Accept: application/x-npz``);
-* ``POST /generate`` of a stored 100-vector sample (enqueue only: no worker runs).
+* ``POST /generate`` of a stored 10-vector sample: 10 images, one job (enqueue only: no worker runs).
 
 Request counts are bounded, every request has a timeout, and the server and
 Redis are stopped at the end (or on Ctrl-C). The server's RSS is read before
@@ -14,6 +14,7 @@ and after. Prints a markdown table and writes JSON with ``--out``.
 
     python bench/load.py                      # the measured run (about a minute on 2 cores)
     python bench/load.py --quick              # smoke run
+    python bench/load.py --memory-calls 1000  # API RSS over 1,000 sequential /sample calls (JSON, then npz)
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, 
     }
 
 
+def memory_run(client: httpx.Client, pid: int, calls: int, sample: dict) -> dict[str, list[float]]:
+    """API RSS (MB) every ``calls // 10`` sequential /sample calls, as JSON (vectors included) and as npz."""
+    trace: dict[str, list[float]] = {}
+    for name, headers in (("json", {}), ("npz", {"Accept": NPZ})):
+        trace[name] = [rss_mb(pid)]
+        for i in range(1, calls + 1):
+            client.post("/sample", json={**sample, "seed": i}, headers=headers).raise_for_status()
+            if i % max(1, calls // 10) == 0:
+                trace[name].append(rss_mb(pid))
+                print(f"{name} {i}: RSS {trace[name][-1]:.0f} MB", file=sys.stderr, flush=True)
+    return trace
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="inverse_sgld", help="sampler for /sample (inverse_sgld: the cheapest per vector)")
@@ -120,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 sequential / 20 concurrent requests")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--memory-calls", type=int, default=0,
+                        help="instead: this many sequential /sample calls (JSON, then npz), API RSS every 10%%")
     args = parser.parse_args(argv)
     if args.quick:
         args.sequential, args.concurrent = 5, 20
@@ -143,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
                 r = client.post("/fits", data={"name": "load"}, files={"file": ("b.npz", bank.to_bytes(), NPZ)})
                 r.raise_for_status()
                 sample = {"fit": "load", "method": args.method, "n_per_class": 100, "seed": 0}
-                small = client.post("/sample", json={**sample, "n_per_class": 10, "include_vectors": False}).json()
+                small = client.post("/sample", json={**sample, "n_per_class": 1, "include_vectors": False}).json()
                 generate = {"dataset": "load", "sample_id": small["sample_id"], "steps": 20, "height": 256, "width": 256}
                 results["rss_mb_before"] = rss_mb(server.pid)
+                if args.memory_calls:
+                    results["rss_mb"] = memory_run(client, server.pid, args.memory_calls, sample)
+                    print(json.dumps(results, indent=1))
+                    return 0
                 plan = [
                     ("sample_json", "POST", "/sample", 200, {"json": sample}),
                     ("sample_npz", "POST", "/sample", 200, {"json": sample, "headers": {"Accept": NPZ}}),
@@ -162,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop(server)
             redis_server.stop()
     results["cpu_load_1m_at_end"] = os.getloadavg()[0]
-    print(f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a 100-vector sample")
+    print(f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a 10-vector sample (one job)")
     print("| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer |")
     print("|---|---|---|---|---|---|---|---|")
     for label, r in results["runs"].items():

@@ -231,3 +231,71 @@ def test_samples_expire_and_stay_within_a_byte_budget(api, redis_url, monkeypatc
     client = redis.Redis.from_url(redis_url)
     assert 590 <= client.ttl(SampleRegistry.key(ids[-1])) <= 600
     assert sum(int(v) for v in client.hvals("oodsynth:samples:bytes")) <= 3 * size + size // 2
+
+
+def test_a_running_api_brings_its_embedded_redis_back(monkeypatch):
+    """The embedded Redis is killed under a running API: the next request restarts it on the same AOF data."""
+    import oodsynth.redis_conn as redis_conn
+
+    monkeypatch.setenv("OODSYNTH_REDIS_URL", "")  # no Redis configured: the API starts its own
+    monkeypatch.setattr(redis_conn, "_embedded", None)
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_app()) as api:
+            assert post_fit(api).status_code == 201
+            first = redis_conn._embedded
+            time.sleep(1.2)  # appendfsync everysec: let the AOF reach the disk
+            first.process.kill()
+            first.process.wait()
+            r = api.get("/fits")
+            assert r.status_code == 200 and r.json() == {"fits": ["toy"]}, r.text
+            assert redis_conn._embedded.process.pid != first.process.pid
+    finally:
+        if redis_conn._embedded is not None:
+            redis_conn._embedded.stop()
+
+
+def test_serve_binds_locally_and_stops_on_sigterm_while_a_sampler_spins(tmp_path, monkeypatch):
+    """`oodsynth serve` without keys binds 127.0.0.1; SIGTERM during a spinning /sample ends it in bounded time."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OODSYNTH_HOME": str(tmp_path / "home"), "OODSYNTH_SAMPLE_TIME_BUDGET_S": "4"}
+    env.pop("OODSYNTH_REDIS_URL", None)
+    env.pop("OODSYNTH_API_KEYS", None)
+    code = "from oodsynth.cli import app; app()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--host", "0.0.0.0", "--port", str(port),
+                             "--graceful-timeout", "2"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.2)
+        files = {"file": ("b.npz", toy_bank().to_bytes(), "application/octet-stream")}
+        assert httpx.post(f"{base}/fits", data={"name": "toy"}, files=files, timeout=30).status_code == 201
+        spin = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "params": {"temperature": 1e-308}}
+        threading.Thread(target=lambda: httpx.post(f"{base}/sample", json=spin, timeout=30), daemon=True).start()
+        time.sleep(1.0)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)  # graceful 2 s, then the sampler thread stops at its 4 s budget
+        assert time.monotonic() - start < 15
+        assert "binding to 127.0.0.1 only, not 0.0.0.0" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

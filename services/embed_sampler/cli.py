@@ -35,6 +35,10 @@ def serve(
     port: int = typer.Option(8000, help="Port to bind."),
     reload: bool = typer.Option(False, help="Reload on code changes (development)."),
     workers: int = typer.Option(1, min=1, help="Worker processes; fits and samples are shared through Redis."),
+    graceful_timeout: int = typer.Option(
+        10, min=1, help="On SIGTERM, seconds to let requests finish before they are cancelled (sampling threads "
+        "then stop within OODSYNTH_SAMPLE_TIME_BUDGET_S).",
+    ),
 ) -> None:
     """Run the embed_sampler API (uvicorn on services.embed_sampler.app:app)."""
     import uvicorn
@@ -47,4 +51,5 @@ def serve(
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler the
     # process would die before atexit stops the embedded Redis. Exit normally instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run("services.embed_sampler.app:app", host=host, port=port, reload=reload, workers=workers)
+    uvicorn.run("services.embed_sampler.app:app", host=host, port=port, reload=reload, workers=workers,
+                timeout_graceful_shutdown=graceful_timeout)

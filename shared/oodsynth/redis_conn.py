@@ -95,7 +95,10 @@ def redis_url() -> str:
     """The URL to use: the configured one, or an embedded server started on first use."""
     global _embedded
     configured = os.environ.get("OODSYNTH_REDIS_URL") or get_settings().redis_url
-    if configured:
+    # The URL exported below names our own embedded server: while it is, a server that died is
+    # started again on the same folder (AOF: its data comes back), so a running API recovers.
+    ours = _embedded is not None and configured == _embedded.url
+    if configured and not ours:
         return configured
     if _embedded is None or _embedded.process.poll() is not None:
         folder = get_settings().home / "redis"
