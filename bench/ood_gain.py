@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads (1: measured 7x faster per step than 2 on a busy 2-core machine)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a lab setting (repeatable): epochs, beta, outlier_ratio, max_id_percentile, width, ...")
+    p.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
+                   help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)")
     p.add_argument("--name", default="results", help="result files OUT/NAME.{json,md,png} (cells are shared)")
     args = p.parse_args(argv)
 
@@ -87,12 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     seeds = parse_seeds("2" if args.quick and args.seeds == "5" else args.seeds)
     profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
     cache = args.out / "assets"
+    decoders = dict(item.split("=", 1) for item in args.decoder)
     loaded: dict = {}
 
     def assets_for(profile: str):
         def get():
             if profile not in loaded:
-                loaded[profile] = profile_assets(profile, cache, settings.density)
+                loaded[profile] = profile_assets(profile, cache, settings.density, decoders.get(profile))
             return loaded[profile]
         return get
 

@@ -152,12 +152,17 @@ def train_local_assets(profile: str, folder: Path, decoder_dir: Path, *, anchors
     return fit_assets(profile, folder, folder, density, decoder_dir=decoder_dir, decode=decode)
 
 
-def profile_assets(profile: str, cache: Path, density: str = "gaussian_full") -> LabAssets:
-    """The project's trained assets for a profile (``ensure_profile_assets``: trained on first use, then cached
-    under ``OODSYNTH_HOME``), with the decode settings its training recommends and a fit cached in ``cache``."""
-    from .decoder_assets import ensure_profile_assets
+def profile_assets(profile: str, cache: Path, density: str = "gaussian_full", decoder_dir: Path | None = None
+                   ) -> LabAssets:
+    """The project's trained assets for a profile: ``decoder_dir`` (a ``train-decoder`` folder) when given, else
+    ``ensure_profile_assets`` (trained on first use, then cached under ``OODSYNTH_HOME``); with the decode
+    settings its training recommends and a fit of its encoder's features, cached in ``cache``."""
+    from .decoder_assets import ensure_profile_assets, load_profile_assets
 
-    found = ensure_profile_assets(profile, progress=False, echo=print)
+    found = load_profile_assets(decoder_dir) if decoder_dir else ensure_profile_assets(profile, progress=False,
+                                                                                       echo=print)
+    if list(found.class_names) != load_profile_split(profile, "train").class_names:
+        raise ValueError(f"decoder: {found.decoder_dir} was trained for classes {found.class_names}, not {profile}'s")
     return fit_assets(profile, found.encoder_checkpoint, cache / profile, density, decoder_dir=found.decoder_dir,
                       decode=found.decode_settings())
 
