@@ -110,6 +110,11 @@ class LabAssets:
     def anchors(self) -> np.ndarray:
         return self.encoder.anchors
 
+    @property
+    def tag(self) -> str:
+        """Names these assets in cell cache files: the decoder folder (its name holds its settings hash)."""
+        return self.decoder_dir.name if self.decoder_dir is not None else self.encoder_path.parent.name
+
 
 def fit_assets(profile: str, encoder_path: Path, cache: Path, density: str, *, decoder_dir: Path | None = None,
                decode: dict | None = None) -> LabAssets:
@@ -393,6 +398,7 @@ class Row:
     baseline: str | None = "ce"  # the row it is paired with by seed
     needs_decoder: bool = False
     uses: frozenset[str] = frozenset()  # settings beyond the detector's that its result depends on (cache key)
+    uses_assets: bool = True  # built from the generation side: its cache key names the assets
 
     @property
     def description(self) -> str:
@@ -403,8 +409,8 @@ def lab_rows() -> dict[str, Row]:
     """Every row the lab knows now: the fixed ones, then per registered sampler its decoded/verified/feature rows."""
     from .samplers import SAMPLERS
 
-    rows = [Row("ce", row_ce, None), Row("density", row_density, uses=frozenset({"density"})),
-            Row("noise", row_noise, uses=OUTLIER_FIELDS)]
+    rows = [Row("ce", row_ce, None, uses_assets=False), Row("density", row_density, uses=frozenset({"density"})),
+            Row("noise", row_noise, uses=OUTLIER_FIELDS, uses_assets=False)]
     for name in SAMPLERS:
         rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=DECODED_FIELDS),
                  Row(f"decoded:{name}+verified", decoded_row(name, True), needs_decoder=True,
@@ -431,10 +437,12 @@ def metrics_of(outcome: CellOutcome) -> dict:
             "report": outcome.report.to_dict(), **outcome.info}
 
 
-def cell_path(out: Path, profile: str, row: Row, seed: int, settings: LabSettings) -> Path:
-    """A cell's cache file; keyed by the settings the row uses, so e.g. a new threshold reruns verified rows only."""
+def cell_path(out: Path, profile: str, row: Row, seed: int, settings: LabSettings, assets_tag: str = "") -> Path:
+    """A cell's cache file; keyed by the settings the row uses (so e.g. a new threshold reruns verified rows only)
+    and by the assets it was built from."""
     safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row.name)
-    return out / "cells" / profile / safe / f"{settings.key(row.uses)}-seed{seed}.json"
+    tag = f"-{assets_tag}" if assets_tag else ""
+    return out / "cells" / profile / safe / f"{settings.key(row.uses)}{tag}-seed{seed}.json"
 
 
 class LabData:
@@ -455,7 +463,7 @@ class LabData:
 def run_cell(profile: str, row: Row, seed: int, settings: LabSettings, out: Path,
              assets: Callable[[], LabAssets]) -> dict:
     """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
-    path = cell_path(out, profile, row, seed, settings)
+    path = cell_path(out, profile, row, seed, settings, assets().tag if row.uses_assets else "")
     if path.is_file():
         return json.loads(path.read_text())
     train, test, ood_sets = LabData.get(profile, settings.image_size)
