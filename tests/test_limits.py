@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 import zipfile
 
@@ -255,9 +256,14 @@ def test_a_running_api_brings_its_embedded_redis_back(monkeypatch):
             redis_conn._embedded.stop()
 
 
-def test_serve_binds_locally_and_stops_on_sigterm_while_a_sampler_spins(tmp_path, monkeypatch):
-    """`oodsynth serve` without keys binds 127.0.0.1; SIGTERM during a spinning /sample ends it in bounded time."""
-    import os
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path, monkeypatch):
+    """`oodsynth serve` without keys binds 127.0.0.1; a spinning /sample stops when its client goes away;
+    SIGTERM during another one ends the server in bounded time."""
     import signal
     import socket
     import subprocess
@@ -269,7 +275,7 @@ def test_serve_binds_locally_and_stops_on_sigterm_while_a_sampler_spins(tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OODSYNTH_HOME": str(tmp_path / "home"), "OODSYNTH_SAMPLE_TIME_BUDGET_S": "4"}
+    env = {**os.environ, "OODSYNTH_HOME": str(tmp_path / "home"), "OODSYNTH_SAMPLE_TIME_BUDGET_S": "6"}
     env.pop("OODSYNTH_REDIS_URL", None)
     env.pop("OODSYNTH_API_KEYS", None)
     code = "from oodsynth.cli import app; app()"
@@ -288,11 +294,17 @@ def test_serve_binds_locally_and_stops_on_sigterm_while_a_sampler_spins(tmp_path
         files = {"file": ("b.npz", toy_bank().to_bytes(), "application/octet-stream")}
         assert httpx.post(f"{base}/fits", data={"name": "toy"}, files=files, timeout=30).status_code == 201
         spin = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "params": {"temperature": 1e-308}}
+        with pytest.raises(httpx.TimeoutException):  # the client gives up after 1 s and closes its connection
+            httpx.post(f"{base}/sample", json=spin, timeout=1.0)
+        time.sleep(1.0)
+        before = cpu_seconds(proc.pid)
+        time.sleep(1.5)  # still inside the 6 s budget: only a cancelled sampler leaves the server idle
+        assert cpu_seconds(proc.pid) - before < 0.15
         threading.Thread(target=lambda: httpx.post(f"{base}/sample", json=spin, timeout=30), daemon=True).start()
         time.sleep(1.0)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)  # graceful 2 s, then the sampler thread stops at its 4 s budget
+        proc.wait(timeout=20)  # graceful 2 s, then the sampler thread stops at its 6 s budget
         assert time.monotonic() - start < 15
         assert "binding to 127.0.0.1 only, not 0.0.0.0" in proc.stderr.read()
     finally:

@@ -1,4 +1,6 @@
-"""Request-body caps: uploads (multipart) up to ``max_upload_bytes``, any other body up to ``max_request_bytes``.
+"""Request limits: body caps, and work that stops when its client goes away.
+
+Request-body caps: uploads (multipart) up to ``max_upload_bytes``, any other body up to ``max_request_bytes``.
 
 Starlette's ``RequestBodyLimitMiddleware`` does the counting (a declared
 Content-Length over the cap is refused before a byte is read; a streamed
@@ -10,12 +12,23 @@ error shape (``errors.py``).
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from oodsynth.config import get_settings
+from oodsynth.deadline import cancel_on
+
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
 
 
 def body_limit(content_type: str) -> int:
@@ -43,3 +56,21 @@ class BodyLimitMiddleware:
             await too_large(limit)(scope, receive, send)
             return
         await RequestBodyLimitMiddleware(self.app, max_body_size=limit)(scope, receive, send)
+
+
+async def run_until_disconnect(request: Request, fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn`` in the threadpool; when the client disconnects first, ``oodsynth.deadline.check_deadline``
+    makes it stop at its next step instead of running on for nobody (its answer is then never sent)."""
+    cancelled = threading.Event()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        cancelled.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        with cancel_on(cancelled):  # run_in_threadpool copies this context into the worker thread
+            return await run_in_threadpool(fn, *args, **kwargs)
+    finally:
+        watcher.cancel()

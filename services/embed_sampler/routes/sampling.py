@@ -25,6 +25,7 @@ from oodsynth.service.sampling import check_json_answer
 
 from .. import observability as obs
 from ..auth import READ, WRITE
+from ..limits import run_until_disconnect
 from ..schemas import SampleRequest, SampleResponse
 from ..state import get_fits, get_samples, get_settings_dep
 
@@ -116,9 +117,8 @@ async def sample(
     and cosine to its class mean.
     """
     start = time.perf_counter()
-    stored = await run_in_threadpool(
-        draw_sample, fits, samples, settings, **req.model_dump(exclude={"include_vectors"})
-    )
+    stored = await run_until_disconnect(request, draw_sample, fits, samples, settings,
+                                        **req.model_dump(exclude={"include_vectors"}))
     obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
     obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
     if wants_npz(request, format):
