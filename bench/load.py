@@ -14,7 +14,7 @@ and after. Prints a markdown table and writes JSON with ``--out``.
 
     python bench/load.py                      # the measured run (about a minute on 2 cores)
     python bench/load.py --quick              # smoke run
-    python bench/load.py --memory-calls 1000  # API RSS over 1,000 sequential /sample calls (JSON, then npz)
+    python bench/load.py --memory-calls 1000  # API RSS over 1,000 sequential /sample calls (npz, then JSON)
 """
 
 from __future__ import annotations
@@ -114,9 +114,9 @@ def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, 
 
 
 def memory_run(client: httpx.Client, pid: int, calls: int, sample: dict) -> dict[str, list[float]]:
-    """API RSS (MB) every ``calls // 10`` sequential /sample calls, as JSON (vectors included) and as npz."""
+    """API RSS (MB) every ``calls // 10`` sequential /sample calls, as npz and as JSON (vectors included)."""
     trace: dict[str, list[float]] = {}
-    for name, headers in (("json", {}), ("npz", {"Accept": NPZ})):
+    for name, headers in (("npz", {"Accept": NPZ}), ("json", {})):
         trace[name] = [rss_mb(pid)]
         for i in range(1, calls + 1):
             client.post("/sample", json={**sample, "seed": i}, headers=headers).raise_for_status()
@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5 sequential / 20 concurrent requests")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--memory-calls", type=int, default=0,
-                        help="instead: this many sequential /sample calls (JSON, then npz), API RSS every 10%%")
+                        help="instead: this many sequential /sample calls (npz, then JSON), API RSS every 10%%")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # `timeout` too stops the server and Redis
     if args.quick:
         args.sequential, args.concurrent = 5, 20
 
