@@ -262,8 +262,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path, monkeypatch):
-    """`oodsynth serve` without keys binds 127.0.0.1; a spinning /sample stops when its client goes away;
-    SIGTERM during another one ends the server in bounded time."""
+    """`oodsynth serve` without keys binds 127.0.0.1; a trickling body gets 408; a spinning /sample stops
+    when its client goes away; SIGTERM during another one ends the server in bounded time."""
     import signal
     import socket
     import subprocess
@@ -275,7 +275,8 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OODSYNTH_HOME": str(tmp_path / "home"), "OODSYNTH_SAMPLE_TIME_BUDGET_S": "6"}
+    env = {**os.environ, "OODSYNTH_HOME": str(tmp_path / "home"), "OODSYNTH_SAMPLE_TIME_BUDGET_S": "6",
+           "OODSYNTH_BODY_TIMEOUT_S": "1"}
     env.pop("OODSYNTH_REDIS_URL", None)
     env.pop("OODSYNTH_API_KEYS", None)
     code = "from oodsynth.cli import app; app()"
@@ -293,6 +294,14 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
                 time.sleep(0.2)
         files = {"file": ("b.npz", toy_bank().to_bytes(), "application/octet-stream")}
         assert httpx.post(f"{base}/fits", data={"name": "toy"}, files=files, timeout=30).status_code == 201
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:  # a body that trickles in
+            slow.sendall(b"POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"fit\":")
+            start = time.monotonic()
+            answer = slow.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408") and b"OODSYNTH_BODY_TIMEOUT_S" in answer, answer
+            assert time.monotonic() - start < 5
+
         spin = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "params": {"temperature": 1e-308}}
         with pytest.raises(httpx.TimeoutException):  # the client gives up after 1 s and closes its connection
             httpx.post(f"{base}/sample", json=spin, timeout=1.0)

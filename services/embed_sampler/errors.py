@@ -71,10 +71,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """404 (no route), 405, 413 (body over the cap) ...: the same ``detail`` list shape."""
+        """404 (no route), 405, 408 (body too slow), 413 (body over the cap) ...: the same ``detail`` list shape."""
         if exc.status_code == 413:  # a streamed body passed the cap (limits.BodyLimitMiddleware)
             return too_large(body_limit(request.headers.get("content-type", "")))
-        return JSONResponse({"detail": [error([], str(exc.detail), "http_error")]}, status_code=exc.status_code,
+        loc = ["body"] if exc.status_code == 408 else []  # 408: the body did not arrive in time (limits.py)
+        return JSONResponse({"detail": [error(loc, str(exc.detail), "http_error")]}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(OodsynthError)

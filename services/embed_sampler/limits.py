@@ -19,10 +19,11 @@ from typing import TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oodsynth.config import get_settings
 from oodsynth.deadline import cancel_on
@@ -55,7 +56,32 @@ class BodyLimitMiddleware:
         if declared.isdigit() and int(declared) > limit:  # refused before a byte is read, in the API's error shape
             await too_large(limit)(scope, receive, send)
             return
+        receive = body_deadline(receive, get_settings().body_timeout_s)
         await RequestBodyLimitMiddleware(self.app, max_body_size=limit)(scope, receive, send)
+
+
+def body_deadline(receive: Receive, seconds: float) -> Receive:
+    """``receive`` that raises a 408 when the request body is not complete ``seconds`` after it began.
+
+    uvicorn has no such timeout: without it, clients trickling bytes hold connections (and
+    buffers) forever. Once the body is complete, messages (e.g. the disconnect) pass untimed.
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    body_done = False
+
+    async def receive_in_time() -> Message:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {seconds:g} s "
+                                     "(settings OODSYNTH_BODY_TIMEOUT_S)") from None
+        body_done = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return receive_in_time
 
 
 async def run_until_disconnect(request: Request, fn: Callable[..., T], *args, **kwargs) -> T:

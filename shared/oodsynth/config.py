@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     sample_time_budget_s: float = Field(60.0, gt=0, description="Wall-clock budget of one POST /sample.")
     max_request_bytes: int = Field(16 * 2**20, ge=1024, description="Largest JSON request body (413 above).")
     max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest upload (POST /fits, /features) (413 above).")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Time a client has to send its whole request body (408 after it): no slow uploads."
+    )
     max_bank_bytes: int = Field(
         1 * 2**30, ge=1024, description="Largest decompressed feature bank (.npz members, checked before decompressing)."
     )
