@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from oodsynth.config import get_settings
+from oodsynth.config import Settings
 from oodsynth.service import extract_features
 from oodsynth.service.features import MAX_IMAGES
 
 from ..auth import WRITE
+from ..state import get_settings_dep
 
 router = APIRouter(tags=["features"])
 
@@ -47,8 +48,9 @@ class FeaturesResponse(BaseModel):
 async def features(
     request: Request,
     files: Annotated[list[UploadFile], File(description=f"Images (PNG, JPEG, ...), 1 to {MAX_IMAGES}.")],
+    settings: Settings = Depends(get_settings_dep),
 ) -> FeaturesResponse:
     """Resize each image to the encoder's input size and return its unit-norm feature and nearest anchor."""
-    embedder = await run_in_threadpool(request.app.state.embedders.get, get_settings())
+    embedder = await run_in_threadpool(request.app.state.embedders.get, settings)
     uploads = [(f.filename, await f.read()) for f in files]
     return await run_in_threadpool(extract_features, embedder, uploads)
