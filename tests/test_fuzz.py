@@ -49,7 +49,7 @@ def no_server_error(ctx, response, case) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+@settings(max_examples=10, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=list(HealthCheck))
 def test_no_5xx_and_schema_conformance(case, fuzz_env):
     case.call_and_validate(checks=[no_server_error, response_schema_conformance, content_type_conformance])
