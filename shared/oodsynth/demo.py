@@ -3,8 +3,11 @@
 It runs the real parts as separate processes, exactly as deployed: a Redis
 server (embedded unless ``OODSYNTH_REDIS_URL`` is set), the API (uvicorn) and
 one non-forking diffusion worker, and talks to them only over HTTP. The SD
-pipeline is the tiny random-weight one (built once, cached under
-``OODSYNTH_HOME``), so the images are noise-like; the plumbing is what is shown.
+pipeline is the trained decoder of the offline ``animals`` profile (trained on
+first use in a few CPU minutes, then cached under ``OODSYNTH_HOME``) and the fit
+is made on its encoder's features of the real training images, so the outliers
+are real imagined animals. ``DemoConfig(profile=None)`` uses the tiny
+random-weight pipeline and a toy bank instead (noise-like images; unit tests).
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ DEMO_WORDS = ("cat", "dog", "ship", "truck")
 
 @dataclass
 class DemoConfig:
-    words: tuple[str, ...] = DEMO_WORDS
+    # The trained decoder of this offline profile (real images); None = the tiny random-weight model.
+    profile: str | None = "animals"
+    words: tuple[str, ...] = DEMO_WORDS  # tiny model only: its class words
     bank_per_class: int = 60  # ID features per class in the toy bank
     bank_spread: float = 0.15  # noise around each class direction (before renormalising)
     density: str = "vmf"
     method: str = "inverse_rejection"  # needs no k-NN bank: quick on 2 cores
     n_per_class: int = 2  # outlier vectors per class
     images_per_vector: int = 1
-    size: int = 64  # decode height = width (the tiny model's native size)
-    steps: int = 4
+    size: int | None = None  # decode height = width; None: the model's native size
+    steps: int | None = None  # None: the trained decoder's recommendation (4 for the tiny model)
     output_size: int = 64
     dataset: str = "demo"
     seed: int = 0
@@ -73,6 +78,39 @@ def _quiet_hf() -> None:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
+
+@dataclass
+class DemoModel:
+    """What the demo decodes with and fits on: a pipeline folder, its ID bank and decode settings."""
+
+    model_dir: Path
+    bank: object  # FeatureBank
+    decode: dict
+    description: str
+
+
+def demo_model(home: Path, config: DemoConfig, echo: Callable[[str], None]) -> DemoModel:
+    """The trained decoder of ``config.profile`` with a bank of its encoder's features of the real training
+    images; or, with ``profile=None``, the tiny random-weight model with a toy bank around its anchors."""
+    if config.profile is None:
+        model_dir = tiny_model_dir(home, tuple(config.words))
+        size = config.size or 64
+        decode = {"steps": config.steps or 4, "height": size, "width": size}
+        return DemoModel(model_dir, toy_bank(model_dir, config), decode, "the tiny random-weight SD pipeline")
+    from .data import load_dataset
+    from .decoder_assets import ensure_profile_assets
+    from .features import build_bank
+
+    assets = ensure_profile_assets(config.profile, home, echo=echo)
+    train = load_dataset(config.profile, "train", image_size=assets.image_size)
+    bank = build_bank(assets.encoder_checkpoint, train, progress=False)
+    decode = assets.decode_settings()
+    if config.steps:
+        decode["steps"] = config.steps
+    if config.size:
+        decode["height"] = decode["width"] = config.size
+    return DemoModel(assets.decoder_dir, bank, decode, f"the trained {config.profile} decoder")
 
 
 def toy_bank(model_dir: Path, config: DemoConfig):
@@ -175,9 +213,11 @@ def run_demo(
     echo(f"redis:  {redis_url}{' (embedded)' if embedded else ''}")
     procs = None
     try:
-        echo("model:  building/loading the tiny random-weight SD pipeline ...")
-        model_dir = tiny_model_dir(home, tuple(config.words))
-        echo(f"model:  {model_dir}")
+        echo("model:  building/loading " + ("the tiny random-weight SD pipeline" if config.profile is None else
+                                            f"the trained {config.profile} decoder (trained once, then cached)") + " ...")
+        model = demo_model(home, config, echo)
+        model_dir = model.model_dir
+        echo(f"model:  {model.description}: {model_dir}")
         env = {
             **os.environ,
             "OODSYNTH_REDIS_URL": redis_url,
@@ -198,18 +238,17 @@ def run_demo(
         _wait_healthy(api_url, procs)
         echo(f"api:    {api_url}  (docs at {api_url}/docs; logs in {log_dir})")
 
-        bank = toy_bank(model_dir, config)
+        bank = model.bank
         with OodsynthClient(api_url) as client:
             fit = client.fit("demo", bank.to_bytes(), config.density, replace=True)
-            echo(f"fit:    {fit['kind']} on {fit['n_classes']} classes ({', '.join(config.words)}), dim {fit['dim']}")
+            echo(f"fit:    {fit['kind']} on {fit['n_classes']} classes ({', '.join(bank.class_names)}), dim {fit['dim']}")
             sample = client.sample("demo", config.method, config.n_per_class, seed=config.seed, include_vectors=False)
             pct = sample["diagnostics_summary"].get("id_percentile", {}).get("mean")
             echo(f"sample: {sample['n']} outlier vectors by {config.method}"
                  + (f", mean ID percentile {pct:.2f}" if pct is not None else ""))
             queued = client.generate(
                 config.dataset, sample_id=sample["sample_id"], images_per_vector=config.images_per_vector,
-                steps=config.steps, height=config.size, width=config.size, output_size=config.output_size,
-                seed=config.seed,
+                **model.decode, output_size=config.output_size, seed=config.seed,
             )
             echo(f"queue:  {queued['n_images']} images in {len(queued['job_ids'])} jobs")
 

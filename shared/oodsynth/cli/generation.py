@@ -157,10 +157,10 @@ def make_tiny_model(
 @app.command()
 def demo(
     n_per_class: int = typer.Option(2, min=1, max=20, help="Outlier vectors (images) per class."),
-    steps: int = typer.Option(4, min=1, max=50, help="Denoising steps."),
+    steps: int = typer.Option(None, min=1, max=50, help="Denoising steps (default: the decoder's own)."),
     timeout: float = typer.Option(600, help="Give up after this many seconds of decoding."),
 ) -> None:
-    """End to end on this machine, offline: Redis, API, a worker, tiny SD; fit, sample, generate."""
+    """End to end on this machine, offline: Redis, API, a worker, the trained animals decoder; fit, sample, generate."""
     from ..demo import DemoConfig, run_demo
 
     try:
@@ -175,6 +175,6 @@ def demo(
     if len(result.images) > 5:
         typer.echo(f"  ... and {len(result.images) - 5} more")
     typer.echo(f"manifest: {result.manifest}")
-    typer.echo("everything stopped; rerun 'make demo' any time (the tiny model is cached).")
+    typer.echo("everything stopped; rerun 'make demo' any time (the trained decoder is cached).")
 
 
