@@ -15,6 +15,11 @@ def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("...d,...d->...", a, b)[..., None]
 
 
+def rownorm(a: np.ndarray) -> np.ndarray:
+    """Row norms (..., 1); several times faster than np.linalg.norm on many short rows."""
+    return np.sqrt(rowdot(a, a))
+
+
 def to_tangent(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """The component of ``v`` orthogonal to the unit vector ``x`` (the tangent space at ``x``)."""
     return v - rowdot(x, v) * x
@@ -34,7 +39,7 @@ def geodesic_flow(x: np.ndarray, v: np.ndarray, t: float | np.ndarray) -> tuple[
     With speed s = |v|: x(t) = x cos(st) + (v/s) sin(st), v(t) = -x s sin(st) + v cos(st);
     the speed and the tangency are preserved exactly (zero velocity stays put).
     """
-    speed = np.linalg.norm(v, axis=-1, keepdims=True)
+    speed = rownorm(v)
     st = speed * t
     safe = np.where(speed > 0, speed, 1.0)
     cos, sin = np.cos(st), np.sin(st)

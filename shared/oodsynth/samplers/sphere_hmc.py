@@ -50,7 +50,7 @@ from ..errors import InputError
 from .anchor_classifier import unit_anchors
 from .base import Sampler, check_deadline
 from .class_interpolation import nearest_classes
-from .geodesic import geodesic_flow, to_tangent
+from .geodesic import geodesic_flow, rownorm, to_tangent
 
 LogProbGrad = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # u (..., k) -> (log pi (...), d log pi / du (..., k))
 
@@ -61,8 +61,8 @@ class SphereHMCParams(BaseModel):
     n_neighbors: int = Field(3, ge=1, le=1_000, description="Partner classes: this many nearest classes (by mean direction).")
     boundary_width: float = Field(0.05, gt=0, le=2, description="Width w of the boundary ridge, in cosine-margin units.")
     support_scale: float = Field(1.0, gt=0, le=100, description="Concentration of the support term relative to the classes' own.")
-    n_iter: int = Field(60, ge=2, le=10_000, description="HMC iterations per chain (the first half adapts the step size).")
-    n_leapfrog: int = Field(8, ge=1, le=1_000, description="Leapfrog steps per iteration.")
+    n_iter: int = Field(40, ge=2, le=10_000, description="HMC iterations per chain (the first half adapts the step size).")
+    n_leapfrog: int = Field(6, ge=1, le=1_000, description="Leapfrog steps per iteration.")
     step_size: float = Field(0.5, gt=0, le=10, description="Initial leapfrog step in units of the target's smallest length scale.")
     target_accept: float = Field(0.75, gt=0, lt=1, description="Acceptance rate the step size adapts to.")
 
@@ -82,7 +82,7 @@ def leapfrog(q: np.ndarray, p: np.ndarray, log_prob_grad: LogProbGrad, k: int, e
     for _ in range(n_leapfrog):
         p = p + 0.5 * eps * g
         q, p = geodesic_flow(q, p, eps)
-        q = q / np.linalg.norm(q, axis=-1, keepdims=True)  # float round-off only
+        q = q / rownorm(q)  # float round-off only
         p = to_tangent(q, p)
         logp, grad_u = log_prob_grad(q[..., :k])
         g = _tangent_grad(q, grad_u)
