@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: measured 7x faster per step than 2 on a busy 2-core machine)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a lab setting (repeatable): epochs, beta, outlier_ratio, max_id_percentile, width, ...")
+                   help="override a lab setting (repeatable): epochs, beta, outlier_ratio, max_id_percentile, "
+                        "width, decode (JSON), ...")
     p.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
                    help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)")
     p.add_argument("--name", default="results", help="result files OUT/NAME.{json,md,png} (cells are shared)")

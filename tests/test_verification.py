@@ -16,7 +16,8 @@ def test_id_images_verify_as_id_and_noise_as_outliers(digits_lab_assets):
     id_images = test.dataset.tensors[0][:200]
     noise = torch.rand(100, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     real, fake = verify_images(assets.encoder, assets.fit, id_images), verify_images(assets.encoder, assets.fit, noise)
-    print(f"median ID percentile: test digits {np.median(real.id_percentile):.1f}, noise {np.median(fake.id_percentile):.1f}")
+    print(f"median ID percentile: test digits {np.median(real.id_percentile):.1f}, "
+          f"noise {np.median(fake.id_percentile):.1f}")
     # held-out ID images land well inside the fit (calibrated: uniform for training images)
     assert np.median(real.id_percentile) > 15
     # noise is below the 1st ID percentile of every class
@@ -51,7 +52,8 @@ def _store_with_verification(root, percentiles):
 
     store = ResultStore(root)
     for i, pct in enumerate(percentiles):
-        diag = {} if pct is None else {"verified_id_percentile": pct, "verified_id_class": 0, "verified_max_softmax": 0.5}
+        diag = {} if pct is None else {"verified_id_percentile": pct, "verified_id_class": 0,
+                                       "verified_max_softmax": 0.5}
         record = ImageRecord(image_id=f"img-{i}", class_index=0, class_name="zero", vector_id=f"v{i}",
                              sampler="knn_boundary", seed=i, model="test", prompt="p", diagnostics=diag)
         assert store.write_image("dec", record, Image.new("RGB", (16, 16), (i * 20, 0, 0)))

@@ -146,7 +146,8 @@ def _animals_raw() -> tuple[np.ndarray, np.ndarray]:
     except (OSError, EOFError, pickle.UnpicklingError) as exc:
         raise DataUnavailableError("dataset", f"animal-mnist data in {folder} cannot be read: {exc}") from None
     if x.shape != (len(y), 28, 28) or y.min() < 0 or y.max() > 9:
-        raise DataUnavailableError("dataset", f"animal-mnist data in {folder} has unexpected shapes {x.shape}, {y.shape}")
+        raise DataUnavailableError("dataset", f"animal-mnist data in {folder} has unexpected shapes "
+                                              f"{x.shape}, {y.shape}")
     return x, y.astype(np.int64)
 
 
@@ -246,7 +247,8 @@ def load_profile_split(
     from sklearn.model_selection import train_test_split
 
     if profile not in OFFLINE_PROFILES:
-        raise DataUnavailableError("dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}")
+        raise DataUnavailableError("dataset", f"unknown offline profile {profile!r}; choose "
+                                              f"{', '.join(OFFLINE_PROFILES)}")
     p = OFFLINE_PROFILES[profile]
     image_size = image_size or p.default_size
     holdout = tuple(p.holdout if holdout is None else holdout)
@@ -290,7 +292,8 @@ def load_digits_split(split: str = "train", *, image_size: int = 16, holdout: tu
 def profile_ood_sets(profile: str, *, image_size: int | None = None) -> dict[str, ImageData]:
     """Every OOD set of an offline profile by name: ``near:<held-out words>`` first, then ``far:<kind>``."""
     if profile not in OFFLINE_PROFILES:
-        raise DataUnavailableError("dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}")
+        raise DataUnavailableError("dataset", f"unknown offline profile {profile!r}; choose "
+                                              f"{', '.join(OFFLINE_PROFILES)}")
     near = load_profile_split(profile, "ood", image_size=image_size)
     sets = {f"near:{'+'.join(near.class_names)}": near}
     for kind in FAR_KINDS[profile]:

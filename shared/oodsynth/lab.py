@@ -429,10 +429,8 @@ def metrics_of(outcome: CellOutcome) -> dict:
     sets = outcome.report.results[outcome.score]
     near = [m for name, m in sets.items() if name.startswith("near:")]
     far = [m for name, m in sets.items() if name.startswith("far:")]
-    summary = {
-        "near_fpr95": float(np.mean([m["fpr95"] for m in near])), "near_auroc": float(np.mean([m["auroc"] for m in near])),
-        "far_fpr95": float(np.mean([m["fpr95"] for m in far])), "far_auroc": float(np.mean([m["auroc"] for m in far])),
-    }
+    summary = {f"{group}_{m}": float(np.mean([r[m] for r in rows]))
+               for group, rows in (("near", near), ("far", far)) for m in ("fpr95", "auroc")}
     return {**summary, "id_accuracy": outcome.report.id_accuracy, "score": outcome.score,
             "report": outcome.report.to_dict(), **outcome.info}
 
@@ -598,7 +596,8 @@ def write_results(out: Path, settings: LabSettings, cells: list[dict], failures:
     for profile in summary:
         md += [f"## {profile}", "", markdown_table(summary, profile), ""]
     if failures:
-        md += ["## failed cells", ""] + [f"- {f['profile']} {f['row']} seed {f['seed']}: {f['error']}" for f in failures]
+        md += ["## failed cells", ""]
+        md += [f"- {f['profile']} {f['row']} seed {f['seed']}: {f['error']}" for f in failures]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     if summary:
         plot_ood_gain(summary, out / f"{name}.png")

@@ -132,8 +132,8 @@ def plot_ood_gain(summary: dict, out: str | Path, *, metrics: tuple[str, ...] = 
     labels = {"near_fpr95": "near-OOD FPR95 (%) ↓", "far_fpr95": "far-OOD FPR95 (%) ↓",
               "near_auroc": "near-OOD AUROC (%) ↑", "far_auroc": "far-OOD AUROC (%) ↑"}
     n_rows = max(len(summary[p]) for p in profiles)
-    fig, axes = plt.subplots(len(profiles), len(metrics), figsize=(4 + 0.45 * n_rows * len(metrics), 3.6 * len(profiles)),
-                             squeeze=False)
+    size = (4 + 0.45 * n_rows * len(metrics), 3.6 * len(profiles))
+    fig, axes = plt.subplots(len(profiles), len(metrics), figsize=size, squeeze=False)
     for i, profile in enumerate(profiles):
         rows = list(summary[profile])
         for j, metric in enumerate(metrics):
