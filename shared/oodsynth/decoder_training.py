@@ -55,6 +55,7 @@ class DecoderTrainConfig(BaseModel):
     image_size: int = Field(16, ge=8, description="decode size in pixels (a multiple of 8, the pipeline's rule)")
     seed: int = 0
     row_norm: float = Field(0.38, gt=0, description="norm of the random token rows (SD v1.x: 0.34-0.42)")
+    classes: tuple[str, ...] | None = Field(None, description="train on these ID classes only (small test decoders)")
     # image encoder
     encoder_arch: str = "resnet18"
     encoder_width: int = Field(8, ge=1)
@@ -83,7 +84,9 @@ class DecoderTrainConfig(BaseModel):
     def key(self) -> str:
         import hashlib
 
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+        # Unset optional fields stay out of the hash, so adding an option keeps existing caches valid.
+        settings = self.model_dump(mode="json", exclude_none=True)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # Settings that differ per profile; everything else is shared.
@@ -217,8 +220,21 @@ def train_unet(
     return {"final_loss": float(np.mean(losses[-100:]))}
 
 
-def load_profile_split(profile: str, split: str, image_size: int) -> ImageData:
-    return load_dataset(profile, split, image_size=image_size)
+def load_profile_split(profile: str, split: str, image_size: int, classes: tuple[str, ...] | None = None) -> ImageData:
+    """The profile's split, optionally cut down to ``classes`` (renumbered 0..k-1 in the given order)."""
+    data = load_dataset(profile, split, image_size=image_size)
+    if not classes:
+        return data
+    unknown = [c for c in classes if c not in data.class_names]
+    if unknown:
+        raise InputError("classes", f"{unknown} are not classes of {profile} ({', '.join(data.class_names)})")
+    x, y = _stack(data)
+    old = torch.tensor([data.class_names.index(c) for c in classes])
+    keep = torch.isin(y, old)
+    remap = torch.full((len(data.class_names),), -1, dtype=torch.long)
+    remap[old] = torch.arange(len(classes))
+    dataset = torch.utils.data.TensorDataset(x[keep], remap[y[keep]])
+    return ImageData(dataset, list(classes), data.image_size, data.mean, data.std, name=data.name, extra=data.extra)
 
 
 def _stack(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +264,7 @@ def train_decoder(
         raise InputError("image_size", f"must be a multiple of 8 (StableDiffusionPipeline's rule), got {config.image_size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train = load_profile_split(config.profile, "train", config.image_size)
+    train = load_profile_split(config.profile, "train", config.image_size, config.classes)
     class_names = list(train.class_names)
     timings: dict[str, float] = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
