@@ -63,3 +63,11 @@ def test_tiny_pipeline_loads_and_runs(tmp_path):
     assert len(pipe.tokenizer("ship", add_special_tokens=False).input_ids) == 1
     image = pipe("A high-quality image of the ship", num_inference_steps=2, height=64, width=64).images[0]
     assert image.size == (64, 64)
+
+
+def test_row_norm_sets_the_scale_of_the_token_rows(tmp_path):
+    from transformers import CLIPTextModel
+
+    write_tiny_clip_text(tmp_path, ["cat", "dog"], row_norm=0.2)
+    norms = CLIPTextModel.from_pretrained(tmp_path / "text_encoder").get_input_embeddings().weight.detach().norm(dim=1)
+    assert abs(float(norms.mean()) - 0.2) < 0.02
