@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -116,6 +117,12 @@ class LabAssets:
         return self.decoder_dir.name if self.decoder_dir is not None else self.encoder_path.parent.name
 
 
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def fit_assets(profile: str, encoder_path: Path, cache: Path, density: str, *, decoder_dir: Path | None = None,
                decode: dict | None = None) -> LabAssets:
     """Load an encoder, fit (or reload the cached fit of) its ID training features, and bundle the assets."""
@@ -132,7 +139,7 @@ def fit_assets(profile: str, encoder_path: Path, cache: Path, density: str, *, d
     else:
         fit = ClassDensities(kind=density).fit(bank)
         cache.mkdir(parents=True, exist_ok=True)
-        fit_file.write_bytes(fit.to_bytes())
+        _atomic_write(fit_file, fit.to_bytes())
     return LabAssets(profile, encoder, Path(encoder_path), fit, bank, decoder_dir, dict(decode or {}))
 
 
@@ -244,11 +251,13 @@ def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettin
     verification = verify_images(assets.encoder, assets.fit, x)
     pool = DecodedPool((x * 255).round().to(torch.uint8), result.class_index, verification, t1 - t0, t2 - t1)
     cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
     torch.save({"images": pool.images, "class_index": torch.from_numpy(pool.class_index),
                 "id_percentile": torch.from_numpy(verification.id_percentile),
                 "id_class": torch.from_numpy(verification.id_class),
                 "max_softmax": torch.from_numpy(verification.max_softmax),
-                "sample_seconds": pool.sample_seconds, "decode_seconds": pool.decode_seconds}, path)
+                "sample_seconds": pool.sample_seconds, "decode_seconds": pool.decode_seconds}, tmp)
+    tmp.replace(path)  # atomic: two benchmark processes may share the cache
     return pool
 
 
@@ -475,9 +484,7 @@ def run_cell(profile: str, row: Row, seed: int, settings: LabSettings, out: Path
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    _atomic_write(path, json.dumps(result, indent=1).encode())
     return result
 
 
