@@ -68,6 +68,9 @@ class LabSettings(BaseModel):
                               "verified row keeps the first ones that pass, the plain row the first ones")
     max_id_percentile: float = Field(10.0, ge=0, le=100, description="verification threshold")
     density: str = "gaussian_full"
+    outlier_postprocess: str = Field("none", pattern="^(none|binarize)$", description="binarize: threshold decoded "
+                                     "images at 0.5 and soften the edges (3x3 Gaussian, sigma 0.6), so silhouette "
+                                     "outliers lose the decoder's grey haze and blur, cues that real images never carry")
     decode: dict = Field(default_factory=dict, description="decode settings over the assets' defaults")
 
     def per_class(self, n_train: int, n_classes: int) -> int:
@@ -79,15 +82,17 @@ class LabSettings(BaseModel):
 
     def key(self, fields: frozenset[str] | None = None) -> str:
         """Hash of the settings (or of the detector settings plus ``fields``: what one row depends on)."""
-        data = self.model_dump(mode="json")
+        data = {k: v for k, v in self.model_dump(mode="json").items() if LATER_FIELDS.get(k, object()) != v}
         if fields is not None:
             data = {k: v for k, v in data.items() if k in DETECTOR_FIELDS | fields}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
+# settings added after cells were cached: left out of the key at their default, so those cells stay valid
+LATER_FIELDS = {"outlier_postprocess": "none"}
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio"})
-DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode"}
+DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess"}
 
 
 QUICK = {"epochs": 2, "min_steps": 0, "outlier_ratio": 0.1}
@@ -354,7 +359,12 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
                 else float("nan")}
         if len(keep) == 0:
             raise ValueError(f"max_id_percentile: no decoded {sampler} outlier passes {s.max_id_percentile}")
-        return _train_and_evaluate(cell, pool.images[torch.from_numpy(keep)], info)
+        images = pool.images[torch.from_numpy(keep)]
+        if s.outlier_postprocess == "binarize":
+            from torchvision.transforms.functional import gaussian_blur
+
+            images = gaussian_blur((images > 127).float(), [3, 3], [0.6, 0.6])
+        return _train_and_evaluate(cell, images, info)
 
     run.__doc__ = f"{sampler} vectors decoded by the trained decoder{', verified' if verified else ''}."
     return run
