@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         "width, decode (JSON), ...")
     p.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
                    help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)")
+    p.add_argument("--cached-only", action="store_true", help="summarise the cached cells, run nothing")
     p.add_argument("--name", default="results", help="result files OUT/NAME.{json,md,png} (cells are shared)")
     args = p.parse_args(argv)
 
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return get
 
     results = run_benchmark(profiles, pick_rows(args.rows, list(rows)), seeds, settings, args.out, assets_for,
-                            log=lambda line: print(line, flush=True), name=args.name)
+                            log=lambda line: print(line, flush=True), name=args.name,
+                            cached_only=args.cached_only)
     print((args.out / f"{args.name}.md").read_text())
     return 1 if results["failures"] else 0
 

@@ -477,12 +477,18 @@ class LabData:
         return cls._cache[key]
 
 
+class CellNotRun(LookupError):
+    """A cell asked for with ``cached_only`` has no cached result."""
+
+
 def run_cell(profile: str, row: Row, seed: int, settings: LabSettings, out: Path,
-             assets: Callable[[], LabAssets]) -> dict:
+             assets: Callable[[], LabAssets], *, cached_only: bool = False) -> dict:
     """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
     path = cell_path(out, profile, row, seed, settings, assets().tag if row.uses_assets else "")
     if path.is_file():
         return json.loads(path.read_text())
+    if cached_only:
+        raise CellNotRun("not run yet (summary of cached cells only)")
     train, test, ood_sets = LabData.get(profile, settings.image_size)
     work = Path(tempfile.mkdtemp(prefix="oodlab-"))
     cache = out / "cache" / profile
@@ -561,7 +567,7 @@ def markdown_table(summary: dict, profile: str) -> str:
 
 def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], settings: LabSettings, out: Path,
                   assets_for: Callable[[str], Callable[[], LabAssets]], *,
-                  log: Callable[[str], None] = print, name: str = "results") -> dict:
+                  log: Callable[[str], None] = print, name: str = "results", cached_only: bool = False) -> dict:
     """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
 
     A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
@@ -583,7 +589,7 @@ def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], s
             for row_name in chosen:
                 done += 1
                 try:
-                    c = run_cell(profile, rows[row_name], seed, settings, out, assets)
+                    c = run_cell(profile, rows[row_name], seed, settings, out, assets, cached_only=cached_only)
                 except Exception as exc:  # one broken row must not lose the others; it is reported
                     failures.append({"profile": profile, "row": row_name, "seed": seed,
                                      "error": f"{type(exc).__name__}: {exc}"})
