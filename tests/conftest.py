@@ -10,6 +10,10 @@ import pytest
 # Before numpy loads: idle OpenBLAS threads spin, and on a 2-core machine shared with Redis, worker
 # processes and torch, two of them made a 400x128 SVD 30x slower (0.64 s against 0.02 s with one).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Before torch loads, and inherited by every worker/server subprocess: one intra-op thread. The test models
+# are tiny, so a second thread only spins; measured on the shared 2-core machine, the digits encoder's
+# 3 epochs took 22.7 CPU-s with two threads and 3.2 with one (same accuracy), the judge CNN 15 against 1.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
