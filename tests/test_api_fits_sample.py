@@ -272,6 +272,16 @@ def test_every_sampler_runs_and_reports_knn_only_with_a_bank(api):
             assert has_knn == (cls.needs_bank or knn), method
 
 
+def test_method_defaults_to_the_measured_best_sampler(api):
+    from oodsynth.samplers import DEFAULT_METHOD, SAMPLERS
+
+    assert DEFAULT_METHOD in SAMPLERS
+    assert post_fit(api, density="gaussian_full").status_code == 201
+    r = api.post("/sample", json={"fit": "toy", "n_per_class": 4, "seed": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["method"] == DEFAULT_METHOD and r.json()["n"] == 12
+
+
 def test_sampler_params_fuzz_never_500(api):
     """Every parameter of every sampler, fed wrong types and edge values: 200 or a 422 under params."""
     from oodsynth.samplers import SAMPLERS

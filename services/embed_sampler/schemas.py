@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 
 from oodsynth.errors import InputError
 from oodsynth.names import MAX_NAME_LENGTH, validate_name
+from oodsynth.samplers import DEFAULT_METHOD, SAMPLERS
 
 
 def _non_finite_path(value: Any, path: str = "") -> str | None:
@@ -57,7 +58,7 @@ class SampleRequest(BaseModel):
             "examples": [
                 {
                     "fit": "cifar100",
-                    "method": "inverse_sgld",
+                    "method": DEFAULT_METHOD,
                     "n_per_class": 100,
                     "classes": ["apple", 3],
                     "seed": 0,
@@ -69,8 +70,9 @@ class SampleRequest(BaseModel):
 
     fit: FitName
     method: str = Field(
-        description="Sampler: knn_boundary, inverse_sgld, inverse_rejection or barker.",
-        examples=["inverse_sgld"],
+        DEFAULT_METHOD,
+        description=f"Sampler, one of {', '.join(SAMPLERS)}; {DEFAULT_METHOD} (chosen by measured OOD gain) when left out.",
+        examples=[DEFAULT_METHOD],
     )
     n_per_class: int = Field(
         description="Vectors per class; at least 1, at most settings max_n_per_class (default 10,000).",

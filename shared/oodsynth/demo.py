@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import get_settings
+from .samplers import DEFAULT_METHOD
 
 DEMO_WORDS = ("cat", "dog", "ship", "truck")
 
@@ -38,7 +39,7 @@ class DemoConfig:
     bank_per_class: int = 60  # ID features per class in the toy bank
     bank_spread: float = 0.15  # noise around each class direction (before renormalising)
     density: str = "vmf"
-    method: str = "inverse_rejection"  # needs no k-NN bank: quick on 2 cores
+    method: str = DEFAULT_METHOD
     n_per_class: int = 2  # outlier vectors per class
     images_per_vector: int = 1
     size: int | None = None  # decode height = width; None: the model's native size

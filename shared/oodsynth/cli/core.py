@@ -21,6 +21,7 @@ import numpy as np
 import typer
 
 from ..errors import InputError, NotFound, Unavailable
+from ..samplers import DEFAULT_METHOD, SAMPLERS
 from .app import app
 
 
@@ -135,7 +136,7 @@ def fit(
 @app.command()
 def sample(
     fit: str = typer.Option(..., "--fit", help="Name of a stored fit."),
-    method: str = typer.Option(..., "--method", help="knn_boundary, inverse_sgld, inverse_rejection or barker."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help=f"Sampler: {', '.join(SAMPLERS)}."),
     n_per_class: int = typer.Option(..., "--n-per-class", help="Vectors per class."),
     out: Path = typer.Option(..., "--out", help="Where to write the sample (.npz)."),
     classes: list[str] | None = typer.Option(

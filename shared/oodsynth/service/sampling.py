@@ -10,6 +10,7 @@ import pydantic
 from ..config import Settings
 from ..errors import InputError
 from ..registry import FitRegistry, SampleRegistry, StoredSample, resolve_classes
+from ..samplers import DEFAULT_METHOD
 
 # What a sample request names; a sampler error about anything else is about one of its params.
 REQUEST_FIELDS = frozenset({"fit", "method", "n_per_class", "classes", "seed", "params", "scale_to_anchor"})
@@ -39,7 +40,7 @@ def draw_sample(
     settings: Settings,
     *,
     fit: str,
-    method: str,
+    method: str = DEFAULT_METHOD,
     n_per_class: int,
     classes: Sequence[int | str] | None = None,
     seed: int | None = None,
