@@ -169,7 +169,7 @@ WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these w
 WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]
 
 
-@pytest.mark.slow  # two worker processes import torch + diffusers: ~34 s of CPU in all, ~25 s wall on 2 idle cores
+@pytest.mark.slow  # two worker processes import torch + diffusers: ~16 s of CPU in all (one torch thread each)
 def test_two_rq_workers_on_separate_hosts_share_one_bucket(bucket_url, redis_url, tiny_sd, monkeypatch, tmp_path):
     """Two real `oodsynth worker` processes with separate local roots (OODSYNTH_HOME, working folder)
     drain one queue into one bucket; a re-submitted job (same image ids) is decoded at most once."""
