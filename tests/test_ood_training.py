@@ -52,7 +52,6 @@ def tiny_config(**kw):
 
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(2)
     return load_dataset("digits", "train")
 
 
