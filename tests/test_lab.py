@@ -14,7 +14,7 @@ from oodsynth.lab import LabSettings, decoded_pool, lab_rows, run_benchmark, sum
 
 # digits: 1,010 training images in 8 classes, so outlier_ratio 0.032 gives 4 outliers per class
 SETTINGS = LabSettings(width=4, epochs=2, min_steps=0, batch_size=32, ood_batch_size=16, outlier_ratio=0.032,
-                       max_id_percentile=50.0)
+                       oversample=2.0, max_id_percentile=50.0, decode={})
 
 
 @pytest.fixture
