@@ -13,6 +13,7 @@ import numpy as np
 import typer
 
 from ..errors import InputError
+from ..store_backends import parse_store_setting
 from .app import app
 
 plot_app = typer.Typer(help="Figures as PNG: t-SNE of features/anchors/outliers, image grids from the store.",
@@ -154,7 +155,7 @@ def train_ood_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder; the checkpoint is OUT/ood.pt."),
     dataset: str = typer.Option("digits"),
     data_root: Path | None = typer.Option(None),
-    store: Path | None = typer.Option(None, help="Result store folder (default: settings OODSYNTH_STORE)."),
+    store: str | None = typer.Option(None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."),
     outliers: list[str] | None = typer.Option(None, "--outliers", help="Store dataset(s) of outliers (repeatable)."),
     max_id_percentile: float | None = typer.Option(None, help="Keep only verified outliers: images whose re-encoded "
                                                    "feature sits at or below this ID percentile (manifest field "
@@ -187,8 +188,8 @@ def train_ood_cmd(
     from ..ood_training import OODTrainConfig, train_ood
 
     train = _load_data(dataset, "train", data_root, image_size, augment)
-    store_root = store or get_settings().store
-    if outliers and not Path(store_root).is_dir():
+    store_root = parse_store_setting(store) if store else get_settings().store
+    if outliers and isinstance(store_root, Path) and not store_root.is_dir():
         _fail("store", f"result store {store_root} does not exist")
     try:
         config = OODTrainConfig(arch=arch, width=width, epochs=epochs, batch_size=batch_size,
@@ -355,7 +356,7 @@ def plot_tsne_cmd(
 def plot_grid_cmd(
     dataset: str = typer.Option(..., help="Store dataset name."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
-    store: Path | None = typer.Option(None, help="Result store folder (default: settings OODSYNTH_STORE)."),
+    store: str | None = typer.Option(None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."),
     per_class: int = typer.Option(8, min=1),
     classes: list[str] | None = typer.Option(None, "--classes", help="Class names to show (repeatable)."),
 ) -> None:
@@ -364,7 +365,7 @@ def plot_grid_cmd(
     from ..plots import plot_grid
 
     try:
-        path = plot_grid(store or get_settings().store, dataset, out, per_class=per_class, classes=classes)
+        path = plot_grid(parse_store_setting(store) if store else get_settings().store, dataset, out, per_class=per_class, classes=classes)
     except InputError as exc:
         _fail(exc.field, exc.message)
     typer.echo(f"grid: {path}")
