@@ -26,14 +26,10 @@ def _fail(option: str, message: str) -> NoReturn:
     raise InputError(option, message)
 
 
-def _load_data(dataset: str, split: str, data_root: Path | None, image_size: int | None = None, augment: bool = False,
-               option: str = "dataset"):
-    from ..data import DataUnavailableError, load_dataset
+def _load_data(dataset: str, split: str, data_root: Path | None, image_size: int | None = None, augment: bool = False):
+    from ..service.evaluation import load_data
 
-    try:
-        return load_dataset(dataset, split, root=data_root, image_size=image_size, augment=augment)
-    except DataUnavailableError as exc:
-        _fail(exc.field if exc.field != "dataset" else option, exc.message)
+    return load_data(dataset, split, data_root, image_size, augment)
 
 
 def _anchors_for(class_names: list[str], anchors: Path | None, anchors_model: Path | None,
@@ -215,18 +211,6 @@ def train_ood_cmd(
                f"ce {last['ce']:.4f}, L_ood {last['ood']:.4f}")
 
 
-def _ood_sets(specs: list[str], data_root: Path | None, image_size: int) -> dict:
-    """``digits:ood``, ``cifar10:test``, ``imagefolder:<path>`` or a folder -> loaded datasets by name."""
-    sets = {}
-    for spec in specs:
-        if spec.startswith("imagefolder:") or Path(spec).is_dir():
-            sets[Path(spec.split(":", 1)[-1]).name] = _load_data(spec, "test", data_root, image_size, option="ood")
-        else:
-            name, _, split = spec.partition(":")
-            sets[spec] = _load_data(name, split or "test", data_root, image_size, option="ood")
-    return sets
-
-
 def _load_fit(fit: str):
     """A fit by name from the registry (Redis), or a file of ``ClassDensities.to_bytes``."""
     from ..densities import ClassDensities
@@ -261,61 +245,15 @@ def evaluate_cmd(
     """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for the energy, phi and density scores."""
     from rich.console import Console
 
-    from ..data import FAR_KINDS, OFFLINE_PROFILES
-    from ..evaluation import SCORE_KINDS, evaluate, evaluate_density, merge_reports
+    from ..service.evaluation import evaluate_scores
 
-    scores = list(dict.fromkeys(score or ["energy", "phi"]))
-    unknown = [s for s in scores if s not in SCORE_KINDS]
-    if unknown:
-        _fail("score", f"unknown score {unknown[0]!r}; choose from {', '.join(SCORE_KINDS)}")
-    reports, image_size, class_names = [], None, None
-    if set(scores) & {"energy", "phi"}:
-        if checkpoint is None:
-            _fail("checkpoint", "the energy and phi scores need --checkpoint (a train-ood model)")
-        from ..ood_training import load_ood_classifier
-
-        try:
-            clf = load_ood_classifier(checkpoint)
-        except (FileNotFoundError, ValueError) as exc:
-            _fail("checkpoint", str(exc))
-        image_size, class_names = clf.config.image_size, clf.class_names
-    if "density" in scores:
-        if encoder is None or fit is None:
-            _fail("encoder" if encoder is None else "fit", "--score density needs --encoder and --fit")
-        from ..encoder_training import load_encoder
-
-        try:
-            enc = load_encoder(encoder)
-        except (FileNotFoundError, ValueError) as exc:
-            _fail("encoder", str(exc))
-        densities = _load_fit(fit)
-        if densities.dim != enc.model.dim:
-            _fail("fit", f"its dimension {densities.dim} differs from the encoder's {enc.model.dim}")
-        image_size = image_size or enc.config.image_size
-        if class_names is not None and class_names != enc.class_names:
-            _fail("encoder", "its classes differ from the checkpoint's")
-        class_names = enc.class_names
-    if dataset in OFFLINE_PROFILES and not ood:
-        ood = [f"{dataset}:ood"] + [f"{dataset}:far-{k}" for k in FAR_KINDS[dataset]]
-    if not ood:
-        _fail("ood", "give at least one OOD set with --ood")
-    id_data = _load_data(dataset, "test", data_root, image_size)
-    if list(id_data.class_names) != class_names:
-        _fail("dataset", f"{dataset} classes differ from the model's {class_names[:5]}...")
-    ood_sets = _ood_sets(ood, data_root, image_size)
-    if set(scores) & {"energy", "phi"}:
-        reports.append(evaluate(clf, id_data, ood_sets, batch_size=batch_size))
-        if "phi" not in scores:
-            reports[-1].results.pop("phi", None)
-        if "energy" not in scores:
-            reports[-1].results.pop("energy", None)
-    if "density" in scores:
-        reports.append(evaluate_density(enc.model, densities, id_data, ood_sets, batch_size=batch_size))
-    report = merge_reports(*reports)
+    if json_out is not None and not json_out.parent.is_dir():
+        _fail("json", f"folder {json_out.parent} does not exist")
+    densities = _load_fit(fit) if fit is not None and "density" in (score or []) else None
+    report = evaluate_scores(dataset=dataset, scores=score, ood=ood, checkpoint=checkpoint, encoder=encoder,
+                             densities=densities, data_root=data_root, batch_size=batch_size)
     Console().print(report.table(f"evaluate {checkpoint or encoder}"))
     if json_out is not None:
-        if not json_out.parent.is_dir():
-            _fail("json", f"folder {json_out.parent} does not exist")
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
         typer.echo(f"results: {json_out}")
 
