@@ -42,12 +42,17 @@ class SampleResult:
         return int(self.vectors.shape[0])
 
 
+def unit_class_features(bank: FeatureBank, c: int) -> np.ndarray:
+    """Class ``c``'s bank features as float32 unit rows (the reference set samplers start from and rank by)."""
+    return unit_rows(bank.class_features(int(c)).astype(np.float32), field="features")
+
+
 def knn_distances(bank: FeatureBank, unit_vectors: np.ndarray, class_index: np.ndarray, k: int = DEFAULT_KNN_K) -> np.ndarray:
     """Distance of each vector to the k-th nearest ID point of its own class (k capped at the class size)."""
     out = np.empty(unit_vectors.shape[0], dtype=np.float64)
     for c in np.unique(class_index):
         rows = class_index == c
-        ref = unit_rows(bank.class_features(int(c)).astype(np.float32), field="features")
+        ref = unit_class_features(bank, c)
         out[rows] = kth_neighbor_distance(unit_vectors[rows], ref, max(1, min(k, ref.shape[0] - 1)))  # the k the samplers rank by
     return out
 

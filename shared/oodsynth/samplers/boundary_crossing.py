@@ -31,9 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..bank import FeatureBank
 from ..densities import ClassDensities
-from ..sphere import unit_rows
 from .anchor_classifier import boundary_points, unit_anchors
-from .base import Sampler, check_deadline
+from .base import Sampler, check_deadline, unit_class_features
 from .geodesic import exp_map, rowdot, to_tangent
 
 
@@ -94,7 +93,7 @@ class BoundaryCrossingSampler(Sampler):
         X0 = np.empty((len(classes), n, fit.dim), dtype=dt)
         direction = np.empty_like(X0)
         for k, c in enumerate(classes):
-            feats = unit_rows(bank.class_features(int(c)).astype(dt), field="features")
+            feats = unit_class_features(bank, c)
             starts, rivals, _ = boundary_points(feats, int(c), A, p.select)
             pick = rng.permutation(np.arange(n) % len(starts))  # every start used equally often
             X0[k] = starts[pick]

@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..bank import FeatureBank
 from ..densities import ClassDensities
 from ..errors import InputError
-from ..sphere import unit_rows
-from .base import Sampler
+from .base import Sampler, unit_class_features
 from .geodesic import slerp
 
 
@@ -61,7 +60,7 @@ class ClassInterpolationSampler(Sampler):
 
         def class_feats(c: int) -> np.ndarray:
             if c not in feats:
-                feats[c] = unit_rows(bank.class_features(c).astype(dt), field="features")
+                feats[c] = unit_class_features(bank, c)
             return feats[c]
 
         out = np.empty((len(classes), n, fit.dim), dtype=dt)
