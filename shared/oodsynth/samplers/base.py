@@ -21,6 +21,7 @@ from ..deadline import check_deadline, time_budget
 from ..errors import InputError
 from ..knn import kth_neighbor_distance
 from ..sphere import unit_rows
+from .anchor_classifier import margin_and_rival, unit_anchors
 
 DEFAULT_KNN_K = 300  # DREAM-OOD's K; capped at the class size
 ROWS_PER_BLOCK = 32_768  # chains processed together (bounds memory at ~100 MB of float32 in 768-d)
@@ -78,8 +79,6 @@ def compute_diagnostics(
 
 def margin_diagnostics(fit: ClassDensities, unit_vectors: np.ndarray, class_index: np.ndarray) -> dict[str, np.ndarray]:
     """``margin`` (cosine units, negative = assigned to another class) and ``target_class`` (the best other class)."""
-    from .anchor_classifier import margin_and_rival, unit_anchors
-
     margin, rival = margin_and_rival(unit_vectors.astype(np.float32), class_index, unit_anchors(fit.anchors_))
     return {"margin": margin, "target_class": rival.astype(np.float64)}
 
