@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,12 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the toy bank the tests use
 
 NPZ = "application/x-npz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -142,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sequential, args.concurrent = 5, 20
 
     from oodsynth.api_keys import new_api_key
+    from oodsynth.demo import free_port
     from oodsynth.redis_conn import start_embedded_redis
     from toy_banks import toy_bank
 

@@ -49,8 +49,8 @@ class OodsynthClient:
         """``api_key`` (default: settings ``OODSYNTH_API_KEY``) is sent as ``Authorization: Bearer``."""
         self.base_url = base_url.rstrip("/")
         self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
-        if api_key is None and get_settings().api_key is not None:
-            api_key = get_settings().api_key.get_secret_value()
+        if api_key is None and (configured := get_settings().api_key) is not None:
+            api_key = configured.get_secret_value()
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def close(self) -> None:
