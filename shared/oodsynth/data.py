@@ -79,6 +79,12 @@ class ImageData:
         return len(self.dataset)
 
 
+def image_tensors(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``data`` as one float image tensor (N, 3, S, S) and its int64 labels (N,)."""
+    xs, ys = zip(*(data.dataset[i] for i in range(len(data))))
+    return torch.stack(xs).float(), torch.as_tensor(np.asarray(ys, dtype=np.int64))
+
+
 # ---------------------------------------------------------------- raw arrays
 
 class NumpyOnlyUnpickler(pickle.Unpickler):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import ImageData
+from .data import ImageData, image_tensors
 
 
 def reference_classifier(n_classes: int, width: int = 32) -> nn.Module:
@@ -28,15 +28,10 @@ def reference_classifier(n_classes: int, width: int = 32) -> nn.Module:
     )
 
 
-def _tensors(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(data.dataset[i] for i in range(len(data))))
-    return torch.stack(xs).float(), torch.as_tensor(np.asarray(ys, dtype=np.int64))
-
-
 def train_reference_classifier(train: ImageData, *, epochs: int = 15, seed: int = 0, batch_size: int = 64) -> nn.Module:
     """Adam on the real training images with small random shifts (the decoder's images are not pixel-aligned)."""
     torch.manual_seed(seed)
-    x, y = _tensors(train)
+    x, y = image_tensors(train)
     model = reference_classifier(len(train.class_names))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
@@ -61,7 +56,7 @@ def predict(model: nn.Module, images: torch.Tensor) -> np.ndarray:
 
 
 def accuracy(model: nn.Module, data: ImageData) -> float:
-    x, y = _tensors(data)
+    x, y = image_tensors(data)
     return float((predict(model, x).argmax(1) == y.numpy()).mean())
 
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .data import ImageData, load_dataset
+from .data import ImageData, image_tensors, load_dataset
 from .errors import InputError
 
 METADATA_NAME = "decoder.json"
@@ -228,18 +228,13 @@ def load_profile_split(profile: str, split: str, image_size: int, classes: tuple
     unknown = [c for c in classes if c not in data.class_names]
     if unknown:
         raise InputError("classes", f"{unknown} are not classes of {profile} ({', '.join(data.class_names)})")
-    x, y = _stack(data)
+    x, y = image_tensors(data)
     old = torch.tensor([data.class_names.index(c) for c in classes])
     keep = torch.isin(y, old)
     remap = torch.full((len(data.class_names),), -1, dtype=torch.long)
     remap[old] = torch.arange(len(classes))
     dataset = torch.utils.data.TensorDataset(x[keep], remap[y[keep]])
     return ImageData(dataset, list(classes), data.image_size, data.mean, data.std, name=data.name, extra=data.extra)
-
-
-def _stack(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(data.dataset[i] for i in range(len(data))))
-    return torch.stack(xs).float(), torch.as_tensor(np.asarray(ys, dtype=np.int64))
 
 
 def train_decoder(
@@ -295,7 +290,7 @@ def train_decoder(
     vectors = feats_t * anchor_t.norm(dim=1)[labels_t].unsqueeze(1)  # scaled to the anchor norm
 
     # 4. VAE
-    images, image_labels = _stack(train)
+    images, image_labels = image_tensors(train)
     assert torch.equal(image_labels, labels_t)
     pixels = _to_pixels(images)
     torch.manual_seed(config.seed)
