@@ -140,14 +140,14 @@ def run_decode_job(
                 **job.decode_settings(),
             )
             verified = VERIFIER.fields(settings, job.verify_fit, images)  # None: this worker/job does not verify
-            for k, (item, image) in enumerate(zip(batch, images)):
-                record = _record(job, item, job_id)
-                if verified is not None:
-                    record.diagnostics.update(verified[k])
-                if store.write_image(job.dataset, record, image):
-                    written += 1
-                else:  # another worker stored it meanwhile
-                    skipped += 1
+            records = [_record(job, item, job_id) for item in batch]
+            if verified is not None:
+                for record, fields in zip(records, verified):
+                    record.diagnostics.update(fields)
+            # One shard write per batch (write_images), not one rewrite of the shard per image.
+            created = store.write_images(job.dataset, list(zip(records, images)))
+            written += sum(created)
+            skipped += len(created) - sum(created)  # another worker stored those meanwhile
             done += len(batch)
             report(done, len(job.items))
             log.info("job %s: %d/%d images", job_id, done, len(job.items))

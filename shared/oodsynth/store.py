@@ -142,6 +142,13 @@ class _Shard:
     torn: bool = False
 
 
+def _ordered_rows(shards: dict[str, _Shard]) -> list[dict]:
+    """Every row of ``shards``, duplicates included, in write order."""
+    ordered = [(row.get("created_at", ""), key, i, row)
+               for key, shard in shards.items() for i, row in enumerate(shard.rows)]
+    return [row for *_, row in sorted(ordered, key=lambda t: t[:3])]
+
+
 class ResultStore:
     """Generated images and their sharded manifests, in a folder or a bucket, safe for many writers."""
 
@@ -253,10 +260,7 @@ class ResultStore:
 
     def manifest_rows(self, dataset: str) -> list[dict]:
         """Every row of every shard as stored, duplicates included, in write order."""
-        shards = self._refresh(dataset)
-        ordered = [(row.get("created_at", ""), key, i, row)
-                   for key, shard in shards.items() for i, row in enumerate(shard.rows)]
-        return [row for *_, row in sorted(ordered, key=lambda t: t[:3])]
+        return _ordered_rows(self._refresh(dataset))
 
     def stored_ids(self, dataset: str) -> set[str]:
         """image_ids that have a manifest row (and hence an image) in ``dataset``.
@@ -318,7 +322,7 @@ class ResultStore:
         """Compare the stored images with the merged manifest: missing, orphans, duplicates, temp files."""
         name = validate_dataset_name(dataset)
         shards = self._refresh(name)
-        rows = self.manifest_rows(name)
+        rows = _ordered_rows(shards)  # the shards just read: no second listing
         counts = Counter(row["image_id"] for row in rows)
         paths = {row["path"] for row in rows}
         files = self.backend.walk(name)

@@ -177,9 +177,6 @@ class LocalBackend:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def local_path(self, key: str) -> Path:
-        return self._path(key)
-
 
 class S3Backend:
     """``s3://bucket/prefix``. A PUT is atomic (an object appears whole or not at all)."""
@@ -242,9 +239,6 @@ class S3Backend:
 
     def lock(self, dataset: str) -> ContextManager[None]:
         return nullcontext()  # no locks in S3: put_new's conditional create keeps writes exact
-
-    def local_path(self, key: str) -> None:
-        return None
 
 
 def _remove_stale_temps(target: Path) -> None:
