@@ -583,7 +583,6 @@ def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], s
     total, done, t0 = len(profiles) * len(chosen) * len(seeds), 0, time.perf_counter()
     log(f"settings {settings.key()}: {settings.model_dump()}")
     log(f"{total} cells: profiles {profiles}, seeds {seeds}, rows {chosen}")
-    results: dict = {}
     for profile in profiles:
         assets = assets_for(profile)
         for seed in seeds:  # seeds outermost: an interrupted run still has every row at the first seeds
@@ -600,7 +599,7 @@ def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], s
                 log(f"[{done}/{total}] {profile} {row_name} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
                     f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
                     f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)")
-                results = write_results(out, settings, cells, failures, name)
+                write_results(out, settings, cells, failures, name)
     return write_results(out, settings, cells, failures, name)
 
 
