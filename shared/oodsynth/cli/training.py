@@ -105,8 +105,7 @@ def train_encoder_cmd(
                                     seed=seed, dataset=dataset, image_size=train.image_size, mean=train.mean,
                                     std=train.std)
     except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        _fail(".".join(map(str, first["loc"])), first["msg"])
+        raise InputError.from_pydantic(exc) from None
     try:
         ckpt = train_encoder(config, train, a, out, eval_data=test, resume=resume, device=device)
     except ValueError as exc:
@@ -196,8 +195,7 @@ def train_ood_cmd(
                                 init_encoder=str(init_encoder) if init_encoder else None, redraw_every=redraw_every,
                                 redraw_density=redraw_density)
     except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        _fail(".".join(map(str, first["loc"])), first["msg"])
+        raise InputError.from_pydantic(exc) from None
     try:
         clf = train_ood(config, train, out, feature_outliers=feature_outliers, resume=resume, device=device)
     except InputError as exc:  # StoredOutliers names "datasets"; the CLI option is --outliers
