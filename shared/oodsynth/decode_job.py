@@ -86,10 +86,17 @@ def same_model(a: str, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def _record(job: DecodeJob, item: DecodeItem, job_id: str | None) -> ImageRecord:
+def decode_fields(job: DecodeJob, decoder: "OutlierDecoder") -> dict:
+    """The manifest's ``decode`` field: the preset and what it ran (solver, steps, reuse), sizes and guidance."""
+    return {**decoder.plan(job.preset, job.steps, job.scheduler), "guidance_scale": job.guidance_scale,
+            "height": job.height, "width": job.width, "output_size": job.output_size}
+
+
+def _record(job: DecodeJob, item: DecodeItem, job_id: str | None, decode: dict) -> ImageRecord:
     return ImageRecord(
         **item.model_dump(exclude={"vector"}),
         model=job.model,
+        decode=decode,
         # The placeholder stands for this image's own vector, an outlier of its class.
         prompt=job.prompt(f"<outlier:{item.class_name}>"),
         job_id=job_id,
@@ -133,6 +140,7 @@ def run_decode_job(
         dim = len(job.items[0].vector)
         if dim != decoder.hidden_size:
             raise InputError("items", f"vectors have dimension {dim} but {job.model!r} takes {decoder.hidden_size}")
+        decode = decode_fields(job, decoder)
         for batch in batches(todo, settings.gpu_batch_size):
             images = decoder.decode(
                 np.asarray([item.vector for item in batch], dtype=np.float32),
@@ -140,7 +148,7 @@ def run_decode_job(
                 **job.decode_settings(),
             )
             verified = VERIFIER.fields(settings, job.verify_fit, images)  # None: this worker/job does not verify
-            records = [_record(job, item, job_id) for item in batch]
+            records = [_record(job, item, job_id, decode) for item in batch]
             if verified is not None:
                 for record, fields in zip(records, verified):
                     record.diagnostics.update(fields)

@@ -26,7 +26,7 @@ from PIL import Image
 from .batching import slices
 from .device import default_device
 from .errors import InputError
-from .jobs import DEFAULT_PROMPT_TEMPLATE, SCHEDULERS, TOKEN_FIELD
+from .jobs import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS, SCHEDULERS, TOKEN_FIELD, DecodePreset
 
 PLACEHOLDER = "<oodsynth-{slot}>"
 DEFAULT_N_SLOTS = 64
@@ -133,6 +133,8 @@ class OutlierDecoder:
         self.slot_ids = self._add_placeholders()
         self._scheduler_config = self.pipe.scheduler.config
         self._schedulers: dict[str, object] = {}
+        self._compile = compile_unet
+        self._reuse: dict[tuple[int, int], object] = {}  # (interval, branch) -> DeepCacheUNet
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -164,6 +166,33 @@ class OutlierDecoder:
             # Every scheduler takes the model's own noise schedule (betas, offsets) from its config.
             self._schedulers[name] = _scheduler_class(name).from_config(self._scheduler_config)
         return self._schedulers[name]
+
+    def _feature_reuse(self, preset: DecodePreset):
+        """The UNet stand-in that reuses deep features for ``preset`` (built, and compiled, once per process)."""
+        from .deep_cache import DeepCacheUNet
+
+        key = (preset.cache_interval, preset.cache_branch)
+        if key not in self._reuse:
+            unet = DeepCacheUNet(self.pipe.unet, interval=preset.cache_interval, branch=preset.cache_branch)
+            if self._compile:
+                unet.compile_steps()
+            self._reuse[key] = unet
+        return self._reuse[key]
+
+    @staticmethod
+    def preset(preset: str | DecodePreset) -> DecodePreset:
+        """A preset by name (``oodsynth.jobs.PRESETS``), or a ``DecodePreset`` as given (benchmarks try variants)."""
+        if isinstance(preset, DecodePreset):
+            return preset
+        if preset not in PRESETS:
+            raise InputError("preset", f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return PRESETS[preset]
+
+    def plan(self, preset: str | DecodePreset, steps: int, scheduler: str) -> dict:
+        """What a decode with ``preset`` runs: {preset, scheduler, steps, cache_interval} (also its manifest fields)."""
+        p = self.preset(preset)
+        return {"preset": p.name, "scheduler": p.scheduler or scheduler, "steps": p.steps(steps),
+                "cache_interval": p.cache_interval}
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -230,10 +259,16 @@ class OutlierDecoder:
         width: int = 512,
         output_size: int | None = 256,
         scheduler: str = "pndm",
+        preset: str | DecodePreset = DEFAULT_PRESET,
         progress: Progress | None = None,
+        output_type: str = "pil",
     ) -> list[Image.Image]:
         """Decode B vectors (B, D) into B PIL images, in chunks of at most ``n_slots``.
 
+        ``preset`` (``oodsynth.jobs.PRESETS``): ``exact`` runs the settings as
+        given; ``fast`` changes the solver, the step count and reuses deep
+        features (``plan`` says what runs). ``output_type="latent"`` returns the
+        final latents (B, C, h, w) instead, before the VAE (for fidelity checks).
         ``progress(done_images, total_images)`` is called after each chunk.
         """
         v = self._check_vectors(vectors)
@@ -251,28 +286,51 @@ class OutlierDecoder:
             raise InputError("guidance_scale", f"must be a finite number >= 0, got {guidance_scale}")
         if output_size is not None and int(output_size) <= 0:
             raise InputError("output_size", f"must be positive, got {output_size}")
+        if output_type not in ("pil", "latent"):
+            raise InputError("output_type", f"must be 'pil' or 'latent', got {output_type!r}")
         self._check_template(prompt_template)
-        self.pipe.scheduler = self._scheduler(scheduler)
+        plan = self.plan(preset, int(steps), scheduler)
+        self.pipe.scheduler = self._scheduler(plan["scheduler"])
+        reuse = self._feature_reuse(self.preset(preset)) if plan["cache_interval"] > 1 else None
 
-        images: list[Image.Image] = []
+        images: list = []
         for chunk in slices(len(v), self.n_slots):
             cond, uncond = self.prompt_embeds(v[chunk], prompt_template, guidance_scale)
             latents, generators = self.initial_latents(seeds[chunk], int(height), int(width))
-            out = self.pipe(
+            call = dict(
                 prompt_embeds=cond,
                 negative_prompt_embeds=uncond,
                 latents=latents,
                 generator=generators,
-                num_inference_steps=int(steps),
+                num_inference_steps=plan["steps"],
                 guidance_scale=float(guidance_scale),
                 height=int(height),
                 width=int(width),
-                output_type="pil",
-            ).images
-            if output_size is not None:
+                output_type="latent" if output_type == "latent" else "pil",
+            )
+            if reuse is None:
+                out = self.pipe(**call).images
+            else:
+                out = self._call_with(reuse, call)
+            if output_type == "latent":
+                images.extend(out)
+            elif output_size is not None:
                 size = (int(output_size), int(output_size))
                 out = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in out]
-            images.extend(out)
+                images.extend(out)
+            else:
+                images.extend(out)
             if progress is not None:
                 progress(len(images), len(v))
         return images
+
+    def _call_with(self, unet, call: dict) -> list:
+        """Run the pipeline once with ``unet`` standing in for its UNet (a fresh reuse schedule), then put it back."""
+        original = self.pipe.unet
+        unet.reset()
+        self.pipe.unet = unet
+        try:
+            return self.pipe(**call).images
+        finally:
+            self.pipe.unet = original
+            unet.reset()  # drop the kept feature: no activation outlives the call

@@ -97,6 +97,7 @@ class ImageRecord(BaseModel):
     model: str
     prompt: str
     diagnostics: dict[str, Any] = Field(default_factory=dict)
+    decode: dict[str, Any] = Field(default_factory=dict)  # what decoded it: preset, scheduler, steps run, sizes ({}: older rows)
     job_id: str | None = None
     created_at: str = Field(default_factory=_utcnow)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError, Unavailable
-from ..jobs import DEFAULT_PROMPT_TEMPLATE
+from ..jobs import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS
 from .app import app
 from . import core
 from .core import _api_call, _registry_client, progress_bar
@@ -86,6 +86,8 @@ def generate(
     width: int = typer.Option(512, help="Decode width (multiple of 8)."),
     output_size: int = typer.Option(256, help="Stored image size."),
     scheduler: str = typer.Option("pndm", help="pndm, ddim, dpm++, dpm, euler or euler_a."),
+    preset: str = typer.Option(DEFAULT_PRESET, help=f"{' or '.join(PRESETS)}: 'fast' = DPM-Solver++ at half the "
+                               "steps + deep-feature reuse (measured fidelity: bench/results/decode_presets.md)."),
     seed: int | None = typer.Option(None, min=0, help="Base seed of the per-image seeds."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the jobs with a progress bar."),
     timeout: float | None = typer.Option(None, help="With --wait: give up after this many seconds."),
@@ -101,7 +103,7 @@ def generate(
         req = GenerateRequest(
             dataset=dataset, sample_id=local.sample_id if local else sample, images_per_vector=images_per_vector,
             seed=seed, prompt_template=prompt_template, steps=steps, guidance_scale=guidance_scale, height=height,
-            width=width, output_size=output_size, scheduler=scheduler,
+            width=width, output_size=output_size, scheduler=scheduler, preset=preset,
         )
     except pydantic.ValidationError as exc:
         raise InputError.from_pydantic(exc) from None
