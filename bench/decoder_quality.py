@@ -31,18 +31,20 @@ import torch
 from PIL import Image
 
 from oodsynth.data import load_dataset
-from oodsynth.decoder_assets import ensure_profile_assets
+from oodsynth.decoder_assets import ensure_profile_assets, load_profile_assets
+from oodsynth.densities import ClassDensities
 from oodsynth.decoder_quality import (
     DecodeSettings,
     accuracy,
     anchor_accuracy,
     midpoint_agreement,
+    reconstruction_check,
     neighbour_pairs,
     train_reference_classifier,
 )
 from oodsynth.decoding import OutlierDecoder
 from oodsynth.encoder_training import load_encoder
-from oodsynth.features import extract_features
+from oodsynth.features import build_bank, extract_features
 
 
 def _tile(images: list[list[Image.Image]], scale: int) -> Image.Image:
@@ -67,7 +69,10 @@ def real_examples(data, n_classes: int) -> list[Image.Image]:
 
 def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]:
     t0 = time.perf_counter()
-    assets = ensure_profile_assets(profile, args.home, echo=lambda s: print(s, file=sys.stderr))
+    if profile in args.decoder:
+        assets = load_profile_assets(args.decoder[profile])
+    else:
+        assets = ensure_profile_assets(profile, args.home, echo=lambda s: print(s, file=sys.stderr))
     train_s = time.perf_counter() - t0
     size = assets.image_size
     train = load_dataset(profile, "train", image_size=size)
@@ -82,9 +87,11 @@ def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]
         "n_per_class": args.n_per_class,
         "settings": [],
     }
-    features, labels = extract_features(load_encoder(assets.encoder_checkpoint, "cpu").model, train, progress=False)
+    encoder = load_encoder(assets.encoder_checkpoint, "cpu")
+    features, labels = extract_features(encoder.model, train, progress=False)
     means = np.stack([features[labels == c].mean(0) for c in range(len(assets.class_names))])
     pairs = neighbour_pairs(means)
+    fit = ClassDensities(kind="gaussian_full").fit(build_bank(encoder, train, progress=False))
     decoder = OutlierDecoder(assets.decoder_dir, n_slots=64)
     rows: list[list[Image.Image]] = [real_examples(test, len(assets.class_names))]
     for guidance in args.guidance:
@@ -93,12 +100,16 @@ def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]
         t1 = time.perf_counter()
         acc, pred, images = anchor_accuracy(decoder, classifier, assets.anchors, settings, args.n_per_class)
         mid = midpoint_agreement(decoder, classifier, assets.anchors, pairs, settings, args.n_per_class)
+        recon = reconstruction_check(decoder, classifier, encoder, fit, test, settings, args.n_per_class)
         entry = {"steps": settings.steps, "guidance_scale": guidance, "anchor_accuracy": acc,
                  "midpoint_first": mid["first"], "midpoint_second": mid["second"], "midpoint_either": mid["either"],
-                 "decode_s": round(time.perf_counter() - t1, 1)}
+                 **recon, "decode_s": round(time.perf_counter() - t1, 1)}
         record["settings"].append(entry)
         print(f"{profile:8s} steps {settings.steps:3d} guidance {guidance:4.1f}: decoded anchors correct {acc:.3f}; "
-              f"midpoints -> first {mid['first']:.2f}, second {mid['second']:.2f}, either {mid['either']:.2f}",
+              f"midpoints -> first {mid['first']:.2f}, second {mid['second']:.2f}, either {mid['either']:.2f}; "
+              f"reconstructions correct {recon['reconstruction_accuracy']:.3f}, median ID percentile "
+              f"{recon['reconstruction_median_id_percentile']:.1f} (real test images "
+              f"{recon['real_median_id_percentile']:.1f})",
               flush=True)
         if guidance == args.guidance[0]:
             n = len(assets.class_names)
@@ -119,10 +130,13 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--home", type=Path, default=None, help="OODSYNTH_HOME for the decoder cache")
+    parser.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
+                        help="judge this train-decoder folder for PROFILE instead of the cached default (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--grid", type=Path, default=None, help="PNG: real / decoded anchors / midpoints per profile")
     args = parser.parse_args(argv)
+    args.decoder = dict(item.split("=", 1) for item in args.decoder)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

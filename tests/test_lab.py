@@ -112,3 +112,32 @@ def test_evaluate_density_score_cli(digits_lab_assets, tmp_path, one_thread):
     assert res.exit_code == 2 and "encoder" in res.output
     res = runner.invoke(app, ["evaluate", "--score", "mahalanobis", "--dataset", "digits"])
     assert res.exit_code == 2 and "score" in res.output
+
+
+def test_decoded_inliers_join_the_id_side_with_their_own_labels(digits_lab_assets, tmp_path, one_thread):
+    """decoded_inliers: ID features are decoded, re-encoded, and only the ones that stay in their class are used."""
+    from oodsynth.lab import Cell, LabData, decoded_inlier_pool, decoded_inliers
+
+    settings = SETTINGS.model_copy(update={"decoded_inliers": 0.032})
+    pool = decoded_inlier_pool(digits_lab_assets, 0, settings, tmp_path)
+    assert len(pool.images) == 8 * 8 and sorted(set(pool.class_index.tolist())) == list(range(8))
+    train, test, ood = LabData.get("digits", settings.image_size)
+    cell = Cell("digits", 0, settings, train, test, ood, tmp_path, tmp_path / "work", lambda: digits_lab_assets)
+    x, y, info = decoded_inliers(cell)
+    faithful = pool.verification.id_class == pool.class_index
+    assert info["inlier_faithful_rate"] == pytest.approx(faithful.mean())
+    assert len(x) == len(y) == info["inliers"] == sum(min(4, int((faithful & (pool.class_index == c)).sum()))
+                                                      for c in range(8))
+    assert x.shape[1:] == (3, settings.image_size, settings.image_size) and 0 <= x.min() and x.max() <= 1
+    # the first 4 faithful images per class, labelled with the class they were decoded from and re-encode to
+    keep = np.sort(np.concatenate([np.flatnonzero(faithful & (pool.class_index == c))[:4] for c in range(8)]))
+    assert y.tolist() == pool.class_index[keep].tolist() == pool.verification.id_class[keep].tolist()
+    assert torch.allclose(x, pool.images[torch.from_numpy(keep)].float() / 255)
+    # the setting keys the decoded rows' cache, and the control row refuses to run without it
+    rows = lab_rows()
+    assert settings.key(rows["decoded:knn_boundary"].uses) != SETTINGS.key(rows["decoded:knn_boundary"].uses)
+    assert SETTINGS.key(rows["decoded:knn_boundary"].uses) == LabSettings(**{
+        k: v for k, v in SETTINGS.model_dump().items() if k != "decoded_inliers"}).key(rows["decoded:knn_boundary"].uses)
+    with pytest.raises(ValueError, match="decoded_inliers"):
+        rows["inliers"].run(Cell("digits", 0, SETTINGS, train, test, ood, tmp_path, tmp_path / "w",
+                                 lambda: digits_lab_assets))

@@ -115,6 +115,29 @@ def anchor_accuracy(decoder, classifier: nn.Module, anchors: np.ndarray, setting
     return float((pred == labels).mean()), pred, images
 
 
+def reconstruction_check(decoder, classifier: nn.Module, encoder, fit, test, settings: DecodeSettings,
+                         n_per_class: int = 8, seed: int = 20_000) -> dict:
+    """Decode the encoder features of real test images (n per class, scaled to their anchor's norm as in
+    training): does the judge still see their class, and where do they re-encode under the ID ``fit``?
+
+    A decoder whose reconstructions of real ID images sit far below real images' ID percentile leaves a cue (how
+    an image was drawn) that a detector trained on its outliers can learn instead of what they show.
+    """
+    from .verification import verify_images
+
+    x, y = image_tensors(test)
+    idx = np.concatenate([np.flatnonzero(y.numpy() == c)[:n_per_class] for c in range(len(test.class_names))])
+    with torch.no_grad():
+        z = F.normalize(encoder.model.embed(x[idx]), dim=1)
+    vectors = (z * torch.as_tensor(encoder.anchors).norm(dim=1)[y[idx]].unsqueeze(1)).numpy()
+    images = decode_vectors(decoder, vectors, [seed + i for i in range(len(idx))], settings)
+    decoded = pil_to_tensor(images, settings.image_size)
+    pred = predict(classifier, decoded).argmax(1)
+    return {"reconstruction_accuracy": float((pred == y[idx].numpy()).mean()),
+            "reconstruction_median_id_percentile": float(np.median(verify_images(encoder, fit, decoded).id_percentile)),
+            "real_median_id_percentile": float(np.median(verify_images(encoder, fit, x[idx]).id_percentile))}
+
+
 def midpoint_agreement(decoder, classifier: nn.Module, anchors: np.ndarray, pairs: np.ndarray,
                        settings: DecodeSettings, n_per_pair: int = 8, seed: int = 10_000) -> dict:
     """For decoded midpoints between neighbouring classes: share labelled as the first, the second, either class."""

@@ -20,6 +20,7 @@ follow).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -38,7 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import TensorDataset
 
-from .data import ImageData, load_profile_split, profile_ood_sets
+from .data import ImageData, image_tensors, load_profile_split, profile_ood_sets
 from .densities import DENSITY_KINDS, ClassDensities
 from .encoder_training import EncoderCheckpoint, EncoderTrainConfig, load_encoder, train_encoder
 from .evaluation import EvaluationReport, evaluate, evaluate_density
@@ -71,6 +72,10 @@ class LabSettings(BaseModel):
     outlier_postprocess: str = Field("none", pattern="^(none|binarize)$", description="binarize: threshold decoded "
                                      "images at 0.5 and soften the edges (3x3 Gaussian, sigma 0.6), so silhouette "
                                      "outliers lose the decoder's grey haze and blur, cues that real images never carry")
+    decoded_inliers: float = Field(0.0, ge=0, description="decoded ID images per ID training image, added to the "
+                                   "detector's ID side (decoded from real ID features, kept when re-encoded to "
+                                   "their own class): decoding artifacts then sit on both sides, so L_ood cannot "
+                                   "separate the outliers by how they were drawn, only by what they show")
     decode: dict = Field(default_factory=lambda: {"steps": 10},
                          description="decode settings over the decoder's recommended ones (10 steps: half the CPU)")
 
@@ -90,10 +95,11 @@ class LabSettings(BaseModel):
 
 
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
-LATER_FIELDS = {"outlier_postprocess": "none"}
+LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0}
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio"})
-DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess"}
+INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
+DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess", "decoded_inliers"}
 
 
 QUICK = {"epochs": 2, "min_steps": 0, "outlier_ratio": 0.1}
@@ -230,33 +236,34 @@ class DecodedPool:
         return np.sort(np.concatenate(keep))
 
 
-def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
-    """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
-    from .samplers import get_sampler
+def _pool_tag(assets: LabAssets, settings: LabSettings, n_pool: int) -> str:
+    return hashlib.sha256(json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool,
+                                      settings.density]).encode()).hexdigest()[:8]
 
-    if assets.decoder_dir is None:
-        raise ValueError("decoder: these assets have no decoder folder")
-    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
-    tag = hashlib.sha256(json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool,
-                                     settings.density]).encode()).hexdigest()[:8]
-    path = cache / f"decoded-{sampler}-s{seed}-{tag}.pt"
-    if path.is_file():
-        state = torch.load(path, weights_only=True)
-        return DecodedPool(state["images"], state["class_index"].numpy(),
-                           Verification(*(state[k].numpy() for k in ("id_percentile", "id_class", "max_softmax"))),
-                           float(state["sample_seconds"]), float(state["decode_seconds"]))
-    t0 = time.perf_counter()
-    result = get_sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
+
+def _cached_pool(path: Path) -> DecodedPool | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=True)
+    return DecodedPool(state["images"], state["class_index"].numpy(),
+                       Verification(*(state[k].numpy() for k in ("id_percentile", "id_class", "max_softmax"))),
+                       float(state["sample_seconds"]), float(state["decode_seconds"]))
+
+
+def _decode_verified(assets: LabAssets, vectors: np.ndarray, class_index: np.ndarray, seed: int,
+                     settings: LabSettings, path: Path, sample_seconds: float = 0.0) -> DecodedPool:
+    """Decode ``vectors`` (one image each, seeded per image), re-encode them, cache the pool at ``path``."""
     t1 = time.perf_counter()
-    seeds = [seed * 1_000_003 + i for i in range(len(result.vectors))]
+    seeds = [seed * 1_000_003 + i for i in range(len(vectors))]
     size = assets.encoder.config.image_size
     decode = {**{"steps": 20, "guidance_scale": 3.0}, **assets.decode, **settings.decode}
-    images = _decoder(assets.decoder_dir).decode(result.vectors, seeds, **{"output_size": size, **decode})
+    images = _decoder(assets.decoder_dir).decode(vectors, seeds, **{"output_size": size, **decode})
     t2 = time.perf_counter()
     x = images_to_tensor(images, size)
     verification = verify_images(assets.encoder, assets.fit, x)
-    pool = DecodedPool((x * 255).round().to(torch.uint8), result.class_index, verification, t1 - t0, t2 - t1)
-    cache.mkdir(parents=True, exist_ok=True)
+    pool = DecodedPool((x * 255).round().to(torch.uint8), np.asarray(class_index), verification, sample_seconds,
+                       t2 - t1)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     torch.save({"images": pool.images, "class_index": torch.from_numpy(pool.class_index),
                 "id_percentile": torch.from_numpy(verification.id_percentile),
@@ -265,6 +272,40 @@ def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettin
                 "sample_seconds": pool.sample_seconds, "decode_seconds": pool.decode_seconds}, tmp)
     tmp.replace(path)  # atomic: two benchmark processes may share the cache
     return pool
+
+
+def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
+    """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
+    from .samplers import get_sampler
+
+    if assets.decoder_dir is None:
+        raise ValueError("decoder: these assets have no decoder folder")
+    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
+    path = cache / f"decoded-{sampler}-s{seed}-{_pool_tag(assets, settings, n_pool)}.pt"
+    if (pool := _cached_pool(path)) is not None:
+        return pool
+    t0 = time.perf_counter()
+    result = get_sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
+    return _decode_verified(assets, result.vectors, result.class_index, seed, settings, path,
+                            time.perf_counter() - t0)
+
+
+def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
+    """ID training features (random, ``oversample * decoded_inliers`` per ID image and class), decoded and
+    re-encoded: the decoder's reconstructions of real ID images. Cached per seed."""
+    labels = assets.bank.labels
+    n_classes = assets.fit.n_classes
+    n_pool = int(np.ceil(settings.oversample * max(1, round(settings.decoded_inliers * len(labels) / n_classes))))
+    if assets.decoder_dir is None:
+        raise ValueError("decoder: these assets have no decoder folder")
+    path = cache / f"decoded-inliers-s{seed}-{_pool_tag(assets, settings, n_pool)}.pt"
+    if (pool := _cached_pool(path)) is not None:
+        return pool
+    rng = np.random.default_rng([seed, 7])
+    idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), n_pool, replace=n_pool > (labels == c).sum())
+                          for c in range(n_classes)])
+    vectors = assets.bank.features[idx] * np.linalg.norm(assets.anchors[labels[idx]], axis=1, keepdims=True)
+    return _decode_verified(assets, vectors.astype(np.float32), labels[idx], seed + 500_000, settings, path)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -304,19 +345,48 @@ def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, **extra):
                           image_size=s.image_size, mean=cell.train.mean, std=cell.train.std, **extra)
 
 
-def _train_and_evaluate(cell: Cell, outliers: torch.Tensor | None, info: dict | None = None) -> CellOutcome:
+def _as_float_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    return images_to_tensor(images.float() / 255 if images.dtype == torch.uint8 else images, image_size)
+
+
+def decoded_inliers(cell: Cell) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The seed's decoded ID images (float, labels, info): per class the first ``decoded_inliers`` share of the
+    ID training set that the encoder re-encodes to its own class (a reconstruction drawn as another class would
+    be a mislabelled ID image)."""
+    s = cell.settings
+    pool = decoded_inlier_pool(cell.assets(), cell.seed, s, cell.cache)
+    n_per_class = max(1, round(s.decoded_inliers * len(cell.train) / len(cell.train.class_names)))
+    faithful = pool.verification.id_class == pool.class_index
+    keep = np.sort(np.concatenate([np.flatnonzero((pool.class_index == c) & faithful)[:n_per_class]
+                                   for c in np.unique(pool.class_index)]))
+    info = {"inlier_pool": len(pool.class_index), "inliers": len(keep),
+            "inlier_faithful_rate": float(faithful.mean()),
+            "inlier_median_id_percentile": float(np.median(pool.verification.id_percentile))}
+    x = _as_float_images(pool.images[torch.from_numpy(keep)], s.image_size)
+    return x, torch.from_numpy(pool.class_index[keep]).long(), info
+
+
+def _train_and_evaluate(cell: Cell, outliers: torch.Tensor | None, info: dict | None = None, *,
+                        inliers: bool = False) -> CellOutcome:
+    """Train the detector (CE, plus beta * L_ood when ``outliers`` are given) and evaluate it; with ``inliers``
+    the seed's decoded ID images join the ID training set (the same epochs, so a few more steps)."""
     from .ood_training import train_ood
 
     beta = cell.settings.beta if outliers is not None else 0.0
+    train, info = cell.train, dict(info or {})
+    if inliers:
+        x_in, y_in, inlier_info = decoded_inliers(cell)
+        x, y = image_tensors(cell.train)
+        train = dataclasses.replace(cell.train, dataset=TensorDataset(torch.cat([x, x_in]), torch.cat([y, y_in])))
+        info.update(inlier_info)
     ds = None
     if outliers is not None:
-        x = images_to_tensor(outliers.float() / 255 if outliers.dtype == torch.uint8 else outliers,
-                             cell.settings.image_size)
+        x = _as_float_images(outliers, cell.settings.image_size)
         ds = TensorDataset(x, torch.zeros(len(x), dtype=torch.int64))
     config = _ood_config(cell, beta, 0 if ds is None else len(ds))
-    clf = train_ood(config, cell.train, cell.work, outliers=ds, device="cpu", progress=False)
+    clf = train_ood(config, train, cell.work, outliers=ds, device="cpu", progress=False)
     report = evaluate(clf, cell.test, cell.ood_sets, progress=False)
-    return CellOutcome(report, "energy", {"n_outliers": 0 if ds is None else len(ds), **(info or {})})
+    return CellOutcome(report, "energy", {"n_outliers": 0 if ds is None else len(ds), **info})
 
 
 def row_ce(cell: Cell) -> CellOutcome:
@@ -347,6 +417,13 @@ def row_noise(cell: Cell) -> CellOutcome:
     return _train_and_evaluate(cell, smooth_noise(n, cell.settings.image_size, cell.seed))
 
 
+def row_inliers(cell: Cell) -> CellOutcome:
+    """CE only, with the decoded ID images of the decoded rows (``decoded_inliers``) added: their control."""
+    if cell.settings.decoded_inliers <= 0:
+        raise ValueError("decoded_inliers: the inliers row needs decoded_inliers > 0 (--set decoded_inliers=0.1)")
+    return _train_and_evaluate(cell, None, inliers=True)
+
+
 def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
         s = cell.settings
@@ -365,7 +442,7 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
             from torchvision.transforms.functional import gaussian_blur
 
             images = gaussian_blur((images > 127).float(), [3, 3], [0.6, 0.6])
-        return _train_and_evaluate(cell, images, info)
+        return _train_and_evaluate(cell, images, info, inliers=s.decoded_inliers > 0)
 
     run.__doc__ = f"{sampler} vectors decoded by the trained decoder{', verified' if verified else ''}."
     return run
@@ -430,7 +507,8 @@ def lab_rows() -> dict[str, Row]:
     from .samplers import SAMPLERS
 
     rows = [Row("ce", row_ce, None, uses_assets=False), Row("density", row_density, uses=frozenset({"density"})),
-            Row("noise", row_noise, uses=OUTLIER_FIELDS, uses_assets=False)]
+            Row("noise", row_noise, uses=OUTLIER_FIELDS, uses_assets=False),
+            Row("inliers", row_inliers, needs_decoder=True, uses=INLIER_FIELDS)]
     for name in SAMPLERS:
         rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=DECODED_FIELDS),
                  Row(f"decoded:{name}+verified", decoded_row(name, True), needs_decoder=True,
