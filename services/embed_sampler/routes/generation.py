@@ -20,9 +20,10 @@ from oodsynth.registry import FitRegistry, SampleRegistry
 from oodsynth.service import GenerateRequest, enqueue_generation, plan_generation
 
 from ..auth import READ, WRITE
+from ..body import OffLoopBodyRoute
 from ..state import get_fits, get_redis_dep, get_samples, get_settings_dep
 
-router = APIRouter(tags=["generation"])
+router = APIRouter(tags=["generation"], route_class=OffLoopBodyRoute)  # large JSON bodies parsed off the loop
 
 ERROR_RESPONSES = {
     404: {"description": "Unknown sample, fit or job id."},

@@ -25,11 +25,12 @@ from oodsynth.service.sampling import check_json_answer
 
 from .. import observability as obs
 from ..auth import READ, WRITE
+from ..body import OffLoopBodyRoute
 from ..limits import run_until_disconnect
 from ..schemas import SampleRequest, SampleResponse
 from ..state import get_fits, get_samples, get_settings_dep
 
-router = APIRouter(tags=["sampling"])
+router = APIRouter(tags=["sampling"], route_class=OffLoopBodyRoute)  # large JSON bodies parsed off the loop
 
 NPZ = "application/x-npz"
 NPZ_RESPONSE = {200: {"content": {NPZ: {"schema": {"type": "string", "format": "binary"}}},
