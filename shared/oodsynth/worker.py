@@ -6,11 +6,19 @@ child, and reloading SD per job would cost more than decoding. So this is an
 ``oodsynth.decode_job.DECODERS``) before it takes its first job. ``max_jobs``
 lets a supervisor recycle the process (fresh memory) after N jobs. Jobs travel
 as JSON, never pickle. Run it as ``oodsynth worker``.
+
+``oodsynth worker --gpus all|0,1,...`` (or ``--processes N`` on CPU) starts
+one such process per device on the same queues (``run_worker_processes``):
+RQ hands each job to one of them, and the store keeps every image once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 
 from rq import Queue
@@ -18,6 +26,7 @@ from rq.serializers import JSONSerializer
 
 from .config import get_settings
 from .decode_job import DECODERS
+from .errors import InputError
 from .queue import recover_abandoned_jobs
 from .redis_conn import get_redis
 from .safe_worker import AllowlistWorker
@@ -57,3 +66,73 @@ def run_worker(
             log.warning("requeued %d abandoned jobs from %s: %s", len(recovered), name, ", ".join(recovered))
     worker = build_worker(queues)
     return worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=with_scheduler, logging_level=logging_level)
+
+
+# -- one worker process per device ---------------------------------------------------------------
+
+CHILD_COMMAND = (sys.executable, "-c", "from oodsynth.cli import main; main()", "worker")
+
+
+def gpu_assignments(spec: str, device_count: int, inherited: str | None = None) -> list[str]:
+    """``--gpus all|0,1,...`` -> the ``CUDA_VISIBLE_DEVICES`` value of each worker process, one device each.
+
+    Ids count the devices this process sees; when it already runs under
+    ``CUDA_VISIBLE_DEVICES`` (``inherited``), they index that list, and each
+    child gets the entry they name (so ``CUDA_VISIBLE_DEVICES=2,3 ... --gpus 1``
+    works on physical device 3).
+    """
+    if device_count < 1:
+        raise InputError("gpus", "needs CUDA, but torch sees no CUDA device here; leave --gpus out "
+                         "(one CPU worker) or use --processes N")
+    visible = [d.strip() for d in inherited.split(",") if d.strip()] if inherited else [str(i) for i in range(device_count)]
+    visible = visible[:device_count]
+    text = spec.strip().lower()
+    if text == "all":
+        return visible
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError("gpus", f"expected 'all' or comma-separated device ids such as 0,1; got {spec!r}") from None
+    bad = [i for i in ids if not 0 <= i < len(visible)]
+    if bad:
+        raise InputError("gpus", f"no CUDA device {bad[0]}: this machine has {len(visible)} "
+                         f"(ids 0..{len(visible) - 1})")
+    if len(set(ids)) != len(ids):
+        raise InputError("gpus", f"device ids repeat in {spec!r}: one worker per device")
+    return [visible[i] for i in ids]
+
+
+def run_worker_processes(child_args: Sequence[str], devices: Sequence[str | None]) -> int:
+    """Start ``oodsynth worker <child_args>`` once per entry of ``devices`` and wait for all; the worst exit code.
+
+    Each child is a fresh interpreter (spawned, never forked: CUDA and the
+    loaded pipeline must not be shared) and a non-forking worker on the same
+    queues; a device string becomes its ``CUDA_VISIBLE_DEVICES`` (None: the
+    environment as is, e.g. CPU workers). SIGTERM/SIGINT to this process are
+    passed on, so every child finishes its current job first (RQ's warm
+    shutdown). Restarting a child that dies is left to the supervisor (systemd,
+    compose ``restart:``); the others keep working meanwhile.
+    """
+    children = []
+    for device in devices:
+        env = dict(os.environ)
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        children.append(subprocess.Popen([*CHILD_COMMAND, *child_args], env=env))
+        log.info("worker process %d started%s", children[-1].pid, "" if device is None else f" on CUDA device {device}")
+
+    def forward(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for child, code in zip(children, codes):
+        if code:
+            log.warning("worker process %d exited with %d", child.pid, code)
+    return max(code if code >= 0 else 128 - code for code in codes)  # killed by signal N: 128 + N, as a shell says

@@ -25,15 +25,41 @@ def worker(
     max_jobs: int | None = typer.Option(None, min=1, help="Exit after this many jobs (process recycling)."),
     scheduler: bool = typer.Option(True, help="Also run RQ's scheduler (moves retries waiting out a back-off)."),
     log_level: str = typer.Option("INFO", help="Logging level."),
+    gpus: str | None = typer.Option(None, help="'all' or device ids '0,1,...': one worker process per CUDA device "
+                                    "(CUDA_VISIBLE_DEVICES each), all on the same queues."),
+    processes: int | None = typer.Option(None, min=1, help="Start this many worker processes on the same queues "
+                                         "(CPU, or one device shared); not with --gpus."),
 ) -> None:
     """Run a non-forking diffusion worker: load the pipeline once, then decode queued jobs."""
     import logging
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _registry_client()  # fail with a one-line error when Redis is unreachable
+    if gpus is not None and processes is not None:
+        raise InputError("processes", "give --gpus (one process per device) or --processes, not both")
+    devices = _worker_devices(gpus) if gpus is not None else None
+    _registry_client()  # fail with a one-line error when Redis is unreachable (and share an embedded one)
+    if devices is not None or processes is not None:
+        from ..worker import run_worker_processes
+
+        child_args = [arg for q in queue or [] for arg in ("--queue", q)]
+        child_args += ["--burst"] * burst + (["--max-jobs", str(max_jobs)] if max_jobs else [])
+        child_args += ["--scheduler" if scheduler else "--no-scheduler", "--log-level", log_level]
+        code = run_worker_processes(child_args, devices or [None] * processes)
+        raise typer.Exit(code)
     from ..worker import run_worker
 
     run_worker(queue, burst=burst, max_jobs=max_jobs, with_scheduler=scheduler, logging_level=log_level.upper())
+
+
+def _worker_devices(spec: str) -> list[str]:
+    """``--gpus`` checked against the CUDA devices torch sees (counted without starting CUDA in this process)."""
+    import os
+
+    import torch
+
+    from ..worker import gpu_assignments
+
+    return gpu_assignments(spec, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def _load_sample(source: str):
