@@ -79,3 +79,20 @@ def test_gpus_without_cuda_and_bad_combinations_are_one_line_errors(redis_url):
     assert result.exit_code == 2 and "error: gpus: needs CUDA" in result.output, result.output
     result = runner.invoke(app, ["worker", "--gpus", "0", "--processes", "2"])
     assert result.exit_code == 2 and "error: processes:" in result.output, result.output
+
+
+def test_launcher_gives_each_child_its_device_recycles_clean_exits_and_stops_on_a_failure(monkeypatch, tmp_path):
+    """The launcher alone, with a stand-in child program (a few lines of Python instead of a worker)."""
+    import oodsynth.worker as worker
+
+    log = tmp_path / "starts"
+    child = ("import os, sys, time; p = sys.argv[1]; open(p, 'a').write(os.environ['CUDA_VISIBLE_DEVICES'] + '\\n'); "
+             "n = len(open(p).read().split()); time.sleep(0.2 if n < 5 else 0); sys.exit(0 if n < 5 else 3) "
+             "if os.environ['CUDA_VISIBLE_DEVICES'] == '7' else time.sleep(30)")
+    monkeypatch.setattr(worker, "CHILD_COMMAND", (sys.executable, "-c", child))
+    code = worker.run_worker_processes([str(log)], ["7", "5"], recycle=True, poll_s=0.05)
+    starts = log.read_text().split()
+    # device 7 was started again after each clean exit until its run saw 5 starts and failed with 3;
+    # then device 5's child was stopped, and the launcher ends with the failure's code
+    assert code == 3
+    assert sorted(starts) == ["5"] + ["7"] * 4, starts

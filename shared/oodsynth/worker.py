@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from rq import Queue
@@ -102,37 +103,59 @@ def gpu_assignments(spec: str, device_count: int, inherited: str | None = None) 
     return [visible[i] for i in ids]
 
 
-def run_worker_processes(child_args: Sequence[str], devices: Sequence[str | None]) -> int:
-    """Start ``oodsynth worker <child_args>`` once per entry of ``devices`` and wait for all; the worst exit code.
+def run_worker_processes(child_args: Sequence[str], devices: Sequence[str | None], *, recycle: bool = False,
+                         poll_s: float = 0.5) -> int:
+    """Start ``oodsynth worker <child_args>`` once per entry of ``devices``; the worst exit code when they end.
 
     Each child is a fresh interpreter (spawned, never forked: CUDA and the
     loaded pipeline must not be shared) and a non-forking worker on the same
     queues; a device string becomes its ``CUDA_VISIBLE_DEVICES`` (None: the
     environment as is, e.g. CPU workers). SIGTERM/SIGINT to this process are
     passed on, so every child finishes its current job first (RQ's warm
-    shutdown). Restarting a child that dies is left to the supervisor (systemd,
-    compose ``restart:``); the others keep working meanwhile.
+    shutdown). With ``recycle`` (``--max-jobs`` without ``--burst``) a child
+    that exits cleanly is started again on its device, so recycling one
+    process never idles a GPU. A child that fails stops the others and ends
+    the launcher with its code, for the supervisor (systemd, compose
+    ``restart:``) to restart the whole set; its exit code is the launcher's.
     """
-    children = []
-    for device in devices:
+    def start(device: str | None) -> subprocess.Popen:
         env = dict(os.environ)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        children.append(subprocess.Popen([*CHILD_COMMAND, *child_args], env=env))
-        log.info("worker process %d started%s", children[-1].pid, "" if device is None else f" on CUDA device {device}")
+        child = subprocess.Popen([*CHILD_COMMAND, *child_args], env=env)
+        log.info("worker process %d started%s", child.pid, "" if device is None else f" on CUDA device {device}")
+        return child
 
-    def forward(signum, _frame):
+    children = [start(device) for device in devices]
+    stopping: list[int] = []
+
+    def stop(signum, _frame=None):
+        stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    codes: dict[int, int] = {}
+    failure: list[int] = []  # the code of the first child that failed (the others are then stopped by us)
     try:
-        codes = [child.wait() for child in children]
+        while len(codes) < len(children):
+            for i, child in enumerate(children):
+                code = child.poll()
+                if code is None or i in codes:
+                    continue
+                if code == 0 and recycle and not stopping:
+                    children[i] = start(devices[i])
+                    continue
+                codes[i] = code
+                if code:
+                    log.warning("worker process %d exited with %d", child.pid, code)
+                    if not stopping:
+                        failure.append(code)
+                        stop(signal.SIGTERM)
+            time.sleep(poll_s)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    for child, code in zip(children, codes):
-        if code:
-            log.warning("worker process %d exited with %d", child.pid, code)
-    return max(code if code >= 0 else 128 - code for code in codes)  # killed by signal N: 128 + N, as a shell says
+    worst = failure or [max(codes.values(), key=abs)]
+    return worst[0] if worst[0] >= 0 else 128 - worst[0]  # killed by signal N: 128 + N, as a shell says

@@ -44,7 +44,7 @@ def worker(
         child_args = [arg for q in queue or [] for arg in ("--queue", q)]
         child_args += ["--burst"] * burst + (["--max-jobs", str(max_jobs)] if max_jobs else [])
         child_args += ["--scheduler" if scheduler else "--no-scheduler", "--log-level", log_level]
-        code = run_worker_processes(child_args, devices or [None] * processes)
+        code = run_worker_processes(child_args, devices or [None] * processes, recycle=bool(max_jobs) and not burst)
         raise typer.Exit(code)
     from ..worker import run_worker
 
