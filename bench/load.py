@@ -78,6 +78,12 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[float, int, int]:
     start = time.perf_counter()
     try:
@@ -88,8 +94,11 @@ def timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[float
     return time.perf_counter() - start, status, size
 
 
-def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, ok: int, **kwargs) -> dict:
-    """``n`` requests, ``concurrency`` at a time: percentiles (ms), throughput (req/s), errors, bytes per answer."""
+def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, ok: int, server_pid: int | None = None,
+        **kwargs) -> dict:
+    """``n`` requests, ``concurrency`` at a time: percentiles (ms), throughput (req/s), errors, bytes per answer,
+    and the server's CPU ms per request (its own cost, apart from the machine's other load)."""
+    cpu_before = cpu_seconds(server_pid) if server_pid else float("nan")
     start = time.perf_counter()
     if concurrency == 1:
         results = [timed(client, method, path, **kwargs) for _ in range(n)]
@@ -97,12 +106,14 @@ def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, 
         with ThreadPoolExecutor(concurrency) as pool:
             results = list(pool.map(lambda _: timed(client, method, path, **kwargs), range(n)))
     wall = time.perf_counter() - start
+    server_cpu_ms = (cpu_seconds(server_pid) - cpu_before) * 1000 / n if server_pid else float("nan")
     lat = np.array([r[0] for r in results]) * 1000
     errors = sum(r[1] != ok for r in results)
     return {
         "n": n, "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
         "p99_ms": float(np.percentile(lat, 99)), "throughput_rps": n / wall, "errors": int(errors),
         "statuses": sorted({r[1] for r in results}), "bytes_per_answer": int(np.mean([r[2] for r in results])),
+        "server_cpu_ms_per_request": server_cpu_ms,
     }
 
 
@@ -126,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=60, help="requests per concurrent run")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 sequential / 20 concurrent requests")
+    parser.add_argument("--only", nargs="+", choices=("sample_json", "sample_npz", "generate"),
+                        help="run only these request kinds (default: all three)")
+    parser.add_argument("--generate-per-class", type=int, default=1,
+                        help="vectors per class (of 10) in the sample each /generate enqueues, one image each")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--memory-calls", type=int, default=0,
                         help="instead: this many sequential /sample calls (npz, then JSON), API RSS every 10%%")
@@ -154,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = client.post("/fits", data={"name": "load"}, files={"file": ("b.npz", bank.to_bytes(), NPZ)})
                 r.raise_for_status()
                 sample = {"fit": "load", "method": args.method, "n_per_class": 100, "seed": 0}
-                small = client.post("/sample", json={**sample, "n_per_class": 1, "include_vectors": False}).json()
+                small = client.post("/sample", json={**sample, "n_per_class": args.generate_per_class,
+                                                     "include_vectors": False}).json()
                 generate = {"dataset": "load", "sample_id": small["sample_id"], "steps": 20, "height": 256, "width": 256}
                 results["rss_mb_before"] = rss_mb(server.pid)
                 if args.memory_calls:
@@ -167,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                     ("generate", "POST", "/generate", 202, {"json": generate}),
                 ]
                 for name, method, path, ok, kwargs in plan:
+                    if args.only and name not in args.only:
+                        continue
                     for concurrency, n in ((1, args.sequential), (args.concurrency, args.concurrent)):
                         label = f"{name} x{concurrency}"
-                        results["runs"][label] = run(client, n, concurrency, method, path, ok, **kwargs)
+                        results["runs"][label] = run(client, n, concurrency, method, path, ok, server.pid, **kwargs)
                         print(f"{label}: {json.dumps(results['runs'][label])}", file=sys.stderr, flush=True)
                 results["rss_mb_after"] = rss_mb(server.pid)
         finally:
@@ -177,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
                 stop(server)
             redis_server.stop()
     results["cpu_load_1m_at_end"] = os.getloadavg()[0]
-    print(f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a 10-vector sample (one job)")
-    print("| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer |")
-    print("|---|---|---|---|---|---|---|---|")
+    n_gen = 10 * args.generate_per_class
+    print(f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a {n_gen}-vector "
+          f"sample ({n_gen} images)")
+    print("| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer | API CPU ms/request |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, r in results["runs"].items():
         print(f"| {label} | {r['n']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} |")
+              f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} | {r['server_cpu_ms_per_request']:.1f} |")
     print(f"API RSS {results['rss_mb_before']:.0f} -> {results['rss_mb_after']:.0f} MB; "
           f"1-min load average {results['cpu_load_1m_at_start']:.1f} at start, {results['cpu_load_1m_at_end']:.1f} at end")
     if args.out:

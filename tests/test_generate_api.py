@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from oodsynth.bank import FeatureBank
 from oodsynth.config import get_settings
+from oodsynth.jobs import DecodeJob
 from oodsynth.queue import JOB_FUNCTION, queue_stats
 from services.embed_sampler.app import create_app
 from toy_banks import toy_bank
@@ -76,6 +77,12 @@ def test_generate_from_sample_splits_and_is_deterministic(api, redis_url):
     assert first["diagnostics"]["knn_distance"] is None  # NaN (no bank) travels as null
     # Each vector keeps its own row; the two repeats of one vector share it.
     assert items[0]["vector"] == items[1]["vector"] != items[2]["vector"]
+    # Vectors travel as shortest float32 text and read back bit-exact; the worker's schema accepts every payload.
+    stored = np.asarray(api.get(f"/samples/{sample_id}").json()["vectors"], dtype=np.float32)
+    for it in items:
+        row = int(it["vector_id"].rsplit(":", 1)[1])
+        assert np.array_equal(np.asarray(it["vector"], dtype=np.float32), stored[row])
+    assert all(len(DecodeJob.model_validate(p).items) == len(p["items"]) for p in payloads)
 
     # The same request again names the same images with the same seeds (retries rewrite, never add).
     again = _payloads(redis_url, api.post("/generate", json=body).json()["job_ids"])

@@ -55,7 +55,7 @@ def check_local(request: Request, *, mutating: bool) -> None:
 def require(scope: str):
     """A route dependency that lets through keys whose scope covers ``scope`` (everyone when no keys are set)."""
 
-    def check(
+    async def check(  # async: a plain def would cost a thread hop on every request (state.py)
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),
         settings: Settings = Depends(get_settings_dep),

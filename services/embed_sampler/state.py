@@ -6,6 +6,11 @@ decoded-fit cache and the encoder cache, each with its own invalidation rule
 ``oodsynth.config.get_settings`` (cleared with ``get_settings.cache_clear()``).
 One Redis client (and connection pool) per URL per process; the URL is read on
 each call so a changed ``OODSYNTH_REDIS_URL`` (tests, restarts) is honoured.
+
+Dependencies that never block are ``async def``: FastAPI runs a plain ``def``
+dependency in the threadpool, a thread hop per dependency per request that
+cost ``POST /generate`` more than its own work. ``get_redis_dep`` stays a
+``def``: it may (re)start the embedded Redis.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
 
 
-def get_settings_dep() -> Settings:
+async def get_settings_dep() -> Settings:
     return get_settings()
 
 
@@ -45,9 +50,9 @@ def get_redis_dep() -> redis.Redis:
     return client
 
 
-def get_fits(request: Request, client: redis.Redis = Depends(get_redis_dep)) -> FitRegistry:
+async def get_fits(request: Request, client: redis.Redis = Depends(get_redis_dep)) -> FitRegistry:
     return FitRegistry(client, cache=request.app.state.fit_cache)
 
 
-def get_samples(client: redis.Redis = Depends(get_redis_dep), settings: Settings = Depends(get_settings_dep)) -> SampleRegistry:
+async def get_samples(client: redis.Redis = Depends(get_redis_dep), settings: Settings = Depends(get_settings_dep)) -> SampleRegistry:
     return SampleRegistry(client, ttl_s=settings.sample_ttl_s, budget_bytes=settings.sample_budget_bytes)

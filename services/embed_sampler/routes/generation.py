@@ -72,8 +72,14 @@ async def generate(
     Follow the returned jobs with `GET /jobs/{id}`; images land in the result
     store under `<dataset>/<class>/<image_id>.png` with a manifest row each.
     """
-    job = await run_in_threadpool(plan_generation, req, fits, samples, settings)
-    job_ids = await run_in_threadpool(enqueue_generation, job, connection, settings)
+    return await run_in_threadpool(_plan_and_enqueue, req, fits, samples, connection, settings)
+
+
+def _plan_and_enqueue(req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry, connection: redis.Redis,
+                      settings: Settings) -> GenerateResponse:
+    """Plan and enqueue in one thread hop (each hop costs about as much as a small request's work)."""
+    job = plan_generation(req, fits, samples, settings)
+    job_ids = enqueue_generation(job, connection, settings)
     return GenerateResponse(dataset=req.dataset, job_ids=job_ids, n_images=len(job.items))
 
 
