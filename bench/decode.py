@@ -11,15 +11,22 @@ dtype, with the same vectors loaded through diffusers' own
 and called with ``prompt=[...]`` and one generator per image.
 
 Both decode the same work: B images at HxW, the same steps, CFG and
-scheduler, then resize to ``--output-size``. The model is an SD v1.x
+scheduler, then resize to ``--output-size``. Each decode preset (``--presets``;
+``fast`` = DPM-Solver++ at half the steps + deep-feature reuse, see
+``oodsynth.jobs.PRESETS``) gets its own worker row against the same baseline,
+for every decode size (``--sizes``: decode 256² and store 256² against decode
+512² and store 256²) and batch size; ``max`` in ``--batch-sizes`` doubles the
+batch from 32 until the worker path runs out of GPU memory and keeps the
+largest that fits. The JSON is rewritten after every row, so a run cut short
+keeps what it measured. The model is an SD v1.x
 architecture with random weights built from configs (no hub access):
 ``--arch sd14`` inlines SD v1.4's UNet / VAE / CLIP ViT-L text-encoder
 configs; ``--arch tiny`` uses ``make_tiny_pipeline``; ``--model`` benches an
 existing pipeline folder instead. Random weights change no shapes and no FLOPs,
 so the timings are those of the real model.
 
-    python bench/decode.py --arch tiny --steps 2 --batch-sizes 1 2 --height 64 --width 64   # CPU smoke
-    python bench/decode.py --arch sd14 --out decode.json                                    # GPU: 512^2, 50 steps, B=1,8,32
+    python bench/decode.py --arch tiny --steps 2 --batch-sizes 1 2 --sizes 64 --threads 1   # CPU smoke
+    python bench/decode.py --arch sd14 --batch-sizes 8 32 max --sizes 512 256 --out decode.json   # GPU (bench/decode_gpu.sh)
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from oodsynth.decoding import DEFAULT_PROMPT_TEMPLATE, OutlierDecoder, default_device, default_dtype
+from oodsynth.jobs import PRESETS
 from oodsynth.tiny_model import SD14_SCHEDULER_CONFIG, make_tiny_pipeline, write_clip_tokenizer
 
 # SD v1.4 component configs (CompVis/stable-diffusion-v1-4 unet/, vae/, text_encoder/ config.json).
@@ -181,21 +189,36 @@ def time_call(fn, device: str, repeats: int) -> tuple[float, float | None]:
     return float(np.mean(times)), _peak_gib(device)
 
 
+MAX_PROBE = 1024  # "max" stops doubling here (and the slots/tokens are sized for it)
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "max":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("batch sizes must be >= 1 (or 'max')")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", choices=["sd14", "tiny"], default="sd14")
     p.add_argument("--model", help="bench this pipeline folder / hub id instead of building one")
     p.add_argument("--workdir", type=Path, help="where to write the built pipeline (default: a temp dir)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--batch-sizes", type=_batch_size, nargs="+", default=[8, 32, "max"],
+                   help="images per batch; 'max': the largest that fits on the GPU (doubling from 32)")
+    p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--height", type=int, default=None, help="default 512 (128 for --arch tiny, a CPU smoke run)")
-    p.add_argument("--width", type=int, default=None, help="default 512 (128 for --arch tiny)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="square decode sizes, each its own rows (default 512; 128 for --arch tiny)")
     p.add_argument("--output-size", type=int, default=256)
     p.add_argument("--scheduler", default="pndm")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per batch size and path")
     p.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up call (0: none)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--fp32", action="store_true", help="fp32 on CUDA too (default fp16 on CUDA)")
     p.add_argument(
         "--worker-speedups",
@@ -205,20 +228,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--channels-last", action="store_true", help="worker path: channels-last (measured slower)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (both paths)")
+    p.add_argument("--no-baseline", action="store_true", help="skip plain diffusers (worker rows only, no ratio)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
-    for field in ("height", "width"):
-        if getattr(args, field) is None:
-            setattr(args, field, 128 if args.arch == "tiny" and not args.model else 512)
-        if getattr(args, field) % 8:
-            p.error(f"--{field}: must be a multiple of 8")
-    if min(args.batch_sizes) < 1 or args.steps < 1 or args.repeats < 1:
-        p.error("--batch-sizes, --steps and --repeats must be >= 1")
+    if args.sizes is None:
+        args.sizes = [128 if args.arch == "tiny" and not args.model else 512]
+    if any(size % 8 or size < 8 for size in args.sizes):
+        p.error("--sizes: each must be a positive multiple of 8")
+    if args.steps < 1 or args.repeats < 1:
+        p.error("--steps and --repeats must be >= 1")
     return args
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def largest_batch(fn, device: str, start: int = 32) -> int | None:
+    """Double the batch from ``start`` while ``fn(n)`` fits in GPU memory; the largest that ran (None: not even ``start``)."""
+    if torch.device(device).type != "cuda":
+        print("'max' probes GPU memory: skipped on CPU", file=sys.stderr)
+        return None
+    fits, n = None, start
+    while n <= MAX_PROBE:
+        try:
+            with torch.compiler.set_stance("force_eager"):  # probing memory must not compile a graph per size
+                fn(n)
+        except Exception as exc:  # noqa: BLE001 - only running out of memory ends the probe
+            if not _out_of_memory(exc):
+                raise
+            torch.cuda.empty_cache()
+            break
+        fits, n = n, 2 * n
+    return fits
+
+
+def environment(device: str) -> dict:
+    import diffusers
+    import transformers
+
+    return dict(
+        device=torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else platform.processor() or "cpu",
+        torch=torch.__version__, python=platform.python_version(), cpu_threads=torch.get_num_threads(),
+        diffusers=diffusers.__version__, transformers=transformers.__version__,
+    )
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or default_device()
     dtype = torch.float32 if args.fp32 else default_dtype(device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -232,104 +291,93 @@ def main(argv=None) -> dict:
         print(f"building an SD v1.4-architecture pipeline with random weights in {workdir} ...", file=sys.stderr)
         model = build_sd14(workdir / "sd14", dtype)
 
-    n_max = max(args.batch_sizes)
+    n_max = MAX_PROBE if "max" in args.batch_sizes else max(args.batch_sizes)
     speedups = args.worker_speedups if args.worker_speedups is not None else torch.device(device).type == "cuda"
     load_start = time.perf_counter()
-    worker = OutlierDecoder(
-        model,
-        device=device,
-        dtype=dtype,
-        n_slots=n_max,
-        channels_last=args.channels_last,
-        fuse_qkv=speedups,
-        compile_unet=speedups,
-    )
+    worker = OutlierDecoder(model, device=device, dtype=dtype, n_slots=n_max, channels_last=args.channels_last,
+                            fuse_qkv=speedups, compile_unet=speedups)
     vectors = anchor_like_vectors(n_max, worker.hidden_size)
-    baseline = Baseline(model, device, dtype, vectors)
+    baseline = None if args.no_baseline else Baseline(model, device, dtype, vectors)
     load_s = time.perf_counter() - load_start
-    settings = dict(
-        prompt_template=DEFAULT_PROMPT_TEMPLATE,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        height=args.height,
-        width=args.width,
-        output_size=args.output_size,
-    )
-    if args.scheduler != "pndm":
+    common = dict(prompt_template=DEFAULT_PROMPT_TEMPLATE, guidance_scale=args.guidance_scale,
+                  output_size=args.output_size)
+    if baseline is not None and args.scheduler != "pndm":
         baseline.pipe.scheduler = worker._scheduler(args.scheduler).__class__.from_config(baseline.pipe.scheduler.config)
 
-    def run_worker(n, steps):
-        return worker.decode(vectors[:n], list(range(n)), **dict(settings, steps=steps), scheduler=args.scheduler)
+    def run_worker(n, steps, size, preset):
+        return worker.decode(vectors[:n], list(range(n)), steps=steps, height=size, width=size,
+                             scheduler=args.scheduler, preset=preset, **common)
 
-    def run_baseline(n, steps):
-        return baseline.decode(n, list(range(n)), **dict(settings, steps=steps))
+    def run_baseline(n, steps, size):
+        return baseline.decode(n, list(range(n)), steps=steps, height=size, width=size, **common)
 
-    rows = []
-    for n in tqdm(args.batch_sizes, desc="batch sizes", file=sys.stderr):
-        row = dict(batch_size=n)
-        for name, fn in (("worker", run_worker), ("diffusers", run_baseline)):
-            if args.warmup_steps:
-                fn(n, args.warmup_steps)
-            seconds, peak = time_call(lambda: fn(n, args.steps), device, args.repeats)
-            row[f"{name}_s_per_batch"] = seconds
-            row[f"{name}_images_per_s"] = n / seconds
-            row[f"{name}_peak_gib"] = peak
-        row["speedup"] = row["worker_images_per_s"] / row["diffusers_images_per_s"]
-        rows.append(row)
+    def timed(fn, n):
+        if args.warmup_steps:
+            fn(n, args.warmup_steps)
+        seconds, peak = time_call(lambda: fn(n, args.steps), device, args.repeats)
+        return {"s_per_batch": seconds, "images_per_s": n / seconds, "peak_gib": peak}
 
-    env = dict(
-        device=torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else platform.processor() or "cpu",
-        torch=torch.__version__,
-        python=platform.python_version(),
-        cpu_threads=torch.get_num_threads(),
-    )
-    import diffusers
-    import transformers
-
-    env.update(diffusers=diffusers.__version__, transformers=transformers.__version__)
     report = dict(
-        arch=args.model or args.arch,
-        dtype=str(dtype).removeprefix("torch."),
-        device_kind=torch.device(device).type,
-        scheduler=args.scheduler,
-        worker_options=dict(
-            sdpa=True,
-            channels_last=args.channels_last,
-            fuse_qkv=speedups,
-            compile=speedups,
-            cudnn_benchmark=args.cudnn_benchmark,
-        ),
-        settings={k: v for k, v in settings.items() if k != "prompt_template"},
-        repeats=args.repeats,
-        load_s=load_s,
-        environment=env,
-        rows=rows,
+        arch=args.model or args.arch, dtype=str(dtype).removeprefix("torch."), device_kind=torch.device(device).type,
+        scheduler=args.scheduler, presets={name: worker.plan(name, args.steps, args.scheduler) for name in args.presets},
+        worker_options=dict(sdpa=True, channels_last=args.channels_last, fuse_qkv=speedups, compile=speedups,
+                            cudnn_benchmark=args.cudnn_benchmark),
+        settings=dict(steps=args.steps, guidance_scale=args.guidance_scale, output_size=args.output_size),
+        repeats=args.repeats, load_s=load_s, environment=environment(device), rows=[],
     )
+    for size in args.sizes:
+        batch_sizes = []
+        for n in args.batch_sizes:
+            if n == "max":  # the largest batch the worker's heaviest path (exact) runs at this size
+                n = largest_batch(lambda b: run_worker(b, 1, size, "exact"), device)
+                print(f"{size}²: largest batch that fits {n}", file=sys.stderr)
+                if n is None or n in batch_sizes:
+                    continue
+            batch_sizes.append(n)
+        for n in tqdm(batch_sizes, desc=f"{size}² batch sizes", file=sys.stderr):
+            row = dict(size=size, batch_size=n)
+            if baseline is not None:
+                try:
+                    row["diffusers"] = timed(lambda b, steps: run_baseline(b, steps, size), n)
+                except Exception as exc:  # noqa: BLE001 - plain diffusers may not fit where the worker does
+                    if not _out_of_memory(exc):
+                        raise
+                    torch.cuda.empty_cache()
+                    row["diffusers"] = None
+            for preset in args.presets:
+                row[preset] = timed(lambda b, steps, p=preset: run_worker(b, steps, size, p), n)
+                if row.get("diffusers"):
+                    row[preset]["ratio_to_diffusers"] = row[preset]["images_per_s"] / row["diffusers"]["images_per_s"]
+            report["rows"].append(row)
+            _write(report, args.out)
     print_table(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+    _write(report, args.out)
     return report
+
+
+def _write(report: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
 
 
 def print_table(report: dict) -> None:
     s = report["settings"]
-    print(
-        f"\ndecode benchmark: {report['arch']} on {report['environment']['device']} ({report['device_kind']}, "
-        f"{report['dtype']}), {s['height']}x{s['width']}, {s['steps']} steps, CFG {s['guidance_scale']}, "
-        f"{report['scheduler']}, worker options {report['worker_options']}"
-    )
-    head = f"{'batch':>5}  {'worker img/s':>12}  {'diffusers img/s':>15}  {'speedup':>7}  {'worker GiB':>10}  {'diffusers GiB':>13}"
+    print(f"\ndecode benchmark: {report['arch']} on {report['environment']['device']} ({report['device_kind']}, "
+          f"{report['dtype']}), {s['steps']} steps, CFG {s['guidance_scale']}, {report['scheduler']}, stored "
+          f"{s['output_size']}², worker options {report['worker_options']}")
+    for name, plan in report["presets"].items():
+        print(f"  preset {name}: {plan['scheduler']}, {plan['steps']} steps, full UNet every {plan['cache_interval']}")
+    presets = list(report["presets"])
+    head = f"{'size':>5} {'batch':>5} {'diffusers img/s':>15} " + " ".join(f"{p + ' img/s':>12} {'ratio':>6}" for p in presets)
     print(head)
     print("-" * len(head))
     for r in report["rows"]:
-        wg = "-" if r["worker_peak_gib"] is None else f"{r['worker_peak_gib']:.2f}"
-        dg = "-" if r["diffusers_peak_gib"] is None else f"{r['diffusers_peak_gib']:.2f}"
-        print(
-            f"{r['batch_size']:>5}  {r['worker_images_per_s']:>12.3f}  {r['diffusers_images_per_s']:>15.3f}  "
-            f"{r['speedup']:>7.2f}  {wg:>10}  {dg:>13}"
-        )
+        base = r.get("diffusers")
+        cells = [f"{r['size']:>5} {r['batch_size']:>5} {base['images_per_s'] if base else float('nan'):>15.3f}"]
+        for p in presets:
+            cells.append(f"{r[p]['images_per_s']:>12.3f} {r[p].get('ratio_to_diffusers', float('nan')):>6.2f}")
+        print(" ".join(cells))
 
 
 if __name__ == "__main__":
