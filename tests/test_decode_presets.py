@@ -158,3 +158,26 @@ def test_manifest_rows_name_their_preset(tiny_sd, settings_env, tmp_path):
     assert by_preset["fast"][0] == {"preset": "fast", "scheduler": "dpm++", "steps": 2, "cache_interval": 3,
                                     "guidance_scale": 7.5, "height": 64, "width": 64, "output_size": 32}
     assert by_preset["exact"][0]["scheduler"] == "pndm" and by_preset["exact"][0]["steps"] == 4
+
+
+def test_compiled_reuse_traces_two_graphs_and_never_recompiles(decoder, monkeypatch):
+    """The step counter stays outside the compiled functions: a second decode (new loop, new counter values,
+    other timesteps) runs on the graphs of the first. Dynamo's own tracing with the eager backend (no C++
+    toolchain needed); inductor compiles the same graphs on CUDA."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    v, seeds, settings = _vectors(2, seed=7), [5, 6], dict(output_type="latent", preset="fast", **SIZE)
+    eager = torch.stack(decoder.decode(v, seeds, steps=8, **settings))
+    compiled = DeepCacheUNet(decoder.pipe.unet, interval=PRESETS["fast"].cache_interval)
+    compiled.compile_steps(backend="eager")
+    monkeypatch.setitem(decoder._reuse, (PRESETS["fast"].cache_interval, 0), compiled)
+    torch._dynamo.reset()
+    counters.clear()
+    first = torch.stack(decoder.decode(v, seeds, steps=8, **settings))
+    assert counters["stats"]["unique_graphs"] == 2  # full_step and shallow_step, nothing else
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = torch.stack(decoder.decode(v, seeds, steps=6, **settings))  # 3 steps: another schedule
+    assert counters["stats"]["unique_graphs"] == 2
+    torch.testing.assert_close(first, eager, rtol=1e-5, atol=1e-5)
+    assert again.shape == first.shape
