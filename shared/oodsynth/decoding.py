@@ -10,7 +10,9 @@ has its own vector, and each image has its own seeded generator and initial
 latents, so a rerun reproduces its pixels whatever batch it lands in.
 
 The loaded pipeline is kept for the life of the object: a worker builds one
-``OutlierDecoder`` per process and feeds it every job.
+``OutlierDecoder`` per process and feeds it every job. A decode preset
+(``oodsynth.jobs.PRESETS``) picks the solver and step count and, for ``fast``,
+swaps in ``oodsynth.deep_cache.DeepCacheUNet`` for the UNet during the call.
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ class OutlierDecoder:
         return self._reuse[key]
 
     @staticmethod
-    def preset(preset: str | DecodePreset) -> DecodePreset:
+    def resolve_preset(preset: str | DecodePreset) -> DecodePreset:
         """A preset by name (``oodsynth.jobs.PRESETS``), or a ``DecodePreset`` as given (benchmarks try variants)."""
         if isinstance(preset, DecodePreset):
             return preset
@@ -190,7 +192,7 @@ class OutlierDecoder:
 
     def plan(self, preset: str | DecodePreset, steps: int, scheduler: str) -> dict:
         """What a decode with ``preset`` runs: {preset, scheduler, steps, cache_interval} (also its manifest fields)."""
-        p = self.preset(preset)
+        p = self.resolve_preset(preset)
         return {"preset": p.name, "scheduler": p.scheduler or scheduler, "steps": p.steps(steps),
                 "cache_interval": p.cache_interval}
 
@@ -291,7 +293,7 @@ class OutlierDecoder:
         self._check_template(prompt_template)
         plan = self.plan(preset, int(steps), scheduler)
         self.pipe.scheduler = self._scheduler(plan["scheduler"])
-        reuse = self._feature_reuse(self.preset(preset)) if plan["cache_interval"] > 1 else None
+        reuse = self._feature_reuse(self.resolve_preset(preset)) if plan["cache_interval"] > 1 else None
 
         images: list = []
         for chunk in slices(len(v), self.n_slots):
@@ -306,20 +308,16 @@ class OutlierDecoder:
                 guidance_scale=float(guidance_scale),
                 height=int(height),
                 width=int(width),
-                output_type="latent" if output_type == "latent" else "pil",
+                output_type=output_type,
             )
             if reuse is None:
                 out = self.pipe(**call).images
             else:
                 out = self._call_with(reuse, call)
-            if output_type == "latent":
-                images.extend(out)
-            elif output_size is not None:
+            if output_type == "pil" and output_size is not None:
                 size = (int(output_size), int(output_size))
                 out = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in out]
-                images.extend(out)
-            else:
-                images.extend(out)
+            images.extend(out)
             if progress is not None:
                 progress(len(images), len(v))
         return images
