@@ -229,6 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="worker path: channels-last (measured slower)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (both paths)")
     p.add_argument("--no-baseline", action="store_true", help="skip plain diffusers (worker rows only, no ratio)")
+    p.add_argument("--latent-distance", type=int, default=0, metavar="N",
+                   help="also decode N images per preset to latents: relative L2 distance to exact (first size)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.sizes is None:
@@ -304,9 +306,9 @@ def main(argv=None) -> dict:
     if baseline is not None and args.scheduler != "pndm":
         baseline.pipe.scheduler = worker._scheduler(args.scheduler).__class__.from_config(baseline.pipe.scheduler.config)
 
-    def run_worker(n, steps, size, preset):
+    def run_worker(n, steps, size, preset, output_type="pil"):
         return worker.decode(vectors[:n], list(range(n)), steps=steps, height=size, width=size,
-                             scheduler=args.scheduler, preset=preset, **common)
+                             scheduler=args.scheduler, preset=preset, output_type=output_type, **common)
 
     def run_baseline(n, steps, size):
         return baseline.decode(n, list(range(n)), steps=steps, height=size, width=size, **common)
@@ -325,6 +327,9 @@ def main(argv=None) -> dict:
         settings=dict(steps=args.steps, guidance_scale=args.guidance_scale, output_size=args.output_size),
         repeats=args.repeats, load_s=load_s, environment=environment(device), rows=[],
     )
+    if args.latent_distance:
+        report["latent_distance"] = latent_distance(run_worker, args, args.sizes[0])
+        _write(report, args.out)
     for size in args.sizes:
         batch_sizes = []
         for n in args.batch_sizes:
@@ -355,6 +360,22 @@ def main(argv=None) -> dict:
     return report
 
 
+def latent_distance(run_worker, args, size: int) -> dict:
+    """||z - z_exact|| / ||z_exact|| of the final latents, per preset (mean, sd over images), same vectors and seeds."""
+    n = args.latent_distance
+
+    def latents(preset):
+        return torch.stack(run_worker(n, args.steps, size, preset, output_type="latent")).double().cpu().flatten(1)
+
+    exact = latents("exact")
+    out = {}
+    for preset in args.presets:
+        d = ((latents(preset) - exact).norm(dim=1) / exact.norm(dim=1)).numpy()
+        out[preset] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)) if n > 1 else 0.0, "n": n, "size": size}
+        print(f"latent distance to exact at {size}²: {preset} {d.mean():.4f}", file=sys.stderr)
+    return out
+
+
 def _write(report: dict, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +393,8 @@ def print_table(report: dict) -> None:
     head = f"{'size':>5} {'batch':>5} {'diffusers img/s':>15} " + " ".join(f"{p + ' img/s':>12} {'ratio':>6}" for p in presets)
     print(head)
     print("-" * len(head))
+    for name, d in report.get("latent_distance", {}).items():
+        print(f"  latent distance to exact ({d['n']} images, {d['size']}²): {name} {d['mean']:.4f} ± {d['sd']:.4f}")
     for r in report["rows"]:
         base = r.get("diffusers")
         cells = [f"{r['size']:>5} {r['batch_size']:>5} {base['images_per_s'] if base else float('nan'):>15.3f}"]

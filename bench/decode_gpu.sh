@@ -13,8 +13,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 
 # 1) DREAM-OOD settings (512², 50 PNDM steps, CFG 7.5, fp16): plain diffusers, exact and fast in the
 #    same run, at batches 8, 32 and the largest that fits (SD v1.4 architecture, random weights).
+#    --latent-distance 8: the final latents of fast against exact on SD v1.4's architecture (same seeds).
 timeout 330 python bench/decode.py --arch sd14 --workdir /tmp/sd14 --batch-sizes 8 32 max --sizes 512 \
-  --out "$OUT/decode_512.json" || echo "512² stage ended with code $?"
+  --latent-distance 8 --out "$OUT/decode_512.json" || echo "512² stage ended with code $?"
 # 2) Decode 256², store 256² (against 1)'s decode 512², store 256²): batch 32, same pipeline folder.
 timeout 180 python bench/decode.py --model /tmp/sd14/sd14 --batch-sizes 32 --sizes 256 \
   --out "$OUT/decode_256.json" || echo "256² stage ended with code $?"
