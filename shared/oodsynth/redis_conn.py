@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .config import get_settings
 
@@ -42,7 +44,12 @@ def redis_server_binary() -> str:
 
 
 def start_embedded_redis(directory: Path, *, appendonly: bool = False) -> EmbeddedRedis:
-    """Start a private redis-server on a unix socket in ``directory`` and wait until it answers."""
+    """Start a private redis-server on a unix socket in ``directory`` and wait until it answers.
+
+    ``appendonly``: every write goes to an append-only file in ``directory`` (``appendfsync everysec``:
+    written to the file as it is answered, flushed to disk once a second); a server started again on the
+    same folder replays it. What that can lose is in the README (Operations).
+    """
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     sock = directory / "redis.sock"
@@ -60,6 +67,7 @@ def start_embedded_redis(directory: Path, *, appendonly: bool = False) -> Embedd
         "--dir", str(directory),
         "--dbfilename", "oodsynth.rdb",
         "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",  # Redis's default, stated: the README says what it can lose
         "--save", "",
         "--daemonize", "no",
         "--loglevel", "warning",
@@ -115,5 +123,33 @@ def redis_url() -> str:
     return _embedded.url
 
 
+# A Redis that was reachable and goes away is most often being restarted (a supervisor, a container
+# restart; AOF brings its data back): clients wait this long for it before a command fails.
+RESTART_WAIT_S = 30.0
+
+
+def restart_retry(seconds: float = RESTART_WAIT_S) -> Retry:
+    """Connection errors retried with backoff (0.1 s doubling, at most 1 s apart) for about ``seconds``.
+
+    A command cut off by the kill may have run before its reply was lost, and then runs twice. For the
+    queue the worst case is a job run twice, and a second run finds its images stored.
+    """
+    backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    retries = next(n for n in range(1, 10_000) if sum(backoff.compute(k) for k in range(1, n + 1)) >= seconds)
+    return Retry(backoff, retries, supported_errors=(redis.exceptions.ConnectionError,))
+
+
 def get_redis(*, decode_responses: bool = False) -> redis.Redis:
-    return redis.Redis.from_url(redis_url(), decode_responses=decode_responses)
+    """A client on ``redis_url()``; once the server has answered, it rides out a restart (``restart_retry``).
+
+    A server that does not answer the first PING fails the first command at once: a wrong URL or a
+    server that is not there should say so, not wait. The worker uses this client, so a Redis
+    killed and restarted mid-queue costs it a pause, not its job (tests/test_redis_restart.py).
+    """
+    client = redis.Redis.from_url(redis_url(), decode_responses=decode_responses)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        return client
+    client.set_retry(restart_retry())
+    return client
