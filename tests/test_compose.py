@@ -2,15 +2,18 @@
 
 The file parses; each service's OODSYNTH_* variables are settings the code
 reads and their values validate; Dockerfiles exist and copy paths that exist;
-commands name real modules and CLI commands; Redis persists (AOF), needs a
-password and is not published; results go to a MinIO bucket created at
-start-up; the dashboard is pinned, JSON-only, password-protected and opt-in;
-the worker reserves a GPU and keeps the HF cache in a volume.
+commands name real modules and CLI commands; Redis persists (AOF, fsync every
+second), has a memory cap that never evicts queue keys, needs a password and
+is not published; results go to a MinIO bucket created at start-up; the API
+needs keys; the dashboard is pinned (to the project's rq), JSON-only,
+password-protected and opt-in; the worker reserves a GPU and keeps the HF
+cache in a volume. `docker compose up` itself is never run.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import re
 import tomllib
@@ -86,7 +89,12 @@ def test_services_and_env_match_settings(compose, monkeypatch):
 def test_redis_needs_a_password_persists_and_is_not_published(compose):
     redis = compose["services"]["redis"]
     command = redis["command"]
-    assert "--appendonly yes" in " ".join(command)
+    options = dict(zip(command[1::2], command[2::2]))
+    # AOF flushed once a second, like the embedded server (README "Operations" says what that can lose).
+    assert options["--appendonly"] == "yes" and options["--appendfsync"] == "everysec"
+    # A memory cap whose policy evicts only keys with a TTL (samples, job results): queues, queued
+    # jobs and fits have none, so they are never evicted.
+    assert options["--maxmemory"] and options["--maxmemory-policy"] == "volatile-lru"
     password = command[command.index("--requirepass") + 1]
     assert password == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"  # a required variable, no default
     assert urlsplit(_expand(_env(compose["services"]["worker"])["OODSYNTH_REDIS_URL"])).password == "<REDIS_PASSWORD>"
@@ -131,12 +139,23 @@ def test_only_the_api_is_published_and_only_on_localhost(compose):
     assert not _published(services["worker"]) and not _published(services["create-bucket"])
 
 
+def test_the_api_requires_keys(compose):
+    """The API listens on every interface of its container, so compose refuses to start it without keys."""
+    api = compose["services"]["api"]
+    assert api["command"][api["command"].index("--host") + 1] == "0.0.0.0"
+    keys = _env(api)["OODSYNTH_API_KEYS"]
+    assert keys.startswith("${OODSYNTH_API_KEYS:?"), keys  # required, no default
+    assert "OODSYNTH_API_KEYS" not in _env(compose["services"]["worker"])  # the worker needs none
+
+
 def test_dashboard_is_pinned_json_protected_and_opt_in(compose):
     dashboard = compose["services"]["dashboard"]
     assert dashboard["profiles"] == ["dashboard"]  # not started by a plain `docker compose up`
     assert "image" not in dashboard  # built here from pinned packages, no third-party image
     dockerfile = dashboard["build"]["dockerfile_inline"]
-    assert re.search(r"rq-dashboard==\d+\.\d+\.\d+", dockerfile) and re.search(r"\brq==\d+\.\d+\.\d+", dockerfile)
+    assert re.search(r"rq-dashboard==\d+\.\d+\.\d+", dockerfile)
+    # The dashboard reads jobs with the rq the project runs (job and registry formats change between majors).
+    assert re.search(r"\brq==([\d.]+)", dockerfile)[1] == importlib.metadata.version("rq")
     assert re.search(r"^USER (?!root)", dockerfile, re.M)
     assert "--json" in dashboard["command"]  # JSONSerializer: nothing is unpickled
     env = _env(dashboard)
