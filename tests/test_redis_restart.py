@@ -1,18 +1,17 @@
 """kill -9 the Redis server mid-queue, start it again on the same folder (AOF): nothing is lost, the worker goes on.
 
 Redis runs as the embedded server does in production (``start_embedded_redis(..., appendonly=True)``:
-``appendonly yes``, ``appendfsync everysec``). A fit, a sample and six one-image jobs are written; a
-worker starts on them; once it has finished a job, Redis is killed with SIGKILL and, a moment later,
-started again on its folder. The fit, the sample and every job come back from the AOF, the worker
-reconnects by itself and finishes the queue, and the store holds every image exactly once.
+``appendonly yes``, ``appendfsync everysec``). A fit, a sample and six one-image jobs are written; the
+worker (``oodsynth.worker.run_worker``, in this process) starts on them; once it has finished a job,
+another thread kills Redis with SIGKILL and, a second later, starts it again on its folder. The fit,
+the sample and every job come back from the AOF, the worker waits for Redis and finishes the queue
+without quitting, and the store holds every image exactly once.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
+import threading
 import time
 
 import redis
@@ -24,10 +23,10 @@ from oodsynth.redis_conn import start_embedded_redis
 from oodsynth.registry import FitCache, FitRegistry, SampleRegistry
 from oodsynth.service import GenerateRequest, create_fit, draw_sample, enqueue_generation, plan_generation
 from oodsynth.store import ResultStore
+from oodsynth.worker import run_worker
 from toy_banks import toy_bank
 
 WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
-WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]
 
 
 def finished(job_ids, connection) -> int:
@@ -39,7 +38,7 @@ def test_kill_9_redis_mid_queue_then_restart_on_its_aof(tiny_sd, settings_env, t
     server = start_embedded_redis(folder, appendonly=True)
     monkeypatch.setenv("OODSYNTH_REDIS_URL", server.url)
     settings = settings_env(MODEL=tiny_sd, GPU_BATCH_SIZE=1, IMAGES_PER_JOB=1, DEVICE="cpu", JOB_RETRIES=2)
-    worker = None
+    servers = [server]
     try:
         connection = redis.Redis.from_url(server.url)
         fits, samples = FitRegistry(connection, cache=FitCache()), SampleRegistry(connection)
@@ -49,29 +48,31 @@ def test_kill_9_redis_mid_queue_then_restart_on_its_aof(tiny_sd, settings_env, t
                                   output_size=32, seed=0)
         job_ids = enqueue_generation(plan_generation(request, fits, samples, settings), connection, settings)
         assert len(job_ids) == 6
+        outage: dict = {}
 
-        worker = subprocess.Popen(WORKER, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while (done_at_kill := finished(job_ids, connection)) < 1:
-            assert worker.poll() is None, worker.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "the worker finished no job within 120 s"
-            time.sleep(0.02)
-        server.process.send_signal(signal.SIGKILL)  # no shutdown save: only the AOF has the data
-        server.process.wait()
-        assert done_at_kill < 6, "the queue was done before the kill: the test proved nothing"
-        time.sleep(1.0)  # the worker meets a dead Redis and waits (oodsynth.redis_conn.restart_retry)
-        assert worker.poll() is None, "the worker died with Redis: " + worker.stderr.read()[-3000:]
-        server = start_embedded_redis(folder, appendonly=True)  # the same folder: the AOF is replayed
-        connection = redis.Redis.from_url(server.url)
+        def kill_and_restart() -> None:
+            """Once the worker has finished a job: SIGKILL Redis, wait 1 s, start it again on its folder."""
+            deadline = time.monotonic() + 60
+            while (done := finished(job_ids, connection)) < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            servers[0].process.send_signal(signal.SIGKILL)  # no shutdown save: only the AOF has the data
+            servers[0].process.wait()
+            outage["done_at_kill"] = done
+            time.sleep(1.0)  # meanwhile the worker meets a dead Redis and waits (redis_conn.restart_retry)
+            servers.append(start_embedded_redis(folder, appendonly=True))  # the AOF is replayed
 
-        # Everything written before the kill is back: the fit, the sample, and every job.
+        killer = threading.Thread(target=kill_and_restart, daemon=True)
+        killer.start()
+        # The worker runs here, in this process, until the queue is empty; Redis dies under it.
+        assert run_worker(burst=True, with_scheduler=False, logging_level="WARNING")
+        killer.join(timeout=60)
+        assert 1 <= outage["done_at_kill"] < 6, f"not killed mid-queue: {outage}"
+        assert len(servers) == 2 and servers[0].process.returncode == -signal.SIGKILL
+
+        connection = redis.Redis.from_url(servers[1].url)
+        # Everything written before the kill came back: the fit, the sample and every job, each finished.
         assert FitRegistry(connection, cache=FitCache()).get("toy")[0].dim == 768
         assert (SampleRegistry(connection).get(sample.sample_id).vectors == sample.vectors).all()
-        assert all(Job.exists(j, connection=connection) for j in job_ids)
-        assert finished(job_ids, connection) >= done_at_kill
-
-        stderr = worker.communicate(timeout=120)[1]  # the same worker process finishes the queue
-        assert worker.returncode == 0, stderr[-3000:]
         assert finished(job_ids, connection) == 6
         store = ResultStore(get_settings().store)
         records = store.records("restart")
@@ -79,7 +80,5 @@ def test_kill_9_redis_mid_queue_then_restart_on_its_aof(tiny_sd, settings_env, t
         assert len(store.manifest_rows("restart")) == 6
         assert store.verify("restart").ok
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        server.stop()
+        for each in servers:
+            each.stop()
