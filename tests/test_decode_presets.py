@@ -87,7 +87,7 @@ def test_bad_reuse_parameters_are_refused(sd_layout_unet):
 
 def test_fast_preset_plan_latents_and_determinism(decoder):
     unet = decoder.pipe.unet
-    assert decoder.plan("fast", 50, "pndm") == {"preset": "fast", "scheduler": "dpm++", "steps": 25, "cache_interval": 3}
+    assert decoder.plan("fast", 50, "pndm") == {"preset": "fast", "scheduler": "dpm++", "steps": 25, "cache_interval": 2}
     assert decoder.plan("exact", 50, "pndm") == {"preset": "exact", "scheduler": "pndm", "steps": 50, "cache_interval": 1}
     v, seeds = _vectors(2, seed=1), [3, 4]
     exact = torch.stack(decoder.decode(v, seeds, steps=8, output_type="latent", **SIZE))
@@ -155,7 +155,7 @@ def test_manifest_rows_name_their_preset(tiny_sd, settings_env, tmp_path):
     rows = ResultStore(settings.store).records("p")
     by_preset = {p: [r.decode for r in rows if r.decode["preset"] == p] for p in PRESETS}
     assert [len(v) for v in by_preset.values()] == [2, 2]
-    assert by_preset["fast"][0] == {"preset": "fast", "scheduler": "dpm++", "steps": 2, "cache_interval": 3,
+    assert by_preset["fast"][0] == {"preset": "fast", "scheduler": "dpm++", "steps": 2, "cache_interval": 2,
                                     "guidance_scale": 7.5, "height": 64, "width": 64, "output_size": 32}
     assert by_preset["exact"][0]["scheduler"] == "pndm" and by_preset["exact"][0]["steps"] == 4
 
