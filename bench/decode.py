@@ -27,6 +27,7 @@ so the timings are those of the real model.
 
     python bench/decode.py --arch tiny --steps 2 --batch-sizes 1 2 --sizes 64 --threads 1   # CPU smoke
     python bench/decode.py --arch sd14 --batch-sizes 8 32 max --sizes 512 256 --out decode.json   # GPU (bench/decode_gpu.sh)
+    python bench/decode.py --flops --sizes 512 256                                                # UNet FLOPs, any CPU
 """
 
 from __future__ import annotations
@@ -231,6 +232,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true", help="skip plain diffusers (worker rows only, no ratio)")
     p.add_argument("--latent-distance", type=int, default=0, metavar="N",
                    help="also decode N images per preset to latents: relative L2 distance to exact (first size)")
+    p.add_argument("--flops", action="store_true",
+                   help="only count UNet FLOPs per image for each preset and size (SD v1.4 on the meta device: no "
+                        "weights, no GPU, seconds on a CPU) and exit")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.sizes is None:
@@ -276,8 +280,60 @@ def environment(device: str) -> dict:
     )
 
 
+def unet_flops(args) -> dict:
+    """UNet FLOPs per image of a whole decode, per preset and size: SD v1.4's UNet on the meta device.
+
+    One full and one shallow step are counted (``torch.utils.flop_counter``,
+    CFG: two evaluations per step), times the number of each that the
+    preset's scheduler and reuse interval run.
+    """
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from oodsynth.decoding import _scheduler_class
+    from oodsynth.deep_cache import DeepCacheUNet
+    from oodsynth.tiny_model import SD14_SCHEDULER_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD14_UNET)
+    unet.set_attn_processor(AttnProcessor2_0())
+    out = {}
+    for size in args.sizes:
+        x = torch.empty(2, 4, size // 8, size // 8, device="meta")
+        t, ehs = torch.tensor(500, device="meta"), torch.empty(2, 77, 768, device="meta")
+        for name, preset in PRESETS.items():
+            cached = DeepCacheUNet(unet, interval=max(preset.cache_interval, 1), branch=preset.cache_branch)
+            with FlopCounterMode(display=False) as full:
+                _, kept = cached.full_step(x, t, ehs)
+            with FlopCounterMode(display=False) as shallow:
+                cached.shallow_step(x, t, ehs, kept)
+            scheduler = _scheduler_class(preset.scheduler or args.scheduler).from_config(SD14_SCHEDULER_CONFIG)
+            scheduler.set_timesteps(preset.steps(args.steps))
+            calls = len(scheduler.timesteps)
+            n_full = -(-calls // preset.cache_interval)
+            total = n_full * full.get_total_flops() + (calls - n_full) * shallow.get_total_flops()
+            out[f"{name}@{size}"] = dict(preset=name, size=size, unet_calls=calls, full_calls=n_full,
+                                         shallow_share=shallow.get_total_flops() / full.get_total_flops(),
+                                         tflop_per_image=total / 1e12)
+        base = out[f"exact@{args.sizes[0]}"]["tflop_per_image"]
+        for key in [k for k in out if k.endswith(f"@{size}")]:
+            r = out[key]
+            r["share_of_exact_at_first_size"] = r["tflop_per_image"] / base
+            shallow = (f", {r['unet_calls'] - r['full_calls']} shallow at {100 * r['shallow_share']:.1f} % of a full"
+                       if r["full_calls"] < r["unet_calls"] else "")
+            print(f"{size}² {r['preset']:>5}: {r['unet_calls']} UNet calls ({r['full_calls']} full{shallow}), "
+                  f"{r['tflop_per_image']:.1f} TFLOP per image, "
+                  f"{100 * r['share_of_exact_at_first_size']:.1f} % of exact at {args.sizes[0]}²")
+    return out
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.flops:
+        flops = unet_flops(args)
+        _write({"unet_flops": flops, "steps": args.steps, "scheduler": args.scheduler}, args.out)
+        return flops
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or default_device()
