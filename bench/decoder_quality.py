@@ -9,13 +9,19 @@ first use), a small CNN trained on the profile's real ID training images
   labels as their class;
 - midpoints: each class paired with its nearest class (cosine of the class-mean
   encoder features); the normalised mean of the two anchors is decoded and the
-  CNN's label compared with the first class, the second, either.
+  CNN's label compared with the first class, the second, either;
+- reconstructions: the encoder features of real test images decoded back; the
+  CNN's accuracy on them and their median re-encoded ID percentile, next to
+  that of the real images (a decoder whose own reconstructions look OOD to the
+  encoder leaves a shortcut for a detector trained on its outliers).
 
 Writes a JSON record and, with ``--grid``, a PNG: per class column, a real
-image, decoded anchors (one row per seed) and a decoded midpoint.
+image, decoded anchors (one row per seed), a decoded midpoint and, with
+``--samplers``, two rows of each sampler's decoded outliers.
 
     python bench/decoder_quality.py                                  # both profiles, default settings
     python bench/decoder_quality.py --profiles digits --guidance 1 2 4 --grid /tmp/grid.png
+    python bench/decoder_quality.py --profiles animals --decoder animals=DIR --samplers boundary_crossing sphere_hmc
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from oodsynth.densities import ClassDensities
 from oodsynth.decoder_quality import (
     DecodeSettings,
     accuracy,
+    decode_vectors,
     anchor_accuracy,
     midpoint_agreement,
     reconstruction_check,
@@ -47,14 +54,39 @@ from oodsynth.encoder_training import load_encoder
 from oodsynth.features import build_bank, extract_features
 
 
-def _tile(images: list[list[Image.Image]], scale: int) -> Image.Image:
-    """Rows of equally sized images -> one grid, enlarged ``scale`` times with nearest-neighbour pixels."""
+LABEL_WIDTH = 130
+
+
+def _tile(images: list[list[Image.Image]], scale: int, labels: list[str]) -> Image.Image:
+    """Rows of equally sized images -> one grid, enlarged ``scale`` times with nearest-neighbour pixels, each row
+    named in a left margin."""
+    from PIL import ImageDraw
+
     h, w = images[0][0].size[1] * scale, images[0][0].size[0] * scale
-    grid = Image.new("RGB", (w * max(len(r) for r in images), h * len(images)), "white")
+    grid = Image.new("RGB", (LABEL_WIDTH + w * max(len(r) for r in images), h * len(images)), "white")
+    draw = ImageDraw.Draw(grid)
     for i, row in enumerate(images):
+        draw.text((4, i * h + h // 2 - 6), labels[i], fill="black")
         for j, im in enumerate(row):
-            grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (j * w, i * h))
+            grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (LABEL_WIDTH + j * w, i * h))
     return grid
+
+
+def sampler_rows(decoder, fit, bank, settings: DecodeSettings, samplers: list[str], per_class: int
+                 ) -> tuple[list[list[Image.Image]], list[str]]:
+    """Each sampler's outliers at its default parameters (``per_class`` rows), decoded with the same settings."""
+    from oodsynth.samplers import get_sampler
+
+    rows, labels = [], []
+    for name in samplers:
+        result = get_sampler(name).sample(fit, per_class, seed=0, bank=bank)
+        order = np.argsort(result.class_index, kind="stable")
+        images = decode_vectors(decoder, result.vectors[order], list(range(len(order))), settings)
+        klass = result.class_index[order]
+        for r in range(per_class):
+            rows.append([images[np.flatnonzero(klass == c)[r]] for c in range(fit.n_classes)])
+            labels.append(name if r == 0 else "")
+    return rows, labels
 
 
 def real_examples(data, n_classes: int) -> list[Image.Image]:
@@ -91,9 +123,11 @@ def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]
     features, labels = extract_features(encoder.model, train, progress=False)
     means = np.stack([features[labels == c].mean(0) for c in range(len(assets.class_names))])
     pairs = neighbour_pairs(means)
-    fit = ClassDensities(kind="gaussian_full").fit(build_bank(encoder, train, progress=False))
+    bank = build_bank(encoder, train, progress=False)
+    fit = ClassDensities(kind="gaussian_full").fit(bank)
     decoder = OutlierDecoder(assets.decoder_dir, n_slots=64)
     rows: list[list[Image.Image]] = [real_examples(test, len(assets.class_names))]
+    labels = [f"{profile}: real"]
     for guidance in args.guidance:
         settings = DecodeSettings(steps=args.steps or assets.config.decode_steps, guidance_scale=guidance,
                                   image_size=size)
@@ -115,11 +149,15 @@ def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]
             n = len(assets.class_names)
             rows += [[images[c * args.n_per_class + s] for c in range(n)] for s in range(min(3, args.n_per_class))]
             rows.append([mid["images"][c * args.n_per_class] for c in range(n)])
+            labels += ["decoded anchors", "", "", "class midpoint"][:len(rows) - len(labels)]
+            if args.samplers:
+                more, names = sampler_rows(decoder, fit, bank, settings, args.samplers, 2)
+                rows, labels = rows + more, labels + names
     record["pairs"] = [[assets.class_names[a], assets.class_names[b]] for a, b in pairs]
     print(f"{profile:8s} judge's accuracy on real test images {record['classifier_test_accuracy']:.3f}; "
           f"decoder training {assets.record.get('total_s', float('nan')):.0f} s "
           f"(this call {train_s:.0f} s incl. cache check)", flush=True)
-    return record, rows
+    return record, rows, labels
 
 
 def main(argv=None) -> int:
@@ -133,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
                         help="judge this train-decoder folder for PROFILE instead of the cached default (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
+    parser.add_argument("--samplers", nargs="*", default=[],
+                        help="add two grid rows of each named sampler's decoded outliers (default parameters)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--grid", type=Path, default=None, help="PNG: real / decoded anchors / midpoints per profile")
     args = parser.parse_args(argv)
@@ -142,9 +182,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     records, grids = [], []
     for profile in args.profiles:
-        record, rows = evaluate_profile(profile, args)
+        record, rows, labels = evaluate_profile(profile, args)
         records.append(record)
-        grids.append(_tile(rows, 4))
+        grids.append(_tile(rows, 4, labels))
     if args.json:
         args.json.write_text(json.dumps(records, indent=2))
     if args.grid:
