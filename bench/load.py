@@ -39,19 +39,28 @@ sys.path.insert(0, str(REPO / "tests"))  # the toy bank the tests use
 NPZ = "application/x-npz"
 
 
+def api_pids(pid: int) -> list[int]:
+    """The API process and its direct children (uvicorn's worker processes with ``--workers`` > 1)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid] + [int(c) for c in (children.read_text().split() if children.is_file() else [])]
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the API: its process plus its worker processes."""
+    total = 0
+    for p in api_pids(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
-def start_server(home: Path, redis_url: str, api_keys: str, port: int) -> subprocess.Popen:
+def start_server(home: Path, redis_url: str, api_keys: str, port: int, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OODSYNTH_HOME": str(home), "OODSYNTH_REDIS_URL": redis_url, "OODSYNTH_API_KEYS": api_keys,
            "OODSYNTH_STORE": str(home / "store")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", "warning", "--workers", str(workers)],
         cwd=REPO, env=env, start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -79,9 +88,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the API process and its worker processes (from /proc)."""
+    total = 0
+    for p in api_pids(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[float, int, int]:
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate-per-class", type=int, default=1,
                         help="vectors per class (of 10) in the sample each /generate enqueues, one image each")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (oodsynth serve --workers)")
     parser.add_argument("--memory-calls", type=int, default=0,
                         help="instead: this many sequential /sample calls (npz, then JSON), API RSS every 10%%")
     args = parser.parse_args(argv)
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         server = None
         try:
-            server = start_server(Path(tmp), redis_server.url, entry, port)
+            server = start_server(Path(tmp), redis_server.url, entry, port, args.workers)
             headers = {"Authorization": f"Bearer {key}"}
             limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits) as client:
