@@ -106,7 +106,7 @@ def test_train_ood_then_evaluate_gives_finite_metrics(tmp_path, digits):
                                    "--outliers", "blobs-b", "--width", "8", "--epochs", "2", "--batch-size", "64",
                                    "--ood-batch-size", "16", "--lr", "0.05", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert "CE + 2.5 * L_ood on 2 outlier set(s)" in res.output
+    assert "CE + 0.5 * L_ood on 2 outlier set(s)" in res.output and "outliers: all images: some carry no verification" in res.output
     res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run), "--json", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     assert "average" in res.output and "digits:ood" in res.output

@@ -75,6 +75,21 @@ def test_stored_outliers_keep_only_verified(tmp_path):
     assert info.value.field == "max_id_percentile"
 
 
+def test_stored_outliers_auto_threshold(tmp_path):
+    """auto (train-ood's default): the measured threshold when every image is verified, else every image."""
+    from oodsynth.outlier_dataset import StoredOutliers
+    from oodsynth.verification import DEFAULT_MAX_ID_PERCENTILE
+
+    pcts = [0.0, DEFAULT_MAX_ID_PERCENTILE, DEFAULT_MAX_ID_PERCENTILE + 0.5, 90.0]
+    _store_with_verification(tmp_path / "store", pcts)
+    auto = StoredOutliers(tmp_path / "store", "dec", max_id_percentile="auto")
+    assert sorted(r.image_id for r in auto.records) == ["img-0", "img-1"] and auto.threshold == DEFAULT_MAX_ID_PERCENTILE
+    assert auto.verification == f"2 of 4 images verified at ID percentile <= {DEFAULT_MAX_ID_PERCENTILE:g}"
+    _store_with_verification(tmp_path / "old", [5.0, None, 99.0])
+    mixed = StoredOutliers(tmp_path / "old", "dec", max_id_percentile="auto")
+    assert len(mixed) == 3 and mixed.threshold is None and "carry no verification" in mixed.verification
+
+
 def test_train_ood_cli_max_id_percentile(tmp_path):
     from typer.testing import CliRunner
 

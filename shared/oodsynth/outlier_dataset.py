@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -17,7 +17,8 @@ class StoredOutliers(Dataset):
     """Images of one or more store datasets as ``(transform(image) or image, class_index)``.
 
     ``root`` is a store folder or an ``s3://bucket/prefix`` URL (as ``OODSYNTH_STORE``).
-    ``max_id_percentile`` keeps only verified outliers (see ``verified_only``).
+    ``max_id_percentile`` keeps only verified outliers (see ``verified_only``); ``"auto"`` keeps those at or below
+    ``DEFAULT_MAX_ID_PERCENTILE`` when every image is verified, else all of them (``verification`` says which).
     The merged manifest is read once here, not per item; images are read lazily
     so the dataset is cheap to build and works with ``DataLoader`` workers.
     """
@@ -28,7 +29,7 @@ class StoredOutliers(Dataset):
         datasets: str | Sequence[str],
         transform: Callable[[Image.Image], Any] | None = None,
         storage_options: dict | None = None,
-        max_id_percentile: float | None = None,
+        max_id_percentile: float | Literal["auto"] | None = None,
     ):
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         if not names:
@@ -41,8 +42,20 @@ class StoredOutliers(Dataset):
         self.datasets = names
         self.transform = transform
         self.records: list[ImageRecord] = [r for n in names for r in self.store.records(n)]
+        self.verification = "all images (no verification filter)"
+        if max_id_percentile == "auto":
+            from .verification import DEFAULT_MAX_ID_PERCENTILE, MANIFEST_PREFIX
+
+            if self.records and all(f"{MANIFEST_PREFIX}id_percentile" in r.diagnostics for r in self.records):
+                max_id_percentile = DEFAULT_MAX_ID_PERCENTILE
+            else:
+                max_id_percentile = None
+                self.verification = "all images: some carry no verification (decoded without an encoder)"
+        self.threshold = max_id_percentile  # the ID-percentile filter applied, if any
         if max_id_percentile is not None:
+            n = len(self.records)
             self.records = verified_only(self.records, max_id_percentile)
+            self.verification = f"{len(self.records)} of {n} images verified at ID percentile <= {max_id_percentile:g}"
         self.targets = [r.class_index for r in self.records]
 
     def __len__(self) -> int:
