@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from oodsynth.demo import free_port
+from servers import wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 BODY_TIMEOUT_S = 4.0
@@ -33,15 +34,7 @@ def server(redis_server):
                              "--log-level", "warning"], cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.1)
+        wait_healthy(base, proc)
         yield base, port
     finally:
         proc.terminate()

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from oodsynth.config import get_settings
 from services.embed_sampler.app import create_app
 from services.embed_sampler.state import get_redis_dep
+from servers import wait_healthy
 from toy_banks import toy_bank
 
 
@@ -284,14 +285,7 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
                              "--graceful-timeout", "2"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.2)
+        wait_healthy(base, proc, "serve")
         files = {"file": ("b.npz", toy_bank().to_bytes(), "application/octet-stream")}
         assert httpx.post(f"{base}/fits", data={"name": "toy"}, files=files, timeout=30).status_code == 201
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:  # a body that trickles in

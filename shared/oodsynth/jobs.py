@@ -149,18 +149,12 @@ class DecodeSettings(BaseModel):
             raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {v}")
         return v
 
-    @field_validator("scheduler")
+    @field_validator("scheduler", "preset")
     @classmethod
-    def _scheduler(cls, v: str) -> str:
-        if v not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {v!r}; choose one of {list(SCHEDULERS)}")
-        return v
-
-    @field_validator("preset")
-    @classmethod
-    def _preset(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; choose one of {list(PRESETS)}")
+    def _known_choice(cls, v: str, info) -> str:
+        choices = {"scheduler": SCHEDULERS, "preset": PRESETS}[info.field_name]
+        if v not in choices:
+            raise ValueError(f"unknown {info.field_name} {v!r}; choose one of {list(choices)}")
         return v
 
     def decode_settings(self) -> dict[str, Any]:
