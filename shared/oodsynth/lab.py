@@ -44,7 +44,7 @@ from .densities import DENSITY_KINDS, ClassDensities
 from .encoder_training import EncoderCheckpoint, EncoderTrainConfig, load_encoder, train_encoder
 from .evaluation import EvaluationReport, evaluate, evaluate_density
 from .features import build_bank
-from .verification import Verification, images_to_tensor, verify_images
+from .verification import DEFAULT_MAX_ID_PERCENTILE, Verification, images_to_tensor, verify_images
 
 
 class LabSettings(BaseModel):
@@ -67,7 +67,7 @@ class LabSettings(BaseModel):
     outlier_ratio: float = Field(0.1, gt=0, description="outliers reaching the detector per ID training image")
     oversample: float = Field(1.5, ge=1, description="decoded pool per class = oversample * outliers per class; the "
                               "verified row keeps the first ones that pass, the plain row the first ones")
-    max_id_percentile: float = Field(10.0, ge=0, le=100, description="verification threshold")
+    max_id_percentile: float = Field(DEFAULT_MAX_ID_PERCENTILE, ge=0, le=100, description="verification threshold")
     density: str = "gaussian_full"
     outlier_postprocess: str = Field("none", pattern="^(none|binarize)$", description="binarize: threshold decoded "
                                      "images at 0.5 and soften the edges (3x3 Gaussian, sigma 0.6), so silhouette "
