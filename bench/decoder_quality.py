@@ -51,7 +51,7 @@ from oodsynth.decoder_quality import (
 )
 from oodsynth.decoding import OutlierDecoder
 from oodsynth.encoder_training import load_encoder
-from oodsynth.features import build_bank, extract_features
+from oodsynth.features import build_bank
 
 
 LABEL_WIDTH = 130
@@ -120,10 +120,9 @@ def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]
         "settings": [],
     }
     encoder = load_encoder(assets.encoder_checkpoint, "cpu")
-    features, labels = extract_features(encoder.model, train, progress=False)
-    means = np.stack([features[labels == c].mean(0) for c in range(len(assets.class_names))])
-    pairs = neighbour_pairs(means)
     bank = build_bank(encoder, train, progress=False)
+    means = np.stack([bank.class_features(c).mean(0) for c in range(len(assets.class_names))])
+    pairs = neighbour_pairs(means)
     fit = ClassDensities(kind="gaussian_full").fit(bank)
     decoder = OutlierDecoder(assets.decoder_dir, n_slots=64)
     rows: list[list[Image.Image]] = [real_examples(test, len(assets.class_names))]

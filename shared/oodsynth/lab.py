@@ -20,7 +20,6 @@ follow).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -31,7 +30,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +78,9 @@ class LabSettings(BaseModel):
     decode: dict = Field(default_factory=lambda: {"steps": 10},
                          description="decode settings over the decoder's recommended ones (10 steps: half the CPU)")
 
-    def per_class(self, n_train: int, n_classes: int) -> int:
-        """Outliers per class that reach the detector (``outlier_ratio`` of the ID training set)."""
-        return max(1, round(self.outlier_ratio * n_train / n_classes))
+    def per_class(self, n_train: int, n_classes: int, ratio: float | None = None) -> int:
+        """Images per class that reach the detector: ``ratio`` (default ``outlier_ratio``) of the ID training set."""
+        return max(1, round((self.outlier_ratio if ratio is None else ratio) * n_train / n_classes))
 
     def epochs_for(self, n_train: int) -> int:
         return max(self.epochs, math.ceil(self.min_steps / math.ceil(n_train / self.batch_size)))
@@ -236,9 +235,13 @@ class DecodedPool:
         return np.sort(np.concatenate(keep))
 
 
-def _pool_tag(assets: LabAssets, settings: LabSettings, n_pool: int) -> str:
-    return hashlib.sha256(json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool,
-                                      settings.density]).encode()).hexdigest()[:8]
+def _pool_path(cache: Path, name: str, assets: LabAssets, settings: LabSettings, n_pool: int) -> Path:
+    """Where a decoded pool is cached: keyed by the decoder, the decode settings, the pool size and the fit."""
+    if assets.decoder_dir is None:
+        raise ValueError("decoder: these assets have no decoder folder")
+    tag = hashlib.sha256(json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool,
+                                     settings.density]).encode()).hexdigest()[:8]
+    return cache / f"decoded-{name}-{tag}.pt"
 
 
 def _cached_pool(path: Path) -> DecodedPool | None:
@@ -278,10 +281,8 @@ def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettin
     """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
     from .samplers import get_sampler
 
-    if assets.decoder_dir is None:
-        raise ValueError("decoder: these assets have no decoder folder")
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
-    path = cache / f"decoded-{sampler}-s{seed}-{_pool_tag(assets, settings, n_pool)}.pt"
+    path = _pool_path(cache, f"{sampler}-s{seed}", assets, settings, n_pool)
     if (pool := _cached_pool(path)) is not None:
         return pool
     t0 = time.perf_counter()
@@ -295,10 +296,8 @@ def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cac
     re-encoded: the decoder's reconstructions of real ID images. Cached per seed."""
     labels = assets.bank.labels
     n_classes = assets.fit.n_classes
-    n_pool = int(np.ceil(settings.oversample * max(1, round(settings.decoded_inliers * len(labels) / n_classes))))
-    if assets.decoder_dir is None:
-        raise ValueError("decoder: these assets have no decoder folder")
-    path = cache / f"decoded-inliers-s{seed}-{_pool_tag(assets, settings, n_pool)}.pt"
+    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(labels), n_classes, settings.decoded_inliers)))
+    path = _pool_path(cache, f"inliers-s{seed}", assets, settings, n_pool)
     if (pool := _cached_pool(path)) is not None:
         return pool
     rng = np.random.default_rng([seed, 7])
@@ -355,7 +354,7 @@ def decoded_inliers(cell: Cell) -> tuple[torch.Tensor, torch.Tensor, dict]:
     be a mislabelled ID image)."""
     s = cell.settings
     pool = decoded_inlier_pool(cell.assets(), cell.seed, s, cell.cache)
-    n_per_class = max(1, round(s.decoded_inliers * len(cell.train) / len(cell.train.class_names)))
+    n_per_class = s.per_class(len(cell.train), len(cell.train.class_names), s.decoded_inliers)
     faithful = pool.verification.id_class == pool.class_index
     keep = np.sort(np.concatenate([np.flatnonzero((pool.class_index == c) & faithful)[:n_per_class]
                                    for c in np.unique(pool.class_index)]))
@@ -377,7 +376,7 @@ def _train_and_evaluate(cell: Cell, outliers: torch.Tensor | None, info: dict | 
     if inliers:
         x_in, y_in, inlier_info = decoded_inliers(cell)
         x, y = image_tensors(cell.train)
-        train = dataclasses.replace(cell.train, dataset=TensorDataset(torch.cat([x, x_in]), torch.cat([y, y_in])))
+        train = replace(cell.train, dataset=TensorDataset(torch.cat([x, x_in]), torch.cat([y, y_in])))
         info.update(inlier_info)
     ds = None
     if outliers is not None:

@@ -44,9 +44,9 @@ class StoredOutliers(Dataset):
         self.records: list[ImageRecord] = [r for n in names for r in self.store.records(n)]
         self.verification = "all images (no verification filter)"
         if max_id_percentile == "auto":
-            from .verification import DEFAULT_MAX_ID_PERCENTILE, MANIFEST_PREFIX
+            from .verification import DEFAULT_MAX_ID_PERCENTILE
 
-            if self.records and all(f"{MANIFEST_PREFIX}id_percentile" in r.diagnostics for r in self.records):
+            if self.records and not unverified_count(self.records):
                 max_id_percentile = DEFAULT_MAX_ID_PERCENTILE
             else:
                 max_id_percentile = None
@@ -67,17 +67,27 @@ class StoredOutliers(Dataset):
         return (self.transform(image) if self.transform is not None else image), record.class_index
 
 
+def _verified_key() -> str:
+    from .verification import MANIFEST_PREFIX
+
+    return f"{MANIFEST_PREFIX}id_percentile"
+
+
+def unverified_count(records: list[ImageRecord]) -> int:
+    """How many records carry no re-encoded ID percentile (decoded without verification)."""
+    key = _verified_key()
+    return sum(key not in r.diagnostics for r in records)
+
+
 def verified_only(records: list[ImageRecord], max_id_percentile: float) -> list[ImageRecord]:
     """The records whose re-encoded image sits at or below ``max_id_percentile`` (``oodsynth.verification``).
 
     Images decoded without verification carry no such field: that is an error, not a silent pass.
     """
-    from .verification import MANIFEST_PREFIX
-
     if not 0.0 <= max_id_percentile <= 100.0:
         raise InputError("max_id_percentile", f"must lie in [0, 100], got {max_id_percentile}")
-    key = f"{MANIFEST_PREFIX}id_percentile"
-    missing = sum(key not in r.diagnostics for r in records)
+    key = _verified_key()
+    missing = unverified_count(records)
     if missing:
         raise InputError("max_id_percentile", f"{missing} of {len(records)} images carry no {key} "
                                               "(decoded without verification)")
