@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from oodsynth.decoding import DEFAULT_PROMPT_TEMPLATE, OutlierDecoder, default_device, default_dtype
 from oodsynth.jobs import PRESETS
@@ -210,6 +209,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=_batch_size, nargs="+", default=[8, 32, "max"],
                    help="images per batch; 'max': the largest that fits on the GPU (doubling from 32)")
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
+    p.add_argument("--max-probe", type=int, default=MAX_PROBE,
+                   help=f"'max' stops doubling at this batch (at most {MAX_PROBE}; smaller keeps a lent GPU's time)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--sizes", type=int, nargs="+", default=None,
@@ -217,7 +218,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-size", type=int, default=256)
     p.add_argument("--scheduler", default="pndm")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per batch size and path")
-    p.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up call (0: none)")
+    p.add_argument("--warmup-steps", type=int, default=2,
+                   help="steps of the untimed warm-up call (0: none; raised per preset until it runs every graph)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--fp32", action="store_true", help="fp32 on CUDA too (default fp16 on CUDA)")
@@ -243,6 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--sizes: each must be a positive multiple of 8")
     if args.steps < 1 or args.repeats < 1:
         p.error("--steps and --repeats must be >= 1")
+    if not 32 <= args.max_probe <= MAX_PROBE:
+        p.error(f"--max-probe must lie in [32, {MAX_PROBE}]")
     return args
 
 
@@ -250,13 +254,32 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def largest_batch(fn, device: str, start: int = 32) -> int | None:
+def warmup_steps(requested: int, preset: str | None) -> int:
+    """Steps of a warm-up call that runs every graph ``preset`` uses: a full and a shallow step for feature reuse
+    (``fast`` halves the steps, so 2 requested would run one full step and leave the shallow step's compilation
+    to the timed call)."""
+    if preset is None:
+        return requested
+    p, steps = PRESETS[preset], requested
+    while p.steps(steps) <= p.cache_interval and p.cache_interval > 1:
+        steps += 1
+    return steps
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process (shows whether one dynamic graph served every batch size)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def largest_batch(fn, device: str, start: int = 32, limit: int = MAX_PROBE) -> int | None:
     """Double the batch from ``start`` while ``fn(n)`` fits in GPU memory; the largest that ran (None: not even ``start``)."""
     if torch.device(device).type != "cuda":
         print("'max' probes GPU memory: skipped on CPU", file=sys.stderr)
         return None
     fits, n = None, start
-    while n <= MAX_PROBE:
+    while n <= limit:
         try:
             with torch.compiler.set_stance("force_eager"):  # probing memory must not compile a graph per size
                 fn(n)
@@ -349,7 +372,7 @@ def main(argv=None) -> dict:
         print(f"building an SD v1.4-architecture pipeline with random weights in {workdir} ...", file=sys.stderr)
         model = build_sd14(workdir / "sd14", dtype)
 
-    n_max = MAX_PROBE if "max" in args.batch_sizes else max(args.batch_sizes)
+    n_max = max([b for b in args.batch_sizes if b != "max"] + [args.max_probe] * ("max" in args.batch_sizes))
     speedups = args.worker_speedups if args.worker_speedups is not None else torch.device(device).type == "cuda"
     load_start = time.perf_counter()
     worker = OutlierDecoder(model, device=device, dtype=dtype, n_slots=n_max, channels_last=args.channels_last,
@@ -369,11 +392,15 @@ def main(argv=None) -> dict:
     def run_baseline(n, steps, size):
         return baseline.decode(n, list(range(n)), steps=steps, height=size, width=size, **common)
 
-    def timed(fn, n):
+    def timed(fn, n, preset=None):
+        warmup_start = time.perf_counter()  # a new shape's compilation lands here, untimed
         if args.warmup_steps:
-            fn(n, args.warmup_steps)
+            fn(n, warmup_steps(args.warmup_steps, preset))
+        _sync(device)
+        warmup_s = time.perf_counter() - warmup_start
         seconds, peak = time_call(lambda: fn(n, args.steps), device, args.repeats)
-        return {"s_per_batch": seconds, "images_per_s": n / seconds, "peak_gib": peak}
+        return {"s_per_batch": seconds, "images_per_s": n / seconds, "peak_gib": peak, "warmup_s": warmup_s}
+
 
     report = dict(
         arch=args.model or args.arch, dtype=str(dtype).removeprefix("torch."), device_kind=torch.device(device).type,
@@ -383,34 +410,44 @@ def main(argv=None) -> dict:
         settings=dict(steps=args.steps, guidance_scale=args.guidance_scale, output_size=args.output_size),
         repeats=args.repeats, load_s=load_s, environment=environment(device), rows=[],
     )
-    if args.latent_distance:
-        report["latent_distance"] = latent_distance(run_worker, args, args.sizes[0])
-        _write(report, args.out)
-    for size in args.sizes:
-        batch_sizes = []
-        for n in args.batch_sizes:
-            if n == "max":  # the largest batch the worker's heaviest path (exact) runs at this size
-                n = largest_batch(lambda b: run_worker(b, 1, size, "exact"), device)
-                print(f"{size}²: largest batch that fits {n}", file=sys.stderr)
-                if n is None or n in batch_sizes:
-                    continue
-            batch_sizes.append(n)
-        for n in tqdm(batch_sizes, desc=f"{size}² batch sizes", file=sys.stderr):
-            row = dict(size=size, batch_size=n)
-            if baseline is not None:
-                try:
-                    row["diffusers"] = timed(lambda b, steps: run_baseline(b, steps, size), n)
-                except Exception as exc:  # noqa: BLE001 - plain diffusers may not fit where the worker does
-                    if not _out_of_memory(exc):
-                        raise
-                    torch.cuda.empty_cache()
-                    row["diffusers"] = None
-            for preset in args.presets:
-                row[preset] = timed(lambda b, steps, p=preset: run_worker(b, steps, size, p), n)
-                if row.get("diffusers"):
-                    row[preset]["ratio_to_diffusers"] = row[preset]["images_per_s"] / row["diffusers"]["images_per_s"]
-            report["rows"].append(row)
+    def measure(size, n):
+        """One row: plain diffusers, then each preset; the JSON is rewritten after each path (a cut run keeps them)."""
+        row = dict(size=size, batch_size=n)
+        report["rows"].append(row)
+        if baseline is not None:
+            try:
+                row["diffusers"] = timed(lambda b, steps: run_baseline(b, steps, size), n)
+            except Exception as exc:  # noqa: BLE001 - plain diffusers may not fit where the worker does
+                if not _out_of_memory(exc):
+                    raise
+                torch.cuda.empty_cache()
+                row["diffusers"] = None
             _write(report, args.out)
+            _progress(row, "diffusers")
+        for preset in args.presets:
+            row[preset] = timed(lambda b, steps, p=preset: run_worker(b, steps, size, p), n, preset)
+            if row.get("diffusers"):
+                row[preset]["ratio_to_diffusers"] = row[preset]["images_per_s"] / row["diffusers"]["images_per_s"]
+            report["compiled_graphs"] = compiled_graphs()
+            _write(report, args.out)
+            _progress(row, preset)
+
+    # Order by what matters most if the run is cut short: the explicit batch sizes of every decode size (first size
+    # first), the latent distance after the first size's rows, then the largest batch that fits.
+    for size in args.sizes:
+        for n in [b for b in args.batch_sizes if b != "max"]:
+            measure(size, n)
+        if args.latent_distance and size == args.sizes[0]:
+            report["latent_distance"] = latent_distance(run_worker, args, size)
+            _write(report, args.out)
+    if "max" in args.batch_sizes:
+        for size in args.sizes:  # the largest batch the worker's heaviest path (exact) runs at this size
+            n = largest_batch(lambda b, s=size: run_worker(b, 1, s, "exact"), device, limit=args.max_probe)
+            print(f"{size}²: largest batch that fits {n} (probed up to {args.max_probe})", file=sys.stderr)
+            report.setdefault("largest_batch", {})[str(size)] = n
+            _write(report, args.out)
+            if n is not None and n not in args.batch_sizes:
+                measure(size, n)
     print_table(report)
     _write(report, args.out)
     return report
@@ -430,6 +467,12 @@ def latent_distance(run_worker, args, size: int) -> dict:
         out[preset] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)) if n > 1 else 0.0, "n": n, "size": size}
         print(f"latent distance to exact at {size}²: {preset} {d.mean():.4f}", file=sys.stderr)
     return out
+
+
+def _progress(row: dict, path: str) -> None:
+    r = row[path]
+    text = "out of memory" if r is None else f"{r['images_per_s']:.3f} img/s (warm-up {r['warmup_s']:.1f} s)"
+    print(f"{row['size']}² batch {row['batch_size']} {path}: {text}", file=sys.stderr, flush=True)
 
 
 def _write(report: dict, out: Path | None) -> None:

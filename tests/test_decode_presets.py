@@ -160,24 +160,31 @@ def test_manifest_rows_name_their_preset(tiny_sd, settings_env, tmp_path):
     assert by_preset["exact"][0]["scheduler"] == "pndm" and by_preset["exact"][0]["steps"] == 4
 
 
-def test_compiled_reuse_traces_two_graphs_and_never_recompiles(decoder, monkeypatch):
-    """The step counter stays outside the compiled functions: a second decode (new loop, new counter values,
-    other timesteps) runs on the graphs of the first. Dynamo's own tracing with the eager backend (no C++
-    toolchain needed); inductor compiles the same graphs on CUDA."""
+def test_compiled_steps_serve_both_presets_and_every_schedule(decoder, monkeypatch):
+    """With compilation on, exact (full steps only) and fast (full + shallow) run on one compiled pair of step
+    functions: the step counter and the interval stay outside them, so another preset and another schedule reuse
+    the first two graphs. Dynamo's own tracing with the eager backend (no C++ toolchain needed); inductor compiles
+    the same graphs on CUDA. (Another batch or decode size may recompile: on CPU, convolution's backend choice
+    specializes the batch size even with ``dynamic=True``.)"""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    v, seeds, settings = _vectors(2, seed=7), [5, 6], dict(output_type="latent", preset="fast", **SIZE)
-    eager = torch.stack(decoder.decode(v, seeds, steps=8, **settings))
-    compiled = DeepCacheUNet(decoder.pipe.unet, interval=PRESETS["fast"].cache_interval)
-    compiled.compile_steps(backend="eager")
-    monkeypatch.setitem(decoder._reuse, (PRESETS["fast"].cache_interval, 0), compiled)
+    from oodsynth.decoding import COMPILE_OPTIONS
+
+    v, seeds = _vectors(2, seed=7), [5, 6]
+    latent = dict(output_type="latent", **SIZE)
+    eager = {p: torch.stack(decoder.decode(v, seeds, steps=8, preset=p, **latent)) for p in PRESETS}
+    compiled = DeepCacheUNet(decoder.pipe.unet, interval=1)
+    compiled.compile_steps(backend="eager", **COMPILE_OPTIONS)
+    monkeypatch.setitem(decoder._step_unets, 0, compiled)
+    monkeypatch.setattr(decoder, "_steps_compiled", True)
     torch._dynamo.reset()
     counters.clear()
-    first = torch.stack(decoder.decode(v, seeds, steps=8, **settings))
+    first = {p: torch.stack(decoder.decode(v, seeds, steps=8, preset=p, **latent)) for p in PRESETS}
     assert counters["stats"]["unique_graphs"] == 2  # full_step and shallow_step, nothing else
     with torch._dynamo.config.patch(error_on_recompile=True):
-        again = torch.stack(decoder.decode(v, seeds, steps=6, **settings))  # 3 steps: another schedule
+        again = {p: torch.stack(decoder.decode(v, seeds, steps=6, preset=p, **latent)) for p in PRESETS}
     assert counters["stats"]["unique_graphs"] == 2
-    torch.testing.assert_close(first, eager, rtol=1e-5, atol=1e-5)
-    assert again.shape == first.shape
+    for p in PRESETS:  # exact on the compiled full step is exact on the UNet itself
+        torch.testing.assert_close(first[p], eager[p], rtol=1e-5, atol=1e-5)
+        assert again[p].shape == first[p].shape

@@ -12,7 +12,8 @@ latents, so a rerun reproduces its pixels whatever batch it lands in.
 The loaded pipeline is kept for the life of the object: a worker builds one
 ``OutlierDecoder`` per process and feeds it every job. A decode preset
 (``oodsynth.jobs.PRESETS``) picks the solver and step count and, for ``fast``,
-swaps in ``oodsynth.deep_cache.DeepCacheUNet`` for the UNet during the call.
+swaps in ``oodsynth.deep_cache.DeepCacheUNet`` for the UNet during the call
+(with ``compile_unet``, every preset runs on that stand-in's compiled steps).
 """
 
 from __future__ import annotations
@@ -68,17 +69,15 @@ def load_pipeline(
     *,
     channels_last: bool | None = None,
     fuse_qkv: bool = False,
-    compile_unet: bool = False,
 ):
     """``StableDiffusionPipeline.from_pretrained`` (hub id or local folder), safety checker off.
 
     The UNet and VAE run with PyTorch's scaled-dot-product attention.
     ``fuse_qkv`` fuses each attention's q/k/v projections into one matmul
-    (diffusers' ``fuse_qkv_projections``); ``compile_unet`` wraps the UNet in
-    ``torch.compile`` (the first batch of each shape pays the compilation).
-    Measured on an H200 (SD v1.4 architecture, fp16, 512², 50 steps, batch 32,
-    bench/decode.py): fuse_qkv + compile 1.29x plain diffusers; channels-last
-    0.89x, so it stays opt-in (``channels_last=True``).
+    (diffusers' ``fuse_qkv_projections``). Measured on an H200 (SD v1.4
+    architecture, fp16, 512², 50 steps, batch 32, bench/decode.py): channels-last
+    0.89x, so it stays opt-in (``channels_last=True``). Compilation is
+    ``OutlierDecoder``'s business (see ``compile_unet`` there).
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -96,9 +95,12 @@ def load_pipeline(
         pipe.vae.to(memory_format=torch.channels_last)
     if fuse_qkv:
         pipe.fuse_qkv_projections(unet=True, vae=True)
-    if compile_unet:
-        pipe.unet = torch.compile(pipe.unet)
     return pipe
+
+
+# One graph per compiled function for every batch and decode size: a job's smaller last batch, the
+# benchmark's batch sweep and a 256² job reuse it instead of recompiling (minutes each for SD's UNet).
+COMPILE_OPTIONS = {"dynamic": True}
 
 
 class OutlierDecoder:
@@ -125,9 +127,7 @@ class OutlierDecoder:
             raise InputError("n_slots", f"must be >= 1, got {n_slots}")
         self.model = str(model)
         self.n_slots = int(n_slots)
-        self.pipe = load_pipeline(
-            model, device, dtype, channels_last=channels_last, fuse_qkv=fuse_qkv, compile_unet=compile_unet
-        )
+        self.pipe = load_pipeline(model, device, dtype, channels_last=channels_last, fuse_qkv=fuse_qkv)
         self.pipe.set_progress_bar_config(disable=not progress_bar)
         self.device = self.pipe.device
         self.dtype = self.pipe.unet.dtype
@@ -136,7 +136,10 @@ class OutlierDecoder:
         self._scheduler_config = self.pipe.scheduler.config
         self._schedulers: dict[str, object] = {}
         self._compile = compile_unet
-        self._reuse: dict[tuple[int, int], object] = {}  # (interval, branch) -> DeepCacheUNet
+        self._step_unets: dict[int, object] = {}  # cache branch -> DeepCacheUNet
+        self._steps_compiled = False
+        if compile_unet:
+            self._compile_unet()
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -169,17 +172,30 @@ class OutlierDecoder:
             self._schedulers[name] = _scheduler_class(name).from_config(self._scheduler_config)
         return self._schedulers[name]
 
-    def _feature_reuse(self, preset: DecodePreset):
-        """The UNet stand-in that reuses deep features for ``preset`` (built, and compiled, once per process)."""
+    def _compile_unet(self) -> None:
+        """Compile the UNet's two step functions, on which every preset then runs (``exact``: full steps only).
+
+        ``exact`` and ``fast`` so share one compiled full step instead of
+        compiling the UNet twice (once whole, once as ``full_step``). A UNet
+        that feature reuse does not support (not SD v1.x's layout) is compiled
+        whole instead, and ``fast`` is refused for it as before.
+        """
+        try:
+            self._step_unet(0)
+            self._steps_compiled = True
+        except ValueError:
+            self.pipe.unet = torch.compile(self.pipe.unet, **COMPILE_OPTIONS)
+
+    def _step_unet(self, branch: int):
+        """The UNet stand-in that runs full and shallow steps from ``branch`` (built, and compiled, once per process)."""
         from .deep_cache import DeepCacheUNet
 
-        key = (preset.cache_interval, preset.cache_branch)
-        if key not in self._reuse:
-            unet = DeepCacheUNet(self.pipe.unet, interval=preset.cache_interval, branch=preset.cache_branch)
+        if branch not in self._step_unets:
+            unet = DeepCacheUNet(self.pipe.unet, interval=1, branch=branch)
             if self._compile:
-                unet.compile_steps()
-            self._reuse[key] = unet
-        return self._reuse[key]
+                unet.compile_steps(**COMPILE_OPTIONS)
+            self._step_unets[branch] = unet
+        return self._step_unets[branch]
 
     @staticmethod
     def resolve_preset(preset: str | DecodePreset) -> DecodePreset:
@@ -293,7 +309,8 @@ class OutlierDecoder:
         self._check_template(prompt_template)
         plan = self.plan(preset, int(steps), scheduler)
         self.pipe.scheduler = self._scheduler(plan["scheduler"])
-        reuse = self._feature_reuse(self.resolve_preset(preset)) if plan["cache_interval"] > 1 else None
+        p = self.resolve_preset(preset)
+        stand_in = self._step_unet(p.cache_branch) if p.cache_interval > 1 or self._steps_compiled else None
 
         images: list = []
         for chunk in slices(len(v), self.n_slots):
@@ -310,10 +327,10 @@ class OutlierDecoder:
                 width=int(width),
                 output_type=output_type,
             )
-            if reuse is None:
+            if stand_in is None:
                 out = self.pipe(**call).images
             else:
-                out = self._call_with(reuse, call)
+                out = self._call_with(stand_in, p.cache_interval, call)
             if output_type == "pil" and output_size is not None:
                 size = (int(output_size), int(output_size))
                 out = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in out]
@@ -322,10 +339,10 @@ class OutlierDecoder:
                 progress(len(images), len(v))
         return images
 
-    def _call_with(self, unet, call: dict) -> list:
+    def _call_with(self, unet, interval: int, call: dict) -> list:
         """Run the pipeline once with ``unet`` standing in for its UNet (a fresh reuse schedule), then put it back."""
         original = self.pipe.unet
-        unet.reset()
+        unet.reset(interval)
         self.pipe.unet = unet
         try:
             return self.pipe(**call).images

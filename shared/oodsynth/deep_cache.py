@@ -16,8 +16,9 @@ it hits dynamo's limit of 8). Here the counter lives in ``DeepCacheUNet.forward`
 which is never compiled; it only picks which of two step functions to call,
 and those (``full_step``, ``shallow_step``) are pure functions of tensors
 (latents, timestep tensor, prompt embeddings, kept feature) that
-``compile_steps`` compiles once each per input shape, with no Python state
-inside them to guard on.
+``compile_steps`` compiles once each, with no Python state inside them to
+guard on. The interval is read only by ``forward`` too, so one compiled pair
+serves every interval (``OutlierDecoder`` runs ``exact`` as interval 1 on it).
 
 A full step computes exactly what ``unet(...)`` computes (tested against it);
 only the SD v1.x forward is supported (no ControlNet/adapter residuals,
@@ -101,12 +102,17 @@ class DeepCacheUNet(nn.Module):
                 raise
             return getattr(self._modules["unet"], name)
 
-    def reset(self) -> None:
+    def reset(self, interval: int | None = None) -> None:
+        """Start a new denoising loop (optionally with another reuse ``interval``; 1: full steps only)."""
+        if interval is not None:
+            if int(interval) < 1:
+                raise ValueError(f"cache_interval: must be >= 1, got {interval}")
+            self.interval = int(interval)
         self._calls = 0
         self._kept: torch.Tensor | None = None
 
     def compile_steps(self, **options) -> None:
-        """``torch.compile`` the two step functions (once per input shape each; the step counter stays outside)."""
+        """``torch.compile`` the two step functions (the step counter and the interval stay outside them)."""
         self._full = torch.compile(self.full_step, **options)
         self._shallow = torch.compile(self.shallow_step, **options)
 
