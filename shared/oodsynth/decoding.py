@@ -98,9 +98,10 @@ def load_pipeline(
     return pipe
 
 
-# One graph per compiled function for every batch and decode size: a job's smaller last batch, the
-# benchmark's batch sweep and a 256² job reuse it instead of recompiling (minutes each for SD's UNet).
-COMPILE_OPTIONS = {"dynamic": True}
+# torch.compile's defaults: static graphs first, dynamic ones after a shape changes. Measured on an H200
+# (bench/results/decode_gpu.md): dynamic=True from the start compiled SD's UNet for 345 s and ran exact at
+# 0.98x plain diffusers, slower than the static graphs.
+COMPILE_OPTIONS: dict = {}
 
 
 class OutlierDecoder:
