@@ -372,7 +372,8 @@ def main(argv=None) -> dict:
         print(f"building an SD v1.4-architecture pipeline with random weights in {workdir} ...", file=sys.stderr)
         model = build_sd14(workdir / "sd14", dtype)
 
-    n_max = max([b for b in args.batch_sizes if b != "max"] + [args.max_probe] * ("max" in args.batch_sizes))
+    n_max = max([b for b in args.batch_sizes if b != "max"] + [args.max_probe] * ("max" in args.batch_sizes)
+                + [args.latent_distance])
     speedups = args.worker_speedups if args.worker_speedups is not None else torch.device(device).type == "cuda"
     load_start = time.perf_counter()
     worker = OutlierDecoder(model, device=device, dtype=dtype, n_slots=n_max, channels_last=args.channels_last,

@@ -20,7 +20,10 @@ from servers import wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 BODY_TIMEOUT_S = 4.0
-HEALTHZ_BOUND_S = 1.0  # one GIL-held C call (decode or validation of 50 MB) is about 0.3 s here
+# /healthz may wait for one GIL-held C call (decoding or validating 50 MB: about 0.3 s on an idle machine, up to
+# 1 s on a busy one), never for the whole request (20 s when the body was parsed on the event loop).
+HEALTHZ_BOUND_S = 2.0
+HEALTHZ_SHARE_OF_REQUEST = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server):
     # The whole body was read, decoded and validated (every row has a class), then the fit was looked up.
     assert answer["status"] == 404 and answer["detail"][0]["loc"] == ["body", "fit"], answer
     assert len(latencies) >= 5, f"the 50 MB request took only {answer['seconds']:.2f} s: too short to measure"
-    assert max(latencies) < HEALTHZ_BOUND_S, (
+    assert max(latencies) < min(HEALTHZ_BOUND_S, HEALTHZ_SHARE_OF_REQUEST * answer["seconds"]), (
         f"/healthz took up to {max(latencies):.3f} s while a 50 MB body took {answer['seconds']:.2f} s "
         f"(median {np.median(latencies):.3f} s over {len(latencies)} calls)")
 

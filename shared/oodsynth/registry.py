@@ -81,13 +81,18 @@ def _chunk_fields(part: str, data: bytes) -> dict[str, bytes]:
 
 
 def _read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
-    n = client.hget(key, f"{part}:n")
-    if n is None:
+    """The chunks of ``part`` joined; None when the key or part is missing (or was replaced between reads).
+
+    The count and the first chunk come in one round trip, so a value of one chunk (a sample of up to
+    ``CHUNK_BYTES``, which every ``/generate`` reads) costs one Redis call; the rest come in a second.
+    """
+    n, first = client.hmget(key, [f"{part}:n", f"{part}:0"])
+    if n is None or first is None:
         return None
-    chunks = client.hmget(key, [f"{part}:{i}" for i in range(int(n))])
-    if any(c is None for c in chunks):
+    rest = client.hmget(key, [f"{part}:{i}" for i in range(1, int(n))]) if int(n) > 1 else []
+    if any(c is None for c in rest):
         return None  # replaced or expired between the two reads
-    return b"".join(chunks)
+    return b"".join([first, *rest])
 
 
 # ---------------------------------------------------------------- fits
@@ -392,15 +397,17 @@ class SampleRegistry:
 
     def get(self, sample_id: str, *, field: str = "sample_id") -> StoredSample:
         """The stored sample; ``NotFound`` blaming ``field`` when unknown or expired."""
-        data = _read_chunks(self.redis, self.key(sample_id), "npz") if self.exists(sample_id) else None
+        data = _read_chunks(self.redis, self.key(sample_id), "npz") if _is_sample_id(sample_id) else None
         if data is None:
             raise NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
         return StoredSample.from_bytes(data)
 
     def exists(self, sample_id: str) -> bool:
-        return isinstance(sample_id, str) and bool(_SAMPLE_ID_RE.match(sample_id)) and bool(
-            self.redis.exists(self.key(sample_id))
-        )
+        return _is_sample_id(sample_id) and bool(self.redis.exists(self.key(sample_id)))
+
+
+def _is_sample_id(sample_id: object) -> bool:
+    return isinstance(sample_id, str) and bool(_SAMPLE_ID_RE.match(sample_id))
 
 
 # ---------------------------------------------------------------- request helpers
