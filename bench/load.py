@@ -55,12 +55,14 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def start_server(home: Path, redis_url: str, api_keys: str, port: int, workers: int = 1) -> subprocess.Popen:
+def start_server(home: Path, redis_url: str, api_keys: str, port: int, workers: int = 1,
+                 pure_python: bool = False) -> subprocess.Popen:
     env = {**os.environ, "OODSYNTH_HOME": str(home), "OODSYNTH_REDIS_URL": redis_url, "OODSYNTH_API_KEYS": api_keys,
            "OODSYNTH_STORE": str(home / "store")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--workers", str(workers)],
+         "--log-level", "warning", "--workers", str(workers)]
+        + (["--loop", "asyncio", "--http", "h11"] if pure_python else []),
         cwd=REPO, env=env, start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="vectors per class (of 10) in the sample each /generate enqueues, one image each")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (oodsynth serve --workers)")
+    parser.add_argument("--pure-python-server", action="store_true",
+                        help="uvicorn on asyncio + h11 instead of its default uvloop + httptools (the API extra's)")
     parser.add_argument("--memory-calls", type=int, default=0,
                         help="instead: this many sequential /sample calls (npz, then JSON), API RSS every 10%%")
     args = parser.parse_args(argv)
@@ -168,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     from toy_banks import toy_bank
 
     key, entry = new_api_key("write")
-    results: dict = {"method": args.method, "cpu_load_1m_at_start": os.getloadavg()[0], "runs": {}}
+    results: dict = {"method": args.method, "cpu_load_1m_at_start": os.getloadavg()[0], "runs": {},
+                     "server": "asyncio + h11" if args.pure_python_server else "uvicorn's default (uvloop + httptools)"}
     with tempfile.TemporaryDirectory(prefix="oodsynth-load-") as tmp:
         redis_server = start_embedded_redis(Path(tmp) / "redis")
         port = free_port()
         server = None
         try:
-            server = start_server(Path(tmp), redis_server.url, entry, port, args.workers)
+            server = start_server(Path(tmp), redis_server.url, entry, port, args.workers, args.pure_python_server)
             headers = {"Authorization": f"Bearer {key}"}
             limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits) as client:
