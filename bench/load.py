@@ -55,14 +55,12 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def start_server(home: Path, redis_url: str, api_keys: str, port: int, workers: int = 1,
-                 pure_python: bool = False) -> subprocess.Popen:
+def start_server(home: Path, redis_url: str, api_keys: str, port: int, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OODSYNTH_HOME": str(home), "OODSYNTH_REDIS_URL": redis_url, "OODSYNTH_API_KEYS": api_keys,
            "OODSYNTH_STORE": str(home / "store")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--workers", str(workers)]
-        + (["--loop", "asyncio", "--http", "h11"] if pure_python else []),
+         "--log-level", "warning", "--workers", str(workers)],
         cwd=REPO, env=env, start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -157,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="vectors per class (of 10) in the sample each /generate enqueues, one image each")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (oodsynth serve --workers)")
-    parser.add_argument("--pure-python-server", action="store_true",
-                        help="uvicorn on asyncio + h11 instead of its default uvloop + httptools (the API extra's)")
     parser.add_argument("--memory-calls", type=int, default=0,
                         help="instead: this many sequential /sample calls (npz, then JSON), API RSS every 10%%")
     args = parser.parse_args(argv)
@@ -172,14 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     from toy_banks import toy_bank
 
     key, entry = new_api_key("write")
-    results: dict = {"method": args.method, "cpu_load_1m_at_start": os.getloadavg()[0], "runs": {},
-                     "server": "asyncio + h11" if args.pure_python_server else "uvicorn's default (uvloop + httptools)"}
+    results: dict = {"method": args.method, "cpu_load_1m_at_start": os.getloadavg()[0], "runs": {}}
     with tempfile.TemporaryDirectory(prefix="oodsynth-load-") as tmp:
         redis_server = start_embedded_redis(Path(tmp) / "redis")
         port = free_port()
         server = None
         try:
-            server = start_server(Path(tmp), redis_server.url, entry, port, args.workers, args.pure_python_server)
+            server = start_server(Path(tmp), redis_server.url, entry, port, args.workers)
             headers = {"Authorization": f"Bearer {key}"}
             limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits) as client:
@@ -187,9 +182,6 @@ def main(argv: list[str] | None = None) -> int:
                 r = client.post("/fits", data={"name": "load"}, files={"file": ("b.npz", bank.to_bytes(), NPZ)})
                 r.raise_for_status()
                 sample = {"fit": "load", "method": args.method, "n_per_class": 100, "seed": 0}
-                small = client.post("/sample", json={**sample, "n_per_class": args.generate_per_class,
-                                                     "include_vectors": False}).json()
-                generate = {"dataset": "load", "sample_id": small["sample_id"], "steps": 20, "height": 256, "width": 256}
                 results["rss_mb_before"] = rss_mb(server.pid)
                 if args.memory_calls:
                     results["rss_mb"] = memory_run(client, server.pid, args.memory_calls, sample)
@@ -198,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
                 plan = [
                     ("sample_json", "POST", "/sample", 200, {"json": sample}),
                     ("sample_npz", "POST", "/sample", 200, {"json": sample, "headers": {"Accept": NPZ}}),
-                    ("generate", "POST", "/generate", 202, {"json": generate}),
+                    ("generate", "POST", "/generate", 202, {}),
                 ]
                 for name, method, path, ok, kwargs in plan:
                     if args.only and name not in args.only:
                         continue
+                    if name == "generate":  # drawn now: the /sample runs before may have evicted an older sample
+                        small = client.post("/sample", json={**sample, "n_per_class": args.generate_per_class,
+                                                             "include_vectors": False}).json()
+                        kwargs["json"] = {"dataset": "load", "sample_id": small["sample_id"], "steps": 20,
+                                          "height": 256, "width": 256}
                     for concurrency, n in ((1, args.sequential), (args.concurrency, args.concurrent)):
                         label = f"{name} x{concurrency}"
                         results["runs"][label] = run(client, n, concurrency, method, path, ok, server.pid, **kwargs)
