@@ -267,7 +267,7 @@ def warmup_steps(requested: int, preset: str | None) -> int:
 
 
 def compiled_graphs() -> int:
-    """Graphs dynamo has compiled in this process (shows whether one dynamic graph served every batch size)."""
+    """Graphs dynamo has compiled in this process (exact and fast share the full step's graph per shape)."""
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
@@ -402,7 +402,6 @@ def main(argv=None) -> dict:
         seconds, peak = time_call(lambda: fn(n, args.steps), device, args.repeats)
         return {"s_per_batch": seconds, "images_per_s": n / seconds, "peak_gib": peak, "warmup_s": warmup_s}
 
-
     report = dict(
         arch=args.model or args.arch, dtype=str(dtype).removeprefix("torch."), device_kind=torch.device(device).type,
         scheduler=args.scheduler, presets={name: worker.plan(name, args.steps, args.scheduler) for name in args.presets},
@@ -411,6 +410,7 @@ def main(argv=None) -> dict:
         settings=dict(steps=args.steps, guidance_scale=args.guidance_scale, output_size=args.output_size),
         repeats=args.repeats, load_s=load_s, environment=environment(device), rows=[],
     )
+
     def measure(size, n):
         """One row: plain diffusers, then each preset; the JSON is rewritten after each path (a cut run keeps them)."""
         row = dict(size=size, batch_size=n)

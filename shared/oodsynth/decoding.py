@@ -98,12 +98,6 @@ def load_pipeline(
     return pipe
 
 
-# torch.compile's defaults: static graphs first, dynamic ones after a shape changes. Measured on an H200
-# (bench/results/decode_gpu.md): dynamic=True from the start compiled SD's UNet for 345 s and ran exact at
-# 0.98x plain diffusers, slower than the static graphs.
-COMPILE_OPTIONS: dict = {}
-
-
 class OutlierDecoder:
     """A loaded SD pipeline that turns (vector, seed) pairs into images, one vector per image.
 
@@ -179,13 +173,16 @@ class OutlierDecoder:
         ``exact`` and ``fast`` so share one compiled full step instead of
         compiling the UNet twice (once whole, once as ``full_step``). A UNet
         that feature reuse does not support (not SD v1.x's layout) is compiled
-        whole instead, and ``fast`` is refused for it as before.
+        whole instead, and ``fast`` is refused for it as before. torch.compile's
+        defaults (static graphs first): on an H200, ``dynamic=True`` compiled
+        for 345 s and ran ``exact`` at 0.98x plain diffusers against 1.36x
+        (bench/results/decode_gpu.md).
         """
         try:
             self._step_unet(0)
             self._steps_compiled = True
         except ValueError:
-            self.pipe.unet = torch.compile(self.pipe.unet, **COMPILE_OPTIONS)
+            self.pipe.unet = torch.compile(self.pipe.unet)
 
     def _step_unet(self, branch: int):
         """The UNet stand-in that runs full and shallow steps from ``branch`` (built, and compiled, once per process)."""
@@ -194,7 +191,7 @@ class OutlierDecoder:
         if branch not in self._step_unets:
             unet = DeepCacheUNet(self.pipe.unet, interval=1, branch=branch)
             if self._compile:
-                unet.compile_steps(**COMPILE_OPTIONS)
+                unet.compile_steps()
             self._step_unets[branch] = unet
         return self._step_unets[branch]
 
