@@ -89,7 +89,8 @@ def _read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
     n, first = client.hmget(key, [f"{part}:n", f"{part}:0"])
     if n is None or first is None:
         return None
-    rest = client.hmget(key, [f"{part}:{i}" for i in range(1, int(n))]) if int(n) > 1 else []
+    count = int(n)
+    rest = client.hmget(key, [f"{part}:{i}" for i in range(1, count)]) if count > 1 else []
     if any(c is None for c in rest):
         return None  # replaced or expired between the two reads
     return b"".join([first, *rest])

@@ -26,8 +26,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
 # (bench/ood_gain.py; README "Measured OOD gain"): on the product's path (animals, sample -> decode with the
 # trained decoder -> verify at ID percentile 10 -> train-ood, 5 seeds) it has the best near-OOD mean of the
 # samplers measured there (-2.8 FPR95 points, not significant) and it is significantly better than CE only in
-# feature mode on digits (-4.7, t -2.4). On digits' decoded path every sampler is significantly worse than CE
-# only, this one included (+13.8): no sampler meets "never worse than CE only" there (README).
+# feature mode on digits (-4.7, t -2.4). On digits' decoded path no sampler beats CE only and five, this one
+# included (+13.8), are significantly worse: no sampler meets "never worse than CE only" there (README).
 DEFAULT_METHOD = "sphere_hmc"
 
 
