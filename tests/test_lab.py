@@ -141,3 +141,28 @@ def test_decoded_inliers_join_the_id_side_with_their_own_labels(digits_lab_asset
     with pytest.raises(ValueError, match="decoded_inliers"):
         rows["inliers"].run(Cell("digits", 0, SETTINGS, train, test, ood, tmp_path, tmp_path / "w",
                                  lambda: digits_lab_assets))
+
+
+def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, one_thread):
+    """finetune_epochs: the seed's CE-only detector is trained once, cached, and every row fine-tunes it."""
+    from oodsynth.ood_training import load_ood_classifier
+
+    settings = SETTINGS.model_copy(update={"finetune_epochs": 1, "finetune_lr": 0.02})
+    results = run_benchmark(["digits"], ["ce", "noise"], [0], settings, tmp_path, lambda p: lambda: None,
+                            log=lambda line: None)
+    assert results["failures"] == []
+    pretrained = list((tmp_path / "cache" / "digits").glob("pretrained-s0-*.pt"))
+    assert len(pretrained) == 1
+    # it is the from-scratch CE detector: the same settings without fine-tuning name the same file
+    scratch = SETTINGS.key(frozenset())
+    assert pretrained[0].name == f"pretrained-s0-{scratch}.pt"
+    clf = load_ood_classifier(pretrained[0], device="cpu")
+    assert clf.epoch == 2 and not clf.uses_outliers  # SETTINGS' 2 epochs from scratch
+    mtime = pretrained[0].stat().st_mtime_ns
+    again = run_benchmark(["digits"], ["ce", "noise"], [1], settings, tmp_path, lambda p: lambda: None,
+                          log=lambda line: None)
+    assert again["failures"] == [] and pretrained[0].stat().st_mtime_ns == mtime  # seed 0's is reused, not retrained
+    assert len(list((tmp_path / "cache" / "digits").glob("pretrained-s*.pt"))) == 2
+    for c in results["cells"] + again["cells"]:
+        assert 0 <= c["near_fpr95"] <= 1 and c["id_accuracy"] > 0.3
+    assert settings.key(frozenset()) != scratch  # fine-tuned cells are cached apart from from-scratch ones

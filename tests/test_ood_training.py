@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from oodsynth.cli import app
 from oodsynth.data import ImageData, load_dataset
+from oodsynth.errors import InputError
 from oodsynth.ood_training import OODTrainConfig, energy, load_ood_classifier, outlier_dataset, train_ood
 from oodsynth.store import ImageRecord, ResultStore
 
@@ -132,6 +133,61 @@ def test_cli_errors_name_the_option(tmp_path):
     assert res.exit_code == 2 and "error: outliers:" in res.output and "blobs" in res.output
     res = runner.invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--beta", "-1"])
     assert res.exit_code == 2 and "error: beta:" in res.output
+
+
+class ReadOrder(Dataset):
+    """Wraps a dataset and records the order in which its indices are read."""
+
+    def __init__(self, ds):
+        self.ds, self.order = ds, []
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        self.order.append(i)
+        return self.ds[i]
+
+
+def test_fine_tune_starts_from_the_checkpoint_and_pairs_id_batches_with_ce(tmp_path, digits):
+    small = Subset(digits.dataset, range(160))
+    train_ood(tiny_config(epochs=1, beta=0.0, seed=3), ImageData(small, digits.class_names, 16), tmp_path / "ce",
+              progress=False, device="cpu")
+    start = load_ood_classifier(tmp_path / "ce", device="cpu").model.state_dict()
+    outl = [(torch.rand(3, 16, 16), 0) for _ in range(30)]
+    runs = {}
+    for name, beta, ood in (("ce", 0.0, None), ("outliers", 2.5, outl)):
+        ident = ReadOrder(small)
+        # width 99 is replaced by the checkpoint's 4; lr 1e-9 keeps the weights where they started
+        config = tiny_config(epochs=2, beta=beta, seed=7, width=99, lr=1e-9, init_classifier=str(tmp_path / "ce"))
+        clf = train_ood(config, ImageData(ident, digits.class_names, 16), tmp_path / name, outliers=ood,
+                        progress=False, device="cpu")
+        runs[name] = (ident.order, clf)
+    assert len(runs["ce"][0]) == 2 * 160
+    assert runs["ce"][0] == runs["outliers"][0]  # the same ID images in the same order: the pair differs by L_ood only
+    for _, clf in runs.values():
+        assert clf.config.width == 4
+        weights = {k: v for k, v in clf.model.state_dict().items() if k.endswith("weight")}
+        for k, v in weights.items():
+            torch.testing.assert_close(v, start[k], atol=1e-6, rtol=0)
+    assert runs["outliers"][1].uses_outliers and not runs["ce"][1].uses_outliers
+
+
+def test_fine_tune_errors_name_init_classifier(tmp_path, digits):
+    small = ImageData(Subset(digits.dataset, range(64)), digits.class_names, 16)
+    train_ood(tiny_config(beta=0.0), small, tmp_path / "ce", progress=False, device="cpu")
+    cases = [(tiny_config(init_classifier=str(tmp_path / "missing")), small, "does not exist"),
+             (tiny_config(init_classifier=str(tmp_path / "ce")),
+              ImageData(small.dataset, [f"c{i}" for i in range(8)], 16), "differ from the dataset's"),
+             (tiny_config(init_classifier=str(tmp_path / "ce"), image_size=32), small, "trained at image size 16"),
+             (tiny_config(init_classifier=str(tmp_path / "ce"), init_encoder=str(tmp_path / "ce")), small, "not both")]
+    for config, data, message in cases:
+        with pytest.raises(InputError) as err:
+            train_ood(config, data, tmp_path / "run", progress=False, device="cpu")
+        assert err.value.field == "init_classifier" and message in err.value.message
+    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--epochs", "1",
+                                   "--init-classifier", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "error: init_classifier:" in res.output
 
 
 # ---------------------------------------------------------------- feature-space outliers

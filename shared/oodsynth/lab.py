@@ -75,6 +75,12 @@ class LabSettings(BaseModel):
                                    "detector's ID side (decoded from real ID features, kept when re-encoded to "
                                    "their own class): decoding artifacts then sit on both sides, so L_ood cannot "
                                    "separate the outliers by how they were drawn, only by what they show")
+    finetune_epochs: int = Field(0, ge=0, description="0: each row trains its detector from scratch. N: each row "
+                                 "fine-tunes the seed's CE-only detector (trained from scratch once, then cached) "
+                                 "for N epochs with its own loss, Outlier Exposure's protocol: a row and its CE pair "
+                                 "start from the same weights and see the same ID batches, so their difference is "
+                                 "the outliers' alone rather than two training trajectories'")
+    finetune_lr: float = Field(0.01, gt=0, description="the fine-tune's initial learning rate (cosine to 0)")
     decode: dict = Field(default_factory=lambda: {"steps": 10},
                          description="decode settings over the decoder's recommended ones (10 steps: half the CPU)")
 
@@ -94,8 +100,10 @@ class LabSettings(BaseModel):
 
 
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
-LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0}
-DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
+LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01}
+FROM_SCRATCH = {"finetune_epochs": 0, "finetune_lr": 0.01}
+DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr",
+                             "finetune_epochs", "finetune_lr"})
 OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio"})
 INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
 DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess", "decoded_inliers"}
@@ -331,17 +339,38 @@ class CellOutcome:
     info: dict = field(default_factory=dict)
 
 
-def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, **extra):
+def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, *, finetune: bool = True, **extra):
     """The detector's config. The outlier batch grows when needed so that an epoch is one pass over the ID
-    images whatever the outlier count: a row and its CE pair then take exactly the same ID steps."""
+    images whatever the outlier count: a row and its CE pair then take exactly the same ID steps. With
+    ``finetune_epochs`` (and ``finetune``) it fine-tunes the seed's pretrained CE-only detector."""
     from .ood_training import OODTrainConfig
 
     s = cell.settings
     id_steps = math.ceil(len(cell.train) / s.batch_size)
     ood_batch_size = max(s.ood_batch_size, math.ceil(n_outliers / id_steps))
-    return OODTrainConfig(arch=s.arch, width=s.width, epochs=s.epochs_for(len(cell.train)), batch_size=s.batch_size,
-                          ood_batch_size=ood_batch_size, lr=s.lr, beta=beta, seed=cell.seed, dataset=cell.profile,
+    epochs, lr = s.epochs_for(len(cell.train)), s.lr
+    if finetune and s.finetune_epochs:
+        epochs, lr = s.finetune_epochs, s.finetune_lr
+        extra["init_classifier"] = str(pretrained_detector(cell))
+    return OODTrainConfig(arch=s.arch, width=s.width, epochs=epochs, batch_size=s.batch_size,
+                          ood_batch_size=ood_batch_size, lr=lr, beta=beta, seed=cell.seed, dataset=cell.profile,
                           image_size=s.image_size, mean=cell.train.mean, std=cell.train.std, **extra)
+
+
+def pretrained_detector(cell: Cell) -> Path:
+    """The seed's CE-only detector trained from scratch (the ``ce`` row's model without fine-tuning): the
+    checkpoint every fine-tuning row starts from, trained once and cached."""
+    from .ood_training import CHECKPOINT_NAME, train_ood
+
+    scratch = cell.settings.model_copy(update=FROM_SCRATCH)
+    path = cell.cache / f"pretrained-s{cell.seed}-{scratch.key(frozenset())}.pt"
+    if not path.is_file():
+        work = cell.work / "pretrained"
+        train_ood(_ood_config(replace(cell, settings=scratch), 0.0, finetune=False), cell.train, work,
+                  device="cpu", progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, (work / CHECKPOINT_NAME).read_bytes())
+    return path
 
 
 def _as_float_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -455,7 +484,8 @@ def feature_outliers_available() -> bool:
 
 def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = None) -> CellOutcome:
     """Train end to end starting from the assets' text-aligned encoder (its arch, width and image size; anchor
-    head), with feature-space outliers when given; evaluated at the encoder's image size."""
+    head), with feature-space outliers when given; evaluated at the encoder's image size. These rows always
+    start from the encoder: ``finetune_epochs`` does not apply to them."""
     from .ood_training import train_ood
 
     s, assets = cell.settings, cell.assets()
@@ -465,7 +495,7 @@ def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = N
                    cell.cache, cell.work, cell.assets)
     n = 0 if feature_outliers is None else len(feature_outliers.vectors)
     beta = s.beta if feature_outliers is not None else 0.0
-    config = _ood_config(at_size, beta, n, init_encoder=str(assets.encoder_path))
+    config = _ood_config(at_size, beta, n, finetune=False, init_encoder=str(assets.encoder_path))
     clf = train_ood(config, train, cell.work, feature_outliers=feature_outliers, device="cpu", progress=False)
     return CellOutcome(evaluate(clf, test, ood_sets, progress=False), "energy", {"n_outliers": n, **(info or {})})
 

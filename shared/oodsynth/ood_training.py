@@ -22,6 +22,13 @@ feature space away from the one the vectors were drawn in, ``redraw_every``
 re-encodes the ID set every few epochs, refits the class densities and lets
 the sample's own sampler draw afresh (VOS re-estimates its class Gaussians
 from the current features for the same reason).
+
+Fine-tuning (Outlier Exposure's protocol): with ``init_classifier`` the run
+starts from a train-ood checkpoint, typically a CE-only one, and trains
+``epochs`` more with its own loss. A CE-only fine-tune of the same checkpoint
+with the same seed sees the same ID batches in the same order (the outliers
+draw from their own generator here), so the pair differs only by L_ood: the
+paired difference measures the outliers, not two training trajectories.
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ class OODTrainConfig(BaseModel):
         "None: all")
     init_encoder: str | None = Field(None, description="text-aligned encoder checkpoint to start from; gives the "
                                      "model a 768-d feature and an anchor-initialised head (needed for feature outliers)")
+    init_classifier: str | None = Field(None, description="train-ood checkpoint (a run folder or ood.pt; typically "
+                                        "CE only, beta 0) to fine-tune from; its architecture fields replace these")
     redraw_every: int = Field(0, ge=0, description="feature outliers: redraw them from the current features every "
                               "this many epochs; 0 = never")
     redraw_density: Literal[DENSITY_KINDS] = Field("gaussian_full", description="density kind refitted for a redraw")  # type: ignore[valid-type]
@@ -210,6 +219,24 @@ def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainCon
     return config, model, phi
 
 
+def _from_classifier(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainConfig, nn.Module, EnergyHead]:
+    """The model of ``config.init_classifier`` (weights only: a fresh optimiser, schedule and phi)."""
+    try:
+        state = _read(config.init_classifier)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError("init_classifier", f"{exc}") from exc
+    if list(state["class_names"]) != list(train.class_names):
+        raise InputError("init_classifier", f"its classes {state['class_names'][:5]}... differ from the dataset's "
+                         f"{list(train.class_names)[:5]}...")
+    base = OODTrainConfig.model_validate(state["config"])
+    if base.image_size != config.image_size:
+        raise InputError("init_classifier", f"trained at image size {base.image_size}, the data is {config.image_size}")
+    config = config.model_copy(update={k: getattr(base, k) for k in ("arch", "width", "mean", "std")})
+    model, phi = _build(config, len(train.class_names), state.get("feature_dim"))
+    model.load_state_dict(state["model"])
+    return config, model, phi
+
+
 def load_ood_classifier(path: str | Path, device: str | torch.device | None = None) -> OODClassifier:
     state = _read(path)
     config = OODTrainConfig.model_validate(state["config"])
@@ -273,7 +300,11 @@ def train_ood(
     use_images = outliers is not None and config.beta > 0
     use_features = feature_outliers is not None and config.beta > 0
     path = Path(out_dir) / CHECKPOINT_NAME
-    if config.init_encoder:
+    if config.init_encoder and config.init_classifier:
+        raise InputError("init_classifier", "give init_encoder or init_classifier, not both")
+    if config.init_classifier:
+        config, model, phi = _from_classifier(config, train)
+    elif config.init_encoder:
         config, model, phi = _from_encoder(config, train)
         if use_features and feature_outliers.vectors.shape[1] != model.encoder.dim:
             raise InputError("feature_outliers", f"vectors have dim {feature_outliers.vectors.shape[1]}, "
@@ -288,7 +319,10 @@ def train_ood(
     gen = torch.Generator().manual_seed(config.seed)
     id_loader = DataLoader(train.dataset, batch_size=config.batch_size, shuffle=True, generator=gen,
                            num_workers=config.num_workers)
-    ood_loader = (DataLoader(outliers, batch_size=config.ood_batch_size, shuffle=True, generator=gen,
+    # a fine-tune shuffles the outliers with their own generator, so that its ID batches match a CE-only fine-tune
+    # of the same checkpoint step for step; from-scratch runs keep the shared one, so their measured tables reproduce
+    ood_gen = torch.Generator().manual_seed(config.seed + 1) if config.init_classifier else gen
+    ood_loader = (DataLoader(outliers, batch_size=config.ood_batch_size, shuffle=True, generator=ood_gen,
                              num_workers=config.num_workers) if use_images else None)
     # vectors are cheap: they never lengthen an epoch, only image outliers may
     steps_per_epoch = max(len(id_loader), len(ood_loader)) if use_images else len(id_loader)

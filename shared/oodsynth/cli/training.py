@@ -161,6 +161,9 @@ def train_ood_cmd(
                                                 "fed straight to the head (no decoding); needs --init-encoder."),
     init_encoder: Path | None = typer.Option(None, help="Text-aligned encoder run folder to start from "
                                              "(768-d feature + anchor head)."),
+    init_classifier: Path | None = typer.Option(None, help="train-ood run folder (typically CE only, --beta 0) to "
+                                                "fine-tune from, Outlier Exposure's protocol: --epochs more epochs "
+                                                "at --lr; its architecture replaces --arch and --width."),
     redraw_every: int = typer.Option(0, help="With --feature-outliers: redraw them from the current features "
                                      "every N epochs (0 = never)."),
     redraw_density: str = typer.Option("gaussian_full", help="Density kind refitted for a redraw."),
@@ -196,7 +199,9 @@ def train_ood_cmd(
                                 store=str(store_root), outlier_datasets=list(outliers or []),
                                 max_id_percentile=max_id_percentile if max_id_percentile is not None else
                                 None if all_outliers else "auto",
-                                init_encoder=str(init_encoder) if init_encoder else None, redraw_every=redraw_every,
+                                init_encoder=str(init_encoder) if init_encoder else None,
+                                init_classifier=str(init_classifier) if init_classifier else None,
+                                redraw_every=redraw_every,
                                 redraw_density=redraw_density)
     except pydantic.ValidationError as exc:
         raise InputError.from_pydantic(exc) from None
