@@ -166,3 +166,6 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
     for c in results["cells"] + again["cells"]:
         assert 0 <= c["near_fpr95"] <= 1 and c["id_accuracy"] > 0.3
     assert settings.key(frozenset()) != scratch  # fine-tuned cells are cached apart from from-scratch ones
+    from oodsynth.lab import FROM_SCRATCH  # the pretrained detector's settings are the fields' defaults
+
+    assert FROM_SCRATCH == {k: LabSettings.model_fields[k].default for k in FROM_SCRATCH}

@@ -79,7 +79,7 @@ class LabSettings(BaseModel):
                                  "fine-tunes the seed's CE-only detector (trained from scratch once, then cached) "
                                  "for N epochs with its own loss, Outlier Exposure's protocol: a row and its CE pair "
                                  "start from the same weights and see the same ID batches, so their difference is "
-                                 "the outliers' alone rather than two training trajectories'")
+                                 "the outliers' alone rather than two training trajectories")
     finetune_lr: float = Field(0.01, gt=0, description="the fine-tune's initial learning rate (cosine to 0)")
     decode: dict = Field(default_factory=lambda: {"steps": 10},
                          description="decode settings over the decoder's recommended ones (10 steps: half the CPU)")
@@ -101,7 +101,7 @@ class LabSettings(BaseModel):
 
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
 LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01}
-FROM_SCRATCH = {"finetune_epochs": 0, "finetune_lr": 0.01}
+FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr",
                              "finetune_epochs", "finetune_lr"})
 OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio"})
