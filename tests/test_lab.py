@@ -165,7 +165,9 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
     assert len(list((tmp_path / "cache" / "digits").glob("pretrained-s*.pt"))) == 2
     for c in results["cells"] + again["cells"]:
         assert 0 <= c["near_fpr95"] <= 1 and c["id_accuracy"] > 0.3
-    assert settings.key(frozenset()) != scratch  # fine-tuned cells are cached apart from from-scratch ones
+    rows = lab_rows()  # fine-tuned image cells are cached apart from from-scratch ones; encoder-based rows are not
+    assert settings.key(rows["ce"].uses) != SETTINGS.key(rows["ce"].uses)
+    assert settings.key(rows["density"].uses) == SETTINGS.key(rows["density"].uses)
     from oodsynth.lab import FROM_SCRATCH  # the pretrained detector's settings are the fields' defaults
 
     assert FROM_SCRATCH == {k: LabSettings.model_fields[k].default for k in FROM_SCRATCH}

@@ -17,8 +17,9 @@ which is never compiled; it only picks which of two step functions to call,
 and those (``full_step``, ``shallow_step``) are pure functions of tensors
 (latents, timestep tensor, prompt embeddings, kept feature) that
 ``compile_steps`` compiles once each per input shape, with no Python state
-inside them to guard on. The interval is read only by ``forward`` too, so one compiled pair
-serves every interval (``OutlierDecoder`` runs ``exact`` as interval 1 on it).
+inside them to guard on. The interval is read only by ``forward`` too, so one
+compiled pair serves every interval (``OutlierDecoder`` runs ``exact`` as
+interval 1 on it).
 
 A full step computes exactly what ``unet(...)`` computes (tested against it);
 only the SD v1.x forward is supported (no ControlNet/adapter residuals,

@@ -102,8 +102,9 @@ class LabSettings(BaseModel):
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
 LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01}
 FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
-DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr",
-                             "finetune_epochs", "finetune_lr"})
+DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
+# only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it
+FINETUNE_FIELDS = frozenset(FROM_SCRATCH)
 OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio"})
 INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
 DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess", "decoded_inliers"}
@@ -485,7 +486,7 @@ def feature_outliers_available() -> bool:
 def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = None) -> CellOutcome:
     """Train end to end starting from the assets' text-aligned encoder (its arch, width and image size; anchor
     head), with feature-space outliers when given; evaluated at the encoder's image size. These rows always
-    start from the encoder: ``finetune_epochs`` does not apply to them."""
+    start from the encoder: ``finetune_epochs`` does not apply to them (nor to their cache key)."""
     from .ood_training import train_ood
 
     s, assets = cell.settings, cell.assets()
@@ -535,13 +536,15 @@ def lab_rows() -> dict[str, Row]:
     """Every row the lab knows now: the fixed ones, then per registered sampler its decoded/verified/feature rows."""
     from .samplers import SAMPLERS
 
-    rows = [Row("ce", row_ce, None, uses_assets=False), Row("density", row_density, uses=frozenset({"density"})),
-            Row("noise", row_noise, uses=OUTLIER_FIELDS, uses_assets=False),
-            Row("inliers", row_inliers, needs_decoder=True, uses=INLIER_FIELDS)]
+    rows = [Row("ce", row_ce, None, uses=FINETUNE_FIELDS, uses_assets=False),
+            Row("density", row_density, uses=frozenset({"density"})),
+            Row("noise", row_noise, uses=OUTLIER_FIELDS | FINETUNE_FIELDS, uses_assets=False),
+            Row("inliers", row_inliers, needs_decoder=True, uses=INLIER_FIELDS | FINETUNE_FIELDS)]
     for name in SAMPLERS:
-        rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=DECODED_FIELDS),
+        decoded = DECODED_FIELDS | FINETUNE_FIELDS
+        rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=decoded),
                  Row(f"decoded:{name}+verified", decoded_row(name, True), needs_decoder=True,
-                     uses=DECODED_FIELDS | {"max_id_percentile"})]
+                     uses=decoded | {"max_id_percentile"})]
     if feature_outliers_available():
         rows.append(Row("ce:init", row_ce_init, None))
         rows += [Row(f"feature:{name}", feature_row(name), baseline="ce:init", uses=OUTLIER_FIELDS | {"density"})
