@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from oodsynth.cli import app
 from oodsynth.data import ImageData, load_dataset
 from oodsynth.errors import InputError
-from oodsynth.ood_training import OODTrainConfig, energy, load_ood_classifier, outlier_dataset, train_ood
+from oodsynth.evaluation import evaluate
+from oodsynth.ood_training import OODTrainConfig, energy, load_ood_classifier, ood_loss, outlier_dataset, train_ood
 from oodsynth.store import ImageRecord, ResultStore
 
 
@@ -299,3 +300,28 @@ def test_feature_outlier_errors_name_the_field(tmp_path, feature_setup):
     res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--init-encoder", str(tmp_path / "none"),
                                    "--feature-outliers", str(setup["npz"])])
     assert res.exit_code == 2 and "error: init_encoder:" in res.output
+
+
+def test_outlier_exposure_loss_flattens_the_outliers_softmax(tmp_path, digits):
+    """OE's L_ood is the cross-entropy to uniform: log K at uniform logits, and training with it pulls the
+    outliers' max softmax far below a CE-only twin's; phi stays untrained, so evaluate scores energy only."""
+    flat = torch.zeros(5, 8)
+    flat[:2] = torch.randn(2, 8)  # the 2 ID rows do not count
+    assert ood_loss("outlier_exposure", flat, 2, None).item() == pytest.approx(np.log(8))
+    peaked = torch.cat([torch.zeros(2, 8), torch.eye(8)[:3] * 10])
+    assert ood_loss("outlier_exposure", peaked, 2, None).item() > 4 * np.log(8)
+    small = ImageData(Subset(digits.dataset, range(320)), digits.class_names, 16)
+    blobs = [(torch.rand(3, 4, 4).repeat_interleave(4, 1).repeat_interleave(4, 2) * 2 - 1, 0) for _ in range(40)]
+    x_blobs = torch.stack([b[0] for b in blobs])
+    msp = {}
+    for name, beta in (("ce", 0.0), ("oe", 1.0)):
+        clf = train_ood(tiny_config(epochs=3, beta=beta, ood_loss="outlier_exposure"), small, tmp_path / name,
+                        outliers=blobs, progress=False, device="cpu")
+        with torch.no_grad():
+            msp[name] = clf.model(x_blobs).softmax(1).max(1).values.mean().item()
+    print(msp)
+    assert msp["oe"] < 0.5 * msp["ce"] and msp["oe"] < 0.3  # uniform over 8 classes is 0.125
+    assert load_ood_classifier(tmp_path / "oe", device="cpu").config.ood_loss == "outlier_exposure"
+    report = evaluate(clf, ImageData(Subset(digits.dataset, range(64)), digits.class_names, 16),
+                      {"blobs": ImageData(blobs, digits.class_names, 16)}, progress=False)
+    assert set(report.results) == {"energy"}

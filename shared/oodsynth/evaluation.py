@@ -114,8 +114,9 @@ def _report(scorer, kinds: list[str], id_data: ImageData, ood_sets: dict[str, Im
 
 def evaluate(clf: OODClassifier, id_data: ImageData, ood_sets: dict[str, ImageData], *, batch_size: int = 256,
              progress: bool = True) -> EvaluationReport:
-    """Score the ID test set and every OOD set; phi's score only when phi was trained on outliers."""
-    kinds = ["energy", "phi"] if clf.uses_outliers else ["energy"]
+    """Score the ID test set and every OOD set; phi's score only when phi was trained (outliers, logistic loss)."""
+    phi_trained = clf.uses_outliers and clf.config.ood_loss == "energy_logistic"
+    kinds = ["energy", "phi"] if phi_trained else ["energy"]
     return _report(lambda d: score_images(clf, d, batch_size=batch_size, progress=progress), kinds, id_data, ood_sets)
 
 

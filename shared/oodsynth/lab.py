@@ -60,6 +60,9 @@ class LabSettings(BaseModel):
     ood_batch_size: int = Field(64, ge=1)
     lr: float = Field(0.05, gt=0)
     beta: float = Field(0.5, ge=0, description="weight of L_ood; 0.5 measured best of 2.5 / 0.5 / 0.25 here")
+    ood_loss: str = Field("energy_logistic", pattern="^(energy_logistic|outlier_exposure)$",
+                          description="L_ood (oodsynth.ood_training.OOD_LOSSES); rows are ranked by the energy "
+                          "score either way")
     # the outliers
     min_steps: int = Field(300, ge=0, description="epochs grow until the detector takes at least this many ID "
                            "batches (small profiles such as digits get more epochs)")
@@ -100,12 +103,13 @@ class LabSettings(BaseModel):
 
 
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
-LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01}
+LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01,
+                "ood_loss": "energy_logistic"}
 FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 # only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it
 FINETUNE_FIELDS = frozenset(FROM_SCRATCH)
-OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio"})
+OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio", "ood_loss"})
 INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
 DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess", "decoded_inliers"}
 
@@ -354,7 +358,8 @@ def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, *, finetune: bool 
         epochs, lr = s.finetune_epochs, s.finetune_lr
         extra["init_classifier"] = str(pretrained_detector(cell))
     return OODTrainConfig(arch=s.arch, width=s.width, epochs=epochs, batch_size=s.batch_size,
-                          ood_batch_size=ood_batch_size, lr=lr, beta=beta, seed=cell.seed, dataset=cell.profile,
+                          ood_batch_size=ood_batch_size, lr=lr, beta=beta, ood_loss=s.ood_loss, seed=cell.seed,
+                          dataset=cell.profile,
                           image_size=s.image_size, mean=cell.train.mean, std=cell.train.std, **extra)
 
 

@@ -2,7 +2,10 @@
 
 L_ood is the binary logistic loss of phi(E(f(x))), where E = -logsumexp of
 the classifier's logits and phi is a small MLP; ID images are labelled 1,
-outliers 0. Each step takes one ID batch and one outlier batch; an epoch is
+outliers 0 (DREAM-OOD's and VOS's loss). With ``ood_loss="outlier_exposure"``
+it is Outlier Exposure's instead: the cross-entropy from the outliers' softmax
+to the uniform distribution, which asks nothing of the ID images' energies and
+leaves phi untrained. Each step takes one ID batch and one outlier batch; an epoch is
 as long as the longer of the two loaders and the shorter one is cycled (and
 reshuffled), so neither set is truncated. Outliers come from the result store
 (any number of its datasets) and are resized to the ID resolution.
@@ -54,6 +57,7 @@ from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_feature_outliers
 
 CHECKPOINT_NAME = "ood.pt"
+OOD_LOSSES = ("energy_logistic", "outlier_exposure")
 
 
 class OODTrainConfig(BaseModel):
@@ -70,6 +74,8 @@ class OODTrainConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)
     beta: float = Field(0.5, ge=0, description="weight of L_ood; 0 = CE-only baseline. 0.5 measured best of "
                         "2.5 / 0.5 / 0.25 in the OOD lab (2.5: near-OOD FPR95 13-20 points worse)")
+    ood_loss: Literal[OOD_LOSSES] = Field("energy_logistic", description="energy_logistic: phi's logistic loss on "  # type: ignore[valid-type]
+                                          "the energy (DREAM-OOD); outlier_exposure: outliers' softmax to uniform (OE)")
     phi_hidden: int = Field(16, ge=1)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
@@ -106,6 +112,14 @@ class EnergyHead(nn.Module):
 def energy(logits: torch.Tensor) -> torch.Tensor:
     """E(x) = -logsumexp(f(x)); low on ID data."""
     return -torch.logsumexp(logits, dim=1)
+
+
+def ood_loss(kind: str, logits: torch.Tensor, n_id: int, phi: EnergyHead) -> torch.Tensor:
+    """L_ood of one step; ``logits`` holds the ``n_id`` ID rows first, then the outliers' rows."""
+    if kind == "outlier_exposure":  # cross-entropy to the uniform distribution, averaged over the outliers
+        return -logits[n_id:].log_softmax(dim=1).mean(dim=1).mean()
+    target = torch.cat([torch.ones(n_id), torch.zeros(len(logits) - n_id)]).to(logits.device)
+    return F.binary_cross_entropy_with_logits(phi(energy(logits)), target)
 
 
 class FeatureClassifier(nn.Module):
@@ -353,8 +367,7 @@ def train_ood(
             if use_features:
                 logits = torch.cat([logits, model.classify(vectors.next().to(device))])
             if use_images or use_features:
-                target = torch.cat([torch.ones(len(y)), torch.zeros(len(logits) - len(y))]).to(device)
-                l_ood = F.binary_cross_entropy_with_logits(phi(energy(logits)), target)
+                l_ood = ood_loss(config.ood_loss, logits, len(y), phi)
                 loss = ce + config.beta * l_ood
             else:
                 l_ood = torch.zeros((), device=device)

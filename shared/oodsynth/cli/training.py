@@ -169,6 +169,8 @@ def train_ood_cmd(
     redraw_density: str = typer.Option("gaussian_full", help="Density kind refitted for a redraw."),
     beta: float = typer.Option(0.5, help="Weight of L_ood; 0 or no --outliers = CE-only baseline (0.5: measured "
                                "best in the OOD lab)."),
+    ood_loss: str = typer.Option("energy_logistic", help="L_ood: energy_logistic (phi on the energy, DREAM-OOD) "
+                                 "or outlier_exposure (outliers' softmax to uniform, OE)."),
     arch: str = typer.Option("resnet18"),
     width: int = typer.Option(64),
     epochs: int = typer.Option(100),
@@ -195,6 +197,7 @@ def train_ood_cmd(
     try:
         config = OODTrainConfig(arch=arch, width=width, epochs=epochs, batch_size=batch_size,
                                 ood_batch_size=ood_batch_size, lr=lr, weight_decay=weight_decay, beta=beta, seed=seed,
+                                ood_loss=ood_loss,
                                 dataset=dataset, image_size=train.image_size, mean=train.mean, std=train.std,
                                 store=str(store_root), outlier_datasets=list(outliers or []),
                                 max_id_percentile=max_id_percentile if max_id_percentile is not None else
