@@ -109,8 +109,10 @@ def timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[float
 def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, ok: int, server_pid: int | None = None,
         **kwargs) -> dict:
     """``n`` requests, ``concurrency`` at a time: percentiles (ms), throughput (req/s), errors, bytes per answer,
-    and the server's CPU ms per request (its own cost, apart from the machine's other load)."""
+    and the CPU ms per request of the server and of this client (their own costs, apart from the machine's other
+    load: on 2 shared cores, the client's share is CPU the server does not get)."""
     cpu_before = cpu_seconds(server_pid) if server_pid else float("nan")
+    client_cpu_before = time.process_time()
     start = time.perf_counter()
     if concurrency == 1:
         results = [timed(client, method, path, **kwargs) for _ in range(n)]
@@ -119,13 +121,14 @@ def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, 
             results = list(pool.map(lambda _: timed(client, method, path, **kwargs), range(n)))
     wall = time.perf_counter() - start
     server_cpu_ms = (cpu_seconds(server_pid) - cpu_before) * 1000 / n if server_pid else float("nan")
+    client_cpu_ms = (time.process_time() - client_cpu_before) * 1000 / n
     lat = np.array([r[0] for r in results]) * 1000
     errors = sum(r[1] != ok for r in results)
     return {
         "n": n, "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
         "p99_ms": float(np.percentile(lat, 99)), "throughput_rps": n / wall, "errors": int(errors),
         "statuses": sorted({r[1] for r in results}), "bytes_per_answer": int(np.mean([r[2] for r in results])),
-        "server_cpu_ms_per_request": server_cpu_ms,
+        "server_cpu_ms_per_request": server_cpu_ms, "client_cpu_ms_per_request": client_cpu_ms,
     }
 
 
@@ -213,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     n_gen = 10 * args.generate_per_class
     print(f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a {n_gen}-vector "
           f"sample ({n_gen} images)")
-    print("| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer | API CPU ms/request |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer | API CPU ms/request | "
+          "client CPU ms/request |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in results["runs"].items():
         print(f"| {label} | {r['n']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} | {r['server_cpu_ms_per_request']:.1f} |")
+              f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} | {r['server_cpu_ms_per_request']:.1f} | "
+              f"{r['client_cpu_ms_per_request']:.1f} |")
     print(f"API RSS {results['rss_mb_before']:.0f} -> {results['rss_mb_after']:.0f} MB; "
           f"1-min load average {results['cpu_load_1m_at_start']:.1f} at start, {results['cpu_load_1m_at_end']:.1f} at end")
     if args.out:

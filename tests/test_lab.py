@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pydantic
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -65,6 +66,25 @@ def test_verified_pool_keeps_only_outliers_below_the_threshold(digits_lab_assets
     assert len(pool.choose(4, None)) == 32
     cached = decoded_pool(digits_lab_assets, "knn_boundary", 1, SETTINGS, tmp_path)
     assert torch.equal(cached.images, pool.images)
+
+
+def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(digits_lab_assets, tmp_path,
+                                                                                one_thread):
+    tuned = SETTINGS.model_copy(update={"sampler_params": {"boundary_crossing": {"select": 1, "jitter": 0.0}}})
+    default = decoded_pool(digits_lab_assets, "boundary_crossing", 1, SETTINGS, tmp_path)
+    pool = decoded_pool(digits_lab_assets, "boundary_crossing", 1, tuned, tmp_path)
+    assert len(list(tmp_path.glob("decoded-boundary_crossing*-s1-*.pt"))) == 2  # one cached pool each
+    assert not torch.equal(pool.images, default.images)
+    assert torch.equal(decoded_pool(digits_lab_assets, "boundary_crossing", 1, tuned, tmp_path).images, pool.images)
+    rows = lab_rows()
+    for name, changes in (("ce", False), ("noise", False), ("decoded:boundary_crossing+verified", True),
+                          ("feature:boundary_crossing", True)):
+        assert (SETTINGS.key(rows[name].uses) != tuned.key(rows[name].uses)) is changes, name
+    assert LabSettings().key() == LabSettings(sampler_params={}).key()  # cells cached before the field stay valid
+    with pytest.raises(pydantic.ValidationError, match="boundary_crossing"):
+        LabSettings(sampler_params={"boundary_crossing": {"select": 0}})
+    with pytest.raises(pydantic.ValidationError, match="unknown sampler 'nope'"):
+        LabSettings(sampler_params={"nope": {}})
 
 
 def test_summary_statistics_are_paired():

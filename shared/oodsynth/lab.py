@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import TensorDataset
 
 from .data import ImageData, image_tensors, load_profile_split, profile_ood_sets
@@ -71,6 +71,9 @@ class LabSettings(BaseModel):
                               "verified row keeps the first ones that pass, the plain row the first ones")
     max_id_percentile: float = Field(DEFAULT_MAX_ID_PERCENTILE, ge=0, le=100, description="verification threshold")
     density: str = "gaussian_full"
+    sampler_params: dict[str, dict] = Field(default_factory=dict, description="per sampler, parameters over its "
+                                            "defaults, e.g. {\"boundary_crossing\": {\"select\": 600}}: how a "
+                                            "parameter default is ranked in the lab")
     outlier_postprocess: str = Field("none", pattern="^(none|binarize)$", description="binarize: threshold decoded "
                                      "images at 0.5 and soften the edges (3x3 Gaussian, sigma 0.6), so silhouette "
                                      "outliers lose the decoder's grey haze and blur, cues that real images never carry")
@@ -86,6 +89,19 @@ class LabSettings(BaseModel):
     finetune_lr: float = Field(0.01, gt=0, description="the fine-tune's initial learning rate (cosine to 0)")
     decode: dict = Field(default_factory=lambda: {"steps": 10},
                          description="decode settings over the decoder's recommended ones (10 steps: half the CPU)")
+
+    @field_validator("sampler_params")
+    @classmethod
+    def _known_samplers_and_params(cls, v: dict[str, dict]) -> dict[str, dict]:
+        """Fail at --set time, not after hours of other cells: every name a sampler, every parameter its own."""
+        from .samplers import get_sampler
+
+        for name, params in v.items():
+            try:
+                get_sampler(name, params)
+            except Exception as exc:  # UnknownSamplerError or pydantic's ValidationError, both with a clear text
+                raise ValueError(f"{name}: {exc}") from None
+        return v
 
     def per_class(self, n_train: int, n_classes: int, ratio: float | None = None) -> int:
         """Images per class that reach the detector: ``ratio`` (default ``outlier_ratio``) of the ID training set."""
@@ -104,14 +120,15 @@ class LabSettings(BaseModel):
 
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
 LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01,
-                "ood_loss": "energy_logistic"}
+                "ood_loss": "energy_logistic", "sampler_params": {}}
 FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 # only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it
 FINETUNE_FIELDS = frozenset(FROM_SCRATCH)
 OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio", "ood_loss"})
 INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
-DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess", "decoded_inliers"}
+DECODED_FIELDS = OUTLIER_FIELDS | {"oversample", "density", "decode", "outlier_postprocess", "decoded_inliers",
+                                   "sampler_params"}
 
 
 QUICK = {"epochs": 2, "min_steps": 0, "outlier_ratio": 0.1}
@@ -295,11 +312,13 @@ def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettin
     from .samplers import get_sampler
 
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
-    path = _pool_path(cache, f"{sampler}-s{seed}", assets, settings, n_pool)
+    params = settings.sampler_params.get(sampler) or {}
+    tag = f"-{hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]}" if params else ""
+    path = _pool_path(cache, f"{sampler}{tag}-s{seed}", assets, settings, n_pool)
     if (pool := _cached_pool(path)) is not None:
         return pool
     t0 = time.perf_counter()
-    result = get_sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
+    result = get_sampler(sampler, params).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
     return _decode_verified(assets, result.vectors, result.class_index, seed, settings, path,
                             time.perf_counter() - t0)
 
@@ -517,7 +536,8 @@ def feature_row(sampler: str) -> Callable[[Cell], CellOutcome]:
 
         s, assets = cell.settings, cell.assets()
         n = s.per_class(len(cell.train), len(cell.train.class_names))
-        return _train_from_encoder(cell, get_sampler(sampler).sample(assets.fit, n, seed=cell.seed, bank=assets.bank))
+        sampler_ = get_sampler(sampler, s.sampler_params.get(sampler))
+        return _train_from_encoder(cell, sampler_.sample(assets.fit, n, seed=cell.seed, bank=assets.bank))
 
     run.__doc__ = f"{sampler} vectors fed straight to the head (no decoding), end to end from the encoder."
     return run
@@ -552,8 +572,8 @@ def lab_rows() -> dict[str, Row]:
                      uses=decoded | {"max_id_percentile"})]
     if feature_outliers_available():
         rows.append(Row("ce:init", row_ce_init, None))
-        rows += [Row(f"feature:{name}", feature_row(name), baseline="ce:init", uses=OUTLIER_FIELDS | {"density"})
-                 for name in SAMPLERS]
+        rows += [Row(f"feature:{name}", feature_row(name), baseline="ce:init",
+                     uses=OUTLIER_FIELDS | {"density", "sampler_params"}) for name in SAMPLERS]
     return {r.name: r for r in rows}
 
 
