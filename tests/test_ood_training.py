@@ -134,6 +134,8 @@ def test_cli_errors_name_the_option(tmp_path):
     assert res.exit_code == 2 and "error: outliers:" in res.output and "blobs" in res.output
     res = runner.invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--beta", "-1"])
     assert res.exit_code == 2 and "error: beta:" in res.output
+    res = runner.invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--ood-loss", "hinge"])
+    assert res.exit_code == 2 and "error: ood_loss:" in res.output and "outlier_exposure" in res.output
 
 
 class ReadOrder(Dataset):

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from .densities import DENSITY_KINDS, ClassDensities
 from .encoder_training import EncoderCheckpoint, EncoderTrainConfig, load_encoder, train_encoder
 from .evaluation import EvaluationReport, evaluate, evaluate_density
 from .features import build_bank
+from .ood_training import OOD_LOSSES
 from .verification import DEFAULT_MAX_ID_PERCENTILE, Verification, images_to_tensor, verify_images
 
 
@@ -60,9 +62,8 @@ class LabSettings(BaseModel):
     ood_batch_size: int = Field(64, ge=1)
     lr: float = Field(0.05, gt=0)
     beta: float = Field(0.5, ge=0, description="weight of L_ood; 0.5 measured best of 2.5 / 0.5 / 0.25 here")
-    ood_loss: str = Field("energy_logistic", pattern="^(energy_logistic|outlier_exposure)$",
-                          description="L_ood (oodsynth.ood_training.OOD_LOSSES); rows are ranked by the energy "
-                          "score either way")
+    ood_loss: Literal[OOD_LOSSES] = Field("energy_logistic", description="L_ood of every row with "  # type: ignore[valid-type]
+                                          "outliers; rows are ranked by the energy score either way")
     # the outliers
     min_steps: int = Field(300, ge=0, description="epochs grow until the detector takes at least this many ID "
                            "batches (small profiles such as digits get more epochs)")

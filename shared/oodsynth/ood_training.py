@@ -5,9 +5,9 @@ the classifier's logits and phi is a small MLP; ID images are labelled 1,
 outliers 0 (DREAM-OOD's and VOS's loss). With ``ood_loss="outlier_exposure"``
 it is Outlier Exposure's instead: the cross-entropy from the outliers' softmax
 to the uniform distribution, which asks nothing of the ID images' energies and
-leaves phi untrained. Each step takes one ID batch and one outlier batch; an epoch is
-as long as the longer of the two loaders and the shorter one is cycled (and
-reshuffled), so neither set is truncated. Outliers come from the result store
+leaves phi untrained. Each step takes one ID batch and one outlier batch; an
+epoch is as long as the longer of the two loaders and the shorter one is
+cycled (and reshuffled), so neither set is truncated. Outliers come from the result store
 (any number of its datasets) and are resized to the ID resolution.
 
 With beta = 0 or no outlier datasets it is plain CE training: the baseline.
