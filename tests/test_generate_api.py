@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pydantic
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -15,7 +16,7 @@ from rq.serializers import JSONSerializer
 
 from oodsynth.bank import FeatureBank
 from oodsynth.config import get_settings
-from oodsynth.jobs import DecodeJob
+from oodsynth.jobs import PACKED_VECTOR_PREFIX, DecodeJob, unpack_vector
 from oodsynth.queue import JOB_FUNCTION, queue_stats
 from services.embed_sampler.app import create_app
 from toy_banks import toy_bank
@@ -77,11 +78,12 @@ def test_generate_from_sample_splits_and_is_deterministic(api, redis_url):
     assert first["diagnostics"]["knn_distance"] is None  # NaN (no bank) travels as null
     # Each vector keeps its own row; the two repeats of one vector share it.
     assert items[0]["vector"] == items[1]["vector"] != items[2]["vector"]
-    # Vectors travel as shortest float32 text and read back bit-exact; the worker's schema accepts every payload.
+    # Vectors travel as base64 float32 and read back bit-exact; the worker's schema accepts every payload.
     stored = np.asarray(api.get(f"/samples/{sample_id}").json()["vectors"], dtype=np.float32)
     for it in items:
         row = int(it["vector_id"].rsplit(":", 1)[1])
-        assert np.array_equal(np.asarray(it["vector"], dtype=np.float32), stored[row])
+        assert it["vector"].startswith(PACKED_VECTOR_PREFIX)
+        assert np.array_equal(np.asarray(unpack_vector(it["vector"]), dtype=np.float32), stored[row])
     assert all(len(DecodeJob.model_validate(p).items) == len(p["items"]) for p in payloads)
 
     # The same request again names the same images with the same seeds (retries rewrite, never add).
@@ -102,7 +104,7 @@ def test_inline_vectors_rescaled_to_anchor_norm(api, redis_url):
     r = api.post("/generate", json={"vectors": vectors.tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"})
     assert r.status_code == 202, r.text
     (payload,) = _payloads(redis_url, r.json()["job_ids"])
-    norms = [np.linalg.norm(it["vector"]) for it in payload["items"]]
+    norms = [np.linalg.norm(unpack_vector(it["vector"])) for it in payload["items"]]
     np.testing.assert_allclose(norms, ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5)
     assert [it["class_name"] for it in payload["items"]] == ["sea lion", "cat", "sea lion"]
     assert all(it["sampler"] == "inline" for it in payload["items"])
@@ -110,7 +112,8 @@ def test_inline_vectors_rescaled_to_anchor_norm(api, redis_url):
     r = api.post("/generate", json={"vectors": (vectors * 1e-5).tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"})
     assert r.status_code == 202, r.text
     (payload,) = _payloads(redis_url, r.json()["job_ids"])
-    np.testing.assert_allclose([np.linalg.norm(it["vector"]) for it in payload["items"]], ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5)
+    np.testing.assert_allclose([np.linalg.norm(unpack_vector(it["vector"])) for it in payload["items"]],
+                               ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5)
 
 
 def _image_ids(api, redis_url, body) -> list[str]:
@@ -207,3 +210,25 @@ def test_failed_job_reports_error_text(api, redis_url, settings_env):
     assert "Traceback" not in state["error"] and "\n" not in state["error"]  # one line; the traceback stays in the logs
     (mine,) = [q for q in queue_stats(queue.connection)["queues"] if q["name"] == queue.name]
     assert mine["failed"] == 1 and mine["queued"] == 0
+
+
+def test_packed_vectors_round_trip_exactly_and_bad_text_names_the_vector():
+    """The queue's vector text (base64 float32) reads back bit-exact; corrupt text or a NaN inside it fails the
+    worker's validation at that item's vector, as a list payload would."""
+    from oodsynth.jobs import DecodeItem, pack_vector
+
+    v = np.random.default_rng(0).normal(size=768).astype(np.float32)
+    assert np.array_equal(np.asarray(unpack_vector(pack_vector(v)), dtype=np.float32), v)
+    base = dict(image_id="a", vector_id="s:0", class_index=0, class_name="cat", seed=1, sampler="inline")
+    assert DecodeItem(**base, vector=pack_vector(v)).vector == DecodeItem(**base, vector=v.tolist()).vector
+    bad_nan = v.copy()
+    bad_nan[5] = np.nan
+    for text, message in ((pack_vector(v)[10:], "starts with"), (pack_vector(v)[:-3] + "!!!", "not base64"),
+                          (PACKED_VECTOR_PREFIX + "AAAAAAA=", "whole number of float32"),
+                          (pack_vector(bad_nan), "finite")):
+        with pytest.raises(pydantic.ValidationError, match=message) as info:
+            DecodeItem(**base, vector=text)
+        assert info.value.errors()[0]["loc"][0] == "vector"
+    with pytest.raises(pydantic.ValidationError) as info:
+        DecodeItem(**base, vector=pack_vector(bad_nan))
+    assert info.value.errors()[0]["loc"] == ("vector", 5)

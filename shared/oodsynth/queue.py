@@ -2,7 +2,8 @@
 
 * Payloads are JSON, never pickle: whoever can write to Redis must not be able
   to run code on the GPU workers. They are written by orjson, with each vector
-  as float32 (``PayloadSerializer``, ``CompactJob``: a tenth of the CPU of RQ's
+  packed as base64 float32 (``jobs.pack_vector``) and stored without a zlib
+  pass (``PayloadSerializer``, ``CompactJob``: a fraction of the CPU of RQ's
   defaults and half the bytes), and read by RQ's ``JSONSerializer`` anywhere.
 * The job function (``oodsynth.decode_job.decode_task``) is referenced by
   name, so the API never imports torch.
@@ -26,7 +27,6 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import orjson
 import redis
 from rq import Queue, Retry, Worker
@@ -40,7 +40,7 @@ from rq.utils import current_timestamp
 from .config import Settings, get_settings
 from .errors import InputError, NotFound
 from .batching import batches
-from .jobs import DecodeJob, wait_until_terminal
+from .jobs import DecodeJob, pack_vector, wait_until_terminal
 from .redact import failure_line
 
 JOB_FUNCTION = "oodsynth.decode_job.decode_task"
@@ -55,23 +55,23 @@ def connect() -> redis.Redis:
 
 
 class PayloadSerializer(JSONSerializer):
-    """RQ's JSON, written by orjson: 15x faster than ``json.dumps`` on job payloads, and numpy float32 arrays
-    print in their shortest float32 form (half the text, read back to the same float32). Any
-    ``JSONSerializer`` (the worker, rq-dashboard) reads it."""
+    """RQ's JSON, written by orjson: 15x faster than ``json.dumps`` on job payloads. Any ``JSONSerializer``
+    (the worker, rq-dashboard) reads it."""
 
     @staticmethod
     def dumps(obj, *args, **kwargs) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-PAYLOAD_ZLIB_LEVEL = 1
+PAYLOAD_ZLIB_LEVEL = 0
 
 
 class CompactJob(Job):
-    """An RQ job whose payload is compressed at zlib level 1 instead of RQ's default 6.
+    """An RQ job whose payload is stored (zlib level 0) instead of compressed at RQ's default level 6.
 
-    On float text, level 6 costs 8x the CPU of level 1 for 10 % fewer bytes; it was most of
-    ``POST /generate``'s time. Readers decompress either level (``Job.restore``).
+    The payload is mostly base64 float32 vectors, which zlib cannot shrink by much: level 1 saved 27 % of
+    the bytes for 1.1 ms per 10-image job, and level 6 costs 8x that; the compression was most of
+    ``POST /generate``'s CPU. A level-0 stream is still zlib, so every reader (``Job.restore``) reads it.
     """
 
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict:
@@ -121,9 +121,8 @@ def enqueue_decode(
     # One dump of the job, then per RQ job a slice of its items: no per-job copy of the model.
     shared = job.model_dump(mode="json", exclude={"items"})
     items = job.model_dump(mode="json", include={"items"}, exclude={"items": {"__all__": {"vector"}}})["items"]
-    vectors = np.asarray([item.vector for item in job.items], dtype=np.float32)  # float32: exact, half the text
-    for item, vector in zip(items, vectors):
-        item["vector"] = vector
+    for item, model in zip(items, job.items):
+        item["vector"] = pack_vector(model.vector)
     data = []
     for part in batches(items, size):
         data.append(
