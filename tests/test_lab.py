@@ -79,12 +79,38 @@ def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(
     rows = lab_rows()
     for name, changes in (("ce", False), ("noise", False), ("decoded:boundary_crossing+verified", True),
                           ("feature:boundary_crossing", True)):
-        assert (SETTINGS.key(rows[name].uses) != tuned.key(rows[name].uses)) is changes, name
+        row = rows[name]
+        assert (SETTINGS.key(row.uses, row.sampler) != tuned.key(row.uses, row.sampler)) is changes, name
+    ci = rows["decoded:class_interpolation+verified"]  # another sampler's row: its own parameters did not change
+    assert SETTINGS.key(ci.uses, ci.sampler) == tuned.key(ci.uses, ci.sampler)
     assert LabSettings().key() == LabSettings(sampler_params={}).key()  # cells cached before the field stay valid
-    with pytest.raises(pydantic.ValidationError, match="boundary_crossing"):
-        LabSettings(sampler_params={"boundary_crossing": {"select": 0}})
-    with pytest.raises(pydantic.ValidationError, match="unknown sampler 'nope'"):
-        LabSettings(sampler_params={"nope": {}})
+
+
+def test_a_changed_sampler_default_finds_the_cells_that_measured_it(monkeypatch):
+    """A default changed after the lab measured it (the old value recorded in PARAMS_WHEN_CACHED): the default
+    settings' rows of that sampler now key to the cells run with the new value given explicitly, asking for the
+    old value finds the old default's cells, and other samplers' rows keep their keys."""
+    from pydantic import Field
+
+    from oodsynth import lab
+    from oodsynth.samplers.boundary_crossing import BoundaryCrossingParams, BoundaryCrossingSampler
+
+    rows = lab_rows()
+    bc, ci = rows["decoded:boundary_crossing+verified"], rows["decoded:class_interpolation+verified"]
+    measured = LabSettings(sampler_params={"boundary_crossing": {"select": 300}}).key(bc.uses, bc.sampler)
+    old_default = LabSettings().key(bc.uses, bc.sampler)
+    ci_key = LabSettings().key(ci.uses, ci.sampler)
+    assert measured != old_default
+
+    class Select300(BoundaryCrossingParams):
+        select: int = Field(300, ge=1, le=100_000)
+
+    monkeypatch.setattr(BoundaryCrossingSampler, "Params", Select300)  # the default changes to 300 ...
+    monkeypatch.setattr(lab, "PARAMS_WHEN_CACHED", {"boundary_crossing": {"select": 100}})  # ... from 100
+    assert LabSettings().changed_sampler_params() == {"boundary_crossing": {"select": 300}}
+    assert LabSettings().key(bc.uses, bc.sampler) == measured
+    assert LabSettings(sampler_params={"boundary_crossing": {"select": 100}}).key(bc.uses, bc.sampler) == old_default
+    assert LabSettings().key(ci.uses, ci.sampler) == ci_key
 
 
 def test_summary_statistics_are_paired():

@@ -111,9 +111,27 @@ class LabSettings(BaseModel):
     def epochs_for(self, n_train: int) -> int:
         return max(self.epochs, math.ceil(self.min_steps / math.ceil(n_train / self.batch_size)))
 
-    def key(self, fields: frozenset[str] | None = None) -> str:
-        """Hash of the settings (or of the detector settings plus ``fields``: what one row depends on)."""
-        data = {k: v for k, v in self.model_dump(mode="json").items() if LATER_FIELDS.get(k, object()) != v}
+    def changed_sampler_params(self) -> dict[str, dict]:
+        """Per sampler, the parameters that differ from the ones the lab's cells were first cached with: the
+        sampler's defaults, except where ``PARAMS_WHEN_CACHED`` records older ones. A changed default thus gets
+        its own cells and pools, and asking for it explicitly finds the cells of the run that measured it."""
+        from .samplers import get_sampler
+
+        out = {}
+        for name in sorted(set(self.sampler_params) | set(PARAMS_WHEN_CACHED)):
+            full = get_sampler(name, self.sampler_params.get(name)).params.model_dump(mode="json")
+            base = {**get_sampler(name).params.model_dump(mode="json"), **PARAMS_WHEN_CACHED.get(name, {})}
+            if diff := {k: v for k, v in full.items() if v != base[k]}:
+                out[name] = diff
+        return out
+
+    def key(self, fields: frozenset[str] | None = None, sampler: str | None = None) -> str:
+        """Hash of the settings (or of the detector settings plus ``fields``: what one row depends on; a row
+        of one ``sampler`` depends on that sampler's parameters only)."""
+        data = self.model_dump(mode="json")
+        changed = self.changed_sampler_params()
+        data["sampler_params"] = changed if fields is None else {k: v for k, v in changed.items() if k == sampler}
+        data = {k: v for k, v in data.items() if LATER_FIELDS.get(k, object()) != v}
         if fields is not None:
             data = {k: v for k, v in data.items() if k in DETECTOR_FIELDS | fields}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
@@ -122,6 +140,8 @@ class LabSettings(BaseModel):
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
 LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01,
                 "ood_loss": "energy_logistic", "sampler_params": {}}
+# sampler parameters whose default changed after the lab cached cells with them (LabSettings.changed_sampler_params)
+PARAMS_WHEN_CACHED: dict[str, dict] = {}
 FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 # only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it
@@ -313,13 +333,14 @@ def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettin
     from .samplers import get_sampler
 
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
-    params = settings.sampler_params.get(sampler) or {}
-    tag = f"-{hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]}" if params else ""
+    changed = settings.changed_sampler_params().get(sampler)
+    tag = f"-{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}" if changed else ""
     path = _pool_path(cache, f"{sampler}{tag}-s{seed}", assets, settings, n_pool)
     if (pool := _cached_pool(path)) is not None:
         return pool
     t0 = time.perf_counter()
-    result = get_sampler(sampler, params).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
+    result = get_sampler(sampler, settings.sampler_params.get(sampler)).sample(assets.fit, n_pool, seed=seed,
+                                                                               bank=assets.bank)
     return _decode_verified(assets, result.vectors, result.class_index, seed, settings, path,
                             time.perf_counter() - t0)
 
@@ -552,6 +573,7 @@ class Row:
     needs_decoder: bool = False
     uses: frozenset[str] = frozenset()  # settings beyond the detector's that its result depends on (cache key)
     uses_assets: bool = True  # built from the generation side: its cache key names the assets
+    sampler: str | None = None  # the sampler whose parameters its key names (when it uses "sampler_params")
 
     @property
     def description(self) -> str:
@@ -568,13 +590,13 @@ def lab_rows() -> dict[str, Row]:
             Row("inliers", row_inliers, needs_decoder=True, uses=INLIER_FIELDS | FINETUNE_FIELDS)]
     for name in SAMPLERS:
         decoded = DECODED_FIELDS | FINETUNE_FIELDS
-        rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=decoded),
+        rows += [Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=decoded, sampler=name),
                  Row(f"decoded:{name}+verified", decoded_row(name, True), needs_decoder=True,
-                     uses=decoded | {"max_id_percentile"})]
+                     uses=decoded | {"max_id_percentile"}, sampler=name)]
     if feature_outliers_available():
         rows.append(Row("ce:init", row_ce_init, None))
         rows += [Row(f"feature:{name}", feature_row(name), baseline="ce:init",
-                     uses=OUTLIER_FIELDS | {"density", "sampler_params"}) for name in SAMPLERS]
+                     uses=OUTLIER_FIELDS | {"density", "sampler_params"}, sampler=name) for name in SAMPLERS]
     return {r.name: r for r in rows}
 
 
@@ -596,7 +618,7 @@ def cell_path(out: Path, profile: str, row: Row, seed: int, settings: LabSetting
     and by the assets it was built from."""
     safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row.name)
     tag = f"-{assets_tag}" if assets_tag else ""
-    return out / "cells" / profile / safe / f"{settings.key(row.uses)}{tag}-seed{seed}.json"
+    return out / "cells" / profile / safe / f"{settings.key(row.uses, row.sampler)}{tag}-seed{seed}.json"
 
 
 class LabData:
