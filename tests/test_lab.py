@@ -87,16 +87,20 @@ def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(
 
 
 def test_a_changed_sampler_default_finds_the_cells_that_measured_it(monkeypatch):
-    """A default changed after the lab measured it (the old value recorded in PARAMS_WHEN_CACHED): the default
-    settings' rows of that sampler now key to the cells run with the new value given explicitly, asking for the
-    old value finds the old default's cells, and other samplers' rows keep their keys."""
+    """Keys name a sampler's parameters relative to the values the lab first cached with (PARAMS_WHEN_CACHED),
+    so when a default changes again, the default settings' rows of that sampler key to the cells run with the
+    new value given explicitly, asking for the old value finds the old default's cells, and other samplers' rows
+    keep their keys. Today's boundary_crossing defaults are such a change (select 100 -> 600, steps 2 -> 8)."""
     from pydantic import Field
 
-    from oodsynth import lab
     from oodsynth.samplers.boundary_crossing import BoundaryCrossingParams, BoundaryCrossingSampler
 
     rows = lab_rows()
     bc, ci = rows["decoded:boundary_crossing+verified"], rows["decoded:class_interpolation+verified"]
+    current = BoundaryCrossingParams().select
+    assert LabSettings().changed_sampler_params() == {"boundary_crossing": {"select": 600, "steps_beyond": 8}}
+    assert LabSettings(sampler_params={"boundary_crossing": {"select": 100, "steps_beyond": 2}}
+                       ).changed_sampler_params() == {}  # the first defaults: the cells cached before the change
     measured = LabSettings(sampler_params={"boundary_crossing": {"select": 300}}).key(bc.uses, bc.sampler)
     old_default = LabSettings().key(bc.uses, bc.sampler)
     ci_key = LabSettings().key(ci.uses, ci.sampler)
@@ -105,11 +109,9 @@ def test_a_changed_sampler_default_finds_the_cells_that_measured_it(monkeypatch)
     class Select300(BoundaryCrossingParams):
         select: int = Field(300, ge=1, le=100_000)
 
-    monkeypatch.setattr(BoundaryCrossingSampler, "Params", Select300)  # the default changes to 300 ...
-    monkeypatch.setattr(lab, "PARAMS_WHEN_CACHED", {"boundary_crossing": {"select": 100}})  # ... from 100
-    assert LabSettings().changed_sampler_params() == {"boundary_crossing": {"select": 300}}
+    monkeypatch.setattr(BoundaryCrossingSampler, "Params", Select300)  # the default changes again, to 300
     assert LabSettings().key(bc.uses, bc.sampler) == measured
-    assert LabSettings(sampler_params={"boundary_crossing": {"select": 100}}).key(bc.uses, bc.sampler) == old_default
+    assert LabSettings(sampler_params={"boundary_crossing": {"select": current}}).key(bc.uses, bc.sampler) == old_default
     assert LabSettings().key(ci.uses, ci.sampler) == ci_key
 
 

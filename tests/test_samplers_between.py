@@ -48,9 +48,12 @@ def test_every_crossed_vector_leaves_its_source_class_and_sits_near_the_boundary
     assert (margin < 0).all()
     np.testing.assert_array_equal(result.diagnostics["target_class"], predicted)
     id_margin = np.abs(_bank_margins(bank))
-    # measured: mean |margin| 0.053 for the crossed vectors against 0.41 for the ID bank
-    assert np.abs(margin).mean() < 0.25 * id_margin.mean()
-    assert np.median(np.abs(margin)) < np.quantile(id_margin, 0.1)
+    # measured with the defaults (8 steps of 0.02 rad past the flip): mean |margin| 0.18 against 0.41 for the ID bank
+    assert np.abs(margin).mean() < 0.5 * id_margin.mean()
+    # two steps past the flip (the first default): 0.053, below the closest tenth of the ID bank
+    close = get_sampler("boundary_crossing", {"steps_beyond": 2}).sample(fit, 400, seed=0, bank=bank)
+    assert np.abs(close.diagnostics["margin"]).mean() < 0.25 * id_margin.mean()
+    assert np.median(np.abs(close.diagnostics["margin"])) < np.quantile(id_margin, 0.1)
 
 
 def test_steps_beyond_push_deeper_and_the_closed_form_is_the_stepwise_walk(bank, fit):

@@ -140,8 +140,10 @@ class LabSettings(BaseModel):
 # settings added after cells were cached: left out of the key at their default, so those cells stay valid
 LATER_FIELDS = {"outlier_postprocess": "none", "decoded_inliers": 0.0, "finetune_epochs": 0, "finetune_lr": 0.01,
                 "ood_loss": "energy_logistic", "sampler_params": {}}
-# sampler parameters whose default changed after the lab cached cells with them (LabSettings.changed_sampler_params)
-PARAMS_WHEN_CACHED: dict[str, dict] = {}
+# the values the lab first cached cells with, for every sampler parameter whose default changed since (a later
+# change of the same parameter needs no new entry); keys name parameters relative to these
+# (LabSettings.changed_sampler_params)
+PARAMS_WHEN_CACHED: dict[str, dict] = {"boundary_crossing": {"select": 100, "steps_beyond": 2}}
 FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 # only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it
