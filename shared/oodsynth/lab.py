@@ -73,7 +73,7 @@ class LabSettings(BaseModel):
     max_id_percentile: float = Field(DEFAULT_MAX_ID_PERCENTILE, ge=0, le=100, description="verification threshold")
     density: str = "gaussian_full"
     sampler_params: dict[str, dict] = Field(default_factory=dict, description="per sampler, parameters over its "
-                                            "defaults, e.g. {\"boundary_crossing\": {\"select\": 600}}: how a "
+                                            "defaults, e.g. {\"boundary_crossing\": {\"select\": 300}}: how a "
                                             "parameter default is ranked in the lab")
     outlier_postprocess: str = Field("none", pattern="^(none|binarize)$", description="binarize: threshold decoded "
                                      "images at 0.5 and soften the edges (3x3 Gaussian, sigma 0.6), so silhouette "

@@ -4,7 +4,7 @@
   to run code on the GPU workers. They are written by orjson, with each vector
   packed as base64 float32 (``jobs.pack_vector``) and stored without a zlib
   pass (``PayloadSerializer``, ``CompactJob``: a fraction of the CPU of RQ's
-  defaults and half the bytes), and read by RQ's ``JSONSerializer`` anywhere.
+  defaults), and read by RQ's ``JSONSerializer`` anywhere.
 * The job function (``oodsynth.decode_job.decode_task``) is referenced by
   name, so the API never imports torch.
 * A request is split into jobs of ``settings.images_per_job`` images, enqueued
@@ -70,8 +70,8 @@ class CompactJob(Job):
     """An RQ job whose payload is stored (zlib level 0) instead of compressed at RQ's default level 6.
 
     The payload is mostly base64 float32 vectors, which zlib cannot shrink by much: level 1 saved 27 % of
-    the bytes for 1.1 ms per 10-image job, and level 6 costs 8x that; the compression was most of
-    ``POST /generate``'s CPU. A level-0 stream is still zlib, so every reader (``Job.restore``) reads it.
+    the bytes for 1.1 ms of CPU per 10-image job, and compressing was the largest part of ``POST /generate``'s
+    CPU. A level-0 stream is still zlib, so every reader (``Job.restore``) reads it.
     """
 
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict:
