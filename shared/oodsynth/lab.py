@@ -36,12 +36,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch.utils.data import TensorDataset
 
 from .data import ImageData, image_tensors, load_profile_split, profile_ood_sets
 from .densities import DENSITY_KINDS, ClassDensities
 from .encoder_training import EncoderCheckpoint, EncoderTrainConfig, load_encoder, train_encoder
+from .errors import InputError
 from .evaluation import EvaluationReport, evaluate, evaluate_density
 from .features import build_bank
 from .ood_training import OOD_LOSSES
@@ -100,7 +101,7 @@ class LabSettings(BaseModel):
         for name, params in v.items():
             try:
                 get_sampler(name, params)
-            except Exception as exc:  # UnknownSamplerError or pydantic's ValidationError, both with a clear text
+            except (InputError, ValidationError) as exc:  # unknown sampler or bad parameter, both with a clear text
                 raise ValueError(f"{name}: {exc}") from None
         return v
 
@@ -111,6 +112,12 @@ class LabSettings(BaseModel):
     def epochs_for(self, n_train: int) -> int:
         return max(self.epochs, math.ceil(self.min_steps / math.ceil(n_train / self.batch_size)))
 
+    def sampler(self, name: str):
+        """The sampler ``name`` with this lab's parameters for it (``sampler_params``) over its defaults."""
+        from .samplers import get_sampler
+
+        return get_sampler(name, self.sampler_params.get(name))
+
     def changed_sampler_params(self) -> dict[str, dict]:
         """Per sampler, the parameters that differ from the ones the lab's cells were first cached with: the
         sampler's defaults, except where ``PARAMS_WHEN_CACHED`` records older ones. A changed default thus gets
@@ -119,7 +126,7 @@ class LabSettings(BaseModel):
 
         out = {}
         for name in sorted(set(self.sampler_params) | set(PARAMS_WHEN_CACHED)):
-            full = get_sampler(name, self.sampler_params.get(name)).params.model_dump(mode="json")
+            full = self.sampler(name).params.model_dump(mode="json")
             base = {**get_sampler(name).params.model_dump(mode="json"), **PARAMS_WHEN_CACHED.get(name, {})}
             if diff := {k: v for k, v in full.items() if v != base[k]}:
                 out[name] = diff
@@ -332,8 +339,6 @@ def _decode_verified(assets: LabAssets, vectors: np.ndarray, class_index: np.nda
 
 def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
     """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
-    from .samplers import get_sampler
-
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
     changed = settings.changed_sampler_params().get(sampler)
     tag = f"-{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}" if changed else ""
@@ -341,8 +346,7 @@ def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettin
     if (pool := _cached_pool(path)) is not None:
         return pool
     t0 = time.perf_counter()
-    result = get_sampler(sampler, settings.sampler_params.get(sampler)).sample(assets.fit, n_pool, seed=seed,
-                                                                               bank=assets.bank)
+    result = settings.sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
     return _decode_verified(assets, result.vectors, result.class_index, seed, settings, path,
                             time.perf_counter() - t0)
 
@@ -556,12 +560,9 @@ def row_ce_init(cell: Cell) -> CellOutcome:
 
 def feature_row(sampler: str) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
-        from .samplers import get_sampler
-
         s, assets = cell.settings, cell.assets()
         n = s.per_class(len(cell.train), len(cell.train.class_names))
-        sampler_ = get_sampler(sampler, s.sampler_params.get(sampler))
-        return _train_from_encoder(cell, sampler_.sample(assets.fit, n, seed=cell.seed, bank=assets.bank))
+        return _train_from_encoder(cell, s.sampler(sampler).sample(assets.fit, n, seed=cell.seed, bank=assets.bank))
 
     run.__doc__ = f"{sampler} vectors fed straight to the head (no decoding), end to end from the encoder."
     return run
