@@ -262,8 +262,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def seconds_until_closed(conn) -> float:
+    """Seconds until the server closes ``conn`` (reads and drops anything it sends first)."""
+    start = time.monotonic()
+    while conn.recv(4096):
+        pass
+    return time.monotonic() - start
+
+
 def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path, monkeypatch):
-    """`oodsynth serve` without keys binds 127.0.0.1; a trickling body gets 408; a spinning /sample stops
+    """`oodsynth serve` without keys binds 127.0.0.1; a trickling body gets 408 and trickling headers a closed
+    connection (also on a kept-alive one); a spinning /sample stops
     when its client goes away; SIGTERM during another one ends the server in bounded time."""
     import signal
     import socket
@@ -277,7 +286,7 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OODSYNTH_HOME": str(tmp_path / "home"), "OODSYNTH_SAMPLE_TIME_BUDGET_S": "4",
-           "OODSYNTH_BODY_TIMEOUT_S": "1"}
+           "OODSYNTH_BODY_TIMEOUT_S": "2", "OODSYNTH_HEADER_TIMEOUT_S": "1"}
     env.pop("OODSYNTH_REDIS_URL", None)
     env.pop("OODSYNTH_API_KEYS", None)
     code = "from oodsynth.cli import app; app()"
@@ -296,7 +305,17 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
             while b"OODSYNTH_BODY_TIMEOUT_S" not in answer and (chunk := slow.recv(4096)):
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 408") and b"OODSYNTH_BODY_TIMEOUT_S" in answer, answer
-            assert time.monotonic() - start < 5
+            assert 1.8 < time.monotonic() - start < 5  # its complete headers stopped the 1 s header deadline
+        for opening in (b"", b"GET /healthz HTTP/1.1\r\nHost: 127"):  # silent, then trickling headers: closed
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+                slow.sendall(opening)
+                assert 0.8 < seconds_until_closed(slow) < 3
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:  # and the next request's headers
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)
+            kept.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert 0.8 < seconds_until_closed(kept) < 3  # uvicorn's own keep-alive timeout is 5 s
 
         spin = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "params": {"temperature": 1e-308}}
         with pytest.raises(httpx.TimeoutException):  # the client gives up after 1 s and closes its connection

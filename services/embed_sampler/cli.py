@@ -45,6 +45,8 @@ def serve(
 
     from oodsynth.redis_conn import redis_url
 
+    from .header_deadline import http_protocol
+
     host = bind_host(host)
     url = redis_url()  # starts the embedded server when unset and exports its URL to the workers
     typer.echo(f"redis: {url}", err=True)
@@ -52,4 +54,4 @@ def serve(
     # process would die before atexit stops the embedded Redis. Exit normally instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run("services.embed_sampler.app:app", host=host, port=port, reload=reload, workers=workers,
-                timeout_graceful_shutdown=graceful_timeout)
+                timeout_graceful_shutdown=graceful_timeout, http=http_protocol())

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         60.0, gt=0, description="Time a client has to send its whole request body (408 after it): no slow uploads."
     )
+    header_timeout_s: float = Field(
+        15.0, gt=0, description="Time a connection has to complete a request's headers, from its opening or the "
+        "first byte of its next request (closed after it): no slow-header clients holding connections.",
+    )
     max_bank_bytes: int = Field(
         1 * 2**30, ge=1024, description="Largest decompressed feature bank (.npz members, checked before decompressing)."
     )
