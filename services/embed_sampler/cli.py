@@ -40,7 +40,7 @@ def serve(
         "then stop within OODSYNTH_SAMPLE_TIME_BUDGET_S).",
     ),
 ) -> None:
-    """Run the embed_sampler API (uvicorn on services.embed_sampler.app:app)."""
+    """Run the embed_sampler API (uvicorn on services.embed_sampler.app:app, with a request-header deadline)."""
     import uvicorn
 
     from oodsynth.redis_conn import redis_url
