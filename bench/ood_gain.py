@@ -4,6 +4,8 @@
     .venv/bin/python bench/ood_gain.py --quick --out /tmp/ood_gain_quick      # 2 seeds, short training: a check
     .venv/bin/python bench/ood_gain.py --list-rows
     .venv/bin/python bench/ood_gain.py --rows ce,noise,'decoded:*' --profiles animals --seeds 0-4 --out DIR
+    .venv/bin/python bench/ood_gain.py --rows 'decoded:boundary_crossing+verified' --set outlier_ratio=1.0 \
+        --versus outlier_ratio=0.5 ...                                        # one setting against another, paired
 
 Each cell (profile, row, seed) trains a small detector end to end (CE + beta *
 L_ood, ``oodsynth.lab``) and measures near-OOD (held-out classes) and far-OOD
@@ -37,6 +39,18 @@ def parse_seeds(text: str) -> list[int]:
     return list(range(int(text)))
 
 
+def parse_settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` items as lab-setting overrides: VALUE as JSON, else as a plain string (arch, density)."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def pick_rows(patterns: str | None, known: list[str]) -> list[str]:
     """Rows matching comma-separated names or globs (``decoded:*``), in registry order."""
     if not patterns:
@@ -61,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a lab setting (repeatable): epochs, beta, outlier_ratio, max_id_percentile, "
                         "width, decode (JSON), ...")
+    p.add_argument("--versus", action="append", default=[], metavar="KEY=VALUE",
+                   help="also run every row these settings change with them (repeatable; over --set) and pair each "
+                        "row with that twin by seed, e.g. --set outlier_ratio=1.0 --versus outlier_ratio=0.5")
     p.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
                    help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)")
     p.add_argument("--cached-only", action="store_true", help="summarise the cached cells, run nothing")
@@ -80,14 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)  # BLAS too: spinning OpenBLAS threads make the fit's SVDs many times slower here
-    overrides = dict(QUICK) if args.quick else {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a plain string (arch, density)
+    overrides = {**(QUICK if args.quick else {}), **parse_settings(args.set)}
     settings = LabSettings(**overrides)
+    versus = None
+    if args.versus:
+        versus = (", ".join(args.versus), LabSettings(**{**overrides, **parse_settings(args.versus)}))
     seeds = parse_seeds("2" if args.quick and args.seeds == "5" else args.seeds)
     profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
     cache = args.out / "assets"
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run_benchmark(profiles, pick_rows(args.rows, list(rows)), seeds, settings, args.out, assets_for,
                             log=lambda line: print(line, flush=True), name=args.name,
-                            cached_only=args.cached_only)
+                            cached_only=args.cached_only, versus=versus)
     print((args.out / f"{args.name}.md").read_text())
     return 1 if results["failures"] else 0
 

@@ -219,3 +219,28 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
     from oodsynth.lab import FROM_SCRATCH  # the pretrained detector's settings are the fields' defaults
 
     assert FROM_SCRATCH == {k: LabSettings.model_fields[k].default for k in FROM_SCRATCH}
+
+
+def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tmp_path, one_thread):
+    """--versus: a row whose cells the other settings change runs under them too, as its twin, paired by seed;
+    a row they leave alone (ce: no outliers) runs once."""
+    more = SETTINGS.model_copy(update={"outlier_ratio": 0.064})
+    results = run_benchmark(["digits"], ["noise"], [0, 1], SETTINGS, tmp_path, lambda p: lambda: None,
+                            log=lambda line: None, versus=("outlier_ratio=0.064", more))
+    assert results["failures"] == []
+    cells = {(c["row"], c["seed"]): c for c in results["cells"]}
+    assert sorted({row for row, _ in cells}) == ["ce", "noise", "noise [outlier_ratio=0.064]"]
+    assert cells["noise", 0]["n_outliers"] == 4 * 8 and cells["noise [outlier_ratio=0.064]", 0]["n_outliers"] == 8 * 8
+    noise = results["summary"]["digits"]["noise"]
+    diffs = [cells["noise", s]["near_fpr95"] - cells["noise [outlier_ratio=0.064]", s]["near_fpr95"] for s in (0, 1)]
+    assert noise["twin"] == "noise [outlier_ratio=0.064]" and noise["twin_delta_near_fpr95"]["n"] == 2
+    assert noise["twin_delta_near_fpr95"]["mean"] == pytest.approx(np.mean(diffs))
+    twin = results["summary"]["digits"]["noise [outlier_ratio=0.064]"]
+    assert twin["baseline"] == "ce" and twin["delta_near_fpr95"]["n"] == 2  # the twin is paired with CE only too
+    assert "twin" not in results["summary"]["digits"]["ce"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| noise | noise [outlier_ratio=0.064] |" in table and "lab settings" in table
+    assert json.loads((tmp_path / "results.json").read_text())["versus"]["settings"]["outlier_ratio"] == 0.064
+    with pytest.raises(ValueError, match="density"):
+        run_benchmark(["digits"], ["noise"], [0], SETTINGS, tmp_path, lambda p: lambda: None,
+                      versus=("density=vmf", SETTINGS.model_copy(update={"density": "vmf"})))

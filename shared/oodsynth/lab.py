@@ -671,32 +671,39 @@ def run_cell(profile: str, row: Row, seed: int, settings: LabSettings, out: Path
 METRICS = ("near_fpr95", "near_auroc", "far_fpr95", "far_auroc")
 
 
-def summarise(cells: list[dict]) -> dict:
-    """Per (profile, row): mean/std of each metric over seeds, and the paired per-seed difference to its baseline.
+def paired_deltas(rows: dict[int, dict], baseline: dict[int, dict]) -> dict[str, dict]:
+    """Per metric, the per-seed differences ``rows - baseline`` over their common seeds: mean, std, n and
+    ``t`` = mean / standard error (std with ddof=1); empty without a common seed."""
+    common = sorted(set(rows) & set(baseline))
+    out = {}
+    for m in METRICS if common else ():
+        d = np.array([rows[s][m] - baseline[s][m] for s in common])
+        sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+        se = sd / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        out[m] = {"mean": float(d.mean()), "std": sd, "n": len(d), "t": float(d.mean() / se) if se > 0 else None}
+    return out
 
-    ``t`` is mean/standard error of the paired differences (std with ddof=1 over the seeds).
+
+def summarise(cells: list[dict]) -> dict:
+    """Per (profile, row): mean/std of each metric over seeds, and the paired per-seed difference to its baseline
+    (``delta_<metric>``) and, for a row run under ``--versus`` settings too, to that twin (``twin_delta_<metric>``).
     """
     by = {}
     for c in cells:
         by.setdefault((c["profile"], c["row"]), {})[c["seed"]] = c
     out: dict = {}
     for (profile, row), seeds in by.items():
-        entry = {"n_seeds": len(seeds), "baseline": next(iter(seeds.values()))["baseline"],
+        first = next(iter(seeds.values()))
+        entry = {"n_seeds": len(seeds), "baseline": first["baseline"],
                  "seconds_mean": float(np.mean([c["seconds"] for c in seeds.values()]))}
         for m in (*METRICS, "id_accuracy"):
             v = np.array([c[m] for c in seeds.values()])
             entry[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-        base = by.get((profile, entry["baseline"]))
-        if base:
-            common = sorted(set(seeds) & set(base))
-            for m in METRICS:
-                d = np.array([seeds[s][m] - base[s][m] for s in common])
-                if len(d) == 0:
-                    continue
-                sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-                se = sd / np.sqrt(len(d)) if len(d) > 1 else 0.0
-                entry[f"delta_{m}"] = {"mean": float(d.mean()), "std": sd, "n": len(d),
-                                       "t": float(d.mean() / se) if se > 0 else None}
+        for prefix, other in (("delta", entry["baseline"]), ("twin_delta", first.get("twin"))):
+            if other and (base := by.get((profile, other))):
+                entry.update({f"{prefix}_{m}": d for m, d in paired_deltas(seeds, base).items()})
+        if first.get("twin"):
+            entry["twin"] = first["twin"]
         out.setdefault(profile, {})[row] = entry
     return out
 
@@ -710,8 +717,8 @@ def markdown_table(summary: dict, profile: str) -> str:
     def ms(e):
         return f"{100 * e['mean']:.1f} ± {100 * e['std']:.1f}"
 
-    def delta(e, m):
-        d = e.get(f"delta_{m}")
+    def delta(e, m, prefix="delta"):
+        d = e.get(f"{prefix}_{m}")
         if not d:
             return "–"
         t = f", t {d['t']:+.1f}" if d["t"] is not None else ""
@@ -722,6 +729,13 @@ def markdown_table(summary: dict, profile: str) -> str:
         lines.append(f"| {row}{base} | {ms(e['near_fpr95'])} | {ms(e['near_auroc'])} | {ms(e['far_fpr95'])} | "
                      f"{ms(e['far_auroc'])} | {delta(e, 'near_fpr95')} | {delta(e, 'near_auroc')} | "
                      f"{delta(e, 'far_fpr95')} | {100 * e['id_accuracy']['mean']:.1f} | {e['n_seeds']} |")
+    twins = [(row, e) for row, e in summary[profile].items() if e.get("twin")]
+    if twins:
+        lines += ["", "Each row paired with itself under the `--versus` settings (Δ = row − twin, same seed):", "",
+                  "| row | twin | Δ near FPR95 (mean ± std, t) | Δ near AUROC | Δ far FPR95 | seeds |", "|" + "---|" * 6]
+        lines += [f"| {row} | {e['twin']} | {delta(e, 'near_fpr95', 'twin_delta')} | "
+                  f"{delta(e, 'near_auroc', 'twin_delta')} | {delta(e, 'far_fpr95', 'twin_delta')} | "
+                  f"{e.get('twin_delta_near_fpr95', {}).get('n', 0)} |" for row, e in twins]
     return "\n".join(lines)
 
 
@@ -729,16 +743,21 @@ def markdown_table(summary: dict, profile: str) -> str:
 
 def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], settings: LabSettings, out: Path,
                   assets_for: Callable[[str], Callable[[], LabAssets]], *,
-                  log: Callable[[str], None] = print, name: str = "results", cached_only: bool = False) -> dict:
+                  log: Callable[[str], None] = print, name: str = "results", cached_only: bool = False,
+                  versus: tuple[str, LabSettings] | None = None) -> dict:
     """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
 
     A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
+    ``versus`` = (label, other settings): every row whose cells those settings change is also run under them,
+    as the row "<row> [<label>]", and paired with it seed by seed (how one setting is ranked against another).
     """
     rows = lab_rows()
     unknown = [r for r in row_names if r not in rows]
     if unknown:
         raise ValueError(f"rows: unknown rows {unknown}; known rows: {', '.join(rows)}")
     chosen = list(dict.fromkeys([b for r in row_names if (b := rows[r].baseline)] + list(row_names)))
+    if versus is not None and versus[1].density != settings.density:
+        raise ValueError("versus: density changes the generation side (one per run); compare densities in two runs")
     out.mkdir(parents=True, exist_ok=True)
     cells, failures = [], []
     total, done, t0 = len(profiles) * len(chosen) * len(seeds), 0, time.perf_counter()
@@ -756,27 +775,51 @@ def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], s
                                      "error": f"{type(exc).__name__}: {exc}"})
                     log(f"[{done}/{total}] {profile} {row_name} seed {seed}: FAILED {failures[-1]['error']}")
                     continue
+                if versus is not None and (twin := twin_name(rows[row_name], settings, versus)):
+                    c = {**c, "twin": twin}
                 cells.append(c)
                 log(f"[{done}/{total}] {profile} {row_name} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
                     f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
                     f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)")
-                write_results(out, settings, cells, failures, name)
-    return write_results(out, settings, cells, failures, name)
+                if c.get("twin"):
+                    try:
+                        t = run_cell(profile, rows[row_name], seed, versus[1], out, assets, cached_only=cached_only)
+                    except Exception as exc:  # as above
+                        failures.append({"profile": profile, "row": c["twin"], "seed": seed,
+                                         "error": f"{type(exc).__name__}: {exc}"})
+                        log(f"[{done}/{total}] {profile} {c['twin']} seed {seed}: FAILED {failures[-1]['error']}")
+                    else:
+                        baseline = t["baseline"] and (twin_name(rows[t["baseline"]], settings, versus) or t["baseline"])
+                        cells.append({**t, "row": c["twin"], "baseline": baseline})
+                        log(f"[{done}/{total}] {profile} {c['twin']} seed {seed}: near FPR95 "
+                            f"{100 * t['near_fpr95']:.1f} ({t['seconds']:.0f} s)")
+                write_results(out, settings, cells, failures, name, versus)
+    return write_results(out, settings, cells, failures, name, versus)
+
+
+def twin_name(row: Row, settings: LabSettings, versus: tuple[str, LabSettings]) -> str | None:
+    """The name of ``row`` under the ``versus`` settings, or None where those settings leave its cells as they are."""
+    label, other = versus
+    return f"{row.name} [{label}]" if settings.key(row.uses, row.sampler) != other.key(row.uses, row.sampler) else None
 
 
 def write_results(out: Path, settings: LabSettings, cells: list[dict], failures: list[dict],
-                  name: str = "results") -> dict:
+                  name: str = "results", versus: tuple[str, LabSettings] | None = None) -> dict:
     """OUT/<name>.json (settings, summary, cells without their full reports, failures), <name>.md, <name>.png."""
     from .plots import plot_ood_gain
 
     summary = summarise(cells) if cells else {}
     results = {"settings": settings.model_dump(), "summary": summary,
                "cells": [{k: v for k, v in c.items() if k != "report"} for c in cells], "failures": failures}
+    if versus is not None:
+        results["versus"] = {"label": versus[0], "settings": versus[1].model_dump()}
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
     md = [f"# OOD gain (lab settings {settings.key()})", "",
           "Percent; mean ± std over seeds; Δ = paired per-seed difference to the row's baseline (CE only unless "
           "named), t = mean / standard error of the paired differences. Score: energy (density row: max class "
           "log-density); far = mean over the far-OOD sets.", ""]
+    if versus is not None:
+        md += [f"Rows named `[{versus[0]}]` ran with those settings changed (lab settings {versus[1].key()}).", ""]
     for profile in summary:
         md += [f"## {profile}", "", markdown_table(summary, profile), ""]
     if failures:
