@@ -768,31 +768,25 @@ def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], s
         for seed in seeds:  # seeds outermost: an interrupted run still has every row at the first seeds
             for row_name in chosen:
                 done += 1
-                try:
-                    c = run_cell(profile, rows[row_name], seed, settings, out, assets, cached_only=cached_only)
-                except Exception as exc:  # one broken row must not lose the others; it is reported
-                    failures.append({"profile": profile, "row": row_name, "seed": seed,
-                                     "error": f"{type(exc).__name__}: {exc}"})
-                    log(f"[{done}/{total}] {profile} {row_name} seed {seed}: FAILED {failures[-1]['error']}")
-                    continue
-                if versus is not None and (twin := twin_name(rows[row_name], settings, versus)):
-                    c = {**c, "twin": twin}
-                cells.append(c)
-                log(f"[{done}/{total}] {profile} {row_name} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
-                    f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
-                    f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)")
-                if c.get("twin"):
+                row = rows[row_name]
+                twin = twin_name(row, settings, versus) if versus is not None else None
+                runs = [(row_name, settings, row.baseline)]
+                if twin:  # paired with the baseline's twin, or with the baseline where versus leaves it alone
+                    twin_baseline = row.baseline and (twin_name(rows[row.baseline], settings, versus) or row.baseline)
+                    runs.append((twin, versus[1], twin_baseline))
+                for name_, cell_settings, baseline in runs:
                     try:
-                        t = run_cell(profile, rows[row_name], seed, versus[1], out, assets, cached_only=cached_only)
-                    except Exception as exc:  # as above
-                        failures.append({"profile": profile, "row": c["twin"], "seed": seed,
+                        c = run_cell(profile, row, seed, cell_settings, out, assets, cached_only=cached_only)
+                    except Exception as exc:  # one broken row must not lose the others; it is reported
+                        failures.append({"profile": profile, "row": name_, "seed": seed,
                                          "error": f"{type(exc).__name__}: {exc}"})
-                        log(f"[{done}/{total}] {profile} {c['twin']} seed {seed}: FAILED {failures[-1]['error']}")
-                    else:
-                        baseline = t["baseline"] and (twin_name(rows[t["baseline"]], settings, versus) or t["baseline"])
-                        cells.append({**t, "row": c["twin"], "baseline": baseline})
-                        log(f"[{done}/{total}] {profile} {c['twin']} seed {seed}: near FPR95 "
-                            f"{100 * t['near_fpr95']:.1f} ({t['seconds']:.0f} s)")
+                        log(f"[{done}/{total}] {profile} {name_} seed {seed}: FAILED {failures[-1]['error']}")
+                        break  # a row that failed has no twin to pair with
+                    cells.append({**c, "row": name_, "baseline": baseline,
+                                  **({"twin": twin} if name_ == row_name and twin else {})})
+                    log(f"[{done}/{total}] {profile} {name_} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
+                        f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
+                        f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)")
                 write_results(out, settings, cells, failures, name, versus)
     return write_results(out, settings, cells, failures, name, versus)
 
