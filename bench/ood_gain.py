@@ -30,13 +30,17 @@ from pathlib import Path
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``5`` -> 0..4; ``0-4`` -> 0..4; ``1,3,7`` -> those."""
-    if "," in text:
-        return [int(t) for t in text.split(",")]
-    if "-" in text:
-        a, b = (int(t) for t in text.split("-"))
-        return list(range(a, b + 1))
-    return list(range(int(text)))
+    """``5`` -> 0..4 (a count); ``0-4`` -> 0..4; ``1,3,7`` -> those; ``5-9,15-24`` -> both ranges."""
+    try:
+        if "," not in text and "-" not in text:
+            return list(range(int(text)))
+        seeds = []
+        for part in text.split(","):
+            a, _, b = part.partition("-")
+            seeds += list(range(int(a), int(b or a) + 1))
+        return seeds
+    except ValueError:
+        raise SystemExit(f"error: --seeds {text!r}: give a count (5), a range (0-4) or a list (0,2,5-9)") from None
 
 
 def parse_settings(items: list[str]) -> dict:

@@ -244,3 +244,19 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     with pytest.raises(ValueError, match="density"):
         run_benchmark(["digits"], ["noise"], [0], SETTINGS, tmp_path, lambda p: lambda: None,
                       versus=("density=vmf", SETTINGS.model_copy(update={"density": "vmf"})))
+
+
+def test_bench_arguments_seed_lists_and_settings():
+    """bench/ood_gain.py's --seeds (counts, ranges, mixed lists) and --set/--versus values."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ood_gain", Path(__file__).parents[1] / "bench" / "ood_gain.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_seeds("5") == [0, 1, 2, 3, 4] and bench.parse_seeds("15-15") == [15]
+    assert bench.parse_seeds("5-7,15-16,20") == [5, 6, 7, 15, 16, 20]
+    with pytest.raises(SystemExit, match="--seeds 'a-b'"):
+        bench.parse_seeds("a-b")
+    assert bench.parse_settings(["outlier_ratio=1.0", "density=vmf", 'sampler_params={"x": {"y": 1}}']) == {
+        "outlier_ratio": 1.0, "density": "vmf", "sampler_params": {"x": {"y": 1}}}
