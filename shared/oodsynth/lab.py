@@ -729,7 +729,7 @@ def markdown_table(summary: dict, profile: str) -> str:
         lines.append(f"| {row}{base} | {ms(e['near_fpr95'])} | {ms(e['near_auroc'])} | {ms(e['far_fpr95'])} | "
                      f"{ms(e['far_auroc'])} | {delta(e, 'near_fpr95')} | {delta(e, 'near_auroc')} | "
                      f"{delta(e, 'far_fpr95')} | {100 * e['id_accuracy']['mean']:.1f} | {e['n_seeds']} |")
-    twins = [(row, e) for row, e in summary[profile].items() if e.get("twin")]
+    twins = [(row, e) for row, e in summary[profile].items() if e.get("twin_delta_near_fpr95")]  # paired seeds
     if twins:
         lines += ["", "Each row paired with itself under the `--versus` settings (Δ = row − twin, same seed):", "",
                   "| row | twin | Δ near FPR95 (mean ± std, t) | Δ near AUROC | Δ far FPR95 | seeds |", "|" + "---|" * 6]
