@@ -40,7 +40,8 @@ class BoundaryCrossingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # 600 and 8 (were 100 and 2) measured best in the OOD lab (animals, about 700 ID features per class, pools of
-    # 525 vectors per class: one start per vector): near FPR95 -4.3 against CE only over 15 seeds (README)
+    # 525 vectors per class: one start per vector): near FPR95 -4.3 against CE only over 15 seeds; with twice the
+    # outliers, -9.1 over 15 fresher seeds (README)
     select: int = Field(600, ge=1, le=100_000, description="Start points per class: the ID features with the smallest top-2 margin.")
     step_size: float = Field(0.02, gt=0, le=0.5, description="Angle (radians) of one normalised gradient step on the sphere.")
     steps_beyond: int = Field(8, ge=0, le=1_000, description="Steps taken after the prediction has flipped.")
