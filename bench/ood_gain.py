@@ -6,6 +6,8 @@
     .venv/bin/python bench/ood_gain.py --rows ce,noise,'decoded:*' --profiles animals --seeds 0-4 --out DIR
     .venv/bin/python bench/ood_gain.py --rows 'decoded:boundary_crossing+verified' --set outlier_ratio=1.0 \
         --versus outlier_ratio=0.5 ...                                        # one setting against another, paired
+    .venv/bin/python bench/ood_gain.py --rows 'decoded:boundary_crossing+verified' \
+        --against 'decoded:class_interpolation+verified' ...                  # one row against another, paired
 
 Each cell (profile, row, seed) trains a small detector end to end (CE + beta *
 L_ood, ``oodsynth.lab``) and measures near-OOD (held-out classes) and far-OOD
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--versus", action="append", default=[], metavar="KEY=VALUE",
                    help="also run every row these settings change with them (repeatable; over --set) and pair each "
                         "row with that twin by seed, e.g. --set outlier_ratio=1.0 --versus outlier_ratio=0.5")
+    p.add_argument("--against", metavar="ROW",
+                   help="also run ROW and pair every other row with it by seed (row - ROW), e.g. --against "
+                        "'decoded:class_interpolation+verified': one sampler head to head with another")
     p.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
                    help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)")
     p.add_argument("--cached-only", action="store_true", help="summarise the cached cells, run nothing")
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run_benchmark(profiles, pick_rows(args.rows, list(rows)), seeds, settings, args.out, assets_for,
                             log=lambda line: print(line, flush=True), name=args.name,
-                            cached_only=args.cached_only, versus=versus)
+                            cached_only=args.cached_only, versus=versus, against=args.against)
     print((args.out / f"{args.name}.md").read_text())
     return 1 if results["failures"] else 0
 

@@ -223,7 +223,7 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
 
 def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tmp_path, one_thread):
     """--versus: a row whose cells the other settings change runs under them too, as its twin, paired by seed;
-    a row they leave alone (ce: no outliers) runs once."""
+    a row they leave alone (ce: no outliers) runs once. --against pairs rows with one row, from the same cells."""
     more = SETTINGS.model_copy(update={"outlier_ratio": 0.064})
     results = run_benchmark(["digits"], ["noise"], [0, 1], SETTINGS, tmp_path, lambda p: lambda: None,
                             log=lambda line: None, versus=("outlier_ratio=0.064", more))
@@ -244,6 +244,18 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     with pytest.raises(ValueError, match="density"):
         run_benchmark(["digits"], ["noise"], [0], SETTINGS, tmp_path, lambda p: lambda: None,
                       versus=("density=vmf", SETTINGS.model_copy(update={"density": "vmf"})))
+
+    # --against: every other row paired with one row by seed (from the cached cells); twins are left out of it.
+    h2h = run_benchmark(["digits"], ["ce"], [0, 1], SETTINGS, tmp_path, lambda p: lambda: None, log=lambda line: None,
+                        cached_only=True, name="h2h", versus=("outlier_ratio=0.064", more), against="noise")
+    summary = h2h["summary"]["digits"]
+    ce_minus_noise = [cells["ce", s]["near_fpr95"] - cells["noise", s]["near_fpr95"] for s in (0, 1)]
+    assert summary["ce"]["against"] == "noise" and summary["ce"]["against_delta_near_fpr95"]["n"] == 2
+    assert summary["ce"]["against_delta_near_fpr95"]["mean"] == pytest.approx(np.mean(ce_minus_noise))
+    assert "against" not in summary["noise"] and "against" not in summary["noise [outlier_ratio=0.064]"]
+    assert "| ce | noise |" in (tmp_path / "h2h.md").read_text() and h2h["against"] == "noise"
+    with pytest.raises(ValueError, match="against"):
+        run_benchmark(["digits"], ["ce"], [0], SETTINGS, tmp_path, lambda p: lambda: None, against="no-such-row")
 
 
 def test_bench_arguments_seed_lists_and_settings():

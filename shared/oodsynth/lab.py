@@ -684,13 +684,15 @@ def paired_deltas(rows: dict[int, dict], baseline: dict[int, dict]) -> dict[str,
     return out
 
 
-def summarise(cells: list[dict]) -> dict:
+def summarise(cells: list[dict], against: str | None = None) -> dict:
     """Per (profile, row): mean/std of each metric over seeds, and the paired per-seed difference to its baseline
-    (``delta_<metric>``) and, for a row run under ``--versus`` settings too, to that twin (``twin_delta_<metric>``).
+    (``delta_<metric>``), for a row run under ``--versus`` settings too, to that twin (``twin_delta_<metric>``),
+    and with ``against``, to that row (``against_delta_<metric>``: one sampler head to head with another).
     """
     by = {}
     for c in cells:
         by.setdefault((c["profile"], c["row"]), {})[c["seed"]] = c
+    twins = {c["twin"] for c in cells if c.get("twin")}
     out: dict = {}
     for (profile, row), seeds in by.items():
         first = next(iter(seeds.values()))
@@ -699,11 +701,16 @@ def summarise(cells: list[dict]) -> dict:
         for m in (*METRICS, "id_accuracy"):
             v = np.array([c[m] for c in seeds.values()])
             entry[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-        for prefix, other in (("delta", entry["baseline"]), ("twin_delta", first.get("twin"))):
+        # A --versus twin ran under other settings than the against row: it is paired with its own row instead.
+        head_to_head = against if against not in (None, row, entry["baseline"]) and row not in twins else None
+        for prefix, other in (("delta", entry["baseline"]), ("twin_delta", first.get("twin")),
+                              ("against_delta", head_to_head)):
             if other and (base := by.get((profile, other))):
                 entry.update({f"{prefix}_{m}": d for m, d in paired_deltas(seeds, base).items()})
         if first.get("twin"):
             entry["twin"] = first["twin"]
+        if head_to_head:
+            entry["against"] = head_to_head
         out.setdefault(profile, {})[row] = entry
     return out
 
@@ -729,13 +736,15 @@ def markdown_table(summary: dict, profile: str) -> str:
         lines.append(f"| {row}{base} | {ms(e['near_fpr95'])} | {ms(e['near_auroc'])} | {ms(e['far_fpr95'])} | "
                      f"{ms(e['far_auroc'])} | {delta(e, 'near_fpr95')} | {delta(e, 'near_auroc')} | "
                      f"{delta(e, 'far_fpr95')} | {100 * e['id_accuracy']['mean']:.1f} | {e['n_seeds']} |")
-    twins = [(row, e) for row, e in summary[profile].items() if e.get("twin_delta_near_fpr95")]  # paired seeds
-    if twins:
-        lines += ["", "Each row paired with itself under the `--versus` settings (Δ = row − twin, same seed):", "",
-                  "| row | twin | Δ near FPR95 (mean ± std, t) | Δ near AUROC | Δ far FPR95 | seeds |", "|" + "---|" * 6]
-        lines += [f"| {row} | {e['twin']} | {delta(e, 'near_fpr95', 'twin_delta')} | "
-                  f"{delta(e, 'near_auroc', 'twin_delta')} | {delta(e, 'far_fpr95', 'twin_delta')} | "
-                  f"{e.get('twin_delta_near_fpr95', {}).get('n', 0)} |" for row, e in twins]
+    for prefix, other, title in (
+            ("twin_delta", "twin", "Each row paired with itself under the `--versus` settings (Δ = row − twin, same seed):"),
+            ("against_delta", "against", "Each row head to head with the `--against` row (Δ = row − that row, same seed):")):
+        paired = [(row, e) for row, e in summary[profile].items() if e.get(f"{prefix}_near_fpr95")]  # common seeds only
+        if paired:
+            lines += ["", title, "", f"| row | {other} | Δ near FPR95 (mean ± std, t) | Δ near AUROC | Δ far FPR95 | seeds |",
+                      "|" + "---|" * 6]
+            lines += [f"| {row} | {e[other]} | {delta(e, 'near_fpr95', prefix)} | {delta(e, 'near_auroc', prefix)} | "
+                      f"{delta(e, 'far_fpr95', prefix)} | {e[f'{prefix}_near_fpr95']['n']} |" for row, e in paired]
     return "\n".join(lines)
 
 
@@ -744,18 +753,23 @@ def markdown_table(summary: dict, profile: str) -> str:
 def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], settings: LabSettings, out: Path,
                   assets_for: Callable[[str], Callable[[], LabAssets]], *,
                   log: Callable[[str], None] = print, name: str = "results", cached_only: bool = False,
-                  versus: tuple[str, LabSettings] | None = None) -> dict:
+                  versus: tuple[str, LabSettings] | None = None, against: str | None = None) -> dict:
     """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
 
     A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
     ``versus`` = (label, other settings): every row whose cells those settings change is also run under them,
     as the row "<row> [<label>]", and paired with it seed by seed (how one setting is ranked against another).
+    ``against`` = a row that is run too and that every other row is also paired with, seed by seed (how one
+    sampler is ranked against another under the same settings).
     """
     rows = lab_rows()
     unknown = [r for r in row_names if r not in rows]
     if unknown:
         raise ValueError(f"rows: unknown rows {unknown}; known rows: {', '.join(rows)}")
-    chosen = list(dict.fromkeys([b for r in row_names if (b := rows[r].baseline)] + list(row_names)))
+    if against is not None and against not in rows:
+        raise ValueError(f"against: unknown row {against!r}; known rows: {', '.join(rows)}")
+    chosen = list(dict.fromkeys([b for r in row_names if (b := rows[r].baseline)] + list(row_names)
+                                + ([against] if against else [])))
     if versus is not None and versus[1].density != settings.density:
         raise ValueError("versus: density changes the generation side (one per run); compare densities in two runs")
     out.mkdir(parents=True, exist_ok=True)
@@ -787,8 +801,8 @@ def run_benchmark(profiles: list[str], row_names: list[str], seeds: list[int], s
                     log(f"[{done}/{total}] {profile} {name_} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
                         f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
                         f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)")
-                write_results(out, settings, cells, failures, name, versus)
-    return write_results(out, settings, cells, failures, name, versus)
+                write_results(out, settings, cells, failures, name, versus, against)
+    return write_results(out, settings, cells, failures, name, versus, against)
 
 
 def twin_name(row: Row, settings: LabSettings, versus: tuple[str, LabSettings]) -> str | None:
@@ -798,15 +812,18 @@ def twin_name(row: Row, settings: LabSettings, versus: tuple[str, LabSettings]) 
 
 
 def write_results(out: Path, settings: LabSettings, cells: list[dict], failures: list[dict],
-                  name: str = "results", versus: tuple[str, LabSettings] | None = None) -> dict:
+                  name: str = "results", versus: tuple[str, LabSettings] | None = None,
+                  against: str | None = None) -> dict:
     """OUT/<name>.json (settings, summary, cells without their full reports, failures), <name>.md, <name>.png."""
     from .plots import plot_ood_gain
 
-    summary = summarise(cells) if cells else {}
+    summary = summarise(cells, against) if cells else {}
     results = {"settings": settings.model_dump(), "summary": summary,
                "cells": [{k: v for k, v in c.items() if k != "report"} for c in cells], "failures": failures}
     if versus is not None:
         results["versus"] = {"label": versus[0], "settings": versus[1].model_dump()}
+    if against is not None:
+        results["against"] = against
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
     md = [f"# OOD gain (lab settings {settings.key()})", "",
           "Percent; mean ± std over seeds; Δ = paired per-seed difference to the row's baseline (CE only unless "
