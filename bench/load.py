@@ -6,7 +6,9 @@ then times, sequentially and at ``--concurrency`` clients:
 
 * ``POST /sample`` of 1,000 vectors (10 classes x 100) answered as JSON;
 * the same answered as ``.npz`` (``Accept: application/x-npz``);
-* ``POST /generate`` of a stored 10-vector sample: 10 images, one job (enqueue only: no worker runs).
+* ``POST /generate`` of a stored 10-vector sample: 10 images, one job (enqueue only: no worker runs);
+* ``GET /healthz`` (one Redis PING in the thread pool), the baseline: what the same server, client and
+  machine give a request that does no work, so that /generate's latency is read against this stack's floor.
 
 Request counts are bounded, every request has a timeout, and the server and
 Redis are stopped at the end (or on Ctrl-C). The server's RSS is read before
@@ -152,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=60, help="requests per concurrent run")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 sequential / 20 concurrent requests")
-    parser.add_argument("--only", nargs="+", choices=("sample_json", "sample_npz", "generate"),
-                        help="run only these request kinds (default: all three)")
+    parser.add_argument("--only", nargs="+", choices=("sample_json", "sample_npz", "generate", "healthz"),
+                        help="run only these request kinds (default: all four)")
     parser.add_argument("--generate-per-class", type=int, default=1,
                         help="vectors per class (of 10) in the sample each /generate enqueues, one image each")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("sample_json", "POST", "/sample", 200, {"json": sample}),
                     ("sample_npz", "POST", "/sample", 200, {"json": sample, "headers": {"Accept": NPZ}}),
                     ("generate", "POST", "/generate", 202, {}),
+                    ("healthz", "GET", "/healthz", 200, {}),
                 ]
                 for name, method, path, ok, kwargs in plan:
                     if args.only and name not in args.only:
@@ -223,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {r['n']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
               f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} | {r['server_cpu_ms_per_request']:.1f} | "
               f"{r['client_cpu_ms_per_request']:.1f} |")
+    for concurrency in (1, args.concurrency):
+        generate, floor = results["runs"].get(f"generate x{concurrency}"), results["runs"].get(f"healthz x{concurrency}")
+        if generate and floor:
+            print(f"/generate against /healthz at x{concurrency}: p50 {generate['p50_ms'] / floor['p50_ms']:.2f}x, "
+                  f"p99 {generate['p99_ms'] / floor['p99_ms']:.2f}x; API CPU {generate['server_cpu_ms_per_request']:.1f} "
+                  f"against {floor['server_cpu_ms_per_request']:.1f} ms/request")
     print(f"API RSS {results['rss_mb_before']:.0f} -> {results['rss_mb_after']:.0f} MB; "
           f"1-min load average {results['cpu_load_1m_at_start']:.1f} at start, {results['cpu_load_1m_at_end']:.1f} at end")
     if args.out:
