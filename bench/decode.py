@@ -1,6 +1,6 @@
 """Images per second: the worker's decode path vs plain diffusers, same vectors, same run.
 
-Worker path: ``oodsynth.decoding.OutlierDecoder`` (placeholder slots added
+Worker path: ``oodsynth.decoding.pipeline.OutlierDecoder`` (placeholder slots added
 once, one vector and one seeded generator per image, prompt embeddings passed
 to the pipeline; on CUDA fp16 + SDPA + fused QKV + ``torch.compile``, as the
 worker runs by default; ``--no-worker-speedups`` measures the plain path).
@@ -13,7 +13,7 @@ and called with ``prompt=[...]`` and one generator per image.
 Both decode the same work: B images at HxW, the same steps, CFG and
 scheduler, then resize to ``--output-size``. Each decode preset (``--presets``;
 ``fast`` = DPM-Solver++ at half the steps + deep-feature reuse, see
-``oodsynth.jobs.PRESETS``) gets its own worker row against the same baseline,
+``oodsynth.decoding.presets.PRESETS``) gets its own worker row against the same baseline,
 for every decode size (``--sizes``: decode 256² and store 256² against decode
 512² and store 256²) and batch size; ``max`` in ``--batch-sizes`` doubles the
 batch from 32 until the worker path runs out of GPU memory and keeps the
@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oodsynth.decoding import DEFAULT_PROMPT_TEMPLATE, OutlierDecoder, default_device, default_dtype
-from oodsynth.jobs import PRESETS
-from oodsynth.tiny_model import SD14_SCHEDULER_CONFIG, make_tiny_pipeline, write_clip_tokenizer
+from oodsynth.decoding.pipeline import DEFAULT_PROMPT_TEMPLATE, OutlierDecoder, default_device, default_dtype
+from oodsynth.decoding.presets import PRESETS
+from oodsynth.offline_decoder.tiny_model import SD14_SCHEDULER_CONFIG, make_tiny_pipeline, write_clip_tokenizer
 
 # SD v1.4 component configs (CompVis/stable-diffusion-v1-4 unet/, vae/, text_encoder/ config.json).
 SD14_UNET = dict(
@@ -206,20 +206,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch", choices=["sd14", "tiny"], default="sd14")
     p.add_argument("--model", help="bench this pipeline folder / hub id instead of building one")
     p.add_argument("--workdir", type=Path, help="where to write the built pipeline (default: a temp dir)")
-    p.add_argument("--batch-sizes", type=_batch_size, nargs="+", default=[8, 32, "max"],
-                   help="images per batch; 'max': the largest that fits on the GPU (doubling from 32)")
+    p.add_argument(
+        "--batch-sizes",
+        type=_batch_size,
+        nargs="+",
+        default=[8, 32, "max"],
+        help="images per batch; 'max': the largest that fits on the GPU (doubling from 32)",
+    )
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
-    p.add_argument("--max-probe", type=int, default=MAX_PROBE,
-                   help=f"'max' stops doubling at this batch (at most {MAX_PROBE}; smaller keeps a lent GPU's time)")
+    p.add_argument(
+        "--max-probe",
+        type=int,
+        default=MAX_PROBE,
+        help=f"'max' stops doubling at this batch (at most {MAX_PROBE}; smaller keeps a lent GPU's time)",
+    )
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="square decode sizes, each its own rows (default 512; 128 for --arch tiny)")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="square decode sizes, each its own rows (default 512; 128 for --arch tiny)",
+    )
     p.add_argument("--output-size", type=int, default=256)
     p.add_argument("--scheduler", default="pndm")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per batch size and path")
-    p.add_argument("--warmup-steps", type=int, default=2,
-                   help="steps of the untimed warm-up call (0: none; raised per preset until it runs every graph)")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=2,
+        help="steps of the untimed warm-up call (0: none; raised per preset until it runs every graph)",
+    )
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--fp32", action="store_true", help="fp32 on CUDA too (default fp16 on CUDA)")
@@ -232,11 +250,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="worker path: channels-last (measured slower)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (both paths)")
     p.add_argument("--no-baseline", action="store_true", help="skip plain diffusers (worker rows only, no ratio)")
-    p.add_argument("--latent-distance", type=int, default=0, metavar="N",
-                   help="also decode N images per preset to latents: relative L2 distance to exact (first size)")
-    p.add_argument("--flops", action="store_true",
-                   help="only count UNet FLOPs per image for each preset and size (SD v1.4 on the meta device: no "
-                        "weights, no GPU, seconds on a CPU) and exit")
+    p.add_argument(
+        "--latent-distance",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also decode N images per preset to latents: relative L2 distance to exact (first size)",
+    )
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="only count UNet FLOPs per image for each preset and size (SD v1.4 on the meta device: no "
+        "weights, no GPU, seconds on a CPU) and exit",
+    )
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.sizes is None:
@@ -297,9 +323,14 @@ def environment(device: str) -> dict:
     import transformers
 
     return dict(
-        device=torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else platform.processor() or "cpu",
-        torch=torch.__version__, python=platform.python_version(), cpu_threads=torch.get_num_threads(),
-        diffusers=diffusers.__version__, transformers=transformers.__version__,
+        device=torch.cuda.get_device_name(device)
+        if torch.device(device).type == "cuda"
+        else platform.processor() or "cpu",
+        torch=torch.__version__,
+        python=platform.python_version(),
+        cpu_threads=torch.get_num_threads(),
+        diffusers=diffusers.__version__,
+        transformers=transformers.__version__,
     )
 
 
@@ -314,9 +345,9 @@ def unet_flops(args) -> dict:
     from diffusers.models.attention_processor import AttnProcessor2_0
     from torch.utils.flop_counter import FlopCounterMode
 
-    from oodsynth.decoding import _scheduler_class
-    from oodsynth.deep_cache import DeepCacheUNet
-    from oodsynth.tiny_model import SD14_SCHEDULER_CONFIG
+    from oodsynth.decoding.deep_cache import DeepCacheUNet
+    from oodsynth.decoding.pipeline import _scheduler_class
+    from oodsynth.offline_decoder.tiny_model import SD14_SCHEDULER_CONFIG
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD14_UNET)
@@ -336,18 +367,28 @@ def unet_flops(args) -> dict:
             calls = len(scheduler.timesteps)
             n_full = -(-calls // preset.cache_interval)
             total = n_full * full.get_total_flops() + (calls - n_full) * shallow.get_total_flops()
-            out[f"{name}@{size}"] = dict(preset=name, size=size, unet_calls=calls, full_calls=n_full,
-                                         shallow_share=shallow.get_total_flops() / full.get_total_flops(),
-                                         tflop_per_image=total / 1e12)
+            out[f"{name}@{size}"] = dict(
+                preset=name,
+                size=size,
+                unet_calls=calls,
+                full_calls=n_full,
+                shallow_share=shallow.get_total_flops() / full.get_total_flops(),
+                tflop_per_image=total / 1e12,
+            )
         base = out[f"exact@{args.sizes[0]}"]["tflop_per_image"]
         for key in [k for k in out if k.endswith(f"@{size}")]:
             r = out[key]
             r["share_of_exact_at_first_size"] = r["tflop_per_image"] / base
-            shallow = (f", {r['unet_calls'] - r['full_calls']} shallow at {100 * r['shallow_share']:.1f} % of a full"
-                       if r["full_calls"] < r["unet_calls"] else "")
-            print(f"{size}² {r['preset']:>5}: {r['unet_calls']} UNet calls ({r['full_calls']} full{shallow}), "
-                  f"{r['tflop_per_image']:.1f} TFLOP per image, "
-                  f"{100 * r['share_of_exact_at_first_size']:.1f} % of exact at {args.sizes[0]}²")
+            shallow = (
+                f", {r['unet_calls'] - r['full_calls']} shallow at {100 * r['shallow_share']:.1f} % of a full"
+                if r["full_calls"] < r["unet_calls"]
+                else ""
+            )
+            print(
+                f"{size}² {r['preset']:>5}: {r['unet_calls']} UNet calls ({r['full_calls']} full{shallow}), "
+                f"{r['tflop_per_image']:.1f} TFLOP per image, "
+                f"{100 * r['share_of_exact_at_first_size']:.1f} % of exact at {args.sizes[0]}²"
+            )
     return out
 
 
@@ -372,23 +413,45 @@ def main(argv=None) -> dict:
         print(f"building an SD v1.4-architecture pipeline with random weights in {workdir} ...", file=sys.stderr)
         model = build_sd14(workdir / "sd14", dtype)
 
-    n_max = max([b for b in args.batch_sizes if b != "max"] + [args.max_probe] * ("max" in args.batch_sizes)
-                + [args.latent_distance])
+    n_max = max(
+        [b for b in args.batch_sizes if b != "max"]
+        + [args.max_probe] * ("max" in args.batch_sizes)
+        + [args.latent_distance]
+    )
     speedups = args.worker_speedups if args.worker_speedups is not None else torch.device(device).type == "cuda"
     load_start = time.perf_counter()
-    worker = OutlierDecoder(model, device=device, dtype=dtype, n_slots=n_max, channels_last=args.channels_last,
-                            fuse_qkv=speedups, compile_unet=speedups)
+    worker = OutlierDecoder(
+        model,
+        device=device,
+        dtype=dtype,
+        n_slots=n_max,
+        channels_last=args.channels_last,
+        fuse_qkv=speedups,
+        compile_unet=speedups,
+    )
     vectors = anchor_like_vectors(n_max, worker.hidden_size)
     baseline = None if args.no_baseline else Baseline(model, device, dtype, vectors)
     load_s = time.perf_counter() - load_start
-    common = dict(prompt_template=DEFAULT_PROMPT_TEMPLATE, guidance_scale=args.guidance_scale,
-                  output_size=args.output_size)
+    common = dict(
+        prompt_template=DEFAULT_PROMPT_TEMPLATE, guidance_scale=args.guidance_scale, output_size=args.output_size
+    )
     if baseline is not None and args.scheduler != "pndm":
-        baseline.pipe.scheduler = worker._scheduler(args.scheduler).__class__.from_config(baseline.pipe.scheduler.config)
+        baseline.pipe.scheduler = worker._scheduler(args.scheduler).__class__.from_config(
+            baseline.pipe.scheduler.config
+        )
 
     def run_worker(n, steps, size, preset, output_type="pil"):
-        return worker.decode(vectors[:n], list(range(n)), steps=steps, height=size, width=size,
-                             scheduler=args.scheduler, preset=preset, output_type=output_type, **common)
+        return worker.decode(
+            vectors[:n],
+            list(range(n)),
+            steps=steps,
+            height=size,
+            width=size,
+            scheduler=args.scheduler,
+            preset=preset,
+            output_type=output_type,
+            **common,
+        )
 
     def run_baseline(n, steps, size):
         return baseline.decode(n, list(range(n)), steps=steps, height=size, width=size, **common)
@@ -403,12 +466,23 @@ def main(argv=None) -> dict:
         return {"s_per_batch": seconds, "images_per_s": n / seconds, "peak_gib": peak, "warmup_s": warmup_s}
 
     report = dict(
-        arch=args.model or args.arch, dtype=str(dtype).removeprefix("torch."), device_kind=torch.device(device).type,
-        scheduler=args.scheduler, presets={name: worker.plan(name, args.steps, args.scheduler) for name in args.presets},
-        worker_options=dict(sdpa=True, channels_last=args.channels_last, fuse_qkv=speedups, compile=speedups,
-                            cudnn_benchmark=args.cudnn_benchmark),
+        arch=args.model or args.arch,
+        dtype=str(dtype).removeprefix("torch."),
+        device_kind=torch.device(device).type,
+        scheduler=args.scheduler,
+        presets={name: worker.plan(name, args.steps, args.scheduler) for name in args.presets},
+        worker_options=dict(
+            sdpa=True,
+            channels_last=args.channels_last,
+            fuse_qkv=speedups,
+            compile=speedups,
+            cudnn_benchmark=args.cudnn_benchmark,
+        ),
         settings=dict(steps=args.steps, guidance_scale=args.guidance_scale, output_size=args.output_size),
-        repeats=args.repeats, load_s=load_s, environment=environment(device), rows=[],
+        repeats=args.repeats,
+        load_s=load_s,
+        environment=environment(device),
+        rows=[],
     )
 
     def measure(size, n):
@@ -484,13 +558,17 @@ def _write(report: dict, out: Path | None) -> None:
 
 def print_table(report: dict) -> None:
     s = report["settings"]
-    print(f"\ndecode benchmark: {report['arch']} on {report['environment']['device']} ({report['device_kind']}, "
-          f"{report['dtype']}), {s['steps']} steps, CFG {s['guidance_scale']}, {report['scheduler']}, stored "
-          f"{s['output_size']}², worker options {report['worker_options']}")
+    print(
+        f"\ndecode benchmark: {report['arch']} on {report['environment']['device']} ({report['device_kind']}, "
+        f"{report['dtype']}), {s['steps']} steps, CFG {s['guidance_scale']}, {report['scheduler']}, stored "
+        f"{s['output_size']}², worker options {report['worker_options']}"
+    )
     for name, plan in report["presets"].items():
         print(f"  preset {name}: {plan['scheduler']}, {plan['steps']} steps, full UNet every {plan['cache_interval']}")
     presets = list(report["presets"])
-    head = f"{'size':>5} {'batch':>5} {'diffusers img/s':>15} " + " ".join(f"{p + ' img/s':>12} {'ratio':>6}" for p in presets)
+    head = f"{'size':>5} {'batch':>5} {'diffusers img/s':>15} " + " ".join(
+        f"{p + ' img/s':>12} {'ratio':>6}" for p in presets
+    )
     print(head)
     print("-" * len(head))
     for name, d in report.get("latent_distance", {}).items():

@@ -5,11 +5,11 @@ Two measurements, each variant against ``exact`` in the same run:
 1. The trained animals decoder (``ensure_profile_assets("animals")``, its own
    settings: DDIM, 20 steps, guidance 2, 16²):
    - anchor accuracy: an independent CNN trained on real images only
-     (``oodsynth.decoder_quality``) labels decoded class anchors; the paired
+     (``oodsynth.offline_decoder.quality``) labels decoded class anchors; the paired
      difference to exact comes with a 95 % interval from the discordant pairs;
    - decoded outliers (``boundary_crossing`` vectors of a ``gaussian_full``
      fit of the encoder's ID features) re-encoded by the text-aligned encoder
-     (``oodsynth.verification``): their ID-percentile distribution.
+     (``oodsynth.decoding.verification``): their ID-percentile distribution.
 2. The random-weight tiny SD v1.x pipeline of the tests (``make_tiny_pipeline``),
    DREAM-OOD settings (PNDM, 50 steps, CFG 7.5): the relative L2 distance of the
    final latents to exact's, ||z - z_exact|| / ||z_exact||, beside two yardsticks
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oodsynth.decoder_quality import pil_to_tensor, predict, train_reference_classifier
-from oodsynth.decoding import OutlierDecoder
-from oodsynth.jobs import PRESETS
+from oodsynth.decoding.pipeline import OutlierDecoder
+from oodsynth.decoding.presets import PRESETS
+from oodsynth.offline_decoder.quality import pil_to_tensor, predict, train_reference_classifier
 
 OTHER_SEEDS = "yardstick: exact, other seeds"
 FAST = PRESETS["fast"]
@@ -59,9 +59,9 @@ def paired_difference(correct: np.ndarray, reference: np.ndarray) -> tuple[float
 
 def animals(args) -> dict:
     from oodsynth.data import load_profile_split
+    from oodsynth.decoding.verification import verify_images
     from oodsynth.lab import profile_assets
     from oodsynth.samplers import get_sampler
-    from oodsynth.verification import verify_images
 
     assets = profile_assets("animals", args.cache)
     size = assets.encoder.config.image_size
@@ -83,32 +83,39 @@ def animals(args) -> dict:
     runs.append((OTHER_SEEDS, PRESETS["exact"], 50_000))  # the noise floor: exact itself, other seeds
     for name, preset, seed_offset in runs:
         t1 = time.perf_counter()
-        images = decoder.decode(assets.anchors[labels], [s + seed_offset for s in anchor_seeds], preset=preset,
-                                **settings)
+        images = decoder.decode(
+            assets.anchors[labels], [s + seed_offset for s in anchor_seeds], preset=preset, **settings
+        )
         seconds = time.perf_counter() - t1
         preds[name] = predict(judge, pil_to_tensor(images, size)).argmax(1)
         correct[name] = preds[name] == labels
-        outliers = decoder.decode(sample.vectors, [s + seed_offset for s in outlier_seeds], preset=preset,
-                                  **settings)
+        outliers = decoder.decode(sample.vectors, [s + seed_offset for s in outlier_seeds], preset=preset, **settings)
         pct[name] = verify_images(assets.encoder, assets.fit, outliers).id_percentile
-        rows[name] = {"plan": decoder.plan(preset, settings["steps"], settings["scheduler"]),
-                      "anchor_accuracy": 100 * float(correct[name].mean()),
-                      "anchor_decode_s": round(seconds, 2),
-                      "id_percentile_median": float(np.median(pct[name])),
-                      "id_percentile_q25_q75": [float(q) for q in np.percentile(pct[name], [25, 75])],
-                      "verified_share_le_10": 100 * float((pct[name] <= 10).mean())}
+        rows[name] = {
+            "plan": decoder.plan(preset, settings["steps"], settings["scheduler"]),
+            "anchor_accuracy": 100 * float(correct[name].mean()),
+            "anchor_decode_s": round(seconds, 2),
+            "id_percentile_median": float(np.median(pct[name])),
+            "id_percentile_q25_q75": [float(q) for q in np.percentile(pct[name], [25, 75])],
+            "verified_share_le_10": 100 * float((pct[name] <= 10).mean()),
+        }
     for name in rows:
         diff, half = paired_difference(correct[name], correct["exact"])
         rows[name]["accuracy_diff_to_exact"] = [diff, half]
         rows[name]["label_agreement_with_exact"] = 100 * float((preds[name] == preds["exact"]).mean())
         rows[name]["median_abs_pct_diff_to_exact"] = float(np.median(np.abs(pct[name] - pct["exact"])))
-    return {"decoder": str(assets.decoder_dir), "settings": {k: v for k, v in settings.items() if k != "output_size"},
-            "n_anchor_images": len(labels), "n_outliers": len(sample.vectors), "judge_train_s": round(judge_s, 1),
-            "variants": rows}
+    return {
+        "decoder": str(assets.decoder_dir),
+        "settings": {k: v for k, v in settings.items() if k != "output_size"},
+        "n_anchor_images": len(labels),
+        "n_outliers": len(sample.vectors),
+        "judge_train_s": round(judge_s, 1),
+        "variants": rows,
+    }
 
 
 def tiny_latents(args) -> dict:
-    from oodsynth.tiny_model import make_tiny_pipeline
+    from oodsynth.offline_decoder.tiny_model import make_tiny_pipeline
 
     model = make_tiny_pipeline(Path(tempfile.mkdtemp(prefix="oodsynth-fidelity-")) / "tiny")
     decoder = OutlierDecoder(model, device="cpu", n_slots=args.n_tiny)
@@ -118,8 +125,9 @@ def tiny_latents(args) -> dict:
     settings = dict(steps=50, guidance_scale=7.5, height=64, width=64, scheduler="pndm")
 
     def latents(preset, **change):
-        out = decoder.decode(v, change.pop("seeds", seeds), preset=preset, output_type="latent",
-                             **{**settings, **change})
+        out = decoder.decode(
+            v, change.pop("seeds", seeds), preset=preset, output_type="latent", **{**settings, **change}
+        )
         return torch.stack(out).double()
 
     def distance(z, ref):
@@ -127,13 +135,21 @@ def tiny_latents(args) -> dict:
         return [float(d.mean()), float(d.std(ddof=1))]
 
     exact = latents("exact")
-    rows = {name: {"plan": decoder.plan(p, settings["steps"], settings["scheduler"]),
-                   "relative_l2_to_exact": distance(latents(p), exact)} for name, p in VARIANTS.items()}
+    rows = {
+        name: {
+            "plan": decoder.plan(p, settings["steps"], settings["scheduler"]),
+            "relative_l2_to_exact": distance(latents(p), exact),
+        }
+        for name, p in VARIANTS.items()
+    }
     rows["yardstick: exact, 25 PNDM steps"] = {"relative_l2_to_exact": distance(latents("exact", steps=25), exact)}
-    rows[OTHER_SEEDS] = {
-        "relative_l2_to_exact": distance(latents("exact", seeds=[s + 1000 for s in seeds]), exact)}
-    return {"model": "make_tiny_pipeline (random weights, SD v1.x layout)", "settings": settings,
-            "n_images": args.n_tiny, "variants": rows}
+    rows[OTHER_SEEDS] = {"relative_l2_to_exact": distance(latents("exact", seeds=[s + 1000 for s in seeds]), exact)}
+    return {
+        "model": "make_tiny_pipeline (random weights, SD v1.x layout)",
+        "settings": settings,
+        "n_images": args.n_tiny,
+        "variants": rows,
+    }
 
 
 def markdown(record: dict, command: str) -> str:
@@ -161,9 +177,11 @@ def markdown(record: dict, command: str) -> str:
         p = r["plan"]
         d, h = r["accuracy_diff_to_exact"]
         q = r["id_percentile_q25_q75"]
-        lines.append(f"| {name} | {p['scheduler']}, {p['steps']}, every {p['cache_interval']} | {r['anchor_accuracy']:.1f} "
-                     f"| {d:+.1f} ± {h:.1f} | {r['label_agreement_with_exact']:.1f} | {r['id_percentile_median']:.2f} "
-                     f"[{q[0]:.2f}, {q[1]:.2f}] | {r['verified_share_le_10']:.1f} | {r['median_abs_pct_diff_to_exact']:.2f} |")
+        lines.append(
+            f"| {name} | {p['scheduler']}, {p['steps']}, every {p['cache_interval']} | {r['anchor_accuracy']:.1f} "
+            f"| {d:+.1f} ± {h:.1f} | {r['label_agreement_with_exact']:.1f} | {r['id_percentile_median']:.2f} "
+            f"[{q[0]:.2f}, {q[1]:.2f}] | {r['verified_share_le_10']:.1f} | {r['median_abs_pct_diff_to_exact']:.2f} |"
+        )
     s = t["settings"]
     lines += [
         "",
@@ -189,8 +207,12 @@ def main(argv=None) -> int:
     p.add_argument("--n-outliers-per-class", type=int, default=32)
     p.add_argument("--n-tiny", type=int, default=16, help="images on the tiny pipeline")
     p.add_argument("--classifier-epochs", type=int, default=15)
-    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "oodsynth-decode-fidelity",
-                   help="where the fit of the encoder's features is cached")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "oodsynth-decode-fidelity",
+        help="where the fit of the encoder's features is cached",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="markdown report (a .json beside it)")
     args = p.parse_args(argv)
@@ -200,7 +222,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     record = {"animals": animals(args), "tiny": tiny_latents(args)}
     record.update(elapsed_s=time.perf_counter() - t0, threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"))
-    command = "nice -n 10 .venv/bin/python bench/decode_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "nice -n 10 .venv/bin/python bench/decode_fidelity.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     text = markdown(record, command.strip())
     print(text)
     if args.out:

@@ -37,22 +37,21 @@ import torch
 from PIL import Image
 
 from oodsynth.data import load_dataset
-from oodsynth.decoder_assets import ensure_profile_assets, load_profile_assets
+from oodsynth.decoding.pipeline import OutlierDecoder
 from oodsynth.densities import ClassDensities
-from oodsynth.decoder_quality import (
+from oodsynth.encoding.features import build_bank
+from oodsynth.encoding.training import load_encoder
+from oodsynth.offline_decoder.assets import ensure_profile_assets, load_profile_assets
+from oodsynth.offline_decoder.quality import (
     DecodeSettings,
     accuracy,
-    decode_vectors,
     anchor_accuracy,
+    decode_vectors,
     midpoint_agreement,
-    reconstruction_check,
     neighbour_pairs,
+    reconstruction_check,
     train_reference_classifier,
 )
-from oodsynth.decoding import OutlierDecoder
-from oodsynth.encoder_training import load_encoder
-from oodsynth.features import build_bank
-
 
 LABEL_WIDTH = 130
 
@@ -72,8 +71,9 @@ def _tile(images: list[list[Image.Image]], scale: int, labels: list[str]) -> Ima
     return grid
 
 
-def sampler_rows(decoder, fit, bank, settings: DecodeSettings, samplers: list[str], per_class: int
-                 ) -> tuple[list[list[Image.Image]], list[str]]:
+def sampler_rows(
+    decoder, fit, bank, settings: DecodeSettings, samplers: list[str], per_class: int
+) -> tuple[list[list[Image.Image]], list[str]]:
     """Each sampler's outliers at its default parameters (``per_class`` rows), decoded with the same settings."""
     from oodsynth.samplers import get_sampler
 
@@ -96,7 +96,9 @@ def real_examples(data, n_classes: int) -> list[Image.Image]:
         first.setdefault(int(y), x)
         if len(first) == n_classes:
             break
-    return [Image.fromarray((first[c].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for c in range(n_classes)]
+    return [
+        Image.fromarray((first[c].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for c in range(n_classes)
+    ]
 
 
 def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]:
@@ -128,34 +130,47 @@ def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]
     rows: list[list[Image.Image]] = [real_examples(test, len(assets.class_names))]
     labels = [f"{profile}: real"]
     for guidance in args.guidance:
-        settings = DecodeSettings(steps=args.steps or assets.config.decode_steps, guidance_scale=guidance,
-                                  image_size=size)
+        settings = DecodeSettings(
+            steps=args.steps or assets.config.decode_steps, guidance_scale=guidance, image_size=size
+        )
         t1 = time.perf_counter()
         acc, pred, images = anchor_accuracy(decoder, classifier, assets.anchors, settings, args.n_per_class)
         mid = midpoint_agreement(decoder, classifier, assets.anchors, pairs, settings, args.n_per_class)
         recon = reconstruction_check(decoder, classifier, encoder, fit, test, settings, args.n_per_class)
-        entry = {"steps": settings.steps, "guidance_scale": guidance, "anchor_accuracy": acc,
-                 "midpoint_first": mid["first"], "midpoint_second": mid["second"], "midpoint_either": mid["either"],
-                 **recon, "decode_s": round(time.perf_counter() - t1, 1)}
+        entry = {
+            "steps": settings.steps,
+            "guidance_scale": guidance,
+            "anchor_accuracy": acc,
+            "midpoint_first": mid["first"],
+            "midpoint_second": mid["second"],
+            "midpoint_either": mid["either"],
+            **recon,
+            "decode_s": round(time.perf_counter() - t1, 1),
+        }
         record["settings"].append(entry)
-        print(f"{profile:8s} steps {settings.steps:3d} guidance {guidance:4.1f}: decoded anchors correct {acc:.3f}; "
-              f"midpoints -> first {mid['first']:.2f}, second {mid['second']:.2f}, either {mid['either']:.2f}; "
-              f"reconstructions correct {recon['reconstruction_accuracy']:.3f}, median ID percentile "
-              f"{recon['reconstruction_median_id_percentile']:.1f} (real test images "
-              f"{recon['real_median_id_percentile']:.1f})",
-              flush=True)
+        print(
+            f"{profile:8s} steps {settings.steps:3d} guidance {guidance:4.1f}: decoded anchors correct {acc:.3f}; "
+            f"midpoints -> first {mid['first']:.2f}, second {mid['second']:.2f}, either {mid['either']:.2f}; "
+            f"reconstructions correct {recon['reconstruction_accuracy']:.3f}, median ID percentile "
+            f"{recon['reconstruction_median_id_percentile']:.1f} (real test images "
+            f"{recon['real_median_id_percentile']:.1f})",
+            flush=True,
+        )
         if guidance == args.guidance[0]:
             n = len(assets.class_names)
             rows += [[images[c * args.n_per_class + s] for c in range(n)] for s in range(min(3, args.n_per_class))]
             rows.append([mid["images"][c * args.n_per_class] for c in range(n)])
-            labels += ["decoded anchors", "", "", "class midpoint"][:len(rows) - len(labels)]
+            labels += ["decoded anchors", "", "", "class midpoint"][: len(rows) - len(labels)]
             if args.samplers:
                 more, names = sampler_rows(decoder, fit, bank, settings, args.samplers, 2)
                 rows, labels = rows + more, labels + names
     record["pairs"] = [[assets.class_names[a], assets.class_names[b]] for a, b in pairs]
-    print(f"{profile:8s} judge's accuracy on real test images {record['classifier_test_accuracy']:.3f}; "
-          f"decoder training {assets.record.get('total_s', float('nan')):.0f} s "
-          f"(this call {train_s:.0f} s incl. cache check)", flush=True)
+    print(
+        f"{profile:8s} judge's accuracy on real test images {record['classifier_test_accuracy']:.3f}; "
+        f"decoder training {assets.record.get('total_s', float('nan')):.0f} s "
+        f"(this call {train_s:.0f} s incl. cache check)",
+        flush=True,
+    )
     return record, rows, labels
 
 
@@ -167,11 +182,20 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--home", type=Path, default=None, help="OODSYNTH_HOME for the decoder cache")
-    parser.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
-                        help="judge this train-decoder folder for PROFILE instead of the cached default (repeatable)")
+    parser.add_argument(
+        "--decoder",
+        action="append",
+        default=[],
+        metavar="PROFILE=DIR",
+        help="judge this train-decoder folder for PROFILE instead of the cached default (repeatable)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
-    parser.add_argument("--samplers", nargs="*", default=[],
-                        help="add two grid rows of each named sampler's decoded outliers (default parameters)")
+    parser.add_argument(
+        "--samplers",
+        nargs="*",
+        default=[],
+        help="add two grid rows of each named sampler's decoded outliers (default parameters)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--grid", type=Path, default=None, help="PNG: real / decoded anchors / midpoints per profile")
     args = parser.parse_args(argv)

@@ -58,12 +58,31 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(home: Path, redis_url: str, api_keys: str, port: int, workers: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "OODSYNTH_HOME": str(home), "OODSYNTH_REDIS_URL": redis_url, "OODSYNTH_API_KEYS": api_keys,
-           "OODSYNTH_STORE": str(home / "store")}
+    env = {
+        **os.environ,
+        "OODSYNTH_HOME": str(home),
+        "OODSYNTH_REDIS_URL": redis_url,
+        "OODSYNTH_API_KEYS": api_keys,
+        "OODSYNTH_STORE": str(home / "store"),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--workers", str(workers)],
-        cwd=REPO, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "services.embed_sampler.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--workers",
+            str(workers),
+        ],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -108,8 +127,16 @@ def timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[float
     return time.perf_counter() - start, status, size
 
 
-def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, ok: int, server_pid: int | None = None,
-        **kwargs) -> dict:
+def run(
+    client: httpx.Client,
+    n: int,
+    concurrency: int,
+    method: str,
+    path: str,
+    ok: int,
+    server_pid: int | None = None,
+    **kwargs,
+) -> dict:
     """``n`` requests, ``concurrency`` at a time: percentiles (ms), throughput (req/s), errors, bytes per answer,
     and the CPU ms per request of the server and of this client (their own costs, apart from the machine's other
     load: on 2 shared cores, the client's share is CPU the server does not get)."""
@@ -127,10 +154,17 @@ def run(client: httpx.Client, n: int, concurrency: int, method: str, path: str, 
     lat = np.array([r[0] for r in results]) * 1000
     errors = sum(r[1] != ok for r in results)
     return {
-        "n": n, "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-        "p99_ms": float(np.percentile(lat, 99)), "throughput_rps": n / wall, "errors": int(errors),
-        "statuses": sorted({r[1] for r in results}), "bytes_per_answer": int(np.mean([r[2] for r in results])),
-        "server_cpu_ms_per_request": server_cpu_ms, "client_cpu_ms_per_request": client_cpu_ms,
+        "n": n,
+        "concurrency": concurrency,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "throughput_rps": n / wall,
+        "errors": int(errors),
+        "statuses": sorted({r[1] for r in results}),
+        "bytes_per_answer": int(np.mean([r[2] for r in results])),
+        "server_cpu_ms_per_request": server_cpu_ms,
+        "client_cpu_ms_per_request": client_cpu_ms,
     }
 
 
@@ -149,28 +183,43 @@ def memory_run(client: httpx.Client, pid: int, calls: int, sample: dict) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", default="inverse_sgld", help="sampler for /sample (inverse_sgld: the cheapest per vector)")
+    parser.add_argument(
+        "--method", default="inverse_sgld", help="sampler for /sample (inverse_sgld: the cheapest per vector)"
+    )
     parser.add_argument("--sequential", type=int, default=20, help="requests per sequential run")
     parser.add_argument("--concurrent", type=int, default=60, help="requests per concurrent run")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 sequential / 20 concurrent requests")
-    parser.add_argument("--only", nargs="+", choices=("sample_json", "sample_npz", "generate", "healthz"),
-                        help="run only these request kinds (default: all four)")
-    parser.add_argument("--generate-per-class", type=int, default=1,
-                        help="vectors per class (of 10) in the sample each /generate enqueues, one image each")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("sample_json", "sample_npz", "generate", "healthz"),
+        help="run only these request kinds (default: all four)",
+    )
+    parser.add_argument(
+        "--generate-per-class",
+        type=int,
+        default=1,
+        help="vectors per class (of 10) in the sample each /generate enqueues, one image each",
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (oodsynth serve --workers)")
-    parser.add_argument("--memory-calls", type=int, default=0,
-                        help="instead: this many sequential /sample calls (npz, then JSON), API RSS every 10%%")
+    parser.add_argument(
+        "--memory-calls",
+        type=int,
+        default=0,
+        help="instead: this many sequential /sample calls (npz, then JSON), API RSS every 10%%",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # `timeout` too stops the server and Redis
     if args.quick:
         args.sequential, args.concurrent = 5, 20
 
+    from toy_banks import toy_bank
+
     from oodsynth.api_keys import new_api_key
     from oodsynth.demo import free_port
-    from oodsynth.redis_conn import start_embedded_redis
-    from toy_banks import toy_bank
+    from oodsynth.state.redis_conn import start_embedded_redis
 
     key, entry = new_api_key("write")
     results: dict = {"method": args.method, "cpu_load_1m_at_start": os.getloadavg()[0], "runs": {}}
@@ -182,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             server = start_server(Path(tmp), redis_server.url, entry, port, args.workers)
             headers = {"Authorization": f"Bearer {key}"}
             limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits) as client:
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits
+            ) as client:
                 bank = toy_bank(n_classes=10, n_per_class=200, dim=768, spread=0.02)
                 r = client.post("/fits", data={"name": "load"}, files={"file": ("b.npz", bank.to_bytes(), NPZ)})
                 r.raise_for_status()
@@ -202,10 +253,16 @@ def main(argv: list[str] | None = None) -> int:
                     if args.only and name not in args.only:
                         continue
                     if name == "generate":  # drawn now: the /sample runs before may have evicted an older sample
-                        small = client.post("/sample", json={**sample, "n_per_class": args.generate_per_class,
-                                                             "include_vectors": False}).json()
-                        kwargs["json"] = {"dataset": "load", "sample_id": small["sample_id"], "steps": 20,
-                                          "height": 256, "width": 256}
+                        small = client.post(
+                            "/sample", json={**sample, "n_per_class": args.generate_per_class, "include_vectors": False}
+                        ).json()
+                        kwargs["json"] = {
+                            "dataset": "load",
+                            "sample_id": small["sample_id"],
+                            "steps": 20,
+                            "height": 256,
+                            "width": 256,
+                        }
                     for concurrency, n in ((1, args.sequential), (args.concurrency, args.concurrent)):
                         label = f"{name} x{concurrency}"
                         results["runs"][label] = run(client, n, concurrency, method, path, ok, server.pid, **kwargs)
@@ -217,23 +274,36 @@ def main(argv: list[str] | None = None) -> int:
             redis_server.stop()
     results["cpu_load_1m_at_end"] = os.getloadavg()[0]
     n_gen = 10 * args.generate_per_class
-    print(f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a {n_gen}-vector "
-          f"sample ({n_gen} images)")
-    print("| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer | API CPU ms/request | "
-          "client CPU ms/request |")
+    print(
+        f"\n/sample: 1,000 vectors (10 classes x 100, 768-d, {args.method}); /generate: enqueue of a {n_gen}-vector "
+        f"sample ({n_gen} images)"
+    )
+    print(
+        "| run | n | p50 ms | p95 ms | p99 ms | req/s | errors | bytes/answer | API CPU ms/request | "
+        "client CPU ms/request |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in results["runs"].items():
-        print(f"| {label} | {r['n']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} | {r['server_cpu_ms_per_request']:.1f} | "
-              f"{r['client_cpu_ms_per_request']:.1f} |")
+        print(
+            f"| {label} | {r['n']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{r['throughput_rps']:.1f} | {r['errors']} | {r['bytes_per_answer']:,} | {r['server_cpu_ms_per_request']:.1f} | "
+            f"{r['client_cpu_ms_per_request']:.1f} |"
+        )
     for concurrency in (1, args.concurrency):
-        generate, floor = results["runs"].get(f"generate x{concurrency}"), results["runs"].get(f"healthz x{concurrency}")
+        generate, floor = (
+            results["runs"].get(f"generate x{concurrency}"),
+            results["runs"].get(f"healthz x{concurrency}"),
+        )
         if generate and floor:
-            print(f"/generate against /healthz at x{concurrency}: p50 {generate['p50_ms'] / floor['p50_ms']:.2f}x, "
-                  f"p99 {generate['p99_ms'] / floor['p99_ms']:.2f}x; API CPU {generate['server_cpu_ms_per_request']:.1f} "
-                  f"against {floor['server_cpu_ms_per_request']:.1f} ms/request")
-    print(f"API RSS {results['rss_mb_before']:.0f} -> {results['rss_mb_after']:.0f} MB; "
-          f"1-min load average {results['cpu_load_1m_at_start']:.1f} at start, {results['cpu_load_1m_at_end']:.1f} at end")
+            print(
+                f"/generate against /healthz at x{concurrency}: p50 {generate['p50_ms'] / floor['p50_ms']:.2f}x, "
+                f"p99 {generate['p99_ms'] / floor['p99_ms']:.2f}x; API CPU {generate['server_cpu_ms_per_request']:.1f} "
+                f"against {floor['server_cpu_ms_per_request']:.1f} ms/request"
+            )
+    print(
+        f"API RSS {results['rss_mb_before']:.0f} -> {results['rss_mb_after']:.0f} MB; "
+        f"1-min load average {results['cpu_load_1m_at_start']:.1f} at start, {results['cpu_load_1m_at_end']:.1f} at end"
+    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

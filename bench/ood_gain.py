@@ -76,19 +76,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default=None, help="comma-separated row names or globs (default: all)")
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, outlier_ratio 0.1: a check")
     p.add_argument("--list-rows", action="store_true")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: measured 7x faster per step than 2 on a busy 2-core machine)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a lab setting (repeatable): epochs, beta, outlier_ratio, max_id_percentile, "
-                        "width, decode (JSON), ...")
-    p.add_argument("--versus", action="append", default=[], metavar="KEY=VALUE",
-                   help="also run every row these settings change with them (repeatable; over --set) and pair each "
-                        "row with that twin by seed, e.g. --set outlier_ratio=1.0 --versus outlier_ratio=0.5")
-    p.add_argument("--against", metavar="ROW",
-                   help="also run ROW and pair every other row with it by seed (row - ROW), e.g. --against "
-                        "'decoded:class_interpolation+verified': one sampler head to head with another")
-    p.add_argument("--decoder", action="append", default=[], metavar="PROFILE=DIR",
-                   help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: measured 7x faster per step than 2 on a busy 2-core machine)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a lab setting (repeatable): epochs, beta, outlier_ratio, max_id_percentile, "
+        "width, decode (JSON), ...",
+    )
+    p.add_argument(
+        "--versus",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run every row these settings change with them (repeatable; over --set) and pair each "
+        "row with that twin by seed, e.g. --set outlier_ratio=1.0 --versus outlier_ratio=0.5",
+    )
+    p.add_argument(
+        "--against",
+        metavar="ROW",
+        help="also run ROW and pair every other row with it by seed (row - ROW), e.g. --against "
+        "'decoded:class_interpolation+verified': one sampler head to head with another",
+    )
+    p.add_argument(
+        "--decoder",
+        action="append",
+        default=[],
+        metavar="PROFILE=DIR",
+        help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)",
+    )
     p.add_argument("--cached-only", action="store_true", help="summarise the cached cells, run nothing")
     p.add_argument("--name", default="results", help="result files OUT/NAME.{json,md,png} (cells are shared)")
     args = p.parse_args(argv)
@@ -122,11 +144,22 @@ def main(argv: list[str] | None = None) -> int:
             if profile not in loaded:
                 loaded[profile] = profile_assets(profile, cache, settings.density, decoders.get(profile))
             return loaded[profile]
+
         return get
 
-    results = run_benchmark(profiles, pick_rows(args.rows, list(rows)), seeds, settings, args.out, assets_for,
-                            log=lambda line: print(line, flush=True), name=args.name,
-                            cached_only=args.cached_only, versus=versus, against=args.against)
+    results = run_benchmark(
+        profiles,
+        pick_rows(args.rows, list(rows)),
+        seeds,
+        settings,
+        args.out,
+        assets_for,
+        log=lambda line: print(line, flush=True),
+        name=args.name,
+        cached_only=args.cached_only,
+        versus=versus,
+        against=args.against,
+    )
     print((args.out / f"{args.name}.md").read_text())
     return 1 if results["failures"] else 0
 

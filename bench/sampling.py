@@ -74,7 +74,9 @@ def reference_dream_ood(ID: np.ndarray, rounds: int, rng: np.random.Generator, p
         dist, _ = index.search(normed, p["K"])
         boundary = np.argsort(-dist[:, -1], kind="stable")[: p["select"]]
         boundary = boundary[rng.choice(p["select"], p["pic_nums"], replace=False)]
-        candidates = np.repeat(ID[boundary], p["length"], axis=0) + p["sigma"] * np.tile(negative_samples, (p["pic_nums"], 1))
+        candidates = np.repeat(ID[boundary], p["length"], axis=0) + p["sigma"] * np.tile(
+            negative_samples, (p["pic_nums"], 1)
+        )
         dist, _ = index.search(candidates / np.linalg.norm(candidates, axis=1, keepdims=True), p["K"])
         out.append(candidates[reference_pick(dist[:, -1], p["pic_nums"], p["length"], p["keep_per_point"])])
         index.reset()
@@ -96,20 +98,29 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=3, help="classes to time (>= 3 for stable figures)")
     ap.add_argument("--n-outliers", type=int, default=10_000, help="outliers per class")
-    ap.add_argument("--reference-rounds", type=int, default=REFERENCE["rounds"], help="reference rounds timed per class (scaled to 100)")
+    ap.add_argument(
+        "--reference-rounds",
+        type=int,
+        default=REFERENCE["rounds"],
+        help="reference rounds timed per class (scaled to 100)",
+    )
     ap.add_argument("--density", default="vmf", help="density kind the inverse samplers use")
     ap.add_argument("--data", type=Path, default=default_data_dir(), help="folder with token_embed_cifar100.npy")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 class, 1,000 outliers, 2 reference rounds")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS),
-                    help="samplers to time (default: all)")
+    ap.add_argument(
+        "--methods", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS), help="samplers to time (default: all)"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.classes, args.n_outliers, args.reference_rounds = 1, 1000, 2
     anchors_path = args.data / "token_embed_cifar100.npy"
     if not anchors_path.exists():
-        print(f"error: {anchors_path} not found; pass --data or set OODSYNTH_SHARED_DATA to the folder "
-              "holding the real SD v1.4 token embeddings", file=sys.stderr)
+        print(
+            f"error: {anchors_path} not found; pass --data or set OODSYNTH_SHARED_DATA to the folder "
+            "holding the real SD v1.4 token embeddings",
+            file=sys.stderr,
+        )
         return 2
     from tqdm import tqdm
 
@@ -120,9 +131,11 @@ def main(argv=None) -> int:
     scale = REFERENCE["rounds"] / args.reference_rounds
     ref_rounds_needed = args.n_outliers / (REFERENCE["pic_nums"] * REFERENCE["keep_per_point"])
     scale *= ref_rounds_needed / REFERENCE["rounds"]
-    print(f"bank: {bank.n_classes} classes x 500 x {bank.dim}-d, fit ({args.density}) {fit_s:.2f} s for all classes; "
-          f"timing {args.classes} classes x {args.n_outliers} outliers; BLAS threads: os default; "
-          f"reference timed over {args.reference_rounds} rounds, scaled x{scale:g}")
+    print(
+        f"bank: {bank.n_classes} classes x 500 x {bank.dim}-d, fit ({args.density}) {fit_s:.2f} s for all classes; "
+        f"timing {args.classes} classes x {args.n_outliers} outliers; BLAS threads: os default; "
+        f"reference timed over {args.reference_rounds} rounds, scaled x{scale:g}"
+    )
 
     methods = ["reference"] + list(args.methods)
     rows = {m: {"s": [], "peak": [], "knn": [], "pct": [], "band": []} for m in methods}
@@ -130,12 +143,14 @@ def main(argv=None) -> int:
         ID = bank.class_features(c)
         for m in methods:
             if m == "reference":
-                vecs, s, peak = timed(lambda: reference_dream_ood(ID, args.reference_rounds, rng))
+                vecs, s, peak = timed(lambda: reference_dream_ood(ID, args.reference_rounds, rng))  # noqa: B023  (called at once)
                 s *= scale
             else:
                 sampler = get_sampler(m)
                 use_bank = bank if sampler.needs_bank else None
-                res, s, peak = timed(lambda: sampler.sample(fit, args.n_outliers, classes=[c], seed=args.seed + c, bank=use_bank))
+                res, s, peak = timed(
+                    lambda: sampler.sample(fit, args.n_outliers, classes=[c], seed=args.seed + c, bank=use_bank)  # noqa: B023  (called at once)
+                )
                 vecs = res.vectors
             unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
             labels = np.full(len(unit), c)
@@ -146,22 +161,32 @@ def main(argv=None) -> int:
             row["knn"].append(knn_distances(bank, unit.astype(np.float32), labels, REFERENCE["K"]).mean())
             row["pct"].append(pct.mean())
             row["band"].append(np.mean((pct >= 0.5) & (pct <= 5.0)))
-    id_knn = np.mean([knn_distances(bank, bank.class_features(c), np.full(500, c), REFERENCE["K"]).mean()
-                      for c in range(args.classes)])
+    id_knn = np.mean(
+        [
+            knn_distances(bank, bank.class_features(c), np.full(500, c), REFERENCE["K"]).mean()
+            for c in range(args.classes)
+        ]
+    )
 
     ref_s = np.mean(rows["reference"]["s"])
-    header = f"{'method':<18}{'s/class':>10}{'100 cls (min)':>15}{'speed-up':>10}{'peak MB':>9}{'ID bank':>9}" \
-             f"{'kNN dist':>10}{'ID pct':>8}{'in [0.5,5]':>11}"
+    header = (
+        f"{'method':<18}{'s/class':>10}{'100 cls (min)':>15}{'speed-up':>10}{'peak MB':>9}{'ID bank':>9}"
+        f"{'kNN dist':>10}{'ID pct':>8}{'in [0.5,5]':>11}"
+    )
     print(header)
     print("-" * len(header))
     for m in methods:
         r = rows[m]
         s = np.mean(r["s"])
         needs = "yes" if m == "reference" or SAMPLERS[m].needs_bank else "no"
-        print(f"{m:<18}{s:>10.2f}{s * 100 / 60:>15.1f}{ref_s / s:>9.1f}x{np.max(r['peak']):>9.0f}{needs:>9}"
-              f"{np.mean(r['knn']):>10.4f}{np.mean(r['pct']):>8.2f}{np.mean(r['band']):>11.2f}")
-    print(f"(ID points themselves: mean {REFERENCE['K']}-th-NN distance {id_knn:.4f}; percentiles from the {args.density} fit; "
-          "peak MB = Python/numpy allocations traced by tracemalloc)")
+        print(
+            f"{m:<18}{s:>10.2f}{s * 100 / 60:>15.1f}{ref_s / s:>9.1f}x{np.max(r['peak']):>9.0f}{needs:>9}"
+            f"{np.mean(r['knn']):>10.4f}{np.mean(r['pct']):>8.2f}{np.mean(r['band']):>11.2f}"
+        )
+    print(
+        f"(ID points themselves: mean {REFERENCE['K']}-th-NN distance {id_knn:.4f}; percentiles from the {args.density} fit; "
+        "peak MB = Python/numpy allocations traced by tracemalloc)"
+    )
     targets = []
     if "inverse_sgld" in rows:
         sgld_x = ref_s / np.mean(rows["inverse_sgld"]["s"])
@@ -169,8 +194,10 @@ def main(argv=None) -> int:
     if "knn_boundary" in rows:
         knn_x = ref_s / np.mean(rows["knn_boundary"]["s"])
         knn_ok = np.mean(rows["knn_boundary"]["knn"]) >= np.mean(rows["reference"]["knn"])
-        targets.append(f"knn_boundary >= 3x at >= quality: {knn_x:.1f}x, kNN {'>=' if knn_ok else '<'} reference "
-                       f"{'PASS' if knn_x >= 3 and knn_ok else 'FAIL'}")
+        targets.append(
+            f"knn_boundary >= 3x at >= quality: {knn_x:.1f}x, kNN {'>=' if knn_ok else '<'} reference "
+            f"{'PASS' if knn_x >= 3 and knn_ok else 'FAIL'}"
+        )
     for m in ("boundary_crossing", "sphere_hmc"):
         if m in rows:
             s = np.mean(rows[m]["s"])

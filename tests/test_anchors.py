@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oodsynth.anchors import extract_anchors, load_anchors
 from oodsynth.bank import FeatureBank
+from oodsynth.encoding.anchors import extract_anchors, load_anchors
 
 
 def test_real_cifar100_anchors_load_with_sd_norms(shared_data):
@@ -38,7 +38,7 @@ def test_load_anchors_from_a_bank_and_bad_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory):
-    from oodsynth.tiny_model import write_tiny_clip_text
+    from oodsynth.offline_decoder.tiny_model import write_tiny_clip_text
 
     path = tmp_path_factory.mktemp("clip")
     write_tiny_clip_text(path, ["cat", "ship", "aquarium", "fish"], hidden_size=32)

@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from toy_banks import toy_bank
 
 from oodsynth.client import OodsynthClient, OodsynthError, sample_arrays
-from oodsynth.registry import SampleRegistry
+from oodsynth.state.registry import SampleRegistry
 from services.embed_sampler.app import create_app
 from services.embed_sampler.state import get_redis_dep
-from toy_banks import toy_bank
 
 make_bank = toy_bank
 
@@ -64,7 +64,9 @@ def test_fit_summary_sample_and_stored_sample(api):
         assert q["0.01"] <= q["0.5"] <= q["0.99"]
     assert api.get("/fits/toy", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
 
-    r = api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 6, "classes": ["class_c", 0], "seed": 3})
+    r = api.post(
+        "/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 6, "classes": ["class_c", 0], "seed": 3}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["n"] == 12 and body["dim"] == 16 and body["seed"] == 3
@@ -178,14 +180,18 @@ def test_bad_sampler_params_and_json(api):
     r = api.post("/sample", json={**sample, "params": {"no_such_param": 1}})
     assert r.json()["detail"][0]["loc"][:3] == ["body", "params", "no_such_param"]
     # NaN literals are not valid JSON numbers for params.
-    r = api.post("/sample", content=b'{"fit":"toy","method":"%s","n_per_class":2,"params":{"x":NaN}}' % SAMPLER.encode(),
-                 headers={"content-type": "application/json"})
+    r = api.post(
+        "/sample",
+        content=b'{"fit":"toy","method":"%s","n_per_class":2,"params":{"x":NaN}}' % SAMPLER.encode(),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 422
     assert api.post("/sample", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
 
 
-@pytest.mark.parametrize("path, field", [("/fits/missing", "name"), ("/samples/" + "0" * 32, "sample_id"),
-                                         ("/samples/xyz", "sample_id")])
+@pytest.mark.parametrize(
+    "path, field", [("/fits/missing", "name"), ("/samples/" + "0" * 32, "sample_id"), ("/samples/xyz", "sample_id")]
+)
 def test_unknown_names_answer_404_naming_the_path_field(api, path, field):
     r = api.get(path)
     assert r.status_code == 404 and r.json()["detail"][0]["loc"] == ["path", field]
@@ -229,12 +235,20 @@ def test_metrics_and_health(api):
     assert post_fit(api).status_code == 201
     assert api.post("/sample", json={"fit": "toy", "method": SAMPLER, "n_per_class": 4}).status_code == 200
     after = api.get("/metrics").text
-    assert counter_value(after, "oodsynth_samples_drawn_total", method=SAMPLER) - counter_value(
-        before, "oodsynth_samples_drawn_total", method=SAMPLER) == 12
-    assert counter_value(after, "oodsynth_fits_total", density="vmf") >= counter_value(before, "oodsynth_fits_total", density="vmf") + 1
+    assert (
+        counter_value(after, "oodsynth_samples_drawn_total", method=SAMPLER)
+        - counter_value(before, "oodsynth_samples_drawn_total", method=SAMPLER)
+        == 12
+    )
+    assert (
+        counter_value(after, "oodsynth_fits_total", density="vmf")
+        >= counter_value(before, "oodsynth_fits_total", density="vmf") + 1
+    )
     labels = {"method": "POST", "route": "/sample", "status": "200"}
-    assert counter_value(after, "oodsynth_http_requests_total", **labels) == counter_value(
-        before, "oodsynth_http_requests_total", **labels) + 1
+    assert (
+        counter_value(after, "oodsynth_http_requests_total", **labels)
+        == counter_value(before, "oodsynth_http_requests_total", **labels) + 1
+    )
 
     assert api.get("/healthz").json() == {"status": "ok", "redis": "ok"}
     spec = api.get("/openapi.json").json()
@@ -264,7 +278,9 @@ def test_every_sampler_runs_and_reports_knn_only_with_a_bank(api):
     assert post_fit(api, density="gaussian_full").status_code == 201
     for method, cls in SAMPLERS.items():
         for knn in (False, True):
-            r = api.post("/sample", json={"fit": "toy", "method": method, "n_per_class": 4, "seed": 0, "knn_diagnostics": knn})
+            r = api.post(
+                "/sample", json={"fit": "toy", "method": method, "n_per_class": 4, "seed": 0, "knn_diagnostics": knn}
+            )
             assert r.status_code == 200, (method, r.text)
             body = r.json()
             assert body["n"] == 12 and np.isfinite(np.array(body["vectors"], dtype=float)).all()
@@ -291,8 +307,10 @@ def test_sampler_params_fuzz_never_500(api):
     for method, cls in SAMPLERS.items():
         for name in cls.Params.model_fields:
             for value in ("bad", -1, 0, [5, 1], None, 200):
-                r = api.post("/sample", json={"fit": "toy", "method": method, "n_per_class": 2, "seed": 1,
-                                              "params": {name: value}})
+                r = api.post(
+                    "/sample",
+                    json={"fit": "toy", "method": method, "n_per_class": 2, "seed": 1, "params": {name: value}},
+                )
                 statuses.append(r.status_code)
                 assert r.status_code in (200, 422), (method, name, value, r.text)
                 if r.status_code == 422:

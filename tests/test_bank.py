@@ -57,7 +57,7 @@ def test_not_an_npz():
 def test_embedded_redis_joins_a_live_server_instead_of_starting_a_second(tmp_path, monkeypatch):
     import redis
 
-    from oodsynth import redis_conn
+    from oodsynth.state import redis_conn
 
     first = redis_conn.start_embedded_redis(tmp_path / "home" / "redis")
     try:

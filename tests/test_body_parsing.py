@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from servers import wait_healthy
 
 from oodsynth.demo import free_port
-from servers import wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 BODY_TIMEOUT_S = 4.0
@@ -30,11 +30,27 @@ HEALTHZ_SHARE_OF_REQUEST = 0.75
 def server(redis_server):
     """``uvicorn services.embed_sampler.app:app`` on a free port: 64 MiB JSON bodies, bodies due within 4 s."""
     port = free_port()
-    env = {**os.environ, "OODSYNTH_REDIS_URL": redis_server.url, "OODSYNTH_MAX_REQUEST_BYTES": str(64 * 2**20),
-           "OODSYNTH_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}
+    env = {
+        **os.environ,
+        "OODSYNTH_REDIS_URL": redis_server.url,
+        "OODSYNTH_MAX_REQUEST_BYTES": str(64 * 2**20),
+        "OODSYNTH_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    }
     env.pop("OODSYNTH_API_KEYS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "services.embed_sampler.app:app", "--port", str(port),
-                             "--log-level", "warning"], cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "services.embed_sampler.app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, proc)
@@ -48,15 +64,21 @@ def big_generate_body(megabytes: int) -> bytes:
     """An inline /generate request of about ``megabytes`` MB (random 768-d float64 rows) for a fit that does not exist."""
     rows = megabytes * 2**20 // (768 * 20)  # about 20 characters per printed float64
     vectors = np.random.default_rng(0).normal(size=(rows, 768))
-    return orjson.dumps({"dataset": "big", "fit": "nofit", "classes": [0] * rows}, option=orjson.OPT_SERIALIZE_NUMPY)[
-        :-1] + b',"vectors":' + orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY) + b"}"
+    return (
+        orjson.dumps({"dataset": "big", "fit": "nofit", "classes": [0] * rows}, option=orjson.OPT_SERIALIZE_NUMPY)[:-1]
+        + b',"vectors":'
+        + orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY)
+        + b"}"
+    )
 
 
 def slow_upload(port: int) -> socket.socket:
     """A client that declares a 10 MB JSON body, sends 64 KiB of it and stalls."""
     conn = socket.create_connection(("127.0.0.1", port), timeout=BODY_TIMEOUT_S + 10)
-    conn.sendall(b"POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 10000000\r\n\r\n" + b" " * 65536)
+    conn.sendall(
+        b"POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 10000000\r\n\r\n" + b" " * 65536
+    )
     return conn
 
 
@@ -83,14 +105,17 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server):
             latencies.append(time.monotonic() - start)
             time.sleep(0.02)
     poster.join()
-    print(f"50 MB body: {answer['seconds']:.2f} s; /healthz max {max(latencies):.3f} s, median "
-          f"{np.median(latencies):.3f} s over {len(latencies)} calls")
+    print(
+        f"50 MB body: {answer['seconds']:.2f} s; /healthz max {max(latencies):.3f} s, median "
+        f"{np.median(latencies):.3f} s over {len(latencies)} calls"
+    )
     # The whole body was read, decoded and validated (every row has a class), then the fit was looked up.
     assert answer["status"] == 404 and answer["detail"][0]["loc"] == ["body", "fit"], answer
     assert len(latencies) >= 5, f"the 50 MB request took only {answer['seconds']:.2f} s: too short to measure"
     assert max(latencies) < min(HEALTHZ_BOUND_S, HEALTHZ_SHARE_OF_REQUEST * answer["seconds"]), (
         f"/healthz took up to {max(latencies):.3f} s while a 50 MB body took {answer['seconds']:.2f} s "
-        f"(median {np.median(latencies):.3f} s over {len(latencies)} calls)")
+        f"(median {np.median(latencies):.3f} s over {len(latencies)} calls)"
+    )
 
     for conn in stalled:  # each stalled upload gets its 408 once BODY_TIMEOUT_S has passed
         with conn:
@@ -104,11 +129,17 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server):
 UNFINISHED = b'{"dataset": "d", "fit": "f", "vectors": [' + b"[0.5, 0.25], " * 30000 + b"]"
 
 
-@pytest.mark.parametrize("body, loc, kind", [
-    (UNFINISHED, ["body", len(UNFINISHED) - 3], "json_invalid"),  # the trailing comma before "]"
-    (b'{"dataset": "d", "fit": "f", "seed": "7", "vectors": [' + b"[0.5, 0.25], " * 30000 + b"[1, 2]]}",
-     ["body", "seed"], "int_type"),
-])
+@pytest.mark.parametrize(
+    "body, loc, kind",
+    [
+        (UNFINISHED, ["body", len(UNFINISHED) - 3], "json_invalid"),  # the trailing comma before "]"
+        (
+            b'{"dataset": "d", "fit": "f", "seed": "7", "vectors": [' + b"[0.5, 0.25], " * 30000 + b"[1, 2]]}",
+            ["body", "seed"],
+            "int_type",
+        ),
+    ],
+)
 def test_large_bad_bodies_get_fastapis_422(server, body, loc, kind):
     """A large body that is not JSON, or has a wrongly typed field, answers 422 naming where, as small ones do."""
     assert len(body) > 256 * 1024  # over body.OFF_LOOP_BYTES: decoded in the threadpool

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from toy_banks import toy_bank
 from typer.testing import CliRunner
 
 from oodsynth.cli import app
 from oodsynth.cli import core as cli_core
 from oodsynth.client import OodsynthClient
-from oodsynth.registry import FitRegistry, SampleRegistry, StoredSample
-from toy_banks import toy_bank
+from oodsynth.state.registry import FitRegistry, SampleRegistry, StoredSample
 
 SAMPLER = "inverse_rejection"
 runner = CliRunner()
@@ -40,8 +40,24 @@ def test_fit_then_sample_in_process(redis_url, bank_path, tmp_path):
     assert FitRegistry(client).list() == ["cli"]
 
     out = tmp_path / "sample.npz"
-    r = runner.invoke(app, ["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "4",
-                            "--classes", "cat,0", "--seed", "5", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            "--fit",
+            "cli",
+            "--method",
+            SAMPLER,
+            "--n-per-class",
+            "4",
+            "--classes",
+            "cat,0",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     stored = StoredSample.load(out)
     assert stored.vectors.shape == (8, 12) and stored.vectors.dtype == np.float32
@@ -54,8 +70,26 @@ def test_fit_then_sample_in_process(redis_url, bank_path, tmp_path):
 
     # Same seed, same vectors.
     out2 = tmp_path / "again.npz"
-    r = runner.invoke(app, ["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "4",
-                            "--classes", "cat", "--classes", "0", "--seed", "5", "--out", str(out2)])
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            "--fit",
+            "cli",
+            "--method",
+            SAMPLER,
+            "--n-per-class",
+            "4",
+            "--classes",
+            "cat",
+            "--classes",
+            "0",
+            "--seed",
+            "5",
+            "--out",
+            str(out2),
+        ],
+    )
     assert r.exit_code == 0, r.output
     np.testing.assert_array_equal(StoredSample.load(out2).vectors, stored.vectors)
 
@@ -63,23 +97,31 @@ def test_fit_then_sample_in_process(redis_url, bank_path, tmp_path):
 SAMPLE = ["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "2"]
 
 
-@pytest.mark.parametrize("args, field", [
-    (["fit", "{nan}", "--name", "x"], "bank.features"),
-    (["fit", "{missing}", "--name", "x"], "bank"),
-    (["fit", "{bank}", "--name", "x", "--density", "cauchy"], "density"),
-    (["fit", "{bank}", "--name", "a/b"], "name"),
-    (["fit", "{bank}", "--name", "cli"], "name"),
-    (["sample", "--fit", "nope", "--method", SAMPLER, "--n-per-class", "2", "--out", "{out}"], "fit"),
-    (["sample", "--fit", "cli", "--method", "nope", "--n-per-class", "2", "--out", "{out}"], "method"),
-    (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "0", "--out", "{out}"], "n_per_class"),
-    ([*SAMPLE, "--classes", "dog", "--out", "{out}"], "classes[0]"),
-    ([*SAMPLE, "-p", "bogus=1", "--out", "{out}"], "params.bogus"),
-    ([*SAMPLE, "-p", "novalue", "--out", "{out}"], "params"),
-    ([*SAMPLE, "--out", "{nodir}"], "out"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["fit", "{nan}", "--name", "x"], "bank.features"),
+        (["fit", "{missing}", "--name", "x"], "bank"),
+        (["fit", "{bank}", "--name", "x", "--density", "cauchy"], "density"),
+        (["fit", "{bank}", "--name", "a/b"], "name"),
+        (["fit", "{bank}", "--name", "cli"], "name"),
+        (["sample", "--fit", "nope", "--method", SAMPLER, "--n-per-class", "2", "--out", "{out}"], "fit"),
+        (["sample", "--fit", "cli", "--method", "nope", "--n-per-class", "2", "--out", "{out}"], "method"),
+        (["sample", "--fit", "cli", "--method", SAMPLER, "--n-per-class", "0", "--out", "{out}"], "n_per_class"),
+        ([*SAMPLE, "--classes", "dog", "--out", "{out}"], "classes[0]"),
+        ([*SAMPLE, "-p", "bogus=1", "--out", "{out}"], "params.bogus"),
+        ([*SAMPLE, "-p", "novalue", "--out", "{out}"], "params"),
+        ([*SAMPLE, "--out", "{nodir}"], "out"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_field(redis_url, bank_path, tmp_path, args, field):
-    paths = {"bank": bank_path, "nan": write_bank(tmp_path / "nan.npz", nan=True), "missing": tmp_path / "missing.npz",
-             "out": tmp_path / "s.npz", "nodir": tmp_path / "no" / "s.npz"}
+    paths = {
+        "bank": bank_path,
+        "nan": write_bank(tmp_path / "nan.npz", nan=True),
+        "missing": tmp_path / "missing.npz",
+        "out": tmp_path / "s.npz",
+        "nodir": tmp_path / "no" / "s.npz",
+    }
     assert runner.invoke(app, ["fit", str(bank_path), "--name", "cli"]).exit_code == 0
     r = runner.invoke(app, [a.format(**paths) for a in args])
     assert r.exit_code == 2, (args, r.output)
@@ -97,12 +139,44 @@ def test_fit_and_sample_over_the_api(redis_url, bank_path, tmp_path, monkeypatch
         r = runner.invoke(app, ["fit", str(bank_path), "--name", "remote", "--api", "http://testserver"])
         assert r.exit_code == 0, r.output
         out = tmp_path / "remote.npz"
-        r = runner.invoke(app, ["sample", "--fit", "remote", "--method", SAMPLER, "--n-per-class", "3",
-                                "--classes", "bee", "--out", str(out), "--api", "http://testserver"])
+        r = runner.invoke(
+            app,
+            [
+                "sample",
+                "--fit",
+                "remote",
+                "--method",
+                SAMPLER,
+                "--n-per-class",
+                "3",
+                "--classes",
+                "bee",
+                "--out",
+                str(out),
+                "--api",
+                "http://testserver",
+            ],
+        )
         assert r.exit_code == 0, r.output
         stored = StoredSample.load(out)
         assert stored.vectors.shape == (3, 12) and stored.class_index.tolist() == [1, 1, 1]
         assert np.isnan(stored.diagnostics["knn_distance"]).all()
-        r = runner.invoke(app, ["sample", "--fit", "remote", "--method", SAMPLER, "--n-per-class", "3",
-                                "--classes", "wasp", "--out", str(out), "--api", "http://testserver"])
+        r = runner.invoke(
+            app,
+            [
+                "sample",
+                "--fit",
+                "remote",
+                "--method",
+                SAMPLER,
+                "--n-per-class",
+                "3",
+                "--classes",
+                "wasp",
+                "--out",
+                str(out),
+                "--api",
+                "http://testserver",
+            ],
+        )
         assert r.exit_code == 2 and r.stderr.startswith("error: classes[0]:"), r.output

@@ -1,6 +1,6 @@
 """Decode presets: exact is today's path; fast = DPM-Solver++ at half the steps + deep-feature reuse.
 
-The reuse (oodsynth.deep_cache) is checked against the UNet itself: a full
+The reuse (oodsynth.decoding.deep_cache) is checked against the UNet itself: a full
 step is the UNet's own output to the bit, and a shallow step fed the feature
 kept at the same input is too, so the skip wiring is exactly diffusers'.
 """
@@ -12,11 +12,12 @@ import pydantic
 import pytest
 import torch
 
-from oodsynth.decode_job import DecoderCache, run_decode_job
-from oodsynth.decoding import OutlierDecoder
-from oodsynth.deep_cache import DeepCacheUNet
-from oodsynth.jobs import PRESETS, DecodeJob, DecodeSettings, build_items
-from oodsynth.store import ResultStore
+from oodsynth.decoding.deep_cache import DeepCacheUNet
+from oodsynth.decoding.pipeline import OutlierDecoder
+from oodsynth.decoding.presets import PRESETS
+from oodsynth.queue.payloads import DecodeJob, DecodeSettings, build_items
+from oodsynth.store.results import ResultStore
+from oodsynth.worker.decode_job import DecoderCache, run_decode_job
 
 SIZE = dict(height=64, width=64, output_size=32)  # 8x8 latents
 
@@ -38,8 +39,12 @@ def sd_layout_unet():
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        block_out_channels=(32, 64, 64), layers_per_block=2, cross_attention_dim=32, attention_head_dim=8,
-        norm_num_groups=16, sample_size=8,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        sample_size=8,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     ).eval()
@@ -69,12 +74,18 @@ def test_reuse_schedule_one_full_step_every_interval(sd_layout_unet):
     cached = DeepCacheUNet(unet, interval=3)
     ehs = torch.randn(2, 5, 32)
     xs = [torch.randn(2, 4, 8, 8) for _ in range(7)]
-    exact = [torch.equal(cached(x, torch.tensor(900 - 100 * i), ehs, return_dict=False)[0],
-                         unet(x, torch.tensor(900 - 100 * i), encoder_hidden_states=ehs).sample)
-             for i, x in enumerate(xs)]
+    exact = [
+        torch.equal(
+            cached(x, torch.tensor(900 - 100 * i), ehs, return_dict=False)[0],
+            unet(x, torch.tensor(900 - 100 * i), encoder_hidden_states=ehs).sample,
+        )
+        for i, x in enumerate(xs)
+    ]
     assert exact == [True, False, False, True, False, False, True]
     cached.reset()  # a new denoising loop starts with a full step
-    assert torch.equal(cached(xs[1], torch.tensor(5), ehs).sample, unet(xs[1], torch.tensor(5), encoder_hidden_states=ehs).sample)
+    assert torch.equal(
+        cached(xs[1], torch.tensor(5), ehs).sample, unet(xs[1], torch.tensor(5), encoder_hidden_states=ehs).sample
+    )
     assert cached.config is unet.config and cached.dtype == unet.dtype  # what the pipeline reads passes through
 
 
@@ -87,8 +98,18 @@ def test_bad_reuse_parameters_are_refused(sd_layout_unet):
 
 def test_fast_preset_plan_latents_and_determinism(decoder):
     unet = decoder.pipe.unet
-    assert decoder.plan("fast", 50, "pndm") == {"preset": "fast", "scheduler": "dpm++", "steps": 25, "cache_interval": 2}
-    assert decoder.plan("exact", 50, "pndm") == {"preset": "exact", "scheduler": "pndm", "steps": 50, "cache_interval": 1}
+    assert decoder.plan("fast", 50, "pndm") == {
+        "preset": "fast",
+        "scheduler": "dpm++",
+        "steps": 25,
+        "cache_interval": 2,
+    }
+    assert decoder.plan("exact", 50, "pndm") == {
+        "preset": "exact",
+        "scheduler": "pndm",
+        "steps": 50,
+        "cache_interval": 1,
+    }
     v, seeds = _vectors(2, seed=1), [3, 4]
     exact = torch.stack(decoder.decode(v, seeds, steps=8, output_type="latent", **SIZE))
     default = torch.stack(decoder.decode(v, seeds, steps=8, output_type="latent", preset="exact", **SIZE))
@@ -119,9 +140,18 @@ def test_preset_in_settings_ids_and_refusals():
     # exact stays out of the id recipe: ids of jobs made before presets existed are unchanged
     assert "preset" not in DecodeSettings().decode_settings()
     assert DecodeSettings(preset="fast").decode_settings()["preset"] == "fast"
-    ids = {p: build_items(dataset="d", vectors=_vectors(1), class_index=np.array([0]), class_names=["cat"],
-                          vector_ids=["v0"], sampler="s", decode=DecodeSettings(preset=p).decode_settings())[0].image_id
-           for p in PRESETS}
+    ids = {
+        p: build_items(
+            dataset="d",
+            vectors=_vectors(1),
+            class_index=np.array([0]),
+            class_names=["cat"],
+            vector_ids=["v0"],
+            sampler="s",
+            decode=DecodeSettings(preset=p).decode_settings(),
+        )[0].image_id
+        for p in PRESETS
+    }
     assert ids["exact"] != ids["fast"]
     with pytest.raises(pydantic.ValidationError, match="preset"):
         DecodeSettings(preset="turbo")
@@ -147,16 +177,31 @@ def test_manifest_rows_name_their_preset(tiny_sd, settings_env, tmp_path):
     settings = settings_env(MODEL=tiny_sd, GPU_BATCH_SIZE=2, DEVICE="cpu")
     for preset in ("exact", "fast"):
         decode = DecodeSettings(steps=4, preset=preset, **SIZE)
-        items = build_items(dataset="p", vectors=_vectors(2), class_index=np.array([0, 1]),
-                            class_names=["cat", "ship"], vector_ids=["a", "b"], sampler="s",
-                            decode=decode.decode_settings(), model=str(tiny_sd))
+        items = build_items(
+            dataset="p",
+            vectors=_vectors(2),
+            class_index=np.array([0, 1]),
+            class_names=["cat", "ship"],
+            vector_ids=["a", "b"],
+            sampler="s",
+            decode=decode.decode_settings(),
+            model=str(tiny_sd),
+        )
         job = DecodeJob(dataset="p", model=str(tiny_sd), items=items, **decode.decode_settings())
         assert run_decode_job(job.model_dump(), settings, DecoderCache())["written"] == 2
     rows = ResultStore(settings.store).records("p")
     by_preset = {p: [r.decode for r in rows if r.decode["preset"] == p] for p in PRESETS}
     assert [len(v) for v in by_preset.values()] == [2, 2]
-    assert by_preset["fast"][0] == {"preset": "fast", "scheduler": "dpm++", "steps": 2, "cache_interval": 2,
-                                    "guidance_scale": 7.5, "height": 64, "width": 64, "output_size": 32}
+    assert by_preset["fast"][0] == {
+        "preset": "fast",
+        "scheduler": "dpm++",
+        "steps": 2,
+        "cache_interval": 2,
+        "guidance_scale": 7.5,
+        "height": 64,
+        "width": 64,
+        "output_size": 32,
+    }
     assert by_preset["exact"][0]["scheduler"] == "pndm" and by_preset["exact"][0]["steps"] == 4
 
 

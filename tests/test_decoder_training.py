@@ -13,14 +13,23 @@ import numpy as np
 import pytest
 import torch
 
-from oodsynth.decoder_assets import ensure_profile_assets, load_profile_assets
-from oodsynth.decoder_training import profile_config
+from oodsynth.offline_decoder.assets import ensure_profile_assets, load_profile_assets
+from oodsynth.offline_decoder.training import profile_config
 
 # Tiny settings: three classes at 8x8 learn their conditioning in 600 small steps (31 CPU-s measured with
 # batches of 24, 42 with 32); all eight classes at these settings stayed at chance. 300 steps, or batches
 # of 16, fell to 8 of 12 on some seeds. bench/decoder_quality.py checks the full decoders.
-TINY = dict(image_size=8, classes=("zero", "one", "two"), encoder_epochs=8, vae_steps=60, unet_steps=600,
-            unet_batch_size=24, unet_channels=(16, 32), p_anchor=0.6, decode_steps=10)
+TINY = dict(
+    image_size=8,
+    classes=("zero", "one", "two"),
+    encoder_epochs=8,
+    vae_steps=60,
+    unet_steps=600,
+    unet_batch_size=24,
+    unet_channels=(16, 32),
+    p_anchor=0.6,
+    decode_steps=10,
+)
 # Measured at TINY with seed 0: 12 of 12 decoded anchors labelled correctly (guidance 1, 2 and 4); at
 # guidance 2, also 12 of 12 with seeds 100 and 200. Chance is 1/8 for the eight-class judge.
 MIN_ANCHOR_ACCURACY = 0.75
@@ -41,7 +50,7 @@ def tiny_digits(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_decoder(tiny_digits):
-    from oodsynth.decoding import OutlierDecoder
+    from oodsynth.decoding.pipeline import OutlierDecoder
 
     return OutlierDecoder(tiny_digits[0].decoder_dir, n_slots=32)
 
@@ -72,31 +81,35 @@ def test_training_conditioning_matches_the_worker_path(tiny_digits, digits_decod
     """The UNet was trained on the very hidden states the worker produces by writing a placeholder row."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from oodsynth.decoder_models import PromptConditioner
+    from oodsynth.offline_decoder.models import PromptConditioner
 
     assets, _home = tiny_digits
-    conditioner = PromptConditioner(CLIPTokenizer.from_pretrained(assets.decoder_dir / "tokenizer"),
-                                    CLIPTextModel.from_pretrained(assets.decoder_dir / "text_encoder"))
+    conditioner = PromptConditioner(
+        CLIPTokenizer.from_pretrained(assets.decoder_dir / "tokenizer"),
+        CLIPTextModel.from_pretrained(assets.decoder_dir / "text_encoder"),
+    )
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(3, 768)).astype(np.float32)
     vectors *= 0.38 / np.linalg.norm(vectors, axis=1, keepdims=True)
     worker_states, _ = digits_decoder.prompt_embeds(vectors, guidance_scale=1.0)
     torch.testing.assert_close(conditioner(torch.from_numpy(vectors)), worker_states, rtol=1e-4, atol=1e-5)
     # A class word and its own row in a placeholder give the same states.
-    torch.testing.assert_close(conditioner.words_states(["two"]), conditioner(torch.from_numpy(assets.anchors[2:3])),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        conditioner.words_states(["two"]), conditioner(torch.from_numpy(assets.anchors[2:3])), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_decoded_anchors_are_recognised_by_an_independent_classifier(tiny_digits, digits_decoder):
     from oodsynth.data import load_dataset
-    from oodsynth.decoder_quality import DecodeSettings, accuracy, anchor_accuracy, train_reference_classifier
+    from oodsynth.offline_decoder.quality import DecodeSettings, accuracy, anchor_accuracy, train_reference_classifier
 
     assets, _home = tiny_digits
     train = load_dataset("digits", "train", image_size=8)  # all eight ID classes: the judge may say any of them
     classifier = train_reference_classifier(train, epochs=8)
     assert accuracy(classifier, load_dataset("digits", "test", image_size=8)) > 0.9  # the judge itself is good
-    settings = DecodeSettings(steps=assets.config.decode_steps, guidance_scale=assets.config.guidance_scale,
-                              image_size=assets.image_size)
+    settings = DecodeSettings(
+        steps=assets.config.decode_steps, guidance_scale=assets.config.guidance_scale, image_size=assets.image_size
+    )
     acc, _pred, images = anchor_accuracy(digits_decoder, classifier, assets.anchors, settings, n_per_class=4)
     assert len(images) == 12 and images[0].size == (8, 8)
     pixels = np.stack([np.asarray(im) for im in images])
@@ -116,8 +129,8 @@ def test_cache_returns_the_trained_folder_and_keys_by_settings(tiny_digits):
 
 
 def test_bad_profile_and_size_are_refused(tmp_path):
-    from oodsynth.decoder_training import train_decoder
     from oodsynth.errors import InputError
+    from oodsynth.offline_decoder.training import train_decoder
 
     with pytest.raises(InputError, match="profile"):
         profile_config("cifar10")

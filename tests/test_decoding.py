@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from oodsynth.decoding import OutlierDecoder
+from oodsynth.decoding.pipeline import OutlierDecoder
 
 SIZE = dict(height=64, width=64, output_size=32, steps=2)  # 8x8 latents
 
@@ -102,7 +102,11 @@ def test_fast_options_keep_the_pixels(tiny_sd, decoder):
 
 @pytest.mark.parametrize(
     ("scheduler", "cls"),
-    [("ddim", "DDIMScheduler"), ("dpm++", "DPMSolverMultistepScheduler"), ("euler_a", "EulerAncestralDiscreteScheduler")],
+    [
+        ("ddim", "DDIMScheduler"),
+        ("dpm++", "DPMSolverMultistepScheduler"),
+        ("euler_a", "EulerAncestralDiscreteScheduler"),
+    ],
 )
 def test_schedulers_by_name(decoder, scheduler, cls):
     first = _pixels(decoder.decode(_vectors(1, seed=9), [3], scheduler=scheduler, **SIZE))

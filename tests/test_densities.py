@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from scipy import stats
+from toy_banks import toy_bank
 
 from oodsynth.bank import FeatureBank
 from oodsynth.densities import DENSITY_KINDS, ClassDensities, log_bessel_iv
 from oodsynth.sphere import sample_vmf
-from toy_banks import toy_bank
 
 
 def _bank(features, labels, dim):
@@ -64,7 +64,10 @@ def test_log_bessel_is_finite_and_continuous_in_768d():
     np.testing.assert_allclose(out[ok], np.log(ive(v, x[ok])) + x[ok], rtol=1e-10)
     # the asymptotic branch joins the exact one without a jump
     edge = np.flatnonzero(~ok)[-1]
-    assert abs(out[edge + 1] - out[edge] - (out[edge + 2] - out[edge + 1])) < 0.05 * abs(out[edge + 2] - out[edge + 1]) + 1e-6
+    assert (
+        abs(out[edge + 1] - out[edge] - (out[edge + 2] - out[edge + 1]))
+        < 0.05 * abs(out[edge + 2] - out[edge + 1]) + 1e-6
+    )
 
 
 def test_gaussian_variances_recovered():

@@ -13,9 +13,15 @@ from typer.testing import CliRunner
 from oodsynth.bank import load_bank
 from oodsynth.cli import app
 from oodsynth.data import DIGIT_WORDS, DataUnavailableError, load_dataset, random_anchors
-from oodsynth.encoder import build_encoder
-from oodsynth.encoder_training import AnchorLoss, EncoderTrainConfig, load_encoder, nearest_anchor_accuracy, train_encoder
-from oodsynth.features import build_bank, nearest_anchor
+from oodsynth.encoding.encoder import build_encoder
+from oodsynth.encoding.features import build_bank, nearest_anchor
+from oodsynth.encoding.training import (
+    AnchorLoss,
+    EncoderTrainConfig,
+    load_encoder,
+    nearest_anchor_accuracy,
+    train_encoder,
+)
 
 # Measured (resnet18 width 8, 16x16, batch 64, lr 0.05, random 768-d anchors, seed 0): nearest-anchor
 # accuracy on the 433 held-out ID test images 0.67 / 0.99 / 0.99 after epochs 1 / 2 / 3 with one torch
@@ -34,8 +40,9 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("encoder")
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     anchors = random_anchors(len(train.class_names), 768, seed=0)
-    config = EncoderTrainConfig(width=8, epochs=3, batch_size=64, lr=0.05, image_size=16, mean=train.mean, std=train.std,
-                                dataset="digits")
+    config = EncoderTrainConfig(
+        width=8, epochs=3, batch_size=64, lr=0.05, image_size=16, mean=train.mean, std=train.std, dataset="digits"
+    )
 
     def stop_after_two(done, total):
         if done == 2:
@@ -107,7 +114,9 @@ def test_bank_from_checkpoint(trained, tmp_path):
 
 def test_features_cli_writes_a_bank(trained, tmp_path):
     out = tmp_path / "bank.npz"
-    res = CliRunner().invoke(app, ["features", "--checkpoint", str(trained["out"]), "--split", "test", "--out", str(out)])
+    res = CliRunner().invoke(
+        app, ["features", "--checkpoint", str(trained["out"]), "--split", "test", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     bank = load_bank(out)
     assert bank.n_classes == 8 and list(bank.class_names) == trained["train"].class_names
@@ -128,8 +137,26 @@ def test_train_encoder_cli_errors_name_the_option(tmp_path):
 
 
 def test_train_encoder_cli_one_epoch(tmp_path):
-    res = CliRunner().invoke(app, ["train-encoder", "--out", str(tmp_path), "--random-anchors", "64", "--width", "4",
-                                   "--epochs", "1", "--batch-size", "128", "--lr", "0.05", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-encoder",
+            "--out",
+            str(tmp_path),
+            "--random-anchors",
+            "64",
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--lr",
+            "0.05",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "nearest-anchor accuracy on digits-test" in res.output
     assert load_encoder(tmp_path, device="cpu").anchors.shape == (8, 64)

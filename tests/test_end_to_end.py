@@ -14,11 +14,11 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from oodsynth.anchors import extract_anchors
 from oodsynth.bank import FeatureBank
 from oodsynth.config import get_settings
-from oodsynth.queue import wait_for_jobs
-from oodsynth.store import ResultStore
+from oodsynth.encoding.anchors import extract_anchors
+from oodsynth.queue.enqueue import wait_for_jobs
+from oodsynth.store.results import ResultStore
 from services.embed_sampler.app import create_app
 
 WORDS = ["cat", "ship", "horse"]
@@ -40,14 +40,27 @@ def test_fit_sample_generate_worker_store(redis_url, tiny_sd, settings_env, tmp_
     store_root = settings_env(MODEL=tiny_sd, IMAGES_PER_JOB=4, GPU_BATCH_SIZE=2, DEVICE="cpu").store
 
     with TestClient(create_app()) as api:
-        r = api.post("/fits", data={"name": "e2e", "density": "vmf"},
-                     files={"file": ("bank.npz", toy_bank(tiny_sd).to_bytes(), "application/octet-stream")})
+        r = api.post(
+            "/fits",
+            data={"name": "e2e", "density": "vmf"},
+            files={"file": ("bank.npz", toy_bank(tiny_sd).to_bytes(), "application/octet-stream")},
+        )
         assert r.status_code == 201, r.text
         r = api.post("/sample", json={"fit": "e2e", "method": "inverse_rejection", "n_per_class": 2, "seed": 0})
         assert r.status_code == 200, r.text
         sample = r.json()
-        r = api.post("/generate", json={"sample_id": sample["sample_id"], "dataset": "e2e", "steps": 2,
-                                        "height": 64, "width": 64, "output_size": 32, "seed": 1})
+        r = api.post(
+            "/generate",
+            json={
+                "sample_id": sample["sample_id"],
+                "dataset": "e2e",
+                "steps": 2,
+                "height": 64,
+                "width": 64,
+                "output_size": 32,
+                "seed": 1,
+            },
+        )
         assert r.status_code == 202, r.text
         queued = r.json()
         assert queued["n_images"] == 6 and len(queued["job_ids"]) == 2

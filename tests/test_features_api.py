@@ -46,8 +46,10 @@ def test_features_and_nearest_anchor(client, checkpoint, monkeypatch):
     idx = [0, 1, 2, 3, 50, 100]
     # the test images as 8-bit PNGs, sent at 32x32: the route resizes to the encoder's 16x16
     arrays = [(test.dataset[i][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for i in idx]
-    files = [("files", (f"{i}.png", png(np.asarray(Image.fromarray(a).resize((32, 32)))), "image/png"))
-             for i, a in zip(idx, arrays)]
+    files = [
+        ("files", (f"{i}.png", png(np.asarray(Image.fromarray(a).resize((32, 32)))), "image/png"))
+        for i, a in zip(idx, arrays)
+    ]
     r = client.post("/features", files=files)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -57,7 +59,9 @@ def test_features_and_nearest_anchor(client, checkpoint, monkeypatch):
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
     # same answer as the library on the same (resized) pixels
     with torch.no_grad():
-        x = torch.stack([torch.from_numpy(np.array(Image.fromarray(a).resize((32, 32)))).permute(2, 0, 1) for a in arrays])
+        x = torch.stack(
+            [torch.from_numpy(np.array(Image.fromarray(a).resize((32, 32)))).permute(2, 0, 1) for a in arrays]
+        )
         x = torch.nn.functional.interpolate(x.float() / 255, size=(16, 16), mode="bilinear", antialias=True)
         ref = ckpt.model.cpu().embed(x).numpy()
     assert np.all(np.sum(feats * ref, axis=1) > 0.99)

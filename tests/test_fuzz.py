@@ -14,10 +14,10 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+from toy_banks import toy_bank
 
 from oodsynth.config import get_settings
 from services.embed_sampler.app import create_app
-from toy_banks import toy_bank
 
 app = create_app()
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -26,14 +26,22 @@ EXPECTED_503 = {("POST", "/features"): ["encoder_checkpoint"], ("POST", "/sample
 
 @pytest.fixture
 def fuzz_env(redis_url, monkeypatch):
-    for name, value in {"MAX_N_PER_CLASS": 20, "MAX_VECTORS_PER_SAMPLE": 100, "SAMPLE_TIME_BUDGET_S": 2,
-                        "MAX_IMAGES_PER_REQUEST": 50, "MAX_REQUEST_BYTES": 256 * 1024,
-                        "MAX_UPLOAD_BYTES": 256 * 1024}.items():
+    for name, value in {
+        "MAX_N_PER_CLASS": 20,
+        "MAX_VECTORS_PER_SAMPLE": 100,
+        "SAMPLE_TIME_BUDGET_S": 2,
+        "MAX_IMAGES_PER_REQUEST": 50,
+        "MAX_REQUEST_BYTES": 256 * 1024,
+        "MAX_UPLOAD_BYTES": 256 * 1024,
+    }.items():
         monkeypatch.setenv(f"OODSYNTH_{name}", str(value))
     get_settings.cache_clear()
     with TestClient(app) as client:
-        r = client.post("/fits", data={"name": "cifar100"},
-                        files={"file": ("bank.npz", toy_bank().to_bytes(), "application/octet-stream")})
+        r = client.post(
+            "/fits",
+            data={"name": "cifar100"},
+            files={"file": ("bank.npz", toy_bank().to_bytes(), "application/octet-stream")},
+        )
         assert r.status_code == 201, r.text
 
 
@@ -49,7 +57,12 @@ def no_server_error(ctx, response, case) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=10, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_5xx_and_schema_conformance(case, fuzz_env):
     case.call_and_validate(checks=[no_server_error, response_schema_conformance, content_type_conformance])

@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from toy_banks import toy_bank
 
 from oodsynth.bank import FeatureBank
 from oodsynth.config import get_settings
-from oodsynth.jobs import PACKED_VECTOR_PREFIX, DecodeJob, unpack_vector
-from oodsynth.queue import JOB_FUNCTION, queue_stats
+from oodsynth.queue.enqueue import JOB_FUNCTION, queue_stats
+from oodsynth.queue.payloads import PACKED_VECTOR_PREFIX, DecodeJob, unpack_vector
 from services.embed_sampler.app import create_app
-from toy_banks import toy_bank
 
 DIM = 16
 ANCHOR_NORMS = np.array([0.35, 0.38, 0.41])
@@ -33,8 +33,11 @@ def make_bank(n_per_class: int = 30) -> FeatureBank:
 def api(redis_url, settings_env):
     settings_env(IMAGES_PER_JOB=4, MAX_IMAGES_PER_REQUEST=50, MODEL="tiny-test-model")
     with TestClient(create_app()) as client:
-        r = client.post("/fits", data={"name": "toy", "density": "vmf"},
-                        files={"file": ("bank.npz", make_bank().to_bytes(), "application/octet-stream")})
+        r = client.post(
+            "/fits",
+            data={"name": "toy", "density": "vmf"},
+            files={"file": ("bank.npz", make_bank().to_bytes(), "application/octet-stream")},
+        )
         assert r.status_code == 201, r.text
         yield client
 
@@ -56,8 +59,16 @@ def _payloads(redis_url, job_ids):
 
 def test_generate_from_sample_splits_and_is_deterministic(api, redis_url):
     sample_id = _sample(api)  # 3 classes x 3 vectors
-    body = {"sample_id": sample_id, "dataset": "toy-out", "images_per_vector": 2, "steps": 3,
-            "height": 64, "width": 64, "output_size": 32, "seed": 5}
+    body = {
+        "sample_id": sample_id,
+        "dataset": "toy-out",
+        "images_per_vector": 2,
+        "steps": 3,
+        "height": 64,
+        "width": 64,
+        "output_size": 32,
+        "seed": 5,
+    }
     r = api.post("/generate", json=body)
     assert r.status_code == 202, r.text
     out = r.json()
@@ -88,11 +99,20 @@ def test_generate_from_sample_splits_and_is_deterministic(api, redis_url):
 
     # The same request again names the same images with the same seeds (retries rewrite, never add).
     again = _payloads(redis_url, api.post("/generate", json=body).json()["job_ids"])
-    assert [(it["image_id"], it["seed"]) for p in again for it in p["items"]] == [(it["image_id"], it["seed"]) for it in items]
+    assert [(it["image_id"], it["seed"]) for p in again for it in p["items"]] == [
+        (it["image_id"], it["seed"]) for it in items
+    ]
 
     state = api.get(f"/jobs/{out['job_ids'][-1]}").json()
-    assert state == {"id": out["job_ids"][-1], "status": "queued", "progress": {"done": 0, "total": 2},
-                     "result": None, "error": None, "dataset": "toy-out", "retries_left": get_settings().job_retries}
+    assert state == {
+        "id": out["job_ids"][-1],
+        "status": "queued",
+        "progress": {"done": 0, "total": 2},
+        "result": None,
+        "error": None,
+        "dataset": "toy-out",
+        "retries_left": get_settings().job_retries,
+    }
     stats = api.get("/queue").json()
     (mine,) = [q for q in stats["queues"] if q["name"] == get_settings().queue_name]
     assert mine["queued"] == 10 and mine["started"] == mine["failed"] == 0 and stats["workers"] == []
@@ -101,7 +121,9 @@ def test_generate_from_sample_splits_and_is_deterministic(api, redis_url):
 def test_inline_vectors_rescaled_to_anchor_norm(api, redis_url):
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(3, DIM)) * 5
-    r = api.post("/generate", json={"vectors": vectors.tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"})
+    r = api.post(
+        "/generate", json={"vectors": vectors.tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"}
+    )
     assert r.status_code == 202, r.text
     (payload,) = _payloads(redis_url, r.json()["job_ids"])
     norms = [np.linalg.norm(unpack_vector(it["vector"])) for it in payload["items"]]
@@ -109,11 +131,15 @@ def test_inline_vectors_rescaled_to_anchor_norm(api, redis_url):
     assert [it["class_name"] for it in payload["items"]] == ["sea lion", "cat", "sea lion"]
     assert all(it["sampler"] == "inline" for it in payload["items"])
     # A tiny (but sane) scale is rescaled too, in float64 (no overflow, no underflow).
-    r = api.post("/generate", json={"vectors": (vectors * 1e-5).tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"})
+    r = api.post(
+        "/generate",
+        json={"vectors": (vectors * 1e-5).tolist(), "classes": [2, 0, 2], "fit": "toy", "dataset": "inline"},
+    )
     assert r.status_code == 202, r.text
     (payload,) = _payloads(redis_url, r.json()["job_ids"])
-    np.testing.assert_allclose([np.linalg.norm(unpack_vector(it["vector"])) for it in payload["items"]],
-                               ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5)
+    np.testing.assert_allclose(
+        [np.linalg.norm(unpack_vector(it["vector"])) for it in payload["items"]], ANCHOR_NORMS[[2, 0, 2]], rtol=1e-5
+    )
 
 
 def _image_ids(api, redis_url, body) -> list[str]:
@@ -132,8 +158,17 @@ def test_image_ids_follow_seed_settings_and_model(api, redis_url, settings_env, 
         base = {"vectors": vectors, "classes": [0, 1], "fit": "toy", "dataset": "ids", "seed": 5, "steps": 3}
     ids = _image_ids(api, redis_url, base)
     assert _image_ids(api, redis_url, base) == ids
-    changes = [{"seed": 6}, {"seed": None}, {"steps": 4}, {"guidance_scale": 3.0}, {"prompt_template": "A photo of a {token}"},
-               {"height": 64}, {"width": 64}, {"output_size": 64}, {"scheduler": "ddim"}]
+    changes = [
+        {"seed": 6},
+        {"seed": None},
+        {"steps": 4},
+        {"guidance_scale": 3.0},
+        {"prompt_template": "A photo of a {token}"},
+        {"height": 64},
+        {"width": 64},
+        {"output_size": 64},
+        {"scheduler": "ddim"},
+    ]
     seen = {tuple(ids)}
     for change in changes:
         body = {k: v for k, v in {**base, **change}.items() if v is not None}
@@ -158,7 +193,11 @@ BAD = [
     ({"prompt_template": "no placeholder"}, 422, ["body", "prompt_template"]),
     ({"vectors": [[0.1] * DIM], "classes": [0]}, 422, ["body", "sample_id"]),  # both sources
     ({"fit": "toy"}, 422, ["body", "fit"]),  # fit only goes with inline vectors
-    ({"sample_id": None, "vectors": [[0.1] * DIM, [float("nan")] * DIM], "classes": [0, 1], "fit": "toy"}, 422, ["body", "vectors", 1]),
+    (
+        {"sample_id": None, "vectors": [[0.1] * DIM, [float("nan")] * DIM], "classes": [0, 1], "fit": "toy"},
+        422,
+        ["body", "vectors", 1],
+    ),
     ({"sample_id": None, "vectors": [[0.1] * (DIM - 1)], "classes": [0], "fit": "toy"}, 422, ["body", "vectors"]),
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [3], "fit": "toy"}, 422, ["body", "classes", 0]),
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0, 1], "fit": "toy"}, 422, ["body", "classes"]),
@@ -168,14 +207,22 @@ BAD = [
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [2**70], "fit": "toy"}, 422, ["body", "classes", 0]),
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [2**31], "fit": "toy"}, 422, ["body", "classes", 0]),
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [-1], "fit": "toy"}, 422, ["body", "classes", 0]),
-    ({"sample_id": None, "vectors": [[0.1] * DIM] * 2, "classes": [0, 10**9], "fit": "toy"}, 422, ["body", "classes", 1]),
+    (
+        {"sample_id": None, "vectors": [[0.1] * DIM] * 2, "classes": [0, 10**9], "fit": "toy"},
+        422,
+        ["body", "classes", 1],
+    ),
     # Inline vectors need a fit (dimension, class names, anchor norms).
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0]}, 422, ["body", "fit"]),
     ({"sample_id": None, "vectors": [[1.0, 2.0]], "classes": [10**9]}, 422, ["body", "fit"]),
     ({"sample_id": None, "vectors": [[0.1] * DIM], "classes": [0], "class_names": ["a"]}, 422, ["body", "class_names"]),
     # Absurd norms: overflowing, huge, vanishing.
     ({"sample_id": None, "vectors": [[1e38] * DIM], "classes": [0], "fit": "toy"}, 422, ["body", "vectors", 0]),
-    ({"sample_id": None, "vectors": [[0.1] * DIM, [1e200] * DIM], "classes": [0, 1], "fit": "toy"}, 422, ["body", "vectors", 1]),
+    (
+        {"sample_id": None, "vectors": [[0.1] * DIM, [1e200] * DIM], "classes": [0, 1], "fit": "toy"},
+        422,
+        ["body", "vectors", 1],
+    ),
     ({"sample_id": None, "vectors": [[1e-30] * DIM], "classes": [0], "fit": "toy"}, 422, ["body", "vectors", 0]),
     ({"sample_id": None}, 422, ["body", "sample_id"]),  # neither source
 ]
@@ -203,10 +250,14 @@ def test_failed_job_reports_error_text(api, redis_url, settings_env):
     from rq import SimpleWorker
 
     queue = _queue(redis_url)
-    job = queue.enqueue(JOB_FUNCTION, {"dataset": "a/b", "model": "m", "items": []}, meta={"progress": {"done": 0, "total": 0}})
+    job = queue.enqueue(
+        JOB_FUNCTION, {"dataset": "a/b", "model": "m", "items": []}, meta={"progress": {"done": 0, "total": 0}}
+    )
     SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
     state = api.get(f"/jobs/{job.id}").json()
-    assert state["status"] == "failed" and state["error"].startswith("oodsynth.errors.InputError: dataset: 'a/b' must be")
+    assert state["status"] == "failed" and state["error"].startswith(
+        "oodsynth.errors.InputError: dataset: 'a/b' must be"
+    )
     assert "Traceback" not in state["error"] and "\n" not in state["error"]  # one line; the traceback stays in the logs
     (mine,) = [q for q in queue_stats(queue.connection)["queues"] if q["name"] == queue.name]
     assert mine["failed"] == 1 and mine["queued"] == 0
@@ -215,7 +266,7 @@ def test_failed_job_reports_error_text(api, redis_url, settings_env):
 def test_packed_vectors_round_trip_exactly_and_bad_text_names_the_vector():
     """The queue's vector text (base64 float32) reads back bit-exact; corrupt text or a NaN inside it fails the
     worker's validation at that item's vector, as a list payload would."""
-    from oodsynth.jobs import DecodeItem, pack_vector
+    from oodsynth.queue.payloads import DecodeItem, pack_vector
 
     v = np.random.default_rng(0).normal(size=768).astype(np.float32)
     assert np.array_equal(np.asarray(unpack_vector(pack_vector(v)), dtype=np.float32), v)
@@ -223,9 +274,12 @@ def test_packed_vectors_round_trip_exactly_and_bad_text_names_the_vector():
     assert DecodeItem(**base, vector=pack_vector(v)).vector == DecodeItem(**base, vector=v.tolist()).vector
     bad_nan = v.copy()
     bad_nan[5] = np.nan
-    for text, message in ((pack_vector(v)[10:], "starts with"), (pack_vector(v)[:-3] + "!!!", "not base64"),
-                          (PACKED_VECTOR_PREFIX + "AAAAAAA=", "whole number of float32"),
-                          (pack_vector(bad_nan), "finite")):
+    for text, message in (
+        (pack_vector(v)[10:], "starts with"),
+        (pack_vector(v)[:-3] + "!!!", "not base64"),
+        (PACKED_VECTOR_PREFIX + "AAAAAAA=", "whole number of float32"),
+        (pack_vector(bad_nan), "finite"),
+    ):
         with pytest.raises(pydantic.ValidationError, match=message) as info:
             DecodeItem(**base, vector=text)
         assert info.value.errors()[0]["loc"][0] == "vector"

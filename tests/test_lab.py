@@ -6,7 +6,6 @@ import json
 import time
 
 import numpy as np
-import pydantic
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -14,8 +13,17 @@ from typer.testing import CliRunner
 from oodsynth.lab import LabSettings, decoded_pool, lab_rows, run_benchmark, summarise
 
 # digits: 1,010 training images in 8 classes, so outlier_ratio 0.032 gives 4 outliers per class
-SETTINGS = LabSettings(width=4, epochs=2, min_steps=0, batch_size=32, ood_batch_size=16, outlier_ratio=0.032,
-                       oversample=2.0, max_id_percentile=50.0, decode={})
+SETTINGS = LabSettings(
+    width=4,
+    epochs=2,
+    min_steps=0,
+    batch_size=32,
+    ood_batch_size=16,
+    outlier_ratio=0.032,
+    oversample=2.0,
+    max_id_percentile=50.0,
+    decode={},
+)
 
 
 @pytest.fixture
@@ -28,8 +36,9 @@ def one_thread():
 
 def test_benchmark_cells_pair_cache_and_report(digits_lab_assets, tmp_path, one_thread):
     rows = ["ce", "noise", "decoded:knn_boundary+verified"]
-    results = run_benchmark(["digits"], rows[1:], [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets,
-                            log=lambda line: None)
+    results = run_benchmark(
+        ["digits"], rows[1:], [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets, log=lambda line: None
+    )
     assert results["failures"] == []
     cells = {c["row"]: c for c in results["cells"]}
     assert list(cells) == rows  # the baseline ran first, although only the other rows were asked for
@@ -49,8 +58,9 @@ def test_benchmark_cells_pair_cache_and_report(digits_lab_assets, tmp_path, one_
     assert (tmp_path / "results.png").stat().st_size > 5_000
     # a rerun resumes from the cached cells: same numbers, no training
     t0 = time.perf_counter()
-    again = run_benchmark(["digits"], rows, [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets,
-                          log=lambda line: None)
+    again = run_benchmark(
+        ["digits"], rows, [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets, log=lambda line: None
+    )
     assert time.perf_counter() - t0 < 5
     assert [c["near_fpr95"] for c in again["cells"]] == [c["near_fpr95"] for c in results["cells"]]
 
@@ -68,8 +78,9 @@ def test_verified_pool_keeps_only_outliers_below_the_threshold(digits_lab_assets
     assert torch.equal(cached.images, pool.images)
 
 
-def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(digits_lab_assets, tmp_path,
-                                                                                one_thread):
+def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(
+    digits_lab_assets, tmp_path, one_thread
+):
     tuned = SETTINGS.model_copy(update={"sampler_params": {"boundary_crossing": {"select": 1, "jitter": 0.0}}})
     default = decoded_pool(digits_lab_assets, "boundary_crossing", 1, SETTINGS, tmp_path)
     pool = decoded_pool(digits_lab_assets, "boundary_crossing", 1, tuned, tmp_path)
@@ -77,8 +88,12 @@ def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(
     assert not torch.equal(pool.images, default.images)
     assert torch.equal(decoded_pool(digits_lab_assets, "boundary_crossing", 1, tuned, tmp_path).images, pool.images)
     rows = lab_rows()
-    for name, changes in (("ce", False), ("noise", False), ("decoded:boundary_crossing+verified", True),
-                          ("feature:boundary_crossing", True)):
+    for name, changes in (
+        ("ce", False),
+        ("noise", False),
+        ("decoded:boundary_crossing+verified", True),
+        ("feature:boundary_crossing", True),
+    ):
         row = rows[name]
         assert (SETTINGS.key(row.uses, row.sampler) != tuned.key(row.uses, row.sampler)) is changes, name
     ci = rows["decoded:class_interpolation+verified"]  # another sampler's row: its own parameters did not change
@@ -99,8 +114,10 @@ def test_a_changed_sampler_default_finds_the_cells_that_measured_it(monkeypatch)
     bc, ci = rows["decoded:boundary_crossing+verified"], rows["decoded:class_interpolation+verified"]
     current = BoundaryCrossingParams().select
     assert LabSettings().changed_sampler_params() == {"boundary_crossing": {"select": 600, "steps_beyond": 8}}
-    assert LabSettings(sampler_params={"boundary_crossing": {"select": 100, "steps_beyond": 2}}
-                       ).changed_sampler_params() == {}  # the first defaults: the cells cached before the change
+    assert (
+        LabSettings(sampler_params={"boundary_crossing": {"select": 100, "steps_beyond": 2}}).changed_sampler_params()
+        == {}
+    )  # the first defaults: the cells cached before the change
     measured = LabSettings(sampler_params={"boundary_crossing": {"select": 300}}).key(bc.uses, bc.sampler)
     old_default = LabSettings().key(bc.uses, bc.sampler)
     ci_key = LabSettings().key(ci.uses, ci.sampler)
@@ -111,14 +128,26 @@ def test_a_changed_sampler_default_finds_the_cells_that_measured_it(monkeypatch)
 
     monkeypatch.setattr(BoundaryCrossingSampler, "Params", Select300)  # the default changes again, to 300
     assert LabSettings().key(bc.uses, bc.sampler) == measured
-    assert LabSettings(sampler_params={"boundary_crossing": {"select": current}}).key(bc.uses, bc.sampler) == old_default
+    assert (
+        LabSettings(sampler_params={"boundary_crossing": {"select": current}}).key(bc.uses, bc.sampler) == old_default
+    )
     assert LabSettings().key(ci.uses, ci.sampler) == ci_key
 
 
 def test_summary_statistics_are_paired():
     def cell(row, seed, fpr):
-        return {"profile": "p", "row": row, "seed": seed, "baseline": None if row == "ce" else "ce", "seconds": 1.0,
-                "near_fpr95": fpr, "near_auroc": 0.5, "far_fpr95": 0.5, "far_auroc": 0.5, "id_accuracy": 0.9}
+        return {
+            "profile": "p",
+            "row": row,
+            "seed": seed,
+            "baseline": None if row == "ce" else "ce",
+            "seconds": 1.0,
+            "near_fpr95": fpr,
+            "near_auroc": 0.5,
+            "far_fpr95": 0.5,
+            "far_auroc": 0.5,
+            "id_accuracy": 0.9,
+        }
 
     ce = [0.30, 0.40, 0.50]
     new = [0.25, 0.36, 0.44]  # always 4-6 points better, although the seeds spread 10 points
@@ -148,13 +177,32 @@ def test_evaluate_density_score_cli(digits_lab_assets, tmp_path, one_thread):
     fit_file.write_bytes(digits_lab_assets.fit.to_bytes())
     runner = CliRunner()
     out = tmp_path / "eval.json"
-    res = runner.invoke(app, ["evaluate", "--score", "density", "--encoder", str(digits_lab_assets.encoder_path),
-                              "--fit", str(fit_file), "--dataset", "digits", "--json", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--score",
+            "density",
+            "--encoder",
+            str(digits_lab_assets.encoder_path),
+            "--fit",
+            str(fit_file),
+            "--dataset",
+            "digits",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     scores = json.loads(out.read_text())["scores"]
     assert list(scores) == ["density"]
-    assert set(scores["density"]) == {"digits:ood", "digits:far-animals", "digits:far-noise", "digits:far-inverted",
-                                      "average"}
+    assert set(scores["density"]) == {
+        "digits:ood",
+        "digits:far-animals",
+        "digits:far-noise",
+        "digits:far-inverted",
+        "average",
+    }
     assert scores["density"]["digits:far-noise"]["auroc"] > 0.95  # noise is far below every class density
     res = runner.invoke(app, ["evaluate", "--score", "density", "--dataset", "digits"])
     assert res.exit_code == 2 and "encoder" in res.output
@@ -174,8 +222,12 @@ def test_decoded_inliers_join_the_id_side_with_their_own_labels(digits_lab_asset
     x, y, info = decoded_inliers(cell)
     faithful = pool.verification.id_class == pool.class_index
     assert info["inlier_faithful_rate"] == pytest.approx(faithful.mean())
-    assert len(x) == len(y) == info["inliers"] == sum(min(4, int((faithful & (pool.class_index == c)).sum()))
-                                                      for c in range(8))
+    assert (
+        len(x)
+        == len(y)
+        == info["inliers"]
+        == sum(min(4, int((faithful & (pool.class_index == c)).sum())) for c in range(8))
+    )
     assert x.shape[1:] == (3, settings.image_size, settings.image_size) and 0 <= x.min() and x.max() <= 1
     # the first 4 faithful images per class, labelled with the class they were decoded from and re-encode to
     keep = np.sort(np.concatenate([np.flatnonzero(faithful & (pool.class_index == c))[:4] for c in range(8)]))
@@ -184,20 +236,23 @@ def test_decoded_inliers_join_the_id_side_with_their_own_labels(digits_lab_asset
     # the setting keys the decoded rows' cache, and the control row refuses to run without it
     rows = lab_rows()
     assert settings.key(rows["decoded:knn_boundary"].uses) != SETTINGS.key(rows["decoded:knn_boundary"].uses)
-    assert SETTINGS.key(rows["decoded:knn_boundary"].uses) == LabSettings(**{
-        k: v for k, v in SETTINGS.model_dump().items() if k != "decoded_inliers"}).key(rows["decoded:knn_boundary"].uses)
+    assert SETTINGS.key(rows["decoded:knn_boundary"].uses) == LabSettings(
+        **{k: v for k, v in SETTINGS.model_dump().items() if k != "decoded_inliers"}
+    ).key(rows["decoded:knn_boundary"].uses)
     with pytest.raises(ValueError, match="decoded_inliers"):
-        rows["inliers"].run(Cell("digits", 0, SETTINGS, train, test, ood, tmp_path, tmp_path / "w",
-                                 lambda: digits_lab_assets))
+        rows["inliers"].run(
+            Cell("digits", 0, SETTINGS, train, test, ood, tmp_path, tmp_path / "w", lambda: digits_lab_assets)
+        )
 
 
 def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, one_thread):
     """finetune_epochs: the seed's CE-only detector is trained once, cached, and every row fine-tunes it."""
-    from oodsynth.ood_training import load_ood_classifier
+    from oodsynth.training.ood import load_ood_classifier
 
     settings = SETTINGS.model_copy(update={"finetune_epochs": 1, "finetune_lr": 0.02})
-    results = run_benchmark(["digits"], ["ce", "noise"], [0], settings, tmp_path, lambda p: lambda: None,
-                            log=lambda line: None)
+    results = run_benchmark(
+        ["digits"], ["ce", "noise"], [0], settings, tmp_path, lambda p: lambda: None, log=lambda line: None
+    )
     assert results["failures"] == []
     pretrained = list((tmp_path / "cache" / "digits").glob("pretrained-s0-*.pt"))
     assert len(pretrained) == 1
@@ -207,8 +262,9 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
     clf = load_ood_classifier(pretrained[0], device="cpu")
     assert clf.epoch == 2 and not clf.uses_outliers  # SETTINGS' 2 epochs from scratch
     mtime = pretrained[0].stat().st_mtime_ns
-    again = run_benchmark(["digits"], ["ce", "noise"], [1], settings, tmp_path, lambda p: lambda: None,
-                          log=lambda line: None)
+    again = run_benchmark(
+        ["digits"], ["ce", "noise"], [1], settings, tmp_path, lambda p: lambda: None, log=lambda line: None
+    )
     assert again["failures"] == [] and pretrained[0].stat().st_mtime_ns == mtime  # seed 0's is reused, not retrained
     assert len(list((tmp_path / "cache" / "digits").glob("pretrained-s*.pt"))) == 2
     for c in results["cells"] + again["cells"]:
@@ -225,8 +281,16 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     """--versus: a row whose cells the other settings change runs under them too, as its twin, paired by seed;
     a row they leave alone (ce: no outliers) runs once. --against pairs rows with one row, from the same cells."""
     more = SETTINGS.model_copy(update={"outlier_ratio": 0.064})
-    results = run_benchmark(["digits"], ["noise"], [0, 1], SETTINGS, tmp_path, lambda p: lambda: None,
-                            log=lambda line: None, versus=("outlier_ratio=0.064", more))
+    results = run_benchmark(
+        ["digits"],
+        ["noise"],
+        [0, 1],
+        SETTINGS,
+        tmp_path,
+        lambda p: lambda: None,
+        log=lambda line: None,
+        versus=("outlier_ratio=0.064", more),
+    )
     assert results["failures"] == []
     cells = {(c["row"], c["seed"]): c for c in results["cells"]}
     assert sorted({row for row, _ in cells}) == ["ce", "noise", "noise [outlier_ratio=0.064]"]
@@ -242,12 +306,30 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     assert "| noise | noise [outlier_ratio=0.064] |" in table and "lab settings" in table
     assert json.loads((tmp_path / "results.json").read_text())["versus"]["settings"]["outlier_ratio"] == 0.064
     with pytest.raises(ValueError, match="density"):
-        run_benchmark(["digits"], ["noise"], [0], SETTINGS, tmp_path, lambda p: lambda: None,
-                      versus=("density=vmf", SETTINGS.model_copy(update={"density": "vmf"})))
+        run_benchmark(
+            ["digits"],
+            ["noise"],
+            [0],
+            SETTINGS,
+            tmp_path,
+            lambda p: lambda: None,
+            versus=("density=vmf", SETTINGS.model_copy(update={"density": "vmf"})),
+        )
 
     # --against: every other row paired with one row by seed (from the cached cells); twins are left out of it.
-    h2h = run_benchmark(["digits"], ["ce"], [0, 1], SETTINGS, tmp_path, lambda p: lambda: None, log=lambda line: None,
-                        cached_only=True, name="h2h", versus=("outlier_ratio=0.064", more), against="noise")
+    h2h = run_benchmark(
+        ["digits"],
+        ["ce"],
+        [0, 1],
+        SETTINGS,
+        tmp_path,
+        lambda p: lambda: None,
+        log=lambda line: None,
+        cached_only=True,
+        name="h2h",
+        versus=("outlier_ratio=0.064", more),
+        against="noise",
+    )
     summary = h2h["summary"]["digits"]
     ce_minus_noise = [cells["ce", s]["near_fpr95"] - cells["noise", s]["near_fpr95"] for s in (0, 1)]
     assert summary["ce"]["against"] == "noise" and summary["ce"]["against_delta_near_fpr95"]["n"] == 2
@@ -271,4 +353,7 @@ def test_bench_arguments_seed_lists_and_settings():
     with pytest.raises(SystemExit, match="--seeds 'a-b'"):
         bench.parse_seeds("a-b")
     assert bench.parse_settings(["outlier_ratio=1.0", "density=vmf", 'sampler_params={"x": {"y": 1}}']) == {
-        "outlier_ratio": 1.0, "density": "vmf", "sampler_params": {"x": {"y": 1}}}
+        "outlier_ratio": 1.0,
+        "density": "vmf",
+        "sampler_params": {"x": {"y": 1}},
+    }

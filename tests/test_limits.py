@@ -11,19 +11,25 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from servers import wait_healthy
+from toy_banks import toy_bank
 
 from oodsynth.config import get_settings
 from services.embed_sampler.app import create_app
 from services.embed_sampler.state import get_redis_dep
-from servers import wait_healthy
-from toy_banks import toy_bank
 
 
 @pytest.fixture
 def limits(redis_url, monkeypatch):
-    for name, value in {"MAX_REQUEST_BYTES": 64 * 1024, "MAX_UPLOAD_BYTES": 256 * 1024, "MAX_BANK_BYTES": 128 * 1024,
-                        "SAMPLE_TIME_BUDGET_S": 1.0, "MAX_DECODE_STEPS": 100, "MAX_DECODE_PIXELS": 512 * 512,
-                        "MAX_JSON_VALUES": 1000}.items():
+    for name, value in {
+        "MAX_REQUEST_BYTES": 64 * 1024,
+        "MAX_UPLOAD_BYTES": 256 * 1024,
+        "MAX_BANK_BYTES": 128 * 1024,
+        "SAMPLE_TIME_BUDGET_S": 1.0,
+        "MAX_DECODE_STEPS": 100,
+        "MAX_DECODE_PIXELS": 512 * 512,
+        "MAX_JSON_VALUES": 1000,
+    }.items():
         monkeypatch.setenv(f"OODSYNTH_{name}", str(value))
     get_settings.cache_clear()
 
@@ -58,18 +64,33 @@ def test_odd_job_ids_are_404(api, path):
 
 def test_tiny_keep_fraction_is_answered(api):
     assert post_fit(api).status_code == 201
-    r = api.post("/sample", json={"fit": "toy", "method": "knn_boundary", "n_per_class": 3, "seed": 0,
-                                  "params": {"keep_fraction": 1e-300, "k": 5, "select": 5, "n_draws": 20}})
+    r = api.post(
+        "/sample",
+        json={
+            "fit": "toy",
+            "method": "knn_boundary",
+            "n_per_class": 3,
+            "seed": 0,
+            "params": {"keep_fraction": 1e-300, "k": 5, "select": 5, "n_draws": 20},
+        },
+    )
     assert r.status_code == 200 and r.json()["n"] == 9, r.text
 
 
-@pytest.mark.parametrize("route,body,field", [
-    ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": 2, "seed": False}, "seed"),
-    ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": "2"}, "n_per_class"),
-    ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": 2, "include_vectors": "yes"}, "include_vectors"),
-    ("/generate", {"dataset": "d", "sample_id": "0" * 32, "seed": False}, "seed"),
-    ("/generate", {"dataset": "d", "sample_id": "0" * 32, "steps": 2.0}, "steps"),
-])
+@pytest.mark.parametrize(
+    "route,body,field",
+    [
+        ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": 2, "seed": False}, "seed"),
+        ("/sample", {"fit": "toy", "method": "inverse_rejection", "n_per_class": "2"}, "n_per_class"),
+        (
+            "/sample",
+            {"fit": "toy", "method": "inverse_rejection", "n_per_class": 2, "include_vectors": "yes"},
+            "include_vectors",
+        ),
+        ("/generate", {"dataset": "d", "sample_id": "0" * 32, "seed": False}, "seed"),
+        ("/generate", {"dataset": "d", "sample_id": "0" * 32, "steps": 2.0}, "steps"),
+    ],
+)
 def test_strict_types(api, route, body, field):
     r = api.post(route, json=body)
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", field], r.text
@@ -87,11 +108,14 @@ def test_bad_dataset_names(api, sample_id, dataset):
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", "dataset"], r.text
 
 
-@pytest.mark.parametrize("change,field,text", [
-    ({"steps": 101}, "steps", "above the cap of 100"),
-    ({"height": 1024, "width": 1024}, "height", "above the cap of 262144"),
-    ({"prompt_template": "{token} " + "x" * 2000}, "prompt_template", "above the cap of 1000"),
-])
+@pytest.mark.parametrize(
+    "change,field,text",
+    [
+        ({"steps": 101}, "steps", "above the cap of 100"),
+        ({"height": 1024, "width": 1024}, "height", "above the cap of 262144"),
+        ({"prompt_template": "{token} " + "x" * 2000}, "prompt_template", "above the cap of 1000"),
+    ],
+)
 def test_decode_bounds(api, sample_id, change, field, text):
     r = api.post("/generate", json={"dataset": "d", "sample_id": sample_id, **change})
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", field] and text in first_error(r)["msg"], r.text
@@ -106,8 +130,17 @@ def test_generate_enqueues_in_a_constant_number_of_round_trips(api, sample_id, r
     trips = {}
     for per_vector in (1, 100):
         counted.trips = 0
-        r = api.post("/generate", json={"dataset": f"d{per_vector}", "sample_id": sample_id, "images_per_vector": per_vector,
-                                        "steps": 2, "height": 64, "width": 64})
+        r = api.post(
+            "/generate",
+            json={
+                "dataset": f"d{per_vector}",
+                "sample_id": sample_id,
+                "images_per_vector": per_vector,
+                "steps": 2,
+                "height": 64,
+                "width": 64,
+            },
+        )
         assert r.status_code == 202 and len(r.json()["job_ids"]) == 6 * per_vector, r.text
         trips[per_vector] = counted.trips
     assert trips[100] <= trips[1] <= 5, trips  # not one per job
@@ -138,8 +171,11 @@ def test_json_body_over_the_cap_is_413(api):
     body = b'{"fit": "' + b"x" * 70_000 + b'"}'
     r = api.post("/sample", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "65536 bytes" in first_error(r)["msg"], r.text
-    r = api.post("/sample", content=iter([body[:40_000], body[40_000:]]),  # streamed: no Content-Length
-                 headers={"content-type": "application/json"})
+    r = api.post(
+        "/sample",
+        content=iter([body[:40_000], body[40_000:]]),  # streamed: no Content-Length
+        headers={"content-type": "application/json"},
+    )
     assert "content-length" not in r.request.headers
     assert r.status_code == 413 and "65536 bytes" in first_error(r)["msg"], r.text
 
@@ -153,8 +189,13 @@ def test_upload_over_the_cap_is_413_and_the_fit_is_not_stored(api):
 def test_npz_that_unpacks_past_the_cap_is_refused_before_decompressing(api):
     bank = toy_bank()
     buf = io.BytesIO()  # 8 MB of zeros compress to a few KB: a small upload, a large array
-    np.savez_compressed(buf, features=np.zeros((2**17, 16), np.float32), labels=bank.labels, anchors=bank.anchors,
-                        class_names=bank.class_names)
+    np.savez_compressed(
+        buf,
+        features=np.zeros((2**17, 16), np.float32),
+        labels=bank.labels,
+        anchors=bank.anchors,
+        class_names=bank.class_names,
+    )
     assert len(buf.getvalue()) < 64 * 1024
     r = post_fit(api, data=buf.getvalue())
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", "file", "features"], r.text
@@ -179,8 +220,16 @@ def test_sampler_time_budget(api):
     """A temperature of 1e-308 used to spin for minutes: now a 503 within the budget, and no thread keeps working."""
     assert post_fit(api).status_code == 201
     start = time.monotonic()
-    r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "seed": 0,
-                                  "params": {"temperature": 1e-308}})
+    r = api.post(
+        "/sample",
+        json={
+            "fit": "toy",
+            "method": "inverse_rejection",
+            "n_per_class": 50,
+            "seed": 0,
+            "params": {"temperature": 1e-308},
+        },
+    )
     took = time.monotonic() - start
     assert r.status_code == 503 and first_error(r)["loc"] == ["sample_time_budget_s"], r.text
     assert "time budget of 1 s" in first_error(r)["msg"] and took < 5, took
@@ -218,7 +267,7 @@ def test_a_sample_too_large_for_json_is_refused_and_kept_for_npz(api):
 
 
 def test_samples_expire_and_stay_within_a_byte_budget(api, redis_url, monkeypatch):
-    from oodsynth.registry import SampleRegistry
+    from oodsynth.state.registry import SampleRegistry
 
     assert post_fit(api).status_code == 201
     body = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 10, "include_vectors": False}
@@ -237,7 +286,7 @@ def test_samples_expire_and_stay_within_a_byte_budget(api, redis_url, monkeypatc
 
 def test_a_running_api_brings_its_embedded_redis_back(monkeypatch):
     """The embedded Redis is killed under a running API: the next request restarts it on the same AOF data."""
-    import oodsynth.redis_conn as redis_conn
+    import oodsynth.state.redis_conn as redis_conn
 
     monkeypatch.setenv("OODSYNTH_REDIS_URL", "")  # no Redis configured: the API starts its own
     monkeypatch.setattr(redis_conn, "_embedded", None)
@@ -285,21 +334,32 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OODSYNTH_HOME": str(tmp_path / "home"), "OODSYNTH_SAMPLE_TIME_BUDGET_S": "4",
-           "OODSYNTH_BODY_TIMEOUT_S": "2", "OODSYNTH_HEADER_TIMEOUT_S": "1"}
+    env = {
+        **os.environ,
+        "OODSYNTH_HOME": str(tmp_path / "home"),
+        "OODSYNTH_SAMPLE_TIME_BUDGET_S": "4",
+        "OODSYNTH_BODY_TIMEOUT_S": "2",
+        "OODSYNTH_HEADER_TIMEOUT_S": "1",
+    }
     env.pop("OODSYNTH_REDIS_URL", None)
     env.pop("OODSYNTH_API_KEYS", None)
     code = "from oodsynth.cli import app; app()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--host", "0.0.0.0", "--port", str(port),
-                             "--graceful-timeout", "2"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--host", "0.0.0.0", "--port", str(port), "--graceful-timeout", "2"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base, proc, "serve")
         files = {"file": ("b.npz", toy_bank().to_bytes(), "application/octet-stream")}
         assert httpx.post(f"{base}/fits", data={"name": "toy"}, files=files, timeout=30).status_code == 201
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:  # a body that trickles in
-            slow.sendall(b"POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n{\"fit\":")
+            slow.sendall(
+                b"POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"fit":'
+            )
             start = time.monotonic()
             answer = b""
             while b"OODSYNTH_BODY_TIMEOUT_S" not in answer and (chunk := slow.recv(4096)):
@@ -322,7 +382,9 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
             httpx.post(f"{base}/sample", json=spin, timeout=1.0)
         time.sleep(1.0)
         before = cpu_seconds(proc.pid)
-        time.sleep(1.5)  # ends 3.5 s after the request, inside its 4 s budget: only a cancelled sampler leaves the server idle
+        time.sleep(
+            1.5
+        )  # ends 3.5 s after the request, inside its 4 s budget: only a cancelled sampler leaves the server idle
         assert cpu_seconds(proc.pid) - before < 0.15
         threading.Thread(target=lambda: httpx.post(f"{base}/sample", json=spin, timeout=30), daemon=True).start()
         time.sleep(1.0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from oodsynth.metrics import accuracy, auroc, fpr_at_tpr, ood_metrics
+from oodsynth.training.metrics import accuracy, auroc, fpr_at_tpr, ood_metrics
 
 
 def _scores(seed: int, n_id: int = 700, n_ood: int = 400, ties: bool = False):

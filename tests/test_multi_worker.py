@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from oodsynth.cli import app
 from oodsynth.errors import InputError
-from oodsynth.jobs import DecodeJob, build_items
-from oodsynth.queue import connect, enqueue_decode, job_status
-from oodsynth.store import ResultStore
-from oodsynth.worker import gpu_assignments
+from oodsynth.queue.enqueue import connect, enqueue_decode, job_status
+from oodsynth.queue.payloads import DecodeJob, build_items
+from oodsynth.store.results import ResultStore
+from oodsynth.worker.process import gpu_assignments
 
 WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
 N_JOBS, PER_JOB = 6, 2
@@ -33,10 +33,18 @@ def test_two_worker_processes_drain_one_queue_each_image_once(redis_url, tiny_sd
     n = N_JOBS * PER_JOB
     v = np.random.default_rng(0).normal(size=(n, 768)).astype(np.float32)
     v *= 0.38 / np.linalg.norm(v, axis=1, keepdims=True)
-    items = build_items(dataset="multi", vectors=v, class_index=np.arange(n) % 3, class_names=WORDS,
-                        vector_ids=[f"m:{i}" for i in range(n)], sampler="inline", seed=0)
-    job_ids = enqueue_decode(DecodeJob(dataset="multi", model=str(tiny_sd), items=items, steps=2, height=32,
-                                       width=32, output_size=16))
+    items = build_items(
+        dataset="multi",
+        vectors=v,
+        class_index=np.arange(n) % 3,
+        class_names=WORDS,
+        vector_ids=[f"m:{i}" for i in range(n)],
+        sampler="inline",
+        seed=0,
+    )
+    job_ids = enqueue_decode(
+        DecodeJob(dataset="multi", model=str(tiny_sd), items=items, steps=2, height=32, width=32, output_size=16)
+    )
     assert len(job_ids) == N_JOBS
 
     # The launcher runs in this process (the CLI command itself); its two children are real worker processes.
@@ -60,8 +68,13 @@ def test_gpu_ids_map_to_each_process_device():
     # under CUDA_VISIBLE_DEVICES=2,3,5,7 ids index that list
     assert gpu_assignments("1,3", 4, inherited="2,3,5,7") == ["3", "7"]
     assert gpu_assignments("all", 4, inherited="2,3,5,7") == ["2", "3", "5", "7"]
-    for spec, message in (("4", "no CUDA device 4"), ("-1", "no CUDA device -1"), ("0,0", "repeat"),
-                          ("first", "expected 'all'"), ("", "expected 'all'")):
+    for spec, message in (
+        ("4", "no CUDA device 4"),
+        ("-1", "no CUDA device -1"),
+        ("0,0", "repeat"),
+        ("first", "expected 'all'"),
+        ("", "expected 'all'"),
+    ):
         with pytest.raises(InputError, match=message) as err:
             gpu_assignments(spec, 4)
         assert err.value.field == "gpus"
@@ -81,12 +94,14 @@ def test_gpus_without_cuda_and_bad_combinations_are_one_line_errors(redis_url):
 
 def test_launcher_gives_each_child_its_device_recycles_clean_exits_and_stops_on_a_failure(monkeypatch, tmp_path):
     """The launcher alone, with a stand-in child program (a few lines of Python instead of a worker)."""
-    import oodsynth.worker as worker
+    import oodsynth.worker.process as worker
 
     log = tmp_path / "starts"
-    child = ("import os, sys, time; p = sys.argv[1]; open(p, 'a').write(os.environ['CUDA_VISIBLE_DEVICES'] + '\\n'); "
-             "n = len(open(p).read().split()); time.sleep(0.2 if n < 5 else 0); sys.exit(0 if n < 5 else 3) "
-             "if os.environ['CUDA_VISIBLE_DEVICES'] == '7' else time.sleep(30)")
+    child = (
+        "import os, sys, time; p = sys.argv[1]; open(p, 'a').write(os.environ['CUDA_VISIBLE_DEVICES'] + '\\n'); "
+        "n = len(open(p).read().split()); time.sleep(0.2 if n < 5 else 0); sys.exit(0 if n < 5 else 3) "
+        "if os.environ['CUDA_VISIBLE_DEVICES'] == '7' else time.sleep(30)"
+    )
     monkeypatch.setattr(worker, "CHILD_COMMAND", (sys.executable, "-c", child))
     code = worker.run_worker_processes([str(log)], ["7", "5"], recycle=True, poll_s=0.05)
     starts = log.read_text().split()

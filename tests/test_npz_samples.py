@@ -7,14 +7,14 @@ import io
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from toy_banks import toy_bank
 from typer.testing import CliRunner
 
 from oodsynth.cli import app as cli_app
 from oodsynth.cli import core as cli_core
 from oodsynth.client import OodsynthClient, sample_arrays
-from oodsynth.registry import StoredSample
+from oodsynth.state.registry import StoredSample
 from services.embed_sampler.app import create_app
-from toy_banks import toy_bank
 
 NPZ = "application/x-npz"
 REQUEST = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 4, "seed": 3}
@@ -23,8 +23,11 @@ REQUEST = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 4, "seed"
 @pytest.fixture
 def api(redis_url):
     with TestClient(create_app()) as client:
-        r = client.post("/fits", data={"name": "toy"},
-                        files={"file": ("bank.npz", toy_bank().to_bytes(), "application/octet-stream")})
+        r = client.post(
+            "/fits",
+            data={"name": "toy"},
+            files={"file": ("bank.npz", toy_bank().to_bytes(), "application/octet-stream")},
+        )
         assert r.status_code == 201, r.text
         yield client
 
@@ -77,8 +80,24 @@ def test_client_and_cli_use_npz(api, monkeypatch, tmp_path):
     monkeypatch.setattr(cli_core, "_api_client", lambda url: OodsynthClient(url, http=api))
     api.event_hooks["request"].append(lambda request: sent.append(request.headers.get("accept")))
     out = tmp_path / "s.npz"
-    r = CliRunner().invoke(cli_app, ["sample", "--fit", "toy", "--method", "inverse_rejection", "--n-per-class", "4",
-                                     "--seed", "3", "--out", str(out), "--api", "http://testserver"])
+    r = CliRunner().invoke(
+        cli_app,
+        [
+            "sample",
+            "--fit",
+            "toy",
+            "--method",
+            "inverse_rejection",
+            "--n-per-class",
+            "4",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--api",
+            "http://testserver",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert NPZ in sent
     written = StoredSample.load(out)

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from oodsynth.cli import app
 from oodsynth.data import ImageData, load_dataset
 from oodsynth.errors import InputError
-from oodsynth.evaluation import evaluate
-from oodsynth.ood_training import OODTrainConfig, energy, load_ood_classifier, ood_loss, outlier_dataset, train_ood
-from oodsynth.store import ImageRecord, ResultStore
+from oodsynth.store.results import ImageRecord, ResultStore
+from oodsynth.training.evaluation import evaluate
+from oodsynth.training.ood import OODTrainConfig, energy, load_ood_classifier, ood_loss, outlier_dataset, train_ood
 
 
 def write_outliers(root, dataset: str, n_per_class: int, class_names: list[str], size: int = 48, seed: int = 0):
@@ -26,8 +26,16 @@ def write_outliers(root, dataset: str, n_per_class: int, class_names: list[str],
         for i in range(n_per_class):
             low = rng.random((4, 4, 3))
             img = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
-            record = ImageRecord(image_id=f"{name}-{i}", class_index=c, class_name=name, vector_id=f"v{c}-{i}",
-                                 sampler="knn_boundary", seed=i, model="test-blobs", prompt=f"A photo of {name}")
+            record = ImageRecord(
+                image_id=f"{name}-{i}",
+                class_index=c,
+                class_name=name,
+                vector_id=f"v{c}-{i}",
+                sampler="knn_boundary",
+                seed=i,
+                model="test-blobs",
+                prompt=f"A photo of {name}",
+            )
             assert store.write_image(dataset, record, img)
     return store
 
@@ -47,8 +55,17 @@ class Counting(Dataset):
 
 
 def tiny_config(**kw):
-    base = dict(width=4, epochs=1, batch_size=32, ood_batch_size=10, lr=0.05, image_size=16, beta=2.5,
-                mean=(0.3,) * 3, std=(0.4,) * 3)
+    base = dict(
+        width=4,
+        epochs=1,
+        batch_size=32,
+        ood_batch_size=10,
+        lr=0.05,
+        image_size=16,
+        beta=2.5,
+        mean=(0.3,) * 3,
+        std=(0.4,) * 3,
+    )
     return OODTrainConfig(**{**base, **kw})
 
 
@@ -68,8 +85,9 @@ def test_outliers_are_resized_to_id_resolution(tmp_path, digits):
 def test_neither_set_is_truncated(tmp_path, digits, n_id, n_ood, longer):
     ident = Counting(Subset(digits.dataset, range(n_id)))
     outl = Counting([(torch.rand(3, 16, 16), 0) for _ in range(n_ood)])
-    clf = train_ood(tiny_config(), ImageData(ident, digits.class_names, 16), tmp_path, outliers=outl,
-                    progress=False, device="cpu")
+    clf = train_ood(
+        tiny_config(), ImageData(ident, digits.class_names, 16), tmp_path, outliers=outl, progress=False, device="cpu"
+    )
     steps = max(n_id // 32, n_ood // 10)  # batches 32 (ID) and 10 (OOD): the longer loader sets the epoch
     assert sum(ident.reads.values()) == 32 * steps and sum(outl.reads.values()) == 10 * steps
     long_set, short_set = (outl, ident) if longer == "ood" else (ident, outl)
@@ -104,11 +122,37 @@ def test_train_ood_then_evaluate_gives_finite_metrics(tmp_path, digits):
     write_outliers(store, "blobs-a", 12, digits.class_names)
     write_outliers(store, "blobs-b", 6, digits.class_names, seed=1)
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train-ood", "--out", str(run), "--store", str(store), "--outliers", "blobs-a",
-                                   "--outliers", "blobs-b", "--width", "8", "--epochs", "2", "--batch-size", "64",
-                                   "--ood-batch-size", "16", "--lr", "0.05", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-ood",
+            "--out",
+            str(run),
+            "--store",
+            str(store),
+            "--outliers",
+            "blobs-a",
+            "--outliers",
+            "blobs-b",
+            "--width",
+            "8",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--ood-batch-size",
+            "16",
+            "--lr",
+            "0.05",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert "CE + 0.5 * L_ood on 2 outlier set(s)" in res.output and "outliers: all images: some carry no verification" in res.output
+    assert (
+        "CE + 0.5 * L_ood on 2 outlier set(s)" in res.output
+        and "outliers: all images: some carry no verification" in res.output
+    )
     res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run), "--json", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     assert "average" in res.output and "digits:ood" in res.output
@@ -129,8 +173,20 @@ def test_cli_errors_name_the_option(tmp_path):
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "error: checkpoint:" in res.output
     write_outliers(tmp_path / "store", "blobs", 1, ["zero"])
-    res = runner.invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--store", str(tmp_path / "store"),
-                              "--outliers", "nope", "--epochs", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "train-ood",
+            "--out",
+            str(tmp_path / "r"),
+            "--store",
+            str(tmp_path / "store"),
+            "--outliers",
+            "nope",
+            "--epochs",
+            "1",
+        ],
+    )
     assert res.exit_code == 2 and "error: outliers:" in res.output and "blobs" in res.output
     res = runner.invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--beta", "-1"])
     assert res.exit_code == 2 and "error: beta:" in res.output
@@ -154,8 +210,13 @@ class ReadOrder(Dataset):
 
 def test_fine_tune_starts_from_the_checkpoint_and_pairs_id_batches_with_ce(tmp_path, digits):
     small = Subset(digits.dataset, range(160))
-    train_ood(tiny_config(epochs=1, beta=0.0, seed=3), ImageData(small, digits.class_names, 16), tmp_path / "ce",
-              progress=False, device="cpu")
+    train_ood(
+        tiny_config(epochs=1, beta=0.0, seed=3),
+        ImageData(small, digits.class_names, 16),
+        tmp_path / "ce",
+        progress=False,
+        device="cpu",
+    )
     start = load_ood_classifier(tmp_path / "ce", device="cpu").model.state_dict()
     outl = [(torch.rand(3, 16, 16), 0) for _ in range(30)]
     runs = {}
@@ -163,8 +224,14 @@ def test_fine_tune_starts_from_the_checkpoint_and_pairs_id_batches_with_ce(tmp_p
         ident = ReadOrder(small)
         # width 99 is replaced by the checkpoint's 4; lr 1e-9 keeps the weights where they started
         config = tiny_config(epochs=2, beta=beta, seed=7, width=99, lr=1e-9, init_classifier=str(tmp_path / "ce"))
-        clf = train_ood(config, ImageData(ident, digits.class_names, 16), tmp_path / name, outliers=ood,
-                        progress=False, device="cpu")
+        clf = train_ood(
+            config,
+            ImageData(ident, digits.class_names, 16),
+            tmp_path / name,
+            outliers=ood,
+            progress=False,
+            device="cpu",
+        )
         runs[name] = (ident.order, clf)
     assert len(runs["ce"][0]) == 2 * 160
     assert runs["ce"][0] == runs["outliers"][0]  # the same ID images in the same order: the pair differs by L_ood only
@@ -179,17 +246,24 @@ def test_fine_tune_starts_from_the_checkpoint_and_pairs_id_batches_with_ce(tmp_p
 def test_fine_tune_errors_name_init_classifier(tmp_path, digits):
     small = ImageData(Subset(digits.dataset, range(64)), digits.class_names, 16)
     train_ood(tiny_config(beta=0.0), small, tmp_path / "ce", progress=False, device="cpu")
-    cases = [(tiny_config(init_classifier=str(tmp_path / "missing")), small, "does not exist"),
-             (tiny_config(init_classifier=str(tmp_path / "ce")),
-              ImageData(small.dataset, [f"c{i}" for i in range(8)], 16), "differ from the dataset's"),
-             (tiny_config(init_classifier=str(tmp_path / "ce"), image_size=32), small, "trained at image size 16"),
-             (tiny_config(init_classifier=str(tmp_path / "ce"), init_encoder=str(tmp_path / "ce")), small, "not both")]
+    cases = [
+        (tiny_config(init_classifier=str(tmp_path / "missing")), small, "does not exist"),
+        (
+            tiny_config(init_classifier=str(tmp_path / "ce")),
+            ImageData(small.dataset, [f"c{i}" for i in range(8)], 16),
+            "differ from the dataset's",
+        ),
+        (tiny_config(init_classifier=str(tmp_path / "ce"), image_size=32), small, "trained at image size 16"),
+        (tiny_config(init_classifier=str(tmp_path / "ce"), init_encoder=str(tmp_path / "ce")), small, "not both"),
+    ]
     for config, data, message in cases:
         with pytest.raises(InputError) as err:
             train_ood(config, data, tmp_path / "run", progress=False, device="cpu")
         assert err.value.field == "init_classifier" and message in err.value.message
-    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--epochs", "1",
-                                   "--init-classifier", str(tmp_path / "missing")])
+    res = CliRunner().invoke(
+        app,
+        ["train-ood", "--out", str(tmp_path / "r"), "--epochs", "1", "--init-classifier", str(tmp_path / "missing")],
+    )
     assert res.exit_code == 2 and "error: init_classifier:" in res.output
 
 
@@ -199,13 +273,12 @@ def test_fine_tune_errors_name_init_classifier(tmp_path, digits):
 @pytest.fixture(scope="module")
 def feature_setup(tmp_path_factory, digits):
     """A 1-epoch text-aligned encoder on 400 digits, its bank and fit, and a stored inverse_sgld sample."""
-    from oodsynth.densities import ClassDensities
-    from oodsynth.encoder_training import EncoderTrainConfig, train_encoder
-    from oodsynth.features import build_bank
-    from oodsynth.registry import StoredSample
-    from oodsynth.samplers import get_sampler
-
     from oodsynth.data import random_anchors
+    from oodsynth.densities import ClassDensities
+    from oodsynth.encoding.features import build_bank
+    from oodsynth.encoding.training import EncoderTrainConfig, train_encoder
+    from oodsynth.samplers import get_sampler
+    from oodsynth.state.registry import StoredSample
 
     root = tmp_path_factory.mktemp("feature")
     small = ImageData(Subset(digits.dataset, range(400)), digits.class_names, 16, digits.mean, digits.std)
@@ -220,12 +293,21 @@ def feature_setup(tmp_path_factory, digits):
 
 
 def feature_config(setup, **kw):
-    return tiny_config(**{"init_encoder": str(setup["root"] / "enc"), "batch_size": 64, "ood_batch_size": 24,
-                          "lr": 0.01, "mean": setup["small"].mean, "std": setup["small"].std, **kw})
+    return tiny_config(
+        **{
+            "init_encoder": str(setup["root"] / "enc"),
+            "batch_size": 64,
+            "ood_batch_size": 24,
+            "lr": 0.01,
+            "mean": setup["small"].mean,
+            "std": setup["small"].std,
+            **kw,
+        }
+    )
 
 
 def test_feature_model_starts_as_the_anchor_classifier(feature_setup):
-    from oodsynth.ood_training import _from_encoder
+    from oodsynth.training.ood import _from_encoder
 
     setup = feature_setup
     _, model, _ = _from_encoder(feature_config(setup), setup["small"])
@@ -241,8 +323,14 @@ def test_feature_model_starts_as_the_anchor_classifier(feature_setup):
 
 def test_feature_outliers_train_the_head_and_reload(tmp_path, feature_setup):
     setup = feature_setup
-    clf = train_ood(feature_config(setup, epochs=4, lr=0.05), setup["small"], tmp_path, feature_outliers=setup["npz"],
-                    progress=False, device="cpu")
+    clf = train_ood(
+        feature_config(setup, epochs=4, lr=0.05),
+        setup["small"],
+        tmp_path,
+        feature_outliers=setup["npz"],
+        progress=False,
+        device="cpu",
+    )
     assert clf.uses_outliers and all(np.isfinite(h["ood"]) for h in clf.history)
     assert clf.history[-1]["ood"] < clf.history[0]["ood"]  # measured 0.62 -> 0.30
     vectors = torch.from_numpy(setup["stored"].vectors)
@@ -257,18 +345,40 @@ def test_feature_outliers_train_the_head_and_reload(tmp_path, feature_setup):
 
 
 def test_feature_outliers_from_a_sample_id_and_a_bare_npz_with_redraw(tmp_path, feature_setup, redis_url):
-    from oodsynth.feature_outliers import load_feature_outliers, redraw_feature_outliers
-    from oodsynth.ood_training import _from_encoder
-    from oodsynth.redis_conn import get_redis
-    from oodsynth.registry import SampleRegistry
+    from oodsynth.state.redis_conn import get_redis
+    from oodsynth.state.registry import SampleRegistry
+    from oodsynth.training.feature_outliers import load_feature_outliers, redraw_feature_outliers
+    from oodsynth.training.ood import _from_encoder
 
     setup = feature_setup
     sample_id = SampleRegistry(get_redis()).put_stored(setup["stored"])
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train-ood", "--out", str(run), "--init-encoder", str(setup["root"] / "enc"),
-                                   "--feature-outliers", sample_id, "--redraw-every", "1",
-                                   "--redraw-density", "gaussian_diagonal", "--width", "4",
-                                   "--epochs", "2", "--batch-size", "128", "--lr", "0.01", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-ood",
+            "--out",
+            str(run),
+            "--init-encoder",
+            str(setup["root"] / "enc"),
+            "--feature-outliers",
+            sample_id,
+            "--redraw-every",
+            "1",
+            "--redraw-density",
+            "gaussian_diagonal",
+            "--width",
+            "4",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "128",
+            "--lr",
+            "0.01",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "feature outliers" in res.output and load_ood_classifier(run, device="cpu").uses_outliers
 
@@ -277,8 +387,14 @@ def test_feature_outliers_from_a_sample_id_and_a_bare_npz_with_redraw(tmp_path, 
     loaded = load_feature_outliers(bare, n_classes=8)
     assert loaded.method == "" and loaded.vectors.shape == setup["stored"].vectors.shape
     with pytest.raises(ValueError, match="^redraw_every:"):
-        train_ood(feature_config(setup, redraw_every=1), setup["small"], tmp_path / "r2", feature_outliers=bare,
-                  progress=False, device="cpu")
+        train_ood(
+            feature_config(setup, redraw_every=1),
+            setup["small"],
+            tmp_path / "r2",
+            feature_outliers=bare,
+            progress=False,
+            device="cpu",
+        )
 
     _, model, _ = _from_encoder(feature_config(setup), setup["small"])
     stored = load_feature_outliers(setup["stored"])
@@ -296,11 +412,31 @@ def test_feature_outlier_errors_name_the_field(tmp_path, feature_setup):
     with pytest.raises(ValueError, match="^feature_outliers: vectors have dim 12"):
         train_ood(feature_config(setup), setup["small"], tmp_path, feature_outliers=wrong_dim, progress=False)
     np.savez(tmp_path / "other.npz", features=np.ones((4, 768), np.float32))
-    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--init-encoder",
-                                   str(setup["root"] / "enc"), "--feature-outliers", str(tmp_path / "other.npz")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-ood",
+            "--out",
+            str(tmp_path / "r"),
+            "--init-encoder",
+            str(setup["root"] / "enc"),
+            "--feature-outliers",
+            str(tmp_path / "other.npz"),
+        ],
+    )
     assert res.exit_code == 2 and "error: feature_outliers:" in res.output and "class_index" in res.output
-    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--init-encoder", str(tmp_path / "none"),
-                                   "--feature-outliers", str(setup["npz"])])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-ood",
+            "--out",
+            str(tmp_path / "r"),
+            "--init-encoder",
+            str(tmp_path / "none"),
+            "--feature-outliers",
+            str(setup["npz"]),
+        ],
+    )
     assert res.exit_code == 2 and "error: init_encoder:" in res.output
 
 
@@ -317,13 +453,23 @@ def test_outlier_exposure_loss_flattens_the_outliers_softmax(tmp_path, digits):
     x_blobs = torch.stack([b[0] for b in blobs])
     msp = {}
     for name, beta in (("ce", 0.0), ("oe", 1.0)):
-        clf = train_ood(tiny_config(epochs=3, beta=beta, ood_loss="outlier_exposure"), small, tmp_path / name,
-                        outliers=blobs, progress=False, device="cpu")
+        clf = train_ood(
+            tiny_config(epochs=3, beta=beta, ood_loss="outlier_exposure"),
+            small,
+            tmp_path / name,
+            outliers=blobs,
+            progress=False,
+            device="cpu",
+        )
         with torch.no_grad():
             msp[name] = clf.model(x_blobs).softmax(1).max(1).values.mean().item()
     print(msp)
     assert msp["oe"] < 0.5 * msp["ce"] and msp["oe"] < 0.3  # uniform over 8 classes is 0.125
     assert load_ood_classifier(tmp_path / "oe", device="cpu").config.ood_loss == "outlier_exposure"
-    report = evaluate(clf, ImageData(Subset(digits.dataset, range(64)), digits.class_names, 16),
-                      {"blobs": ImageData(blobs, digits.class_names, 16)}, progress=False)
+    report = evaluate(
+        clf,
+        ImageData(Subset(digits.dataset, range(64)), digits.class_names, 16),
+        {"blobs": ImageData(blobs, digits.class_names, 16)},
+        progress=False,
+    )
     assert set(report.results) == {"energy"}

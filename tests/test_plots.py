@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from PIL import Image
+from test_ood_training import write_outliers
 from typer.testing import CliRunner
 
 from oodsynth.bank import FeatureBank
 from oodsynth.cli import app
 from oodsynth.plots import plot_grid, tsne_embedding
-from test_ood_training import write_outliers
 
 
 @pytest.fixture
@@ -16,9 +16,12 @@ def bank():
     rng = np.random.default_rng(0)
     anchors = rng.standard_normal((3, 16)).astype(np.float32)
     labels = np.repeat(np.arange(3), 30)
-    feats = anchors[labels] / np.linalg.norm(anchors[labels], axis=1, keepdims=True) + 0.1 * rng.standard_normal((90, 16))
-    return FeatureBank.from_arrays(feats / np.linalg.norm(feats, axis=1, keepdims=True), labels, anchors * 0.38,
-                                   ["cat", "dog", "ship"])
+    feats = anchors[labels] / np.linalg.norm(anchors[labels], axis=1, keepdims=True) + 0.1 * rng.standard_normal(
+        (90, 16)
+    )
+    return FeatureBank.from_arrays(
+        feats / np.linalg.norm(feats, axis=1, keepdims=True), labels, anchors * 0.38, ["cat", "dog", "ship"]
+    )
 
 
 def test_tsne_keeps_classes_apart(bank):
@@ -36,11 +39,27 @@ def test_tsne_keeps_classes_apart(bank):
 
 def test_tsne_png_via_cli(bank, tmp_path):
     bank.save(tmp_path / "bank.npz")
-    np.savez(tmp_path / "sample.npz", vectors=np.random.default_rng(2).standard_normal((9, 16)).astype(np.float32),
-             class_index=np.repeat(np.arange(3), 3))
+    np.savez(
+        tmp_path / "sample.npz",
+        vectors=np.random.default_rng(2).standard_normal((9, 16)).astype(np.float32),
+        class_index=np.repeat(np.arange(3), 3),
+    )
     out = tmp_path / "figs" / "tsne.png"
-    res = CliRunner().invoke(app, ["plot", "tsne", "--bank", str(tmp_path / "bank.npz"), "--sample",
-                                   str(tmp_path / "sample.npz"), "--out", str(out), "--perplexity", "10"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "plot",
+            "tsne",
+            "--bank",
+            str(tmp_path / "bank.npz"),
+            "--sample",
+            str(tmp_path / "sample.npz"),
+            "--out",
+            str(out),
+            "--perplexity",
+            "10",
+        ],
+    )
     assert res.exit_code == 0, res.output
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (800, 800)
@@ -53,9 +72,23 @@ def test_grid_from_store(tmp_path):
     out = plot_grid(tmp_path / "store", "blobs", tmp_path / "grid.png", per_class=4)
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1]  # 2 rows x 4 columns
-    res = CliRunner().invoke(app, ["plot", "grid", "--store", str(tmp_path / "store"), "--dataset", "nope",
-                                   "--out", str(tmp_path / "g.png")])
+    res = CliRunner().invoke(
+        app, ["plot", "grid", "--store", str(tmp_path / "store"), "--dataset", "nope", "--out", str(tmp_path / "g.png")]
+    )
     assert res.exit_code == 2 and "error: dataset:" in res.output
-    res = CliRunner().invoke(app, ["plot", "grid", "--store", str(tmp_path / "store"), "--dataset", "blobs",
-                                   "--classes", "bird", "--out", str(tmp_path / "g.png")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "plot",
+            "grid",
+            "--store",
+            str(tmp_path / "store"),
+            "--dataset",
+            "blobs",
+            "--classes",
+            "bird",
+            "--out",
+            str(tmp_path / "g.png"),
+        ],
+    )
     assert res.exit_code == 2 and "error: classes:" in res.output

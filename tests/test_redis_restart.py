@@ -2,7 +2,7 @@
 
 Redis runs as the embedded server does in production (``start_embedded_redis(..., appendonly=True)``:
 ``appendonly yes``, ``appendfsync everysec``). A fit, a sample and two three-image jobs are written; the
-worker (``oodsynth.worker.run_worker``, in this process) starts on them; once it has stored the first
+worker (``oodsynth.worker.process.run_worker``, in this process) starts on them; once it has stored the first
 image of the first job, another thread kills Redis with SIGKILL and, a second later, starts it again on
 its folder. The fit, the sample and every job come back from the AOF, the worker waits for Redis
 inside its job and finishes the queue without quitting (RQ's worker quits on a connection error
@@ -18,20 +18,22 @@ import time
 import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from toy_banks import toy_bank
 
 from oodsynth.config import get_settings
-from oodsynth.redis_conn import start_embedded_redis
-from oodsynth.registry import FitCache, FitRegistry, SampleRegistry
 from oodsynth.service import GenerateRequest, create_fit, draw_sample, enqueue_generation, plan_generation
-from oodsynth.store import ResultStore
-from oodsynth.worker import run_worker
-from toy_banks import toy_bank
+from oodsynth.state.redis_conn import start_embedded_redis
+from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry
+from oodsynth.store.results import ResultStore
+from oodsynth.worker.process import run_worker
 
 WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
 
 
 def finished(job_ids, connection) -> int:
-    return sum(Job.fetch(j, connection=connection, serializer=JSONSerializer).get_status() == "finished" for j in job_ids)
+    return sum(
+        Job.fetch(j, connection=connection, serializer=JSONSerializer).get_status() == "finished" for j in job_ids
+    )
 
 
 def test_kill_9_redis_mid_queue_then_restart_on_its_aof(tiny_sd, settings_env, tmp_path, monkeypatch):
@@ -46,8 +48,9 @@ def test_kill_9_redis_mid_queue_then_restart_on_its_aof(tiny_sd, settings_env, t
         fits, samples = FitRegistry(connection, cache=FitCache()), SampleRegistry(connection)
         create_fit(fits, "toy", toy_bank(3, 20, 768, names=WORDS))
         sample = draw_sample(fits, samples, settings, fit="toy", method="class_interpolation", n_per_class=2, seed=0)
-        request = GenerateRequest(dataset="restart", sample_id=sample.sample_id, steps=2, height=64, width=64,
-                                  output_size=32, seed=0)
+        request = GenerateRequest(
+            dataset="restart", sample_id=sample.sample_id, steps=2, height=64, width=64, output_size=32, seed=0
+        )
         job_ids = enqueue_generation(plan_generation(request, fits, samples, settings), connection, settings)
         assert len(job_ids) == 2  # three images each, decoded one at a time
         outage: dict = {}
@@ -74,7 +77,8 @@ def test_kill_9_redis_mid_queue_then_restart_on_its_aof(tiny_sd, settings_env, t
         assert run_worker(burst=True, with_scheduler=False, logging_level="WARNING")
         killer.join(timeout=60)
         assert outage["first_job_at_kill"][0] == "started" and outage["first_job_at_kill"][1] < 3, (
-            f"not killed mid-job: {outage}")
+            f"not killed mid-job: {outage}"
+        )
         assert len(servers) == 2 and servers[0].process.returncode == -signal.SIGKILL
 
         connection = redis.Redis.from_url(servers[1].url)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import redis
-
-from oodsynth import registry as registry_mod
-from oodsynth.densities import ClassDensities
-from oodsynth.errors import Conflict, InputError, NotFound
-from oodsynth.registry import FitCache, FitRegistry, SampleRegistry, StoredSample, resolve_classes
-from oodsynth.samplers import SampleResult
 from toy_banks import toy_bank
 
+from oodsynth.densities import ClassDensities
+from oodsynth.errors import Conflict, InputError, NotFound
+from oodsynth.samplers import SampleResult
+from oodsynth.state import registry as registry_mod
+from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry, StoredSample, resolve_classes
 
 make_bank = toy_bank
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from moto import server as moto_server  # the test extra pins moto[server]; s3fs comes with the s3 extra
 from PIL import Image
 
-from moto import server as moto_server  # the test extra pins moto[server]; s3fs comes with the s3 extra
-
-from oodsynth import store as store_module
-from oodsynth.outlier_dataset import StoredOutliers
-from oodsynth.store import ImageRecord, ResultStore
+from oodsynth.store import results as store_module
+from oodsynth.store.results import ImageRecord, ResultStore
+from oodsynth.training.outlier_dataset import StoredOutliers
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +35,15 @@ def s3_endpoint():
 @pytest.fixture
 def bucket_url(s3_endpoint, monkeypatch, tmp_path) -> str:
     """A fresh bucket per test, as ``s3://<bucket>/runs``, with the AWS_* variables pointing at moto."""
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1",
-                       # hermetic: no profile or credentials file of this machine is read
-                       "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials")}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # hermetic: no profile or credentials file of this machine is read
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }.items():
         monkeypatch.setenv(key, value)
     import fsspec
 
@@ -50,8 +53,17 @@ def bucket_url(s3_endpoint, monkeypatch, tmp_path) -> str:
 
 
 def _record(image_id: str, class_index: int = 0, class_name: str = "cat", job_id: str | None = "job-1") -> ImageRecord:
-    return ImageRecord(image_id=image_id, class_index=class_index, class_name=class_name, vector_id=f"v-{image_id}",
-                       sampler="knn_boundary", seed=7, model="tiny", prompt="a cat", job_id=job_id)
+    return ImageRecord(
+        image_id=image_id,
+        class_index=class_index,
+        class_name=class_name,
+        vector_id=f"v-{image_id}",
+        sampler="knn_boundary",
+        seed=7,
+        model="tiny",
+        prompt="a cat",
+        job_id=job_id,
+    )
 
 
 def _image(value: int, size: int = 8) -> Image.Image:
@@ -67,13 +79,22 @@ def _fs():
 def test_write_retry_read_verify_on_s3(bucket_url):
     store = ResultStore(bucket_url + "/")  # a trailing slash is the same store
     assert store.url == bucket_url and store.root == bucket_url
-    assert store.write_images("ds", [(_record("a"), _image(10)), (_record("b", 1, "sea/lion"), _image(20))]) == [True, True]
+    assert store.write_images("ds", [(_record("a"), _image(10)), (_record("b", 1, "sea/lion"), _image(20))]) == [
+        True,
+        True,
+    ]
     # The retry of job-1 (a new process) finds its own rows and adds one; job-2 has its own shard.
     retry = ResultStore(bucket_url)
-    assert retry.write_images("ds", [(_record("b", 1, "sea/lion"), _image(99)), (_record("c"), _image(30))]) == [False, True]
+    assert retry.write_images("ds", [(_record("b", 1, "sea/lion"), _image(99)), (_record("c"), _image(30))]) == [
+        False,
+        True,
+    ]
     assert retry.write_image("ds", _record("d", 2, "dog", job_id="job-2"), _image(40))
     base = bucket_url.removeprefix("s3://")
-    assert sorted(_fs().ls(f"{base}/ds/manifest")) == [f"{base}/ds/manifest/job-1.jsonl", f"{base}/ds/manifest/job-2.jsonl"]
+    assert sorted(_fs().ls(f"{base}/ds/manifest")) == [
+        f"{base}/ds/manifest/job-1.jsonl",
+        f"{base}/ds/manifest/job-2.jsonl",
+    ]
     assert len(_fs().cat_file(f"{base}/ds/manifest/job-1.jsonl").splitlines()) == 3
     assert store.manifest_path("ds") == f"{bucket_url}/ds/manifest"
 
@@ -88,7 +109,7 @@ def test_write_retry_read_verify_on_s3(bucket_url):
     assert store.verify("ds").orphans == ["ds/cat/stray.png"]
     outliers = StoredOutliers(bucket_url, "ds", transform=lambda im: np.asarray(im)[0, 0, 0])
     assert len(outliers) == 4 and outliers.targets == [0, 1, 0, 2] and outliers[3] == (40, 2)
-    from oodsynth.ood_training import outlier_dataset
+    from oodsynth.training.ood import outlier_dataset
 
     tensors = outlier_dataset(bucket_url, ["ds"], image_size=4)
     image, label = tensors[1]
@@ -129,7 +150,7 @@ _WRITER = """
 import sys
 import numpy as np
 from PIL import Image
-from oodsynth.store import ImageRecord, ResultStore
+from oodsynth.store.results import ImageRecord, ResultStore
 url, job, ids = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 store = ResultStore(url)
 batch = []
@@ -152,8 +173,13 @@ def test_two_writer_processes_one_bucket_each_image_once(bucket_url, tmp_path):
     for name, order in (("job-a", ids), ("job-b", ids[::-1])):
         local = tmp_path / name
         local.mkdir()
-        procs.append(subprocess.Popen([sys.executable, "-c", _WRITER, bucket_url, name, ",".join(order)], cwd=local,
-                                      env={**os.environ, "OODSYNTH_HOME": str(local / "home")}))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WRITER, bucket_url, name, ",".join(order)],
+                cwd=local,
+                env={**os.environ, "OODSYNTH_HOME": str(local / "home")},
+            )
+        )
     for p in procs:
         assert p.wait(60) == 0
     store = ResultStore(bucket_url)
@@ -177,11 +203,16 @@ def test_two_rq_workers_on_separate_hosts_share_one_bucket(bucket_url, redis_url
     from rq.serializers import JSONSerializer
 
     from oodsynth.config import get_settings
-    from oodsynth.jobs import DecodeJob, build_items
-    from oodsynth.queue import connect, enqueue_decode
+    from oodsynth.queue.enqueue import connect, enqueue_decode
+    from oodsynth.queue.payloads import DecodeJob, build_items
 
-    for key, value in {"OODSYNTH_MODEL": str(tiny_sd), "OODSYNTH_STORE": bucket_url, "OODSYNTH_DEVICE": "cpu",
-                       "OODSYNTH_GPU_BATCH_SIZE": "2", "OODSYNTH_JOB_RETRIES": "0"}.items():
+    for key, value in {
+        "OODSYNTH_MODEL": str(tiny_sd),
+        "OODSYNTH_STORE": bucket_url,
+        "OODSYNTH_DEVICE": "cpu",
+        "OODSYNTH_GPU_BATCH_SIZE": "2",
+        "OODSYNTH_JOB_RETRIES": "0",
+    }.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     n = 8
@@ -189,9 +220,17 @@ def test_two_rq_workers_on_separate_hosts_share_one_bucket(bucket_url, redis_url
     vectors = rng.normal(size=(n, 768)).astype(np.float32)
     vectors *= 0.38 / np.linalg.norm(vectors, axis=1, keepdims=True)
     decode = dict(steps=2, height=64, width=64, output_size=32)
-    items = build_items(dataset="multi", vectors=vectors, class_index=np.arange(n) % 3, class_names=WORDS,
-                        vector_ids=[f"m:{i}" for i in range(n)], sampler="inline", seed=0, decode=decode,
-                        model=str(tiny_sd))
+    items = build_items(
+        dataset="multi",
+        vectors=vectors,
+        class_index=np.arange(n) % 3,
+        class_names=WORDS,
+        vector_ids=[f"m:{i}" for i in range(n)],
+        sampler="inline",
+        seed=0,
+        decode=decode,
+        model=str(tiny_sd),
+    )
     job = DecodeJob(dataset="multi", model=str(tiny_sd), items=items, **decode)
     job_ids = enqueue_decode(job, images_per_job=2)  # 4 jobs
     job_ids += enqueue_decode(job.model_copy(update={"items": items[:2]}), images_per_job=2)  # re-submitted
@@ -201,8 +240,9 @@ def test_two_rq_workers_on_separate_hosts_share_one_bucket(bucket_url, redis_url
         local = tmp_path / host
         local.mkdir()
         env = {**os.environ, "OODSYNTH_HOME": str(local / "home"), "OODSYNTH_STORE": bucket_url}
-        workers.append(subprocess.Popen(WORKER, cwd=local, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True))
+        workers.append(
+            subprocess.Popen(WORKER, cwd=local, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        )
     for w in workers:
         _, err = w.communicate(timeout=240)
         assert w.returncode == 0, err[-3000:]

@@ -11,8 +11,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from oodsynth.config import get_settings
-from oodsynth.queue import JOB_FUNCTION
-from oodsynth.worker import build_worker
+from oodsynth.queue.enqueue import JOB_FUNCTION
+from oodsynth.worker.process import build_worker
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from oodsynth.bank import FeatureBank
 from oodsynth.densities import ClassDensities
 from oodsynth.samplers import SAMPLERS, SampleResult, UnknownSamplerError, get_sampler
 from oodsynth.samplers.inverse_sgld import fixed_step_inverse_sgld
+from oodsynth.samplers.knn import kth_neighbor_distance
 from oodsynth.samplers.knn_boundary import pick_farthest, reference_pick, select_boundary
-from oodsynth.knn import kth_neighbor_distance
 
 DIM = 128
 SCALES = (1e-2, 1e-4, 1e-5)  # per-dimension class covariances the seed met (and a wide one)
@@ -35,16 +35,27 @@ def fits(bank) -> dict[str, ClassDensities]:
 
 def _in_band(fit, result, band):
     pct = fit.percentile(fit.score_samples(result.vectors, result.class_index), result.class_index)
-    return np.array([np.mean((pct[result.class_index == c] >= band[0]) & (pct[result.class_index == c] <= band[1]))
-                     for c in range(len(SCALES))])
+    return np.array(
+        [
+            np.mean((pct[result.class_index == c] >= band[0]) & (pct[result.class_index == c] <= band[1]))
+            for c in range(len(SCALES))
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- registry and result contract
 
 
 def test_registry_names_and_param_validation():
-    assert set(SAMPLERS) == {"knn_boundary", "inverse_sgld", "inverse_rejection", "barker", "boundary_crossing",
-                             "class_interpolation", "sphere_hmc"}
+    assert set(SAMPLERS) == {
+        "knn_boundary",
+        "inverse_sgld",
+        "inverse_rejection",
+        "barker",
+        "boundary_crossing",
+        "class_interpolation",
+        "sphere_hmc",
+    }
     with pytest.raises(UnknownSamplerError, match="method: unknown sampler 'magic'") as err:
         get_sampler("magic")
     assert isinstance(err.value, ValueError)
@@ -55,7 +66,11 @@ def test_registry_names_and_param_validation():
     with pytest.raises(pydantic.ValidationError, match="sigma"):
         get_sampler("knn_boundary", {"sigma": -1})
     assert get_sampler("barker", {"n_steps": 10}).params.n_steps == 10
-    assert {n for n in SAMPLERS if SAMPLERS[n].needs_bank} == {"knn_boundary", "boundary_crossing", "class_interpolation"}
+    assert {n for n in SAMPLERS if SAMPLERS[n].needs_bank} == {
+        "knn_boundary",
+        "boundary_crossing",
+        "class_interpolation",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -38,7 +38,9 @@ def test_barker_in_64_dimensions_has_the_theoretical_mean_resultant():
     mu, target = vmf_target(64, 50.0, 0.02)
     x, _ = barker_chain(target, np.tile(mu, (1500, 1)), 200, 0.5, np.random.default_rng(1))
     w = x[:, 0].astype(np.float64)
-    assert abs(w.mean() - float(vmf_mean_resultant(64, 50.0))) < 4 * w.std() / np.sqrt(len(w))  # measured 0.5488 vs 0.5494
+    assert abs(w.mean() - float(vmf_mean_resultant(64, 50.0))) < 4 * w.std() / np.sqrt(
+        len(w)
+    )  # measured 0.5488 vs 0.5494
 
 
 def seed_projected_barker(kappa: float, n: int, n_steps: int, step: float, rng) -> np.ndarray:

@@ -99,7 +99,8 @@ def test_slerp_is_the_geodesic(bank):
 
 def test_class_interpolation_lies_between_a_class_and_its_neighbours(bank, fit):
     result = get_sampler("class_interpolation", {"lam_range": [0.4, 0.6], "n_neighbors": 2}).sample(
-        fit, 300, seed=0, bank=bank)
+        fit, 300, seed=0, bank=bank
+    )
     A = unit_anchors(bank.anchors)
     unit = result.vectors / np.linalg.norm(result.vectors, axis=1, keepdims=True)
     own = np.einsum("nd,nd->n", unit, A[result.class_index])
@@ -110,9 +111,15 @@ def test_class_interpolation_lies_between_a_class_and_its_neighbours(bank, fit):
     sim = means @ means.T
     np.fill_diagonal(sim, -np.inf)
     nearest2 = np.argsort(-sim, axis=1)[:, :2]
-    partner_side = [t in nearest2[c] for c, t in zip(result.class_index, result.diagnostics["target_class"].astype(int))]
+    partner_side = [
+        t in nearest2[c] for c, t in zip(result.class_index, result.diagnostics["target_class"].astype(int))
+    ]
     assert np.mean(partner_side) > 0.9  # the best other class is one of the two partners
-    assert own.mean() < np.einsum("nd,nd->n", bank.features / np.linalg.norm(bank.features, axis=1, keepdims=True),
-                                  A[bank.labels]).mean()
+    assert (
+        own.mean()
+        < np.einsum(
+            "nd,nd->n", bank.features / np.linalg.norm(bank.features, axis=1, keepdims=True), A[bank.labels]
+        ).mean()
+    )
     with pytest.raises(pydantic.ValidationError, match="lam_range"):
         get_sampler("class_interpolation", {"lam_range": [0.7, 0.2]})

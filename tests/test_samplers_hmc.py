@@ -30,7 +30,9 @@ def vmf_cdf_s2(kappa: float):
 def test_vmf_and_uniform_on_s2_match_the_exact_law(kappa, step):
     rng = np.random.default_rng(0)
     u0 = rng.uniform(-1, 1, size=(3000, 1))
-    u, _, acc = subspace_hmc(u0, vmf_target(kappa), 3, step / np.sqrt(max(kappa, 1.0)), 100, 5, rng)  # 100: burn-in from the far tail
+    u, _, acc = subspace_hmc(
+        u0, vmf_target(kappa), 3, step / np.sqrt(max(kappa, 1.0)), 100, 5, rng
+    )  # 100: burn-in from the far tail
     assert stats.kstest(u[:, 0], vmf_cdf_s2(kappa)).pvalue > 1e-3
     assert acc.mean() > (0.97 if step == 0.3 else 0.5)
 
@@ -87,7 +89,9 @@ def test_reduced_coordinates_follow_the_full_dimensional_leapfrog():
     p -= (p * q).sum(1, keepdims=True) * q
     q1, _, _, _ = leapfrog(q, p, log_prob_grad, 2, 0.05, 7)
     np.testing.assert_allclose(q1[:, :2], z1 @ E.T, atol=1e-9)
-    np.testing.assert_allclose(np.linalg.norm(q1[:, 2:], axis=1), np.linalg.norm(z1 - (z1 @ E.T) @ E, axis=1), atol=1e-9)
+    np.testing.assert_allclose(
+        np.linalg.norm(q1[:, 2:], axis=1), np.linalg.norm(z1 - (z1 @ E.T) @ E, axis=1), atol=1e-9
+    )
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,25 @@ import pytest
 from PIL import Image
 
 from oodsynth.errors import InputError
-from oodsynth.jobs import DecodeJob, image_id_for, image_seed_for
-from oodsynth.outlier_dataset import StoredOutliers
 from oodsynth.names import validate_name
-from oodsynth.store import MANIFEST, ImageRecord, ResultStore
+from oodsynth.queue.payloads import DecodeJob, image_id_for, image_seed_for
+from oodsynth.store.results import MANIFEST, ImageRecord, ResultStore
+from oodsynth.training.outlier_dataset import StoredOutliers
 
 
 def _record(image_id: str, class_index: int = 0, class_name: str = "cat") -> ImageRecord:
     return ImageRecord(
-        image_id=image_id, class_index=class_index, class_name=class_name, vector_id=f"v-{image_id}",
-        sampler="knn_boundary", sampler_params={"k": 3}, seed=7, model="tiny", prompt="a cat",
-        diagnostics={"log_density": -1.5, "id_percentile": 2.0}, job_id="job-1",
+        image_id=image_id,
+        class_index=class_index,
+        class_name=class_name,
+        vector_id=f"v-{image_id}",
+        sampler="knn_boundary",
+        sampler_params={"k": 3},
+        seed=7,
+        model="tiny",
+        prompt="a cat",
+        diagnostics={"log_density": -1.5, "id_percentile": 2.0},
+        job_id="job-1",
     )
 
 
@@ -72,7 +80,7 @@ def test_retried_job_rewrites_its_own_shard(tmp_path):
 
 def test_stored_ids_reads_only_shards_written_since_the_last_call(tmp_path, monkeypatch):
     """A worker builds a new store per job: unchanged shards are not read again (per-process cache)."""
-    from oodsynth.store_backends import LocalBackend
+    from oodsynth.store.backends import LocalBackend
 
     for job in range(5):
         ResultStore(tmp_path).write_image("ds", _record(f"x{job}").model_copy(update={"job_id": f"j{job}"}), _image(1))
@@ -107,8 +115,13 @@ def test_legacy_single_file_manifest_is_still_read(tmp_path):
     rows = []
     for i, image_id in enumerate(["x", "y"]):
         _image(i).save(folder / f"{image_id}.png")
-        rec = _record(image_id).model_copy(update={"dataset": "old", "path": f"old/cat/{image_id}.png",
-                                                   "created_at": f"2025-01-0{i + 1}T00:00:00+00:00"})
+        rec = _record(image_id).model_copy(
+            update={
+                "dataset": "old",
+                "path": f"old/cat/{image_id}.png",
+                "created_at": f"2025-01-0{i + 1}T00:00:00+00:00",
+            }
+        )
         rows.append(json.dumps(rec.model_dump()) + "\n")
     (tmp_path / "old" / MANIFEST).write_text("".join(rows) + '{"image_id": "w", "pa')  # torn by a killed writer
     store = ResultStore(tmp_path)
@@ -125,7 +138,7 @@ _WRITER = """
 import sys
 import numpy as np
 from PIL import Image
-from oodsynth.store import ImageRecord, ResultStore
+from oodsynth.store.results import ImageRecord, ResultStore
 root, value, ids = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
 store = ResultStore(root)
 for i in ids:
@@ -139,8 +152,10 @@ def test_concurrent_writers_no_duplicates(tmp_path):
     """Three processes write overlapping ids in different orders: each image once, one row each."""
     ids = [f"i{k:03d}" for k in range(40)]
     orders = (ids, ids[::-1], ids[::2])
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(v), ",".join(o)])
-             for v, o in enumerate(orders, start=1)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(v), ",".join(o)])
+        for v, o in enumerate(orders, start=1)
+    ]
     for p in procs:
         assert p.wait(60) == 0
     store = ResultStore(tmp_path)
@@ -155,12 +170,25 @@ def test_concurrent_writers_no_duplicates(tmp_path):
             im.load()
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("", "non-empty"), ("   ", "non-empty"), (None, "non-empty"), ("x" * 129, "at most 128"),
-    ("a\nb", r"U\+000A"), ("evil\u202egnp.exe", r"U\+202E"), ("zero\u200bwidth", r"U\+200B"), ("a\x00", r"U\+0000"),
-    (".", "start with '.'"), ("..", "start with '.'"), (".hidden", "start with '.'"),
-    ("a/b", "separators"), ("a\\b", "separators"), (" padded", "spaces"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("", "non-empty"),
+        ("   ", "non-empty"),
+        (None, "non-empty"),
+        ("x" * 129, "at most 128"),
+        ("a\nb", r"U\+000A"),
+        ("evil\u202egnp.exe", r"U\+202E"),
+        ("zero\u200bwidth", r"U\+200B"),
+        ("a\x00", r"U\+0000"),
+        (".", "start with '.'"),
+        ("..", "start with '.'"),
+        (".hidden", "start with '.'"),
+        ("a/b", "separators"),
+        ("a\\b", "separators"),
+        (" padded", "spaces"),
+    ],
+)
 def test_names_follow_one_rule(tmp_path, bad, why):
     with pytest.raises(InputError, match=why) as info:
         validate_name("fit", bad)
@@ -184,8 +212,11 @@ def test_store_setting_accepts_folders_and_s3_urls(monkeypatch):
 
     assert Settings(_env_file=None, store="s3://my-bucket/runs/a/").store == "s3://my-bucket/runs/a"
     assert Settings(_env_file=None, store="/data/store").store == Path("/data/store")
-    for bad, why in (("gs://b/p", "only local folders and s3"), ("s3://Bad_Bucket/p", "bucket name"),
-                     ("s3://bkt/../x", "not allowed")):
+    for bad, why in (
+        ("gs://b/p", "only local folders and s3"),
+        ("s3://Bad_Bucket/p", "bucket name"),
+        ("s3://bkt/../x", "not allowed"),
+    ):
         with pytest.raises(ValueError, match=why):
             Settings(_env_file=None, store=bad)
 
@@ -205,15 +236,20 @@ def test_stored_outliers_dataset(tmp_path):
 
 
 def test_job_payload_validation():
-    item = dict(image_id="a", vector_id="v", vector=[0.1, 0.2], class_index=0, class_name="cat",
-                seed=1, sampler="barker")
+    item = dict(
+        image_id="a", vector_id="v", vector=[0.1, 0.2], class_index=0, class_name="cat", seed=1, sampler="barker"
+    )
     job = DecodeJob.model_validate({"dataset": "ds", "model": "m", "items": [item]})
     assert job.prompt("<tok>") == "A high-quality image of the <tok>"
     import pydantic
 
-    for bad, field in (({"height": 100}, "height"), ({"dataset": "a/b"}, "dataset"),
-                       ({"prompt_template": "no token"}, "prompt_template"), ({"items": []}, "items"),
-                       ({"items": [{**item, "vector": [float("nan"), 1.0]}]}, "vector")):
+    for bad, field in (
+        ({"height": 100}, "height"),
+        ({"dataset": "a/b"}, "dataset"),
+        ({"prompt_template": "no token"}, "prompt_template"),
+        ({"items": []}, "items"),
+        ({"items": [{**item, "vector": [float("nan"), 1.0]}]}, "vector"),
+    ):
         with pytest.raises(pydantic.ValidationError, match=field):
             DecodeJob.model_validate({"dataset": "ds", "model": "m", "items": [item], **bad})
     a = image_id_for("ds", "s1:0", 0)

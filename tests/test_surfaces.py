@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from toy_banks import toy_bank
 from typer.testing import CliRunner
 
 from oodsynth.cli import app as cli_app
@@ -13,10 +14,9 @@ from oodsynth.cli import core as cli_core
 from oodsynth.client import OodsynthClient
 from oodsynth.config import get_settings
 from oodsynth.errors import BY_STATUS, InputError, NotFound, OodsynthError, join_loc
-from oodsynth.registry import FitRegistry, SampleRegistry
 from oodsynth.service import GenerateRequest, create_fit, draw_sample, plan_generation
+from oodsynth.state.registry import FitRegistry, SampleRegistry
 from services.embed_sampler.app import create_app
-from toy_banks import toy_bank
 
 SAMPLER = "inverse_rejection"
 runner = CliRunner()
@@ -60,13 +60,25 @@ def _http(http, request) -> OodsynthError:
 def _client(http, request) -> OodsynthError:
     request = dict(request)
     with pytest.raises(OodsynthError) as exc:
-        OodsynthClient(http=http).sample(request.pop("fit"), request.pop("method"), request.pop("n_per_class"), **request)
+        OodsynthClient(http=http).sample(
+            request.pop("fit"), request.pop("method"), request.pop("n_per_class"), **request
+        )
     return exc.value
 
 
 def _cli(request, *api) -> tuple[int, str]:
-    args = ["sample", "--fit", request["fit"], "--method", request["method"],
-            "--n-per-class", str(request["n_per_class"]), "--out", "unused.npz", *api]
+    args = [
+        "sample",
+        "--fit",
+        request["fit"],
+        "--method",
+        request["method"],
+        "--n-per-class",
+        str(request["n_per_class"]),
+        "--out",
+        "unused.npz",
+        *api,
+    ]
     for c in request.get("classes") or []:
         args += ["--classes", str(c)]
     for key, value in (request.get("params") or {}).items():
@@ -75,7 +87,9 @@ def _cli(request, *api) -> tuple[int, str]:
     return r.exit_code, r.stderr.strip()
 
 
-@pytest.mark.parametrize("change, kind, field, message", SAMPLE_CASES, ids=[c[2] + ":" + c[3][:20] for c in SAMPLE_CASES])
+@pytest.mark.parametrize(
+    "change, kind, field, message", SAMPLE_CASES, ids=[c[2] + ":" + c[3][:20] for c in SAMPLE_CASES]
+)
 def test_a_bad_sample_request_fails_alike_everywhere(surfaces, change, kind, field, message):
     client, http = surfaces
     request = {"fit": "toy", "method": SAMPLER, "n_per_class": 2, **change}
@@ -95,16 +109,20 @@ def test_a_bad_sample_request_fails_alike_everywhere(surfaces, change, kind, fie
 
 def test_a_generation_over_the_image_cap_fails_alike_everywhere(surfaces, tmp_path):
     client, http = surfaces
-    sample = draw_sample(FitRegistry(client), SampleRegistry(client), get_settings(), fit="toy", method=SAMPLER,
-                         n_per_class=1, seed=0)  # 3 vectors x 2 images > the cap of 4
+    sample = draw_sample(
+        FitRegistry(client), SampleRegistry(client), get_settings(), fit="toy", method=SAMPLER, n_per_class=1, seed=0
+    )  # 3 vectors x 2 images > the cap of 4
     request = GenerateRequest(dataset="out", sample_id=sample.sample_id, images_per_vector=2)
     with pytest.raises(InputError) as exc:
         plan_generation(request, FitRegistry(client), SampleRegistry(client), get_settings())
     lib = exc.value
     assert lib.field == "images_per_vector" and "6 images, over the limit of 4" in lib.message
     r = http.post("/generate", json={"dataset": "out", "sample_id": sample.sample_id, "images_per_vector": 2})
-    assert r.status_code == 422 and r.json()["detail"][0] == {"loc": ["body", "images_per_vector"], "msg": lib.message,
-                                                               "type": "value_error"}
+    assert r.status_code == 422 and r.json()["detail"][0] == {
+        "loc": ["body", "images_per_vector"],
+        "msg": lib.message,
+        "type": "value_error",
+    }
     with pytest.raises(InputError) as exc:
         OodsynthClient(http=http).generate("out", sample_id=sample.sample_id, images_per_vector=2)
     assert (exc.value.field, exc.value.message) == (lib.field, lib.message)
@@ -115,16 +133,24 @@ def test_a_generation_over_the_image_cap_fails_alike_everywhere(surfaces, tmp_pa
     assert http.get("/queue").json()["queues"][0]["queued"] == 0  # nothing was enqueued by any surface
 
 
-@pytest.mark.parametrize("option, value, field, message", [
-    ("--height", "60", "height", "must be a multiple of 8 (the VAE downsamples by 8), got 60"),
-    ("--scheduler", "nope", "scheduler", "unknown scheduler 'nope'"),
-    ("--dataset", "../up", "dataset", "must be one name"),
-])
+@pytest.mark.parametrize(
+    "option, value, field, message",
+    [
+        ("--height", "60", "height", "must be a multiple of 8 (the VAE downsamples by 8), got 60"),
+        ("--scheduler", "nope", "scheduler", "unknown scheduler 'nope'"),
+        ("--dataset", "../up", "dataset", "must be one name"),
+    ],
+)
 def test_a_bad_decode_setting_fails_alike_everywhere(surfaces, option, value, field, message):
     client, http = surfaces
-    sample = draw_sample(FitRegistry(client), SampleRegistry(client), get_settings(), fit="toy", method=SAMPLER,
-                         n_per_class=1, seed=0)
-    body = {"dataset": "out", "sample_id": sample.sample_id, option.lstrip("-"): int(value) if value.isdigit() else value}
+    sample = draw_sample(
+        FitRegistry(client), SampleRegistry(client), get_settings(), fit="toy", method=SAMPLER, n_per_class=1, seed=0
+    )
+    body = {
+        "dataset": "out",
+        "sample_id": sample.sample_id,
+        option.lstrip("-"): int(value) if value.isdigit() else value,
+    }
     r = http.post("/generate", json=body)
     detail = r.json()["detail"][0]
     assert r.status_code == 422 and join_loc(detail["loc"]) == field and message in detail["msg"], r.text

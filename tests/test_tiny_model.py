@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from oodsynth.tiny_model import clip_bpe_vocab, make_tiny_pipeline, write_tiny_clip_text
+from oodsynth.offline_decoder.tiny_model import clip_bpe_vocab, make_tiny_pipeline, write_tiny_clip_text
 
 # Words chosen so that one is a prefix/suffix of another ("at", "cat", "catalog"):
 # a naive merge list would split some of them into several pieces.

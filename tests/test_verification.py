@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from oodsynth.data import load_dataset
-from oodsynth.verification import MANIFEST_PREFIX, VERIFICATION_KEYS, verify_images
+from oodsynth.decoding.verification import MANIFEST_PREFIX, VERIFICATION_KEYS, verify_images
 
 
 def test_id_images_verify_as_id_and_noise_as_outliers(digits_lab_assets):
@@ -16,8 +16,10 @@ def test_id_images_verify_as_id_and_noise_as_outliers(digits_lab_assets):
     id_images = test.dataset.tensors[0][:200]
     noise = torch.rand(100, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     real, fake = verify_images(assets.encoder, assets.fit, id_images), verify_images(assets.encoder, assets.fit, noise)
-    print(f"median ID percentile: test digits {np.median(real.id_percentile):.1f}, "
-          f"noise {np.median(fake.id_percentile):.1f}")
+    print(
+        f"median ID percentile: test digits {np.median(real.id_percentile):.1f}, "
+        f"noise {np.median(fake.id_percentile):.1f}"
+    )
     # held-out ID images land well inside the fit (calibrated: uniform for training images)
     assert np.median(real.id_percentile) > 15
     # noise is below the 1st ID percentile of every class
@@ -37,8 +39,9 @@ def test_verification_checks_its_inputs(digits_lab_assets):
     assert len(v) == 4
     with pytest.raises(ValueError, match="max_id_percentile"):
         v.passes(101)
-    from oodsynth.densities import ClassDensities
     from toy_banks import toy_bank
+
+    from oodsynth.densities import ClassDensities
 
     other = ClassDensities("vmf").fit(toy_bank(n_classes=3, dim=16))
     with pytest.raises(ValueError, match="fit"):
@@ -48,21 +51,31 @@ def test_verification_checks_its_inputs(digits_lab_assets):
 def _store_with_verification(root, percentiles):
     from PIL import Image
 
-    from oodsynth.store import ImageRecord, ResultStore
+    from oodsynth.store.results import ImageRecord, ResultStore
 
     store = ResultStore(root)
     for i, pct in enumerate(percentiles):
-        diag = {} if pct is None else {"verified_id_percentile": pct, "verified_id_class": 0,
-                                       "verified_max_softmax": 0.5}
-        record = ImageRecord(image_id=f"img-{i}", class_index=0, class_name="zero", vector_id=f"v{i}",
-                             sampler="knn_boundary", seed=i, model="test", prompt="p", diagnostics=diag)
+        diag = (
+            {} if pct is None else {"verified_id_percentile": pct, "verified_id_class": 0, "verified_max_softmax": 0.5}
+        )
+        record = ImageRecord(
+            image_id=f"img-{i}",
+            class_index=0,
+            class_name="zero",
+            vector_id=f"v{i}",
+            sampler="knn_boundary",
+            seed=i,
+            model="test",
+            prompt="p",
+            diagnostics=diag,
+        )
         assert store.write_image("dec", record, Image.new("RGB", (16, 16), (i * 20, 0, 0)))
     return store
 
 
 def test_stored_outliers_keep_only_verified(tmp_path):
     from oodsynth.errors import InputError
-    from oodsynth.outlier_dataset import StoredOutliers
+    from oodsynth.training.outlier_dataset import StoredOutliers
 
     _store_with_verification(tmp_path / "store", [0.0, 3.0, 10.0, 40.0, 90.0])
     assert len(StoredOutliers(tmp_path / "store", "dec")) == 5
@@ -77,13 +90,15 @@ def test_stored_outliers_keep_only_verified(tmp_path):
 
 def test_stored_outliers_auto_threshold(tmp_path):
     """auto (train-ood's default): the measured threshold when every image is verified, else every image."""
-    from oodsynth.outlier_dataset import StoredOutliers
-    from oodsynth.verification import DEFAULT_MAX_ID_PERCENTILE
+    from oodsynth.decoding.verification import DEFAULT_MAX_ID_PERCENTILE
+    from oodsynth.training.outlier_dataset import StoredOutliers
 
     pcts = [0.0, DEFAULT_MAX_ID_PERCENTILE, DEFAULT_MAX_ID_PERCENTILE + 0.5, 90.0]
     _store_with_verification(tmp_path / "store", pcts)
     auto = StoredOutliers(tmp_path / "store", "dec", max_id_percentile="auto")
-    assert sorted(r.image_id for r in auto.records) == ["img-0", "img-1"] and auto.threshold == DEFAULT_MAX_ID_PERCENTILE
+    assert (
+        sorted(r.image_id for r in auto.records) == ["img-0", "img-1"] and auto.threshold == DEFAULT_MAX_ID_PERCENTILE
+    )
     assert auto.verification == f"2 of 4 images verified at ID percentile <= {DEFAULT_MAX_ID_PERCENTILE:g}"
     _store_with_verification(tmp_path / "old", [5.0, None, 99.0])
     mixed = StoredOutliers(tmp_path / "old", "dec", max_id_percentile="auto")
@@ -96,22 +111,38 @@ def test_train_ood_cli_max_id_percentile(tmp_path):
     from oodsynth.cli import app
 
     _store_with_verification(tmp_path / "store", [50.0, 60.0])
-    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "run"), "--dataset", "digits", "--store",
-                                   str(tmp_path / "store"), "--outliers", "dec", "--max-id-percentile", "10",
-                                   "--epochs", "1", "--width", "4"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-ood",
+            "--out",
+            str(tmp_path / "run"),
+            "--dataset",
+            "digits",
+            "--store",
+            str(tmp_path / "store"),
+            "--outliers",
+            "dec",
+            "--max-id-percentile",
+            "10",
+            "--epochs",
+            "1",
+            "--width",
+            "4",
+        ],
+    )
     assert res.exit_code == 2 and "max_id_percentile" in res.output and "at or below ID percentile 10" in res.output
 
 
-def test_decode_job_records_verification_in_the_manifest(redis_url, tiny_sd, digits_lab_assets, monkeypatch,
-                                                          tmp_path):
+def test_decode_job_records_verification_in_the_manifest(redis_url, tiny_sd, digits_lab_assets, monkeypatch, tmp_path):
     from oodsynth.config import get_settings
-    from oodsynth.decode_job import DecoderCache, run_decode_job
     from oodsynth.errors import NotFound
-    from oodsynth.jobs import DecodeJob, build_items
-    from oodsynth.redis_conn import get_redis
-    from oodsynth.registry import FitRegistry
+    from oodsynth.queue.payloads import DecodeJob, build_items
     from oodsynth.samplers import get_sampler
-    from oodsynth.store import ResultStore
+    from oodsynth.state.redis_conn import get_redis
+    from oodsynth.state.registry import FitRegistry
+    from oodsynth.store.results import ResultStore
+    from oodsynth.worker.decode_job import DecoderCache, run_decode_job
 
     assets = digits_lab_assets
     monkeypatch.setenv("OODSYNTH_MODEL", str(tiny_sd))
@@ -122,10 +153,18 @@ def test_decode_job_records_verification_in_the_manifest(redis_url, tiny_sd, dig
     FitRegistry(get_redis()).put("digits-lab", assets.fit, assets.bank)
     sample = get_sampler("knn_boundary").sample(assets.fit, 1, seed=0, bank=assets.bank)
     decode = {"steps": 2, "height": 32, "width": 32, "output_size": 16}
-    items = build_items(dataset="dec", vectors=sample.vectors, class_index=sample.class_index,
-                        class_names=assets.fit.class_names_, vector_ids=[f"s:{i}" for i in range(len(sample))],
-                        sampler="knn_boundary", diagnostics=sample.diagnostics, seed=0, decode=decode,
-                        model=str(tiny_sd))
+    items = build_items(
+        dataset="dec",
+        vectors=sample.vectors,
+        class_index=sample.class_index,
+        class_names=assets.fit.class_names_,
+        vector_ids=[f"s:{i}" for i in range(len(sample))],
+        sampler="knn_boundary",
+        diagnostics=sample.diagnostics,
+        seed=0,
+        decode=decode,
+        model=str(tiny_sd),
+    )
     job = DecodeJob(dataset="dec", model=str(tiny_sd), items=items, verify_fit="digits-lab", **decode)
     assert run_decode_job(job.model_dump(), settings, DecoderCache())["written"] == 8
     store = ResultStore(settings.store)

@@ -22,9 +22,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from oodsynth.config import get_settings
-from oodsynth.jobs import DecodeJob, build_items
-from oodsynth.queue import connect, enqueue_decode, job_status, queue_stats
-from oodsynth.store import ResultStore
+from oodsynth.queue.enqueue import connect, enqueue_decode, job_status, queue_stats
+from oodsynth.queue.payloads import DecodeJob, build_items
+from oodsynth.store.results import ResultStore
 
 WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
 WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]
@@ -36,8 +36,15 @@ def _job(model: str) -> DecodeJob:
     vectors = rng.normal(size=(N_IMAGES, 768)).astype(np.float32)
     vectors *= 0.38 / np.linalg.norm(vectors, axis=1, keepdims=True)
     classes = np.arange(N_IMAGES) % len(WORDS)
-    items = build_items(dataset="fault", vectors=vectors, class_index=classes, class_names=WORDS,
-                        vector_ids=[f"fault:{i}" for i in range(N_IMAGES)], sampler="inline", seed=0)
+    items = build_items(
+        dataset="fault",
+        vectors=vectors,
+        class_index=classes,
+        class_names=WORDS,
+        vector_ids=[f"fault:{i}" for i in range(N_IMAGES)],
+        sampler="inline",
+        seed=0,
+    )
     return DecodeJob(dataset="fault", model=model, items=items, steps=2, height=64, width=64, output_size=32)
 
 

@@ -11,10 +11,10 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from oodsynth.jobs import image_id_for, image_seed_for
-from oodsynth.store import ResultStore
+from oodsynth.queue.payloads import image_id_for, image_seed_for
+from oodsynth.store.results import ResultStore
 
-TASK = "oodsynth.decode_job.decode_task"
+TASK = "oodsynth.worker.decode_job.decode_task"
 CLASSES = ["cat", "ship"]
 
 
@@ -75,7 +75,10 @@ def test_job_stores_images_and_rows_one_to_one_and_rerun_writes_nothing(env):
     for r in records:
         item = items[r.image_id]
         assert (r.class_index, r.class_name, r.vector_id, r.seed) == (
-            item["class_index"], item["class_name"], item["vector_id"], item["seed"]
+            item["class_index"],
+            item["class_name"],
+            item["vector_id"],
+            item["seed"],
         )
         assert r.path == f"cifar-ood/{item['class_name']}/{r.image_id}.png"
         assert r.job_id == job.id and r.model == str(env.model) and r.sampler == "knn_boundary"
@@ -96,7 +99,7 @@ def test_job_stores_images_and_rows_one_to_one_and_rerun_writes_nothing(env):
 
 def test_retry_decodes_only_the_missing_images_with_the_same_pixels(env):
     """A job whose first attempt stored some images: the rerun fills in the rest, reproducibly."""
-    from oodsynth.decode_job import decode_task as decode_job
+    from oodsynth.worker.decode_job import decode_task as decode_job
 
     payload = _payload("partial", 3, str(env.model), seed=1)
     first = dict(payload, items=payload["items"][:1])
@@ -116,7 +119,7 @@ def test_retry_decodes_only_the_missing_images_with_the_same_pixels(env):
 
 
 def test_a_job_for_another_model_is_refused(env, tmp_path):
-    from oodsynth.decode_job import decode_task as decode_job
+    from oodsynth.worker.decode_job import decode_task as decode_job
 
     with pytest.raises(ValueError, match="model"):
         decode_job(_payload("other", 1, str(tmp_path / "some-other-model")))
@@ -124,7 +127,7 @@ def test_a_job_for_another_model_is_refused(env, tmp_path):
 
 
 def test_bad_payload_fails_with_the_field_named_in_the_failed_registry(env):
-    from oodsynth.worker import run_worker
+    from oodsynth.worker.process import run_worker
 
     payload = _payload("bad", 1, str(env.model))
     payload["height"] = 60

@@ -2,7 +2,7 @@
 
 The worker itself (a non-forking RQ worker, the pipeline loaded once, the job
 function, one process per GPU with ``--gpus``) lives in the library
-(``oodsynth.worker``, ``oodsynth.decode_job``); this module runs the
+(``oodsynth.worker.process``, ``oodsynth.worker.decode_job``); this module runs the
 ``oodsynth worker`` command with the same options, so the two never drift apart.
 """
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from oodsynth.registry import FitCache
 from oodsynth.service import EmbedderCache
+from oodsynth.state.registry import FitCache
 
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware

@@ -23,7 +23,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
-
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
@@ -46,7 +45,9 @@ class OffLoopBodyRoute(APIRoute):
         handler = super().get_route_handler()
         body_field = self.body_field
         # One body model, not embedded: FastAPI validates the whole JSON document against it, and so can we.
-        single_model = body_field is not None and len(self.dependant.body_params) == 1 and not body_field.field_info.embed
+        single_model = (
+            body_field is not None and len(self.dependant.body_params) == 1 and not body_field.field_info.embed
+        )
 
         async def route(request: Request) -> Response:
             if body_field is not None and _is_json(request.headers.get("content-type", "")):
@@ -64,8 +65,17 @@ def _decode(body: bytes, body_field) -> Any:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # FastAPI's own shape for undecodable JSON (invalid UTF-8 included)
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
-                                       "input": {}, "ctx": {"error": exc.msg}}]) from None
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.pos),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
     if body_field is None:
         return document
     value, errors = body_field.validate(document, {}, loc=("body",))

@@ -11,7 +11,6 @@ import sys
 
 import typer
 
-
 LOOPBACK = "127.0.0.1"
 
 
@@ -36,14 +35,16 @@ def serve(
     reload: bool = typer.Option(False, help="Reload on code changes (development)."),
     workers: int = typer.Option(1, min=1, help="Worker processes; fits and samples are shared through Redis."),
     graceful_timeout: int = typer.Option(
-        10, min=1, help="On SIGTERM, seconds to let requests finish before they are cancelled (sampling threads "
+        10,
+        min=1,
+        help="On SIGTERM, seconds to let requests finish before they are cancelled (sampling threads "
         "then stop within OODSYNTH_SAMPLE_TIME_BUDGET_S).",
     ),
 ) -> None:
     """Run the embed_sampler API (uvicorn on services.embed_sampler.app:app, with a request-header deadline)."""
     import uvicorn
 
-    from oodsynth.redis_conn import redis_url
+    from oodsynth.state.redis_conn import redis_url
 
     from .header_deadline import http_protocol
 
@@ -53,5 +54,12 @@ def serve(
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler the
     # process would die before atexit stops the embedded Redis. Exit normally instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run("services.embed_sampler.app:app", host=host, port=port, reload=reload, workers=workers,
-                timeout_graceful_shutdown=graceful_timeout, http=http_protocol())
+    uvicorn.run(
+        "services.embed_sampler.app:app",
+        host=host,
+        port=port,
+        reload=reload,
+        workers=workers,
+        timeout_graceful_shutdown=graceful_timeout,
+        http=http_protocol(),
+    )

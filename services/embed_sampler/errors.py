@@ -75,8 +75,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:  # a streamed body passed the cap (limits.BodyLimitMiddleware)
             return too_large(body_limit(request.headers.get("content-type", "")))
         loc = ["body"] if exc.status_code == 408 else []  # 408: the body did not arrive in time (limits.py)
-        return JSONResponse({"detail": [error(loc, str(exc.detail), "http_error")]}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"detail": [error(loc, str(exc.detail), "http_error")]},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(OodsynthError)
     async def _library_error(request: Request, exc: OodsynthError) -> JSONResponse:

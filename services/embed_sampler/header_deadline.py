@@ -66,8 +66,11 @@ class HeaderDeadlineMixin:
         self._header_timer = None
         if self._request_in_progress() or self.transport.is_closing():  # type: ignore[attr-defined]
             return
-        logger.info("closing a connection whose request headers did not arrive within %g s "
-                    "(settings OODSYNTH_HEADER_TIMEOUT_S)", seconds)
+        logger.info(
+            "closing a connection whose request headers did not arrive within %g s "
+            "(settings OODSYNTH_HEADER_TIMEOUT_S)",
+            seconds,
+        )
         self.transport.close()  # type: ignore[attr-defined]
 
 
@@ -81,6 +84,7 @@ except ImportError:
     HttpToolsProtocol = None
 
 if HttpToolsProtocol is not None:
+
     class HeaderDeadlineHttpToolsProtocol(HeaderDeadlineMixin, HttpToolsProtocol):  # module level: workers pickle it
         pass
 

@@ -75,9 +75,10 @@ def body_deadline(receive: Receive, seconds: float) -> Receive:
             return await receive()
         try:
             message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
-        except asyncio.TimeoutError:
-            raise HTTPException(408, f"the request body did not arrive within {seconds:g} s "
-                                     "(settings OODSYNTH_BODY_TIMEOUT_S)") from None
+        except TimeoutError:
+            raise HTTPException(
+                408, f"the request body did not arrive within {seconds:g} s (settings OODSYNTH_BODY_TIMEOUT_S)"
+            ) from None
         body_done = message["type"] != "http.request" or not message.get("more_body", False)
         return message
 

@@ -13,20 +13,20 @@ import time
 from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-HTTP_REQUESTS = Counter(
-    "oodsynth_http_requests_total", "HTTP requests answered.", ["method", "route", "status"]
-)
-HTTP_LATENCY = Histogram(
-    "oodsynth_http_request_duration_seconds", "HTTP request latency.", ["method", "route"]
-)
+HTTP_REQUESTS = Counter("oodsynth_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+HTTP_LATENCY = Histogram("oodsynth_http_request_duration_seconds", "HTTP request latency.", ["method", "route"])
 FITS = Counter("oodsynth_fits_total", "Class-density fits stored.", ["density"])
 FIT_SECONDS = Histogram(
-    "oodsynth_fit_duration_seconds", "Time to fit class densities.", ["density"],
+    "oodsynth_fit_duration_seconds",
+    "Time to fit class densities.",
+    ["density"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
 )
 SAMPLES_DRAWN = Counter("oodsynth_samples_drawn_total", "Outlier vectors drawn.", ["method"])
 SAMPLE_SECONDS = Histogram(
-    "oodsynth_sample_duration_seconds", "Time to draw one sample request.", ["method"],
+    "oodsynth_sample_duration_seconds",
+    "Time to draw one sample request.",
+    ["method"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
 )
 

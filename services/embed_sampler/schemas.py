@@ -81,10 +81,10 @@ class SampleRequest(BaseModel):
     classes: list[StrictInt | StrictStr] | None = Field(
         None, description="Class indices and/or names to sample; all classes when left out."
     )
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Random seed; one is chosen (and returned) when left out.")
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="Sampler parameters; see each sampler's defaults."
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Random seed; one is chosen (and returned) when left out."
     )
+    params: dict[str, Any] = Field(default_factory=dict, description="Sampler parameters; see each sampler's defaults.")
     scale_to_anchor: bool = Field(True, description="Rescale vectors to the norm of their class anchor T(y).")
     include_vectors: bool = Field(
         True, description="Return vectors and per-vector diagnostics; false returns only the id and summaries."

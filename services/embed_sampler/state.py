@@ -18,13 +18,13 @@ from __future__ import annotations
 import threading
 
 import redis
+from fastapi import Depends, Request
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from fastapi import Depends, Request
 
 from oodsynth.config import Settings, get_settings
-from oodsynth.redis_conn import redis_url
-from oodsynth.registry import FitRegistry, SampleRegistry
+from oodsynth.state.redis_conn import redis_url
+from oodsynth.state.registry import FitRegistry, SampleRegistry
 
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
@@ -44,8 +44,12 @@ def get_redis_dep() -> redis.Redis:
             # One retry after a timeout: the API's writes (a sample's or a fit's hash) are idempotent, and a
             # MULTI of jobs repeated would at worst queue a job id twice, whose second run finds its images stored.
             client = _clients[url] = redis.Redis.from_url(
-                url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1), retry_on_error=[redis.exceptions.TimeoutError],
+                url,
+                decode_responses=False,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[redis.exceptions.TimeoutError],
             )
     return client
 
@@ -54,5 +58,7 @@ async def get_fits(request: Request, client: redis.Redis = Depends(get_redis_dep
     return FitRegistry(client, cache=request.app.state.fit_cache)
 
 
-async def get_samples(client: redis.Redis = Depends(get_redis_dep), settings: Settings = Depends(get_settings_dep)) -> SampleRegistry:
+async def get_samples(
+    client: redis.Redis = Depends(get_redis_dep), settings: Settings = Depends(get_settings_dep)
+) -> SampleRegistry:
     return SampleRegistry(client, ttl_s=settings.sample_ttl_s, budget_bytes=settings.sample_budget_bytes)

@@ -37,7 +37,9 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
         match = _ENTRY.match(entry.lower())
         if match is None:
             shown = entry if len(entry) <= 12 else entry[:12] + "..."
-            raise InputError(f"api_keys[{i}]", f"{shown!r} is not '<scope>:<sha256 hex>' with scope one of {', '.join(SCOPES)}")
+            raise InputError(
+                f"api_keys[{i}]", f"{shown!r} is not '<scope>:<sha256 hex>' with scope one of {', '.join(SCOPES)}"
+            )
         keys[match.group(2)] = match.group(1)
     return keys
 

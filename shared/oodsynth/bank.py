@@ -43,7 +43,7 @@ class FeatureBank:
     def class_features(self, c: int) -> np.ndarray:
         return self.features[self.labels == c]
 
-    def validate(self, *, min_per_class: int = 2) -> "FeatureBank":
+    def validate(self, *, min_per_class: int = 2) -> FeatureBank:
         f, y, a, names = self.features, self.labels, self.anchors, self.class_names
         if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
             raise BankError("features", f"expected a non-empty 2-D array (N, D), got shape {f.shape}")
@@ -76,7 +76,7 @@ class FeatureBank:
         return self
 
     @classmethod
-    def from_arrays(cls, features, labels, anchors, class_names=None, *, min_per_class: int = 2) -> "FeatureBank":
+    def from_arrays(cls, features, labels, anchors, class_names=None, *, min_per_class: int = 2) -> FeatureBank:
         anchors = np.asarray(anchors)
         if class_names is None:
             class_names = [f"class_{i}" for i in range(len(anchors))]
@@ -115,7 +115,9 @@ def load_bank(source: str | Path | bytes | BinaryIO, *, min_per_class: int = 2) 
     try:
         loaded = np.load(source, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-            raise BankError("file", "expected a .npz with features, labels, anchors, class_names; got a single array (.npy)")
+            raise BankError(
+                "file", "expected a .npz with features, labels, anchors, class_names; got a single array (.npy)"
+            )
         with loaded as data:
             missing = [k for k in REQUIRED_FIELDS if k not in data.files]
             if missing:
@@ -123,6 +125,12 @@ def load_bank(source: str | Path | bytes | BinaryIO, *, min_per_class: int = 2) 
             arrays = {k: data[k] for k in REQUIRED_FIELDS}
     except BankError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # not an npz, truncated, object arrays
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:  # not an npz, truncated, object arrays
         raise BankError("file", f"not a readable .npz feature bank ({exc})") from exc
     return FeatureBank.from_arrays(**arrays, min_per_class=min_per_class)

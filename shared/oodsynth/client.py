@@ -9,10 +9,10 @@ names it in-process; ``status`` and ``detail`` keep the HTTP answer.
 
 from __future__ import annotations
 
-from urllib.parse import quote
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -20,8 +20,8 @@ import numpy as np
 from .bank import FeatureBank
 from .config import get_settings
 from .errors import BY_STATUS, InputError, OodsynthError, join_loc
-from .jobs import wait_until_terminal
-from .registry import StoredSample
+from .queue.payloads import wait_until_terminal
+from .state.registry import StoredSample
 
 NPZ = "application/x-npz"
 
@@ -56,7 +56,7 @@ class OodsynthClient:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "OodsynthClient":
+    def __enter__(self) -> OodsynthClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -80,7 +80,9 @@ class OodsynthClient:
         return response.json()
 
     # ---- fits
-    def fit(self, name: str, bank: str | Path | bytes | FeatureBank, density: str = "vmf", *, replace: bool = False) -> dict:
+    def fit(
+        self, name: str, bank: str | Path | bytes | FeatureBank, density: str = "vmf", *, replace: bool = False
+    ) -> dict:
         """Upload a bank (path, raw ``.npz`` bytes or a ``FeatureBank``) and fit it; returns the summary."""
         if isinstance(bank, FeatureBank):
             data = bank.to_bytes()
@@ -150,7 +152,9 @@ class OodsynthClient:
         return StoredSample.from_bytes(self._send("GET", path, headers={"Accept": NPZ}).content)
 
     def get_sample(self, sample_id: str, *, include_vectors: bool = True) -> dict:
-        return self._call("GET", f"/samples/{quote(sample_id, safe='')}", params={"include_vectors": str(include_vectors).lower()})
+        return self._call(
+            "GET", f"/samples/{quote(sample_id, safe='')}", params={"include_vectors": str(include_vectors).lower()}
+        )
 
     # ---- generation (queue)
     def generate(self, dataset: str, *, sample_id: str | None = None, **fields: Any) -> dict:

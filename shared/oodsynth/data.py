@@ -87,6 +87,7 @@ def image_tensors(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------- raw arrays
 
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain numpy arrays and nothing else.
 
@@ -119,7 +120,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             return self._allowed()[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
-                f"refused to unpickle {module}.{name}: only numpy arrays are allowed") from None
+                f"refused to unpickle {module}.{name}: only numpy arrays are allowed"
+            ) from None
 
 
 def load_numpy_pickle(path: str | Path) -> np.ndarray:
@@ -137,8 +139,10 @@ def animal_mnist_folder() -> Path:
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or not spec.submodule_search_locations:
         raise DataUnavailableError(
-            "dataset", "the animals profile needs the animal-mnist package: pip install --no-deps animal-mnist==0.4 "
-                       "(make setup does this)")
+            "dataset",
+            "the animals profile needs the animal-mnist package: pip install --no-deps animal-mnist==0.4 "
+            "(make setup does this)",
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "Animal_MNIST"
 
 
@@ -152,8 +156,9 @@ def _animals_raw() -> tuple[np.ndarray, np.ndarray]:
     except (OSError, EOFError, pickle.UnpicklingError) as exc:
         raise DataUnavailableError("dataset", f"animal-mnist data in {folder} cannot be read: {exc}") from None
     if x.shape != (len(y), 28, 28) or y.min() < 0 or y.max() > 9:
-        raise DataUnavailableError("dataset", f"animal-mnist data in {folder} has unexpected shapes "
-                                              f"{x.shape}, {y.shape}")
+        raise DataUnavailableError(
+            "dataset", f"animal-mnist data in {folder} has unexpected shapes {x.shape}, {y.shape}"
+        )
     return x, y.astype(np.int64)
 
 
@@ -170,8 +175,9 @@ def _to_rgb(images: np.ndarray, image_size: int) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     if x.shape[-1] != image_size:
         # antialias when shrinking, so thin strokes (zebra stripes) average out instead of aliasing
-        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                                            antialias=image_size < x.shape[-1])
+        x = torch.nn.functional.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=image_size < x.shape[-1]
+        )
     return x.clamp_(0, 1).expand(-1, 3, -1, -1).contiguous()
 
 
@@ -217,19 +223,22 @@ def _check_profile_args(profile: OfflineProfile, image_size: int, holdout: tuple
     bad = [h for h in holdout if not 0 <= h < len(profile.words)]
     if bad or len(set(holdout)) != len(holdout) or len(holdout) > len(profile.words) - 2:
         raise DataUnavailableError(
-            "holdout", f"held-out classes must be distinct in 0..{len(profile.words) - 1} and leave two ID classes, "
-                       f"got {holdout}")
+            "holdout",
+            f"held-out classes must be distinct in 0..{len(profile.words) - 1} and leave two ID classes, got {holdout}",
+        )
 
 
-def _far_images(profile: OfflineProfile, kind: str, image_size: int, holdout: tuple[int, ...], test_fraction: float,
-                seed: int) -> torch.Tensor:
+def _far_images(
+    profile: OfflineProfile, kind: str, image_size: int, holdout: tuple[int, ...], test_fraction: float, seed: int
+) -> torch.Tensor:
     if kind == "noise":
         g = torch.Generator().manual_seed(12345)  # fixed: the same noise set for every run
         grey = torch.rand(N_NOISE_IMAGES, 1, image_size, image_size, generator=g)
         return grey.expand(-1, 3, -1, -1).contiguous()
     if kind == "inverted":
-        test = load_profile_split(profile.name, "test", image_size=image_size, holdout=holdout,
-                                  test_fraction=test_fraction, seed=seed)
+        test = load_profile_split(
+            profile.name, "test", image_size=image_size, holdout=holdout, test_fraction=test_fraction, seed=seed
+        )
         return 1.0 - test.dataset.tensors[0]
     other = OFFLINE_PROFILES[kind].arrays(image_size)[0]  # the other profile, all ten classes
     return other[:: max(1, len(other) // MAX_FAR_IMAGES)][:MAX_FAR_IMAGES]
@@ -253,8 +262,9 @@ def load_profile_split(
     from sklearn.model_selection import train_test_split
 
     if profile not in OFFLINE_PROFILES:
-        raise DataUnavailableError("dataset", f"unknown offline profile {profile!r}; choose "
-                                              f"{', '.join(OFFLINE_PROFILES)}")
+        raise DataUnavailableError(
+            "dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}"
+        )
     p = OFFLINE_PROFILES[profile]
     image_size = image_size or p.default_size
     holdout = tuple(p.holdout if holdout is None else holdout)
@@ -277,8 +287,9 @@ def load_profile_split(
         remap = np.full(len(p.words), -1)
         remap[list(holdout)] = np.arange(len(holdout))
         ds = TensorDataset(x[torch.from_numpy(~is_id)], torch.from_numpy(remap[y[~is_id]]))
-        return ImageData(ds, [p.words[c] for c in holdout], image_size, p.mean, p.std, name=name,
-                         extra={**extra, "ood_kind": "near"})
+        return ImageData(
+            ds, [p.words[c] for c in holdout], image_size, p.mean, p.std, name=name, extra={**extra, "ood_kind": "near"}
+        )
     idx = np.flatnonzero(is_id)
     train_idx, test_idx = train_test_split(idx, test_size=test_fraction, stratify=y[idx], random_state=seed)
     chosen = np.sort(train_idx if split == "train" else test_idx)
@@ -288,18 +299,26 @@ def load_profile_split(
     return ImageData(ds, [p.words[c] for c in id_classes], image_size, p.mean, p.std, name=name, extra=extra)
 
 
-def load_digits_split(split: str = "train", *, image_size: int = 16, holdout: tuple[int, ...] = DIGITS_HOLDOUT,
-                      test_fraction: float = 0.3, seed: int = 0) -> ImageData:
+def load_digits_split(
+    split: str = "train",
+    *,
+    image_size: int = 16,
+    holdout: tuple[int, ...] = DIGITS_HOLDOUT,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+) -> ImageData:
     """The ``digits`` profile (kept for callers that predate ``load_profile_split``)."""
-    return load_profile_split("digits", split, image_size=image_size, holdout=holdout, test_fraction=test_fraction,
-                              seed=seed)
+    return load_profile_split(
+        "digits", split, image_size=image_size, holdout=holdout, test_fraction=test_fraction, seed=seed
+    )
 
 
 def profile_ood_sets(profile: str, *, image_size: int | None = None) -> dict[str, ImageData]:
     """Every OOD set of an offline profile by name: ``near:<held-out words>`` first, then ``far:<kind>``."""
     if profile not in OFFLINE_PROFILES:
-        raise DataUnavailableError("dataset", f"unknown offline profile {profile!r}; choose "
-                                              f"{', '.join(OFFLINE_PROFILES)}")
+        raise DataUnavailableError(
+            "dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}"
+        )
     near = load_profile_split(profile, "ood", image_size=image_size)
     sets = {f"near:{'+'.join(near.class_names)}": near}
     for kind in FAR_KINDS[profile]:
@@ -332,13 +351,18 @@ def _image_folder(path: Path, image_size: int | None, augment: bool) -> ImageDat
     if not path.is_dir():
         raise DataUnavailableError("dataset", f"image folder {path} does not exist")
     size = image_size or 224
-    steps = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if augment else [
-        transforms.Resize(size), transforms.CenterCrop(size)]
+    steps = (
+        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+        if augment
+        else [transforms.Resize(size), transforms.CenterCrop(size)]
+    )
     transform = transforms.Compose([transforms.Lambda(lambda im: im.convert("RGB")), *steps, transforms.ToTensor()])
     try:
         ds = datasets.ImageFolder(str(path), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataUnavailableError("dataset", f"{path} is not an ImageFolder (one sub-folder of images per class): {exc}") from None
+        raise DataUnavailableError(
+            "dataset", f"{path} is not an ImageFolder (one sub-folder of images per class): {exc}"
+        ) from None
     return ImageData(ds, list(ds.classes), size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), name=path.name)
 
 
@@ -363,8 +387,9 @@ def load_dataset(
     if Path(name).is_dir():
         return _image_folder(Path(name), image_size, augment)
     raise DataUnavailableError(
-        "dataset", f"unknown dataset {name!r}; use {', '.join(OFFLINE_PROFILES)}, cifar10, cifar100, "
-                   f"imagefolder:<path> or a folder path"
+        "dataset",
+        f"unknown dataset {name!r}; use {', '.join(OFFLINE_PROFILES)}, cifar10, cifar100, "
+        f"imagefolder:<path> or a folder path",
     )
 
 

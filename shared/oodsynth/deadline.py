@@ -50,5 +50,8 @@ def check_deadline() -> None:
         raise Unavailable("request", "the request was cancelled (the client went away)")
     limit = _DEADLINE.get()
     if limit is not None and time.monotonic() > limit[0]:
-        raise Unavailable("sample_time_budget_s", f"the sampler ran past its time budget of {limit[1]:g} s "
-                          "(settings OODSYNTH_SAMPLE_TIME_BUDGET_S); ask for fewer vectors or change its params")
+        raise Unavailable(
+            "sample_time_budget_s",
+            f"the sampler ran past its time budget of {limit[1]:g} s "
+            "(settings OODSYNTH_SAMPLE_TIME_BUDGET_S); ask for fewer vectors or change its params",
+        )

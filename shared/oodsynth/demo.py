@@ -62,7 +62,7 @@ class DemoResult:
 
 def tiny_model_dir(home: Path, words: tuple[str, ...]) -> Path:
     """The cached tiny pipeline for ``words`` (built on first use)."""
-    from .tiny_model import make_tiny_pipeline
+    from .offline_decoder.tiny_model import make_tiny_pipeline
 
     key = hashlib.sha256(",".join(words).encode()).hexdigest()[:10]
     path = home / "models" / f"tiny-sd-{key}"
@@ -100,8 +100,8 @@ def demo_model(home: Path, config: DemoConfig, echo: Callable[[str], None]) -> D
         decode = {"steps": config.steps or 4, "height": size, "width": size}
         return DemoModel(model_dir, toy_bank(model_dir, config), decode, "the tiny random-weight SD pipeline")
     from .data import load_dataset
-    from .decoder_assets import ensure_profile_assets
-    from .features import build_bank
+    from .encoding.features import build_bank
+    from .offline_decoder.assets import ensure_profile_assets
 
     assets = ensure_profile_assets(config.profile, home, echo=echo)
     train = load_dataset(config.profile, "train", image_size=assets.image_size)
@@ -116,14 +116,16 @@ def demo_model(home: Path, config: DemoConfig, echo: Callable[[str], None]) -> D
 
 def toy_bank(model_dir: Path, config: DemoConfig):
     """ID features drawn around the model's own token rows T(y), so the anchors are real ones."""
-    from .anchors import extract_anchors
     from .bank import FeatureBank
+    from .encoding.anchors import extract_anchors
 
     anchors = extract_anchors(model_dir, list(config.words))
     rng = np.random.default_rng(config.seed)
     directions = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
     labels = np.repeat(np.arange(len(config.words)), config.bank_per_class)
-    feats = directions[labels] + config.bank_spread * rng.normal(size=(labels.size, anchors.shape[1])) / np.sqrt(anchors.shape[1])
+    feats = directions[labels] + config.bank_spread * rng.normal(size=(labels.size, anchors.shape[1])) / np.sqrt(
+        anchors.shape[1]
+    )
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     return FeatureBank.from_arrays(feats.astype(np.float32), labels, anchors.astype(np.float32), list(config.words))
 
@@ -196,8 +198,8 @@ def run_demo(
 ) -> DemoResult:
     """Start Redis, the API and a worker; fit, sample, generate, wait; stop everything; return the outputs."""
     from .client import OodsynthClient
-    from .redis_conn import start_embedded_redis
-    from .store import ResultStore
+    from .state.redis_conn import start_embedded_redis
+    from .store.results import ResultStore
 
     config = config or DemoConfig()
     settings = get_settings()
@@ -214,8 +216,15 @@ def run_demo(
     echo(f"redis:  {redis_url}{' (embedded)' if embedded else ''}")
     procs = None
     try:
-        echo("model:  building/loading " + ("the tiny random-weight SD pipeline" if config.profile is None else
-                                            f"the trained {config.profile} decoder (trained once, then cached)") + " ...")
+        echo(
+            "model:  building/loading "
+            + (
+                "the tiny random-weight SD pipeline"
+                if config.profile is None
+                else f"the trained {config.profile} decoder (trained once, then cached)"
+            )
+            + " ..."
+        )
         model = demo_model(home, config, echo)
         model_dir = model.model_dir
         echo(f"model:  {model.description}: {model_dir}")
@@ -242,14 +251,22 @@ def run_demo(
         bank = model.bank
         with OodsynthClient(api_url) as client:
             fit = client.fit("demo", bank.to_bytes(), config.density, replace=True)
-            echo(f"fit:    {fit['kind']} on {fit['n_classes']} classes ({', '.join(bank.class_names)}), dim {fit['dim']}")
+            echo(
+                f"fit:    {fit['kind']} on {fit['n_classes']} classes ({', '.join(bank.class_names)}), dim {fit['dim']}"
+            )
             sample = client.sample("demo", config.method, config.n_per_class, seed=config.seed, include_vectors=False)
             pct = sample["diagnostics_summary"].get("id_percentile", {}).get("mean")
-            echo(f"sample: {sample['n']} outlier vectors by {config.method}"
-                 + (f", mean ID percentile {pct:.2f}" if pct is not None else ""))
+            echo(
+                f"sample: {sample['n']} outlier vectors by {config.method}"
+                + (f", mean ID percentile {pct:.2f}" if pct is not None else "")
+            )
             queued = client.generate(
-                config.dataset, sample_id=sample["sample_id"], images_per_vector=config.images_per_vector,
-                **model.decode, output_size=config.output_size, seed=config.seed,
+                config.dataset,
+                sample_id=sample["sample_id"],
+                images_per_vector=config.images_per_vector,
+                **model.decode,
+                output_size=config.output_size,
+                seed=config.seed,
             )
             echo(f"queue:  {queued['n_images']} images in {len(queued['job_ids'])} jobs")
 
@@ -268,8 +285,12 @@ def run_demo(
         if not report.ok:
             raise RuntimeError(f"the result store disagrees with its manifest: {report}")
         return DemoResult(
-            dataset=config.dataset, store=store_root, manifest=store.manifest_path(config.dataset),
-            images=images, job_ids=queued["job_ids"], api_url=api_url,
+            dataset=config.dataset,
+            store=store_root,
+            manifest=store.manifest_path(config.dataset),
+            images=images,
+            job_ids=queued["job_ids"],
+            api_url=api_url,
         )
     finally:
         if procs is not None:

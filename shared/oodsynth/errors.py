@@ -72,7 +72,7 @@ class OodsynthError(Exception):
         return _rebuild, (type(self), self.field, self.message, self.errors)
 
     @classmethod
-    def from_pydantic(cls, exc, prefix: str | None = None) -> "OodsynthError":
+    def from_pydantic(cls, exc, prefix: str | None = None) -> OodsynthError:
         """One error from a ``pydantic.ValidationError``, fields rooted under ``prefix`` (e.g. ``params``)."""
         errors = []
         for e in exc.errors(include_url=False):
@@ -147,6 +147,15 @@ BY_STATUS: dict[int, type[OodsynthError]] = {
 }
 
 __all__ = [
-    "BY_STATUS", "Conflict", "Forbidden", "InputError", "NotFound", "OodsynthError", "Unauthorized", "Unavailable",
-    "join_loc", "pydantic_message", "split_field",
+    "BY_STATUS",
+    "Conflict",
+    "Forbidden",
+    "InputError",
+    "NotFound",
+    "OodsynthError",
+    "Unauthorized",
+    "Unavailable",
+    "join_loc",
+    "pydantic_message",
+    "split_field",
 ]

@@ -30,8 +30,14 @@ def _subsample(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> 
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
 
 
-def tsne_embedding(bank: FeatureBank, outliers: tuple[np.ndarray, np.ndarray] | None = None, *,
-                   max_per_class: int = 200, perplexity: float = 30.0, seed: int = 0) -> dict[str, np.ndarray]:
+def tsne_embedding(
+    bank: FeatureBank,
+    outliers: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    max_per_class: int = 200,
+    perplexity: float = 30.0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """2-D t-SNE coordinates of (subsampled) features, all anchors and (subsampled) outlier vectors."""
     from sklearn.manifold import TSNE
 
@@ -42,8 +48,10 @@ def tsne_embedding(bank: FeatureBank, outliers: tuple[np.ndarray, np.ndarray] | 
     if outliers is not None:
         vectors, labels = np.asarray(outliers[0]), np.asarray(outliers[1], dtype=np.int64)
         if vectors.ndim != 2 or vectors.shape[1] != bank.dim or len(labels) != len(vectors):
-            raise InputError("outliers", f"expected vectors (M, {bank.dim}) and M class indices, "
-                             f"got {vectors.shape} and {labels.shape}")
+            raise InputError(
+                "outliers",
+                f"expected vectors (M, {bank.dim}) and M class indices, got {vectors.shape} and {labels.shape}",
+            )
         oi = _subsample(labels, max_per_class, rng)
         out_vectors, out_labels = _unit(vectors[oi]), labels[oi]
         parts.append(out_vectors)
@@ -51,12 +59,25 @@ def tsne_embedding(bank: FeatureBank, outliers: tuple[np.ndarray, np.ndarray] | 
     perplexity = min(perplexity, max(2.0, (len(x) - 1) / 3))
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
     n_f, n_a = len(fi), len(bank.anchors)
-    return {"features": xy[:n_f], "feature_labels": bank.labels[fi], "anchors": xy[n_f:n_f + n_a],
-            "outliers": xy[n_f + n_a:], "outlier_labels": out_labels}
+    return {
+        "features": xy[:n_f],
+        "feature_labels": bank.labels[fi],
+        "anchors": xy[n_f : n_f + n_a],
+        "outliers": xy[n_f + n_a :],
+        "outlier_labels": out_labels,
+    }
 
 
-def plot_tsne(bank: FeatureBank, out_path: str | Path, outliers: tuple[np.ndarray, np.ndarray] | None = None, *,
-              max_per_class: int = 200, perplexity: float = 30.0, seed: int = 0, title: str | None = None) -> Path:
+def plot_tsne(
+    bank: FeatureBank,
+    out_path: str | Path,
+    outliers: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    max_per_class: int = 200,
+    perplexity: float = 30.0,
+    seed: int = 0,
+    title: str | None = None,
+) -> Path:
     """Scatter ID features (dots), outlier vectors (crosses) and anchors (stars), coloured by class."""
     emb = tsne_embedding(bank, outliers, max_per_class=max_per_class, perplexity=perplexity, seed=seed)
     cmap = plt.get_cmap("tab10" if bank.n_classes <= 10 else "tab20")
@@ -64,10 +85,18 @@ def plot_tsne(bank: FeatureBank, out_path: str | Path, outliers: tuple[np.ndarra
     fig, ax = plt.subplots(figsize=(8, 8))
     ax.scatter(*emb["features"].T, s=6, c=[color(c) for c in emb["feature_labels"]], alpha=0.5, label="ID features")
     if len(emb["outliers"]):
-        ax.scatter(*emb["outliers"].T, s=18, marker="x", c=[color(c) for c in emb["outlier_labels"]],
-                   label="outlier vectors")
-    ax.scatter(*emb["anchors"].T, s=220, marker="*", c=[color(c) for c in range(bank.n_classes)],
-               edgecolors="black", linewidths=0.8, label="anchors T(y)")
+        ax.scatter(
+            *emb["outliers"].T, s=18, marker="x", c=[color(c) for c in emb["outlier_labels"]], label="outlier vectors"
+        )
+    ax.scatter(
+        *emb["anchors"].T,
+        s=220,
+        marker="*",
+        c=[color(c) for c in range(bank.n_classes)],
+        edgecolors="black",
+        linewidths=0.8,
+        label="anchors T(y)",
+    )
     if bank.n_classes <= 20:
         for c, (px, py) in enumerate(emb["anchors"]):
             ax.annotate(str(bank.class_names[c]), (px, py), xytext=(4, 4), textcoords="offset points", fontsize=8)
@@ -78,11 +107,18 @@ def plot_tsne(bank: FeatureBank, out_path: str | Path, outliers: tuple[np.ndarra
     return _save(fig, out_path)
 
 
-def plot_grid(store_root: str | Path, dataset: str, out_path: str | Path, *, per_class: int = 8,
-              classes: list[str] | None = None, thumb: float = 1.2) -> Path:
+def plot_grid(
+    store_root: str | Path,
+    dataset: str,
+    out_path: str | Path,
+    *,
+    per_class: int = 8,
+    classes: list[str] | None = None,
+    thumb: float = 1.2,
+) -> Path:
     """A grid of generated images, one row per class (first ``per_class`` of each), from the result store
     (a folder or an ``s3://bucket/prefix`` URL)."""
-    from .store import ResultStore
+    from .store.results import ResultStore
 
     store = ResultStore(store_root)
     if dataset not in store.datasets():
@@ -129,8 +165,12 @@ def plot_ood_gain(summary: dict, out: str | Path, *, metrics: tuple[str, ...] = 
     profiles = list(summary)
     if not profiles:
         raise InputError("summary", "no results to plot")
-    labels = {"near_fpr95": "near-OOD FPR95 (%) ↓", "far_fpr95": "far-OOD FPR95 (%) ↓",
-              "near_auroc": "near-OOD AUROC (%) ↑", "far_auroc": "far-OOD AUROC (%) ↑"}
+    labels = {
+        "near_fpr95": "near-OOD FPR95 (%) ↓",
+        "far_fpr95": "far-OOD FPR95 (%) ↓",
+        "near_auroc": "near-OOD AUROC (%) ↑",
+        "far_auroc": "far-OOD AUROC (%) ↑",
+    }
     n_rows = max(len(summary[p]) for p in profiles)
     size = (4 + 0.45 * n_rows * len(metrics), 3.6 * len(profiles))
     fig, axes = plt.subplots(len(profiles), len(metrics), figsize=size, squeeze=False)

@@ -41,8 +41,10 @@ class FeaturesResponse(BaseModel):
     "/features",
     dependencies=[WRITE],
     response_model=FeaturesResponse,
-    responses={422: {"description": "A file is not an image; `loc` names it."},
-               503: {"description": "No encoder checkpoint configured."}},
+    responses={
+        422: {"description": "A file is not an image; `loc` names it."},
+        503: {"description": "No encoder checkpoint configured."},
+    },
     summary="Encode images into the anchor space",
 )
 async def features(

@@ -8,8 +8,8 @@ later ``/sample`` calls (and the samples other clients refer to) mean.
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -17,8 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 from oodsynth.densities import DENSITY_KINDS
 from oodsynth.errors import NotFound
 from oodsynth.names import MAX_NAME_LENGTH
-from oodsynth.registry import FitRegistry
 from oodsynth.service import create_fit as create_fit_use_case
+from oodsynth.state.registry import FitRegistry
 
 from .. import observability as obs
 from ..auth import ADMIN, READ, WRITE
@@ -44,10 +44,18 @@ ERROR_RESPONSES = {
 )
 async def create_fit(
     response: Response,
-    name: Annotated[str, Form(max_length=MAX_NAME_LENGTH, description="Fit name: printable, at most 128 characters, not starting with '.', no '/' or '\\'.")],
+    name: Annotated[
+        str,
+        Form(
+            max_length=MAX_NAME_LENGTH,
+            description="Fit name: printable, at most 128 characters, not starting with '.', no '/' or '\\'.",
+        ),
+    ],
     file: Annotated[
         UploadFile,
-        File(description="Feature bank `.npz`: features (N,D) float32, labels (N,) int, anchors (C,D), class_names (C,)."),
+        File(
+            description="Feature bank `.npz`: features (N,D) float32, labels (N,) int, anchors (C,D), class_names (C,)."
+        ),
     ],
     density: Annotated[Literal[DENSITY_KINDS], Form(description="Density family per class.")] = "vmf",
     replace: Annotated[bool, Query(description="Overwrite an existing fit of this name.")] = False,
@@ -60,7 +68,9 @@ async def create_fit(
     """
     data = await file.read()
     start = time.perf_counter()
-    summary = await run_in_threadpool(create_fit_use_case, fits, name, data, density, replace=replace, bank_field="file")
+    summary = await run_in_threadpool(
+        create_fit_use_case, fits, name, data, density, replace=replace, bank_field="file"
+    )
     obs.FIT_SECONDS.labels(density).observe(time.perf_counter() - start)
     obs.FITS.labels(density).inc()
     response.headers["ETag"] = f'"{summary["version"]}"'
@@ -95,9 +105,10 @@ def get_fit(
     return summary
 
 
-@router.delete("/fits/{name}", status_code=204, dependencies=[ADMIN], responses={404: ERROR_RESPONSES[404]}, summary="Delete a fit")
+@router.delete(
+    "/fits/{name}", status_code=204, dependencies=[ADMIN], responses={404: ERROR_RESPONSES[404]}, summary="Delete a fit"
+)
 def delete_fit(name: str, fits: FitRegistry = Depends(get_fits)) -> Response:
     if not fits.delete(name):
         raise NotFound("name", f"no fit named {name!r}")
     return Response(status_code=204)
-

@@ -2,7 +2,7 @@
 
 ``POST /generate`` checks everything before it enqueues anything: a request
 that fails any check leaves the queue untouched. The work is split into RQ
-jobs of ``images_per_job`` images (see ``oodsynth.queue``).
+jobs of ``images_per_job`` images (see ``oodsynth.queue.enqueue``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from oodsynth import queue as rq_queue
 from oodsynth.config import Settings
-from oodsynth.registry import FitRegistry, SampleRegistry
+from oodsynth.queue import enqueue as rq_queue
 from oodsynth.service import GenerateRequest, enqueue_generation, plan_generation
+from oodsynth.state.registry import FitRegistry, SampleRegistry
 
 from ..auth import READ, WRITE
 from ..body import OffLoopBodyRoute
@@ -93,19 +93,27 @@ async def generate(
     Follow the returned jobs with `GET /jobs/{id}`; images land in the result
     store under `<dataset>/<class>/<image_id>.png` with a manifest row each.
     """
-    return await anyio.to_thread.run_sync(_plan_and_enqueue, req, fits, samples, connection, settings,
-                                          limiter=_enqueue_limiter())
+    return await anyio.to_thread.run_sync(
+        _plan_and_enqueue, req, fits, samples, connection, settings, limiter=_enqueue_limiter()
+    )
 
 
-def _plan_and_enqueue(req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry, connection: redis.Redis,
-                      settings: Settings) -> GenerateResponse:
+def _plan_and_enqueue(
+    req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry, connection: redis.Redis, settings: Settings
+) -> GenerateResponse:
     """Plan and enqueue in one thread hop (each hop costs about as much as a small request's work)."""
     job = plan_generation(req, fits, samples, settings)
     job_ids = enqueue_generation(job, connection, settings)
     return GenerateResponse(dataset=req.dataset, job_ids=job_ids, n_images=len(job.items))
 
 
-@router.get("/jobs/{job_id}", dependencies=[READ], response_model=JobState, responses=ERROR_RESPONSES, summary="State of one job")
+@router.get(
+    "/jobs/{job_id}",
+    dependencies=[READ],
+    response_model=JobState,
+    responses=ERROR_RESPONSES,
+    summary="State of one job",
+)
 async def get_job(job_id: str, connection: redis.Redis = Depends(get_redis_dep)):
     """Status, images done of total, the result (image paths) and the latest error text."""
     return await run_in_threadpool(rq_queue.job_status, job_id, connection)

@@ -19,9 +19,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from oodsynth.config import Settings
-from oodsynth.registry import FitRegistry, SampleRegistry, StoredSample
 from oodsynth.service import draw_sample
 from oodsynth.service.sampling import check_json_answer
+from oodsynth.state.registry import FitRegistry, SampleRegistry, StoredSample
 
 from .. import observability as obs
 from ..auth import READ, WRITE
@@ -33,10 +33,16 @@ from ..state import get_fits, get_samples, get_settings_dep
 router = APIRouter(tags=["sampling"], route_class=OffLoopBodyRoute)  # large JSON bodies parsed off the loop
 
 NPZ = "application/x-npz"
-NPZ_RESPONSE = {200: {"content": {NPZ: {"schema": {"type": "string", "format": "binary"}}},
-                      "description": "JSON, or with `Accept: application/x-npz` (or `format=npz`) the sample as an "
-                                     ".npz: vectors, class_index, class_names, meta (JSON) and diagnostics.<name>."}}
-Format = Annotated[Literal["json", "npz"] | None, Query(description="npz: answer with the .npz (as Accept: application/x-npz).")]
+NPZ_RESPONSE = {
+    200: {
+        "content": {NPZ: {"schema": {"type": "string", "format": "binary"}}},
+        "description": "JSON, or with `Accept: application/x-npz` (or `format=npz`) the sample as an "
+        ".npz: vectors, class_index, class_names, meta (JSON) and diagnostics.<name>.",
+    }
+}
+Format = Annotated[
+    Literal["json", "npz"] | None, Query(description="npz: answer with the .npz (as Accept: application/x-npz).")
+]
 
 
 def wants_npz(request: Request, format: str | None) -> bool:
@@ -45,8 +51,12 @@ def wants_npz(request: Request, format: str | None) -> bool:
 
 def npz_response(sample: StoredSample) -> Response:
     """The sample as ``StoredSample.to_bytes`` writes it (the format Redis keeps and ``oodsynth sample --out`` saves)."""
-    return Response(sample.to_bytes(), media_type=NPZ,
-                    headers={"Content-Disposition": f'attachment; filename="{sample.sample_id}.npz"'})
+    return Response(
+        sample.to_bytes(),
+        media_type=NPZ,
+        headers={"Content-Disposition": f'attachment; filename="{sample.sample_id}.npz"'},
+    )
+
 
 ERROR_RESPONSES = {
     404: {"description": "Unknown fit or sample id."},
@@ -113,8 +123,9 @@ async def sample(
     and cosine to its class mean.
     """
     start = time.perf_counter()
-    stored = await run_until_disconnect(request, draw_sample, fits, samples, settings,
-                                        **req.model_dump(exclude={"include_vectors"}))
+    stored = await run_until_disconnect(
+        request, draw_sample, fits, samples, settings, **req.model_dump(exclude={"include_vectors"})
+    )
     obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
     obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
     if wants_npz(request, format):

@@ -6,9 +6,13 @@ Installed services add theirs (``oodsynth serve``) through the
 
 from importlib.metadata import entry_points
 
+from . import (  # noqa: F401  (register commands)
+    core,
+    decoder,  # noqa: F401  (train-decoder)
+    generation,
+    training,
+)
 from .app import app
-from . import core, generation, training  # noqa: F401  (register commands)
-from . import decoder  # noqa: F401  (train-decoder)
 
 for _command in entry_points(group="oodsynth.commands"):
     app.command(_command.name)(_command.load())

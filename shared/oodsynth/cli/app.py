@@ -39,7 +39,10 @@ app = typer.Typer(
 @app.callback()
 def _options(
     api_key: str = typer.Option(
-        None, "--api-key", envvar="OODSYNTH_API_KEY", show_default=False,
+        None,
+        "--api-key",
+        envvar="OODSYNTH_API_KEY",
+        show_default=False,
         help="API key for commands run with --api (sent as 'Authorization: Bearer'); prefer the environment variable.",
     ),
 ) -> None:

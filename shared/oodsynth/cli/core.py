@@ -82,7 +82,7 @@ def progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
 def _registry_client():
     import redis
 
-    from ..redis_conn import get_redis
+    from ..state.redis_conn import get_redis
 
     try:
         client = get_redis()
@@ -122,8 +122,8 @@ def fit(
     if api:
         summary = _api_call(_api_client(api).fit, name, bank, density, replace=replace)
     else:
-        from ..registry import FitRegistry
         from ..service import create_fit
+        from ..state.registry import FitRegistry
 
         with progress_bar(f"fitting {density}", "class") as update:
             summary = create_fit(FitRegistry(_registry_client()), name, bank, density, replace=replace, progress=update)
@@ -151,8 +151,15 @@ def sample(
     """Draw outlier vectors from a fit, keep them in Redis, and write them to OUT (.npz)."""
     if not out.parent.is_dir():
         raise InputError("out", f"folder {out.parent} does not exist")
-    request = dict(fit=fit, method=method, n_per_class=n_per_class, seed=seed, params=parse_params(param),
-                   scale_to_anchor=scale_to_anchor, knn_diagnostics=knn_diagnostics)
+    request = dict(
+        fit=fit,
+        method=method,
+        n_per_class=n_per_class,
+        seed=seed,
+        params=parse_params(param),
+        scale_to_anchor=scale_to_anchor,
+        knn_diagnostics=knn_diagnostics,
+    )
     stored = _sample_over_api(api, classes, **request) if api else _sample_in_process(classes, **request)
     stored.save(out)
     percentile = stored.diagnostics.get("id_percentile")
@@ -166,16 +173,17 @@ def sample(
 
 def _sample_in_process(class_tokens, **request):
     from ..config import get_settings
-    from ..registry import FitRegistry, SampleRegistry
     from ..service import draw_sample
+    from ..state.registry import FitRegistry, SampleRegistry
 
     settings = get_settings()
     client = _registry_client()
     fits = FitRegistry(client)
     classes = parse_classes(class_tokens, class_names(fits.summary(request["fit"]))) if class_tokens else None
     with progress_bar(request["method"], "step") as update:
-        return draw_sample(fits, SampleRegistry(client, settings.result_ttl_s), settings, classes=classes,
-                           progress=update, **request)
+        return draw_sample(
+            fits, SampleRegistry(client, settings.result_ttl_s), settings, classes=classes, progress=update, **request
+        )
 
 
 def _sample_over_api(api, class_tokens, **request):
@@ -189,7 +197,9 @@ def _sample_over_api(api, class_tokens, **request):
 
 
 @app.command("api-key")
-def api_key(scope: str = typer.Option("write", help="read (GETs), write (fits, sample, generate, features) or admin.")) -> None:
+def api_key(
+    scope: str = typer.Option("write", help="read (GETs), write (fits, sample, generate, features) or admin."),
+) -> None:
     """Print a new API key (for the client: OODSYNTH_API_KEY) and its entry for the server's OODSYNTH_API_KEYS."""
     from ..api_keys import new_api_key
 

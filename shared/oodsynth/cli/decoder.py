@@ -28,8 +28,8 @@ def train_decoder_command(
     """
     import torch
 
-    from ..decoder_assets import ensure_profile_assets
-    from ..decoder_training import profile_config
+    from ..offline_decoder.assets import ensure_profile_assets
+    from ..offline_decoder.training import profile_config
 
     if out is not None and out.exists() and not force:
         raise InputError("out", f"{out} exists; pass --force to overwrite it")
@@ -45,7 +45,11 @@ def train_decoder_command(
     record = assets.record
     typer.echo(f"decoder ({profile}, {len(assets.class_names)} classes: {', '.join(assets.class_names)}) -> {folder}")
     if "total_s" in record:
-        typer.echo(f"trained in {record['total_s']:.0f} s; encoder train accuracy {record['encoder_train_accuracy']:.3f}")
+        typer.echo(
+            f"trained in {record['total_s']:.0f} s; encoder train accuracy {record['encoder_train_accuracy']:.3f}"
+        )
     settings = assets.decode_settings()
-    typer.echo(f"decode with: OODSYNTH_MODEL={folder}  steps={settings['steps']} guidance_scale="
-               f"{settings['guidance_scale']} height=width={settings['height']} scheduler={settings['scheduler']}")
+    typer.echo(
+        f"decode with: OODSYNTH_MODEL={folder}  steps={settings['steps']} guidance_scale="
+        f"{settings['guidance_scale']} height=width={settings['height']} scheduler={settings['scheduler']}"
+    )

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import typer
 
+from ..decoding.presets import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS
 from ..errors import InputError, Unavailable
-from ..jobs import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS
-from .app import app
 from . import core
+from .app import app
 from .core import _api_call, _registry_client, progress_bar
 
 
@@ -25,10 +25,16 @@ def worker(
     max_jobs: int | None = typer.Option(None, min=1, help="Exit after this many jobs (process recycling)."),
     scheduler: bool = typer.Option(True, help="Also run RQ's scheduler (moves retries waiting out a back-off)."),
     log_level: str = typer.Option("INFO", help="Logging level."),
-    gpus: str | None = typer.Option(None, help="'all' or device ids '0,1,...': one worker process per CUDA device "
-                                    "(CUDA_VISIBLE_DEVICES each), all on the same queues."),
-    processes: int | None = typer.Option(None, min=1, help="Start this many worker processes on the same queues "
-                                         "(CPU, or one device shared); not with --gpus."),
+    gpus: str | None = typer.Option(
+        None,
+        help="'all' or device ids '0,1,...': one worker process per CUDA device "
+        "(CUDA_VISIBLE_DEVICES each), all on the same queues.",
+    ),
+    processes: int | None = typer.Option(
+        None,
+        min=1,
+        help="Start this many worker processes on the same queues (CPU, or one device shared); not with --gpus.",
+    ),
 ) -> None:
     """Run a non-forking diffusion worker: load the pipeline once, then decode queued jobs."""
     import logging
@@ -39,14 +45,14 @@ def worker(
     devices = _worker_devices(gpus) if gpus is not None else None
     _registry_client()  # fail with a one-line error when Redis is unreachable (and share an embedded one)
     if devices is not None or processes is not None:
-        from ..worker import run_worker_processes
+        from ..worker.process import run_worker_processes
 
         child_args = [arg for q in queue or [] for arg in ("--queue", q)]
         child_args += ["--burst"] * burst + (["--max-jobs", str(max_jobs)] if max_jobs else [])
         child_args += ["--scheduler" if scheduler else "--no-scheduler", "--log-level", log_level]
         code = run_worker_processes(child_args, devices or [None] * processes, recycle=bool(max_jobs) and not burst)
         raise typer.Exit(code)
-    from ..worker import run_worker
+    from ..worker.process import run_worker
 
     run_worker(queue, burst=burst, max_jobs=max_jobs, with_scheduler=scheduler, logging_level=log_level.upper())
 
@@ -57,14 +63,14 @@ def _worker_devices(spec: str) -> list[str]:
 
     import torch
 
-    from ..worker import gpu_assignments
+    from ..worker.process import gpu_assignments
 
     return gpu_assignments(spec, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def _load_sample(source: str):
     """A local ``.npz`` written by ``oodsynth sample --out``, or None for a sample id kept in Redis."""
-    from ..registry import StoredSample
+    from ..state.registry import StoredSample
 
     path = Path(source)
     if path.suffix != ".npz" and not path.is_file():
@@ -78,7 +84,7 @@ def _load_sample(source: str):
 
 
 def _wait(job_ids: list[str], api: str | None, timeout: float | None) -> list[dict]:
-    from ..queue import wait_for_jobs
+    from ..queue.enqueue import wait_for_jobs
 
     with progress_bar("decoding", "img") as update:
         if api:
@@ -112,8 +118,11 @@ def generate(
     width: int = typer.Option(512, help="Decode width (multiple of 8)."),
     output_size: int = typer.Option(256, help="Stored image size."),
     scheduler: str = typer.Option("pndm", help="pndm, ddim, dpm++, dpm, euler or euler_a."),
-    preset: str = typer.Option(DEFAULT_PRESET, help=f"{' or '.join(PRESETS)}: 'fast' = DPM-Solver++ at half the "
-                               "steps + deep-feature reuse (measured fidelity: bench/results/decode_presets.md)."),
+    preset: str = typer.Option(
+        DEFAULT_PRESET,
+        help=f"{' or '.join(PRESETS)}: 'fast' = DPM-Solver++ at half the "
+        "steps + deep-feature reuse (measured fidelity: bench/results/decode_presets.md).",
+    ),
     seed: int | None = typer.Option(None, min=0, help="Base seed of the per-image seeds."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the jobs with a progress bar."),
     timeout: float | None = typer.Option(None, help="With --wait: give up after this many seconds."),
@@ -127,15 +136,26 @@ def generate(
     local = _load_sample(sample)
     try:
         req = GenerateRequest(
-            dataset=dataset, sample_id=local.sample_id if local else sample, images_per_vector=images_per_vector,
-            seed=seed, prompt_template=prompt_template, steps=steps, guidance_scale=guidance_scale, height=height,
-            width=width, output_size=output_size, scheduler=scheduler, preset=preset,
+            dataset=dataset,
+            sample_id=local.sample_id if local else sample,
+            images_per_vector=images_per_vector,
+            seed=seed,
+            prompt_template=prompt_template,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            output_size=output_size,
+            scheduler=scheduler,
+            preset=preset,
         )
     except pydantic.ValidationError as exc:
         raise InputError.from_pydantic(exc) from None
     if api and local:
         raise InputError("sample", "with --api give the sample id; the API cannot read local files")
-    queued = _api_call(core._api_client(api).generate, **req.model_dump(exclude_none=True)) if api else _enqueue(req, local)
+    queued = (
+        _api_call(core._api_client(api).generate, **req.model_dump(exclude_none=True)) if api else _enqueue(req, local)
+    )
     typer.echo(f"queued {queued['n_images']} images into {dataset!r} as {len(queued['job_ids'])} jobs", err=True)
     for job_id in queued["job_ids"]:
         typer.echo(job_id)
@@ -145,8 +165,8 @@ def generate(
 
 def _enqueue(req, local_sample) -> dict:
     from ..config import get_settings
-    from ..registry import FitRegistry, SampleRegistry
     from ..service import enqueue_generation, plan_generation
+    from ..state.registry import FitRegistry, SampleRegistry
 
     settings, client = get_settings(), _registry_client()
     job = plan_generation(req, FitRegistry(client), SampleRegistry(client), settings, sample=local_sample)
@@ -166,11 +186,13 @@ def wait_command(
 @app.command("make-tiny-model")
 def make_tiny_model(
     path: Path = typer.Argument(..., help="Folder to write the pipeline into."),
-    words: str = typer.Option(",".join(("cat", "dog", "ship", "truck", "bird", "fish", "airplane", "horse")),
-                              help="Comma-separated class words, each one token of the tokenizer."),
+    words: str = typer.Option(
+        ",".join(("cat", "dog", "ship", "truck", "bird", "fish", "airplane", "horse")),
+        help="Comma-separated class words, each one token of the tokenizer.",
+    ),
 ) -> None:
     """Write a tiny random-weight SD pipeline (768-d text encoder) for offline tests and demos."""
-    from ..tiny_model import make_tiny_pipeline
+    from ..offline_decoder.tiny_model import make_tiny_pipeline
 
     word_list = [w.strip() for w in words.split(",") if w.strip()]
     if not word_list:
@@ -193,8 +215,11 @@ def demo(
 
     try:
         with progress_bar("decoding", "img") as update:  # the bar starts with the first report, after set-up
-            result = run_demo(DemoConfig(n_per_class=n_per_class, steps=steps, timeout_s=timeout),
-                              echo=lambda line: typer.echo(line, err=True), progress=update)
+            result = run_demo(
+                DemoConfig(n_per_class=n_per_class, steps=steps, timeout_s=timeout),
+                echo=lambda line: typer.echo(line, err=True),
+                progress=update,
+            )
     except (RuntimeError, TimeoutError) as exc:
         raise Unavailable("demo", str(exc)) from None
     typer.echo(f"{len(result.images)} images in {result.store / result.dataset}")
@@ -204,5 +229,3 @@ def demo(
         typer.echo(f"  ... and {len(result.images) - 5} more")
     typer.echo(f"manifest: {result.manifest}")
     typer.echo("everything stopped; rerun 'make demo' any time (the trained decoder is cached).")
-
-

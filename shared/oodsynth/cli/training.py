@@ -13,11 +13,12 @@ import numpy as np
 import typer
 
 from ..errors import InputError
-from ..store_backends import parse_store_setting
+from ..store.backends import parse_store_setting
 from .app import app
 
-plot_app = typer.Typer(help="Figures as PNG: t-SNE of features/anchors/outliers, image grids from the store.",
-                       no_args_is_help=True)
+plot_app = typer.Typer(
+    help="Figures as PNG: t-SNE of features/anchors/outliers, image grids from the store.", no_args_is_help=True
+)
 app.add_typer(plot_app, name="plot")
 
 
@@ -32,10 +33,19 @@ def _load_data(dataset: str, split: str, data_root: Path | None, image_size: int
     return load_data(dataset, split, data_root, image_size, augment)
 
 
-def _anchors_for(class_names: list[str], anchors: Path | None, anchors_model: Path | None,
-                 random_anchors: int | None, words: list[str] | None, seed: int) -> np.ndarray:
-    given = [o for o, v in (("anchors", anchors), ("anchors_model", anchors_model), ("random_anchors", random_anchors))
-             if v is not None]
+def _anchors_for(
+    class_names: list[str],
+    anchors: Path | None,
+    anchors_model: Path | None,
+    random_anchors: int | None,
+    words: list[str] | None,
+    seed: int,
+) -> np.ndarray:
+    given = [
+        o
+        for o, v in (("anchors", anchors), ("anchors_model", anchors_model), ("random_anchors", random_anchors))
+        if v is not None
+    ]
     if len(given) != 1:
         _fail("anchors", "give exactly one of --anchors FILE, --anchors-model DIR or --random-anchors DIM")
     if random_anchors is not None:
@@ -45,7 +55,7 @@ def _anchors_for(class_names: list[str], anchors: Path | None, anchors_model: Pa
             _fail("random_anchors", f"dimension must be positive, got {random_anchors}")
         return make_random(len(class_names), random_anchors, seed=seed)
     if anchors is not None:
-        from ..anchors import load_anchors
+        from ..encoding.anchors import load_anchors
 
         if not anchors.is_file():
             _fail("anchors", f"{anchors} does not exist")
@@ -56,7 +66,7 @@ def _anchors_for(class_names: list[str], anchors: Path | None, anchors_model: Pa
         if a.shape[0] != len(class_names):
             _fail("anchors", f"{anchors} has {a.shape[0]} rows, the dataset has {len(class_names)} classes")
         return a
-    from ..anchors import extract_anchors
+    from ..encoding.anchors import extract_anchors
 
     words = words or class_names
     if len(words) != len(class_names):
@@ -94,16 +104,28 @@ def train_encoder_cmd(
     """Train the text-aligned encoder (CE over cos(T(y_j), z)/t) with a checkpoint per epoch."""
     import pydantic
 
-    from ..encoder_training import EncoderTrainConfig, train_encoder
+    from ..encoding.training import EncoderTrainConfig, train_encoder
 
     train = _load_data(dataset, "train", data_root, image_size, augment)
     test = _load_data(dataset, "test", data_root, image_size)
     a = _anchors_for(train.class_names, anchors, anchors_model, random_anchors, words, seed)
     try:
-        config = EncoderTrainConfig(arch=arch, width=width, kernel=kernel, temperature=temperature, epochs=epochs,
-                                    batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                    seed=seed, dataset=dataset, image_size=train.image_size, mean=train.mean,
-                                    std=train.std)
+        config = EncoderTrainConfig(
+            arch=arch,
+            width=width,
+            kernel=kernel,
+            temperature=temperature,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            seed=seed,
+            dataset=dataset,
+            image_size=train.image_size,
+            mean=train.mean,
+            std=train.std,
+        )
     except pydantic.ValidationError as exc:
         raise InputError.from_pydantic(exc) from None
     try:
@@ -111,8 +133,10 @@ def train_encoder_cmd(
     except ValueError as exc:
         _fail("anchors" if "anchors" in str(exc) else "resume", str(exc))
     last = ckpt.history[-1] if ckpt.history else {}
-    typer.echo(f"encoder: {out / 'encoder.pt'} after {ckpt.epoch} epochs; loss {last.get('loss', float('nan')):.4f}, "
-               f"nearest-anchor accuracy on {test.name}: {100 * last.get('eval_accuracy', float('nan')):.2f}%")
+    typer.echo(
+        f"encoder: {out / 'encoder.pt'} after {ckpt.epoch} epochs; loss {last.get('loss', float('nan')):.4f}, "
+        f"nearest-anchor accuracy on {test.name}: {100 * last.get('eval_accuracy', float('nan')):.2f}%"
+    )
 
 
 @app.command("features")
@@ -125,8 +149,8 @@ def features_cmd(
     batch_size: int = typer.Option(256, min=1),
 ) -> None:
     """Encode a dataset into a feature bank (.npz): unit features, labels, anchors, class names."""
-    from ..encoder_training import load_encoder
-    from ..features import build_bank, nearest_anchor
+    from ..encoding.features import build_bank, nearest_anchor
+    from ..encoding.training import load_encoder
 
     try:
         ckpt = load_encoder(checkpoint)
@@ -141,8 +165,10 @@ def features_cmd(
         _fail("out", f"folder {out.parent} does not exist")
     bank.save(out)
     acc = float(np.mean(nearest_anchor(bank.features, bank.anchors)[0] == bank.labels))
-    typer.echo(f"bank: {out} with {len(bank.features)} features of dim {bank.dim}, {bank.n_classes} classes; "
-               f"nearest-anchor accuracy {100 * acc:.2f}%")
+    typer.echo(
+        f"bank: {out} with {len(bank.features)} features of dim {bank.dim}, {bank.n_classes} classes; "
+        f"nearest-anchor accuracy {100 * acc:.2f}%"
+    )
 
 
 @app.command("train-ood")
@@ -150,27 +176,44 @@ def train_ood_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder; the checkpoint is OUT/ood.pt."),
     dataset: str = typer.Option("digits"),
     data_root: Path | None = typer.Option(None),
-    store: str | None = typer.Option(None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."),
+    store: str | None = typer.Option(
+        None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."
+    ),
     outliers: list[str] | None = typer.Option(None, "--outliers", help="Store dataset(s) of outliers (repeatable)."),
-    max_id_percentile: float | None = typer.Option(None, help="Keep only verified outliers: images whose re-encoded "
-                                                   "feature sits at or below this ID percentile (manifest field "
-                                                   "verified_id_percentile). Default: 10 (measured) when every image "
-                                                   "is verified, else all images."),
+    max_id_percentile: float | None = typer.Option(
+        None,
+        help="Keep only verified outliers: images whose re-encoded "
+        "feature sits at or below this ID percentile (manifest field "
+        "verified_id_percentile). Default: 10 (measured) when every image "
+        "is verified, else all images.",
+    ),
     all_outliers: bool = typer.Option(False, "--all-outliers", help="Use every stored outlier, verified or not."),
-    feature_outliers: str | None = typer.Option(None, "--feature-outliers", help="SAMPLE_ID|FILE.npz: sampled vectors "
-                                                "fed straight to the head (no decoding); needs --init-encoder."),
-    init_encoder: Path | None = typer.Option(None, help="Text-aligned encoder run folder to start from "
-                                             "(768-d feature + anchor head)."),
-    init_classifier: Path | None = typer.Option(None, help="train-ood run folder (typically CE only, --beta 0) to "
-                                                "fine-tune from, Outlier Exposure's protocol: --epochs more epochs "
-                                                "at --lr; its architecture replaces --arch and --width."),
-    redraw_every: int = typer.Option(0, help="With --feature-outliers: redraw them from the current features "
-                                     "every N epochs (0 = never)."),
+    feature_outliers: str | None = typer.Option(
+        None,
+        "--feature-outliers",
+        help="SAMPLE_ID|FILE.npz: sampled vectors fed straight to the head (no decoding); needs --init-encoder.",
+    ),
+    init_encoder: Path | None = typer.Option(
+        None, help="Text-aligned encoder run folder to start from (768-d feature + anchor head)."
+    ),
+    init_classifier: Path | None = typer.Option(
+        None,
+        help="train-ood run folder (typically CE only, --beta 0) to "
+        "fine-tune from, Outlier Exposure's protocol: --epochs more epochs "
+        "at --lr; its architecture replaces --arch and --width.",
+    ),
+    redraw_every: int = typer.Option(
+        0, help="With --feature-outliers: redraw them from the current features every N epochs (0 = never)."
+    ),
     redraw_density: str = typer.Option("gaussian_full", help="Density kind refitted for a redraw."),
-    beta: float = typer.Option(0.5, help="Weight of L_ood; 0 or no --outliers = CE-only baseline (0.5: measured "
-                               "best in the OOD lab)."),
-    ood_loss: str = typer.Option("energy_logistic", help="L_ood: energy_logistic (phi on the energy, DREAM-OOD) "
-                                 "or outlier_exposure (outliers' softmax to uniform, OE)."),
+    beta: float = typer.Option(
+        0.5, help="Weight of L_ood; 0 or no --outliers = CE-only baseline (0.5: measured best in the OOD lab)."
+    ),
+    ood_loss: str = typer.Option(
+        "energy_logistic",
+        help="L_ood: energy_logistic (phi on the energy, DREAM-OOD) "
+        "or outlier_exposure (outliers' softmax to uniform, OE).",
+    ),
     arch: str = typer.Option("resnet18"),
     width: int = typer.Option(64),
     epochs: int = typer.Option(100),
@@ -188,24 +231,36 @@ def train_ood_cmd(
     import pydantic
 
     from ..config import get_settings
-    from ..ood_training import OODTrainConfig, train_ood
+    from ..training.ood import OODTrainConfig, train_ood
 
     train = _load_data(dataset, "train", data_root, image_size, augment)
     store_root = parse_store_setting(store) if store else get_settings().store
     if outliers and isinstance(store_root, Path) and not store_root.is_dir():
         _fail("store", f"result store {store_root} does not exist")
     try:
-        config = OODTrainConfig(arch=arch, width=width, epochs=epochs, batch_size=batch_size,
-                                ood_batch_size=ood_batch_size, lr=lr, weight_decay=weight_decay, beta=beta, seed=seed,
-                                ood_loss=ood_loss,
-                                dataset=dataset, image_size=train.image_size, mean=train.mean, std=train.std,
-                                store=str(store_root), outlier_datasets=list(outliers or []),
-                                max_id_percentile=max_id_percentile if max_id_percentile is not None else
-                                None if all_outliers else "auto",
-                                init_encoder=str(init_encoder) if init_encoder else None,
-                                init_classifier=str(init_classifier) if init_classifier else None,
-                                redraw_every=redraw_every,
-                                redraw_density=redraw_density)
+        config = OODTrainConfig(
+            arch=arch,
+            width=width,
+            epochs=epochs,
+            batch_size=batch_size,
+            ood_batch_size=ood_batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            beta=beta,
+            seed=seed,
+            ood_loss=ood_loss,
+            dataset=dataset,
+            image_size=train.image_size,
+            mean=train.mean,
+            std=train.std,
+            store=str(store_root),
+            outlier_datasets=list(outliers or []),
+            max_id_percentile=max_id_percentile if max_id_percentile is not None else None if all_outliers else "auto",
+            init_encoder=str(init_encoder) if init_encoder else None,
+            init_classifier=str(init_classifier) if init_classifier else None,
+            redraw_every=redraw_every,
+            redraw_density=redraw_density,
+        )
     except pydantic.ValidationError as exc:
         raise InputError.from_pydantic(exc) from None
     try:
@@ -219,8 +274,9 @@ def train_ood_cmd(
     kind = f"CE + {beta} * L_ood on {' + '.join(sets)}" if clf.uses_outliers else "CE only"
     if clf.outlier_note:
         typer.echo(f"outliers: {clf.outlier_note}")
-    typer.echo(f"ood model: {out / 'ood.pt'} ({kind}) after {clf.epoch} epochs; "
-               f"ce {last['ce']:.4f}, L_ood {last['ood']:.4f}")
+    typer.echo(
+        f"ood model: {out / 'ood.pt'} ({kind}) after {clf.epoch} epochs; ce {last['ce']:.4f}, L_ood {last['ood']:.4f}"
+    )
 
 
 def _load_fit(fit: str):
@@ -232,7 +288,7 @@ def _load_fit(fit: str):
             return ClassDensities.from_bytes(Path(fit).read_bytes())
         except (ValueError, KeyError, OSError) as exc:
             _fail("fit", f"{fit} is not a saved fit ({exc})")
-    from ..registry import FitRegistry
+    from ..state.registry import FitRegistry
     from .core import _registry_client
 
     return FitRegistry(_registry_client()).get(fit)[0]  # NotFound names "fit"
@@ -240,14 +296,24 @@ def _load_fit(fit: str):
 
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: Path | None = typer.Option(None, help="OOD classifier checkpoint from train-ood (file or run folder); "
-                                           "needed for the energy and phi scores."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        help="OOD classifier checkpoint from train-ood (file or run folder); needed for the energy and phi scores.",
+    ),
     dataset: str = typer.Option("digits", help="ID dataset (its test split is scored)."),
-    ood: list[str] | None = typer.Option(None, "--ood", help="OOD set: digits:ood, animals:far-noise, cifar10:test, "
-                                         "imagefolder:<path> (repeatable; offline profiles default to their "
-                                         "near- and far-OOD sets)."),
-    score: list[str] | None = typer.Option(None, "--score", help="energy, phi, density (repeatable; default energy "
-                                           "and phi). density = max class log-density of the encoder feature."),
+    ood: list[str] | None = typer.Option(
+        None,
+        "--ood",
+        help="OOD set: digits:ood, animals:far-noise, cifar10:test, "
+        "imagefolder:<path> (repeatable; offline profiles default to their "
+        "near- and far-OOD sets).",
+    ),
+    score: list[str] | None = typer.Option(
+        None,
+        "--score",
+        help="energy, phi, density (repeatable; default energy "
+        "and phi). density = max class log-density of the encoder feature.",
+    ),
     encoder: Path | None = typer.Option(None, help="Text-aligned encoder checkpoint (for --score density)."),
     fit: str | None = typer.Option(None, help="Stored fit name or fit file (for --score density)."),
     data_root: Path | None = typer.Option(None),
@@ -262,8 +328,16 @@ def evaluate_cmd(
     if json_out is not None and not json_out.parent.is_dir():
         _fail("json", f"folder {json_out.parent} does not exist")
     densities = _load_fit(fit) if fit is not None and "density" in (score or []) else None
-    report = evaluate_scores(dataset=dataset, scores=score, ood=ood, checkpoint=checkpoint, encoder=encoder,
-                             densities=densities, data_root=data_root, batch_size=batch_size)
+    report = evaluate_scores(
+        dataset=dataset,
+        scores=score,
+        ood=ood,
+        checkpoint=checkpoint,
+        encoder=encoder,
+        densities=densities,
+        data_root=data_root,
+        batch_size=batch_size,
+    )
     Console().print(report.table(f"evaluate {checkpoint or encoder}"))
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
@@ -274,8 +348,9 @@ def evaluate_cmd(
 def plot_tsne_cmd(
     bank: Path = typer.Option(..., help="Feature bank (.npz)."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
-    sample: Path | None = typer.Option(None, help="Outlier vectors: an .npz with vectors and class_index "
-                                       "(what `oodsynth sample --out` writes)."),
+    sample: Path | None = typer.Option(
+        None, help="Outlier vectors: an .npz with vectors and class_index (what `oodsynth sample --out` writes)."
+    ),
     max_per_class: int = typer.Option(200, min=1),
     perplexity: float = typer.Option(30.0, min=1.0),
     seed: int = typer.Option(0),
@@ -306,7 +381,9 @@ def plot_tsne_cmd(
 def plot_grid_cmd(
     dataset: str = typer.Option(..., help="Store dataset name."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
-    store: str | None = typer.Option(None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."),
+    store: str | None = typer.Option(
+        None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."
+    ),
     per_class: int = typer.Option(8, min=1),
     classes: list[str] | None = typer.Option(None, "--classes", help="Class names to show (repeatable)."),
 ) -> None:
@@ -315,7 +392,13 @@ def plot_grid_cmd(
     from ..plots import plot_grid
 
     try:
-        path = plot_grid(parse_store_setting(store) if store else get_settings().store, dataset, out, per_class=per_class, classes=classes)
+        path = plot_grid(
+            parse_store_setting(store) if store else get_settings().store,
+            dataset,
+            out,
+            per_class=per_class,
+            classes=classes,
+        )
     except InputError as exc:
         _fail(exc.field, exc.message)
     typer.echo(f"grid: {path}")

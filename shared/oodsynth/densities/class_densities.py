@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -51,14 +51,16 @@ class ClassDensities:
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, bank: FeatureBank, progress: Callable[[int, int], None] | None = None) -> "ClassDensities":
+    def fit(self, bank: FeatureBank, progress: Callable[[int, int], None] | None = None) -> ClassDensities:
         X = unit_rows(np.asarray(bank.features, dtype=np.float64), field="features")
         labels = np.asarray(bank.labels)
         C, D = bank.n_classes, X.shape[1]
         counts = np.bincount(labels, minlength=C)
         if (counts < 2).any():
             c = int(np.flatnonzero(counts < 2)[0])
-            raise InputError("labels", f"class {c} ({bank.class_names[c]}) has {counts[c]} points; a density needs >= 2")
+            raise InputError(
+                "labels", f"class {c} ({bank.class_names[c]}) has {counts[c]} points; a density needs >= 2"
+            )
         self.dim, self.n_classes = D, C
         self.class_names_ = [str(n) for n in bank.class_names]
         self.anchors_ = np.asarray(bank.anchors, dtype=np.float32)
@@ -77,8 +79,9 @@ class ClassDensities:
         self.quantile_values_ = np.maximum.accumulate(np.asarray(quantiles), axis=1)  # guard float ties
         return self
 
-    def _calibration_quantiles(self, Xc: np.ndarray, full_fit: dict, levels: np.ndarray,
-                               rng: np.random.Generator) -> np.ndarray:
+    def _calibration_quantiles(
+        self, Xc: np.ndarray, full_fit: dict, levels: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         """ID log-density quantiles on the scale of the model fitted on all ``n`` points.
 
         ``score_samples`` uses the model fitted on all ``n`` points, so the quantiles
@@ -190,8 +193,13 @@ class ClassDensities:
         classes = np.asarray(classes, dtype=np.int64)
         return np.array([np.interp(pct / 100.0, self.quantile_levels_, self.quantile_values_[c]) for c in classes])
 
-    def sample(self, n_per_class: int = 1, classes: Sequence[int] | None = None, seed: int | None = None,
-               temperature: float = 1.0):
+    def sample(
+        self,
+        n_per_class: int = 1,
+        classes: Sequence[int] | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
+    ):
         """Draw unit vectors from each class density: ``(X (M, D), y (M,))`` like scikit-learn's mixtures."""
         self._check_fitted()
         classes = self._check_classes(np.arange(self.n_classes) if classes is None else classes)
@@ -222,8 +230,9 @@ class ClassDensities:
         """Sigma_c^1/2 grad log p at X (K, n, D): the gradient in whitened coordinates."""
         return self.family.whitened_grad_stack(X, classes)
 
-    def sample_stack(self, classes: np.ndarray, n: int, rng: np.random.Generator, *, temperature: float = 1.0,
-                     dtype=np.float64) -> np.ndarray:
+    def sample_stack(
+        self, classes: np.ndarray, n: int, rng: np.random.Generator, *, temperature: float = 1.0, dtype=np.float64
+    ) -> np.ndarray:
         """(K, n, D) unit draws from the class densities, broadened (temperature > 1) or sharpened (< 1)."""
         if temperature <= 0:
             raise InputError("temperature", f"must be > 0, got {temperature}")
@@ -254,12 +263,18 @@ class ClassDensities:
         self._check_fitted()
         buf = io.BytesIO()
         arrays = {**{name: getattr(self, name) for name in self._ARRAYS}, **self.family.arrays()}
-        np.savez(buf, format=np.array(_FORMAT), kind=np.array(self.kind), params=np.array(self.params.model_dump_json()),
-                 class_names_=np.array(self.class_names_, dtype=str), **arrays)
+        np.savez(
+            buf,
+            format=np.array(_FORMAT),
+            kind=np.array(self.kind),
+            params=np.array(self.params.model_dump_json()),
+            class_names_=np.array(self.class_names_, dtype=str),
+            **arrays,
+        )
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ClassDensities":
+    def from_bytes(cls, data: bytes) -> ClassDensities:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 if "format" not in z.files or str(z["format"]) != _FORMAT:

@@ -77,12 +77,16 @@ class DensityFamily:
             k = f["eig"].size
             basis[c, :, :k] = f["basis"]
             eig[c, :k] = f["eig"]
-        self.load({
-            "means_": np.stack([f["direction"] for f in fits]).astype(np.float64),
-            "centers_": np.stack([f["center"] for f in fits]).astype(np.float64),
-            "kappa_": np.array([f["kappa"] for f in fits], dtype=np.float64),
-            "diag_": diag, "basis_": basis, "eig_": eig,
-        })
+        self.load(
+            {
+                "means_": np.stack([f["direction"] for f in fits]).astype(np.float64),
+                "centers_": np.stack([f["center"] for f in fits]).astype(np.float64),
+                "kappa_": np.array([f["kappa"] for f in fits], dtype=np.float64),
+                "diag_": diag,
+                "basis_": basis,
+                "eig_": eig,
+            }
+        )
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         """Take the stacked state (from ``stack`` or a stored fit) and derive what the maths needs."""
@@ -129,8 +133,9 @@ class DensityFamily:
     def whitened_grad_stack(self, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def sample_stack(self, classes: np.ndarray, n: int, rng: np.random.Generator, temperature: float,
-                     dtype) -> np.ndarray:
+    def sample_stack(
+        self, classes: np.ndarray, n: int, rng: np.random.Generator, temperature: float, dtype
+    ) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -145,8 +150,14 @@ class VonMisesFisher(DensityFamily):
         r_bar = float(np.linalg.norm(xbar))
         direction = xbar / r_bar if r_bar > 0 else Xc[0]
         kappa = estimate_kappa(D, r_bar, self.params.newton_steps)
-        return {"center": direction, "direction": direction, "kappa": kappa, "diag": np.full(D, 1.0 / kappa),
-                "basis": np.zeros((D, 0)), "eig": np.zeros(0)}
+        return {
+            "center": direction,
+            "direction": direction,
+            "kappa": kappa,
+            "diag": np.full(D, 1.0 / kappa),
+            "basis": np.zeros((D, 0)),
+            "eig": np.zeros(0),
+        }
 
     def class_logpdf(self, fit: dict, X: np.ndarray) -> np.ndarray:
         return vmf_log_normalizer(X.shape[1], fit["kappa"]) + fit["kappa"] * (X @ fit["direction"])
@@ -229,7 +240,9 @@ class Gaussian(DensityFamily):
 
     def sample_stack(self, classes, n, rng, temperature, dtype):
         g = rng.standard_normal((classes.size, n, self.dim), dtype=np.float64).astype(dtype, copy=False)
-        X = self.centers_[classes][:, None, :].astype(dtype) + np.sqrt(temperature) * self.cov_power_stack(g, classes, 0.5)
+        X = self.centers_[classes][:, None, :].astype(dtype) + np.sqrt(temperature) * self.cov_power_stack(
+            g, classes, 0.5
+        )
         return project_to_sphere(X)
 
 

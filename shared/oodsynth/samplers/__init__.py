@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import InputError
 from .barker import BarkerSampler
-from .base import SampleResult, Sampler, compute_diagnostics
+from .base import Sampler, SampleResult, compute_diagnostics
 from .boundary_crossing import BoundaryCrossingSampler
 from .class_interpolation import ClassInterpolationSampler
 from .inverse_rejection import InverseRejectionSampler
@@ -18,8 +18,15 @@ from .sphere_hmc import SphereHMCSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (KnnBoundarySampler, InverseSGLDSampler, InverseRejectionSampler, BarkerSampler,
-                BoundaryCrossingSampler, ClassInterpolationSampler, SphereHMCSampler)
+    for cls in (
+        KnnBoundarySampler,
+        InverseSGLDSampler,
+        InverseRejectionSampler,
+        BarkerSampler,
+        BoundaryCrossingSampler,
+        ClassInterpolationSampler,
+        SphereHMCSampler,
+    )
 }
 
 # The method used when a request names none (API, CLI, demo). Chosen by measured OOD gain
@@ -48,4 +55,12 @@ def get_sampler(name: str, params: dict | None = None) -> Sampler:
     return SAMPLERS[name](**(params or {}))
 
 
-__all__ = ["DEFAULT_METHOD", "SAMPLERS", "SampleResult", "Sampler", "UnknownSamplerError", "compute_diagnostics", "get_sampler"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "SAMPLERS",
+    "SampleResult",
+    "Sampler",
+    "UnknownSamplerError",
+    "compute_diagnostics",
+    "get_sampler",
+]

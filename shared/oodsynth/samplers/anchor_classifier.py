@@ -18,8 +18,9 @@ def unit_anchors(anchors: np.ndarray, dtype=np.float32) -> np.ndarray:
     return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(dtype)
 
 
-def margin_and_rival(unit_vectors: np.ndarray, source: np.ndarray | int, anchors_unit: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def margin_and_rival(
+    unit_vectors: np.ndarray, source: np.ndarray | int, anchors_unit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the margin of its ``source`` class and the best other class (the rival / runner-up)."""
     cos = unit_vectors @ anchors_unit.T.astype(unit_vectors.dtype, copy=False)  # (M, C)
     rows = np.arange(cos.shape[0])
@@ -30,8 +31,9 @@ def margin_and_rival(unit_vectors: np.ndarray, source: np.ndarray | int, anchors
     return (own - cos[rows, rival]).astype(np.float64), rival.astype(np.int64)
 
 
-def boundary_points(class_features: np.ndarray, c: int, anchors_unit: np.ndarray, select: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def boundary_points(
+    class_features: np.ndarray, c: int, anchors_unit: np.ndarray, select: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``select`` features of class ``c`` nearest its decision boundary: (points, rivals, margins).
 
     Only correctly classified features (positive margin) are candidates, so that

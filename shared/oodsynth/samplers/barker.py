@@ -38,7 +38,7 @@ stalls on a busy 2-core box); everything else is the fit's batched maths.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +56,9 @@ class BarkerParams(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Tempering of the inverted target.")
     step_size: float = Field(0.1, gt=0, description="Initial proposal scale in whitened coordinates.")
     target_accept: float = Field(0.4, gt=0, lt=1, description="Acceptance rate the step size adapts to.")
-    n_steps: int = Field(150, ge=1, le=10_000, description="MCMC steps per chain (the first half adapts the step size).")
+    n_steps: int = Field(
+        150, ge=1, le=10_000, description="MCMC steps per chain (the first half adapts the step size)."
+    )
     start_temperature: float = Field(0.5, gt=0, description="Chains start from the class density at this temperature.")
 
 
@@ -68,8 +70,14 @@ class SphereTarget:
     ``radial_scale``: the standard deviation of rho around |y| = 1. Arrays are (..., D).
     """
 
-    def __init__(self, sqrt_cov: Callable, inv_sqrt_cov: Callable, log_target: Callable, whitened_grad: Callable,
-                 radial_scale: np.ndarray | float):
+    def __init__(
+        self,
+        sqrt_cov: Callable,
+        inv_sqrt_cov: Callable,
+        log_target: Callable,
+        whitened_grad: Callable,
+        radial_scale: np.ndarray | float,
+    ):
         self.sqrt_cov, self.inv_sqrt_cov = sqrt_cov, inv_sqrt_cov
         self.log_target, self.whitened_grad = log_target, whitened_grad
         self.radial_scale = radial_scale
@@ -84,7 +92,7 @@ class SphereTarget:
         log_p = self.log_target(x) - 0.5 * (((r - 1.0) / sig) ** 2)[..., 0] - (D - 1) * np.log(r[..., 0])
         wg = self.whitened_grad(x)  # Sigma^1/2 h, h = ambient grad of log pi at x
         x_dot_h = rowdot(s / r, wg)  # x.h = (Sigma^-1/2 x).(Sigma^1/2 h), and Sigma^-1/2 x = s / r
-        radial = -(r - 1.0) / sig ** 2 - (D - 1) / r  # d/dr [log rho(r) - (D-1) log r]
+        radial = -(r - 1.0) / sig**2 - (D - 1) / r  # d/dr [log rho(r) - (D-1) log r]
         sx = self.sqrt_cov(x)
         # Sigma^1/2 grad_y = Sigma^1/2 [(h - (x.h) x) / r + radial * x]
         grad = (wg - x_dot_h * sx) / r + radial * sx
@@ -101,8 +109,16 @@ def softplus(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def barker_chain(target: SphereTarget, x0: np.ndarray, n_steps: int, step_size: float, rng: np.random.Generator,
-                 *, adapt_steps: int | None = None, target_accept: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+def barker_chain(
+    target: SphereTarget,
+    x0: np.ndarray,
+    n_steps: int,
+    step_size: float,
+    rng: np.random.Generator,
+    *,
+    adapt_steps: int | None = None,
+    target_accept: float = 0.4,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run Barker chains from unit starts ``x0`` (..., D) on ``target``: (final unit vectors, acceptance rate per chain
     over the non-adapting steps)."""
     adapt_steps = n_steps // 2 if adapt_steps is None else adapt_steps
@@ -136,8 +152,9 @@ def barker_chain(target: SphereTarget, x0: np.ndarray, n_steps: int, step_size: 
     return x, accepted / max(1, n_steps - adapt_steps)
 
 
-def inverted_class_target(fit: ClassDensities, classes: np.ndarray, floor_percentile: float,
-                          temperature: float) -> SphereTarget:
+def inverted_class_target(
+    fit: ClassDensities, classes: np.ndarray, floor_percentile: float, temperature: float
+) -> SphereTarget:
     """The inverted class densities above their floors, preconditioned by the fitted covariances."""
     floor = fit.logpdf_at_percentile(floor_percentile, classes)[:, None]
 

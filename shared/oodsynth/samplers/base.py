@@ -8,26 +8,26 @@ norm, so all samplers report the same things the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel
 from threadpoolctl import threadpool_limits
 
 from ..bank import FeatureBank
-from ..densities import ClassDensities
 from ..deadline import check_deadline, time_budget
+from ..densities import ClassDensities
 from ..errors import InputError
-from ..knn import kth_neighbor_distance
 from ..sphere import unit_rows
 from .anchor_classifier import margin_and_rival, unit_anchors
+from .knn import kth_neighbor_distance
 
 DEFAULT_KNN_K = 300  # DREAM-OOD's K; capped at the class size
 ROWS_PER_BLOCK = 32_768  # chains processed together (bounds memory at ~100 MB of float32 in 768-d)
 
 ProgressFn = Callable[[int, int], None]
-
 
 
 @dataclass
@@ -48,13 +48,17 @@ def unit_class_features(bank: FeatureBank, c: int) -> np.ndarray:
     return unit_rows(bank.class_features(int(c)).astype(np.float32), field="features")
 
 
-def knn_distances(bank: FeatureBank, unit_vectors: np.ndarray, class_index: np.ndarray, k: int = DEFAULT_KNN_K) -> np.ndarray:
+def knn_distances(
+    bank: FeatureBank, unit_vectors: np.ndarray, class_index: np.ndarray, k: int = DEFAULT_KNN_K
+) -> np.ndarray:
     """Distance of each vector to the k-th nearest ID point of its own class (k capped at the class size)."""
     out = np.empty(unit_vectors.shape[0], dtype=np.float64)
     for c in np.unique(class_index):
         rows = class_index == c
         ref = unit_class_features(bank, c)
-        out[rows] = kth_neighbor_distance(unit_vectors[rows], ref, max(1, min(k, ref.shape[0] - 1)))  # the k the samplers rank by
+        out[rows] = kth_neighbor_distance(
+            unit_vectors[rows], ref, max(1, min(k, ref.shape[0] - 1))
+        )  # the k the samplers rank by
     return out
 
 
@@ -112,8 +116,9 @@ class Sampler:
         return f"{type(self).__name__}({self.params!r})"
 
     # subclasses -----------------------------------------------------------------
-    def _sample_block(self, fit: ClassDensities, classes: np.ndarray, n: int, rng: np.random.Generator,
-                      bank: FeatureBank | None) -> np.ndarray:
+    def _sample_block(
+        self, fit: ClassDensities, classes: np.ndarray, n: int, rng: np.random.Generator, bank: FeatureBank | None
+    ) -> np.ndarray:
         """Unit vectors (K, n, D) for ``classes`` (K,)."""
         raise NotImplementedError
 
@@ -162,8 +167,9 @@ class Sampler:
             raise InputError("classes", "duplicate class indices")
         if bank is not None and (bank.dim != fit.dim or bank.n_classes != fit.n_classes):
             raise InputError(
-                "bank", f"shape ({bank.n_classes} classes, dim {bank.dim}) does not match the fit "
-                f"({fit.n_classes} classes, dim {fit.dim})"
+                "bank",
+                f"shape ({bank.n_classes} classes, dim {bank.dim}) does not match the fit "
+                f"({fit.n_classes} classes, dim {fit.dim})",
             )
         if self.needs_bank and bank is None:
             raise InputError("bank", f"the {self.name} sampler needs the ID feature bank")

@@ -42,14 +42,21 @@ class BoundaryCrossingParams(BaseModel):
     # 600 and 8 (were 100 and 2) measured best in the OOD lab (animals, about 700 ID features per class, pools of
     # 525 vectors per class: one start per vector): near FPR95 -4.3 against CE only over 15 seeds; with twice the
     # outliers, -9.1 over 15 fresher seeds (README)
-    select: int = Field(600, ge=1, le=100_000, description="Start points per class: the ID features with the smallest top-2 margin.")
-    step_size: float = Field(0.02, gt=0, le=0.5, description="Angle (radians) of one normalised gradient step on the sphere.")
+    select: int = Field(
+        600, ge=1, le=100_000, description="Start points per class: the ID features with the smallest top-2 margin."
+    )
+    step_size: float = Field(
+        0.02, gt=0, le=0.5, description="Angle (radians) of one normalised gradient step on the sphere."
+    )
     steps_beyond: int = Field(8, ge=0, le=1_000, description="Steps taken after the prediction has flipped.")
-    jitter: float = Field(0.02, ge=0, le=1.0, description="Typical angle (radians) of the random tangent move applied to each start.")
+    jitter: float = Field(
+        0.02, ge=0, le=1.0, description="Typical angle (radians) of the random tangent move applied to each start."
+    )
 
 
-def crossing_walk(x0: np.ndarray, direction: np.ndarray, step_size: float, steps_beyond: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def crossing_walk(
+    x0: np.ndarray, direction: np.ndarray, step_size: float, steps_beyond: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Closed form of the normalised ascent of ``direction . z`` from ``x0`` (..., D): (end points, steps taken).
 
     Steps continue until ``direction . z > 0`` and then ``steps_beyond`` more;
@@ -65,8 +72,9 @@ def crossing_walk(x0: np.ndarray, direction: np.ndarray, step_size: float, steps
     return exp_map(x0, u, theta.astype(x0.dtype)), steps.astype(np.int64)
 
 
-def stepwise_crossing(x0: np.ndarray, direction: np.ndarray, step_size: float, steps_beyond: int,
-                      max_steps: int = 100_000) -> np.ndarray:
+def stepwise_crossing(
+    x0: np.ndarray, direction: np.ndarray, step_size: float, steps_beyond: int, max_steps: int = 100_000
+) -> np.ndarray:
     """The same walk step by step, for tests: normalised Riemannian gradient steps of ``direction . z``."""
     x = x0.copy()
     left = np.full(x.shape[:-1], steps_beyond)

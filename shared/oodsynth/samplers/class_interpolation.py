@@ -25,8 +25,12 @@ from .geodesic import slerp
 class ClassInterpolationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lam_range: tuple[float, float] = Field((0.35, 0.65), description="Range of the slerp fraction towards the partner class.")
-    n_neighbors: int = Field(3, ge=1, le=1_000, description="Partner classes: this many nearest classes (by mean direction).")
+    lam_range: tuple[float, float] = Field(
+        (0.35, 0.65), description="Range of the slerp fraction towards the partner class."
+    )
+    n_neighbors: int = Field(
+        3, ge=1, le=1_000, description="Partner classes: this many nearest classes (by mean direction)."
+    )
 
     @field_validator("lam_range")
     @classmethod

@@ -54,8 +54,11 @@ class InverseRejectionSampler(Sampler):
     def _sample_block(self, fit: ClassDensities, classes, n, rng, bank=None) -> np.ndarray:
         p = self.params
         log_eps = fit.logpdf_at_percentile(p.eps_percentile, classes)
-        temps = (np.full(len(classes), p.temperature) if p.temperature is not None
-                 else auto_temperature(fit, classes, log_eps, rng))
+        temps = (
+            np.full(len(classes), p.temperature)
+            if p.temperature is not None
+            else auto_temperature(fit, classes, log_eps, rng)
+        )
         kept: list[list[np.ndarray]] = [[] for _ in classes]
         counts = np.zeros(len(classes), dtype=np.int64)
         for _ in range(p.max_rounds):
@@ -75,7 +78,8 @@ class InverseRejectionSampler(Sampler):
             if (counts < n).any():
                 i = int(np.argmin(counts))
                 raise InputError(  # bad parameters for this fit: a 422, not a server error
-                    "max_rounds", f"inverse_rejection class {int(classes[i])} accepted only {counts[i]} of {n} after "
-                    f"{p.max_rounds} rounds; raise max_rounds or temperature"
+                    "max_rounds",
+                    f"inverse_rejection class {int(classes[i])} accepted only {counts[i]} of {n} after "
+                    f"{p.max_rounds} rounds; raise max_rounds or temperature",
                 )
         return np.stack([np.concatenate(k)[:n] for k in kept])

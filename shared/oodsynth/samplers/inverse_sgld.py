@@ -34,7 +34,9 @@ class InverseSGLDParams(BaseModel):
     max_step_size: float = Field(1.0, gt=0, description="Largest eta a chain may grow to.")
     grow: float = Field(1.25, gt=1, description="eta factor after a step that stays above the band.")
     shrink: float = Field(0.5, gt=0, lt=1, description="eta factor after a step that would overshoot the band.")
-    max_steps: int = Field(500, ge=1, le=100_000, description="Chains still outside the band after this many steps are kept as they are.")
+    max_steps: int = Field(
+        500, ge=1, le=100_000, description="Chains still outside the band after this many steps are kept as they are."
+    )
     start_temperature: float = Field(1.0, gt=0, description="Chains start from the class density at this temperature.")
 
     @field_validator("band")
@@ -81,8 +83,9 @@ class InverseSGLDSampler(Sampler):
         return X
 
 
-def fixed_step_inverse_sgld(fit: ClassDensities, classes, n: int, eta: float, n_steps: int,
-                            rng: np.random.Generator) -> np.ndarray:
+def fixed_step_inverse_sgld(
+    fit: ClassDensities, classes, n: int, eta: float, n_steps: int, rng: np.random.Generator
+) -> np.ndarray:
     """The seed's sampler, kept as a baseline: fixed eta, no preconditioning, no stopping rule.
 
     ``x <- x - (eta/2) grad log p(x) + sqrt(eta) eps``, projected to the sphere;

@@ -24,12 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..bank import FeatureBank
 from ..errors import InputError
-from ..knn import KNN_BACKENDS, kth_neighbor_distance
 from ..sphere import project_to_sphere, unit_rows
 from .base import Sampler, check_deadline
-
+from .knn import KNN_BACKENDS, kth_neighbor_distance
 
 CANDIDATE_BYTES = 1 << 30  # candidates held at once per round (1 GiB)
+
 
 class KnnBoundaryParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -42,7 +42,9 @@ class KnnBoundaryParams(BaseModel):
     backend: str = Field("blas", description=f"k-NN backend, one of {KNN_BACKENDS}.")
 
 
-def select_boundary(class_features: np.ndarray, k: int, select: int, backend: str = "blas") -> tuple[np.ndarray, np.ndarray]:
+def select_boundary(
+    class_features: np.ndarray, k: int, select: int, backend: str = "blas"
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``select`` points with the largest k-th-NN distance (self excluded), and those distances.
 
     ``k`` and ``select`` are capped at what the class size allows.

@@ -40,7 +40,7 @@ literal D-dimensional iteration; a test checks that both give the same u.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,18 +52,30 @@ from .base import Sampler, check_deadline
 from .class_interpolation import nearest_classes
 from .geodesic import geodesic_flow, rownorm, to_tangent
 
-LogProbGrad = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # u (..., k) -> (log pi (...), d log pi / du (..., k))
+LogProbGrad = Callable[
+    [np.ndarray], tuple[np.ndarray, np.ndarray]
+]  # u (..., k) -> (log pi (...), d log pi / du (..., k))
 
 
 class SphereHMCParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_neighbors: int = Field(3, ge=1, le=1_000, description="Partner classes: this many nearest classes (by mean direction).")
-    boundary_width: float = Field(0.05, gt=0, le=2, description="Width w of the boundary ridge, in cosine-margin units.")
-    support_scale: float = Field(1.0, gt=0, le=100, description="Concentration of the support term relative to the classes' own.")
-    n_iter: int = Field(40, ge=2, le=10_000, description="HMC iterations per chain (the first half adapts the step size).")
+    n_neighbors: int = Field(
+        3, ge=1, le=1_000, description="Partner classes: this many nearest classes (by mean direction)."
+    )
+    boundary_width: float = Field(
+        0.05, gt=0, le=2, description="Width w of the boundary ridge, in cosine-margin units."
+    )
+    support_scale: float = Field(
+        1.0, gt=0, le=100, description="Concentration of the support term relative to the classes' own."
+    )
+    n_iter: int = Field(
+        40, ge=2, le=10_000, description="HMC iterations per chain (the first half adapts the step size)."
+    )
     n_leapfrog: int = Field(6, ge=1, le=1_000, description="Leapfrog steps per iteration.")
-    step_size: float = Field(0.5, gt=0, le=10, description="Initial leapfrog step in units of the target's smallest length scale.")
+    step_size: float = Field(
+        0.5, gt=0, le=10, description="Initial leapfrog step in units of the target's smallest length scale."
+    )
     target_accept: float = Field(0.75, gt=0, lt=1, description="Acceptance rate the step size adapts to.")
 
 
@@ -73,8 +85,15 @@ def _tangent_grad(q: np.ndarray, grad_u: np.ndarray) -> np.ndarray:
     return to_tangent(q, g)
 
 
-def leapfrog(q: np.ndarray, p: np.ndarray, log_prob_grad: LogProbGrad, k: int, eps: np.ndarray, n_leapfrog: int,
-             grad_u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def leapfrog(
+    q: np.ndarray,
+    p: np.ndarray,
+    log_prob_grad: LogProbGrad,
+    k: int,
+    eps: np.ndarray,
+    n_leapfrog: int,
+    grad_u: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``n_leapfrog`` geodesic leapfrog steps in the reduced coordinates q = (u, z_perp coords): (q, p, log pi, grad)."""
     if grad_u is None:
         grad_u = log_prob_grad(q[..., :k])[1]
@@ -90,9 +109,19 @@ def leapfrog(q: np.ndarray, p: np.ndarray, log_prob_grad: LogProbGrad, k: int, e
     return q, p, logp, grad_u
 
 
-def subspace_hmc(u: np.ndarray, log_prob_grad: LogProbGrad, dim: int, step: np.ndarray, n_iter: int,
-                 n_leapfrog: int, rng: np.random.Generator, *, adapt_iters: int = 0,
-                 target_accept: float = 0.75, accept_all: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def subspace_hmc(
+    u: np.ndarray,
+    log_prob_grad: LogProbGrad,
+    dim: int,
+    step: np.ndarray,
+    n_iter: int,
+    n_leapfrog: int,
+    rng: np.random.Generator,
+    *,
+    adapt_iters: int = 0,
+    target_accept: float = 0.75,
+    accept_all: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Geodesic HMC on S^(dim-1) for a target that depends on z only through u = E^T z (see the module doc).
 
     ``u`` (..., k) are the chains' start coordinates (|u| <= 1). Returns the
@@ -131,8 +160,9 @@ def subspace_hmc(u: np.ndarray, log_prob_grad: LogProbGrad, dim: int, step: np.n
     return u, np.exp(log_step), accepted / max(1, n_iter - adapt_iters)
 
 
-def full_dimensional_step(z: np.ndarray, xi: np.ndarray, grad_fn: Callable[[np.ndarray], np.ndarray],
-                          eps: float, n_leapfrog: int) -> np.ndarray:
+def full_dimensional_step(
+    z: np.ndarray, xi: np.ndarray, grad_fn: Callable[[np.ndarray], np.ndarray], eps: float, n_leapfrog: int
+) -> np.ndarray:
     """The literal D-dimensional geodesic leapfrog from ``z`` with raw momentum ``xi`` (no Metropolis test), for tests."""
     v = to_tangent(z, xi)
     for _ in range(n_leapfrog):
@@ -192,10 +222,21 @@ class SphereHMCSampler(Sampler):
         # anchors' margin vanishes there; the adapting half of the run is the burn-in
         u0 = np.tile([1.0, 0.0], (K * n, 1))
         scale = 1.0 / np.sqrt(kap + inv_w2 * (alpha**2).sum(1))
-        u, _, _ = subspace_hmc(u0, log_prob_grad, fit.dim, p.step_size * scale, p.n_iter, p.n_leapfrog, rng,
-                               adapt_iters=p.n_iter // 2, target_accept=p.target_accept)
+        u, _, _ = subspace_hmc(
+            u0,
+            log_prob_grad,
+            fit.dim,
+            p.step_size * scale,
+            p.n_iter,
+            p.n_leapfrog,
+            rng,
+            adapt_iters=p.n_iter // 2,
+            target_accept=p.target_accept,
+        )
         rho = np.sqrt(np.clip(1.0 - (u * u).sum(-1), 0.0, None))
         Ec = E[pair].astype(np.float32)
-        z = np.einsum("nk,nkd->nd", u.astype(np.float32), Ec) + rho.astype(np.float32)[:, None] * uniform_in_complement(Ec, rng)
+        z = np.einsum("nk,nkd->nd", u.astype(np.float32), Ec) + rho.astype(np.float32)[:, None] * uniform_in_complement(
+            Ec, rng
+        )
         z /= np.linalg.norm(z, axis=1, keepdims=True)
         return z.reshape(K, n, fit.dim)

@@ -5,7 +5,7 @@ of a few lines around these calls, so a limit or a check holds on every
 surface, and every failure is a typed ``oodsynth.errors`` exception.
 """
 
-from ..decode_job import DecoderCache, run_decode_job
+from ..worker.decode_job import DecoderCache, run_decode_job
 from .features import EmbedderCache, extract_features
 from .fits import create_fit
 from .generation import GenerateRequest, enqueue_generation, plan_generation

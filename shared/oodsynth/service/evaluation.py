@@ -14,8 +14,14 @@ from ..errors import InputError
 DEFAULT_SCORES = ("energy", "phi")
 
 
-def load_data(dataset: str, split: str, data_root: Path | None, image_size: int | None = None,
-              augment: bool = False, option: str = "dataset"):
+def load_data(
+    dataset: str,
+    split: str,
+    data_root: Path | None,
+    image_size: int | None = None,
+    augment: bool = False,
+    option: str = "dataset",
+):
     """``load_dataset`` whose errors name ``option`` (the input that chose the dataset) instead of ``dataset``."""
     from ..data import DataUnavailableError, load_dataset
 
@@ -65,7 +71,7 @@ def evaluate_scores(
     batch_size: int = 256,
 ):
     """One ``EvaluationReport`` with every asked score: energy/phi need ``checkpoint``, density ``encoder`` + ``densities``."""
-    from ..evaluation import SCORE_KINDS, evaluate, evaluate_density, merge_reports
+    from ..training.evaluation import SCORE_KINDS, evaluate, evaluate_density, merge_reports
 
     scores = list(dict.fromkeys(scores or DEFAULT_SCORES))
     unknown = [s for s in scores if s not in SCORE_KINDS]
@@ -77,14 +83,14 @@ def evaluate_scores(
     if classifier_scores:
         if checkpoint is None:
             raise InputError("checkpoint", "the energy and phi scores need --checkpoint (a train-ood model)")
-        from ..ood_training import load_ood_classifier
+        from ..training.ood import load_ood_classifier
 
         clf = _load(load_ood_classifier, checkpoint, "checkpoint")
         image_size, class_names = clf.config.image_size, clf.class_names
     if "density" in scores:
         if encoder is None or densities is None:
             raise InputError("encoder" if encoder is None else "fit", "--score density needs --encoder and --fit")
-        from ..encoder_training import load_encoder
+        from ..encoding.training import load_encoder
 
         enc = _load(load_encoder, encoder, "encoder")
         if densities.dim != enc.model.dim:

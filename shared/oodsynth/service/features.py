@@ -12,7 +12,7 @@ from ..config import Settings
 from ..errors import InputError, Unavailable
 
 if TYPE_CHECKING:  # torch: loaded with the first encoder
-    from ..features import ImageEmbedder
+    from ..encoding.features import ImageEmbedder
 
 MAX_IMAGES = 256
 MAX_PIXELS = 4096 * 4096  # per upload; the encoder resizes to a few dozen pixels anyway
@@ -26,12 +26,15 @@ class EmbedderCache:
         self._embedder: ImageEmbedder | None = None
         self._lock = threading.Lock()
 
-    def get(self, settings: Settings) -> "ImageEmbedder":
-        from ..features import ImageEmbedder
+    def get(self, settings: Settings) -> ImageEmbedder:
+        from ..encoding.features import ImageEmbedder
 
         if settings.encoder_checkpoint is None:
-            raise Unavailable("encoder_checkpoint", "POST /features needs an encoder: start the API with "
-                              "OODSYNTH_ENCODER_CHECKPOINT=<path to encoder.pt from `oodsynth train-encoder`>")
+            raise Unavailable(
+                "encoder_checkpoint",
+                "POST /features needs an encoder: start the API with "
+                "OODSYNTH_ENCODER_CHECKPOINT=<path to encoder.pt from `oodsynth train-encoder`>",
+            )
         path = Path(settings.encoder_checkpoint)
         file = path / "encoder.pt" if path.is_dir() else path
         if not file.is_file():
@@ -48,7 +51,7 @@ class EmbedderCache:
             return self._embedder
 
 
-def extract_features(embedder: "ImageEmbedder", files: Sequence[tuple[str | None, bytes]]) -> dict:
+def extract_features(embedder: ImageEmbedder, files: Sequence[tuple[str | None, bytes]]) -> dict:
     """``{dim, class_names, items: [{filename, features, class_index, class_name, cosine}]}`` of ``(filename, bytes)`` images."""
     from PIL import Image, UnidentifiedImageError
 
@@ -60,15 +63,22 @@ def extract_features(embedder: "ImageEmbedder", files: Sequence[tuple[str | None
         try:
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > MAX_PIXELS:  # checked on the header, before decoding the pixels
-                    raise InputError(f"files[{i}]", f"{name} has {im.width}x{im.height} pixels, above the cap of {MAX_PIXELS}")
+                    raise InputError(
+                        f"files[{i}]", f"{name} has {im.width}x{im.height} pixels, above the cap of {MAX_PIXELS}"
+                    )
                 images.append(im.convert("RGB"))
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise InputError(f"files[{i}]", f"{name} is not a readable image ({exc})") from None
     out = embedder.embed(images)
     names = embedder.class_names
     items = [
-        {"filename": filename, "features": out["features"][i].tolist(), "class_index": int(out["class_index"][i]),
-         "class_name": names[int(out["class_index"][i])], "cosine": float(out["cosine"][i])}
+        {
+            "filename": filename,
+            "features": out["features"][i].tolist(),
+            "class_index": int(out["class_index"][i]),
+            "class_name": names[int(out["class_index"][i])],
+            "cosine": float(out["cosine"][i]),
+        }
         for i, (filename, _) in enumerate(files)
     ]
     return {"dim": int(out["features"].shape[1]), "class_names": names, "items": items}

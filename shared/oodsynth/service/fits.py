@@ -8,8 +8,8 @@ from pathlib import Path
 from ..bank import REQUIRED_FIELDS, BankError, FeatureBank, load_bank
 from ..config import get_settings
 from ..errors import InputError
-from ..npz_limits import check_npz_size
-from ..registry import FitRegistry, fit_exists_error, validate_fit_name
+from ..state.registry import FitRegistry, fit_exists_error, validate_fit_name
+from .npz_limits import check_npz_size
 
 
 def create_fit(

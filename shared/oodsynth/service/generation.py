@@ -2,7 +2,7 @@
 
 Everything is checked before anything is enqueued: a request that fails any
 check leaves the queue untouched. The job is split into RQ jobs of
-``images_per_job`` images by ``oodsynth.queue.enqueue_decode``.
+``images_per_job`` images by ``oodsynth.queue.enqueue.enqueue_decode``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,17 @@ from pydantic import ConfigDict, Field, field_validator
 
 from ..config import Settings
 from ..errors import InputError
-from ..jobs import DecodeJob, DecodeSettings, build_items, dataset_name_field, inline_vector_ids, job_from_sample, rescale_to_anchors
-from ..queue import enqueue_decode
-from ..registry import FitRegistry, SampleRegistry, StoredSample
+from ..queue.enqueue import enqueue_decode
+from ..queue.payloads import (
+    DecodeJob,
+    DecodeSettings,
+    build_items,
+    dataset_name_field,
+    inline_vector_ids,
+    job_from_sample,
+    rescale_to_anchors,
+)
+from ..state.registry import FitRegistry, SampleRegistry, StoredSample
 
 MAX_CLASS_INDEX = 2**31
 # Inline vectors are rescaled to their anchor's norm, so only their direction matters; a norm
@@ -32,7 +40,9 @@ class GenerateRequest(DecodeSettings):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,  # `seed: false` or `steps: "50"` are mistakes, not numbers
-        json_schema_extra={"examples": [{"sample_id": "3f2a...", "dataset": "cifar100-outliers", "images_per_vector": 1}]},
+        json_schema_extra={
+            "examples": [{"sample_id": "3f2a...", "dataset": "cifar100-outliers", "images_per_vector": 1}]
+        },
     )
 
     dataset: str = Field(description="Result-store dataset (one folder name) the images go into.")
@@ -62,7 +72,9 @@ def _check_inline_rows(req: GenerateRequest) -> np.ndarray:
     if len(req.vectors) == 0:
         raise InputError("vectors", "give at least one vector")
     if len(req.classes) != len(req.vectors):
-        raise InputError("classes", f"expected {len(req.vectors)} class indices (one per vector), got {len(req.classes)}")
+        raise InputError(
+            "classes", f"expected {len(req.vectors)} class indices (one per vector), got {len(req.classes)}"
+        )
     dims = {len(v) for v in req.vectors}
     if len(dims) != 1 or 0 in dims:
         raise InputError("vectors", f"rows must be non-empty and of one dimension, got dimensions {sorted(dims)}")
@@ -86,8 +98,11 @@ def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJo
     """Inline vectors need a ``fit``: it names the classes, fixes the dimension and gives the anchor norms."""
     vectors = _check_inline_rows(req)
     if req.fit is None:
-        raise InputError("fit", "inline vectors need a fit: it names the classes, fixes the dimension "
-                         "and gives the anchor norms the vectors are rescaled to")
+        raise InputError(
+            "fit",
+            "inline vectors need a fit: it names the classes, fixes the dimension "
+            "and gives the anchor norms the vectors are rescaled to",
+        )
     fit, _bank = fits.get(req.fit)
     if vectors.shape[1] != fit.dim:
         raise InputError("vectors", f"dimension {vectors.shape[1]} does not match fit {req.fit!r} ({fit.dim})")
@@ -95,16 +110,25 @@ def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJo
     classes = np.asarray(req.classes, dtype=np.int64)  # each in [0, 2**31) by the schema
     out = np.flatnonzero(classes >= len(names))
     if out.size:
-        raise InputError(f"classes[{int(out[0])}]",
-                         f"class index {int(classes[out[0]])} is out of range [0, {len(names)}) of fit {req.fit!r}")
+        raise InputError(
+            f"classes[{int(out[0])}]",
+            f"class index {int(classes[out[0]])} is out of range [0, {len(names)}) of fit {req.fit!r}",
+        )
     vectors = rescale_to_anchors(vectors, classes, fit.anchors_)
     if not np.isfinite(vectors).all():
         raise InputError("vectors", "rescaling to the anchor norms gave non-finite values")
     decode = req.decode_settings()
     items = build_items(
-        dataset=req.dataset, vectors=vectors, class_index=classes, class_names=names,
-        vector_ids=inline_vector_ids(vectors, classes), sampler="inline",
-        images_per_vector=req.images_per_vector, seed=req.seed, decode=decode, model=model,
+        dataset=req.dataset,
+        vectors=vectors,
+        class_index=classes,
+        class_names=names,
+        vector_ids=inline_vector_ids(vectors, classes),
+        sampler="inline",
+        images_per_vector=req.images_per_vector,
+        seed=req.seed,
+        decode=decode,
+        model=model,
     )
     return DecodeJob(dataset=req.dataset, model=model, items=items, verify_fit=req.fit, **decode)
 
@@ -115,14 +139,20 @@ MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; a longer template only inflates
 def check_decode_bounds(req: GenerateRequest, settings: Settings) -> None:
     """Steps, pixels per image and the prompt length under the settings' caps (work per image is bounded)."""
     if req.steps > settings.max_decode_steps:
-        raise InputError("steps", f"{req.steps} is above the cap of {settings.max_decode_steps} "
-                         "(settings OODSYNTH_MAX_DECODE_STEPS)")
+        raise InputError(
+            "steps", f"{req.steps} is above the cap of {settings.max_decode_steps} (settings OODSYNTH_MAX_DECODE_STEPS)"
+        )
     for field, pixels in (("height", req.height * req.width), ("output_size", req.output_size**2)):
         if pixels > settings.max_decode_pixels:
-            raise InputError(field, f"{pixels} pixels per image is above the cap of {settings.max_decode_pixels} "
-                             "(settings OODSYNTH_MAX_DECODE_PIXELS)")
+            raise InputError(
+                field,
+                f"{pixels} pixels per image is above the cap of {settings.max_decode_pixels} "
+                "(settings OODSYNTH_MAX_DECODE_PIXELS)",
+            )
     if len(req.prompt_template) > MAX_PROMPT_CHARS:
-        raise InputError("prompt_template", f"{len(req.prompt_template)} characters, above the cap of {MAX_PROMPT_CHARS}")
+        raise InputError(
+            "prompt_template", f"{len(req.prompt_template)} characters, above the cap of {MAX_PROMPT_CHARS}"
+        )
 
 
 def check_image_count(n_vectors: int, images_per_vector: int, settings: Settings) -> None:
@@ -163,8 +193,12 @@ def plan_generation(
     check_image_count(len(sample.vectors), req.images_per_vector, settings)
     try:
         return job_from_sample(
-            sample, dataset=req.dataset, model=settings.model, decode=req,
-            images_per_vector=req.images_per_vector, seed=req.seed,
+            sample,
+            dataset=req.dataset,
+            model=settings.model,
+            decode=req,
+            images_per_vector=req.images_per_vector,
+            seed=req.seed,
         )
     except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
         raise InputError.from_pydantic(exc) from exc

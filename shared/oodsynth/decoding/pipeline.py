@@ -1,0 +1,358 @@
+"""Decode outlier token embeddings into images with Stable Diffusion.
+
+Each outlier vector stands in for a class word: it becomes the token-embedding
+row of a placeholder token, and the prompt "A high-quality image of the
+<placeholder>" is denoised into an image. Placeholder tokens are added to the
+tokenizer ONCE, one per batch slot (``<oodsynth-0>`` ... ``<oodsynth-{n-1}>``),
+and the embedding table is resized once at load; each batch only overwrites
+the rows of the slots it uses. Prompt i of a batch uses slot i, so every image
+has its own vector, and each image has its own seeded generator and initial
+latents, so a rerun reproduces its pixels whatever batch it lands in.
+
+The loaded pipeline is kept for the life of the object: a worker builds one
+``OutlierDecoder`` per process and feeds it every job. A decode preset
+(``oodsynth.decoding.presets.PRESETS``) picks the solver and step count and, for ``fast``,
+swaps in ``oodsynth.decoding.deep_cache.DeepCacheUNet`` for the UNet during the call
+(with ``compile_unet``, every preset runs on that stand-in's compiled steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..batching import slices
+from ..device import default_device
+from ..errors import InputError
+from .presets import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS, SCHEDULERS, TOKEN_FIELD, DecodePreset
+
+PLACEHOLDER = "<oodsynth-{slot}>"
+DEFAULT_N_SLOTS = 64
+MAX_SEED = 2**63 - 1
+
+Progress = Callable[[int, int], None]
+
+
+def _scheduler_class(name: str):
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    return {
+        "pndm": PNDMScheduler,
+        "ddim": DDIMScheduler,
+        "dpm++": DPMSolverMultistepScheduler,
+        "dpm": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "euler_a": EulerAncestralDiscreteScheduler,
+    }[name]
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """fp16 on CUDA (SD v1.x runs fine in half precision), fp32 elsewhere (CPU half is slow and lossy)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_pipeline(
+    model: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    channels_last: bool | None = None,
+    fuse_qkv: bool = False,
+):
+    """``StableDiffusionPipeline.from_pretrained`` (hub id or local folder), safety checker off.
+
+    The UNet and VAE run with PyTorch's scaled-dot-product attention.
+    ``fuse_qkv`` fuses each attention's q/k/v projections into one matmul
+    (diffusers' ``fuse_qkv_projections``). Measured on an H200 (SD v1.4
+    architecture, fp16, 512², 50 steps, batch 32, bench/decode.py): channels-last
+    0.89x, so it stays opt-in (``channels_last=True``). Compilation is
+    ``OutlierDecoder``'s business (see ``compile_unet`` there).
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    device = torch.device(device or default_device())
+    dtype = dtype or default_dtype(device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(model), dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    pipe = pipe.to(device)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if fuse_qkv:
+        pipe.fuse_qkv_projections(unet=True, vae=True)
+    return pipe
+
+
+class OutlierDecoder:
+    """A loaded SD pipeline that turns (vector, seed) pairs into images, one vector per image.
+
+    Vectors are written as-is into the placeholder rows: rescaling each one to
+    its class anchor's norm is the caller's job (the samplers do it with
+    ``scale_to_anchor=True``).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        n_slots: int = DEFAULT_N_SLOTS,
+        *,
+        channels_last: bool | None = None,
+        fuse_qkv: bool = False,
+        compile_unet: bool = False,
+        progress_bar: bool = False,
+    ):
+        if int(n_slots) < 1:
+            raise InputError("n_slots", f"must be >= 1, got {n_slots}")
+        self.model = str(model)
+        self.n_slots = int(n_slots)
+        self.pipe = load_pipeline(model, device, dtype, channels_last=channels_last, fuse_qkv=fuse_qkv)
+        self.pipe.set_progress_bar_config(disable=not progress_bar)
+        self.device = self.pipe.device
+        self.dtype = self.pipe.unet.dtype
+        self.placeholders = [PLACEHOLDER.format(slot=i) for i in range(self.n_slots)]
+        self.slot_ids = self._add_placeholders()
+        self._scheduler_config = self.pipe.scheduler.config
+        self._schedulers: dict[str, object] = {}
+        self._compile = compile_unet
+        self._step_unets: dict[int, object] = {}  # cache branch -> DeepCacheUNet
+        self._steps_compiled = False
+        if compile_unet:
+            self._compile_unet()
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.pipe.text_encoder.config.hidden_size)
+
+    def _add_placeholders(self) -> torch.Tensor:
+        """Add the slot tokens once and grow the embedding table once (never per batch)."""
+        tokenizer, text_encoder = self.pipe.tokenizer, self.pipe.text_encoder
+        clash = [t for t in self.placeholders if t in tokenizer.get_vocab()]
+        if clash:
+            raise InputError("model", f"tokenizer already contains placeholder tokens {clash[:3]}")
+        tokenizer.add_tokens(self.placeholders)
+        ids = tokenizer.convert_tokens_to_ids(self.placeholders)
+        table = text_encoder.get_input_embeddings().weight
+        if max(ids) >= table.shape[0]:
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            table = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            # Start the slots at the mean row: a neutral token until a batch overwrites it.
+            table[ids] = table[: min(ids)].mean(dim=0, keepdim=True).to(table.dtype)
+        return torch.tensor(ids, dtype=torch.long, device=table.device)
+
+    def _scheduler(self, name: str):
+        if name not in SCHEDULERS:
+            raise InputError("scheduler", f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        if name not in self._schedulers:
+            # Every scheduler takes the model's own noise schedule (betas, offsets) from its config.
+            self._schedulers[name] = _scheduler_class(name).from_config(self._scheduler_config)
+        return self._schedulers[name]
+
+    def _compile_unet(self) -> None:
+        """Compile the UNet's two step functions, on which every preset then runs (``exact``: full steps only).
+
+        ``exact`` and ``fast`` so share one compiled full step instead of
+        compiling the UNet twice (once whole, once as ``full_step``). A UNet
+        that feature reuse does not support (not SD v1.x's layout) is compiled
+        whole instead, and ``fast`` is refused for it as before. torch.compile's
+        defaults (static graphs first): on an H200, ``dynamic=True`` compiled
+        for 345 s and ran ``exact`` at 0.98x plain diffusers against 1.36x
+        (bench/results/decode_gpu.md).
+        """
+        try:
+            self._step_unet(0)
+            self._steps_compiled = True
+        except ValueError:
+            self.pipe.unet = torch.compile(self.pipe.unet)
+
+    def _step_unet(self, branch: int):
+        """The UNet stand-in that runs full and shallow steps from ``branch`` (built, and compiled, once per process)."""
+        from .deep_cache import DeepCacheUNet
+
+        if branch not in self._step_unets:
+            unet = DeepCacheUNet(self.pipe.unet, interval=1, branch=branch)
+            if self._compile:
+                unet.compile_steps()
+            self._step_unets[branch] = unet
+        return self._step_unets[branch]
+
+    @staticmethod
+    def resolve_preset(preset: str | DecodePreset) -> DecodePreset:
+        """A preset by name (``oodsynth.decoding.presets.PRESETS``), or a ``DecodePreset`` as given (benchmarks try variants)."""
+        if isinstance(preset, DecodePreset):
+            return preset
+        if preset not in PRESETS:
+            raise InputError("preset", f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return PRESETS[preset]
+
+    def plan(self, preset: str | DecodePreset, steps: int, scheduler: str) -> dict:
+        """What a decode with ``preset`` runs: {preset, scheduler, steps, cache_interval} (also its manifest fields)."""
+        p = self.resolve_preset(preset)
+        return {
+            "preset": p.name,
+            "scheduler": p.scheduler or scheduler,
+            "steps": p.steps(steps),
+            "cache_interval": p.cache_interval,
+        }
+
+    # -- validation -------------------------------------------------------------------------------
+
+    def _check_vectors(self, vectors) -> torch.Tensor:
+        v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if v.ndim != 2:
+            raise InputError("vectors", f"expected a (B, D) array, got shape {tuple(v.shape)}")
+        if v.shape[1] != self.hidden_size:
+            raise InputError(
+                "vectors", f"dimension {v.shape[1]} does not match the text encoder's hidden size {self.hidden_size}"
+            )
+        if not torch.isfinite(v).all():
+            raise InputError("vectors", "contain NaN or infinite values")
+        return v
+
+    @staticmethod
+    def _check_template(prompt_template: str) -> str:
+        if not isinstance(prompt_template, str) or prompt_template.count(TOKEN_FIELD) != 1:
+            raise InputError("prompt_template", f"must contain {TOKEN_FIELD} exactly once, got {prompt_template!r}")
+        return prompt_template
+
+    # -- the two steps ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def write_slots(self, vectors) -> list[str]:
+        """Overwrite the first B slot rows with ``vectors``; return the B placeholder tokens."""
+        v = self._check_vectors(vectors)
+        if len(v) > self.n_slots:
+            raise InputError("vectors", f"batch of {len(v)} exceeds the decoder's {self.n_slots} slots")
+        table = self.pipe.text_encoder.get_input_embeddings().weight
+        table[self.slot_ids[: len(v)]] = v.to(device=table.device, dtype=table.dtype)
+        return self.placeholders[: len(v)]
+
+    @torch.no_grad()
+    def prompt_embeds(
+        self, vectors, prompt_template: str = DEFAULT_PROMPT_TEMPLATE, guidance_scale: float = 7.5
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-image (prompt_embeds, negative_prompt_embeds); prompt i holds vector i in slot i."""
+        self._check_template(prompt_template)
+        tokens = self.write_slots(vectors)
+        prompts = [prompt_template.replace(TOKEN_FIELD, t) for t in tokens]
+        return self.pipe.encode_prompt(
+            prompts, self.device, num_images_per_prompt=1, do_classifier_free_guidance=guidance_scale > 1.0
+        )
+
+    def initial_latents(self, seeds: Sequence[int], height: int, width: int) -> tuple[torch.Tensor, list]:
+        """One CPU generator per image, seeded by the image's seed: the same noise in any batch, on any device."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (
+            1,
+            self.pipe.unet.config.in_channels,
+            height // self.pipe.vae_scale_factor,
+            width // self.pipe.vae_scale_factor,
+        )
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        latents = torch.cat([randn_tensor(shape, generator=g, dtype=torch.float32) for g in generators])
+        return latents.to(device=self.device, dtype=self.dtype), generators
+
+    @torch.no_grad()
+    def decode(
+        self,
+        vectors,
+        seeds: Sequence[int],
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int = 512,
+        width: int = 512,
+        output_size: int | None = 256,
+        scheduler: str = "pndm",
+        preset: str | DecodePreset = DEFAULT_PRESET,
+        progress: Progress | None = None,
+        output_type: str = "pil",
+    ) -> list[Image.Image]:
+        """Decode B vectors (B, D) into B PIL images, in chunks of at most ``n_slots``.
+
+        ``preset`` (``oodsynth.decoding.presets.PRESETS``): ``exact`` runs the settings as
+        given; ``fast`` changes the solver, the step count and reuses deep
+        features (``plan`` says what runs). ``output_type="latent"`` returns the
+        final latents (B, C, h, w) instead, before the VAE (for fidelity checks).
+        ``progress(done_images, total_images)`` is called after each chunk.
+        """
+        v = self._check_vectors(vectors)
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != len(v):
+            raise InputError("seeds", f"got {len(seeds)} seeds for {len(v)} vectors")
+        if any(s < 0 or s > MAX_SEED for s in seeds):
+            raise InputError("seeds", f"must lie in [0, {MAX_SEED}]")
+        for field, value in (("height", height), ("width", width)):
+            if int(value) <= 0 or int(value) % 8:
+                raise InputError(field, f"must be a positive multiple of 8, got {value}")
+        if int(steps) < 1:
+            raise InputError("steps", f"must be >= 1, got {steps}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise InputError("guidance_scale", f"must be a finite number >= 0, got {guidance_scale}")
+        if output_size is not None and int(output_size) <= 0:
+            raise InputError("output_size", f"must be positive, got {output_size}")
+        if output_type not in ("pil", "latent"):
+            raise InputError("output_type", f"must be 'pil' or 'latent', got {output_type!r}")
+        self._check_template(prompt_template)
+        plan = self.plan(preset, int(steps), scheduler)
+        self.pipe.scheduler = self._scheduler(plan["scheduler"])
+        p = self.resolve_preset(preset)
+        stand_in = self._step_unet(p.cache_branch) if p.cache_interval > 1 or self._steps_compiled else None
+
+        images: list = []
+        for chunk in slices(len(v), self.n_slots):
+            cond, uncond = self.prompt_embeds(v[chunk], prompt_template, guidance_scale)
+            latents, generators = self.initial_latents(seeds[chunk], int(height), int(width))
+            call = dict(
+                prompt_embeds=cond,
+                negative_prompt_embeds=uncond,
+                latents=latents,
+                generator=generators,
+                num_inference_steps=plan["steps"],
+                guidance_scale=float(guidance_scale),
+                height=int(height),
+                width=int(width),
+                output_type=output_type,
+            )
+            if stand_in is None:
+                out = self.pipe(**call).images
+            else:
+                out = self._call_with(stand_in, p.cache_interval, call)
+            if output_type == "pil" and output_size is not None:
+                size = (int(output_size), int(output_size))
+                out = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in out]
+            images.extend(out)
+            if progress is not None:
+                progress(len(images), len(v))
+        return images
+
+    def _call_with(self, unet, interval: int, call: dict) -> list:
+        """Run the pipeline once with ``unet`` standing in for its UNet (a fresh reuse schedule), then put it back."""
+        original = self.pipe.unet
+        unet.reset(interval)
+        self.pipe.unet = unet
+        try:
+            return self.pipe(**call).images
+        finally:
+            self.pipe.unet = original
+            unet.reset()  # drop the kept feature: no activation outlives the call

@@ -1,0 +1,157 @@
+"""Outliers for the lab's rows: decoded pools (sampled, decoded, re-encoded, cached) and the smooth-noise control."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..decoding.verification import Verification, images_to_tensor, verify_images
+from .assets import LabAssets
+from .settings import LabSettings
+
+_DECODERS: dict[str, object] = {}
+
+
+def _decoder(path: Path):
+    """One loaded decoder per folder per process (loading a pipeline costs seconds)."""
+    from ..decoding.pipeline import OutlierDecoder
+
+    key = str(Path(path).resolve())
+    if key not in _DECODERS:
+        _DECODERS[key] = OutlierDecoder(path, device="cpu")
+    return _DECODERS[key]
+
+
+def smooth_noise(n: int, image_size: int, seed: int) -> torch.Tensor:
+    """The noise control: grey 4x4 uniform noise upsampled to ``image_size`` (blobs).
+
+    Deliberately unlike the far-OOD ``noise`` set (per-pixel uniform noise), so
+    the control is not trained on a test distribution.
+    """
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+@dataclass
+class DecodedPool:
+    """Decoded outliers of one sampler and seed: images (uint8, N x 3 x S x S at the encoder size) and checks."""
+
+    images: torch.Tensor
+    class_index: np.ndarray
+    verification: Verification
+    sample_seconds: float
+    decode_seconds: float
+
+    def choose(self, n_per_class: int, max_id_percentile: float | None) -> np.ndarray:
+        """Indices of the first ``n_per_class`` images per class (that pass verification, when a threshold is given)."""
+        ok = (
+            np.ones(len(self.class_index), bool)
+            if max_id_percentile is None
+            else self.verification.passes(max_id_percentile)
+        )
+        keep = [np.flatnonzero((self.class_index == c) & ok)[:n_per_class] for c in np.unique(self.class_index)]
+        return np.sort(np.concatenate(keep))
+
+
+def _pool_path(cache: Path, name: str, assets: LabAssets, settings: LabSettings, n_pool: int) -> Path:
+    """Where a decoded pool is cached: keyed by the decoder, the decode settings, the pool size and the fit."""
+    if assets.decoder_dir is None:
+        raise ValueError("decoder: these assets have no decoder folder")
+    tag = hashlib.sha256(
+        json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool, settings.density]).encode()
+    ).hexdigest()[:8]
+    return cache / f"decoded-{name}-{tag}.pt"
+
+
+def _cached_pool(path: Path) -> DecodedPool | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=True)
+    return DecodedPool(
+        state["images"],
+        state["class_index"].numpy(),
+        Verification(*(state[k].numpy() for k in ("id_percentile", "id_class", "max_softmax"))),
+        float(state["sample_seconds"]),
+        float(state["decode_seconds"]),
+    )
+
+
+def _decode_verified(
+    assets: LabAssets,
+    vectors: np.ndarray,
+    class_index: np.ndarray,
+    seed: int,
+    settings: LabSettings,
+    path: Path,
+    sample_seconds: float = 0.0,
+) -> DecodedPool:
+    """Decode ``vectors`` (one image each, seeded per image), re-encode them, cache the pool at ``path``."""
+    t1 = time.perf_counter()
+    seeds = [seed * 1_000_003 + i for i in range(len(vectors))]
+    size = assets.encoder.config.image_size
+    decode = {**{"steps": 20, "guidance_scale": 3.0}, **assets.decode, **settings.decode}
+    images = _decoder(assets.decoder_dir).decode(vectors, seeds, **{"output_size": size, **decode})
+    t2 = time.perf_counter()
+    x = images_to_tensor(images, size)
+    verification = verify_images(assets.encoder, assets.fit, x)
+    pool = DecodedPool(
+        (x * 255).round().to(torch.uint8), np.asarray(class_index), verification, sample_seconds, t2 - t1
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    torch.save(
+        {
+            "images": pool.images,
+            "class_index": torch.from_numpy(pool.class_index),
+            "id_percentile": torch.from_numpy(verification.id_percentile),
+            "id_class": torch.from_numpy(verification.id_class),
+            "max_softmax": torch.from_numpy(verification.max_softmax),
+            "sample_seconds": pool.sample_seconds,
+            "decode_seconds": pool.decode_seconds,
+        },
+        tmp,
+    )
+    tmp.replace(path)  # atomic: two benchmark processes may share the cache
+    return pool
+
+
+def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
+    """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
+    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
+    changed = settings.changed_sampler_params().get(sampler)
+    tag = f"-{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}" if changed else ""
+    path = _pool_path(cache, f"{sampler}{tag}-s{seed}", assets, settings, n_pool)
+    if (pool := _cached_pool(path)) is not None:
+        return pool
+    t0 = time.perf_counter()
+    result = settings.sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
+    return _decode_verified(assets, result.vectors, result.class_index, seed, settings, path, time.perf_counter() - t0)
+
+
+def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
+    """ID training features (random, ``oversample * decoded_inliers`` per ID image and class), decoded and
+    re-encoded: the decoder's reconstructions of real ID images. Cached per seed."""
+    labels = assets.bank.labels
+    n_classes = assets.fit.n_classes
+    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(labels), n_classes, settings.decoded_inliers)))
+    path = _pool_path(cache, f"inliers-s{seed}", assets, settings, n_pool)
+    if (pool := _cached_pool(path)) is not None:
+        return pool
+    rng = np.random.default_rng([seed, 7])
+    idx = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == c), n_pool, replace=n_pool > (labels == c).sum())
+            for c in range(n_classes)
+        ]
+    )
+    vectors = assets.bank.features[idx] * np.linalg.norm(assets.anchors[labels[idx]], axis=1, keepdims=True)
+    return _decode_verified(assets, vectors.astype(np.float32), labels[idx], seed + 500_000, settings, path)

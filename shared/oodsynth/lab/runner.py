@@ -1,0 +1,214 @@
+"""Running cells (cached as JSON, keyed by what each row depends on) and the whole benchmark, results written after each cell."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .assets import LabAssets, _atomic_write
+from .report import markdown_table, summarise
+from .rows import Cell, CellOutcome, LabData, Row, lab_rows
+from .settings import LabSettings
+
+
+def metrics_of(outcome: CellOutcome) -> dict:
+    """near/far FPR95 and AUROC of the row's score (far = mean over the far sets), plus every raw number."""
+    sets = outcome.report.results[outcome.score]
+    near = [m for name, m in sets.items() if name.startswith("near:")]
+    far = [m for name, m in sets.items() if name.startswith("far:")]
+    summary = {
+        f"{group}_{m}": float(np.mean([r[m] for r in rows]))
+        for group, rows in (("near", near), ("far", far))
+        for m in ("fpr95", "auroc")
+    }
+    return {
+        **summary,
+        "id_accuracy": outcome.report.id_accuracy,
+        "score": outcome.score,
+        "report": outcome.report.to_dict(),
+        **outcome.info,
+    }
+
+
+def cell_path(out: Path, profile: str, row: Row, seed: int, settings: LabSettings, assets_tag: str = "") -> Path:
+    """A cell's cache file; keyed by the settings the row uses (so e.g. a new threshold reruns verified rows only)
+    and by the assets it was built from."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row.name)
+    tag = f"-{assets_tag}" if assets_tag else ""
+    return out / "cells" / profile / safe / f"{settings.key(row.uses, row.sampler)}{tag}-seed{seed}.json"
+
+
+class CellNotRun(LookupError):
+    """A cell asked for with ``cached_only`` has no cached result."""
+
+
+def run_cell(
+    profile: str,
+    row: Row,
+    seed: int,
+    settings: LabSettings,
+    out: Path,
+    assets: Callable[[], LabAssets],
+    *,
+    cached_only: bool = False,
+) -> dict:
+    """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
+    path = cell_path(out, profile, row, seed, settings, assets().tag if row.uses_assets else "")
+    if path.is_file():
+        return json.loads(path.read_text())
+    if cached_only:
+        raise CellNotRun("not run yet (summary of cached cells only)")
+    train, test, ood_sets = LabData.get(profile, settings.image_size)
+    work = Path(tempfile.mkdtemp(prefix="oodlab-"))
+    cache = out / "cache" / profile
+    try:
+        t0 = time.perf_counter()
+        outcome = row.run(Cell(profile, seed, settings, train, test, ood_sets, cache, work, assets))
+        result = {
+            "profile": profile,
+            "row": row.name,
+            "seed": seed,
+            "baseline": row.baseline,
+            "seconds": time.perf_counter() - t0,
+            **metrics_of(outcome),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(result, indent=1).encode())
+    return result
+
+
+def run_benchmark(
+    profiles: list[str],
+    row_names: list[str],
+    seeds: list[int],
+    settings: LabSettings,
+    out: Path,
+    assets_for: Callable[[str], Callable[[], LabAssets]],
+    *,
+    log: Callable[[str], None] = print,
+    name: str = "results",
+    cached_only: bool = False,
+    versus: tuple[str, LabSettings] | None = None,
+    against: str | None = None,
+) -> dict:
+    """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
+
+    A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
+    ``versus`` = (label, other settings): every row whose cells those settings change is also run under them,
+    as the row "<row> [<label>]", and paired with it seed by seed (how one setting is ranked against another).
+    ``against`` = a row that is run too and that every other row is also paired with, seed by seed (how one
+    sampler is ranked against another under the same settings).
+    """
+    rows = lab_rows()
+    unknown = [r for r in row_names if r not in rows]
+    if unknown:
+        raise ValueError(f"rows: unknown rows {unknown}; known rows: {', '.join(rows)}")
+    if against is not None and against not in rows:
+        raise ValueError(f"against: unknown row {against!r}; known rows: {', '.join(rows)}")
+    chosen = list(
+        dict.fromkeys(
+            [b for r in row_names if (b := rows[r].baseline)] + list(row_names) + ([against] if against else [])
+        )
+    )
+    if versus is not None and versus[1].density != settings.density:
+        raise ValueError("versus: density changes the generation side (one per run); compare densities in two runs")
+    out.mkdir(parents=True, exist_ok=True)
+    cells, failures = [], []
+    total, done, t0 = len(profiles) * len(chosen) * len(seeds), 0, time.perf_counter()
+    log(f"settings {settings.key()}: {settings.model_dump()}")
+    log(f"{total} cells: profiles {profiles}, seeds {seeds}, rows {chosen}")
+    for profile in profiles:
+        assets = assets_for(profile)
+        for seed in seeds:  # seeds outermost: an interrupted run still has every row at the first seeds
+            for row_name in chosen:
+                done += 1
+                row = rows[row_name]
+                twin = twin_name(row, settings, versus) if versus is not None else None
+                runs = [(row_name, settings, row.baseline)]
+                if twin:  # paired with the baseline's twin, or with the baseline where versus leaves it alone
+                    twin_baseline = row.baseline and (twin_name(rows[row.baseline], settings, versus) or row.baseline)
+                    runs.append((twin, versus[1], twin_baseline))
+                for name_, cell_settings, baseline in runs:
+                    try:
+                        c = run_cell(profile, row, seed, cell_settings, out, assets, cached_only=cached_only)
+                    except Exception as exc:  # one broken row must not lose the others; it is reported
+                        failures.append(
+                            {"profile": profile, "row": name_, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}
+                        )
+                        log(f"[{done}/{total}] {profile} {name_} seed {seed}: FAILED {failures[-1]['error']}")
+                        break  # a row that failed has no twin to pair with
+                    cells.append(
+                        {
+                            **c,
+                            "row": name_,
+                            "baseline": baseline,
+                            **({"twin": twin} if name_ == row_name and twin else {}),
+                        }
+                    )
+                    log(
+                        f"[{done}/{total}] {profile} {name_} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
+                        f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
+                        f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)"
+                    )
+                write_results(out, settings, cells, failures, name, versus, against)
+    return write_results(out, settings, cells, failures, name, versus, against)
+
+
+def twin_name(row: Row, settings: LabSettings, versus: tuple[str, LabSettings]) -> str | None:
+    """The name of ``row`` under the ``versus`` settings, or None where those settings leave its cells as they are."""
+    label, other = versus
+    return f"{row.name} [{label}]" if settings.key(row.uses, row.sampler) != other.key(row.uses, row.sampler) else None
+
+
+def write_results(
+    out: Path,
+    settings: LabSettings,
+    cells: list[dict],
+    failures: list[dict],
+    name: str = "results",
+    versus: tuple[str, LabSettings] | None = None,
+    against: str | None = None,
+) -> dict:
+    """OUT/<name>.json (settings, summary, cells without their full reports, failures), <name>.md, <name>.png."""
+    from ..plots import plot_ood_gain
+
+    summary = summarise(cells, against) if cells else {}
+    results = {
+        "settings": settings.model_dump(),
+        "summary": summary,
+        "cells": [{k: v for k, v in c.items() if k != "report"} for c in cells],
+        "failures": failures,
+    }
+    if versus is not None:
+        results["versus"] = {"label": versus[0], "settings": versus[1].model_dump()}
+    if against is not None:
+        results["against"] = against
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    md = [
+        f"# OOD gain (lab settings {settings.key()})",
+        "",
+        "Percent; mean ± std over seeds; Δ = paired per-seed difference to the row's baseline (CE only unless "
+        "named), t = mean / standard error of the paired differences. Score: energy (density row: max class "
+        "log-density); far = mean over the far-OOD sets.",
+        "",
+    ]
+    if versus is not None:
+        md += [f"Rows named `[{versus[0]}]` ran with those settings changed (lab settings {versus[1].key()}).", ""]
+    for profile in summary:
+        md += [f"## {profile}", "", markdown_table(summary, profile), ""]
+    if failures:
+        md += ["## failed cells", ""]
+        md += [f"- {f['profile']} {f['row']} seed {f['seed']}: {f['error']}" for f in failures]
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    if summary:
+        plot_ood_gain(summary, out / f"{name}.png")
+    return results

@@ -1,0 +1,169 @@
+"""What a lab cell depends on beyond (profile, row, seed): ``LabSettings`` and the cache-key field sets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
+from ..errors import InputError
+from ..training.ood import OOD_LOSSES
+
+
+class LabSettings(BaseModel):
+    """What a cell depends on, beyond (profile, row, seed). Its hash names the cell cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # the detector: small enough that one animals cell takes ~15-40 s on 2 cores
+    arch: str = "resnet10"
+    width: int = Field(8, ge=1)
+    image_size: int = Field(16, ge=8)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=1)
+    ood_batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    beta: float = Field(0.5, ge=0, description="weight of L_ood; 0.5 measured best of 2.5 / 0.5 / 0.25 here")
+    ood_loss: Literal[OOD_LOSSES] = Field(
+        "energy_logistic",
+        description="L_ood of every row with "  # type: ignore[valid-type]
+        "outliers; rows are ranked by the energy score either way",
+    )
+    # the outliers
+    min_steps: int = Field(
+        300,
+        ge=0,
+        description="epochs grow until the detector takes at least this many ID "
+        "batches (small profiles such as digits get more epochs)",
+    )
+    outlier_ratio: float = Field(0.1, gt=0, description="outliers reaching the detector per ID training image")
+    oversample: float = Field(
+        1.5,
+        ge=1,
+        description="decoded pool per class = oversample * outliers per class; the "
+        "verified row keeps the first ones that pass, the plain row the first ones",
+    )
+    max_id_percentile: float = Field(DEFAULT_MAX_ID_PERCENTILE, ge=0, le=100, description="verification threshold")
+    density: str = "gaussian_full"
+    sampler_params: dict[str, dict] = Field(
+        default_factory=dict,
+        description="per sampler, parameters over its "
+        'defaults, e.g. {"boundary_crossing": {"select": 300}}: how a '
+        "parameter default is ranked in the lab",
+    )
+    outlier_postprocess: str = Field(
+        "none",
+        pattern="^(none|binarize)$",
+        description="binarize: threshold decoded "
+        "images at 0.5 and soften the edges (3x3 Gaussian, sigma 0.6), so silhouette "
+        "outliers lose the decoder's grey haze and blur, cues that real images never carry",
+    )
+    decoded_inliers: float = Field(
+        0.0,
+        ge=0,
+        description="decoded ID images per ID training image, added to the "
+        "detector's ID side (decoded from real ID features, kept when re-encoded to "
+        "their own class): decoding artifacts then sit on both sides, so L_ood cannot "
+        "separate the outliers by how they were drawn, only by what they show",
+    )
+    finetune_epochs: int = Field(
+        0,
+        ge=0,
+        description="0: each row trains its detector from scratch. N: each row "
+        "fine-tunes the seed's CE-only detector (trained from scratch once, then cached) "
+        "for N epochs with its own loss, Outlier Exposure's protocol: a row and its CE pair "
+        "start from the same weights and see the same ID batches, so their difference is "
+        "the outliers' alone rather than two training trajectories",
+    )
+    finetune_lr: float = Field(0.01, gt=0, description="the fine-tune's initial learning rate (cosine to 0)")
+    decode: dict = Field(
+        default_factory=lambda: {"steps": 10},
+        description="decode settings over the decoder's recommended ones (10 steps: half the CPU)",
+    )
+
+    @field_validator("sampler_params")
+    @classmethod
+    def _known_samplers_and_params(cls, v: dict[str, dict]) -> dict[str, dict]:
+        """Fail at --set time, not after hours of other cells: every name a sampler, every parameter its own."""
+        from ..samplers import get_sampler
+
+        for name, params in v.items():
+            try:
+                get_sampler(name, params)
+            except (InputError, ValidationError) as exc:  # unknown sampler or bad parameter, both with a clear text
+                raise ValueError(f"{name}: {exc}") from None
+        return v
+
+    def per_class(self, n_train: int, n_classes: int, ratio: float | None = None) -> int:
+        """Images per class that reach the detector: ``ratio`` (default ``outlier_ratio``) of the ID training set."""
+        return max(1, round((self.outlier_ratio if ratio is None else ratio) * n_train / n_classes))
+
+    def epochs_for(self, n_train: int) -> int:
+        return max(self.epochs, math.ceil(self.min_steps / math.ceil(n_train / self.batch_size)))
+
+    def sampler(self, name: str):
+        """The sampler ``name`` with this lab's parameters for it (``sampler_params``) over its defaults."""
+        from ..samplers import get_sampler
+
+        return get_sampler(name, self.sampler_params.get(name))
+
+    def changed_sampler_params(self) -> dict[str, dict]:
+        """Per sampler, the parameters that differ from the ones the lab's cells were first cached with: the
+        sampler's defaults, except where ``PARAMS_WHEN_CACHED`` records older ones. A changed default thus gets
+        its own cells and pools, and asking for it explicitly finds the cells of the run that measured it."""
+        from ..samplers import get_sampler
+
+        out = {}
+        for name in sorted(set(self.sampler_params) | set(PARAMS_WHEN_CACHED)):
+            full = self.sampler(name).params.model_dump(mode="json")
+            base = {**get_sampler(name).params.model_dump(mode="json"), **PARAMS_WHEN_CACHED.get(name, {})}
+            if diff := {k: v for k, v in full.items() if v != base[k]}:
+                out[name] = diff
+        return out
+
+    def key(self, fields: frozenset[str] | None = None, sampler: str | None = None) -> str:
+        """Hash of the settings (or of the detector settings plus ``fields``: what one row depends on; a row
+        of one ``sampler`` depends on that sampler's parameters only)."""
+        data = self.model_dump(mode="json")
+        changed = self.changed_sampler_params()
+        data["sampler_params"] = changed if fields is None else {k: v for k, v in changed.items() if k == sampler}
+        data = {k: v for k, v in data.items() if LATER_FIELDS.get(k, object()) != v}
+        if fields is not None:
+            data = {k: v for k, v in data.items() if k in DETECTOR_FIELDS | fields}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# settings added after cells were cached: left out of the key at their default, so those cells stay valid
+LATER_FIELDS = {
+    "outlier_postprocess": "none",
+    "decoded_inliers": 0.0,
+    "finetune_epochs": 0,
+    "finetune_lr": 0.01,
+    "ood_loss": "energy_logistic",
+    "sampler_params": {},
+}
+# the values the lab first cached cells with, for every sampler parameter whose default changed since (a later
+# change of the same parameter needs no new entry); keys name parameters relative to these
+# (LabSettings.changed_sampler_params)
+PARAMS_WHEN_CACHED: dict[str, dict] = {"boundary_crossing": {"select": 100, "steps_beyond": 2}}
+FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
+DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
+# only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it
+FINETUNE_FIELDS = frozenset(FROM_SCRATCH)
+OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio", "ood_loss"})
+INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
+DECODED_FIELDS = OUTLIER_FIELDS | {
+    "oversample",
+    "density",
+    "decode",
+    "outlier_postprocess",
+    "decoded_inliers",
+    "sampler_params",
+}
+
+
+QUICK = {"epochs": 2, "min_steps": 0, "outlier_ratio": 0.1}

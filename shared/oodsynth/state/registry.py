@@ -1,0 +1,446 @@
+"""Fits and samples kept in Redis, so every API replica, CLI and worker sees the same ones.
+
+A fit is stored as the density's own ``to_bytes()``, the feature bank's
+``to_bytes()`` and the summary JSON, in one Redis hash ``oodsynth:fit:<name>``
+together with a random ``version``. Decoding a large bank is slow, so each
+process keeps decoded fits in a small cache keyed by that version: a request
+costs one ``HGET`` while the fit is unchanged, and a refit under the same name
+(a new version) is picked up by every replica on its next request.
+
+A sample is stored as one ``.npz`` (no pickle) under ``oodsynth:sample:<id>``
+with a TTL (settings ``result_ttl_s``), so ``/generate`` can refer to it later.
+
+Redis caps one value at 512 MB; blobs are split across hash fields
+(``<part>:0``, ``<part>:1``, ...) so large banks and samples still fit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+
+from ..bank import FeatureBank, load_bank
+from ..config import get_settings
+from ..errors import Conflict, InputError, NotFound
+from ..names import is_valid_name, validate_name
+
+if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
+    from ..densities import ClassDensities
+    from ..samplers import SampleResult
+
+FIT_PREFIX = "oodsynth:fit:"
+FIT_INDEX = "oodsynth:fits"
+SAMPLE_PREFIX = "oodsynth:sample:"
+SAMPLE_TIMES = "oodsynth:samples:times"  # sample id -> when it was stored (for the byte budget)
+SAMPLE_SIZES = "oodsynth:samples:bytes"  # sample id -> its stored size
+_SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+# Redis refuses values over 512 MB; stay well below it per hash field.
+CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def fit_exists_error(name: str) -> Conflict:
+    return Conflict("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)")
+
+
+def validate_fit_name(name: str) -> str:
+    """Fit names follow the one naming rule (``names.validate_name``), like dataset names."""
+    return validate_name("name", name)
+
+
+def _json_default(value: Any) -> Any:
+    """Sampler params and summaries may hold numpy scalars/arrays; JSON needs plain types."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, default=_json_default, allow_nan=False)
+
+
+def _chunk_fields(part: str, data: bytes) -> dict[str, bytes]:
+    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+    fields = {f"{part}:{i}": c for i, c in enumerate(chunks)}
+    fields[f"{part}:n"] = str(len(chunks)).encode()
+    return fields
+
+
+def _read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
+    """The chunks of ``part`` joined; None when the key or part is missing (or was replaced between reads).
+
+    The count and the first chunk come in one round trip, so a value of one chunk (a sample of up to
+    ``CHUNK_BYTES``, which every ``/generate`` reads) costs one Redis call; the rest come in a second.
+    """
+    n, first = client.hmget(key, [f"{part}:n", f"{part}:0"])
+    if n is None or first is None:
+        return None
+    count = int(n)
+    rest = client.hmget(key, [f"{part}:{i}" for i in range(1, count)]) if count > 1 else []
+    if any(c is None for c in rest):
+        return None  # replaced or expired between the two reads
+    return b"".join([first, *rest])
+
+
+# ---------------------------------------------------------------- fits
+
+
+@dataclass
+class _CachedFit:
+    version: str
+    fit: ClassDensities
+    bank: FeatureBank
+
+
+class FitCache:
+    """Decoded fits by (Redis server, name), least recently used dropped first.
+
+    One rule invalidates an entry: its stored ``version`` changed (a refit or
+    delete anywhere). The API keeps one on ``app.state``; a CLI run needs none.
+    """
+
+    def __init__(self, size: int = 4):  # decoded banks can be ~150 MB each
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str], _CachedFit] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str], version: str) -> _CachedFit | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit.version != version:
+                return None
+            self._entries.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[str, str], entry: _CachedFit) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def drop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+
+class FitRegistry:
+    """Named class-density fits with their banks, shared through Redis.
+
+    ``put`` writes atomically (one ``MULTI``), ``get`` returns the decoded
+    ``(fit, bank)`` from ``cache`` when its version is current.
+    """
+
+    def __init__(self, client: redis.Redis, *, cache: FitCache | None = None):
+        """``cache``: share one across registries (the API's ``app.state``); a private one otherwise."""
+        self.redis = client
+        self.cache = cache if cache is not None else FitCache()
+        # Cache entries are per server: two Redis servers may hold the same name.
+        kw = client.connection_pool.connection_kwargs
+        self._server = str(kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}")
+
+    @staticmethod
+    def key(name: str) -> str:
+        return FIT_PREFIX + name
+
+    def put(self, name: str, fit: ClassDensities, bank: FeatureBank, *, replace: bool = True) -> dict:
+        """Store ``fit`` and ``bank`` under ``name``; returns the stored summary.
+
+        With ``replace=False`` an existing name raises ``Conflict`` (checked
+        atomically with WATCH, so two concurrent creators cannot both win).
+        """
+        validate_fit_name(name)
+        version = uuid.uuid4().hex
+        summary = {
+            "name": name,
+            "version": version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "n_bank": int(bank.features.shape[0]),
+            **fit.summary(),
+        }
+        fields: dict[str, bytes] = {
+            "version": version.encode(),
+            "summary": to_json(summary).encode(),
+            **_chunk_fields("fit", fit.to_bytes()),
+            **_chunk_fields("bank", bank.to_bytes()),
+        }
+        key = self.key(name)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not replace and pipe.exists(key):
+                        raise fit_exists_error(name)
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.hset(key, mapping=fields)
+                    pipe.sadd(FIT_INDEX, name)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self.cache.put((self._server, name), _CachedFit(version, fit, bank))
+        return summary
+
+    def exists(self, name: str) -> bool:
+        return is_valid_name(name) and bool(self.redis.exists(self.key(name)))
+
+    def get(self, name: str, *, field: str = "fit") -> tuple[ClassDensities, FeatureBank]:
+        """The decoded ``(fit, bank)``; ``NotFound`` blaming ``field`` when there is no such fit."""
+        from ..densities import ClassDensities
+
+        missing = NotFound(field, f"no fit named {name!r}")
+        if not is_valid_name(name):
+            raise missing
+        key = self.key(name)
+        version = self.redis.hget(key, "version")
+        if version is None:
+            raise missing
+        hit = self.cache.get((self._server, name), version.decode())
+        if hit is not None:
+            return hit.fit, hit.bank
+        for _ in range(3):  # a refit may land between reads; retry on a torn read
+            version_b = self.redis.hget(key, "version")
+            if version_b is None:
+                raise missing
+            fit_bytes = _read_chunks(self.redis, key, "fit")
+            bank_bytes = _read_chunks(self.redis, key, "bank")
+            if fit_bytes is None or bank_bytes is None or self.redis.hget(key, "version") != version_b:
+                continue
+            fit = ClassDensities.from_bytes(fit_bytes)
+            bank = load_bank(bank_bytes, min_per_class=1)
+            self.cache.put((self._server, name), _CachedFit(version_b.decode(), fit, bank))
+            return fit, bank
+        raise missing
+
+    def version(self, name: str) -> str:
+        """The current version (an etag); ``NotFound`` when absent."""
+        v = self.redis.hget(self.key(name), "version") if is_valid_name(name) else None
+        if v is None:
+            raise NotFound("fit", f"no fit named {name!r}")
+        return v.decode()
+
+    def summary(self, name: str, *, field: str = "fit") -> dict:
+        """The JSON summary stored with the fit, without decoding the arrays; ``NotFound`` when absent."""
+        raw = self.redis.hget(self.key(name), "summary") if is_valid_name(name) else None
+        if raw is None:
+            raise NotFound(field, f"no fit named {name!r}")
+        return json.loads(raw)
+
+    def list(self) -> list[str]:
+        names = sorted(n.decode() for n in self.redis.smembers(FIT_INDEX))
+        # Drop index entries whose hash vanished (e.g. a flushed key), so list() never lies.
+        with self.redis.pipeline(transaction=False) as pipe:
+            for n in names:
+                pipe.exists(self.key(n))
+            present = pipe.execute()
+        gone = [n for n, ok in zip(names, present) if not ok]
+        if gone:
+            self.redis.srem(FIT_INDEX, *gone)
+        return [n for n in names if n not in gone]
+
+    def delete(self, name: str) -> bool:
+        if not is_valid_name(name):
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.key(name))
+            pipe.srem(FIT_INDEX, name)
+            removed, _ = pipe.execute()
+        self.cache.drop((self._server, name))
+        return bool(removed)
+
+
+# ---------------------------------------------------------------- samples
+
+
+@dataclass
+class StoredSample:
+    """A drawn sample as kept in Redis (and written by ``oodsynth sample --out``)."""
+
+    sample_id: str
+    fit_name: str
+    method: str
+    params: dict
+    seed: int
+    vectors: np.ndarray  # float32 (M, D)
+    class_index: np.ndarray  # int64 (M,)
+    class_names: list[str]  # indexed by class index (all classes of the fit)
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)  # each (M,)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @classmethod
+    def from_result(
+        cls, result: SampleResult, fit_name: str, class_names: Sequence[str], sample_id: str | None = None
+    ) -> StoredSample:
+        return cls(
+            sample_id=sample_id or uuid.uuid4().hex,
+            fit_name=fit_name,
+            method=result.method,
+            params=dict(result.params),
+            seed=int(result.seed),
+            vectors=np.asarray(result.vectors, dtype=np.float32),
+            class_index=np.asarray(result.class_index, dtype=np.int64),
+            class_names=[str(n) for n in class_names],
+            diagnostics={k: np.asarray(v) for k, v in result.diagnostics.items()},
+        )
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "sample_id": self.sample_id,
+            "fit_name": self.fit_name,
+            "method": self.method,
+            "params": self.params,
+            "seed": int(self.seed),
+        }
+        arrays = {
+            "vectors": np.asarray(self.vectors, dtype=np.float32),
+            "class_index": np.asarray(self.class_index, dtype=np.int64),
+            "class_names": np.asarray(self.class_names, dtype=str),
+            "meta": np.asarray(to_json(meta)),
+        }
+        for k, v in self.diagnostics.items():
+            arrays[f"diagnostics.{k}"] = np.asarray(v, dtype=np.float64)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StoredSample:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            diagnostics = {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("diagnostics.")}
+            return cls(
+                **{k: meta[k] for k in ("sample_id", "fit_name", "method", "params", "seed")},
+                vectors=z["vectors"],
+                class_index=z["class_index"],
+                class_names=[str(n) for n in z["class_names"]],
+                diagnostics=diagnostics,
+            )
+
+    def save(self, path) -> None:
+        with open(path, "wb") as f:
+            f.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path) -> StoredSample:
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read())
+
+
+class SampleRegistry:
+    """Drawn samples by id, kept for ``ttl_s`` so later requests can decode them, within a byte budget.
+
+    Each sample also has an entry in an index (id -> time, id -> bytes); after each put, entries past
+    their TTL are dropped from the index and, while the samples kept total more than ``budget_bytes``,
+    the oldest are deleted. So Redis holds at most about ``budget_bytes`` of samples, whatever the load.
+    """
+
+    def __init__(self, client: redis.Redis, ttl_s: int | None = None, budget_bytes: int | None = None):
+        self.redis = client
+        self.ttl_s = int(ttl_s or get_settings().sample_ttl_s)
+        self.budget_bytes = int(budget_bytes or get_settings().sample_budget_bytes)
+
+    @staticmethod
+    def key(sample_id: str) -> str:
+        return SAMPLE_PREFIX + sample_id
+
+    def put_stored(self, sample: StoredSample) -> str:
+        key = self.key(sample.sample_id)
+        data = sample.to_bytes()
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=_chunk_fields("npz", data))
+            pipe.expire(key, self.ttl_s)
+            pipe.zadd(SAMPLE_TIMES, {sample.sample_id: time.time()})
+            pipe.hset(SAMPLE_SIZES, sample.sample_id, len(data))
+            pipe.execute()
+        self._enforce_budget(keep=sample.sample_id)
+        return sample.sample_id
+
+    def _enforce_budget(self, keep: str) -> list[str]:
+        """Forget expired entries, then delete the oldest samples (never ``keep``) until within the budget."""
+        expired = self.redis.zrangebyscore(SAMPLE_TIMES, "-inf", time.time() - self.ttl_s)
+        if expired:
+            self.redis.zrem(SAMPLE_TIMES, *expired)
+            self.redis.hdel(SAMPLE_SIZES, *expired)
+        sizes = {k.decode(): int(v) for k, v in self.redis.hgetall(SAMPLE_SIZES).items()}
+        total = sum(sizes.values())
+        evict = []
+        for raw in self.redis.zrange(SAMPLE_TIMES, 0, -1) if total > self.budget_bytes else []:
+            sample_id = raw.decode()
+            if total <= self.budget_bytes:
+                break
+            if sample_id != keep:
+                evict.append(sample_id)
+                total -= sizes.get(sample_id, 0)
+        if evict:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*(self.key(s) for s in evict))
+                pipe.zrem(SAMPLE_TIMES, *evict)
+                pipe.hdel(SAMPLE_SIZES, *evict)
+                pipe.execute()
+        return evict
+
+    def get(self, sample_id: str, *, field: str = "sample_id") -> StoredSample:
+        """The stored sample; ``NotFound`` blaming ``field`` when unknown or expired."""
+        data = _read_chunks(self.redis, self.key(sample_id), "npz") if _is_sample_id(sample_id) else None
+        if data is None:
+            raise NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
+        return StoredSample.from_bytes(data)
+
+    def exists(self, sample_id: str) -> bool:
+        return _is_sample_id(sample_id) and bool(self.redis.exists(self.key(sample_id)))
+
+
+def _is_sample_id(sample_id: object) -> bool:
+    return isinstance(sample_id, str) and bool(_SAMPLE_ID_RE.match(sample_id))
+
+
+# ---------------------------------------------------------------- request helpers
+
+
+def resolve_classes(class_names: Sequence[str], requested: Sequence[int | str] | None) -> list[int] | None:
+    """Turn class indices and/or names into indices (order kept, duplicates dropped).
+
+    ``None`` means every class. Raises ``InputError`` naming ``classes[i]`` for
+    an unknown name or an index out of range, so the API and CLI say which entry.
+    """
+    if requested is None:
+        return None
+    if len(requested) == 0:
+        raise InputError("classes", "give at least one class, or leave classes out for all of them")
+    by_name = {str(n): i for i, n in enumerate(class_names)}
+    out: list[int] = []
+    for pos, item in enumerate(requested):
+        if isinstance(item, (bool, np.bool_)):
+            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {item!r}")
+        if isinstance(item, (int, np.integer)):
+            idx = int(item)
+            if not 0 <= idx < len(class_names):
+                raise InputError(f"classes[{pos}]", f"class index {idx} is out of range [0, {len(class_names)})")
+        elif isinstance(item, str):
+            if item not in by_name:
+                raise InputError(f"classes[{pos}]", f"unknown class name {item!r}")
+            idx = by_name[item]
+        else:
+            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {type(item).__name__}")
+        if idx not in out:
+            out.append(idx)
+    return out
