@@ -8,8 +8,6 @@ with errors that name the offending field.
 from __future__ import annotations
 
 import io
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -17,6 +15,8 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import InputError
+from .names import normalize_name, validate_name
+from .npz import NpzError, read_npz
 
 REQUIRED_FIELDS = ("features", "labels", "anchors", "class_names")
 
@@ -65,6 +65,13 @@ class FeatureBank:
             raise BankError("anchors", "an anchor has zero norm")
         if names.ndim != 1 or names.shape[0] != a.shape[0]:
             raise BankError("class_names", f"expected {a.shape[0]} names (one per anchor), got shape {names.shape}")
+        for i, name in enumerate(names.tolist()):  # each becomes a folder in the store and a key in requests
+            try:
+                validate_name(f"class_names[{i}]", str(name))
+            except InputError as exc:
+                raise BankError(exc.field, exc.message) from None
+        if len(set(names.tolist())) != names.shape[0]:
+            raise BankError("class_names", "class names must be unique (each names one folder and one class)")
         if y.min() < 0 or y.max() >= a.shape[0]:
             bad = int(y[(y < 0) | (y >= a.shape[0])][0])
             raise BankError("labels", f"label {bad} is out of range [0, {a.shape[0]})")
@@ -84,7 +91,7 @@ class FeatureBank:
             features=np.asarray(features),
             labels=np.asarray(labels),
             anchors=anchors,
-            class_names=np.asarray(class_names, dtype=str),
+            class_names=_normalized_names(class_names),
         )
         bank.validate(min_per_class=min_per_class)
         bank.features = bank.features.astype(np.float32, copy=False)
@@ -108,29 +115,39 @@ class FeatureBank:
         return buf.getvalue()
 
 
-def load_bank(source: str | Path | bytes | BinaryIO, *, min_per_class: int = 2) -> FeatureBank:
-    """Load and validate a bank from a path, raw bytes or a file object."""
+def _normalized_names(class_names) -> np.ndarray:
+    """Class names as a str array in NFC (``names.normalize_name``); other shapes are left for ``validate``."""
+    names = np.asarray(class_names, dtype=str)
+    return np.asarray([normalize_name(n) for n in names.tolist()], dtype=str) if names.ndim == 1 else names
+
+
+def load_bank(
+    source: str | Path | bytes | BinaryIO, *, min_per_class: int = 2, max_bytes: int | None = None
+) -> FeatureBank:
+    """Load and validate a bank from a path, raw bytes or a file object.
+
+    The arrays are read by ``oodsynth.npz.read_npz``: every member that is read is checked (size, header,
+    no objects) before it is inflated, up to ``max_bytes`` together (default: settings ``max_bank_bytes``).
+    """
+    from .config import get_settings
+
+    cap = max_bytes if max_bytes is not None else get_settings().max_bank_bytes
+    if isinstance(source, (str, Path)):
+        try:
+            with open(source, "rb") as f:
+                return load_bank(f, min_per_class=min_per_class, max_bytes=cap)
+        except OSError as exc:
+            raise BankError("file", f"cannot read the bank file ({exc.strerror or exc})") from None
     if isinstance(source, bytes):
         source = io.BytesIO(source)
+    head = source.read(6)
+    source.seek(0)
+    if head == b"\x93NUMPY":
+        raise BankError(
+            "file", "expected a .npz with features, labels, anchors, class_names; got a single array (.npy)"
+        )
     try:
-        loaded = np.load(source, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-            raise BankError(
-                "file", "expected a .npz with features, labels, anchors, class_names; got a single array (.npy)"
-            )
-        with loaded as data:
-            missing = [k for k in REQUIRED_FIELDS if k not in data.files]
-            if missing:
-                raise BankError(missing[0], f"missing from the bank file (it has {sorted(data.files)})")
-            arrays = {k: data[k] for k in REQUIRED_FIELDS}
-    except BankError:
-        raise
-    except (
-        ValueError,
-        OSError,
-        EOFError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as exc:  # not an npz, truncated, object arrays
-        raise BankError("file", f"not a readable .npz feature bank ({exc})") from exc
+        arrays = read_npz(source, REQUIRED_FIELDS, max_bytes=cap)
+    except NpzError as exc:
+        raise BankError(exc.field, exc.message) from None
     return FeatureBank.from_arrays(**arrays, min_per_class=min_per_class)

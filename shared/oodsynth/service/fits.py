@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..bank import REQUIRED_FIELDS, BankError, FeatureBank, load_bank
+from ..bank import BankError, FeatureBank, load_bank
 from ..config import get_settings
 from ..errors import InputError
 from ..state.registry import FitRegistry, fit_exists_error, validate_fit_name
-from .npz_limits import check_npz_size
 
 
 def create_fit(
@@ -28,11 +27,11 @@ def create_fit(
     ``bank_field`` is what the caller calls the bank (``file`` for the API's
     upload), so a malformed array is blamed as ``<bank_field>.<array>``.
     Cheap checks (name, density, an existing fit) run before the bank is read, and the
-    bank's decompressed size (``max_bank_bytes``, default from settings) before it is decompressed.
+    bank's members (``max_bank_bytes``, default from settings) each before it is decompressed (``oodsynth.npz``).
     """
     from ..densities import DENSITY_KINDS, ClassDensities  # scipy/torch: only when fitting
 
-    validate_fit_name(name)
+    name = validate_fit_name(name)
     if density not in DENSITY_KINDS:
         raise InputError("density", f"unknown density {density!r}; choose one of {', '.join(DENSITY_KINDS)}")
     if not replace and fits.exists(name):
@@ -41,10 +40,12 @@ def create_fit(
         raise InputError(bank_field, f"no such file: {bank}")
     if isinstance(bank, bytes) and not bank:
         raise InputError(bank_field, "the uploaded file is empty")
-    if isinstance(bank, (str, Path, bytes)):
-        check_npz_size(bank, REQUIRED_FIELDS, max_bank_bytes or get_settings().max_bank_bytes, field=bank_field)
     try:
-        feature_bank = bank.validate() if isinstance(bank, FeatureBank) else load_bank(bank)
+        feature_bank = (
+            bank.validate()
+            if isinstance(bank, FeatureBank)
+            else load_bank(bank, max_bytes=max_bank_bytes or get_settings().max_bank_bytes)
+        )
     except BankError as exc:
         field = bank_field if exc.field == "file" else f"{bank_field}.{exc.field}"
         raise InputError(field, exc.message) from exc

@@ -33,7 +33,7 @@ import redis
 from ..bank import FeatureBank, load_bank
 from ..config import get_settings
 from ..errors import Conflict, InputError, NotFound
-from ..names import is_valid_name, validate_name
+from ..names import is_valid_name, normalize_name, validate_name
 
 if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
     from ..densities import ClassDensities
@@ -155,7 +155,7 @@ class FitRegistry:
 
     @staticmethod
     def key(name: str) -> str:
-        return FIT_PREFIX + name
+        return FIT_PREFIX + normalize_name(name)  # one key for a composed and a decomposed spelling
 
     def put(self, name: str, fit: ClassDensities, bank: FeatureBank, *, replace: bool = True) -> dict:
         """Store ``fit`` and ``bank`` under ``name``; returns the stored summary.
@@ -163,7 +163,7 @@ class FitRegistry:
         With ``replace=False`` an existing name raises ``Conflict`` (checked
         atomically with WATCH, so two concurrent creators cannot both win).
         """
-        validate_fit_name(name)
+        name = validate_fit_name(name)
         version = uuid.uuid4().hex
         summary = {
             "name": name,
