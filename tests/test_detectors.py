@@ -1,11 +1,15 @@
 """The detector registry against pytorch-ood run the way its documentation runs it: fit(loader), predict(x)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from pytorch_ood import detector as pod
 from torch.utils.data import DataLoader, Subset
+from typer.testing import CliRunner
 
+from oodsynth.cli import app
 from oodsynth.data import ImageData, load_dataset
 from oodsynth.errors import InputError
 from oodsynth.training.detectors import DETECTORS, build_detector, evaluate_detectors, extract, resolve_names
@@ -18,13 +22,15 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     train = load_dataset("digits", "train")
     config = OODTrainConfig(width=4, epochs=2, batch_size=32, lr=0.05, image_size=16, beta=0.0, mean=(0.3,) * 3)
-    clf = train_ood(config, train, tmp_path_factory.mktemp("run"), progress=False, device="cpu")
+    run = tmp_path_factory.mktemp("run")
+    clf = train_ood(config, train, run, progress=False, device="cpu")
     test = load_dataset("digits", "test")
     ood = load_dataset("digits", "ood")
+    clf.run = run
     return clf, train, test, ood
 
 
-def reference(name: str, model):
+def reference(name: str, model, **params):
     """pytorch-ood's own detector on the whole model, built from its documented constructor arguments."""
     backbone = lambda x: model.backbone((x - model.mean) / model.std)  # noqa: E731
     head = model.head
@@ -41,7 +47,7 @@ def reference(name: str, model):
         "odin": lambda: pod.ODIN(model, norm_std=[0.5, 0.5, 0.5]),
         "mahalanobis": lambda: pod.Mahalanobis(backbone),
         "rmd": lambda: pod.RMD(backbone),
-        "knn": lambda: pod.KNN(backbone, k=50),
+        "knn": lambda: pod.KNN(backbone, k=params.get("k", 50)),
         "vim": lambda: pod.ViM(backbone, d=w.shape[1] // 2, w=w, b=b),
         "dice": lambda: pod.DICE(backbone, w=w, b=b, p=0.7),
         "she": lambda: pod.SHE(backbone, head),
@@ -67,21 +73,54 @@ def predict_all(det, data: ImageData) -> np.ndarray:
     return np.concatenate(out)
 
 
-def test_every_detector_reproduces_pytorch_ood_exactly(setup):
+def test_evaluate_all_reproduces_pytorch_ood_exactly(setup, tmp_path):
+    """``evaluate --score all``: every detector's numbers equal pytorch-ood's fit(loader) / predict(x) ones."""
     clf, train, test, ood = setup
-    model = clf.model
-    report = evaluate_detectors(clf, train, test, {"digits:ood": ood}, names=["all"])
-    assert list(report.results) == list(DETECTORS) and len(DETECTORS) >= 20
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(clf.run), "--score", "all", "--param", "knn.k=20", "--json", str(out)]
+    res = CliRunner().invoke(app, [*args, "--ood", "digits:ood", "--ood", "digits:far-noise"])
+    assert res.exit_code == 0, res.output
+    scores = json.loads(out.read_text())["scores"]
+    assert list(scores) == list(DETECTORS) and len(DETECTORS) >= 20  # no phi: this baseline's phi is untrained
+    noise = load_dataset("digits", "far-noise")
     for name in DETECTORS:
-        ref = reference(name, model)
+        ref = reference(name, clf.model, k=20)
         ref.fit(DataLoader(train.dataset, batch_size=256))
-        expected = ood_metrics(-predict_all(ref, test), -predict_all(ref, ood))
-        got = report.results[name]["digits:ood"]
-        assert {k: got[k] for k in expected} == expected, name
-        assert got["n"] == len(ood)
+        id_scores = -predict_all(ref, test)
+        for set_name, data in (("digits:ood", ood), ("digits:far-noise", noise)):
+            expected = ood_metrics(id_scores, -predict_all(ref, data))
+            got = scores[name][set_name]
+            assert {k: got[k] for k in expected} == expected, (name, set_name)
+            assert got["n"] == len(data)
     # a trained model separates the held-out digits better than chance with the standard scores
     for name in ("msp", "energy", "mahalanobis", "knn", "vim"):
-        assert report.results[name]["digits:ood"]["auroc"] > 0.55, (name, report.results[name])
+        assert scores[name]["digits:ood"]["auroc"] > 0.55, (name, scores[name])
+    assert "vra" in res.output and "average" in res.output
+
+
+def test_evaluate_score_errors_name_the_option(setup):
+    clf, *_ = setup
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(clf.run), "--score", "vimm"])
+    assert res.exit_code == 2 and "error: score: unknown score 'vimm'" in res.output and "mahalanobis" in res.output
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(clf.run), "--score", "phi"])
+    assert res.exit_code == 2 and "error: score: phi" in res.output and "never trained" in res.output
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(clf.run), "--score", "knn", "--param", "knn.kk=3"])
+    assert res.exit_code == 2 and "error: params.knn:" in res.output
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(clf.run), "--param", "k=3"])
+    assert res.exit_code == 2 and "error: param[0]:" in res.output
+    res = runner.invoke(app, ["evaluate", "--score", "all"])
+    assert res.exit_code == 2 and "error: score:" in res.output
+
+
+def test_evaluate_detectors_matches_the_cli_route(setup):
+    """The library call the lab uses gives the same numbers as one ``score`` per detector."""
+    clf, train, test, ood = setup
+    report = evaluate_detectors(clf, train, test, {"digits:ood": ood}, names=["energy", "react"])
+    assert list(report.results) == ["energy", "react"]
+    react = build_detector("react", clf).fit(train)
+    expected = ood_metrics(-react.score(test), -react.score(ood))
+    assert {k: report.results["react"]["digits:ood"][k] for k in expected} == expected
 
 
 def test_score_accepts_images_datasets_and_features(setup):

@@ -298,7 +298,7 @@ def _load_fit(fit: str):
 def evaluate_cmd(
     checkpoint: Path | None = typer.Option(
         None,
-        help="OOD classifier checkpoint from train-ood (file or run folder); needed for the energy and phi scores.",
+        help="OOD classifier checkpoint from train-ood (file or run folder); needed for every score but density.",
     ),
     dataset: str = typer.Option("digits", help="ID dataset (its test split is scored)."),
     ood: list[str] | None = typer.Option(
@@ -311,8 +311,12 @@ def evaluate_cmd(
     score: list[str] | None = typer.Option(
         None,
         "--score",
-        help="energy, phi, density (repeatable; default energy "
-        "and phi). density = max class log-density of the encoder feature.",
+        help="all, a pytorch-ood detector (msp, maxlogit, energy, mahalanobis, knn, vim, react, ...: a wrong "
+        "name lists them all), phi or density (repeatable; default energy, and phi where it was trained). "
+        "density = max class log-density of the encoder feature; all = every score the inputs allow, one table.",
+    ),
+    param: list[str] | None = typer.Option(
+        None, "--param", help="Detector setting DETECTOR.NAME=VALUE, e.g. knn.k=100 or vim.d=64 (repeatable)."
     ),
     encoder: Path | None = typer.Option(None, help="Text-aligned encoder checkpoint (for --score density)."),
     fit: str | None = typer.Option(None, help="Stored fit name or fit file (for --score density)."),
@@ -320,14 +324,19 @@ def evaluate_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
     batch_size: int = typer.Option(256, min=1),
 ) -> None:
-    """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for the energy, phi and density scores."""
+    """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for pytorch-ood's detectors, phi and density.
+
+    Detectors that fit (Mahalanobis, KNN, ViM, ReAct, ...) are fitted on the ID dataset's train split.
+    """
     from rich.console import Console
 
-    from ..service.evaluation import evaluate_scores
+    from ..service.evaluation import evaluate_scores, parse_detector_params
 
     if json_out is not None and not json_out.parent.is_dir():
         _fail("json", f"folder {json_out.parent} does not exist")
-    densities = _load_fit(fit) if fit is not None and "density" in (score or []) else None
+    params = parse_detector_params(param)
+    wants_density = any(s in ("density", "all") for s in score or [])
+    densities = _load_fit(fit) if fit is not None and wants_density else None
     report = evaluate_scores(
         dataset=dataset,
         scores=score,
@@ -337,6 +346,7 @@ def evaluate_cmd(
         densities=densities,
         data_root=data_root,
         batch_size=batch_size,
+        params=params,
     )
     Console().print(report.table(f"evaluate {checkpoint or encoder}"))
     if json_out is not None:

@@ -1,4 +1,4 @@
-"""The ``evaluate`` use case: score an ID test set and OOD sets with a detector's energy/phi and/or the density score.
+"""The ``evaluate`` use case: score an ID test set and OOD sets with pytorch-ood's detectors, phi and/or density.
 
 Written once here so that every adapter (today the CLI) checks the same
 inputs the same way; heavy imports (torch, the models) happen inside.
@@ -6,6 +6,7 @@ inputs the same way; heavy imports (torch, the models) happen inside.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,53 @@ def _load(loader, path: Path, field: str):
         raise InputError(field, str(exc)) from exc
 
 
+def resolve_scores(scores: Sequence[str] | None, *, phi_trained: bool | None, density: bool) -> list[str]:
+    """The asked scores in order, ``all`` expanded to every detector plus phi / density where they apply.
+
+    ``phi_trained`` is None without a checkpoint; ``density`` says whether an encoder and a fit were given.
+    """
+    from ..training.detectors import DETECTORS
+    from ..training.evaluation import SCORE_KINDS
+
+    asked = list(scores or DEFAULT_SCORES)
+    out: list[str] = []
+    for s in asked:
+        if s == "all":
+            names = [*(DETECTORS if phi_trained is not None else []), *(["phi"] if phi_trained else [])]
+            names += ["density"] if density else []
+        elif s not in SCORE_KINDS:
+            raise InputError("score", f"unknown score {s!r}; choose from all, {', '.join(SCORE_KINDS)}")
+        elif s == "phi" and phi_trained is False:
+            if not scores:  # the default asks for phi only where it was trained
+                continue
+            raise InputError("score", "phi: this checkpoint's phi was never trained (CE only or outlier_exposure)")
+        else:
+            names = [s]
+        out += [n for n in names if n not in out]
+    if not out:
+        raise InputError("score", "--score all needs --checkpoint, or --encoder with --fit")
+    return out
+
+
+def parse_detector_params(specs: Sequence[str] | None) -> dict[str, dict]:
+    """``["knn.k=100", "vim.d=64"]`` -> ``{"knn": {"k": 100}, "vim": {"d": 64}}`` (values read as JSON)."""
+    from ..training.detectors import DETECTORS
+
+    params: dict[str, dict] = {}
+    for i, spec in enumerate(specs or []):
+        key, sep, value = spec.partition("=")
+        name, dot, param = key.partition(".")
+        if not (sep and dot and param):
+            raise InputError(f"param[{i}]", f"{spec!r} is not DETECTOR.NAME=VALUE (e.g. knn.k=100)")
+        if name not in DETECTORS:
+            raise InputError(f"param[{i}]", f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+        try:
+            params.setdefault(name, {})[param] = json.loads(value)
+        except json.JSONDecodeError:
+            params.setdefault(name, {})[param] = value
+    return params
+
+
 def evaluate_scores(
     *,
     dataset: str,
@@ -69,25 +117,29 @@ def evaluate_scores(
     densities=None,
     data_root: Path | None = None,
     batch_size: int = 256,
+    params: dict[str, dict] | None = None,
 ):
-    """One ``EvaluationReport`` with every asked score: energy/phi need ``checkpoint``, density ``encoder`` + ``densities``."""
-    from ..training.evaluation import SCORE_KINDS, evaluate, evaluate_density, merge_reports
+    """One ``EvaluationReport`` with every asked score.
 
-    scores = list(dict.fromkeys(scores or DEFAULT_SCORES))
-    unknown = [s for s in scores if s not in SCORE_KINDS]
-    if unknown:
-        raise InputError("score", f"unknown score {unknown[0]!r}; choose from {', '.join(SCORE_KINDS)}")
-    classifier_scores = [s for s in scores if s in DEFAULT_SCORES]
+    The pytorch-ood detectors and phi need ``checkpoint`` (detectors that fit read the ID train split, without
+    augmentation); density needs ``encoder`` + ``densities``. ``all`` is every score the inputs allow.
+    """
+    from ..training.detectors import DETECTORS, evaluate_detectors
+    from ..training.evaluation import evaluate, evaluate_density, merge_reports
+
     clf = enc = None
     image_size = class_names = None
-    if classifier_scores:
-        if checkpoint is None:
-            raise InputError("checkpoint", "the energy and phi scores need --checkpoint (a train-ood model)")
+    if checkpoint is not None:
         from ..training.ood import load_ood_classifier
 
         clf = _load(load_ood_classifier, checkpoint, "checkpoint")
         image_size, class_names = clf.config.image_size, clf.class_names
-    if "density" in scores:
+    phi_trained = None if clf is None else clf.uses_outliers and clf.config.ood_loss == "energy_logistic"
+    names = resolve_scores(scores, phi_trained=phi_trained, density=encoder is not None and densities is not None)
+    detectors = [n for n in names if n in DETECTORS]
+    if (detectors or "phi" in names) and clf is None:
+        raise InputError("checkpoint", f"the {(detectors or ['phi'])[0]} score needs --checkpoint (a train-ood model)")
+    if "density" in names:
         if encoder is None or densities is None:
             raise InputError("encoder" if encoder is None else "fit", "--score density needs --encoder and --fit")
         from ..encoding.training import load_encoder
@@ -106,11 +158,19 @@ def evaluate_scores(
         raise InputError("dataset", f"{dataset} classes differ from the model's {class_names[:5]}...")
     ood_sets = load_ood_sets(ood, data_root, image_size)
     reports = []
-    if clf is not None:
+    if detectors:
+        train = load_data(dataset, "train", data_root, image_size)
+        reports.append(
+            evaluate_detectors(
+                clf, train, id_data, ood_sets, names=detectors, params=params, batch_size=batch_size, progress=True
+            )
+        )
+    if "phi" in names:
         report = evaluate(clf, id_data, ood_sets, batch_size=batch_size)
-        for kind in set(DEFAULT_SCORES) - set(classifier_scores):
-            report.results.pop(kind, None)
+        report.results = {"phi": report.results["phi"]}
         reports.append(report)
     if enc is not None:
         reports.append(evaluate_density(enc.model, densities, id_data, ood_sets, batch_size=batch_size))
-    return merge_reports(*reports)
+    merged = merge_reports(*reports)
+    merged.results = {n: merged.results[n] for n in names}
+    return merged

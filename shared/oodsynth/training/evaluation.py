@@ -1,12 +1,12 @@
 """Evaluate an OOD classifier: ID accuracy and, per OOD set, FPR95 / AUROC / AUPR-in / AUPR-out.
 
-Scores, all "higher = more ID": the negative energy logsumexp f(x), phi's
-probability of ID (only for models trained with outliers; a baseline's phi
-never saw a label), and ``density``: the text-aligned encoder's unit feature
-scored by the fitted class densities, max over classes of the log-density (for
-Gaussian fits a Mahalanobis score; it needs no classifier at all). Results as
-JSON-ready dicts and rich tables, with the average over OOD sets as papers
-report it (in percent).
+Every post-hoc detector comes from pytorch-ood through ``training.detectors`` (``energy``, ``msp``, ``vim``,
+...). Two scores are the project's own, because pytorch-ood has none like them: ``phi``, the probability of ID
+from the logistic head trained on the energy together with the outliers (only for models trained with the
+energy-logistic loss; a baseline's phi never saw a label), and ``density``: the text-aligned encoder's unit
+feature scored by the fitted class densities (``densities/``, any kind), max over classes of the log-density;
+it needs no classifier at all. Inside this module scores are "higher = more ID". Results as JSON-ready dicts
+and rich tables, with the average over OOD sets as papers report it (in percent).
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from ..data import ImageData
 from ..densities import ClassDensities
 from ..encoding.encoder import TextAlignedEncoder
 from ..encoding.features import extract_features
+from .detectors import DETECTORS
 from .metrics import accuracy, ood_metrics
 from .ood import OODClassifier, energy
 
-SCORE_KINDS = ("energy", "phi", "density")
+HAND_WRITTEN_SCORES = ("phi", "density")
+SCORE_KINDS = (*DETECTORS, *HAND_WRITTEN_SCORES)
 
 METRIC_NAMES = ("fpr95", "auroc", "aupr_in", "aupr_out")
 METRIC_LABELS = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-in ↑", "aupr_out": "AUPR-out ↑"}
@@ -36,7 +38,9 @@ METRIC_LABELS = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-in
 def score_images(
     clf: OODClassifier, data: ImageData, *, batch_size: int = 256, progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """Per image: ``energy`` score (-E), ``phi`` score (P(ID)), ``prediction`` and ``label``."""
+    """Per image: ``energy`` score (pytorch-ood's, negated: logsumexp f), ``phi`` (P(ID)), ``prediction``, ``label``."""
+    from pytorch_ood.detector import EnergyBased
+
     device = next(clf.model.parameters()).device
     clf.model.eval()
     clf.phi.eval()
@@ -49,9 +53,8 @@ def score_images(
         leave=False,
     ):
         logits = clf.model(x.to(device))
-        e = energy(logits)
-        out["energy"].append((-e).cpu().numpy())
-        out["phi"].append(torch.sigmoid(clf.phi(e)).cpu().numpy())
+        out["energy"].append((-EnergyBased.score(logits)).cpu().numpy())
+        out["phi"].append(torch.sigmoid(clf.phi(energy(logits))).cpu().numpy())
         out["prediction"].append(logits.argmax(1).cpu().numpy())
         out["label"].append(np.asarray(y))
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -163,17 +166,3 @@ def merge_reports(*reports: EvaluationReport) -> EvaluationReport:
     for rep in reports:
         merged.results.update(rep.results)
     return merged
-
-
-def comparison_table(reports: dict[str, EvaluationReport], title: str = "CE-only vs CE + beta*L_ood") -> Table:
-    """One row per (model, score): the averages over OOD sets, plus ID accuracy."""
-    table = Table(title=title)
-    for col in ("model", "score", *METRIC_LABELS.values(), "ID acc ↑"):
-        table.add_column(col, justify="left" if col in ("model", "score") else "right")
-    for model_name, rep in reports.items():
-        for score in rep.results:
-            avg = rep.average(score)
-            table.add_row(
-                model_name, score, *(f"{100 * avg[k]:.2f}" for k in METRIC_NAMES), f"{100 * rep.id_accuracy:.2f}"
-            )
-    return table
