@@ -228,54 +228,41 @@ def train_ood_cmd(
     device: str | None = typer.Option(None),
 ) -> None:
     """Train a classifier with L = CE + beta * L_ood on generated outliers from the store."""
-    import pydantic
+    from ..service.training import train_ood_run
 
-    from ..config import get_settings
-    from ..training.ood import OODTrainConfig, train_ood
-
-    train = _load_data(dataset, "train", data_root, image_size, augment)
-    store_root = parse_store_setting(store) if store else get_settings().store
-    if outliers and isinstance(store_root, Path) and not store_root.is_dir():
-        _fail("store", f"result store {store_root} does not exist")
-    try:
-        config = OODTrainConfig(
-            arch=arch,
-            width=width,
-            epochs=epochs,
-            batch_size=batch_size,
-            ood_batch_size=ood_batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            beta=beta,
-            seed=seed,
-            ood_loss=ood_loss,
-            dataset=dataset,
-            image_size=train.image_size,
-            mean=train.mean,
-            std=train.std,
-            store=str(store_root),
-            outlier_datasets=list(outliers or []),
-            max_id_percentile=max_id_percentile if max_id_percentile is not None else None if all_outliers else "auto",
-            init_encoder=str(init_encoder) if init_encoder else None,
-            init_classifier=str(init_classifier) if init_classifier else None,
-            redraw_every=redraw_every,
-            redraw_density=redraw_density,
-        )
-    except pydantic.ValidationError as exc:
-        raise InputError.from_pydantic(exc) from None
-    try:
-        clf = train_ood(config, train, out, feature_outliers=feature_outliers, resume=resume, device=device)
-    except InputError as exc:  # StoredOutliers names "datasets"; the CLI option is --outliers
-        _fail({"datasets": "outliers", "outlier_datasets": "outliers"}.get(exc.field, exc.field), exc.message)
-    except ValueError as exc:
-        _fail("outliers", str(exc))
-    last = clf.history[-1]
-    sets = [f"{len(outliers or [])} outlier set(s)"] + (["feature outliers"] if feature_outliers else [])
-    kind = f"CE + {beta} * L_ood on {' + '.join(sets)}" if clf.uses_outliers else "CE only"
+    result = train_ood_run(
+        out,
+        dataset=dataset,
+        data_root=data_root,
+        store=store,
+        outliers=outliers,
+        max_id_percentile=max_id_percentile if max_id_percentile is not None else None if all_outliers else "auto",
+        feature_outliers=feature_outliers,
+        image_size=image_size,
+        augment=augment,
+        resume=resume,
+        device=device,
+        arch=arch,
+        width=width,
+        epochs=epochs,
+        batch_size=batch_size,
+        ood_batch_size=ood_batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        beta=beta,
+        seed=seed,
+        ood_loss=ood_loss,
+        init_encoder=init_encoder,
+        init_classifier=init_classifier,
+        redraw_every=redraw_every,
+        redraw_density=redraw_density,
+    )
+    clf, last = result.classifier, result.classifier.history[-1]
     if clf.outlier_note:
         typer.echo(f"outliers: {clf.outlier_note}")
     typer.echo(
-        f"ood model: {out / 'ood.pt'} ({kind}) after {clf.epoch} epochs; ce {last['ce']:.4f}, L_ood {last['ood']:.4f}"
+        f"ood model: {result.checkpoint} ({result.kind}) after {clf.epoch} epochs; "
+        f"ce {last['ce']:.4f}, L_ood {last['ood']:.4f}"
     )
 
 

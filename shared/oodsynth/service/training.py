@@ -1,0 +1,84 @@
+"""The ``train-ood`` use case: check the inputs, assemble the config, train, and say what was trained.
+
+Every adapter (the CLI today, the lab later) calls ``train_ood_run``; its errors name the user-facing
+inputs (``outliers``, not the dataset layer's ``datasets``). Heavy imports happen inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import InputError
+
+# the training layer's field names -> the names a user of train-ood gives them
+_FIELD_NAMES = {"datasets": "outliers", "outlier_datasets": "outliers"}
+
+
+@dataclass
+class TrainOODResult:
+    classifier: Any  # training.ood.OODClassifier
+    checkpoint: Path
+    kind: str  # "CE only" or "CE + 0.5 * L_ood on 2 outlier set(s)"
+
+
+def train_ood_run(
+    out: Path,
+    *,
+    dataset: str = "digits",
+    data_root: Path | None = None,
+    store: str | Path | None = None,
+    outliers: list[str] | None = None,
+    max_id_percentile: float | Literal["auto"] | None = "auto",
+    feature_outliers: str | None = None,
+    image_size: int | None = None,
+    augment: bool = True,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    **config: Any,
+) -> TrainOODResult:
+    """Train a classifier with CE + beta * L_ood; ``config`` holds the other ``OODTrainConfig`` fields.
+
+    ``store`` defaults to the settings' ``OODSYNTH_STORE``; ``max_id_percentile`` None keeps every image.
+    """
+    import pydantic
+
+    from ..config import get_settings
+    from ..store.backends import parse_store_setting
+    from ..training.ood import OODTrainConfig, train_ood
+    from .evaluation import load_data
+
+    outliers = list(outliers or [])
+    train = load_data(dataset, "train", data_root, image_size, augment)
+    store_root = parse_store_setting(str(store)) if store else get_settings().store
+    if outliers and isinstance(store_root, Path) and not store_root.is_dir():
+        raise InputError("store", f"result store {store_root} does not exist")
+    for path_field in ("init_encoder", "init_classifier"):
+        if config.get(path_field) is not None:
+            config[path_field] = str(config[path_field])
+    try:
+        cfg = OODTrainConfig(
+            **config,
+            dataset=dataset,
+            image_size=train.image_size,
+            mean=train.mean,
+            std=train.std,
+            store=str(store_root),
+            outlier_datasets=outliers,
+            max_id_percentile=max_id_percentile,
+        )
+    except pydantic.ValidationError as exc:
+        raise InputError.from_pydantic(exc) from None
+    try:
+        clf = train_ood(
+            cfg, train, out, feature_outliers=feature_outliers, resume=resume, device=device, progress=progress
+        )
+    except InputError as exc:
+        raise InputError(_FIELD_NAMES.get(exc.field, exc.field), exc.message) from exc
+    except ValueError as exc:  # an unreadable image or manifest in the store
+        raise InputError("outliers", str(exc)) from exc
+    sets = [f"{len(outliers)} outlier set(s)"] + (["feature outliers"] if feature_outliers else [])
+    kind = f"CE + {cfg.beta} * L_ood on {' + '.join(sets)}" if clf.uses_outliers else "CE only"
+    return TrainOODResult(clf, Path(out) / "ood.pt", kind)
