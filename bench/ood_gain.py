@@ -1,25 +1,31 @@
 """The OOD-gain benchmark: does training with oodsynth's outliers make a better OOD detector?
 
-    .venv/bin/python bench/ood_gain.py --out bench-results/ood_gain            # 5 seeds, both profiles, all rows
-    .venv/bin/python bench/ood_gain.py --quick --out /tmp/ood_gain_quick      # 2 seeds, short training: a check
+    .venv/bin/python bench/ood_gain.py --out bench-results/ood_gain            # the protocol: test splits x test seeds
+    .venv/bin/python bench/ood_gain.py --quick --out /tmp/ood_gain_quick      # one split, one seed, short: a check
     .venv/bin/python bench/ood_gain.py --list-rows
-    .venv/bin/python bench/ood_gain.py --rows ce,noise,'decoded:*' --profiles animals --seeds 0-4 --out DIR
+    .venv/bin/python bench/ood_gain.py --splits dev --seeds 0-2 --rows ce,noise,'decoded:*' --out DIR   # tuning
+    .venv/bin/python bench/ood_gain.py --splits animals:cat+cow+dog,test-0 --profiles animals --seeds 71 ...
     .venv/bin/python bench/ood_gain.py --rows 'decoded:boundary_crossing+verified' --set outlier_ratio=1.0 \
         --versus outlier_ratio=0.5 ...                                        # one setting against another, paired
     .venv/bin/python bench/ood_gain.py --rows 'decoded:boundary_crossing+verified' \
         --against 'decoded:class_interpolation+verified' ...                  # one row against another, paired
 
-Each cell (profile, row, seed) trains a small detector end to end (CE + beta *
-L_ood, ``oodsynth.lab``) and measures near-OOD (held-out classes) and far-OOD
-FPR95 / AUROC. Every cell is cached in OUT/cells, so a rerun resumes and a
-new row costs only its own cells. The generation side (encoder, fit, trained
-decoder) is built once per profile (``ensure_profile_assets``) and cached;
-decoded outlier pools are cached per (sampler, seed) in OUT/cache.
+A split is (profile, held-out classes). ``bench/protocol/splits.toml`` names
+each profile's dev splits (defaults may be tuned there) and test splits (drawn
+at random with a fixed seed, fixed before their results) and the test seeds;
+``--splits`` picks from it (``test``, ``dev``, ``test-2``), names a holdout
+(``animals:cat+cow+dog``) or draws fresh ones (``draw:4``). Each cell (split,
+row, seed) trains a small detector end to end (CE + beta * L_ood,
+``oodsynth.lab``) and measures near-OOD (held-out classes) and far-OOD
+FPR95 / AUROC. Every cell is cached in OUT/cells, keyed by the split, so a
+rerun resumes and a new row costs only its own cells. The generation side
+(encoder, fit, trained decoder) is built once per split and cached; decoded
+outlier pools are cached per (split, sampler, seed) in OUT/cache.
 
-Writes OUT/results.json (every cell and the summary), OUT/results.md (one
-table per profile) and OUT/results.png (bars with std error bars), after
-every cell, so partial results survive an interruption (``--name`` renames
-them, e.g. for a threshold sweep that shares the cached cells).
+Writes OUT/results.json (every cell, the summary, the code's git commit and
+the protocol file's hash), OUT/results.md (the pooled report per profile and
+a per-split breakdown) and OUT/results.png, after every cell, so partial
+results survive an interruption (``--name`` renames them).
 """
 
 from __future__ import annotations
@@ -30,19 +36,28 @@ import json
 import sys
 from pathlib import Path
 
+PROTOCOL = Path(__file__).parent / "protocol" / "splits.toml"
+
 
 def parse_seeds(text: str) -> list[int]:
-    """``5`` -> 0..4 (a count); ``0-4`` -> 0..4; ``1,3,7`` -> those; ``5-9,15-24`` -> both ranges."""
+    """``71`` -> [71]; ``70-72`` -> 70..72; ``0,2,5`` -> those; ``5-9,15-24`` -> both ranges. (A count of seeds
+    is ``--n-seeds``.)"""
     try:
-        if "," not in text and "-" not in text:
-            return list(range(int(text)))
         seeds = []
         for part in text.split(","):
-            a, _, b = part.partition("-")
-            seeds += list(range(int(a), int(b or a) + 1))
-        return seeds
+            a, sep, b = part.strip().partition("-")
+            if sep and not b:
+                raise ValueError(part)
+            lo, hi = int(a), int(b or a)
+            if lo < 0 or hi < lo:
+                raise ValueError(part)
+            seeds += list(range(lo, hi + 1))
+        return list(dict.fromkeys(seeds))
     except ValueError:
-        raise SystemExit(f"error: --seeds {text!r}: give a count (5), a range (0-4) or a list (0,2,5-9)") from None
+        raise SystemExit(
+            f"error: --seeds {text!r}: give seeds: one (71), a range (70-72) or a list (0,2,5-9); "
+            "a count of seeds is --n-seeds"
+        ) from None
 
 
 def parse_settings(items: list[str]) -> dict:
@@ -72,9 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("bench-results/ood_gain"))
     p.add_argument("--profiles", default="animals,digits", help="comma-separated: animals, digits")
-    p.add_argument("--seeds", default="5", help="a count (5 = seeds 0..4), a range 0-4, or a list 0,2,5")
+    p.add_argument(
+        "--splits",
+        default="test",
+        help="comma-separated: test, dev (the protocol's groups), test-0, dev-1 (by name), default, "
+        "draw:N[@SEED] (N random holdouts), PROFILE:word+word (an explicit holdout)",
+    )
+    p.add_argument("--protocol", type=Path, default=PROTOCOL, help="the protocol file (splits and seeds)")
+    p.add_argument(
+        "--seeds", default=None, help="seeds: 71, a range 70-72, or a list 0,2,5-9 (default: the protocol's)"
+    )
+    p.add_argument("--n-seeds", type=int, default=None, help="seeds 0..N-1 instead of --seeds")
     p.add_argument("--rows", default=None, help="comma-separated row names or globs (default: all)")
-    p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, outlier_ratio 0.1: a check")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a check: one split (animals' default), seed 0, rows ce, noise and the default recipe, short training",
+    )
     p.add_argument("--list-rows", action="store_true")
     p.add_argument(
         "--threads",
@@ -108,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         "--decoder",
         action="append",
         default=[],
-        metavar="PROFILE=DIR",
-        help="use this train-decoder folder for PROFILE instead of ensure_profile_assets (repeatable)",
+        metavar="SPLIT=DIR",
+        help="use this train-decoder folder (trained on that split) for SPLIT (animals:dog+horse+sheep; a bare "
+        "profile: its default split) instead of ensure_profile_assets (repeatable)",
     )
     p.add_argument("--cached-only", action="store_true", help="summarise the cached cells, run nothing")
     p.add_argument("--name", default="results", help="result files OUT/NAME.{json,md,png} (cells are shared)")
@@ -117,13 +147,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from oodsynth.lab import QUICK, LabSettings, lab_rows, profile_assets, run_benchmark
+    from oodsynth.data import ProfileSplit
+    from oodsynth.lab import DEFAULT_ROW, QUICK, LabSettings, lab_rows, profile_assets, run_benchmark
+    from oodsynth.lab.protocol import git_state, load_protocol, pick_splits
 
     rows = lab_rows()
     if args.list_rows:
         for r in rows.values():
             print(f"{r.name:38s} paired with {r.baseline or '-':8s} {r.description}")
         return 0
+    if args.seeds is not None and args.n_seeds is not None:
+        raise SystemExit("error: give --seeds or --n-seeds, not both")
+    protocol = load_protocol(args.protocol)
+    profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
+    if args.quick:
+        splits = pick_splits("animals:" + "+".join(ProfileSplit.default("animals").words), profiles, protocol)
+        seeds, row_names = [0], ["ce", "noise", DEFAULT_ROW]
+    else:
+        splits = pick_splits(args.splits, profiles, protocol)
+        seeds = list(range(args.n_seeds)) if args.n_seeds is not None else protocol.test_seeds
+        if args.seeds is not None:
+            seeds = parse_seeds(args.seeds)
+        row_names = pick_rows(args.rows, list(rows))
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits
 
@@ -133,23 +178,36 @@ def main(argv: list[str] | None = None) -> int:
     versus = None
     if args.versus:
         versus = (", ".join(args.versus), LabSettings(**{**overrides, **parse_settings(args.versus)}))
-    seeds = parse_seeds("2" if args.quick and args.seeds == "5" else args.seeds)
-    profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
     cache = args.out / "assets"
-    decoders = dict(item.split("=", 1) for item in args.decoder)
+    decoders = {}
+    for item in args.decoder:
+        where, _, folder = item.partition("=")
+        split = ProfileSplit.parse(where)
+        decoders[(split.profile, split.holdout)] = Path(folder)
     loaded: dict = {}
 
-    def assets_for(profile: str):
+    def assets_for(split: ProfileSplit):
         def get():
-            if profile not in loaded:
-                loaded[profile] = profile_assets(profile, cache, settings.density, decoders.get(profile))
-            return loaded[profile]
+            if split.key not in loaded:
+                decoder = decoders.get((split.profile, split.holdout))
+                loaded[split.key] = profile_assets(split, cache, settings.density, decoder)
+            return loaded[split.key]
 
         return get
 
+    groups = {g: [s.label for p in protocol.splits.values() for s in p[g]] for g in ("dev", "test")}
+    meta = {
+        **git_state(Path(__file__).parent),
+        "protocol": str(args.protocol),
+        "protocol_sha": protocol.sha,
+        "splits": [{"label": s.label, "name": s.name, "key": s.key} for s in splits],
+        "seeds": seeds,
+        "test_only": all(s.label in groups["test"] for s in splits),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+    }
     results = run_benchmark(
-        profiles,
-        pick_rows(args.rows, list(rows)),
+        splits,
+        row_names,
         seeds,
         settings,
         args.out,
@@ -159,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         cached_only=args.cached_only,
         versus=versus,
         against=args.against,
+        meta=meta,
     )
     print((args.out / f"{args.name}.md").read_text())
     return 1 if results["failures"] else 0

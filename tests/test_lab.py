@@ -84,7 +84,7 @@ def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(
     tuned = SETTINGS.model_copy(update={"sampler_params": {"boundary_crossing": {"select": 1, "jitter": 0.0}}})
     default = decoded_pool(digits_lab_assets, "boundary_crossing", 1, SETTINGS, tmp_path)
     pool = decoded_pool(digits_lab_assets, "boundary_crossing", 1, tuned, tmp_path)
-    assert len(list(tmp_path.glob("decoded-boundary_crossing*-s1-*.pt"))) == 2  # one cached pool each
+    assert len(list(tmp_path.rglob("decoded-boundary_crossing-s1-*.pt"))) == 2  # one cached pool each
     assert not torch.equal(pool.images, default.images)
     assert torch.equal(decoded_pool(digits_lab_assets, "boundary_crossing", 1, tuned, tmp_path).images, pool.images)
     rows = lab_rows()
@@ -101,11 +101,9 @@ def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(
     assert LabSettings().key() == LabSettings(sampler_params={}).key()  # cells cached before the field stay valid
 
 
-def test_a_changed_sampler_default_finds_the_cells_that_measured_it(monkeypatch):
-    """Keys name a sampler's parameters relative to the values the lab first cached with (PARAMS_WHEN_CACHED),
-    so when a default changes again, the default settings' rows of that sampler key to the cells run with the
-    new value given explicitly, asking for the old value finds the old default's cells, and other samplers' rows
-    keep their keys. Today's boundary_crossing defaults are such a change (select 100 -> 600, steps 2 -> 8)."""
+def test_a_changed_sampler_default_gets_its_own_cells(monkeypatch):
+    """A row's key holds its sampler's full parameters, defaults included: when a default changes, the rows of
+    that sampler get new cells, asking for the old value explicitly finds the old cells, other rows keep theirs."""
     from pydantic import Field
 
     from oodsynth.samplers.boundary_crossing import BoundaryCrossingParams, BoundaryCrossingSampler
@@ -113,25 +111,43 @@ def test_a_changed_sampler_default_finds_the_cells_that_measured_it(monkeypatch)
     rows = lab_rows()
     bc, ci = rows["decoded:boundary_crossing+verified"], rows["decoded:class_interpolation+verified"]
     current = BoundaryCrossingParams().select
-    assert LabSettings().changed_sampler_params() == {"boundary_crossing": {"select": 600, "steps_beyond": 8}}
-    assert (
-        LabSettings(sampler_params={"boundary_crossing": {"select": 100, "steps_beyond": 2}}).changed_sampler_params()
-        == {}
-    )  # the first defaults: the cells cached before the change
-    measured = LabSettings(sampler_params={"boundary_crossing": {"select": 300}}).key(bc.uses, bc.sampler)
-    old_default = LabSettings().key(bc.uses, bc.sampler)
-    ci_key = LabSettings().key(ci.uses, ci.sampler)
-    assert measured != old_default
+    before, ci_key = LabSettings().key(bc.uses, bc.sampler), LabSettings().key(ci.uses, ci.sampler)
 
-    class Select300(BoundaryCrossingParams):
-        select: int = Field(300, ge=1, le=100_000)
+    class Other(BoundaryCrossingParams):
+        select: int = Field(current + 1, ge=1, le=100_000)
 
-    monkeypatch.setattr(BoundaryCrossingSampler, "Params", Select300)  # the default changes again, to 300
-    assert LabSettings().key(bc.uses, bc.sampler) == measured
-    assert (
-        LabSettings(sampler_params={"boundary_crossing": {"select": current}}).key(bc.uses, bc.sampler) == old_default
-    )
+    monkeypatch.setattr(BoundaryCrossingSampler, "Params", Other)  # the default changes
+    assert LabSettings().key(bc.uses, bc.sampler) != before
+    assert LabSettings(sampler_params={"boundary_crossing": {"select": current}}).key(bc.uses, bc.sampler) == before
     assert LabSettings().key(ci.uses, ci.sampler) == ci_key
+
+
+def test_every_key_of_a_split_changes_with_its_holdout_alone(tmp_path):
+    """Two splits of one profile that differ only in the held-out classes share no cache key: decoder and
+    encoder folder, fit, decoded pools, and every row's cells (ce and noise included). The feature bank is
+    never cached: it is rebuilt from the split's own training images."""
+    from oodsynth.data import ProfileSplit
+    from oodsynth.lab import LabAssets, cell_path, fit_path, pool_path
+    from oodsynth.offline_decoder.assets import cache_path
+    from oodsynth.offline_decoder.training import profile_config
+
+    a, b = ProfileSplit("animals", (4, 7, 8)), ProfileSplit("animals", (0, 2, 5))
+    assert a.key != b.key and a == ProfileSplit.parse("animals:dog+horse+sheep")
+    assert cache_path(profile_config("animals", a.holdout), tmp_path) != cache_path(
+        profile_config("animals", b.holdout), tmp_path
+    )
+    assert profile_config("animals").key() == profile_config("animals", a.holdout).key()  # the default is a
+    assert fit_path(tmp_path, a, "gaussian_full", "e") != fit_path(tmp_path, b, "gaussian_full", "e")
+    decoder = tmp_path / "decoder"
+
+    def assets(split):
+        return LabAssets(split, None, tmp_path / "enc.pt", None, None, decoder, {})
+
+    assert pool_path(tmp_path, "x-s0", assets(a), SETTINGS, 10) != pool_path(tmp_path, "x-s0", assets(b), SETTINGS, 10)
+    for row in lab_rows().values():
+        assert cell_path(tmp_path, a, row, 0, SETTINGS, "t") != cell_path(tmp_path, b, row, 0, SETTINGS, "t"), row.name
+    # the data hash is in the key: the same holdout over other data (another ID train/test split) is another split
+    assert ProfileSplit("animals", (4, 7, 8), seed=1).key != a.key
 
 
 def test_summary_statistics_are_paired():
@@ -247,6 +263,7 @@ def test_decoded_inliers_join_the_id_side_with_their_own_labels(digits_lab_asset
 
 def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, one_thread):
     """finetune_epochs: the seed's CE-only detector is trained once, cached, and every row fine-tunes it."""
+    from oodsynth.data import ProfileSplit
     from oodsynth.training.ood import load_ood_classifier
 
     settings = SETTINGS.model_copy(update={"finetune_epochs": 1, "finetune_lr": 0.02})
@@ -254,11 +271,12 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
         ["digits"], ["ce", "noise"], [0], settings, tmp_path, lambda p: lambda: None, log=lambda line: None
     )
     assert results["failures"] == []
-    pretrained = list((tmp_path / "cache" / "digits").glob("pretrained-s0-*.pt"))
+    split = ProfileSplit.default("digits")
+    pretrained = list((tmp_path / "cache" / "digits").glob(f"pretrained-{split.key}-s0-*.pt"))
     assert len(pretrained) == 1
     # it is the from-scratch CE detector: the same settings without fine-tuning name the same file
     scratch = SETTINGS.key(frozenset())
-    assert pretrained[0].name == f"pretrained-s0-{scratch}.pt"
+    assert pretrained[0].name == f"pretrained-{split.key}-s0-{scratch}.pt"
     clf = load_ood_classifier(pretrained[0], device="cpu")
     assert clf.epoch == 2 and not clf.uses_outliers  # SETTINGS' 2 epochs from scratch
     mtime = pretrained[0].stat().st_mtime_ns
@@ -266,7 +284,7 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
         ["digits"], ["ce", "noise"], [1], settings, tmp_path, lambda p: lambda: None, log=lambda line: None
     )
     assert again["failures"] == [] and pretrained[0].stat().st_mtime_ns == mtime  # seed 0's is reused, not retrained
-    assert len(list((tmp_path / "cache" / "digits").glob("pretrained-s*.pt"))) == 2
+    assert len(list((tmp_path / "cache" / "digits").glob("pretrained-*.pt"))) == 2
     for c in results["cells"] + again["cells"]:
         assert 0 <= c["near_fpr95"] <= 1 and c["id_accuracy"] > 0.3
     rows = lab_rows()  # fine-tuned image cells are cached apart from from-scratch ones; encoder-based rows are not
@@ -338,22 +356,3 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     assert "| ce | noise |" in (tmp_path / "h2h.md").read_text() and h2h["against"] == "noise"
     with pytest.raises(ValueError, match="against"):
         run_benchmark(["digits"], ["ce"], [0], SETTINGS, tmp_path, lambda p: lambda: None, against="no-such-row")
-
-
-def test_bench_arguments_seed_lists_and_settings():
-    """bench/ood_gain.py's --seeds (counts, ranges, mixed lists) and --set/--versus values."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("ood_gain", Path(__file__).parents[1] / "bench" / "ood_gain.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.parse_seeds("5") == [0, 1, 2, 3, 4] and bench.parse_seeds("15-15") == [15]
-    assert bench.parse_seeds("5-7,15-16,20") == [5, 6, 7, 15, 16, 20]
-    with pytest.raises(SystemExit, match="--seeds 'a-b'"):
-        bench.parse_seeds("a-b")
-    assert bench.parse_settings(["outlier_ratio=1.0", "density=vmf", 'sampler_params={"x": {"y": 1}}']) == {
-        "outlier_ratio": 1.0,
-        "density": "vmf",
-        "sampler_params": {"x": {"y": 1}},
-    }

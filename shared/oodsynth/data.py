@@ -27,12 +27,19 @@ Profiles:
   (``far-animals`` for digits: every 5th, 2,000; ``far-digits`` for animals), ``far-noise``
   (uniform grey noise) and ``far-inverted`` (the ID test images, inverted).
   ``profile_ood_sets(profile)`` returns all near- and far-OOD sets at once.
+
+A *split* (``ProfileSplit``) is a profile with its held-out classes; each
+profile's default holdout is the one above, and any other is an input
+(``ProfileSplit.parse("animals:cat+cow")``, ``draw_splits``), never a module
+edit. ``ProfileSplit.key`` names the held-out classes and hashes the data it is
+built from: every cached asset and result of a split carries it.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.util
 import pickle
 from collections.abc import Callable
@@ -299,31 +306,141 @@ def load_profile_split(
     return ImageData(ds, [p.words[c] for c in id_classes], image_size, p.mean, p.std, name=name, extra=extra)
 
 
-def load_digits_split(
-    split: str = "train",
-    *,
-    image_size: int = 16,
-    holdout: tuple[int, ...] = DIGITS_HOLDOUT,
-    test_fraction: float = 0.3,
-    seed: int = 0,
-) -> ImageData:
-    """The ``digits`` profile (kept for callers that predate ``load_profile_split``)."""
-    return load_profile_split(
-        "digits", split, image_size=image_size, holdout=holdout, test_fraction=test_fraction, seed=seed
-    )
-
-
-def profile_ood_sets(profile: str, *, image_size: int | None = None) -> dict[str, ImageData]:
-    """Every OOD set of an offline profile by name: ``near:<held-out words>`` first, then ``far:<kind>``."""
+def profile_ood_sets(
+    profile: str, *, image_size: int | None = None, holdout: tuple[int, ...] | None = None
+) -> dict[str, ImageData]:
+    """Every OOD set of an offline profile (and holdout) by name: ``near:<held-out words>`` first, then
+    ``far:<kind>``."""
     if profile not in OFFLINE_PROFILES:
         raise DataUnavailableError(
             "dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}"
         )
-    near = load_profile_split(profile, "ood", image_size=image_size)
+    near = load_profile_split(profile, "ood", image_size=image_size, holdout=holdout)
     sets = {f"near:{'+'.join(near.class_names)}": near}
     for kind in FAR_KINDS[profile]:
-        sets[f"far:{kind}"] = load_profile_split(profile, f"far-{kind}", image_size=image_size)
+        sets[f"far:{kind}"] = load_profile_split(profile, f"far-{kind}", image_size=image_size, holdout=holdout)
     return sets
+
+
+@functools.cache
+def profile_data_hash(profile: str) -> str:
+    """sha256 of a profile's raw images and labels (12 hex digits): names the data a split's assets are built
+    from, so a changed dataset never meets assets cached from the old one."""
+    if profile not in OFFLINE_PROFILES:
+        raise DataUnavailableError(
+            "dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}"
+        )
+    images, labels = OFFLINE_PROFILES[profile].raw()
+    h = hashlib.sha256()
+    for a in (images, labels):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ProfileSplit:
+    """A profile with its held-out (near-OOD) classes: what every lab asset and cell is built for.
+
+    ``name`` labels it in reports (``dev-0``, ``test-2``); it is not part of the key, so the same holdout under
+    two names shares its cached assets.
+    """
+
+    profile: str
+    holdout: tuple[int, ...]
+    name: str = ""
+    test_fraction: float = 0.3
+    seed: int = 0  # of the stratified train/test split of the ID classes
+
+    def __post_init__(self) -> None:
+        if self.profile not in OFFLINE_PROFILES:
+            raise DataUnavailableError(
+                "dataset", f"unknown offline profile {self.profile!r}; choose {', '.join(OFFLINE_PROFILES)}"
+            )
+        object.__setattr__(self, "holdout", tuple(sorted(int(h) for h in self.holdout)))
+        _check_profile_args(OFFLINE_PROFILES[self.profile], 8, self.holdout)
+
+    @classmethod
+    def default(cls, profile: str) -> ProfileSplit:
+        if profile not in OFFLINE_PROFILES:
+            raise DataUnavailableError(
+                "dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}"
+            )
+        return cls(profile, OFFLINE_PROFILES[profile].holdout, "default")
+
+    @classmethod
+    def parse(cls, text: str, name: str = "") -> ProfileSplit:
+        """``animals`` (its default holdout), ``animals:dog+horse+sheep`` (class words) or ``animals:4,7,8``."""
+        profile, _, held = text.partition(":")
+        if not held:
+            return cls.default(profile)
+        if profile not in OFFLINE_PROFILES:
+            raise DataUnavailableError(
+                "dataset", f"unknown offline profile {profile!r}; choose {', '.join(OFFLINE_PROFILES)}"
+            )
+        words = OFFLINE_PROFILES[profile].words
+        out = []
+        for part in held.replace(",", "+").split("+"):
+            part = part.strip()
+            if part.isdigit():
+                out.append(int(part))
+            elif part in words:
+                out.append(words.index(part))
+            else:
+                raise DataUnavailableError("holdout", f"{part!r} is not a class of {profile} ({', '.join(words)})")
+        return cls(profile, tuple(out), name)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The held-out classes' words."""
+        return tuple(OFFLINE_PROFILES[self.profile].words[h] for h in self.holdout)
+
+    @property
+    def label(self) -> str:
+        """``animals:dog+horse+sheep``, which ``parse`` reads back."""
+        return f"{self.profile}:{'+'.join(self.words)}"
+
+    @property
+    def key(self) -> str:
+        """The held-out classes plus a hash of the data (raw arrays, holdout, ID train/test split): part of every
+        cache key of the split's assets and cells."""
+        data = f"{profile_data_hash(self.profile)}|{self.holdout}|{self.test_fraction}|{self.seed}"
+        return f"h{'-'.join(map(str, self.holdout))}-{hashlib.sha256(data.encode()).hexdigest()[:8]}"
+
+    def load(self, split: str = "train", image_size: int | None = None) -> ImageData:
+        return load_profile_split(
+            self.profile,
+            split,
+            image_size=image_size,
+            holdout=self.holdout,
+            test_fraction=self.test_fraction,
+            seed=self.seed,
+        )
+
+    def ood_sets(self, image_size: int | None = None) -> dict[str, ImageData]:
+        return profile_ood_sets(self.profile, image_size=image_size, holdout=self.holdout)
+
+
+def draw_splits(profile: str, n: int, *, n_holdout: int, seed: int, exclude=()) -> list[ProfileSplit]:
+    """``n`` distinct random holdouts of ``n_holdout`` classes, drawn with ``seed`` (a fixed seed: the same
+    splits on every machine), none equal to a holdout in ``exclude``."""
+    words = OFFLINE_PROFILES[profile].words if profile in OFFLINE_PROFILES else ()
+    if not words:
+        ProfileSplit.default(profile)  # raises the unknown-profile error
+    taken = {tuple(sorted(h)) for h in exclude}
+    rng = np.random.default_rng(seed)
+    out: list[ProfileSplit] = []
+    for _ in range(10_000):
+        if len(out) == n:
+            break
+        held = tuple(sorted(int(c) for c in rng.choice(len(words), n_holdout, replace=False)))
+        if held not in taken:
+            taken.add(held)
+            out.append(ProfileSplit(profile, held))
+    if len(out) < n:
+        raise DataUnavailableError("splits", f"{profile} has fewer than {n} distinct holdouts of {n_holdout} left")
+    return out
 
 
 def _cifar(name: str, split: str, root: Path, download: bool, augment: bool) -> ImageData:
@@ -391,12 +508,6 @@ def load_dataset(
         f"unknown dataset {name!r}; use {', '.join(OFFLINE_PROFILES)}, cifar10, cifar100, "
         f"imagefolder:<path> or a folder path",
     )
-
-
-def profile_anchor_words(profile: str) -> list[str]:
-    """The prompt words of an offline profile's ID classes, in class order."""
-    p = OFFLINE_PROFILES[profile]
-    return [w for c, w in enumerate(p.words) if c not in p.holdout]
 
 
 def random_anchors(n_classes: int, dim: int, *, norm: float = 0.38, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The OOD lab: one cell (profile, row, seed) of the OOD-gain benchmark.
+"""The OOD lab: one cell (split, row, seed) of the OOD-gain benchmark.
 
 Every default of the project is chosen by measured OOD gain. A *row* is one
 way of building a detector; a *cell* trains it with one seed and measures it
@@ -7,8 +7,10 @@ far sets): FPR95 and AUROC of its score. Rows are paired by seed with a
 baseline row (``ce`` for most): same seed = same initial weights and the
 same ID batches, so a per-seed difference isolates what the outliers did.
 
-The generation side (text-aligned encoder, class-density fit, trained
-decoder) is trained once per profile and cached (``LabAssets``); seeds
+A split (``oodsynth.data.ProfileSplit``) is a profile with its held-out
+classes; every cache key (assets, pools, cells) names it. The generation side
+(text-aligned encoder, class-density fit, trained decoder) is trained once per
+split and cached (``LabAssets``); seeds
 vary the outlier sampling, the decoding noise and the detector training. The
 detector is always trained end to end, CE + beta * L_ood through the whole
 network (``train_ood``), never as a head on frozen features.
@@ -18,10 +20,11 @@ Adding a row is one entry in ``ROW_BUILDERS`` (or one sampler in
 follow).
 """
 
-from .assets import LabAssets, fit_assets, profile_assets, train_local_assets
-from .pools import DecodedPool, decoded_inlier_pool, decoded_pool, smooth_noise
+from .assets import LabAssets, fit_assets, fit_path, profile_assets, train_local_assets
+from .pools import DecodedPool, decoded_inlier_pool, decoded_pool, pool_path, smooth_noise
 from .report import METRICS, markdown_table, paired_deltas, summarise
 from .rows import (
+    DEFAULT_ROW,
     Cell,
     CellOutcome,
     LabData,
@@ -32,20 +35,19 @@ from .rows import (
     pretrained_detector,
 )
 from .runner import CellNotRun, cell_path, metrics_of, run_benchmark, run_cell, twin_name, write_results
-from .settings import FROM_SCRATCH, LATER_FIELDS, PARAMS_WHEN_CACHED, QUICK, LabSettings
+from .settings import FROM_SCRATCH, QUICK, LabSettings
 
 __all__ = [
     "Cell",
     "CellNotRun",
     "CellOutcome",
+    "DEFAULT_ROW",
     "DecodedPool",
     "FROM_SCRATCH",
-    "LATER_FIELDS",
     "LabAssets",
     "LabData",
     "LabSettings",
     "METRICS",
-    "PARAMS_WHEN_CACHED",
     "QUICK",
     "Row",
     "cell_path",
@@ -54,10 +56,12 @@ __all__ = [
     "decoded_pool",
     "feature_outliers_available",
     "fit_assets",
+    "fit_path",
     "lab_rows",
     "markdown_table",
     "metrics_of",
     "paired_deltas",
+    "pool_path",
     "pretrained_detector",
     "profile_assets",
     "run_benchmark",

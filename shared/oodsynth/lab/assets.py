@@ -1,4 +1,4 @@
-"""The generation side of a profile (encoder, class-density fit, decoder): trained once, cached, shared by cells."""
+"""The generation side of a split (encoder, class-density fit, decoder): trained once, cached, shared by cells."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import load_profile_split
+from ..data import ProfileSplit
 from ..densities import DENSITY_KINDS, ClassDensities
 from ..encoding.features import build_bank
 from ..encoding.training import EncoderCheckpoint, EncoderTrainConfig, load_encoder, train_encoder
@@ -17,15 +17,19 @@ from ..encoding.training import EncoderCheckpoint, EncoderTrainConfig, load_enco
 
 @dataclass
 class LabAssets:
-    """What a profile's outliers are made with: trained once, cached, shared by every cell."""
+    """What a split's outliers are made with: trained once, cached, shared by every cell of the split."""
 
-    profile: str
+    split: ProfileSplit
     encoder: EncoderCheckpoint
     encoder_path: Path
     fit: ClassDensities
     bank: object  # FeatureBank of the ID training features
     decoder_dir: Path | None = None
     decode: dict = field(default_factory=dict)  # decode settings that suit this decoder
+
+    @property
+    def profile(self) -> str:
+        return self.split.profile
 
     @property
     def anchors(self) -> np.ndarray:
@@ -43,8 +47,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def fit_path(cache: Path, split: ProfileSplit, density: str, encoder_stamp: str) -> Path:
+    """Where a class-density fit is cached: keyed by the split (holdout and data hash), the density kind and the
+    encoder's bytes."""
+    return cache / f"fit-{split.key}-{density}-{encoder_stamp}.bin"
+
+
 def fit_assets(
-    profile: str,
+    split: ProfileSplit,
     encoder_path: Path,
     cache: Path,
     density: str,
@@ -56,22 +66,21 @@ def fit_assets(
     if density not in DENSITY_KINDS:
         raise ValueError(f"density: unknown kind {density!r}; choose one of {', '.join(DENSITY_KINDS)}")
     encoder = load_encoder(encoder_path, device="cpu")
-    train = load_profile_split(profile, "train", image_size=encoder.config.image_size)
-    bank = build_bank(encoder, train, progress=False)
+    train = split.load("train", encoder.config.image_size)
+    bank = build_bank(encoder, train, progress=False)  # rebuilt per process from the split's own images
     file = Path(encoder_path) if Path(encoder_path).is_file() else Path(encoder_path) / "encoder.pt"
-    stamp = hashlib.sha256(file.read_bytes()).hexdigest()[:10]
-    fit_file = cache / f"fit-{density}-{stamp}.bin"
+    fit_file = fit_path(cache, split, density, hashlib.sha256(file.read_bytes()).hexdigest()[:10])
     if fit_file.is_file():
         fit = ClassDensities.from_bytes(fit_file.read_bytes())
     else:
         fit = ClassDensities(kind=density).fit(bank)
         cache.mkdir(parents=True, exist_ok=True)
         _atomic_write(fit_file, fit.to_bytes())
-    return LabAssets(profile, encoder, Path(encoder_path), fit, bank, decoder_dir, dict(decode or {}))
+    return LabAssets(split, encoder, Path(encoder_path), fit, bank, decoder_dir, dict(decode or {}))
 
 
 def train_local_assets(
-    profile: str,
+    split: ProfileSplit | str,
     folder: Path,
     decoder_dir: Path,
     *,
@@ -89,8 +98,9 @@ def train_local_assets(
     """
     from ..encoding.anchors import extract_anchors
 
+    split = split if isinstance(split, ProfileSplit) else ProfileSplit.default(split)
     folder.mkdir(parents=True, exist_ok=True)
-    train = load_profile_split(profile, "train", image_size=image_size)
+    train = split.load("train", image_size)
     if not (folder / "encoder.pt").is_file():
         if anchors is None:
             anchors = extract_anchors(decoder_dir, train.class_names)
@@ -103,29 +113,34 @@ def train_local_assets(
             image_size=image_size,
             mean=train.mean,
             std=train.std,
-            dataset=profile,
+            dataset=split.profile,
         )
         train_encoder(config, train, anchors, folder, device="cpu", progress=False)
-    return fit_assets(profile, folder, folder, density, decoder_dir=decoder_dir, decode=decode)
+    return fit_assets(split, folder, folder, density, decoder_dir=decoder_dir, decode=decode)
 
 
 def profile_assets(
-    profile: str, cache: Path, density: str = "gaussian_full", decoder_dir: Path | None = None
+    split: ProfileSplit | str, cache: Path, density: str = "gaussian_full", decoder_dir: Path | None = None
 ) -> LabAssets:
-    """The project's trained assets for a profile: ``decoder_dir`` (a ``train-decoder`` folder) when given, else
-    ``ensure_profile_assets`` (trained on first use, then cached under ``OODSYNTH_HOME``); with the decode
-    settings its training recommends and a fit of its encoder's features, cached in ``cache``."""
+    """The project's trained assets for a split: ``decoder_dir`` (a ``train-decoder`` folder, which must have
+    been trained on this split) when given, else ``ensure_profile_assets`` (trained on first use, then cached
+    under ``OODSYNTH_HOME``); with the decode settings its training recommends and a fit of its encoder's
+    features, cached in ``cache``."""
     from ..offline_decoder.assets import ensure_profile_assets, load_profile_assets
 
+    split = split if isinstance(split, ProfileSplit) else ProfileSplit.default(split)
     found = (
-        load_profile_assets(decoder_dir) if decoder_dir else ensure_profile_assets(profile, progress=False, echo=print)
+        load_profile_assets(decoder_dir)
+        if decoder_dir
+        else ensure_profile_assets(split.profile, holdout=split.holdout, progress=False, echo=print)
     )
-    if list(found.class_names) != load_profile_split(profile, "train").class_names:
-        raise ValueError(f"decoder: {found.decoder_dir} was trained for classes {found.class_names}, not {profile}'s")
+    trained_on = found.config.split()
+    if (trained_on.profile, trained_on.holdout) != (split.profile, split.holdout):
+        raise ValueError(f"decoder: {found.decoder_dir} was trained on the split {trained_on.label}, not {split.label}")
     return fit_assets(
-        profile,
+        split,
         found.encoder_checkpoint,
-        cache / profile,
+        cache / split.profile,
         density,
         decoder_dir=found.decoder_dir,
         decode=found.decode_settings(),

@@ -62,14 +62,17 @@ class DecodedPool:
         return np.sort(np.concatenate(keep))
 
 
-def _pool_path(cache: Path, name: str, assets: LabAssets, settings: LabSettings, n_pool: int) -> Path:
-    """Where a decoded pool is cached: keyed by the decoder, the decode settings, the pool size and the fit."""
+def pool_path(cache: Path, name: str, assets: LabAssets, settings: LabSettings, n_pool: int, params=None) -> Path:
+    """Where a decoded pool is cached: keyed by the split (holdout and data hash), the decoder, the decode
+    settings, the pool size, the fit and the sampler's parameters (``params``)."""
     if assets.decoder_dir is None:
         raise ValueError("decoder: these assets have no decoder folder")
     tag = hashlib.sha256(
-        json.dumps([str(assets.decoder_dir), assets.decode, settings.decode, n_pool, settings.density]).encode()
+        json.dumps(
+            [str(assets.decoder_dir), assets.decode, settings.decode, n_pool, settings.density, params], sort_keys=True
+        ).encode()
     ).hexdigest()[:8]
-    return cache / f"decoded-{name}-{tag}.pt"
+    return cache / assets.split.key / f"decoded-{name}-{tag}.pt"
 
 
 def _cached_pool(path: Path) -> DecodedPool | None:
@@ -127,9 +130,7 @@ def _decode_verified(
 def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
     """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
-    changed = settings.changed_sampler_params().get(sampler)
-    tag = f"-{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}" if changed else ""
-    path = _pool_path(cache, f"{sampler}{tag}-s{seed}", assets, settings, n_pool)
+    path = pool_path(cache, f"{sampler}-s{seed}", assets, settings, n_pool, settings.sampler_key(sampler))
     if (pool := _cached_pool(path)) is not None:
         return pool
     t0 = time.perf_counter()
@@ -143,7 +144,7 @@ def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cac
     labels = assets.bank.labels
     n_classes = assets.fit.n_classes
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(labels), n_classes, settings.decoded_inliers)))
-    path = _pool_path(cache, f"inliers-s{seed}", assets, settings, n_pool)
+    path = pool_path(cache, f"inliers-s{seed}", assets, settings, n_pool)
     if (pool := _cached_pool(path)) is not None:
         return pool
     rng = np.random.default_rng([seed, 7])

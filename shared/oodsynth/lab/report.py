@@ -27,13 +27,14 @@ def summarise(cells: list[dict], against: str | None = None) -> dict:
     """
     by = {}
     for c in cells:
-        by.setdefault((c["profile"], c["row"]), {})[c["seed"]] = c
+        by.setdefault((c["profile"], c["row"]), {})[(c.get("split", c["profile"]), c["seed"])] = c  # paired by both
     twins = {c["twin"] for c in cells if c.get("twin")}
     out: dict = {}
     for (profile, row), seeds in by.items():
         first = next(iter(seeds.values()))
         entry = {
-            "n_seeds": len(seeds),
+            "n_seeds": len(seeds),  # cells: (split, seed) pairs
+            "n_splits": len({split for split, _ in seeds}),
             "baseline": first["baseline"],
             "seconds_mean": float(np.mean([c["seconds"] for c in seeds.values()])),
         }

@@ -12,15 +12,18 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ..data import ImageData, image_tensors, load_profile_split, profile_ood_sets
+from ..data import ImageData, ProfileSplit, image_tensors
 from ..decoding.verification import images_to_tensor
 from ..densities import ClassDensities
 from ..encoding.features import build_bank
 from ..encoding.training import EncoderTrainConfig, train_encoder
+from ..samplers import DEFAULT_METHOD
 from ..training.evaluation import EvaluationReport, evaluate, evaluate_density
 from .assets import LabAssets, _atomic_write
 from .pools import decoded_inlier_pool, decoded_pool, smooth_noise
 from .settings import DECODED_FIELDS, FINETUNE_FIELDS, FROM_SCRATCH, INLIER_FIELDS, OUTLIER_FIELDS, LabSettings
+
+DEFAULT_ROW = f"decoded:{DEFAULT_METHOD}+verified"  # the shipped recipe: default sampler, decoded, verified
 
 
 @dataclass
@@ -36,6 +39,11 @@ class Cell:
     cache: Path
     work: Path
     assets: Callable[[], LabAssets]  # lazy: ce/noise rows never build the generation side
+    split: ProfileSplit | None = None  # None: the profile's default split
+
+    def __post_init__(self) -> None:
+        if self.split is None:
+            self.split = ProfileSplit.default(self.profile)
 
 
 @dataclass
@@ -82,7 +90,7 @@ def pretrained_detector(cell: Cell) -> Path:
     from ..training.ood import CHECKPOINT_NAME, train_ood
 
     scratch = cell.settings.model_copy(update=FROM_SCRATCH)
-    path = cell.cache / f"pretrained-s{cell.seed}-{scratch.key(frozenset())}.pt"
+    path = cell.cache / f"pretrained-{cell.split.key}-s{cell.seed}-{scratch.key(frozenset())}.pt"
     if not path.is_file():
         work = cell.work / "pretrained"
         train_ood(
@@ -235,17 +243,9 @@ def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = N
 
     s, assets = cell.settings, cell.assets()
     size = assets.encoder.config.image_size
-    train, test, ood_sets = LabData.get(cell.profile, size)
-    at_size = Cell(
-        cell.profile,
-        cell.seed,
-        s.model_copy(update={"image_size": size}),
-        train,
-        test,
-        ood_sets,
-        cell.cache,
-        cell.work,
-        cell.assets,
+    train, test, ood_sets = LabData.get(cell.split, size)
+    at_size = replace(
+        cell, settings=s.model_copy(update={"image_size": size}), train=train, test=test, ood_sets=ood_sets
     )
     n = 0 if feature_outliers is None else len(feature_outliers.vectors)
     beta = s.beta if feature_outliers is not None else 0.0
@@ -322,17 +322,18 @@ def lab_rows() -> dict[str, Row]:
 
 
 class LabData:
-    """A profile's splits and OOD sets at one image size, loaded once per process."""
+    """A split's ID sets and OOD sets at one image size, loaded once per process."""
 
-    _cache: dict[tuple[str, int], tuple] = {}
+    _cache: dict[tuple[str, str, int], tuple] = {}
 
     @classmethod
-    def get(cls, profile: str, image_size: int) -> tuple[ImageData, ImageData, dict[str, ImageData]]:
-        key = (profile, image_size)
+    def get(cls, split: ProfileSplit | str, image_size: int) -> tuple[ImageData, ImageData, dict[str, ImageData]]:
+        split = split if isinstance(split, ProfileSplit) else ProfileSplit.default(split)
+        key = (split.profile, split.key, image_size)
         if key not in cls._cache:
             cls._cache[key] = (
-                load_profile_split(profile, "train", image_size=image_size),
-                load_profile_split(profile, "test", image_size=image_size),
-                profile_ood_sets(profile, image_size=image_size),
+                split.load("train", image_size),
+                split.load("test", image_size),
+                split.ood_sets(image_size),
             )
         return cls._cache[key]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import ProfileSplit
 from .assets import LabAssets, _atomic_write
 from .report import markdown_table, summarise
 from .rows import Cell, CellOutcome, LabData, Row, lab_rows
@@ -37,12 +38,13 @@ def metrics_of(outcome: CellOutcome) -> dict:
     }
 
 
-def cell_path(out: Path, profile: str, row: Row, seed: int, settings: LabSettings, assets_tag: str = "") -> Path:
-    """A cell's cache file; keyed by the settings the row uses (so e.g. a new threshold reruns verified rows only)
-    and by the assets it was built from."""
+def cell_path(out: Path, split: ProfileSplit, row: Row, seed: int, settings: LabSettings, assets_tag: str = "") -> Path:
+    """A cell's cache file; keyed by the split (holdout and data hash), the settings the row uses (so e.g. a new
+    threshold reruns verified rows only) and the assets it was built from."""
     safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row.name)
     tag = f"-{assets_tag}" if assets_tag else ""
-    return out / "cells" / profile / safe / f"{settings.key(row.uses, row.sampler)}{tag}-seed{seed}.json"
+    name = f"{settings.key(row.uses, row.sampler)}{tag}-seed{seed}.json"
+    return out / "cells" / split.profile / split.key / safe / name
 
 
 class CellNotRun(LookupError):
@@ -50,7 +52,7 @@ class CellNotRun(LookupError):
 
 
 def run_cell(
-    profile: str,
+    split: ProfileSplit,
     row: Row,
     seed: int,
     settings: LabSettings,
@@ -60,19 +62,22 @@ def run_cell(
     cached_only: bool = False,
 ) -> dict:
     """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
-    path = cell_path(out, profile, row, seed, settings, assets().tag if row.uses_assets else "")
+    path = cell_path(out, split, row, seed, settings, assets().tag if row.uses_assets else "")
     if path.is_file():
-        return json.loads(path.read_text())
+        return {**json.loads(path.read_text()), "split": split.label, "split_name": split.name}
     if cached_only:
         raise CellNotRun("not run yet (summary of cached cells only)")
-    train, test, ood_sets = LabData.get(profile, settings.image_size)
+    train, test, ood_sets = LabData.get(split, settings.image_size)
     work = Path(tempfile.mkdtemp(prefix="oodlab-"))
-    cache = out / "cache" / profile
+    cache = out / "cache" / split.profile
     try:
         t0 = time.perf_counter()
-        outcome = row.run(Cell(profile, seed, settings, train, test, ood_sets, cache, work, assets))
+        outcome = row.run(Cell(split.profile, seed, settings, train, test, ood_sets, cache, work, assets, split))
         result = {
-            "profile": profile,
+            "profile": split.profile,
+            "split": split.label,
+            "split_name": split.name,
+            "split_key": split.key,
             "row": row.name,
             "seed": seed,
             "baseline": row.baseline,
@@ -87,26 +92,30 @@ def run_cell(
 
 
 def run_benchmark(
-    profiles: list[str],
+    splits: list[ProfileSplit | str],
     row_names: list[str],
     seeds: list[int],
     settings: LabSettings,
     out: Path,
-    assets_for: Callable[[str], Callable[[], LabAssets]],
+    assets_for: Callable[[ProfileSplit], Callable[[], LabAssets]],
     *,
     log: Callable[[str], None] = print,
     name: str = "results",
     cached_only: bool = False,
     versus: tuple[str, LabSettings] | None = None,
     against: str | None = None,
+    meta: dict | None = None,
 ) -> dict:
-    """Every (profile, seed, row) cell (cached), the results written after each cell; returns the results dict.
+    """Every (split, seed, row) cell (cached), the results written after each cell; returns the results dict.
+
+    ``splits``: ``ProfileSplit``s, or profile names for their default splits.
 
     A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
     ``versus`` = (label, other settings): every row whose cells those settings change is also run under them,
     as the row "<row> [<label>]", and paired with it seed by seed (how one setting is ranked against another).
     ``against`` = a row that is run too and that every other row is also paired with, seed by seed (how one
-    sampler is ranked against another under the same settings).
+    sampler is ranked against another under the same settings). ``meta`` (the code's commit, the protocol) is
+    recorded in the results file as ``run``.
     """
     rows = lab_rows()
     unknown = [r for r in row_names if r not in rows]
@@ -121,13 +130,15 @@ def run_benchmark(
     )
     if versus is not None and versus[1].density != settings.density:
         raise ValueError("versus: density changes the generation side (one per run); compare densities in two runs")
+    splits = [s if isinstance(s, ProfileSplit) else ProfileSplit.default(s) for s in splits]
     out.mkdir(parents=True, exist_ok=True)
     cells, failures = [], []
-    total, done, t0 = len(profiles) * len(chosen) * len(seeds), 0, time.perf_counter()
+    total, done, t0 = len(splits) * len(chosen) * len(seeds), 0, time.perf_counter()
     log(f"settings {settings.key()}: {settings.model_dump()}")
-    log(f"{total} cells: profiles {profiles}, seeds {seeds}, rows {chosen}")
-    for profile in profiles:
-        assets = assets_for(profile)
+    log(f"{total} cells: splits {[s.label for s in splits]}, seeds {seeds}, rows {chosen}")
+    for split in splits:
+        assets = assets_for(split)
+        where = f"{split.label}{f' ({split.name})' if split.name else ''}"
         for seed in seeds:  # seeds outermost: an interrupted run still has every row at the first seeds
             for row_name in chosen:
                 done += 1
@@ -139,12 +150,18 @@ def run_benchmark(
                     runs.append((twin, versus[1], twin_baseline))
                 for name_, cell_settings, baseline in runs:
                     try:
-                        c = run_cell(profile, row, seed, cell_settings, out, assets, cached_only=cached_only)
+                        c = run_cell(split, row, seed, cell_settings, out, assets, cached_only=cached_only)
                     except Exception as exc:  # one broken row must not lose the others; it is reported
                         failures.append(
-                            {"profile": profile, "row": name_, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}
+                            {
+                                "profile": split.profile,
+                                "split": split.label,
+                                "row": name_,
+                                "seed": seed,
+                                "error": f"{type(exc).__name__}: {exc}",
+                            }
                         )
-                        log(f"[{done}/{total}] {profile} {name_} seed {seed}: FAILED {failures[-1]['error']}")
+                        log(f"[{done}/{total}] {where} {name_} seed {seed}: FAILED {failures[-1]['error']}")
                         break  # a row that failed has no twin to pair with
                     cells.append(
                         {
@@ -155,12 +172,12 @@ def run_benchmark(
                         }
                     )
                     log(
-                        f"[{done}/{total}] {profile} {name_} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
+                        f"[{done}/{total}] {where} {name_} seed {seed}: near FPR95 {100 * c['near_fpr95']:.1f} "
                         f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
                         f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)"
                     )
-                write_results(out, settings, cells, failures, name, versus, against)
-    return write_results(out, settings, cells, failures, name, versus, against)
+                write_results(out, settings, cells, failures, name, versus, against, meta)
+    return write_results(out, settings, cells, failures, name, versus, against, meta)
 
 
 def twin_name(row: Row, settings: LabSettings, versus: tuple[str, LabSettings]) -> str | None:
@@ -177,12 +194,14 @@ def write_results(
     name: str = "results",
     versus: tuple[str, LabSettings] | None = None,
     against: str | None = None,
+    meta: dict | None = None,
 ) -> dict:
     """OUT/<name>.json (settings, summary, cells without their full reports, failures), <name>.md, <name>.png."""
     from ..plots import plot_ood_gain
 
     summary = summarise(cells, against) if cells else {}
     results = {
+        "run": dict(meta or {}),
         "settings": settings.model_dump(),
         "summary": summary,
         "cells": [{k: v for k, v in c.items() if k != "report"} for c in cells],

@@ -111,46 +111,23 @@ class LabSettings(BaseModel):
 
         return get_sampler(name, self.sampler_params.get(name))
 
-    def changed_sampler_params(self) -> dict[str, dict]:
-        """Per sampler, the parameters that differ from the ones the lab's cells were first cached with: the
-        sampler's defaults, except where ``PARAMS_WHEN_CACHED`` records older ones. A changed default thus gets
-        its own cells and pools, and asking for it explicitly finds the cells of the run that measured it."""
-        from ..samplers import get_sampler
-
-        out = {}
-        for name in sorted(set(self.sampler_params) | set(PARAMS_WHEN_CACHED)):
-            full = self.sampler(name).params.model_dump(mode="json")
-            base = {**get_sampler(name).params.model_dump(mode="json"), **PARAMS_WHEN_CACHED.get(name, {})}
-            if diff := {k: v for k, v in full.items() if v != base[k]}:
-                out[name] = diff
-        return out
-
     def key(self, fields: frozenset[str] | None = None, sampler: str | None = None) -> str:
-        """Hash of the settings (or of the detector settings plus ``fields``: what one row depends on; a row
-        of one ``sampler`` depends on that sampler's parameters only)."""
+        """Hash of the settings, or of what one row depends on: the detector settings plus ``fields``, and for a
+        row of one ``sampler`` that sampler's full parameters (its defaults included, so a changed default gets
+        its own cells)."""
         data = self.model_dump(mode="json")
-        changed = self.changed_sampler_params()
-        data["sampler_params"] = changed if fields is None else {k: v for k, v in changed.items() if k == sampler}
-        data = {k: v for k, v in data.items() if LATER_FIELDS.get(k, object()) != v}
         if fields is not None:
             data = {k: v for k, v in data.items() if k in DETECTOR_FIELDS | fields}
+            if "sampler_params" in data:
+                data["sampler_params"] = self.sampler_key(sampler) if sampler else {}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
+    def sampler_key(self, name: str) -> dict:
+        """Every parameter of sampler ``name`` as this lab runs it (its defaults under ``sampler_params``)."""
+        return self.sampler(name).params.model_dump(mode="json")
 
-# settings added after cells were cached: left out of the key at their default, so those cells stay valid
-LATER_FIELDS = {
-    "outlier_postprocess": "none",
-    "decoded_inliers": 0.0,
-    "finetune_epochs": 0,
-    "finetune_lr": 0.01,
-    "ood_loss": "energy_logistic",
-    "sampler_params": {},
-}
-# the values the lab first cached cells with, for every sampler parameter whose default changed since (a later
-# change of the same parameter needs no new entry); keys name parameters relative to these
-# (LabSettings.changed_sampler_params)
-PARAMS_WHEN_CACHED: dict[str, dict] = {"boundary_crossing": {"select": 100, "steps_beyond": 2}}
-FROM_SCRATCH = {k: LATER_FIELDS[k] for k in ("finetune_epochs", "finetune_lr")}  # the settings' defaults
+
+FROM_SCRATCH = {"finetune_epochs": 0, "finetune_lr": 0.01}  # the settings' defaults: train from scratch
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 # only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it
 FINETUNE_FIELDS = frozenset(FROM_SCRATCH)

@@ -3,8 +3,9 @@
 ``ensure_profile_assets("animals")`` is what the lab, the demo and the CLI
 call: it returns the cached folder when one was trained with the same
 settings, else trains it (a few CPU minutes) and caches it. The cache key is
-the profile plus a hash of every training setting, so changing a setting
-never returns a stale decoder. Concurrent callers (two test workers, the demo
+the profile, the split's key (held-out classes and a hash of its data) and a
+hash of every training setting, so changing the holdout, the data or a
+setting never returns a stale decoder. Concurrent callers (two test workers, the demo
 and a benchmark) are serialised with a file lock and the finished folder
 appears by an atomic rename, so nobody reads a half-written one.
 """
@@ -79,7 +80,7 @@ def load_profile_assets(decoder_dir: str | Path) -> ProfileAssets:
 
 
 def cache_path(config: DecoderTrainConfig, home: str | Path) -> Path:
-    return Path(home) / CACHE_DIR / f"{config.profile}-{config.key()}"
+    return Path(home) / CACHE_DIR / f"{config.profile}-{config.split().key}-{config.key()}"
 
 
 @contextmanager
@@ -98,10 +99,12 @@ def ensure_profile_assets(
     home: str | Path | None = None,
     *,
     config: DecoderTrainConfig | None = None,
+    holdout: tuple[int, ...] | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> ProfileAssets:
-    """The cached decoder of ``profile`` (default settings unless ``config``), trained on first use.
+    """The cached decoder of ``profile`` for the split holding out ``holdout`` (None: the profile's default;
+    default settings unless ``config``, which names its own split), trained on first use.
 
     ``home`` defaults to ``OODSYNTH_HOME``. Training shows tqdm bars when
     ``progress``; ``echo`` receives one line per finished stage.
@@ -110,7 +113,7 @@ def ensure_profile_assets(
         from ..config import get_settings
 
         home = get_settings().home
-    config = config or profile_config(profile)
+    config = config or profile_config(profile, holdout)
     if config.profile != profile:
         raise ValueError(f"config: its profile {config.profile!r} is not {profile!r}")
     target = cache_path(config, home)

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..data import ImageData, image_tensors, load_dataset
+from ..data import OFFLINE_PROFILES, ProfileSplit, image_tensors
 from ..errors import InputError
 
 METADATA_NAME = "decoder.json"
@@ -55,7 +55,12 @@ class DecoderTrainConfig(BaseModel):
     image_size: int = Field(16, ge=8, description="decode size in pixels (a multiple of 8, the pipeline's rule)")
     seed: int = 0
     row_norm: float = Field(0.38, gt=0, description="norm of the random token rows (SD v1.x: 0.34-0.42)")
-    classes: tuple[str, ...] | None = Field(None, description="train on these ID classes only (small test decoders)")
+    holdout: tuple[int, ...] | None = Field(
+        None, description="held-out (near-OOD) class indices of the profile; None: the profile's default split"
+    )
+    classes: tuple[str, ...] | None = Field(
+        None, description="train on these classes only (small test decoders): every other class is held out"
+    )
     # image encoder
     encoder_arch: str = "resnet18"
     encoder_width: int = Field(8, ge=1)
@@ -81,11 +86,24 @@ class DecoderTrainConfig(BaseModel):
     decode_steps: int = Field(20, ge=1)
     guidance_scale: float = Field(2.0, ge=0)
 
+    def split(self) -> ProfileSplit:
+        """The profile split the decoder and its encoder are trained on (``classes`` holds out every other)."""
+        if not self.classes:
+            return (
+                ProfileSplit.default(self.profile) if self.holdout is None else ProfileSplit(self.profile, self.holdout)
+            )
+        words = OFFLINE_PROFILES[self.profile].words if self.profile in OFFLINE_PROFILES else ()
+        unknown = [c for c in self.classes if c not in words]
+        if unknown:
+            raise InputError("classes", f"{unknown} are not classes of {self.profile} ({', '.join(words)})")
+        return ProfileSplit(self.profile, tuple(i for i, w in enumerate(words) if w not in self.classes))
+
     def key(self) -> str:
+        """Hash of every setting and of the split (held-out classes and a hash of its data)."""
         import hashlib
 
-        # Unset optional fields stay out of the hash, so adding an option keeps existing caches valid.
         settings = self.model_dump(mode="json", exclude_none=True)
+        settings["split"] = self.split().key
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -99,11 +117,15 @@ PROFILE_SETTINGS: dict[str, dict] = {
 }
 
 
-def profile_config(profile: str, **overrides) -> DecoderTrainConfig:
-    """The default training settings of ``profile``, with ``overrides`` on top."""
+def profile_config(profile: str, holdout: tuple[int, ...] | None = None, **overrides) -> DecoderTrainConfig:
+    """The default training settings of ``profile`` for the split holding out ``holdout`` (None: the profile's
+    default), with ``overrides`` on top."""
     if profile not in PROFILE_SETTINGS:
         raise InputError("profile", f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_SETTINGS)}")
-    return DecoderTrainConfig(**{"profile": profile, **PROFILE_SETTINGS[profile], **overrides})
+    split = ProfileSplit.default(profile) if holdout is None else ProfileSplit(profile, tuple(holdout))
+    return DecoderTrainConfig(
+        **{"profile": profile, "holdout": split.holdout, **PROFILE_SETTINGS[profile], **overrides}
+    )
 
 
 @dataclass
@@ -226,23 +248,6 @@ def train_unet(
     return {"final_loss": float(np.mean(losses[-100:]))}
 
 
-def load_profile_split(profile: str, split: str, image_size: int, classes: tuple[str, ...] | None = None) -> ImageData:
-    """The profile's split, optionally cut down to ``classes`` (renumbered 0..k-1 in the given order)."""
-    data = load_dataset(profile, split, image_size=image_size)
-    if not classes:
-        return data
-    unknown = [c for c in classes if c not in data.class_names]
-    if unknown:
-        raise InputError("classes", f"{unknown} are not classes of {profile} ({', '.join(data.class_names)})")
-    x, y = image_tensors(data)
-    old = torch.tensor([data.class_names.index(c) for c in classes])
-    keep = torch.isin(y, old)
-    remap = torch.full((len(data.class_names),), -1, dtype=torch.long)
-    remap[old] = torch.arange(len(classes))
-    dataset = torch.utils.data.TensorDataset(x[keep], remap[y[keep]])
-    return ImageData(dataset, list(classes), data.image_size, data.mean, data.std, name=data.name, extra=data.extra)
-
-
 def train_decoder(
     config: DecoderTrainConfig,
     out: str | Path,
@@ -267,7 +272,7 @@ def train_decoder(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train = load_profile_split(config.profile, "train", config.image_size, config.classes)
+    train = config.split().load("train", config.image_size)
     class_names = list(train.class_names)
     timings: dict[str, float] = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
