@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # pinned, so the project's ranges are already satisfied and pip fetches no other build.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo lint test bench clean
+.PHONY: setup demo lint test test-fast docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,12 +27,21 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Everything: ruff, then the whole suite (import contracts and the strict docs build included).
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The quick loop while editing: no process-spawning or training tests (marked slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The documentation site (mkdocs-material) into site/; a broken link fails the build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python bench/sampling.py --classes 3 --reference-rounds 5
 	$(BIN)/python bench/decode.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -20,7 +20,7 @@ Besides ``exact`` and ``fast``, two ablations say which lever costs what:
 (the job's solver and steps, fast's feature reuse); ``fast-reuse-3`` is the
 first candidate for ``fast`` (full UNet every 3rd step), kept for the record.
 
-    nice -n 10 .venv/bin/python bench/decode_fidelity.py --threads 1 --out bench/results/decode_presets.md
+    nice -n 10 .venv/bin/python bench/decode_fidelity.py --threads 1 --out bench/results/decode_presets/decode_presets.md
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def test_redis_needs_a_password_persists_and_is_not_published(compose):
     redis = compose["services"]["redis"]
     command = redis["command"]
     options = dict(zip(command[1::2], command[2::2]))
-    # AOF flushed once a second, like the embedded server (README "Operations" says what that can lose).
+    # AOF flushed once a second, like the embedded server (docs/operations.md says what that can lose).
     assert options["--appendonly"] == "yes" and options["--appendfsync"] == "everysec"
     # A memory cap whose policy evicts only keys with a TTL (samples, job results): queues, queued
     # jobs and fits have none, so they are never evicted.

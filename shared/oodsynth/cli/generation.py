@@ -121,7 +121,7 @@ def generate(
     preset: str = typer.Option(
         DEFAULT_PRESET,
         help=f"{' or '.join(PRESETS)}: 'fast' = DPM-Solver++ at half the "
-        "steps + deep-feature reuse (measured fidelity: bench/results/decode_presets.md).",
+        "steps + deep-feature reuse (measured fidelity: bench/results/decode_presets/decode_presets.md).",
     ),
     seed: int | None = typer.Option(None, min=0, help="Base seed of the per-image seeds."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the jobs with a progress bar."),

@@ -176,7 +176,7 @@ class OutlierDecoder:
         whole instead, and ``fast`` is refused for it as before. torch.compile's
         defaults (static graphs first): on an H200, ``dynamic=True`` compiled
         for 345 s and ran ``exact`` at 0.98x plain diffusers against 1.36x
-        (bench/results/decode_gpu.md).
+        (bench/results/decode_gpu/decode_gpu.md).
         """
         try:
             self._step_unet(0)

@@ -32,9 +32,9 @@ from ..errors import InputError
 VERIFICATION_KEYS = ("id_percentile", "id_class", "max_softmax")
 # the manifest's diagnostics already hold the *vector's* id_percentile; the image's carry this prefix
 MANIFEST_PREFIX = "verified_"
-# train-ood's default threshold when every stored image is verified: chosen by bench/ood_gain.py (animals, trained
-# decoder, 5 seeds): unverified decoded boundary_crossing outliers made near-OOD FPR95 9.1 points worse than CE only,
-# the same images kept at or below this ID percentile 1.6 points better (README, "Measured OOD gain")
+# train-ood's default threshold when every stored image is verified: of 10, 5 and 2, the only one under which no
+# sampler's decoded outliers made near-OOD FPR95 worse than CE only (bench/results/small_setting/: ood_gain.md,
+# ood_gain_threshold5.md, ood_gain_threshold2.md; docs/results.md)
 DEFAULT_MAX_ID_PERCENTILE = 10.0
 
 

@@ -29,14 +29,9 @@ SAMPLERS: dict[str, type[Sampler]] = {
     )
 }
 
-# The method used when a request names none (API, CLI, demo). Chosen by measured OOD gain
-# (bench/ood_gain.py; README "Measured OOD gain"): on the product's path (animals, sample -> decode with the
-# trained decoder -> verify at ID percentile 10 -> train-ood) with the lab's best detector setting (width 16,
-# 1.0 outliers per ID image), boundary_crossing with its measured parameters (select 600, steps_beyond 8) has
-# the largest near-OOD gain over 15 seeds: FPR95 -9.1 (t -9.5), AUROC +6.5 (t +13.3). Paired on the same
-# seeds it beats class_interpolation (FPR95 -7.0, t -5.1) and knn_boundary (AUROC +1.2, t +5.0; FPR95 -1.3,
-# t -1.4, by its mean only). On digits' decoded path no sampler beats CE only and five are significantly
-# worse: no sampler meets "never worse than CE only" there.
+# The method used when a request names none (API, CLI, demo): the sampler with the largest measured near-OOD gain
+# on the product's path (animals, sample -> decode -> verify -> train-ood) at the OOD lab's best setting,
+# paired by seed with the others: bench/results/best_setting/ood_gain_ratio1_head_to_head.md (docs/results.md).
 DEFAULT_METHOD = "boundary_crossing"
 
 

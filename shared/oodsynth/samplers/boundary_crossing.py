@@ -39,9 +39,8 @@ from .geodesic import exp_map, rowdot, to_tangent
 class BoundaryCrossingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # 600 and 8 (were 100 and 2) measured best in the OOD lab (animals, about 700 ID features per class, pools of
-    # 525 vectors per class: one start per vector): near FPR95 -4.3 against CE only over 15 seeds; with twice the
-    # outliers, -9.1 over 15 fresher seeds (README)
+    # 600 and 8 measured best in the OOD lab (animals, about 700 ID features per class: one start per vector of a
+    # pool): bench/results/boundary_crossing_params/ and docs/results.md
     select: int = Field(
         600, ge=1, le=100_000, description="Start points per class: the ID features with the smallest top-2 margin."
     )

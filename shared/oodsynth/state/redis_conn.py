@@ -48,7 +48,7 @@ def start_embedded_redis(directory: Path, *, appendonly: bool = False) -> Embedd
 
     ``appendonly``: every write goes to an append-only file in ``directory`` (``appendfsync everysec``:
     written to the file as it is answered, flushed to disk once a second); a server started again on the
-    same folder replays it. What that can lose is in the README (Operations).
+    same folder replays it. What that can lose is in docs/operations.md (Redis persistence).
     """
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def start_embedded_redis(directory: Path, *, appendonly: bool = False) -> Embedd
         "--appendonly",
         "yes" if appendonly else "no",
         "--appendfsync",
-        "everysec",  # Redis's default, stated: the README says what it can lose
+        "everysec",  # Redis's default, stated: docs/operations.md says what it can lose
         "--save",
         "",
         "--daemonize",
