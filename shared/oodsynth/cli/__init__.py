@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 from . import (  # noqa: F401  (register commands)
     core,
     decoder,  # noqa: F401  (train-decoder)
+    export,  # noqa: F401  (export)
     generation,
     training,
 )
