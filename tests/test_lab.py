@@ -175,6 +175,61 @@ def test_summary_statistics_are_paired():
     assert d["t"] < -2 and s["p"]["x"]["near_fpr95"]["std"] > 0.09
 
 
+def test_pooled_report_pairs_by_split_and_seed_credits_noise_fairly_and_names_the_best_peer():
+    """Cells of two splits x two seeds pool into one row entry; pairs are (split, seed); a noise-trained row's
+    far figures leave the noise set out; every row is paired with the best peer (lowest pooled near FPR95)."""
+    from oodsynth.lab.report import markdown_table, target_lines
+
+    def cell(row, split, seed, near, kinds, kind="ours", noise=False):
+        far = {k: {"fpr95": v, "auroc": 1 - v} for k, v in kinds.items()}
+        return {
+            "profile": "animals",
+            "split": split,
+            "split_name": {"animals:a": "test-0", "animals:b": "test-1"}[split],
+            "row": row,
+            "seed": seed,
+            "baseline": None if row == "ce" else "ce",
+            "kind": kind,
+            "noise_outliers": noise,
+            "seconds": 1.0,
+            "near_fpr95": near,
+            "near_auroc": 1 - near,
+            "far_fpr95": float(np.mean(list(kinds.values()))),
+            "far_auroc": 1 - float(np.mean(list(kinds.values()))),
+            "far_kinds": far,
+            "id_accuracy": 0.9,
+        }
+
+    pairs = [("animals:a", 0), ("animals:a", 1), ("animals:b", 0), ("animals:b", 1)]
+    ce_near, ours_near, noise_near = [0.5, 0.6, 0.7, 0.4], [0.40, 0.52, 0.61, 0.33], [0.55, 0.62, 0.72, 0.45]
+    cells = []
+    for (split, seed), c, o, n in zip(pairs, ce_near, ours_near, noise_near):
+        cells += [
+            cell("ce", split, seed, c, {"digits": 0.8, "noise": 0.9, "inverted": 0.7}, kind="baseline"),
+            cell("ours", split, seed, o, {"digits": 0.6, "noise": 0.9, "inverted": 0.6}),
+            cell("noise", split, seed, n, {"digits": 0.8, "noise": 0.0, "inverted": 0.7}, kind="peer", noise=True),
+        ]
+    s = summarise(cells)["animals"]
+    ours, noise = s["ours"], s["noise"]
+    assert ours["n_seeds"] == 4 and ours["n_splits"] == 2
+    d = ours["delta_near_fpr95"]
+    diffs = np.subtract(ours_near, ce_near)
+    assert d["n"] == 4 and d["mean"] == pytest.approx(diffs.mean()) and d["std"] == pytest.approx(diffs.std(ddof=1))
+    # the noise row's far figure is (digits + inverted) / 2: the noise set it was trained on earns it nothing
+    assert noise["far_fpr95"]["mean"] == pytest.approx(0.75) and noise["delta_far_fpr95"]["mean"] == pytest.approx(0)
+    assert ours["far_kinds"]["noise"]["fpr95"]["mean"] == pytest.approx(0.9)
+    assert ours["best_peer"] == "noise"
+    assert ours["peer_delta_near_fpr95"]["mean"] == pytest.approx(np.mean(np.subtract(ours_near, noise_near)))
+    assert set(ours["per_split"]) == {"animals:a", "animals:b"}
+    assert ours["per_split_delta"]["animals:a"]["mean"] == pytest.approx(np.mean(diffs[:2]))
+    table = markdown_table(summarise(cells), "animals")
+    assert "| noise † |" in table and "test-1 (b)" in table and "Δ near FPR95 vs best peer (noise)" in table
+    lines = target_lines(summarise(cells), "animals", "ours")
+    # near -8.5 (t far below -2.5), far -10, -12 against noise; no post-hoc row ran, which is a miss
+    assert [line.split(":")[0] for line in lines] == ["- met", "- met", "- met", "- MISSED"]
+    assert "not measured" in lines[3]
+
+
 def test_rows_registry():
     rows = lab_rows()
     assert list(rows)[:3] == ["ce", "density", "noise"]

@@ -278,6 +278,8 @@ class Row:
     uses: frozenset[str] = frozenset()  # settings beyond the detector's that its result depends on (cache key)
     uses_assets: bool = True  # built from the generation side: its cache key names the assets
     sampler: str | None = None  # the sampler whose parameters its key names (when it uses "sampler_params")
+    kind: str = "ours"  # baseline (CE), peer (another method, the report's "best peer"), posthoc, ours
+    noise_outliers: bool = False  # trained on noise: not credited on the far-OOD noise set
 
     @property
     def description(self) -> str:
@@ -289,9 +291,16 @@ def lab_rows() -> dict[str, Row]:
     from ..samplers import SAMPLERS
 
     rows = [
-        Row("ce", row_ce, None, uses=FINETUNE_FIELDS, uses_assets=False),
-        Row("density", row_density, uses=frozenset({"density"})),
-        Row("noise", row_noise, uses=OUTLIER_FIELDS | FINETUNE_FIELDS, uses_assets=False),
+        Row("ce", row_ce, None, uses=FINETUNE_FIELDS, uses_assets=False, kind="baseline"),
+        Row("density", row_density, uses=frozenset({"density"}), kind="peer"),
+        Row(
+            "noise",
+            row_noise,
+            uses=OUTLIER_FIELDS | FINETUNE_FIELDS,
+            uses_assets=False,
+            kind="peer",
+            noise_outliers=True,
+        ),
         Row("inliers", row_inliers, needs_decoder=True, uses=INLIER_FIELDS | FINETUNE_FIELDS),
     ]
     for name in SAMPLERS:
@@ -307,7 +316,7 @@ def lab_rows() -> dict[str, Row]:
             ),
         ]
     if feature_outliers_available():
-        rows.append(Row("ce:init", row_ce_init, None))
+        rows.append(Row("ce:init", row_ce_init, None, kind="baseline"))
         rows += [
             Row(
                 f"feature:{name}",

@@ -14,13 +14,14 @@ import numpy as np
 
 from ..data import ProfileSplit
 from .assets import LabAssets, _atomic_write
-from .report import markdown_table, summarise
-from .rows import Cell, CellOutcome, LabData, Row, lab_rows
+from .report import markdown_table, summarise, target_lines
+from .rows import DEFAULT_ROW, Cell, CellOutcome, LabData, Row, lab_rows
 from .settings import LabSettings
 
 
 def metrics_of(outcome: CellOutcome) -> dict:
-    """near/far FPR95 and AUROC of the row's score (far = mean over the far sets), plus every raw number."""
+    """near/far FPR95 and AUROC of the row's score (far = mean over the far sets; ``far_kinds``: per far set),
+    plus every raw number."""
     sets = outcome.report.results[outcome.score]
     near = [m for name, m in sets.items() if name.startswith("near:")]
     far = [m for name, m in sets.items() if name.startswith("far:")]
@@ -29,8 +30,14 @@ def metrics_of(outcome: CellOutcome) -> dict:
         for group, rows in (("near", near), ("far", far))
         for m in ("fpr95", "auroc")
     }
+    kinds = {
+        name[4:]: {"fpr95": float(m["fpr95"]), "auroc": float(m["auroc"])}
+        for name, m in sets.items()
+        if name.startswith("far:")
+    }
     return {
         **summary,
+        "far_kinds": kinds,
         "id_accuracy": outcome.report.id_accuracy,
         "score": outcome.score,
         "report": outcome.report.to_dict(),
@@ -63,8 +70,9 @@ def run_cell(
 ) -> dict:
     """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
     path = cell_path(out, split, row, seed, settings, assets().tag if row.uses_assets else "")
+    labels = {"split": split.label, "split_name": split.name, "kind": row.kind, "noise_outliers": row.noise_outliers}
     if path.is_file():
-        return {**json.loads(path.read_text()), "split": split.label, "split_name": split.name}
+        return {**json.loads(path.read_text()), **labels}
     if cached_only:
         raise CellNotRun("not run yet (summary of cached cells only)")
     train, test, ood_sets = LabData.get(split, settings.image_size)
@@ -75,8 +83,7 @@ def run_cell(
         outcome = row.run(Cell(split.profile, seed, settings, train, test, ood_sets, cache, work, assets, split))
         result = {
             "profile": split.profile,
-            "split": split.label,
-            "split_name": split.name,
+            **labels,
             "split_key": split.key,
             "row": row.name,
             "seed": seed,
@@ -212,18 +219,36 @@ def write_results(
     if against is not None:
         results["against"] = against
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    run = results["run"]
     md = [
         f"# OOD gain (lab settings {settings.key()})",
         "",
-        "Percent; mean ± std over seeds; Δ = paired per-seed difference to the row's baseline (CE only unless "
-        "named), t = mean / standard error of the paired differences. Score: energy (density row: max class "
-        "log-density); far = mean over the far-OOD sets.",
+        "Percent; mean ± std over every cell (splits × seeds); Δ = paired difference (same split, same seed) to "
+        "the row's baseline (CE only unless named), to the best peer on near FPR95 (noise, density, VOS, NPOS, "
+        "mixing, post-hoc; chosen by its pooled mean) and to the best post-hoc detector on far FPR95; t = mean / "
+        "standard error of the paired differences. Score: the row's own (energy for trained rows); far = mean "
+        "over the far-OOD sets.",
         "",
     ]
+    if run.get("commit"):
+        md += [
+            f"Code: commit {run['commit'][:12]}{' with uncommitted changes' if run.get('dirty') else ''}; "
+            f"protocol {run.get('protocol', '')} (sha {run.get('protocol_sha', '')}); "
+            f"{'test splits only' if run.get('test_only') else 'not only test splits: not a protocol result'}; "
+            f"seeds {run.get('seeds')}.",
+            "",
+        ]
     if versus is not None:
         md += [f"Rows named `[{versus[0]}]` ran with those settings changed (lab settings {versus[1].key()}).", ""]
     for profile in summary:
         md += [f"## {profile}", "", markdown_table(summary, profile), ""]
+        if DEFAULT_ROW in summary[profile]:
+            md += [
+                f"Targets for the default recipe ({DEFAULT_ROW}):",
+                "",
+                *target_lines(summary, profile, DEFAULT_ROW),
+                "",
+            ]
     if failures:
         md += ["## failed cells", ""]
         md += [f"- {f['profile']} {f['row']} seed {f['seed']}: {f['error']}" for f in failures]
