@@ -26,6 +26,15 @@ re-encodes the ID set every few epochs, refits the class densities and lets
 the sample's own sampler draw afresh (VOS re-estimates its class Gaussians
 from the current features for the same reason).
 
+In-training virtual outliers (``virtual_outliers``: ``vos`` or ``npos``,
+``oodsynth.training.virtual_outliers``): each step the ID batch's
+penultimate features fill a per-class queue; after the sampler's warm-up (a
+share of the epochs; none on a fine-tune, whose features are trained already)
+and once the queue is full, ``ood_batch_size`` outlier features are drawn from
+it and go through the classification head into L_ood beside the ID rows, as
+VOS and NPOS do. They draw from their own generator, so the ID batches match
+a CE-only run of the same seed step for step.
+
 Fine-tuning (Outlier Exposure's protocol): with ``init_classifier`` the run
 starts from a train-ood checkpoint, typically a CE-only one, and trains
 ``epochs`` more with its own loss. A CE-only fine-tune of the same checkpoint
@@ -36,13 +45,14 @@ paired difference measures the outliers, not two training trajectories.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -55,6 +65,7 @@ from ..device import default_device
 from ..encoding.encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 from ..errors import InputError
 from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_feature_outliers
+from .virtual_outliers import VIRTUAL_OUTLIERS, FeatureQueue, get_virtual_sampler
 
 CHECKPOINT_NAME = "ood.pt"
 OOD_LOSSES = ("energy_logistic", "outlier_exposure")
@@ -112,6 +123,24 @@ class OODTrainConfig(BaseModel):
         0, ge=0, description="feature outliers: redraw them from the current features every this many epochs; 0 = never"
     )
     redraw_density: Literal[DENSITY_KINDS] = Field("gaussian_full", description="density kind refitted for a redraw")  # type: ignore[valid-type]
+    virtual_outliers: Literal[VIRTUAL_OUTLIERS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="outliers drawn in training on the penultimate features: vos (low-likelihood samples of "
+        "class Gaussians), npos (k-NN boundary perturbations); ood_batch_size of them per step; None = none",
+    )
+    virtual_params: dict = Field(default_factory=dict, description="the virtual-outlier sampler's parameters")
+
+    @model_validator(mode="after")
+    def _virtual_params_known(self) -> OODTrainConfig:
+        """Fail when the config is made, not after the warm-up epochs: every parameter the sampler's own."""
+        if self.virtual_params and self.virtual_outliers is None:
+            raise ValueError("virtual_params: given without virtual_outliers")
+        if self.virtual_outliers is not None:
+            try:
+                get_virtual_sampler(self.virtual_outliers, self.virtual_params)
+            except ValidationError as exc:
+                raise ValueError(f"virtual_params: {exc}") from None
+        return self
 
 
 class EnergyHead(nn.Module):
@@ -194,6 +223,18 @@ def outlier_dataset(
     if len(ds) == 0:
         raise InputError("outlier_datasets", f"{datasets} in {store} hold no images")
     return ds
+
+
+def penultimate(model: TextAlignedEncoder | FeatureClassifier, x: torch.Tensor) -> torch.Tensor:
+    """The features the classification head reads (``head_of(model)(penultimate(model, x)) == model(x)``)."""
+    if isinstance(model, FeatureClassifier):
+        return model.features(x)
+    return model.backbone((x - model.mean) / model.std)
+
+
+def head_of(model: TextAlignedEncoder | FeatureClassifier) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The classification head: penultimate features -> logits."""
+    return model.classify if isinstance(model, FeatureClassifier) else model.head
 
 
 def _cycle(loader: DataLoader) -> Iterator:
@@ -369,6 +410,11 @@ def train_ood(
         )
     use_images = outliers is not None and config.beta > 0
     use_features = feature_outliers is not None and config.beta > 0
+    virtual = (
+        get_virtual_sampler(config.virtual_outliers, config.virtual_params)
+        if config.virtual_outliers is not None and config.beta > 0
+        else None
+    )
     path = Path(out_dir) / CHECKPOINT_NAME
     if config.init_encoder and config.init_classifier:
         raise InputError("init_classifier", "give init_encoder or init_classifier, not both")
@@ -416,6 +462,10 @@ def train_ood(
     id_iter = _cycle(id_loader)
     ood_iter = _cycle(ood_loader) if use_images else None
     vectors = _VectorBatches(feature_outliers.unit_tensor(), config.ood_batch_size, gen) if use_features else None
+    queue, virtual_from, virtual_gen = None, 0, None
+    if virtual is not None:
+        virtual_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
+        virtual_from = 0 if config.init_classifier else math.ceil(virtual.params.warmup * config.epochs)
     bar = tqdm(
         total=(config.epochs - start) * steps_per_epoch,
         desc="train-ood",
@@ -436,11 +486,22 @@ def train_ood(
             x_id, y = next(id_iter)
             x_id, y = x_id.to(device), y.to(device)
             x_ood = next(ood_iter)[0].to(device) if use_images else x_id[:0]
-            logits = model(torch.cat([x_id, x_ood]))
+            if virtual is None:
+                logits = model(torch.cat([x_id, x_ood]))
+            else:
+                features = penultimate(model, torch.cat([x_id, x_ood]))
+                logits = head_of(model)(features)
+                if queue is None:
+                    queue = FeatureQueue(len(train.class_names), virtual.params.queue_size, features.shape[1], device)
+                queue.push(features[: len(y)], y)
             ce = F.cross_entropy(logits[: len(y)], y)
             if use_features:
                 logits = torch.cat([logits, model.classify(vectors.next().to(device))])
-            if use_images or use_features:
+            drawing = virtual is not None and epoch >= virtual_from and queue.full
+            if drawing:
+                virtual_features, _ = virtual.sample(queue, config.ood_batch_size, virtual_gen)
+                logits = torch.cat([logits, head_of(model)(virtual_features)])
+            if use_images or use_features or drawing:
                 l_ood = ood_loss(config.ood_loss, logits, len(y), phi)
                 loss = ce + config.beta * l_ood
             else:
@@ -465,7 +526,7 @@ def train_ood(
             train.class_names,
             epoch + 1,
             history,
-            use_images or use_features,
+            use_images or use_features or virtual is not None,
         )
         if callable(progress):
             progress(epoch + 1, config.epochs)
@@ -477,6 +538,6 @@ def train_ood(
         config,
         config.epochs,
         history,
-        use_images or use_features,
+        use_images or use_features or virtual is not None,
         getattr(outliers, "verification", ""),
     )
