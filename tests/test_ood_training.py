@@ -473,3 +473,51 @@ def test_outlier_exposure_loss_flattens_the_outliers_softmax(tmp_path, digits):
         progress=False,
     )
     assert set(report.results) == {"energy"}
+
+
+@pytest.mark.slow
+def test_virtual_outliers_start_after_the_warmup_and_npos_learns_its_outliers(tmp_path, digits):
+    """Same seed, CE only against each in-training sampler: L_ood runs from the warm-up epoch on; NPOS moves the
+    energy of its own outliers (drawn afresh from the trained features) away from the ID features'."""
+    from oodsynth.training.ood import head_of, penultimate
+    from oodsynth.training.virtual_outliers import FeatureQueue, get_virtual_sampler
+
+    small = ImageData(Subset(digits.dataset, range(320)), digits.class_names, 16)
+    x = torch.stack([small.dataset[i][0] for i in range(320)])
+    y = torch.tensor([small.dataset[i][1] for i in range(320)])
+    params = {
+        "vos": {"warmup": 0.16, "queue_size": 28},
+        "npos": {"warmup": 0.16, "queue_size": 28, "k": 5, "select": 10},
+    }
+
+    def energy_gap(clf, method):
+        """Mean energy of fresh virtual outliers minus that of the ID features, in eval mode."""
+        with torch.no_grad():
+            f = penultimate(clf.model.eval(), x)
+            queue = FeatureQueue(10, 28, f.shape[1])
+            queue.push(f, y)
+            v, _ = get_virtual_sampler(method, params[method]).sample(queue, 200, torch.Generator().manual_seed(0))
+            head = head_of(clf.model)
+            return (energy(head(v)).mean() - energy(head(f)).mean()).item()
+
+    config = dict(epochs=6, ood_batch_size=32, beta=1.0, seed=2)
+    ce = train_ood(tiny_config(**config), small, tmp_path / "ce", device="cpu", progress=False)
+    gaps, losses = {}, {}
+    for method in ("vos", "npos"):
+        clf = train_ood(
+            tiny_config(**config, virtual_outliers=method, virtual_params=params[method]),
+            small,
+            tmp_path / method,
+            device="cpu",
+            progress=False,
+        )
+        ood = [h["ood"] for h in clf.history]
+        assert ood[0] == 0.0 and all(v > 0.1 for v in ood[1:]), (method, ood)  # from epoch 2 of 6
+        assert clf.uses_outliers and not ce.uses_outliers
+        gaps[method] = (energy_gap(ce, method), energy_gap(clf, method))
+        losses[method] = ood
+    # NPOS's L_ood falls as the head learns its outliers (measured 0.68 -> 0.56), and its fresh outliers sit higher
+    # in energy above the ID features than under CE alone (measured 3.05 -> 3.15). VOS's outliers stay as ID-like
+    # as the ID features themselves here (L_ood stays at ln 2: measured, not asserted; see the lab's vos row).
+    assert losses["npos"][-1] < losses["npos"][1] - 0.05, losses
+    assert gaps["npos"][1] > gaps["npos"][0] + 0.05, gaps

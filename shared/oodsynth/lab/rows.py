@@ -327,6 +327,9 @@ def lab_rows() -> dict[str, Row]:
             )
             for name in SAMPLERS
         ]
+    from .peers import peer_rows
+
+    rows += peer_rows()
     return {r.name: r for r in rows}
 
 

@@ -1,0 +1,63 @@
+"""The lab's peer rows on digits, tiny: each runs end to end, paired with CE, at the image rows' budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oodsynth.lab import LabSettings, lab_rows, run_benchmark
+from oodsynth.lab.peers import POSTHOC_PARAMS, peer_rows
+
+# digits: 1,010 training images in 8 classes; outlier_ratio 0.032 gives 4 outliers per class
+SETTINGS = LabSettings(width=4, epochs=2, min_steps=0, batch_size=32, ood_batch_size=16, outlier_ratio=0.032)
+
+
+def test_peer_rows_are_registered_with_their_kinds_and_keys():
+    rows = lab_rows()
+    names = [r.name for r in peer_rows()]
+    assert names[:4] == ["vos", "npos", "mixup", "cutmix"]
+    assert {"posthoc:msp", "posthoc:maxlogit", "posthoc:energy", "posthoc:mahalanobis"} <= set(names)
+    assert {"posthoc:knn", "posthoc:vim", "posthoc:react"} <= set(names)
+    for name in names:
+        row = rows[name]
+        assert row.baseline == "ce" and not row.uses_assets and not row.needs_decoder
+        assert row.kind == ("posthoc" if name.startswith("posthoc:") else "peer")
+    # a trained peer's cells change with the outlier settings, a post-hoc one's only with the CE model's
+    for name, moves in (("vos", True), ("mixup", True), ("posthoc:vim", False)):
+        row = rows[name]
+        assert (SETTINGS.key(row.uses) != SETTINGS.model_copy(update={"beta": 1.0}).key(row.uses)) is moves
+        assert SETTINGS.key(row.uses) != SETTINGS.model_copy(update={"width": 8}).key(row.uses)
+
+
+@pytest.mark.slow
+def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        names = ["vos", "npos", "mixup", "cutmix", "posthoc:energy", "posthoc:msp", "posthoc:knn", "posthoc:vim"]
+        results = run_benchmark(
+            ["digits"],
+            names,
+            [0],
+            SETTINGS,
+            tmp_path,
+            lambda split: lambda: pytest.fail("peer rows need no generation assets"),
+            log=lambda line: None,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert results["failures"] == []
+    cells = {c["row"]: c for c in results["cells"]}
+    assert list(cells) == ["ce", *names]
+    for c in cells.values():
+        assert 0 <= c["near_fpr95"] <= 1 and 0 <= c["far_auroc"] <= 1 and c["id_accuracy"] > 0.3
+    # the image peers get as many outliers as the noise and decoded rows; the virtual ones as many per step
+    assert cells["mixup"]["n_outliers"] == cells["cutmix"]["n_outliers"] == 4 * 8
+    assert cells["vos"]["virtual_per_step"] == cells["npos"]["virtual_per_step"] == 16
+    # the post-hoc rows score the ce row's own model: its energy score gives the ce row's numbers exactly
+    for metric in ("near_fpr95", "near_auroc", "far_fpr95", "far_auroc", "id_accuracy"):
+        assert cells["posthoc:energy"][metric] == pytest.approx(cells["ce"][metric], abs=1e-9), metric
+    assert cells["posthoc:msp"]["near_auroc"] != cells["posthoc:energy"]["near_auroc"]
+    assert cells["posthoc:knn"]["detector_params"] == POSTHOC_PARAMS["knn"]
+    # trained peers change the model: the same seed's CE and VOS differ (VOS draws from epoch 1 of 2)
+    assert cells["vos"]["near_auroc"] != cells["ce"]["near_auroc"]
