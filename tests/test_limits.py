@@ -113,7 +113,7 @@ def test_bad_dataset_names(api, sample_id, dataset):
     [
         ({"steps": 101}, "steps", "above the cap of 100"),
         ({"height": 1024, "width": 1024}, "height", "above the cap of 262144"),
-        ({"prompt_template": "{token} " + "x" * 2000}, "prompt_template", "above the cap of 1000"),
+        ({"prompt_template": "{token} " + "x" * 2000}, "prompt_template", "at most 1000 characters"),
     ],
 )
 def test_decode_bounds(api, sample_id, change, field, text):

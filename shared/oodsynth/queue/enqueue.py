@@ -44,6 +44,8 @@ from ..redact import failure_line
 from .payloads import DecodeJob, pack_vector, wait_until_terminal
 
 JOB_FUNCTION = "oodsynth.worker.decode_job.decode_task"
+REFUSED_KEY = "oodsynth:refused-jobs"  # entries the worker refused, newest first: JSON {id, queue, reason, at}
+REFUSED_KEPT = 1000
 MAX_RETRY_INTERVAL_S = 900
 
 
@@ -189,7 +191,7 @@ def job_status(job_id: str, connection: redis.Redis | None = None) -> dict[str, 
 
 
 def queue_stats(connection: redis.Redis | None = None) -> dict[str, Any]:
-    """Per-queue counts (queued and each registry) and the live workers with their current job."""
+    """Per-queue counts (queued and each registry), the live workers with their current job, refused entries."""
     connection = connection if connection is not None else connect()
     names = {get_settings().queue_name} | {q.name for q in Queue.all(connection=connection, serializer=JSONSerializer)}
     queues = []
@@ -220,7 +222,16 @@ def queue_stats(connection: redis.Redis | None = None) -> dict[str, Any]:
                 "last_heartbeat": w.last_heartbeat.isoformat() if w.last_heartbeat else None,
             }
         )
-    return {"queues": queues, "workers": workers}
+    return {"queues": queues, "workers": workers, "refused_jobs": refused_jobs(connection)}
+
+
+def refused_jobs(connection: redis.Redis, latest: int = 5) -> dict:
+    """``{"count": n, "latest": [...]}``: what the worker refused (``oodsynth.worker.allowlist``) and why."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.llen(REFUSED_KEY)
+        pipe.lrange(REFUSED_KEY, 0, latest - 1)
+        count, entries = pipe.execute()
+    return {"count": int(count), "latest": [orjson.loads(e) for e in entries]}
 
 
 # -- abandoned jobs -----------------------------------------------------------------------

@@ -33,9 +33,17 @@ from ..decoding.presets import (  # noqa: F401  (the payload validates against t
     TOKEN_FIELD,
 )
 from ..errors import InputError
+from ..names import validate_name
 from ..store.results import validate_dataset_name
 
 TERMINAL_JOB_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
+
+# Limits of the job model itself, the same for the API (on the request) and the worker (on the payload).
+# The configurable caps (steps, pixels, images) are settings, checked by ``check_decode_limits`` on both sides.
+MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; a longer template only inflates every queued job
+MAX_VECTOR_DIM = 16_384  # SD's text encoders take 768-1280; the cap keeps one item's vector bounded
+MAX_JOB_BYTES = 64 * 2**20  # a stored job payload (the worker refuses larger ones before deserialising)
+MAX_PIXELS_BOUND = 2048 * 2048  # no setting may raise the pixel cap past the model's own bound
 
 
 def image_id_for(
@@ -100,17 +108,25 @@ class DecodeItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    vector_id: str = Field(min_length=1)
+    image_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+    vector_id: str = Field(min_length=1, max_length=256)
     # allow_inf_nan=False per element: pydantic-core checks finiteness in Rust, ~4x faster per image than a
     # Python loop over the list (measured 0.068 -> 0.015 ms per 768-d vector), and names the bad position
-    vector: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1)
-    class_index: int = Field(ge=0)
-    class_name: str = Field(min_length=1)
+    vector: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, max_length=MAX_VECTOR_DIM)
+    class_index: int = Field(ge=0, lt=2**31)
+    class_name: str = Field(min_length=1, description="A folder in the store: follows names.validate_name.")
     seed: int = Field(ge=0, lt=2**63)
-    sampler: str
+    sampler: str = Field(max_length=64)
     sampler_params: dict[str, Any] = Field(default_factory=dict)
     diagnostics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("class_name")
+    @classmethod
+    def _class_name(cls, v: str) -> str:
+        try:
+            return validate_name("class_name", v)
+        except InputError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("vector", mode="before")
     @classmethod
@@ -124,7 +140,9 @@ class DecodeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="Must contain {token} once.")
+    prompt_template: str = Field(
+        DEFAULT_PROMPT_TEMPLATE, max_length=MAX_PROMPT_CHARS, description="Must contain {token} once."
+    )
     steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="Classifier-free guidance scale.")
     height: int = Field(512, ge=8, le=2048, description="Decode height in pixels (multiple of 8).")
@@ -171,6 +189,36 @@ class DecodeSettings(BaseModel):
         if settings["preset"] == DEFAULT_PRESET:
             del settings["preset"]
         return settings
+
+
+def check_decode_limits(decode: DecodeSettings, settings) -> None:
+    """Steps, pixels per image and output pixels under the settings' caps (``oodsynth.config.Settings``).
+
+    The API checks a request with it before anything is queued; the worker checks each payload with it
+    again before any work, so a job written straight to Redis meets the same caps.
+    """
+    if decode.steps > settings.max_decode_steps:
+        raise InputError(
+            "steps",
+            f"{decode.steps} is above the cap of {settings.max_decode_steps} (settings OODSYNTH_MAX_DECODE_STEPS)",
+        )
+    cap = min(settings.max_decode_pixels, MAX_PIXELS_BOUND)
+    for field, pixels in (("height", decode.height * decode.width), ("output_size", decode.output_size**2)):
+        if pixels > cap:
+            raise InputError(
+                field, f"{pixels} pixels per image is above the cap of {cap} (settings OODSYNTH_MAX_DECODE_PIXELS)"
+            )
+
+
+def check_job_limits(job: DecodeJob, settings) -> None:
+    """``check_decode_limits`` and the image count of one job (the worker's check before any work)."""
+    check_decode_limits(job, settings)
+    if len(job.items) > settings.max_images_per_request:
+        raise InputError(
+            "items",
+            f"{len(job.items)} images in one job, over the cap of {settings.max_images_per_request} "
+            "(settings OODSYNTH_MAX_IMAGES_PER_REQUEST)",
+        )
 
 
 def dataset_name_field(v: str) -> str:

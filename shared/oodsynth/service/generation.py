@@ -21,6 +21,7 @@ from ..queue.payloads import (
     DecodeJob,
     DecodeSettings,
     build_items,
+    check_decode_limits,
     dataset_name_field,
     inline_vector_ids,
     job_from_sample,
@@ -133,28 +134,6 @@ def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJo
     return DecodeJob(dataset=req.dataset, model=model, items=items, verify_fit=req.fit, **decode)
 
 
-MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; a longer template only inflates every queued job
-
-
-def check_decode_bounds(req: GenerateRequest, settings: Settings) -> None:
-    """Steps, pixels per image and the prompt length under the settings' caps (work per image is bounded)."""
-    if req.steps > settings.max_decode_steps:
-        raise InputError(
-            "steps", f"{req.steps} is above the cap of {settings.max_decode_steps} (settings OODSYNTH_MAX_DECODE_STEPS)"
-        )
-    for field, pixels in (("height", req.height * req.width), ("output_size", req.output_size**2)):
-        if pixels > settings.max_decode_pixels:
-            raise InputError(
-                field,
-                f"{pixels} pixels per image is above the cap of {settings.max_decode_pixels} "
-                "(settings OODSYNTH_MAX_DECODE_PIXELS)",
-            )
-    if len(req.prompt_template) > MAX_PROMPT_CHARS:
-        raise InputError(
-            "prompt_template", f"{len(req.prompt_template)} characters, above the cap of {MAX_PROMPT_CHARS}"
-        )
-
-
 def check_image_count(n_vectors: int, images_per_vector: int, settings: Settings) -> None:
     n_images = n_vectors * images_per_vector
     if n_images > settings.max_images_per_request:
@@ -178,7 +157,7 @@ def plan_generation(
     ``sample`` is a sample already in hand (a local ``.npz``); otherwise
     ``req.sample_id`` is looked up in ``samples``.
     """
-    check_decode_bounds(req, settings)
+    check_decode_limits(req, settings)
     if sample is None and (req.sample_id is None) == (req.vectors is None):
         raise InputError("sample_id", "give either sample_id or vectors (+ classes), not both or neither")
     if sample is None and req.sample_id is None:

@@ -26,7 +26,7 @@ import pydantic
 from ..batching import batches
 from ..config import Settings, get_settings
 from ..errors import InputError
-from ..queue.payloads import DecodeItem, DecodeJob
+from ..queue.payloads import DecodeItem, DecodeJob, check_job_limits
 from ..store.results import ImageRecord, ResultStore
 
 if TYPE_CHECKING:  # torch and diffusers load with the first decoder, not on import
@@ -131,6 +131,7 @@ def run_decode_job(
         job = DecodeJob.model_validate(payload)
     except pydantic.ValidationError as exc:
         raise InputError.from_pydantic(exc) from exc
+    check_job_limits(job, settings)  # the API's caps, again: a payload may have been written straight to Redis
     # A worker serves the model it was started with: a payload must not make it load
     # (and maybe unpickle) arbitrary weights, which is what JSON-only jobs guard against.
     if not same_model(job.model, settings.model):

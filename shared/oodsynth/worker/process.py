@@ -22,14 +22,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from rq import Queue
 from rq.serializers import JSONSerializer
 
 from ..config import get_settings
 from ..errors import InputError
 from ..queue.enqueue import recover_abandoned_jobs
 from ..state.redis_conn import get_redis
-from .allowlist import AllowlistWorker
+from .allowlist import AllowlistWorker, GuardedQueue
 from .decode_job import DECODERS
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,8 @@ def build_worker(queues: Sequence[str] | None = None, *, preload: bool = True) -
     if preload:
         decoder = DECODERS.get(settings)
         log.info("pipeline %s loaded on %s (%s)", decoder.model, decoder.device, decoder.dtype)
-    rq_queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
-    return AllowlistWorker(rq_queues, connection=connection, serializer=JSONSerializer)
+    rq_queues = [GuardedQueue(name, connection=connection, serializer=JSONSerializer) for name in names]
+    return AllowlistWorker(rq_queues, connection=connection, serializer=JSONSerializer, queue_class=GuardedQueue)
 
 
 def run_worker(
