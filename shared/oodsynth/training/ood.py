@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -130,17 +130,20 @@ class OODTrainConfig(BaseModel):
     )
     virtual_params: dict = Field(default_factory=dict, description="the virtual-outlier sampler's parameters")
 
-    @model_validator(mode="after")
-    def _virtual_params_known(self) -> OODTrainConfig:
+    @field_validator("virtual_params")
+    @classmethod
+    def _virtual_params_known(cls, v: dict, info: ValidationInfo) -> dict:
         """Fail when the config is made, not after the warm-up epochs: every parameter the sampler's own."""
-        if self.virtual_params and self.virtual_outliers is None:
-            raise ValueError("virtual_params: given without virtual_outliers")
-        if self.virtual_outliers is not None:
+        method = info.data.get("virtual_outliers")
+        if v and method is None:
+            raise ValueError("given without virtual_outliers")
+        if method is not None:
             try:
-                get_virtual_sampler(self.virtual_outliers, self.virtual_params)
+                get_virtual_sampler(method, v)
             except ValidationError as exc:
-                raise ValueError(f"virtual_params: {exc}") from None
-        return self
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"{method}: {problems}") from None
+        return v
 
 
 class EnergyHead(nn.Module):
