@@ -179,7 +179,12 @@ def train_ood_cmd(
     store: str | None = typer.Option(
         None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."
     ),
-    outliers: list[str] | None = typer.Option(None, "--outliers", help="Store dataset(s) of outliers (repeatable)."),
+    outliers: list[str] | None = typer.Option(
+        None,
+        "--outliers",
+        help="Outliers (repeatable): a store dataset name, or an `oodsynth export` of one (its folder or "
+        "s3:// prefix, imagefolder or webdataset, or .tar shard URLs); exports need no store or Redis.",
+    ),
     max_id_percentile: float | None = typer.Option(
         None,
         help="Keep only verified outliers: images whose re-encoded "

@@ -1,7 +1,8 @@
 """The ``export`` use case: choose a stored dataset's images and write them in a format other tools read.
 
 Filters: ``classes`` (names), ``max_id_percentile`` (verified images at or below it; ``verified_only`` uses the
-measured default). Images are copied as stored, in (class, image id) order, with a progress bar.
+measured default). Images are copied as stored, in the store's manifest order (so that training on the export
+repeats training on the store seed for seed), with a progress bar.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ def select_records(store, dataset: str, *, classes=None, verified_only=False, ma
         chosen.append(f"{len(records)} of {n} verified at ID percentile <= {max_id_percentile:g}")
     if not records:
         raise InputError("dataset", f"no image of {dataset} matches ({'; '.join(chosen)})")
-    records.sort(key=lambda r: (r.class_index, r.image_id))
     return records, "; ".join(chosen)
 
 

@@ -53,7 +53,9 @@ def train_ood_run(
     outliers = list(outliers or [])
     train = load_data(dataset, "train", data_root, image_size, augment)
     store_root = parse_store_setting(str(store)) if store else get_settings().store
-    if outliers and isinstance(store_root, Path) and not store_root.is_dir():
+    from ..training.outlier_dataset import is_export
+
+    if any(not is_export(o) for o in outliers) and isinstance(store_root, Path) and not store_root.is_dir():
         raise InputError("store", f"result store {store_root} does not exist")
     for path_field in ("init_encoder", "init_classifier"):
         if config.get(path_field) is not None:

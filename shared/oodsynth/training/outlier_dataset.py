@@ -1,8 +1,19 @@
-"""A torch ``Dataset`` over generated outliers in the result store, for the training job."""
+"""A torch ``Dataset`` over generated outliers: store datasets, and exports of them, for the training job.
+
+A source is a store dataset name (one folder name: no '/'), or an export from ``oodsynth export``: an
+imagefolder folder (``train/metadata.jsonl``), a webdataset folder (``shards.txt``), or shard URLs
+(``.../x-{000000..000003}.tar``), each local or ``s3://``. Exports need no result store and no Redis: a
+machine that holds the published set alone can train on it. Every source yields its manifest rows, so the
+verification filter is the same for all, and an export lists its images in the store's order, so a run on it
+repeats a run on the store seed for seed.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import tarfile
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -12,20 +23,87 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..store.results import ImageRecord, ResultStore
 
+IMAGEFOLDER_METADATA = "train/metadata.jsonl"
+SHARD_LIST = "shards.txt"
+
+
+def is_export(source: str) -> bool:
+    """A path or URL of an export rather than a store dataset name (names never hold '/')."""
+    return "/" in source or "\\" in source or source.endswith(".tar")
+
+
+def _fs(url: str, storage_options: dict | None):
+    import fsspec
+
+    if url.startswith("s3://"):
+        return fsspec.filesystem("s3", use_listings_cache=False, **(storage_options or {}))
+    return fsspec.filesystem("file")
+
+
+def _record_of(row: dict) -> ImageRecord:
+    """A manifest row as exported; the union-of-keys columns' None entries are dropped from the dict fields."""
+    row = {
+        k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v) for k, v in row.items()
+    }
+    if isinstance(row.get("sampler_params"), str):
+        row["sampler_params"] = json.loads(row["sampler_params"])
+    return ImageRecord.model_validate(row)
+
+
+def read_export(source: str, storage_options: dict | None = None) -> list[tuple[ImageRecord, tuple[str, Any]]]:
+    """The records of an export, each with where its image is: ``("file", url)`` or ``("bytes", png)``."""
+    source = source.rstrip("/")
+    fs = _fs(source, storage_options)
+    if source.endswith(".tar"):
+        return _read_shards([source], storage_options)
+    try:
+        if fs.isfile(f"{source}/{SHARD_LIST}"):
+            names = fs.cat_file(f"{source}/{SHARD_LIST}").decode().split()
+            return _read_shards([f"{source}/{n}" for n in names], storage_options)
+        for meta in (f"{source}/{IMAGEFOLDER_METADATA}", f"{source}/metadata.jsonl"):
+            if fs.isfile(meta):
+                folder = meta.rsplit("/", 1)[0]
+                rows = [json.loads(line) for line in fs.cat_file(meta).decode().splitlines() if line.strip()]
+                return [(_record_of(r), ("file", f"{folder}/{r['file_name']}")) for r in rows]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError("outliers", f"{source}: unreadable export ({exc})") from exc
+    raise InputError(
+        "outliers",
+        f"{source} is neither an imagefolder export ({IMAGEFOLDER_METADATA}) nor webdataset shards ({SHARD_LIST}, "
+        "or .tar URLs); store datasets are given by name",
+    )
+
+
+def _read_shards(urls: list[str], storage_options: dict | None) -> list[tuple[ImageRecord, tuple[str, Any]]]:
+    """Every sample of the shards, in order (the PNG bytes kept, decoded per item)."""
+    import webdataset as wds
+
+    if any(u.startswith("s3://") for u in urls):
+        from ..export.webdataset import use_fsspec_for_s3
+
+        use_fsspec_for_s3(storage_options)
+    out = []
+    try:
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            out.append((_record_of(json.loads(sample["json"])), ("bytes", sample["png"])))
+    except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
+        raise InputError("outliers", f"{urls[0]}...: unreadable webdataset shards ({exc})") from exc
+    return out
+
 
 class StoredOutliers(Dataset):
-    """Images of one or more store datasets as ``(transform(image) or image, class_index)``.
+    """Images of store datasets and exports as ``(transform(image) or image, class_index)``.
 
-    ``root`` is a store folder or an ``s3://bucket/prefix`` URL (as ``OODSYNTH_STORE``).
-    ``max_id_percentile`` keeps only verified outliers (see ``verified_only``); ``"auto"`` keeps those at or below
-    ``DEFAULT_MAX_ID_PERCENTILE`` when every image is verified, else all of them (``verification`` says which).
-    The merged manifest is read once here, not per item; images are read lazily
-    so the dataset is cheap to build and works with ``DataLoader`` workers.
+    ``root`` is a store folder or an ``s3://bucket/prefix`` URL (as ``OODSYNTH_STORE``); it is opened only
+    when a source is a store dataset name. ``max_id_percentile`` keeps only verified outliers (see
+    ``verified_only``); ``"auto"`` keeps those at or below ``DEFAULT_MAX_ID_PERCENTILE`` when every image is
+    verified, else all of them (``verification`` says which). The manifests are read once here, not per item;
+    images are read lazily (shards: kept as PNG bytes) so it works with ``DataLoader`` workers.
     """
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | None,
         datasets: str | Sequence[str],
         transform: Callable[[Image.Image], Any] | None = None,
         storage_options: dict | None = None,
@@ -34,14 +112,28 @@ class StoredOutliers(Dataset):
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         if not names:
             raise InputError("datasets", "give at least one dataset name")
-        self.store = ResultStore(root, storage_options)
-        available = set(self.store.datasets())
-        unknown = [n for n in names if n not in available]
-        if unknown:
-            raise InputError("datasets", f"{unknown} not found in {self.store.url} (available: {sorted(available)})")
+        self.store = None
+        store_names = [n for n in names if not is_export(n)]
+        if store_names:
+            if root is None:
+                raise InputError("store", f"{store_names} are store datasets but no result store is given")
+            self.store = ResultStore(root, storage_options)
+            available = set(self.store.datasets())
+            unknown = [n for n in store_names if n not in available]
+            if unknown:
+                raise InputError(
+                    "datasets", f"{unknown} not found in {self.store.url} (available: {sorted(available)})"
+                )
         self.datasets = names
         self.transform = transform
-        self.records: list[ImageRecord] = [r for n in names for r in self.store.records(n)]
+        self.storage_options = storage_options
+        items: list[tuple[ImageRecord, tuple[str, Any]]] = []
+        for n in names:
+            if is_export(n):
+                items += read_export(n, storage_options)
+            else:
+                items += [(r, ("store", r.path)) for r in self.store.records(n)]
+        self.records: list[ImageRecord] = [r for r, _ in items]
         self.verification = "all images (no verification filter)"
         if max_id_percentile == "auto":
             from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
@@ -54,17 +146,30 @@ class StoredOutliers(Dataset):
         self.threshold = max_id_percentile  # the ID-percentile filter applied, if any
         if max_id_percentile is not None:
             n = len(self.records)
-            self.records = verified_only(self.records, max_id_percentile)
+            keep = {id(r) for r in verified_only(self.records, max_id_percentile)}
+            items = [(r, where) for r, where in items if id(r) in keep]
+            self.records = [r for r, _ in items]
             self.verification = f"{len(self.records)} of {n} images verified at ID percentile <= {max_id_percentile:g}"
+        self.sources = [where for _, where in items]
         self.targets = [r.class_index for r in self.records]
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _open(self, index: int) -> Image.Image:
+        kind, ref = self.sources[index]
+        if kind == "store":
+            return self.store.open_image(ref)
+        if kind == "file":
+            with _fs(ref, self.storage_options).open(ref, "rb") as f:
+                ref = f.read()
+        with Image.open(io.BytesIO(ref)) as img:
+            img.load()
+            return img
+
     def __getitem__(self, index: int):
-        record = self.records[index]
-        image = self.store.open_image(record.path).convert("RGB")
-        return (self.transform(image) if self.transform is not None else image), record.class_index
+        image = self._open(index).convert("RGB")
+        return (self.transform(image) if self.transform is not None else image), self.records[index].class_index
 
 
 def _verified_key() -> str:
