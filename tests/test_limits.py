@@ -18,6 +18,10 @@ from oodsynth.config import get_settings
 from services.embed_sampler.app import create_app
 from services.embed_sampler.state import get_redis_dep
 
+# Proposals concentrated at the class mean (temperature at its bound) can never fall below the lowest ID
+# density (eps_percentile 0): the sampler runs until its time budget stops it.
+SPIN = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 65_536}
+
 
 @pytest.fixture
 def limits(redis_url, monkeypatch):
@@ -71,10 +75,15 @@ def test_tiny_keep_fraction_is_answered(api):
             "method": "knn_boundary",
             "n_per_class": 3,
             "seed": 0,
-            "params": {"keep_fraction": 1e-300, "k": 5, "select": 5, "n_draws": 20},
+            "params": {"keep_fraction": 1e-6, "k": 5, "select": 5, "n_draws": 20},
         },
     )
     assert r.status_code == 200 and r.json()["n"] == 9, r.text
+    r = api.post(
+        "/sample",
+        json={"fit": "toy", "method": "knn_boundary", "n_per_class": 3, "params": {"keep_fraction": 1e-300}},
+    )
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "params", "keep_fraction"], r.text
 
 
 @pytest.mark.parametrize(
@@ -217,7 +226,7 @@ def test_npy_header_claiming_a_huge_shape_is_refused(api):
 
 
 def test_sampler_time_budget(api):
-    """A temperature of 1e-308 used to spin for minutes: now a 503 within the budget, and no thread keeps working."""
+    """A hopeless rejection sampler used to spin for minutes: now a 503 within the budget, and no thread keeps working."""
     assert post_fit(api).status_code == 201
     start = time.monotonic()
     r = api.post(
@@ -227,7 +236,7 @@ def test_sampler_time_budget(api):
             "method": "inverse_rejection",
             "n_per_class": 50,
             "seed": 0,
-            "params": {"temperature": 1e-308},
+            "params": SPIN,
         },
     )
     took = time.monotonic() - start
@@ -377,7 +386,7 @@ def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path
             kept.sendall(b"GET /healthz HTTP/1.1\r\n")
             assert 0.8 < seconds_until_closed(kept) < 3  # uvicorn's own keep-alive timeout is 5 s
 
-        spin = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "params": {"temperature": 1e-308}}
+        spin = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 50, "params": SPIN}
         with pytest.raises(httpx.TimeoutException):  # the client gives up after 1 s and closes its connection
             httpx.post(f"{base}/sample", json=spin, timeout=1.0)
         time.sleep(1.0)

@@ -4,7 +4,8 @@ FastAPI answers request-validation failures with that shape already; one
 handler gives the library's typed errors (``oodsynth.errors``) the same shape
 and their status (422/404/409/503), with ``loc`` rooted where the field came
 from (``path``, ``query`` or ``body``). Anything unexpected becomes a JSON 500
-without a traceback, and a lost Redis a 503; paths are redacted from messages
+without a traceback; a lost Redis, or one that refuses commands (out of memory, read-only), a 503 with
+``Retry-After`` and the reason; paths are redacted from messages
 (the logs keep them).
 """
 
@@ -45,6 +46,21 @@ def locate(field: str | None, request: Request, exc: OodsynthError) -> list[str 
     head = loc[0] if loc else None
     section = "path" if head in request.path_params else "query" if head in request.query_params else "body"
     return [section, *loc]
+
+
+REDIS_RETRY_AFTER_S = 30
+
+
+def redis_refusal(exc: redis.exceptions.RedisError) -> str:
+    """What a client may read about a command Redis refused (the server's own text stays in the log)."""
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+        return "Redis is out of memory (maxmemory reached): writes are refused until space is freed; retry later"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "Redis is read-only (a replica, or writes are disabled): retry later"
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return "Redis is loading its data: retry shortly"
+    return f"Redis refused the command ({type(exc).__name__}); retry later"
 
 
 def json_safe(value: Any) -> Any:
@@ -93,6 +109,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": [error(["redis"], f"Redis is unavailable ({type(exc).__name__})", "service_unavailable")]},
             status_code=503,
+        )
+
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def _redis_refused(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        """Redis answered but refused the command: out of memory (maxmemory with noeviction), read-only, ..."""
+        log.warning("redis refused %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": [error(["redis"], redis_refusal(exc), "service_unavailable")]},
+            status_code=503,
+            headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
         )
 
     @app.exception_handler(Exception)

@@ -161,6 +161,14 @@ class FitList(BaseModel):
     fits: list[str]
 
 
+class RedisMemory(BaseModel):
+    used_bytes: int
+    max_bytes: int | None = Field(description="Redis maxmemory; null when unlimited.")
+    fraction: float | None = Field(description="used / max; /healthz says degraded from 0.9.")
+    policy: str | None = Field(description="maxmemory-policy (noeviction refuses writes when full).")
+
+
 class Health(BaseModel):
-    status: str
-    redis: str
+    status: str = Field(description="ok, degraded (Redis memory pressure) or unavailable.")
+    redis: str = Field(description="ok, memory_pressure, out_of_memory, or the error type.")
+    memory: RedisMemory | None = None

@@ -53,13 +53,15 @@ class BarkerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     floor_percentile: float = Field(0.5, ge=0, lt=100, description="No mass below this ID percentile.")
-    temperature: float = Field(1.0, gt=0, description="Tempering of the inverted target.")
-    step_size: float = Field(0.1, gt=0, description="Initial proposal scale in whitened coordinates.")
+    temperature: float = Field(1.0, ge=1e-3, le=1e3, description="Tempering of the inverted target.")
+    step_size: float = Field(0.1, ge=1e-6, le=100, description="Initial proposal scale in whitened coordinates.")
     target_accept: float = Field(0.4, gt=0, lt=1, description="Acceptance rate the step size adapts to.")
     n_steps: int = Field(
         150, ge=1, le=10_000, description="MCMC steps per chain (the first half adapts the step size)."
     )
-    start_temperature: float = Field(0.5, gt=0, description="Chains start from the class density at this temperature.")
+    start_temperature: float = Field(
+        0.5, ge=1e-3, le=1e3, description="Chains start from the class density at this temperature."
+    )
 
 
 class SphereTarget:

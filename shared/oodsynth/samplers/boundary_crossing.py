@@ -45,7 +45,7 @@ class BoundaryCrossingParams(BaseModel):
         600, ge=1, le=100_000, description="Start points per class: the ID features with the smallest top-2 margin."
     )
     step_size: float = Field(
-        0.02, gt=0, le=0.5, description="Angle (radians) of one normalised gradient step on the sphere."
+        0.02, ge=1e-6, le=0.5, description="Angle (radians) of one normalised gradient step on the sphere."
     )
     steps_beyond: int = Field(8, ge=0, le=1_000, description="Steps taken after the prediction has flipped.")
     jitter: float = Field(

@@ -25,7 +25,7 @@ class InverseRejectionParams(BaseModel):
 
     eps_percentile: float = Field(5.0, ge=0, le=100, description="eps = the ID density at this percentile.")
     temperature: float | None = Field(
-        None, gt=0, description="Proposal broadening; None picks it so the median proposal sits at eps."
+        None, ge=1e-3, le=1e3, description="Proposal broadening; None picks it so the median proposal sits at eps."
     )
     batch: int = Field(4096, ge=1, le=65_536, description="Proposals per class per round.")
     max_rounds: int = Field(1000, ge=1, le=100_000, description="Give up (error) after this many rounds.")

@@ -30,14 +30,16 @@ class InverseSGLDParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     band: tuple[float, float] = Field((0.5, 5.0), description="Target ID percentiles (low, high) where chains stop.")
-    step_size: float = Field(0.05, gt=0, description="Initial eta, in whitened units.")
-    max_step_size: float = Field(1.0, gt=0, description="Largest eta a chain may grow to.")
-    grow: float = Field(1.25, gt=1, description="eta factor after a step that stays above the band.")
-    shrink: float = Field(0.5, gt=0, lt=1, description="eta factor after a step that would overshoot the band.")
+    step_size: float = Field(0.05, ge=1e-6, le=100, description="Initial eta, in whitened units.")
+    max_step_size: float = Field(1.0, ge=1e-6, le=100, description="Largest eta a chain may grow to.")
+    grow: float = Field(1.25, gt=1, le=100, description="eta factor after a step that stays above the band.")
+    shrink: float = Field(0.5, ge=1e-3, lt=1, description="eta factor after a step that would overshoot the band.")
     max_steps: int = Field(
         500, ge=1, le=100_000, description="Chains still outside the band after this many steps are kept as they are."
     )
-    start_temperature: float = Field(1.0, gt=0, description="Chains start from the class density at this temperature.")
+    start_temperature: float = Field(
+        1.0, ge=1e-3, le=1e3, description="Chains start from the class density at this temperature."
+    )
 
     @field_validator("band")
     @classmethod

@@ -37,8 +37,8 @@ class KnnBoundaryParams(BaseModel):
     k: int = Field(300, ge=1, le=10_000, description="k of the k-th nearest neighbour (capped at class size - 1).")
     select: int = Field(50, ge=1, le=100_000, description="Boundary points per class.")
     n_draws: int = Field(1500, ge=1, le=100_000, description="Most perturbations per boundary point per round.")
-    sigma: float = Field(0.07, gt=0, description="Std of the Gaussian perturbations.")
-    keep_fraction: float = Field(0.1, gt=0, le=1, description="Share of each boundary point's draws kept per round.")
+    sigma: float = Field(0.07, ge=1e-6, le=100, description="Std of the Gaussian perturbations.")
+    keep_fraction: float = Field(0.1, ge=1e-6, le=1, description="Share of each boundary point's draws kept per round.")
     backend: str = Field("blas", description=f"k-NN backend, one of {KNN_BACKENDS}.")
 
 

@@ -64,17 +64,17 @@ class SphereHMCParams(BaseModel):
         3, ge=1, le=1_000, description="Partner classes: this many nearest classes (by mean direction)."
     )
     boundary_width: float = Field(
-        0.05, gt=0, le=2, description="Width w of the boundary ridge, in cosine-margin units."
+        0.05, ge=1e-4, le=2, description="Width w of the boundary ridge, in cosine-margin units (1/w^2 stays finite)."
     )
     support_scale: float = Field(
-        1.0, gt=0, le=100, description="Concentration of the support term relative to the classes' own."
+        1.0, ge=1e-6, le=100, description="Concentration of the support term relative to the classes' own."
     )
     n_iter: int = Field(
         40, ge=2, le=10_000, description="HMC iterations per chain (the first half adapts the step size)."
     )
     n_leapfrog: int = Field(6, ge=1, le=1_000, description="Leapfrog steps per iteration.")
     step_size: float = Field(
-        0.5, gt=0, le=10, description="Initial leapfrog step in units of the target's smallest length scale."
+        0.5, ge=1e-6, le=10, description="Initial leapfrog step in units of the target's smallest length scale."
     )
     target_accept: float = Field(0.75, gt=0, lt=1, description="Acceptance rate the step size adapts to.")
 

@@ -1,0 +1,30 @@
+"""Sampler parameters at their extremes: a 422 naming the parameter or finite vectors, never a 500."""
+
+from __future__ import annotations
+
+from hostile_helpers import first_error, post_fit
+
+
+def test_sphere_hmc_with_a_subnormal_boundary_width_is_a_422_and_the_connection_lives_on(api):
+    """boundary_width 5e-324 divided by zero (500), and the client's next request on the connection was reset."""
+    assert post_fit(api).status_code == 201
+    body = {"fit": "toy", "method": "sphere_hmc", "n_per_class": 2, "params": {"boundary_width": 5e-324}}
+    r = api.post("/sample", json=body)
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "params", "boundary_width"], r.text
+    body["params"]["boundary_width"] = 1e-4  # the smallest allowed width runs and gives finite vectors
+    r = api.post("/sample", json=body)
+    assert r.status_code == 200 and all(v is not None for row in r.json()["vectors"] for v in row), r.text
+
+
+def test_a_hopeless_rejection_sampler_stops_at_its_budget(api):
+    """A temperature of 1e-308 spun for over 600 s: now refused by the bound, and the slowest valid setting
+    stops at the time budget with a typed 503."""
+    assert post_fit(api).status_code == 201
+    r = api.post(
+        "/sample",
+        json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 5, "params": {"temperature": 1e-308}},
+    )
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "params", "temperature"], r.text
+    spin = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 65_536}
+    r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 5, "params": spin})
+    assert r.status_code == 503 and first_error(r)["loc"] == ["sample_time_budget_s"], r.text
