@@ -18,6 +18,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SLOW_MODULE = "pytestmark = pytest.mark.slow"
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """Under ``-m "not slow"`` (make test-fast), a module marked slow as a whole is not even imported: its imports
+    (pytorch-ood, moto, the lab) would cost the fast loop seconds for tests it deselects anyway."""
+    if config.getoption("markexpr", "").replace(" ", "") != "notslow" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    source = collection_path.read_text(encoding="utf-8")
+    return True if any(line.startswith(SLOW_MODULE) for line in source.splitlines()) else None
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -18,12 +18,27 @@ from servers import wait_healthy
 
 from oodsynth.demo import free_port
 
+pytestmark = pytest.mark.slow  # a uvicorn server process
+
 REPO = Path(__file__).resolve().parents[1]
 BODY_TIMEOUT_S = 4.0
-# /healthz may wait for one GIL-held C call (decoding or validating 50 MB: about 0.3 s on an idle machine, up to
-# 1 s on a busy one), never for the whole request (20 s when the body was parsed on the event loop).
-HEALTHZ_BOUND_S = 2.0
+# /healthz may wait for one GIL-held C call (decoding the 50 MB body, the longest one), never for the whole request
+# (20 s when the body was parsed on the event loop). Both bounds are relative to what this test measures on the
+# same machine at the same time: /healthz before the load, and the same decode in a fresh process right after
+# the request (a first decode, as the server's is: its memory is not yet mapped).
+HEALTHZ_DECODES = 4.0  # /healthz at worst: its own idle latency + this many decodes (CPU shared with the client)
 HEALTHZ_SHARE_OF_REQUEST = 0.75
+DECODE_ONCE = (
+    "import sys, time, orjson\n"
+    "body = open(sys.argv[1], 'rb').read()\n"
+    "start = time.perf_counter(); orjson.loads(body); print(time.perf_counter() - start)\n"
+)
+
+
+def seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +97,13 @@ def slow_upload(port: int) -> socket.socket:
     return conn
 
 
-def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server):
+def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server, tmp_path):
     base, port = server
     body = big_generate_body(50)
     assert len(body) >= 45 * 2**20
+    (tmp_path / "body.json").write_bytes(body)
+    with httpx.Client(base_url=base, timeout=30) as client:  # the baseline: /healthz with nothing else in flight
+        idle = max(seconds(lambda: client.get("/healthz").raise_for_status()) for _ in range(5))
     stalled = [slow_upload(port) for _ in range(20)]
     stalled_at = time.monotonic()
     answer: dict = {}
@@ -105,16 +123,21 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server):
             latencies.append(time.monotonic() - start)
             time.sleep(0.02)
     poster.join()
+    decode_once = [sys.executable, "-c", DECODE_ONCE, str(tmp_path / "body.json")]
+    decode = float(subprocess.run(decode_once, capture_output=True, text=True, check=True, timeout=60).stdout)
+    bound = min(idle + HEALTHZ_DECODES * decode, HEALTHZ_SHARE_OF_REQUEST * answer["seconds"])
     print(
         f"50 MB body: {answer['seconds']:.2f} s; /healthz max {max(latencies):.3f} s, median "
-        f"{np.median(latencies):.3f} s over {len(latencies)} calls"
+        f"{np.median(latencies):.3f} s over {len(latencies)} calls; idle /healthz {idle:.3f} s, decode "
+        f"{decode:.3f} s: bound {bound:.3f} s"
     )
     # The whole body was read, decoded and validated (every row has a class), then the fit was looked up.
     assert answer["status"] == 404 and answer["detail"][0]["loc"] == ["body", "fit"], answer
     assert len(latencies) >= 5, f"the 50 MB request took only {answer['seconds']:.2f} s: too short to measure"
-    assert max(latencies) < min(HEALTHZ_BOUND_S, HEALTHZ_SHARE_OF_REQUEST * answer["seconds"]), (
+    assert max(latencies) < bound, (
         f"/healthz took up to {max(latencies):.3f} s while a 50 MB body took {answer['seconds']:.2f} s "
-        f"(median {np.median(latencies):.3f} s over {len(latencies)} calls)"
+        f"(median {np.median(latencies):.3f} s over {len(latencies)} calls; bound {bound:.3f} s: idle /healthz "
+        f"{idle:.3f} s + {HEALTHZ_DECODES:g} decodes of {decode:.3f} s, or {HEALTHZ_SHARE_OF_REQUEST:g} of the request)"
     )
 
     for conn in stalled:  # each stalled upload gets its 408 once BODY_TIMEOUT_S has passed

@@ -205,6 +205,7 @@ def test_manifest_rows_name_their_preset(tiny_sd, settings_env, tmp_path):
     assert by_preset["exact"][0]["scheduler"] == "pndm" and by_preset["exact"][0]["steps"] == 4
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiled_steps_serve_both_presets_and_every_schedule(decoder, monkeypatch):
     """With compilation on, exact (full steps only) and fast (full + shallow) run on one compiled pair of step
     functions: the step counter and the interval stay outside them, so another preset and another schedule reuse

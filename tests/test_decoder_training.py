@@ -16,6 +16,8 @@ import torch
 from oodsynth.offline_decoder.assets import ensure_profile_assets, load_profile_assets
 from oodsynth.offline_decoder.training import profile_config
 
+pytestmark = pytest.mark.slow  # trains the animals decoder and a judge CNN
+
 # Tiny settings: three classes at 8x8 learn their conditioning in 600 small steps (31 CPU-s measured with
 # batches of 24, 42 with 32); all eight classes at these settings stayed at chance. 300 steps, or batches
 # of 16, fell to 8 of 12 on some seeds. bench/decoder_quality.py checks the full decoders.

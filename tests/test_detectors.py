@@ -16,6 +16,8 @@ from oodsynth.training.detectors import DETECTORS, build_detector, evaluate_dete
 from oodsynth.training.metrics import ood_metrics
 from oodsynth.training.ood import OODTrainConfig, train_ood
 
+pytestmark = pytest.mark.slow  # every test uses a trained classifier and fitted detectors
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from oodsynth.config import Settings
+
+pytestmark = pytest.mark.slow  # mkdocs builds in a subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,6 +23,8 @@ from oodsynth.encoding.training import (
     train_encoder,
 )
 
+pytestmark = pytest.mark.slow  # trains the digits encoder
+
 # Measured (resnet18 width 8, 16x16, batch 64, lr 0.05, random 768-d anchors, seed 0): nearest-anchor
 # accuracy on the 433 held-out ID test images 0.67 / 0.99 / 0.99 after epochs 1 / 2 / 3 with one torch
 # thread (conftest), 0.69 / 0.98 / 0.99 with two. Chance is 1/8; the floor leaves room for

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -20,6 +21,8 @@ from oodsynth.encoding.anchors import extract_anchors
 from oodsynth.queue.enqueue import wait_for_jobs
 from oodsynth.store.results import ResultStore
 from services.embed_sampler.app import create_app
+
+pytestmark = pytest.mark.slow  # a worker process
 
 WORDS = ["cat", "ship", "horse"]
 WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]

@@ -38,6 +38,7 @@ def test_503_without_encoder(client):
     assert "OODSYNTH_ENCODER_CHECKPOINT" in r.json()["detail"][0]["msg"]
 
 
+@pytest.mark.slow  # the digits encoder is trained for it
 def test_features_and_nearest_anchor(client, checkpoint, monkeypatch):
     path, ckpt = checkpoint
     monkeypatch.setenv("OODSYNTH_ENCODER_CHECKPOINT", str(path))
@@ -71,6 +72,7 @@ def test_features_and_nearest_anchor(client, checkpoint, monkeypatch):
     np.testing.assert_allclose([it["cosine"] for it in body["items"]], (feats @ a.T).max(1), atol=1e-5)
 
 
+@pytest.mark.slow  # the digits encoder is trained for it
 def test_bad_image_names_the_file(client, checkpoint, monkeypatch):
     monkeypatch.setenv("OODSYNTH_ENCODER_CHECKPOINT", str(checkpoint[0]))
     get_settings.cache_clear()

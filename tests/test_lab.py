@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from oodsynth.lab import LabSettings, decoded_pool, lab_rows, run_benchmark, summarise
 
+pytestmark = pytest.mark.slow  # trains detectors, encoders and decoded pools
+
 # digits: 1,010 training images in 8 classes, so outlier_ratio 0.032 gives 4 outliers per class
 SETTINGS = LabSettings(
     width=4,

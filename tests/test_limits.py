@@ -293,6 +293,7 @@ def test_samples_expire_and_stay_within_a_byte_budget(api, redis_url, monkeypatc
     assert sum(int(v) for v in client.hvals("oodsynth:samples:bytes")) <= 3 * size + size // 2
 
 
+@pytest.mark.slow  # kills the embedded Redis process
 def test_a_running_api_brings_its_embedded_redis_back(monkeypatch):
     """The embedded Redis is killed under a running API: the next request restarts it on the same AOF data."""
     import oodsynth.state.redis_conn as redis_conn
@@ -328,6 +329,7 @@ def seconds_until_closed(conn) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow  # an `oodsynth serve` process
 def test_serve_binds_locally_stops_work_for_gone_clients_and_on_sigterm(tmp_path, monkeypatch):
     """`oodsynth serve` without keys binds 127.0.0.1; a trickling body gets 408 and trickling headers a closed
     connection (also on a kept-alive one); a spinning /sample stops

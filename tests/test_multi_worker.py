@@ -22,6 +22,8 @@ from oodsynth.queue.payloads import DecodeJob, build_items
 from oodsynth.store.results import ResultStore
 from oodsynth.worker.process import gpu_assignments
 
+pytestmark = pytest.mark.slow  # worker processes
+
 WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
 N_JOBS, PER_JOB = 6, 2
 LAUNCH = ["worker", "--burst", "--no-scheduler", "--processes", "2", "--max-jobs", str(N_JOBS // 2)]

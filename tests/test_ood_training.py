@@ -117,6 +117,7 @@ def test_ce_only_baseline_and_resume(tmp_path, digits):
         torch.testing.assert_close(energy(loaded.model(x)), energy(clf.model.cpu()(x)))
 
 
+@pytest.mark.slow  # trains a detector
 def test_train_ood_then_evaluate_gives_finite_metrics(tmp_path, digits):
     store = tmp_path / "store"
     write_outliers(store, "blobs-a", 12, digits.class_names)
@@ -208,6 +209,7 @@ class ReadOrder(Dataset):
         return self.ds[i]
 
 
+@pytest.mark.slow  # trains two detectors
 def test_fine_tune_starts_from_the_checkpoint_and_pairs_id_batches_with_ce(tmp_path, digits):
     small = Subset(digits.dataset, range(160))
     train_ood(
@@ -321,6 +323,7 @@ def test_feature_model_starts_as_the_anchor_classifier(feature_setup):
         torch.testing.assert_close(model.classify(0.38 * z), model(x))  # sampled vectors come at the anchor norm
 
 
+@pytest.mark.slow  # trains a detector
 def test_feature_outliers_train_the_head_and_reload(tmp_path, feature_setup):
     setup = feature_setup
     clf = train_ood(
@@ -344,6 +347,7 @@ def test_feature_outliers_train_the_head_and_reload(tmp_path, feature_setup):
         torch.testing.assert_close(loaded.model(x[:4]), clf.model(x[:4]))
 
 
+@pytest.mark.slow  # trains a detector
 def test_feature_outliers_from_a_sample_id_and_a_bare_npz_with_redraw(tmp_path, feature_setup, redis_url):
     from oodsynth.state.redis_conn import get_redis
     from oodsynth.state.registry import SampleRegistry
@@ -440,6 +444,7 @@ def test_feature_outlier_errors_name_the_field(tmp_path, feature_setup):
     assert res.exit_code == 2 and "error: init_encoder:" in res.output
 
 
+@pytest.mark.slow  # trains a detector
 def test_outlier_exposure_loss_flattens_the_outliers_softmax(tmp_path, digits):
     """OE's L_ood is the cross-entropy to uniform: log K at uniform logits, and training with it pulls the
     outliers' max softmax far below a CE-only twin's; phi stays untrained, so evaluate scores energy only."""

@@ -101,6 +101,7 @@ def live_api(redis_url, tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # an `oodsynth serve` process
 def test_the_readme_curl_session_runs_against_a_live_server(live_api, redis_url, tmp_path):
     missing = [tool for tool in ("bash", "curl", "jq") if shutil.which(tool) is None]
     if missing:

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 
+import pytest
 import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -26,6 +27,8 @@ from oodsynth.state.redis_conn import start_embedded_redis
 from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry
 from oodsynth.store.results import ResultStore
 from oodsynth.worker.process import run_worker
+
+pytestmark = pytest.mark.slow  # kills and restarts the Redis process
 
 WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
 

@@ -21,6 +21,8 @@ from oodsynth.store import results as store_module
 from oodsynth.store.results import ImageRecord, ResultStore
 from oodsynth.training.outlier_dataset import StoredOutliers
 
+pytestmark = pytest.mark.slow  # a moto S3 server process
+
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
@@ -165,6 +167,7 @@ store.write_images("ds", batch)
 """
 
 
+@pytest.mark.slow  # writer processes
 def test_two_writer_processes_one_bucket_each_image_once(bucket_url, tmp_path):
     """Two processes (own working folders, nothing shared but the bucket) write overlapping images
     at once, in opposite orders: every image is one object with one row, and the shards merge."""

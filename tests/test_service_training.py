@@ -25,6 +25,7 @@ def test_errors_name_the_train_ood_inputs(tmp_path):
     assert exc.value.field == "max_id_percentile" and "verification" in exc.value.message
 
 
+@pytest.mark.slow  # trains a detector
 def test_a_run_says_what_it_trained(tmp_path):
     write_outliers(tmp_path / "store", "blobs", 4, [str(i) for i in range(8)])
     result = train_ood_run(tmp_path / "r", store=str(tmp_path / "store"), outliers=["blobs"], **TINY)

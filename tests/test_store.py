@@ -148,6 +148,7 @@ for i in ids:
 """
 
 
+@pytest.mark.slow  # writer processes
 def test_concurrent_writers_no_duplicates(tmp_path):
     """Three processes write overlapping ids in different orders: each image once, one row each."""
     ids = [f"i{k:03d}" for k in range(40)]

@@ -10,6 +10,7 @@ from oodsynth.data import load_dataset
 from oodsynth.decoding.verification import MANIFEST_PREFIX, VERIFICATION_KEYS, verify_images
 
 
+@pytest.mark.slow  # the digits encoder is trained for it
 def test_id_images_verify_as_id_and_noise_as_outliers(digits_lab_assets):
     assets = digits_lab_assets
     test = load_dataset("digits", "test")
@@ -33,6 +34,7 @@ def test_id_images_verify_as_id_and_noise_as_outliers(digits_lab_assets):
     assert set(fields) == {MANIFEST_PREFIX + k for k in VERIFICATION_KEYS}
 
 
+@pytest.mark.slow  # the digits encoder is trained for it
 def test_verification_checks_its_inputs(digits_lab_assets):
     assets = digits_lab_assets
     v = verify_images(assets.encoder, assets.fit, torch.rand(4, 3, 28, 28))  # other sizes are resized
@@ -134,6 +136,7 @@ def test_train_ood_cli_max_id_percentile(tmp_path):
     assert res.exit_code == 2 and "max_id_percentile" in res.output and "at or below ID percentile 10" in res.output
 
 
+@pytest.mark.slow  # the digits encoder is trained for it
 def test_decode_job_records_verification_in_the_manifest(redis_url, tiny_sd, digits_lab_assets, monkeypatch, tmp_path):
     from oodsynth.config import get_settings
     from oodsynth.errors import NotFound

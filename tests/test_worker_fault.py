@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -25,6 +26,8 @@ from oodsynth.config import get_settings
 from oodsynth.queue.enqueue import connect, enqueue_decode, job_status, queue_stats
 from oodsynth.queue.payloads import DecodeJob, build_items
 from oodsynth.store.results import ResultStore
+
+pytestmark = pytest.mark.slow  # worker processes, kill -9
 
 WORDS = ["cat", "ship", "horse"]  # the session tiny_sd (conftest) knows these words
 WORKER = [sys.executable, "-c", "from oodsynth.cli import main; main()", "worker", "--burst", "--no-scheduler"]
