@@ -237,6 +237,7 @@ def test_sampler_time_budget(api):
             "n_per_class": 50,
             "seed": 0,
             "params": SPIN,
+            "include_vectors": False,
         },
     )
     took = time.monotonic() - start
@@ -264,12 +265,19 @@ def test_metrics_labels_come_from_a_fixed_set(api):
     assert 'method="other",route="unmatched"' in text
 
 
-def test_a_sample_too_large_for_json_is_refused_and_kept_for_npz(api):
+def test_a_sample_too_large_for_json_is_refused_before_sampling_and_a_stored_one_is_kept_for_npz(api, redis_url):
     assert post_fit(api).status_code == 201
     r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 30, "seed": 0})
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", "include_vectors"], r.text
-    assert "above the cap of 1000" in first_error(r)["msg"]
-    sample_id = first_error(r)["msg"].split("sample ")[1].split(" ")[0]
+    assert "above the cap of 1000" in first_error(r)["msg"] and "nothing was sampled" in first_error(r)["msg"]
+    assert not redis.Redis.from_url(redis_url).keys("oodsynth:sample:*")
+    r = api.post(
+        "/sample",
+        json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 30, "seed": 0, "include_vectors": False},
+    )
+    sample_id = r.json()["sample_id"]
+    r = api.get(f"/samples/{sample_id}")
+    assert r.status_code == 422 and f"sample {sample_id} is kept" in first_error(r)["msg"], r.text
     r = api.get(f"/samples/{sample_id}?format=npz")
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-npz"
     assert api.get(f"/samples/{sample_id}?include_vectors=false").json()["n"] == 90

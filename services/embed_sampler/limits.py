@@ -1,4 +1,4 @@
-"""Request limits: body caps, and work that stops when its client goes away.
+"""Request limits: body caps, bounded expensive work, and work that stops when its client goes away.
 
 Request-body caps: uploads (multipart) up to ``max_upload_bytes``, any other body up to ``max_request_bytes``.
 
@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+import anyio
+from anyio.lowlevel import RunVar
+from fastapi import Depends
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -27,9 +30,53 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oodsynth.config import get_settings
 from oodsynth.deadline import cancel_on
+from oodsynth.errors import TooBusy
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
+
+
+_heavy_var: RunVar[anyio.CapacityLimiter] = RunVar("oodsynth_heavy_limiter")
+
+
+def _heavy_limiter(slots: int) -> anyio.CapacityLimiter:
+    """One limiter per event loop (a process serves on one), resized when the setting changes."""
+    try:
+        limiter = _heavy_var.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(slots)
+        _heavy_var.set(limiter)
+    if limiter.total_tokens != slots:
+        limiter.total_tokens = slots
+    return limiter
+
+
+async def heavy_slot() -> AsyncIterator[None]:
+    """A route dependency: one of ``max_heavy_requests`` slots for the request's whole handler, or 429 at once.
+
+    The expensive routes (fits, sampling, features) hold one; when all are taken the request is refused
+    with ``Retry-After`` instead of queueing without limit, so the API's memory is bounded by the slots
+    times one request's peak (each bounded by the size caps).
+    """
+    settings = get_settings()
+    limiter = _heavy_limiter(settings.max_heavy_requests)
+    token = object()
+    try:
+        limiter.acquire_on_behalf_of_nowait(token)
+    except anyio.WouldBlock:
+        raise TooBusy(
+            None,
+            f"all {settings.max_heavy_requests} slots for fits, samples and features are busy "
+            f"(settings OODSYNTH_MAX_HEAVY_REQUESTS); retry in {settings.busy_retry_after_s} s",
+            retry_after=settings.busy_retry_after_s,
+        ) from None
+    try:
+        yield
+    finally:
+        limiter.release_on_behalf_of(token)
+
+
+HEAVY = Depends(heavy_slot)
 
 
 def body_limit(content_type: str) -> int:

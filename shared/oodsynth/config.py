@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Most numbers in one JSON sample answer (~40 MB); larger samples are fetched as .npz.",
     )
+    max_heavy_requests: int = Field(
+        2,
+        ge=1,
+        description="POST /fits, /sample and /features running at once per API process; more answer 429 with "
+        "Retry-After at once. Each peaks at a few hundred MB at the default caps: this bounds the API's memory.",
+    )
+    busy_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 when the heavy routes are full.")
     max_decode_steps: int = Field(200, ge=1, description="Cap on denoising steps per image.")
     max_decode_pixels: int = Field(1024 * 1024, ge=64, description="Cap on height x width per image.")
 

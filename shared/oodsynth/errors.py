@@ -12,6 +12,7 @@ Conflict   409      exit 2
 Unavailable 503     exit 1
 Unauthorized 401    exit 2
 Forbidden  403      exit 2
+TooBusy    429      exit 1
 ========== ======== ===========================================
 
 ``field`` is written the way a user names it: ``n_per_class``,
@@ -142,8 +143,20 @@ class Forbidden(OodsynthError):
     section = "header"
 
 
+class TooBusy(OodsynthError):
+    """Every slot for expensive work is taken; retry after ``retry_after`` seconds (HTTP 429, CLI exit 1)."""
+
+    status = 429
+    type = "too_busy"
+    exit_code = 1
+
+    def __init__(self, field: str | None, message: str, *, retry_after: int = 5, errors=None):
+        super().__init__(field, message, errors=errors)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 BY_STATUS: dict[int, type[OodsynthError]] = {
-    cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable, Unauthorized, Forbidden)
+    cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable, Unauthorized, Forbidden, TooBusy)
 }
 
 __all__ = [
@@ -153,6 +166,7 @@ __all__ = [
     "InputError",
     "NotFound",
     "OodsynthError",
+    "TooBusy",
     "Unauthorized",
     "Unavailable",
     "join_loc",

@@ -18,6 +18,7 @@ from oodsynth.service import extract_features
 from oodsynth.service.features import MAX_IMAGES
 
 from ..auth import WRITE
+from ..limits import HEAVY
 from ..state import get_settings_dep
 
 router = APIRouter(tags=["features"])
@@ -39,7 +40,7 @@ class FeaturesResponse(BaseModel):
 
 @router.post(
     "/features",
-    dependencies=[WRITE],
+    dependencies=[WRITE, HEAVY],
     response_model=FeaturesResponse,
     responses={
         422: {"description": "A file is not an image; `loc` names it."},

@@ -22,6 +22,7 @@ from oodsynth.state.registry import FitRegistry
 
 from .. import observability as obs
 from ..auth import ADMIN, READ, WRITE
+from ..limits import HEAVY
 from ..schemas import FitList, FitSummary
 from ..state import get_fits
 
@@ -37,7 +38,7 @@ ERROR_RESPONSES = {
 @router.post(
     "/fits",
     status_code=201,
-    dependencies=[WRITE],
+    dependencies=[WRITE, HEAVY],
     response_model=FitSummary,
     responses=ERROR_RESPONSES,
     summary="Fit class densities to a feature bank",

@@ -26,7 +26,7 @@ from oodsynth.state.registry import FitRegistry, SampleRegistry, StoredSample
 from .. import observability as obs
 from ..auth import READ, WRITE
 from ..body import OffLoopBodyRoute
-from ..limits import run_until_disconnect
+from ..limits import HEAVY, run_until_disconnect
 from ..schemas import SampleRequest, SampleResponse
 from ..state import get_fits, get_samples, get_settings_dep
 
@@ -103,7 +103,7 @@ def render_sample(sample: StoredSample, include_vectors: bool, settings: Setting
 
 @router.post(
     "/sample",
-    dependencies=[WRITE],
+    dependencies=[WRITE, HEAVY],
     response_model=SampleResponse,
     responses={**ERROR_RESPONSES, **NPZ_RESPONSE},
     summary="Draw outlier vectors from a fit",
@@ -123,12 +123,19 @@ async def sample(
     and cosine to its class mean.
     """
     start = time.perf_counter()
+    as_npz = wants_npz(request, format)
     stored = await run_until_disconnect(
-        request, draw_sample, fits, samples, settings, **req.model_dump(exclude={"include_vectors"})
+        request,
+        draw_sample,
+        fits,
+        samples,
+        settings,
+        json_answer=req.include_vectors and not as_npz,  # an over-size JSON answer is refused before sampling
+        **req.model_dump(exclude={"include_vectors"}),
     )
     obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
     obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
-    if wants_npz(request, format):
+    if as_npz:
         return await run_in_threadpool(npz_response, stored)
     return await run_in_threadpool(render_sample, stored, req.include_vectors, settings)
 

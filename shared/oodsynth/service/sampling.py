@@ -47,9 +47,14 @@ def draw_sample(
     params: Mapping[str, Any] | None = None,
     scale_to_anchor: bool = True,
     knn_diagnostics: bool = False,
+    json_answer: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> StoredSample:
-    """Run ``method`` on the fit's classes under the settings' caps; the sample is kept in ``samples``."""
+    """Run ``method`` on the fit's classes under the settings' caps; the sample is kept in ``samples``.
+
+    ``json_answer``: the caller will spell the vectors out as JSON, so a request whose answer would pass
+    ``max_json_values`` is refused from its size, before anything is sampled.
+    """
     check_n_per_class(n_per_class, settings)
     densities, bank = fits.get(fit)
     class_index = resolve_classes(densities.class_names_, classes)
@@ -61,6 +66,8 @@ def draw_sample(
             f"{total} vectors requested ({n_per_class} per class), above the cap of {cap} "
             "(settings OODSYNTH_MAX_VECTORS_PER_SAMPLE); ask for fewer classes per request",
         )
+    if json_answer:
+        check_json_size(total, densities.dim, settings)
     sampler = get_sampler_checked(method, params)
     try:
         result = sampler.sample(
@@ -81,6 +88,21 @@ def draw_sample(
     stored = StoredSample.from_result(result, fit, densities.class_names_)
     samples.put_stored(stored)
     return stored
+
+
+MIN_DIAGNOSTICS = 4  # log_density, id_percentile, knn_distance, cos_to_mean (some samplers add more)
+
+
+def check_json_size(n_vectors: int, dim: int, settings: Settings) -> None:
+    """Refuse, before sampling, a request whose JSON answer would hold more than ``max_json_values`` numbers."""
+    values = n_vectors * (dim + 1 + MIN_DIAGNOSTICS)
+    if values > settings.max_json_values:
+        raise InputError(
+            "include_vectors",
+            f"the answer would hold {values} numbers as JSON ({n_vectors} vectors of {dim}), above the cap of "
+            f"{settings.max_json_values} (settings OODSYNTH_MAX_JSON_VALUES); nothing was sampled: ask for the "
+            ".npz (Accept: application/x-npz, or ?format=npz), with include_vectors=false, or for fewer vectors",
+        )
 
 
 def check_json_answer(sample: StoredSample, settings: Settings) -> None:
