@@ -4,13 +4,14 @@ Each route declares the scope it needs (``dependencies=[READ]``, ``[WRITE]``,
 ``[ADMIN]``); ``/healthz`` declares none. Keys come from settings
 (``OODSYNTH_API_KEYS``, hashes only, see ``oodsynth.api_keys``). With no keys
 configured every route is open to this machine only: ``oodsynth serve`` binds
-to 127.0.0.1, and ``check_local`` refuses foreign Host names (DNS rebinding) and
-cross-site Origins on mutating routes (CSRF). No key: 401 with ``WWW-Authenticate: Bearer``; a key whose scope does
+to 127.0.0.1, and ``check_local`` refuses foreign peers and Host names (DNS
+rebinding) and cross-site requests on mutating routes (CSRF). No key: 401 with ``WWW-Authenticate: Bearer``; a key whose scope does
 not cover the route: 403. Both use the API's one error shape.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -35,21 +36,56 @@ def configured_keys(text: str) -> dict[str, str]:
 # Names a keyless (local-only) API answers to. "testserver" is Starlette's TestClient host: not a
 # name public DNS can point a browser at, so it opens no rebinding path.
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "testserver"})
+# The TestClient's peer "address"; an ASGI server always gives a real IP (or none, on a unix socket).
+LOCAL_PEERS = frozenset({"testclient"})
+# Content types a cross-site HTML form (or a no-cors fetch) can send without a CORS preflight.
+SIMPLE_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+CSRF_HEADER = "x-requested-with"  # a header no cross-site form can add; the project's client sends it
 
 
 def _hostname(netloc: str) -> str:
     return (urlsplit(f"//{netloc}").hostname or "").lower()
 
 
+def _local_peer(request: Request) -> bool:
+    if request.client is None or request.client.host in LOCAL_PEERS:
+        return True  # a unix socket, or the test client
+    try:
+        return ipaddress.ip_address(request.client.host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def check_local(request: Request, *, mutating: bool) -> None:
-    """Without keys, only this machine may call: the Host must be a loopback name (DNS rebinding),
-    and a browser's Origin on a mutating request must be one too (cross-site form posts)."""
+    """Without keys, only this machine may call.
+
+    The peer address must be a loopback one (a Host header is the client's to choose), the Host a
+    loopback name (DNS rebinding). A state-changing request must not be cross-site, whatever the
+    browser sends: an ``Origin`` must be this server's own (scheme, host and port), a ``Sec-Fetch-Site``
+    must say same-origin, and a browser's request without an ``Origin`` that a plain form could have
+    sent (form, multipart or text body) must carry ``X-Requested-With``, which no form can add.
+    """
+    if not _local_peer(request):
+        raise Forbidden("host", "no API keys are configured, so only this machine's own address is served")
     host = _hostname(request.headers.get("host", ""))
     if host not in LOCAL_HOSTS:
         raise Forbidden("host", f"no API keys are configured, so only local host names are served, not {host!r}")
+    if not mutating:
+        return
     origin = request.headers.get("origin")
-    if mutating and origin is not None and _hostname(urlsplit(origin).netloc) not in LOCAL_HOSTS:
-        raise Forbidden("origin", "no API keys are configured: cross-site requests may not change anything")
+    own = f"{request.url.scheme}://{request.headers.get('host', '').lower()}"
+    if origin is not None and origin.lower() != own:
+        raise Forbidden("origin", "no API keys are configured: cross-origin requests may not change anything")
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden("origin", f"no API keys are configured: a {site} request may not change anything")
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    from_browser = "mozilla/" in request.headers.get("user-agent", "").lower()
+    if origin is None and from_browser and media in SIMPLE_TYPES and CSRF_HEADER not in request.headers:
+        raise Forbidden(
+            "x-requested-with",
+            "no API keys are configured: a browser's form-like request must send X-Requested-With",
+        )
 
 
 def require(scope: str):

@@ -44,13 +44,14 @@ def serve(
     """Run the embed_sampler API (uvicorn on services.embed_sampler.app:app, with a request-header deadline)."""
     import uvicorn
 
+    from oodsynth.redact import redact_url
     from oodsynth.state.redis_conn import redis_url
 
     from .header_deadline import http_protocol
 
     host = bind_host(host)
     url = redis_url()  # starts the embedded server when unset and exports its URL to the workers
-    typer.echo(f"redis: {url}", err=True)
+    typer.echo(f"redis: {redact_url(url)}", err=True)  # the password must not reach logs (docker logs)
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler the
     # process would die before atexit stops the embedded Redis. Exit normally instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -52,6 +52,7 @@ class OodsynthClient:
         if api_key is None and (configured := get_settings().api_key) is not None:
             api_key = configured.get_secret_value()
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._auth["X-Requested-With"] = "oodsynth-client"  # the keyless API's CSRF check (no form can send it)
 
     def close(self) -> None:
         self.http.close()

@@ -1,4 +1,4 @@
-"""What an answer may say about a failure: one line, no traceback, no filesystem paths.
+"""What an answer or a log line may say: one line, no traceback, no filesystem paths, no passwords.
 
 Tracebacks and install, socket or model paths help an attacker more than a
 user; the full text goes to the logs (and stays in RQ's failed registry for
@@ -26,3 +26,13 @@ def failure_line(exc_string: str | None) -> str | None:
     lines = [line.strip() for line in exc_string.strip().splitlines() if line.strip()]
     line = redact_paths(lines[-1]) if lines else ""
     return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
+
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:]*):[^@/]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password shown as ``***``: in the user part (``redis://:secret@host``) or the query
+    (``unix:///run/redis.sock?password=secret``)."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", url))
