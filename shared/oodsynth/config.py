@@ -1,19 +1,56 @@
 """Settings read from ``OODSYNTH_*`` environment variables (pydantic-settings).
 
 One object, read once per process, so the API, the worker and the CLI agree
-on where Redis, the model and the result store are.
+on where Redis, the model and the result store are; a store location (a folder or ``s3://bucket/prefix``)
+is parsed here, so every layer can read the setting without importing the store.
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .store.backends import parse_store_setting
+from .errors import InputError
+
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
+# S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def is_url(value: str) -> bool:
+    """``scheme://...``: a store location that is not a local folder."""
+    return _URL.match(value) is not None
+
+
+def parse_store_setting(value: Any) -> Path | str:
+    """``OODSYNTH_STORE``: an ``s3://bucket/prefix`` URL stays a string, anything else is a local Path.
+
+    (``Path("s3://b/p")`` would fold the ``//`` and lose the scheme.)
+    """
+    if isinstance(value, str) and _URL.match(value):
+        return normalise_url(value)
+    return Path(value) if isinstance(value, str) else value
+
+
+def normalise_url(url: str) -> str:
+    """``s3://bucket/prefix/`` -> ``s3://bucket/prefix``; other schemes and bad buckets are an InputError."""
+    match = _URL.match(url)
+    if match is None:
+        raise InputError("store", f"{url!r} is not a URL")
+    if match["scheme"].lower() != "s3":
+        raise InputError("store", f"{url!r}: only local folders and s3://bucket/prefix URLs are supported")
+    parts = [p for p in match["rest"].split("/") if p]
+    if not parts or not _BUCKET.match(parts[0]):
+        raise InputError("store", f"{url!r}: expected s3://bucket[/prefix] with a valid bucket name")
+    if any(p in (".", "..") for p in parts):
+        raise InputError("store", f"{url!r}: '.' and '..' are not allowed in the prefix")
+    return "s3://" + "/".join(parts)
+
 
 # A local folder stays a Path; an s3:// URL stays a string (a Path would fold its '//').
 StoreLocation = Annotated[Path | str, BeforeValidator(parse_store_setting)]

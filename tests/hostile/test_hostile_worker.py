@@ -91,7 +91,7 @@ def test_a_worker_job_over_the_api_caps_is_refused_before_any_work(redis_url, ti
     """The worker's job model accepted 1,000 steps, 2048 squared and a 1 MB prompt that the API refuses."""
     settings = settings_env(MODEL=tiny_sd, DEVICE="cpu", MAX_DECODE_STEPS=10, MAX_DECODE_PIXELS=64 * 64)
     from oodsynth.errors import InputError
-    from oodsynth.service import DecoderCache, run_decode_job
+    from oodsynth.worker.decode_job import DecoderCache, run_decode_job
 
     base = _valid_job(str(tiny_sd)).model_dump(mode="json")
     decoders = DecoderCache()

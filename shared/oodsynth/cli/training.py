@@ -12,8 +12,8 @@ from typing import NoReturn
 import numpy as np
 import typer
 
+from ..config import parse_store_setting
 from ..errors import InputError
-from ..store.backends import parse_store_setting
 from .app import app
 
 plot_app = typer.Typer(

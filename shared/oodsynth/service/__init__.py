@@ -5,14 +5,12 @@ of a few lines around these calls, so a limit or a check holds on every
 surface, and every failure is a typed ``oodsynth.errors`` exception.
 """
 
-from ..worker.decode_job import DecoderCache, run_decode_job
 from .features import EmbedderCache, extract_features
 from .fits import create_fit
 from .generation import GenerateRequest, enqueue_generation, plan_generation
 from .sampling import draw_sample
 
 __all__ = [
-    "DecoderCache",
     "EmbedderCache",
     "GenerateRequest",
     "create_fit",
@@ -20,5 +18,4 @@ __all__ = [
     "enqueue_generation",
     "extract_features",
     "plan_generation",
-    "run_decode_job",
 ]

@@ -72,9 +72,8 @@ def export_dataset(
 
     from tqdm.auto import tqdm
 
-    from ..config import get_settings
+    from ..config import get_settings, parse_store_setting
     from ..export import EXPORTERS, DatasetCard
-    from ..store.backends import parse_store_setting
     from ..store.results import ResultStore
 
     if format not in EXPORTERS:

@@ -45,8 +45,7 @@ def train_ood_run(
     """
     import pydantic
 
-    from ..config import get_settings
-    from ..store.backends import parse_store_setting
+    from ..config import get_settings, parse_store_setting
     from ..training.ood import OODTrainConfig, train_ood
     from .evaluation import load_data
 

@@ -25,47 +25,18 @@ import fcntl
 import glob
 import math
 import os
-import re
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..errors import InputError
+from ..config import is_url, normalise_url
 
 TEMP_SUFFIX = ".tmp"
 LOCK = ".manifest.lock"
-_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
-# S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def parse_store_setting(value: Any) -> Path | str:
-    """``OODSYNTH_STORE``: an ``s3://bucket/prefix`` URL stays a string, anything else is a local Path.
-
-    (``Path("s3://b/p")`` would fold the ``//`` and lose the scheme.)
-    """
-    if isinstance(value, str) and _URL.match(value):
-        return normalise_url(value)
-    return Path(value) if isinstance(value, str) else value
-
-
-def normalise_url(url: str) -> str:
-    """``s3://bucket/prefix/`` -> ``s3://bucket/prefix``; other schemes and bad buckets are an InputError."""
-    match = _URL.match(url)
-    if match is None:
-        raise InputError("store", f"{url!r} is not a URL")
-    if match["scheme"].lower() != "s3":
-        raise InputError("store", f"{url!r}: only local folders and s3://bucket/prefix URLs are supported")
-    parts = [p for p in match["rest"].split("/") if p]
-    if not parts or not _BUCKET.match(parts[0]):
-        raise InputError("store", f"{url!r}: expected s3://bucket[/prefix] with a valid bucket name")
-    if any(p in (".", "..") for p in parts):
-        raise InputError("store", f"{url!r}: '.' and '..' are not allowed in the prefix")
-    return "s3://" + "/".join(parts)
 
 
 class Backend(Protocol):
@@ -84,7 +55,7 @@ class Backend(Protocol):
 
 def open_backend(root: str | os.PathLike, storage_options: dict | None = None) -> Backend:
     """The backend for a store root: ``s3://...`` -> S3, anything else -> a local folder."""
-    if isinstance(root, str) and _URL.match(root):
+    if isinstance(root, str) and is_url(root):
         return S3Backend(normalise_url(root), storage_options)
     return LocalBackend(Path(root))
 
