@@ -16,6 +16,8 @@ from oodsynth.training.detectors import evaluate_detectors
 from oodsynth.training.outlier_dataset import StoredOutliers
 from tests.test_s3_store import bucket_url, s3_endpoint  # noqa: F401  (the moto server fixtures)
 
+pytestmark = pytest.mark.slow  # trains six small detectors
+
 TINY = dict(width=8, epochs=2, batch_size=32, ood_batch_size=16, lr=0.05, device="cpu", progress=False)
 
 

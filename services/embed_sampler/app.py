@@ -15,7 +15,7 @@ from oodsynth.state.registry import FitCache
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .observability import MetricsMiddleware
-from .routes import features, fits, generation, health, sampling
+from .routes import features, fits, gallery, generation, health, sampling
 
 DESCRIPTION = """
 Imagine outliers for OOD detection.
@@ -45,7 +45,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)  # inside the metrics: a 413 is counted too
     app.add_middleware(MetricsMiddleware)
-    for module in (health, fits, sampling, generation, features):
+    for module in (health, fits, sampling, generation, features, gallery):
         app.include_router(module.router)
     return app
 

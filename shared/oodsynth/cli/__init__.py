@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (register commands)
     core,
     decoder,  # noqa: F401  (train-decoder)
     export,  # noqa: F401  (export)
+    gallery,  # noqa: F401  (gallery)
     generation,
     training,
 )
