@@ -121,7 +121,7 @@ def test_bad_dataset_names(api, sample_id, dataset):
     "change,field,text",
     [
         ({"steps": 101}, "steps", "above the cap of 100"),
-        ({"height": 1024, "width": 1024}, "height", "above the cap of 262144"),
+        ({"height": 1024, "width": 1024}, "height", "the cap of 262144"),
         ({"prompt_template": "{token} " + "x" * 2000}, "prompt_template", "at most 1000 characters"),
     ],
 )

@@ -15,6 +15,7 @@ from oodsynth.state.registry import FitCache
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .observability import MetricsMiddleware
+from .openapi import document_errors, install_openapi
 from .routes import features, fits, gallery, generation, health, sampling
 
 DESCRIPTION = """
@@ -46,7 +47,9 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimitMiddleware)  # inside the metrics: a 413 is counted too
     app.add_middleware(MetricsMiddleware)
     for module in (health, fits, sampling, generation, features, gallery):
+        document_errors(module.router)  # 401/403/408/413/429/503 from what each route is built with
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 

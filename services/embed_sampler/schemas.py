@@ -43,7 +43,12 @@ def _fit_name(value: str) -> str:
 
 FitName = Annotated[
     StrictStr,
-    Field(max_length=MAX_NAME_LENGTH, description="Name of a stored fit (names.validate_name).", examples=["cifar100"]),
+    Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="Name of a stored fit (names.validate_name).",
+        examples=["cifar100"],
+    ),
     AfterValidator(_fit_name),
 ]
 
@@ -75,6 +80,7 @@ class SampleRequest(BaseModel):
         examples=[DEFAULT_METHOD],
     )
     n_per_class: int = Field(
+        ge=1,
         description="Vectors per class; at least 1, at most settings max_n_per_class (default 10,000).",
         examples=[100],
     )
@@ -100,6 +106,18 @@ class SampleRequest(BaseModel):
         if bad:
             raise ValueError(f"{bad} must be a finite number")
         return v
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where the problem is: body, path, query or header, then the field.")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``detail`` lists the problems found, the first one first."""
+
+    detail: list[ErrorItem]
 
 
 class ClassInfo(BaseModel):

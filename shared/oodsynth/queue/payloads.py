@@ -145,8 +145,8 @@ class DecodeSettings(BaseModel):
     )
     steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="Classifier-free guidance scale.")
-    height: int = Field(512, ge=8, le=2048, description="Decode height in pixels (multiple of 8).")
-    width: int = Field(512, ge=8, le=2048, description="Decode width in pixels (multiple of 8).")
+    height: int = Field(512, ge=8, le=2048, multiple_of=8, description="Decode height in pixels (the VAE's 8).")
+    width: int = Field(512, ge=8, le=2048, multiple_of=8, description="Decode width in pixels (the VAE's 8).")
     output_size: int = Field(256, ge=8, le=2048, description="Stored images are resized to this square size.")
     scheduler: str = Field("pndm", description=f"One of {list(SCHEDULERS)}.")
     preset: str = Field(
@@ -161,13 +161,6 @@ class DecodeSettings(BaseModel):
     def _template(cls, v: str) -> str:
         if v.count(TOKEN_FIELD) != 1:
             raise ValueError(f"must contain {TOKEN_FIELD} exactly once, got {v!r}")
-        return v
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_8(cls, v: int) -> int:
-        if v % 8:
-            raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {v}")
         return v
 
     @field_validator("scheduler", "preset")
@@ -203,11 +196,23 @@ def check_decode_limits(decode: DecodeSettings, settings) -> None:
             f"{decode.steps} is above the cap of {settings.max_decode_steps} (settings OODSYNTH_MAX_DECODE_STEPS)",
         )
     cap = min(settings.max_decode_pixels, MAX_PIXELS_BOUND)
-    for field, pixels in (("height", decode.height * decode.width), ("output_size", decode.output_size**2)):
-        if pixels > cap:
+    side = pixel_side(cap)
+    for field in ("height", "width", "output_size"):
+        value = getattr(decode, field)
+        if value > side:
             raise InputError(
-                field, f"{pixels} pixels per image is above the cap of {cap} (settings OODSYNTH_MAX_DECODE_PIXELS)"
+                field,
+                f"{value} is above {side} pixels per side: the cap of {cap} pixels per image "
+                "(settings OODSYNTH_MAX_DECODE_PIXELS) allows a square of that side at most",
             )
+
+
+def pixel_side(max_pixels: int) -> int:
+    """The largest side (a multiple of 8) a square image of at most ``max_pixels`` pixels may have.
+
+    A per-side cap, not one on height x width: it is what a JSON schema can state (``maximum``), so the
+    OpenAPI document says exactly what the check enforces."""
+    return 8 * (math.isqrt(max_pixels) // 8)
 
 
 def check_job_limits(job: DecodeJob, settings) -> None:

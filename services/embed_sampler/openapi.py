@@ -1,0 +1,88 @@
+"""The OpenAPI document tells the truth: every error a route can answer, and the caps of this configuration.
+
+Routes declare what is theirs (404, 409, 422, the npz answer); the answers that
+come from shared machinery are added here from what each route is built with:
+an API-key scope gives 401 and 403 (and the keyless local-only guard 403), a
+request body 408 and 413, a slot of the bounded pool (``limits.HEAVY``) 429,
+and Redis 503 everywhere. The schema's numeric maxima are the settings' caps
+the handlers enforce (read when the document is first built), not the models'
+absolute bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from oodsynth.config import get_settings
+from oodsynth.queue.payloads import MAX_PIXELS_BOUND, pixel_side
+
+from .auth import ADMIN, READ, WRITE
+from .limits import HEAVY
+from .schemas import ErrorBody
+
+
+def _error(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+def document_errors(router: APIRouter) -> None:
+    """Add the shared error answers to each of the router's routes (a route's own description wins).
+
+    Called on each router before the app includes it (an included router's routes are not the app's to edit).
+    """
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        extra: dict[int, dict] = {}
+        if any(dep in (READ, WRITE, ADMIN) for dep in route.dependencies):
+            extra[401] = _error("No API key, or an unknown one (keys configured); `WWW-Authenticate: Bearer`.")
+            extra[403] = _error(
+                "The key's scope does not cover the route; without keys: not this machine, or a cross-site request."
+            )
+        if route.body_field is not None:
+            extra[408] = _error("The request body did not arrive within OODSYNTH_BODY_TIMEOUT_S.")
+            extra[413] = _error("The request body is over OODSYNTH_MAX_REQUEST_BYTES / OODSYNTH_MAX_UPLOAD_BYTES.")
+        if HEAVY in route.dependencies:
+            extra[429] = {
+                **_error("Every slot for fits, samples and features is busy; retry after `Retry-After` seconds."),
+                "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+            }
+        if route.path != "/healthz":
+            extra[503] = _error("Redis is unreachable or refuses writes (out of memory), or a service is missing.")
+        for status, answer in extra.items():
+            route.responses.setdefault(status, answer)
+
+
+def _set(schema: dict, model: str, field: str, **constraints: Any) -> None:
+    prop = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {}).get(field)
+    if prop is not None:
+        prop.update(constraints)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """``app.openapi`` with the settings' caps as schema maxima."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            settings = get_settings()
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            side = pixel_side(min(settings.max_decode_pixels, MAX_PIXELS_BOUND))  # check_decode_limits's cap
+            _set(schema, "SampleRequest", "n_per_class", minimum=1, maximum=settings.max_n_per_class)
+            _set(schema, "GenerateRequest", "steps", maximum=settings.max_decode_steps)
+            _set(schema, "GenerateRequest", "images_per_vector", maximum=settings.max_images_per_request)
+            for field in ("height", "width", "output_size"):
+                _set(schema, "GenerateRequest", field, maximum=side)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
