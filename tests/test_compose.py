@@ -213,3 +213,44 @@ def test_commands_reference_real_modules(compose):
     worker_dockerfile = (REPO / "services/diffusion_worker/Dockerfile").read_text()
     for found in re.findall(r'"-m", "([\w.]+)"', worker_dockerfile):
         assert importlib.util.find_spec(found) is not None, found
+
+
+def test_images_are_pinned_to_exact_versions(compose):
+    """Floating tags (redis:7-alpine, python:3.11-slim) change what runs on a rebuild."""
+    exact = re.compile(r"^[\w./-]+(:(\d+\.\d+\.\d+[\w.-]*|RELEASE\.[\w.-]+)|@sha256:[0-9a-f]{64})$")
+    images = {name: svc["image"] for name, svc in compose["services"].items() if "image" in svc}
+    inline = [
+        svc["build"]["dockerfile_inline"]
+        for svc in compose["services"].values()
+        if "dockerfile_inline" in svc.get("build", {})
+    ]
+    dockerfiles = [
+        (REPO / p).read_text() for p in ("services/embed_sampler/Dockerfile", "services/diffusion_worker/Dockerfile")
+    ]
+    bases = [line.split()[1] for text in inline + dockerfiles for line in text.splitlines() if line.startswith("FROM ")]
+    for ref in [*images.values(), *bases]:
+        assert exact.match(ref), f"{ref} is not pinned to an exact version or digest"
+    assert len(bases) == 3
+
+
+def test_every_long_running_service_has_a_healthcheck(compose):
+    for name, svc in compose["services"].items():
+        if svc.get("restart") == "no":  # one-shot jobs
+            continue
+        check = svc.get("healthcheck", {}).get("test")
+        assert check and check[0] == "CMD", f"{name} has no healthcheck"
+    worker = compose["services"]["worker"]["healthcheck"]["test"]
+    assert "oodsynth.worker.process import health_check" in worker[-1]
+
+
+def test_the_worker_health_check_sees_a_live_worker(redis_url):
+    from oodsynth.worker.process import build_worker, worker_alive_here
+
+    worker = build_worker(preload=False)
+    assert not worker_alive_here(worker.connection)
+    worker.register_birth()
+    try:
+        assert worker_alive_here(worker.connection)
+    finally:
+        worker.register_death()
+    assert not worker_alive_here(worker.connection)

@@ -68,6 +68,28 @@ def run_worker(
     return worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=with_scheduler, logging_level=logging_level)
 
 
+def worker_alive_here(connection=None) -> bool:
+    """True when a worker of this host is registered in Redis and not dead: the container health check
+    (``python -c "from oodsynth.worker.process import health_check; health_check()"``)."""
+    import socket
+
+    from rq import Worker
+
+    connection = connection if connection is not None else get_redis()
+    here = socket.gethostname()
+    return any(w.hostname == here and w.death_date is None for w in Worker.all(connection=connection))
+
+
+def health_check() -> None:
+    """Exit 0 when ``worker_alive_here``, 1 otherwise (a container health check's contract)."""
+    try:
+        alive = worker_alive_here()
+    except Exception as exc:  # Redis down or refusing: unhealthy, with the reason on stderr
+        print(f"unhealthy: {type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(0 if alive else 1)
+
+
 # -- one worker process per device ---------------------------------------------------------------
 
 CHILD_COMMAND = (sys.executable, "-c", "from oodsynth.cli import main; main()", "worker")
