@@ -57,6 +57,7 @@ def test_page_filters_and_images(client):
         ("/datasets/blobs/images/cat/nope.png", 404, ["path", "path"]),
         ("/datasets/blobs/images/cat/..%2F..%2Fmanifest%2Fjob-0.jsonl", 404, ["path", "path"]),
         ("/datasets/blobs/images/manifest/job-0.jsonl", 404, ["path", "path"]),
+        ("/datasets/blobs/images/%2E%2E/blobs/cat/cat-0.png", 404, ["path", "path"]),
     ],
 )
 def test_errors_name_the_parameter(client, url, status, loc):

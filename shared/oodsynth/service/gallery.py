@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..store.results import ImageRecord, ResultStore
 VERIFIED_AT = 10.0
 VERIFIED_KEY = "verified_id_percentile"
 MAX_PER_PAGE = 1000
+_IMAGE_PATH = re.compile(r"(?P<folder>[^/\\\x00]+)/[A-Za-z0-9_.\-]+\.png")  # store.results' class folder / image id
 
 
 class GalleryQuery(BaseModel):
@@ -96,11 +98,19 @@ def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery) -> Galle
 
 
 def gallery_image(store: ResultStore, dataset: str, path: str) -> bytes:
-    """The PNG of one record of ``dataset`` by its path below the dataset (``<class>/<id>.png``); 404 otherwise."""
-    full = f"{dataset}/{path}"
-    if dataset not in store.datasets() or full not in {r.path for r in store.records(dataset)}:
+    """The PNG at ``<class>/<image_id>.png`` below ``dataset``; 404 for anything else.
+
+    Checked by shape, not against the manifest (a set of every path per image request would cost O(images)):
+    one class folder that is not hidden, one image id of the id alphabet, ``.png``; so only stored images
+    are reachable, never a manifest shard, a temp file or anything outside the dataset.
+    """
+    match = _IMAGE_PATH.fullmatch(path)
+    if match is None or match["folder"].startswith(".") or dataset not in store.datasets():
         raise NotFound("path", f"no image {path!r} in dataset {dataset!r}")
-    return store.read_bytes(full)
+    try:
+        return store.read_bytes(f"{dataset}/{path}")
+    except FileNotFoundError:
+        raise NotFound("path", f"no image {path!r} in dataset {dataset!r}") from None
 
 
 def _fmt(value: Any) -> str:
