@@ -43,7 +43,7 @@ from oodsynth.encoding.features import build_bank
 from oodsynth.encoding.training import load_encoder
 from oodsynth.offline_decoder.assets import ensure_profile_assets, load_profile_assets
 from oodsynth.offline_decoder.quality import (
-    DecodeSettings,
+    JudgedDecode,
     accuracy,
     anchor_accuracy,
     decode_vectors,
@@ -72,7 +72,7 @@ def _tile(images: list[list[Image.Image]], scale: int, labels: list[str]) -> Ima
 
 
 def sampler_rows(
-    decoder, fit, bank, settings: DecodeSettings, samplers: list[str], per_class: int
+    decoder, fit, bank, settings: JudgedDecode, samplers: list[str], per_class: int
 ) -> tuple[list[list[Image.Image]], list[str]]:
     """Each sampler's outliers at its default parameters (``per_class`` rows), decoded with the same settings."""
     from oodsynth.samplers import get_sampler
@@ -130,7 +130,7 @@ def evaluate_profile(profile: str, args) -> tuple[dict, list[list[Image.Image]]]
     rows: list[list[Image.Image]] = [real_examples(test, len(assets.class_names))]
     labels = [f"{profile}: real"]
     for guidance in args.guidance:
-        settings = DecodeSettings(
+        settings = JudgedDecode(
             steps=args.steps or assets.config.decode_steps, guidance_scale=guidance, image_size=size
         )
         t1 = time.perf_counter()

@@ -103,13 +103,13 @@ def test_training_conditioning_matches_the_worker_path(tiny_digits, digits_decod
 
 def test_decoded_anchors_are_recognised_by_an_independent_classifier(tiny_digits, digits_decoder):
     from oodsynth.data import load_dataset
-    from oodsynth.offline_decoder.quality import DecodeSettings, accuracy, anchor_accuracy, train_reference_classifier
+    from oodsynth.offline_decoder.quality import JudgedDecode, accuracy, anchor_accuracy, train_reference_classifier
 
     assets, _home = tiny_digits
     train = load_dataset("digits", "train", image_size=8)  # all eight ID classes: the judge may say any of them
     classifier = train_reference_classifier(train, epochs=8)
     assert accuracy(classifier, load_dataset("digits", "test", image_size=8)) > 0.9  # the judge itself is good
-    settings = DecodeSettings(
+    settings = JudgedDecode(
         steps=assets.config.decode_steps, guidance_scale=assets.config.guidance_scale, image_size=assets.image_size
     )
     acc, _pred, images = anchor_accuracy(digits_decoder, classifier, assets.anchors, settings, n_per_class=4)

@@ -10,8 +10,9 @@ from toy_banks import toy_bank
 from oodsynth.densities import ClassDensities
 from oodsynth.errors import Conflict, InputError, NotFound
 from oodsynth.samplers import SampleResult
-from oodsynth.state import registry as registry_mod
-from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry, StoredSample, resolve_classes
+from oodsynth.service.sampling import resolve_classes
+from oodsynth.state import blobs
+from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry, StoredSample
 
 make_bank = toy_bank
 
@@ -85,7 +86,7 @@ def test_put_refuses_existing_name_without_replace_and_validates_names(client):
 
 
 def test_large_blobs_are_split_across_hash_fields(client, monkeypatch):
-    monkeypatch.setattr(registry_mod, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(blobs, "CHUNK_BYTES", 1000)
     bank = make_bank(n_per_class=30, dim=24)
     fits = FitRegistry(client, cache=FitCache())
     fits.put("chunked", ClassDensities(kind="gaussian_isotropic").fit(bank), bank)

@@ -14,7 +14,7 @@ from PIL import Image
 from oodsynth.errors import InputError
 from oodsynth.names import validate_name
 from oodsynth.queue.payloads import DecodeJob, image_id_for, image_seed_for
-from oodsynth.store.results import MANIFEST, ImageRecord, ResultStore
+from oodsynth.store.results import LEGACY_MANIFEST, ImageRecord, ResultStore
 from oodsynth.training.outlier_dataset import StoredOutliers
 
 
@@ -54,7 +54,7 @@ def test_write_read_and_idempotent(tmp_path):
     assert rows[1].path == "ds/sea_lion/b.png"  # a separator in a class name stays one folder
     assert np.asarray(Image.open(tmp_path / rows[0].path))[0, 0, 0] == 10
     # The job's rows live in its own shard; there is no shared manifest file to append to.
-    assert len(_shard_lines(tmp_path, "ds", "job-1")) == 2 and not (tmp_path / "ds" / MANIFEST).exists()
+    assert len(_shard_lines(tmp_path, "ds", "job-1")) == 2 and not (tmp_path / "ds" / LEGACY_MANIFEST).exists()
     assert store.manifest_path("ds") == tmp_path / "ds" / "manifest"
     assert store.datasets() == ["ds"]
     report = store.verify("ds")
@@ -123,7 +123,7 @@ def test_legacy_single_file_manifest_is_still_read(tmp_path):
             }
         )
         rows.append(json.dumps(rec.model_dump()) + "\n")
-    (tmp_path / "old" / MANIFEST).write_text("".join(rows) + '{"image_id": "w", "pa')  # torn by a killed writer
+    (tmp_path / "old" / LEGACY_MANIFEST).write_text("".join(rows) + '{"image_id": "w", "pa')  # torn by a killed writer
     store = ResultStore(tmp_path)
     assert store.datasets() == ["old"]
     assert [r.image_id for r in store.records("old")] == ["x", "y"]
@@ -131,7 +131,7 @@ def test_legacy_single_file_manifest_is_still_read(tmp_path):
     assert store.write_image("old", _record("x"), _image(5)) is False  # already recorded in the old file
     assert store.write_image("old", _record("z"), _image(5)) is True
     assert [r.image_id for r in store.records("old")] == ["x", "y", "z"]
-    assert (tmp_path / "old" / MANIFEST).read_text().count("\n") == 2  # never appended to
+    assert (tmp_path / "old" / LEGACY_MANIFEST).read_text().count("\n") == 2  # never appended to
 
 
 _WRITER = """

@@ -83,7 +83,9 @@ class Settings(BaseSettings):
     images_per_job: int = Field(32, ge=1, description="Images per RQ job: enough to keep a GPU busy.")
     gpu_batch_size: int = Field(8, ge=1, description="Images decoded together on the worker.")
     worker_compile: bool = Field(
-        True, description="On CUDA: fuse q/k/v and torch.compile the UNet (1.3x on an H200; first batch compiles)."
+        True,
+        description="On CUDA: fuse q/k/v and torch.compile the UNet (the first batch compiles; speed-up measured in "
+        "bench/results/decode_gpu/decode_gpu.md).",
     )
     job_timeout_s: int = Field(3600, ge=1)
     job_retries: int = Field(3, ge=0)

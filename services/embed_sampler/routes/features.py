@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from oodsynth.config import Settings
-from oodsynth.service import extract_features
+from oodsynth.service import embed_uploads
 from oodsynth.service.features import MAX_IMAGES
 
 from ..auth import WRITE
@@ -56,4 +56,4 @@ async def features(
     """Resize each image to the encoder's input size and return its unit-norm feature and nearest anchor."""
     embedder = await run_in_threadpool(request.app.state.embedders.get, settings)
     uploads = [(f.filename, await f.read()) for f in files]
-    return await run_in_threadpool(extract_features, embedder, uploads)
+    return await run_in_threadpool(embed_uploads, embedder, uploads)

@@ -34,9 +34,9 @@ _enqueue_limiter_var: RunVar[anyio.CapacityLimiter] = RunVar("oodsynth_enqueue_l
 def _enqueue_limiter() -> anyio.CapacityLimiter:
     """At most ENQUEUE_THREADS plan-and-enqueue calls run at once; the rest wait for a thread.
 
-    The work is short and GIL-bound, so 20 threads contending for the GIL only add switching: with 2, the API's
-    CPU per request at 20 concurrent clients fell from 4.0 to 3.4 ms and p99 from about 146 to 129 ms on an idle
-    2-core machine (bench/load.py, measured twice, interleaved). One limiter per event loop, as anyio's own.
+    The work is short and GIL-bound, so 20 threads contending for the GIL only add switching: two threads measured
+    less API CPU per request and a lower p99 at 20 concurrent clients (bench/results/load/load_generate.md). One
+    limiter per event loop, as anyio's own.
     """
     try:
         return _enqueue_limiter_var.get()

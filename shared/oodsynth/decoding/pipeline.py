@@ -74,9 +74,9 @@ def load_pipeline(
 
     The UNet and VAE run with PyTorch's scaled-dot-product attention.
     ``fuse_qkv`` fuses each attention's q/k/v projections into one matmul
-    (diffusers' ``fuse_qkv_projections``). Measured on an H200 (SD v1.4
-    architecture, fp16, 512², 50 steps, batch 32, bench/decode.py): channels-last
-    0.89x, so it stays opt-in (``channels_last=True``). Compilation is
+    (diffusers' ``fuse_qkv_projections``). Channels-last measured slower on an
+    H200 (``bench/decode.py``, SD v1.4's architecture), so it stays opt-in
+    (``channels_last=True``). Compilation is
     ``OutlierDecoder``'s business (see ``compile_unet`` there).
     """
     from diffusers import StableDiffusionPipeline
@@ -173,10 +173,9 @@ class OutlierDecoder:
         ``exact`` and ``fast`` so share one compiled full step instead of
         compiling the UNet twice (once whole, once as ``full_step``). A UNet
         that feature reuse does not support (not SD v1.x's layout) is compiled
-        whole instead, and ``fast`` is refused for it as before. torch.compile's
-        defaults (static graphs first): on an H200, ``dynamic=True`` compiled
-        for 345 s and ran ``exact`` at 0.98x plain diffusers against 1.36x
-        (bench/results/decode_gpu/decode_gpu.md).
+        whole instead, and ``fast`` is refused for it. torch.compile's defaults
+        (static graphs first): ``dynamic=True`` compiled far longer and ran
+        slower on an H200 (bench/results/decode_gpu/decode_gpu.md).
         """
         try:
             self._step_unet(0)

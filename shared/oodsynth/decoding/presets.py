@@ -39,10 +39,9 @@ class DecodePreset:
         return max(1, math.ceil(int(job_steps) * self.step_fraction))
 
 
-# Measured fidelity (fast against exact on the same vectors and seeds): bench/results/decode_presets/decode_presets.md.
-# Reuse every 3 steps on top of half the DPM-Solver++ steps cost 2.7 ± 2.1 points of anchor accuracy on
-# the animals decoder (20 -> 10 steps), over the 2-point bar; each lever alone cost under 1, so fast
-# runs the full UNet every 2nd step.
+# Measured fidelity (fast against exact on the same vectors and seeds, and each lever alone):
+# bench/results/decode_presets/decode_presets.md. Reuse every 3rd step on top of half the DPM-Solver++ steps
+# lost more than the 2-point bar of anchor accuracy there, so fast runs the full UNet every 2nd step.
 PRESETS = {
     "exact": DecodePreset("exact", scheduler=None, step_fraction=1.0, cache_interval=1),
     "fast": DecodePreset("fast", scheduler="dpm++", step_fraction=0.5, cache_interval=2),

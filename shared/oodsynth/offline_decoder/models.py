@@ -160,6 +160,7 @@ class PromptConditioner:
 
     @torch.no_grad()
     def words_states(self, words: Sequence[str]) -> torch.Tensor:
+        """Hidden states of the prompts with the class words themselves, a reference used only by tests."""
         prompts = [self.template.replace(TOKEN_FIELD, w) for w in words]
         return self.text_encoder(self._ids(prompts))[0]
 

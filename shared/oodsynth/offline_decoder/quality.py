@@ -103,14 +103,16 @@ def neighbour_pairs(class_means: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class DecodeSettings:
+class JudgedDecode:
+    """How the decoder runs for the judge (the offline decoders' own settings by default)."""
+
     steps: int = 20
     guidance_scale: float = 2.0
     scheduler: str = "ddim"
     image_size: int = 16
 
 
-def decode_vectors(decoder, vectors: np.ndarray, seeds, settings: DecodeSettings):
+def decode_vectors(decoder, vectors: np.ndarray, seeds, settings: JudgedDecode):
     """Decode with the worker's own ``OutlierDecoder`` path, at the decoder's native size."""
     return decoder.decode(
         vectors,
@@ -125,7 +127,7 @@ def decode_vectors(decoder, vectors: np.ndarray, seeds, settings: DecodeSettings
 
 
 def anchor_accuracy(
-    decoder, classifier: nn.Module, anchors: np.ndarray, settings: DecodeSettings, n_per_class: int = 8, seed: int = 0
+    decoder, classifier: nn.Module, anchors: np.ndarray, settings: JudgedDecode, n_per_class: int = 8, seed: int = 0
 ) -> tuple[float, np.ndarray, list]:
     """Share of decoded anchors (n_per_class seeds each) the classifier labels as their class."""
     labels = np.repeat(np.arange(len(anchors)), n_per_class)
@@ -141,7 +143,7 @@ def reconstruction_check(
     encoder,
     fit,
     test,
-    settings: DecodeSettings,
+    settings: JudgedDecode,
     n_per_class: int = 8,
     seed: int = 20_000,
 ) -> dict:
@@ -173,7 +175,7 @@ def midpoint_agreement(
     classifier: nn.Module,
     anchors: np.ndarray,
     pairs: np.ndarray,
-    settings: DecodeSettings,
+    settings: JudgedDecode,
     n_per_pair: int = 8,
     seed: int = 10_000,
 ) -> dict:

@@ -74,7 +74,7 @@ def crossing_walk(
 def stepwise_crossing(
     x0: np.ndarray, direction: np.ndarray, step_size: float, steps_beyond: int, max_steps: int = 100_000
 ) -> np.ndarray:
-    """The same walk step by step, for tests: normalised Riemannian gradient steps of ``direction . z``."""
+    """The same walk step by step, a reference used only by tests: normalised Riemannian gradient steps of ``direction . z``."""
     x = x0.copy()
     left = np.full(x.shape[:-1], steps_beyond)
     for _ in range(max_steps):

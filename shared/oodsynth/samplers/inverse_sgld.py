@@ -88,10 +88,10 @@ class InverseSGLDSampler(Sampler):
 def fixed_step_inverse_sgld(
     fit: ClassDensities, classes, n: int, eta: float, n_steps: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """The seed's sampler, kept as a baseline: fixed eta, no preconditioning, no stopping rule.
+    """Plain inverse SGLD, a baseline used only by tests: fixed eta, no preconditioning, no stopping rule.
 
     ``x <- x - (eta/2) grad log p(x) + sqrt(eta) eps``, projected to the sphere;
-    returns unit vectors (K, n, D). Tests and the benchmark use it to show why
+    returns unit vectors (K, n, D). ``tests/test_samplers.py`` uses it to show why
     the preconditioned, adaptive version exists.
     """
     classes = np.asarray(classes, dtype=np.int64)

@@ -5,7 +5,7 @@ of a few lines around these calls, so a limit or a check holds on every
 surface, and every failure is a typed ``oodsynth.errors`` exception.
 """
 
-from .features import EmbedderCache, extract_features
+from .features import EmbedderCache, embed_uploads
 from .fits import create_fit
 from .generation import GenerateRequest, enqueue_generation, plan_generation
 from .sampling import draw_sample
@@ -14,8 +14,8 @@ __all__ = [
     "EmbedderCache",
     "GenerateRequest",
     "create_fit",
+    "embed_uploads",
     "draw_sample",
     "enqueue_generation",
-    "extract_features",
     "plan_generation",
 ]

@@ -51,7 +51,7 @@ class EmbedderCache:
             return self._embedder
 
 
-def extract_features(embedder: ImageEmbedder, files: Sequence[tuple[str | None, bytes]]) -> dict:
+def embed_uploads(embedder: ImageEmbedder, files: Sequence[tuple[str | None, bytes]]) -> dict:
     """``{dim, class_names, items: [{filename, features, class_index, class_name, cosine}]}`` of ``(filename, bytes)`` images."""
     from PIL import Image, UnidentifiedImageError
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pydantic
 
 from ..config import Settings
 from ..errors import InputError
 from ..samplers import DEFAULT_METHOD
-from ..state.registry import FitRegistry, SampleRegistry, StoredSample, resolve_classes
+from ..state.registry import FitRegistry, SampleRegistry, StoredSample
 
 # What a sample request names; a sampler error about anything else is about one of its params.
 REQUEST_FIELDS = frozenset({"fit", "method", "n_per_class", "classes", "seed", "params", "scale_to_anchor"})
@@ -118,3 +119,33 @@ def check_json_answer(sample: StoredSample, settings: Settings) -> None:
             f"(settings OODSYNTH_MAX_JSON_VALUES); sample {sample.sample_id} is kept: fetch it as .npz "
             "(Accept: application/x-npz, or GET /samples/{id}?format=npz) or ask with include_vectors=false",
         )
+
+
+def resolve_classes(class_names: Sequence[str], requested: Sequence[int | str] | None) -> list[int] | None:
+    """Turn class indices and/or names into indices (order kept, duplicates dropped).
+
+    ``None`` means every class. Raises ``InputError`` naming ``classes[i]`` for
+    an unknown name or an index out of range, so the API and CLI say which entry.
+    """
+    if requested is None:
+        return None
+    if len(requested) == 0:
+        raise InputError("classes", "give at least one class, or leave classes out for all of them")
+    by_name = {str(n): i for i, n in enumerate(class_names)}
+    out: list[int] = []
+    for pos, item in enumerate(requested):
+        if isinstance(item, (bool, np.bool_)):
+            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {item!r}")
+        if isinstance(item, (int, np.integer)):
+            idx = int(item)
+            if not 0 <= idx < len(class_names):
+                raise InputError(f"classes[{pos}]", f"class index {idx} is out of range [0, {len(class_names)})")
+        elif isinstance(item, str):
+            if item not in by_name:
+                raise InputError(f"classes[{pos}]", f"unknown class name {item!r}")
+            idx = by_name[item]
+        else:
+            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {type(item).__name__}")
+        if idx not in out:
+            out.append(idx)
+    return out

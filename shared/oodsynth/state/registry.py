@@ -8,10 +8,10 @@ costs one ``HGET`` while the fit is unchanged, and a refit under the same name
 (a new version) is picked up by every replica on its next request.
 
 A sample is stored as one ``.npz`` (no pickle) under ``oodsynth:sample:<id>``
-with a TTL (settings ``result_ttl_s``), so ``/generate`` can refer to it later.
+with a TTL (setting ``sample_ttl_s``), so ``/generate`` can refer to it later.
 
-Redis caps one value at 512 MB; blobs are split across hash fields
-(``<part>:0``, ``<part>:1``, ...) so large banks and samples still fit.
+Redis caps one value at 512 MB; blobs are split across hash fields (``blobs.py``) so large banks and
+samples still fit.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 
 from ..bank import FeatureBank, load_bank
 from ..config import get_settings
-from ..errors import Conflict, InputError, NotFound
+from ..errors import Conflict, NotFound
 from ..names import is_valid_name, normalize_name, validate_name
+from .blobs import chunk_fields, read_chunks, to_json
 
 if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
     from ..densities import ClassDensities
@@ -45,8 +46,6 @@ SAMPLE_PREFIX = "oodsynth:sample:"
 SAMPLE_TIMES = "oodsynth:samples:times"  # sample id -> when it was stored (for the byte budget)
 SAMPLE_SIZES = "oodsynth:samples:bytes"  # sample id -> its stored size
 _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-# Redis refuses values over 512 MB; stay well below it per hash field.
-CHUNK_BYTES = 256 * 1024 * 1024
 
 
 def fit_exists_error(name: str) -> Conflict:
@@ -56,44 +55,6 @@ def fit_exists_error(name: str) -> Conflict:
 def validate_fit_name(name: str) -> str:
     """Fit names follow the one naming rule (``names.validate_name``), like dataset names."""
     return validate_name("name", name)
-
-
-def _json_default(value: Any) -> Any:
-    """Sampler params and summaries may hold numpy scalars/arrays; JSON needs plain types."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=_json_default, allow_nan=False)
-
-
-def _chunk_fields(part: str, data: bytes) -> dict[str, bytes]:
-    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
-    fields = {f"{part}:{i}": c for i, c in enumerate(chunks)}
-    fields[f"{part}:n"] = str(len(chunks)).encode()
-    return fields
-
-
-def _read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
-    """The chunks of ``part`` joined; None when the key or part is missing (or was replaced between reads).
-
-    The count and the first chunk come in one round trip, so a value of one chunk (a sample of up to
-    ``CHUNK_BYTES``, which every ``/generate`` reads) costs one Redis call; the rest come in a second.
-    """
-    n, first = client.hmget(key, [f"{part}:n", f"{part}:0"])
-    if n is None or first is None:
-        return None
-    count = int(n)
-    rest = client.hmget(key, [f"{part}:{i}" for i in range(1, count)]) if count > 1 else []
-    if any(c is None for c in rest):
-        return None  # replaced or expired between the two reads
-    return b"".join([first, *rest])
 
 
 # ---------------------------------------------------------------- fits
@@ -175,8 +136,8 @@ class FitRegistry:
         fields: dict[str, bytes] = {
             "version": version.encode(),
             "summary": to_json(summary).encode(),
-            **_chunk_fields("fit", fit.to_bytes()),
-            **_chunk_fields("bank", bank.to_bytes()),
+            **chunk_fields("fit", fit.to_bytes()),
+            **chunk_fields("bank", bank.to_bytes()),
         }
         key = self.key(name)
         with self.redis.pipeline() as pipe:
@@ -217,8 +178,8 @@ class FitRegistry:
             version_b = self.redis.hget(key, "version")
             if version_b is None:
                 raise missing
-            fit_bytes = _read_chunks(self.redis, key, "fit")
-            bank_bytes = _read_chunks(self.redis, key, "bank")
+            fit_bytes = read_chunks(self.redis, key, "fit")
+            bank_bytes = read_chunks(self.redis, key, "bank")
             if fit_bytes is None or bank_bytes is None or self.redis.hget(key, "version") != version_b:
                 continue
             fit = ClassDensities.from_bytes(fit_bytes)
@@ -366,7 +327,7 @@ class SampleRegistry:
         data = sample.to_bytes()
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.hset(key, mapping=_chunk_fields("npz", data))
+            pipe.hset(key, mapping=chunk_fields("npz", data))
             pipe.expire(key, self.ttl_s)
             pipe.zadd(SAMPLE_TIMES, {sample.sample_id: time.time()})
             pipe.hset(SAMPLE_SIZES, sample.sample_id, len(data))
@@ -400,7 +361,7 @@ class SampleRegistry:
 
     def get(self, sample_id: str, *, field: str = "sample_id") -> StoredSample:
         """The stored sample; ``NotFound`` blaming ``field`` when unknown or expired."""
-        data = _read_chunks(self.redis, self.key(sample_id), "npz") if _is_sample_id(sample_id) else None
+        data = read_chunks(self.redis, self.key(sample_id), "npz") if _is_sample_id(sample_id) else None
         if data is None:
             raise NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
         return StoredSample.from_bytes(data)
@@ -411,36 +372,3 @@ class SampleRegistry:
 
 def _is_sample_id(sample_id: object) -> bool:
     return isinstance(sample_id, str) and bool(_SAMPLE_ID_RE.match(sample_id))
-
-
-# ---------------------------------------------------------------- request helpers
-
-
-def resolve_classes(class_names: Sequence[str], requested: Sequence[int | str] | None) -> list[int] | None:
-    """Turn class indices and/or names into indices (order kept, duplicates dropped).
-
-    ``None`` means every class. Raises ``InputError`` naming ``classes[i]`` for
-    an unknown name or an index out of range, so the API and CLI say which entry.
-    """
-    if requested is None:
-        return None
-    if len(requested) == 0:
-        raise InputError("classes", "give at least one class, or leave classes out for all of them")
-    by_name = {str(n): i for i, n in enumerate(class_names)}
-    out: list[int] = []
-    for pos, item in enumerate(requested):
-        if isinstance(item, (bool, np.bool_)):
-            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {item!r}")
-        if isinstance(item, (int, np.integer)):
-            idx = int(item)
-            if not 0 <= idx < len(class_names):
-                raise InputError(f"classes[{pos}]", f"class index {idx} is out of range [0, {len(class_names)})")
-        elif isinstance(item, str):
-            if item not in by_name:
-                raise InputError(f"classes[{pos}]", f"unknown class name {item!r}")
-            idx = by_name[item]
-        else:
-            raise InputError(f"classes[{pos}]", f"expected a class index or name, got {type(item).__name__}")
-        if idx not in out:
-            out.append(idx)
-    return out

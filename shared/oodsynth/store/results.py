@@ -42,8 +42,7 @@ from pydantic import BaseModel, Field
 from ..names import validate_name
 from .backends import LOCK, TEMP_SUFFIX, Backend, open_backend
 
-LEGACY_MANIFEST = "manifest.jsonl"  # the single append-only file of earlier versions (read only)
-MANIFEST = LEGACY_MANIFEST  # kept for importers of the old name
+LEGACY_MANIFEST = "manifest.jsonl"  # a single append-only manifest file: read, never written
 SHARDS = "manifest"  # <dataset>/manifest/<shard>.jsonl
 SHARD_SUFFIX = ".jsonl"
 # An image without a row, created by another writer, is adopted after this long: far more than
@@ -165,9 +164,6 @@ class ResultStore:
         self._index: dict[str, dict[str, _Shard]] = {}  # dataset -> shard key -> parsed rows
 
     # -- names and paths ---------------------------------------------------------------
-    def dataset_dir(self, dataset: str) -> Path | str:
-        return self._location(validate_dataset_name(dataset))
-
     def manifest_path(self, dataset: str) -> Path | str:
         """The folder of the dataset's manifest shards (one ``<job_id>.jsonl`` per job)."""
         return self._location(f"{validate_dataset_name(dataset)}/{SHARDS}")

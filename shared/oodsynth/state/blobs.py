@@ -1,0 +1,54 @@
+"""How the registry lays a blob out in a Redis hash: split into fields of at most ``CHUNK_BYTES`` (Redis refuses
+values over 512 MB), read back in at most two round trips; and the strict JSON of the summaries stored beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import redis
+
+# Redis refuses values over 512 MB; stay well below it per hash field.
+CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def _json_default(value: Any) -> Any:
+    """Sampler params and summaries may hold numpy scalars/arrays; JSON needs plain types."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON (no NaN) of summaries and sampler parameters that may hold numpy values."""
+    return json.dumps(value, default=_json_default, allow_nan=False)
+
+
+def chunk_fields(part: str, data: bytes) -> dict[str, bytes]:
+    """``data`` as hash fields ``<part>:0``, ``<part>:1``, ... of at most ``CHUNK_BYTES`` each, and ``<part>:n``."""
+    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+    fields = {f"{part}:{i}": c for i, c in enumerate(chunks)}
+    fields[f"{part}:n"] = str(len(chunks)).encode()
+    return fields
+
+
+def read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
+    """The chunks of ``part`` joined; None when the key or part is missing (or was replaced between reads).
+
+    The count and the first chunk come in one round trip, so a value of one chunk (a sample of up to
+    ``CHUNK_BYTES``, which every ``/generate`` reads) costs one Redis call; the rest come in a second.
+    """
+    n, first = client.hmget(key, [f"{part}:n", f"{part}:0"])
+    if n is None or first is None:
+        return None
+    count = int(n)
+    rest = client.hmget(key, [f"{part}:{i}" for i in range(1, count)]) if count > 1 else []
+    if any(c is None for c in rest):
+        return None  # replaced or expired between the two reads
+    return b"".join([first, *rest])
