@@ -15,11 +15,14 @@ the drawn features to the classification head, then to the energy and L_ood
   around a few of them are ranked by their own k-th-NN distance to the class,
   and the farthest are kept.
 
+Both feed the project's one L_ood (energy, then phi; ``training.ood``) where the
+references differ (VOS: class-weighted energy into a logistic layer; NPOS: an MLP
+on the penultimate feature), so that the lab's rows differ in their outliers only.
 Both start after a warm-up (``warmup``, a share of the epochs) and once every
 class's queue is full, as the references do: a Gaussian or a k-NN boundary fitted
-to the features of an untrained network describes nothing. Everything is torch,
-vectorised over classes and seeded by the caller's generator; memory is bounded
-by processing classes in blocks.
+to the features of an untrained network describes nothing. Everything is torch
+(the k-th-NN selection uses numpy on the CPU), vectorised over classes and seeded
+by the caller's generator; memory is bounded by processing classes in blocks.
 """
 
 from __future__ import annotations
