@@ -51,8 +51,7 @@ def gallery_cmd(
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
 ) -> None:
     """Serve the gallery of a stored dataset (images per class, manifest fields, filters) on 127.0.0.1."""
-    from ..config import get_settings
-    from ..store.backends import parse_store_setting
+    from ..config import get_settings, parse_store_setting
     from ..store.results import ResultStore
 
     try:
