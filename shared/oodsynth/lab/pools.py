@@ -17,6 +17,9 @@ from .assets import LabAssets
 from .settings import LabSettings
 
 _DECODERS: dict[str, object] = {}
+# Images per pipeline call: a pool decodes in a few large batches instead of many of the worker's 64 (the small
+# decoder's per-call overhead dominated at 64); 1,024 keeps the text states and activations near 1 GB.
+POOL_BATCH = 1024
 
 
 def _decoder(path: Path):
@@ -25,7 +28,7 @@ def _decoder(path: Path):
 
     key = str(Path(path).resolve())
     if key not in _DECODERS:
-        _DECODERS[key] = OutlierDecoder(path, device="cpu")
+        _DECODERS[key] = OutlierDecoder(path, device="cpu", n_slots=POOL_BATCH)
     return _DECODERS[key]
 
 

@@ -158,7 +158,13 @@ def _train_and_evaluate(
 
 def row_ce(cell: Cell) -> CellOutcome:
     """CE only: the baseline every row is paired with."""
-    return _train_and_evaluate(cell, None)
+    if cell.settings.finetune_epochs:
+        return _train_and_evaluate(cell, None)
+    # from scratch, the CE model is the seed's pretrained detector: trained once, shared with the post-hoc rows
+    from ..training.ood import load_ood_classifier
+
+    clf = load_ood_classifier(pretrained_detector(cell), device="cpu")
+    return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy", {"n_outliers": 0})
 
 
 def row_density(cell: Cell) -> CellOutcome:
