@@ -59,6 +59,7 @@ class GalleryPage:
     total: int  # matching images over all pages
     classes: list[str]
     samplers: list[str]
+    class_names: dict[int, str]  # class index -> name, for the class pair of boundary samplers (target_class)
 
     @property
     def pages(self) -> int:
@@ -92,8 +93,9 @@ def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery) -> Galle
     start = (query.page - 1) * query.per_page
     if chosen and start >= len(chosen):
         raise InputError("page", f"page {query.page} is past the last ({math.ceil(len(chosen) / query.per_page)})")
+    names = {r.class_index: r.class_name for r in records}
     return GalleryPage(
-        dataset, store.url, query, chosen[start : start + query.per_page], len(chosen), classes, samplers
+        dataset, store.url, query, chosen[start : start + query.per_page], len(chosen), classes, samplers, names
     )
 
 
@@ -147,6 +149,7 @@ def render_gallery(page: GalleryPage) -> str:
     cards = []
     for r in page.records:
         diag = r.diagnostics
+        target = diag.get("target_class")
         cards.append(
             {
                 "src": "images/" + r.path.split("/", 1)[1],
@@ -156,6 +159,7 @@ def render_gallery(page: GalleryPage) -> str:
                 "fields": {k: v for k, v in r.model_dump().items() if k not in ("diagnostics", "decode")},
                 "diagnostics": diag,
                 "decode": r.decode,
+                "pair": page.class_names.get(int(target), str(target)) if isinstance(target, (int, float)) else None,
             }
         )
     return _template().render(
