@@ -21,6 +21,8 @@ SCOPE_OF = {
     ("GET", "/samples/{sample_id}"): "read",
     ("GET", "/jobs/{job_id}"): "read",
     ("GET", "/queue"): "read",
+    ("GET", "/datasets/{name}/gallery"): "read",
+    ("GET", "/datasets/{name}/images/{path}"): "read",
     ("POST", "/fits"): "write",
     ("POST", "/sample"): "write",
     ("POST", "/generate"): "write",
@@ -45,7 +47,12 @@ def api(keys):
 
 
 def _call(api, method: str, template: str, key: str | None):
-    path = template.replace("{name}", "toy").replace("{sample_id}", "s1").replace("{job_id}", "j1")
+    path = (
+        template.replace("{name}", "toy")
+        .replace("{sample_id}", "s1")
+        .replace("{job_id}", "j1")
+        .replace("{path}", "c/x.png")
+    )
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return api.request(method, path, headers=headers)
 
