@@ -143,10 +143,11 @@ def run_benchmark(
     total, done, t0 = len(splits) * len(chosen) * len(seeds), 0, time.perf_counter()
     log(f"settings {settings.key()}: {settings.model_dump()}")
     log(f"{total} cells: splits {[s.label for s in splits]}, seeds {seeds}, rows {chosen}")
-    for split in splits:
-        assets = assets_for(split)
-        where = f"{split.label}{f' ({split.name})' if split.name else ''}"
-        for seed in seeds:  # seeds outermost: an interrupted run still has every row at the first seeds
+    # seeds outermost, then splits: an interrupted run still has every split and row at the first seeds
+    for seed in seeds:
+        for split in splits:
+            assets = assets_for(split)
+            where = f"{split.label}{f' ({split.name})' if split.name else ''}"
             for row_name in chosen:
                 done += 1
                 row = rows[row_name]
