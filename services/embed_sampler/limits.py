@@ -79,6 +79,57 @@ async def heavy_slot() -> AsyncIterator[None]:
 HEAVY = Depends(heavy_slot)
 
 
+class MemoryBudget:
+    """Bytes reserved by the requests in flight in this process, against settings ``heavy_memory_budget_bytes``.
+
+    A request whose estimate would take the total past the budget is refused (429, ``Retry-After``) unless
+    nothing else holds a reservation: the size caps bound one request, and it must be able to run alone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reserved = 0
+
+    def ticket(self) -> MemoryTicket:
+        return MemoryTicket(self)
+
+    def _take(self, nbytes: int) -> None:
+        settings = get_settings()
+        with self._lock:
+            if self.reserved and self.reserved + nbytes > settings.heavy_memory_budget_bytes:
+                raise TooBusy(
+                    None,
+                    f"this request needs about {nbytes >> 20} MB and {self.reserved >> 20} MB of the memory budget "
+                    f"({settings.heavy_memory_budget_bytes >> 20} MB, settings OODSYNTH_HEAVY_MEMORY_BUDGET_BYTES) "
+                    f"are taken; retry in {settings.busy_retry_after_s} s",
+                    retry_after=settings.busy_retry_after_s,
+                )
+            self.reserved += nbytes
+
+    def _give(self, nbytes: int) -> None:
+        with self._lock:
+            self.reserved -= nbytes
+
+
+class MemoryTicket:
+    """One request's reservation: ``admit(nbytes)`` once its size is known (in any thread), ``release()`` at its end."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget, self.nbytes = budget, 0
+
+    def admit(self, nbytes: int) -> None:
+        self.budget._take(nbytes)
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        if self.nbytes:
+            self.budget._give(self.nbytes)
+            self.nbytes = 0
+
+
+MEMORY = MemoryBudget()  # the process's one budget
+
+
 def body_limit(content_type: str) -> int:
     settings = get_settings()
     return settings.max_upload_bytes if content_type.startswith("multipart/") else settings.max_request_bytes

@@ -63,8 +63,39 @@ def _set(schema: dict, model: str, field: str, **constraints: Any) -> None:
         prop.update(constraints)
 
 
+# OpenAPI links: how one answer feeds the next request (fit -> sample -> generate -> job, fit -> delete), for
+# clients and for stateful testing (schemathesis follows them).
+LINKS = {
+    ("/fits", "post", "201"): {
+        "GetFit": {"operationId": "get_fit_fits__name__get", "parameters": {"name": "$response.body#/name"}},
+        "SampleFit": {"operationId": "sample_sample_post", "requestBody": {"fit": "$response.body#/name"}},
+        "DeleteFit": {"operationId": "delete_fit_fits__name__delete", "parameters": {"name": "$response.body#/name"}},
+    },
+    ("/sample", "post", "200"): {
+        "GetSample": {
+            "operationId": "get_sample_samples__sample_id__get",
+            "parameters": {"sample_id": "$response.body#/sample_id"},
+        },
+        "GenerateFromSample": {
+            "operationId": "generate_generate_post",
+            "requestBody": {"sample_id": "$response.body#/sample_id"},
+        },
+    },
+    ("/generate", "post", "202"): {
+        "GetJob": {"operationId": "get_job_jobs__job_id__get", "parameters": {"job_id": "$response.body#/job_ids/0"}}
+    },
+}
+
+
+def add_links(schema: dict) -> None:
+    for (path, method, status), links in LINKS.items():
+        answer = schema.get("paths", {}).get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if answer is not None:
+            answer["links"] = links
+
+
 def install_openapi(app: FastAPI) -> None:
-    """``app.openapi`` with the settings' caps as schema maxima."""
+    """``app.openapi`` with the settings' caps as schema maxima, and the links between operations."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -82,6 +113,7 @@ def install_openapi(app: FastAPI) -> None:
             _set(schema, "GenerateRequest", "images_per_vector", maximum=settings.max_images_per_request)
             for field in ("height", "width", "output_size"):
                 _set(schema, "GenerateRequest", field, maximum=side)
+            add_links(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         "Retry-After at once. Each peaks at a few hundred MB at the default caps: this bounds the API's memory.",
     )
     busy_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 when the heavy routes are full.")
+    heavy_memory_budget_bytes: int = Field(
+        1 * 2**30,
+        ge=2**20,
+        description="Memory the /sample requests in flight in one API process may take together (estimated from "
+        "each request's size before sampling); a request past it answers 429 unless it would run alone.",
+    )
     max_decode_steps: int = Field(200, ge=1, description="Cap on denoising steps per image.")
     max_decode_pixels: int = Field(1024 * 1024, ge=64, description="Cap on height x width per image.")
 

@@ -57,3 +57,31 @@ def test_an_over_size_json_answer_is_refused_before_sampling(api):
     r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 200, "params": SPIN})
     assert time.monotonic() - start < 1.0  # the spinning sampler never ran
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", "include_vectors"], r.text
+
+
+def test_sample_requests_past_the_memory_budget_are_429_while_one_runs(caps, monkeypatch):
+    """One /sample at the default caps peaked at 1.2 GB and four at once at 3.0 GB: requests in flight share one
+    memory budget, estimated from their size before sampling."""
+    from fastapi.testclient import TestClient
+
+    from services.embed_sampler.app import create_app
+    from services.embed_sampler.limits import MEMORY
+
+    monkeypatch.setenv("OODSYNTH_HEAVY_MEMORY_BUDGET_BYTES", str(2**20))
+    monkeypatch.setenv("OODSYNTH_MAX_HEAVY_REQUESTS", "4")
+    monkeypatch.setenv("OODSYNTH_SAMPLE_TIME_BUDGET_S", "3")
+    get_settings.cache_clear()
+    with TestClient(create_app(), raise_server_exceptions=False) as api:
+        assert post_fit(api).status_code == 201
+        big = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 10_000, "include_vectors": False}
+        slow: list[httpx.Response] = []
+        worker = threading.Thread(target=lambda: slow.append(api.post("/sample", json={**big, "params": SPIN})))
+        worker.start()
+        time.sleep(1.0)  # admitted alone although over the budget: 10,000 x 3 x 16 x 24 bytes
+        assert MEMORY.reserved == 10_000 * 3 * 16 * 24
+        r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 2})
+        assert r.status_code == 429 and "OODSYNTH_HEAVY_MEMORY_BUDGET_BYTES" in first_error(r)["msg"], r.text
+        worker.join(timeout=30)
+        assert slow[0].status_code == 503 and MEMORY.reserved == 0  # released when the request ended
+        r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 2})
+        assert r.status_code == 200, r.text

@@ -26,7 +26,7 @@ from oodsynth.state.registry import FitRegistry, SampleRegistry, StoredSample
 from .. import observability as obs
 from ..auth import READ, WRITE
 from ..body import OffLoopBodyRoute
-from ..limits import HEAVY, run_until_disconnect
+from ..limits import HEAVY, MEMORY, run_until_disconnect
 from ..schemas import SampleRequest, SampleResponse
 from ..state import get_fits, get_samples, get_settings_dep
 
@@ -124,20 +124,25 @@ async def sample(
     """
     start = time.perf_counter()
     as_npz = wants_npz(request, format)
-    stored = await run_until_disconnect(
-        request,
-        draw_sample,
-        fits,
-        samples,
-        settings,
-        json_answer=req.include_vectors and not as_npz,  # an over-size JSON answer is refused before sampling
-        **req.model_dump(exclude={"include_vectors"}),
-    )
-    obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
-    obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
-    if as_npz:
-        return await run_in_threadpool(npz_response, stored)
-    return await run_in_threadpool(render_sample, stored, req.include_vectors, settings)
+    ticket = MEMORY.ticket()  # the request's share of the memory budget, taken once its size is known
+    try:
+        stored = await run_until_disconnect(
+            request,
+            draw_sample,
+            fits,
+            samples,
+            settings,
+            json_answer=req.include_vectors and not as_npz,  # an over-size JSON answer is refused before sampling
+            admit=ticket.admit,
+            **req.model_dump(exclude={"include_vectors"}),
+        )
+        obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
+        obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
+        if as_npz:
+            return await run_in_threadpool(npz_response, stored)
+        return await run_in_threadpool(render_sample, stored, req.include_vectors, settings)
+    finally:
+        ticket.release()
 
 
 @router.get(

@@ -49,12 +49,14 @@ def draw_sample(
     scale_to_anchor: bool = True,
     knn_diagnostics: bool = False,
     json_answer: bool = False,
+    admit: Callable[[int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> StoredSample:
     """Run ``method`` on the fit's classes under the settings' caps; the sample is kept in ``samples``.
 
     ``json_answer``: the caller will spell the vectors out as JSON, so a request whose answer would pass
-    ``max_json_values`` is refused from its size, before anything is sampled.
+    ``max_json_values`` is refused from its size, before anything is sampled. ``admit(nbytes)`` is called
+    with the request's estimated peak memory once its size is known, before sampling (it may refuse).
     """
     check_n_per_class(n_per_class, settings)
     densities, bank = fits.get(fit)
@@ -70,6 +72,8 @@ def draw_sample(
     if json_answer:
         check_json_size(total, densities.dim, settings)
     sampler = get_sampler_checked(method, params)
+    if admit is not None:
+        admit(total * densities.dim * PEAK_BYTES_PER_VALUE)
     try:
         result = sampler.sample(
             densities,
@@ -91,6 +95,9 @@ def draw_sample(
     return stored
 
 
+# Peak memory of one /sample per number of its vectors: 932 MB over idle for 50,000 x 768 with inverse_rejection,
+# answered as .npz (bench/hostile_memory.py), about 24 bytes per float32 kept.
+PEAK_BYTES_PER_VALUE = 24
 MIN_DIAGNOSTICS = 4  # log_density, id_percentile, knn_distance, cos_to_mean (some samplers add more)
 
 
