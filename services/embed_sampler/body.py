@@ -8,7 +8,8 @@ collects chunks), then decode and validate it in a worker thread and hand
 FastAPI the validated model; FastAPI's own validation of a model instance
 returns it as is (pydantic does not revalidate instances), so nothing large
 runs on the loop. Bad JSON and invalid fields answer the same 422 as FastAPI's
-own path. Small bodies stay on the loop: a thread hop costs more than they do.
+own path. Small bodies stay on the loop: a thread hop costs more than they do (one that is not UTF-8 is
+answered with the same 422, where FastAPI would give a bare 400).
 
 Decoding is orjson's, not ``json.loads``: the GIL is held through each C call
 (decode, then validation), so the loop can still wait for one call; orjson
@@ -52,12 +53,22 @@ class OffLoopBodyRoute(APIRoute):
         async def route(request: Request) -> Response:
             if body_field is not None and _is_json(request.headers.get("content-type", "")):
                 body = await request.body()  # bounded by BodyLimitMiddleware (size) and its deadline (time)
+                # Starlette's Request.json() returns this cached value, so FastAPI does not decode again.
                 if len(body) > OFF_LOOP_BYTES:
-                    # Starlette's Request.json() returns this cached value, so FastAPI does not decode again.
                     request._json = await run_in_threadpool(_decode, body, body_field if single_model else None)
+                elif not _is_utf8(body):  # FastAPI would answer its bare 400; bad JSON is a 422 everywhere else
+                    _decode(body, None)
             return await handler(request)
 
         return route
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _decode(body: bytes, body_field) -> Any:

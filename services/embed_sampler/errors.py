@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 import redis
@@ -63,6 +64,19 @@ def redis_refusal(exc: redis.exceptions.RedisError) -> str:
     return f"Redis refused the command ({type(exc).__name__}); retry later"
 
 
+def allowed_methods(request: Request) -> str:
+    """The methods the OpenAPI document gives the request's path (``GET, POST``), for a 405's ``Allow``."""
+    paths = request.app.openapi().get("paths", {})
+    for template, operations in paths.items():
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            return ", ".join(m.upper() for m in operations if m in HTTP_METHODS)
+    return ""
+
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
 def json_safe(value: Any) -> Any:
     """NaN/inf -> None, recursively: FastAPI echoes the rejected ``input``, and JSON has no NaN."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -91,10 +105,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:  # a streamed body passed the cap (limits.BodyLimitMiddleware)
             return too_large(body_limit(request.headers.get("content-type", "")))
         loc = ["body"] if exc.status_code == 408 else []  # 408: the body did not arrive in time (limits.py)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the route Starlette tried first
+            headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
         return JSONResponse(
-            {"detail": [error(loc, str(exc.detail), "http_error")]},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            {"detail": [error(loc, str(exc.detail), "http_error")]}, status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(OodsynthError)

@@ -29,6 +29,17 @@ def _error(description: str) -> dict:
     return {"model": ErrorBody, "description": description}
 
 
+def _json_errors(route: APIRoute, answer: dict) -> dict:
+    """Errors are JSON whatever the route's own answers are (FastAPI files a ``model`` under the route's
+    media type, e.g. text/html for a page), so a non-JSON route names the JSON content itself."""
+    response_class = route.response_class
+    response_class = getattr(response_class, "value", response_class)  # FastAPI's DefaultPlaceholder
+    if getattr(response_class, "media_type", None) == "application/json" or "model" not in answer:
+        return answer
+    rest = {k: v for k, v in answer.items() if k != "model"}
+    return {**rest, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
 def document_errors(router: APIRouter) -> None:
     """Add the shared error answers to each of the router's routes (a route's own description wins).
 
@@ -54,7 +65,7 @@ def document_errors(router: APIRouter) -> None:
         if route.path != "/healthz":
             extra[503] = _error("Redis is unreachable or refuses writes (out of memory), or a service is missing.")
         for status, answer in extra.items():
-            route.responses.setdefault(status, answer)
+            route.responses.setdefault(status, _json_errors(route, answer))
 
 
 def _set(schema: dict, model: str, field: str, **constraints: Any) -> None:

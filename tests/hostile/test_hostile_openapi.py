@@ -41,3 +41,22 @@ def test_schema_constraints_match_the_handlers(spec, api):
     for body, field in (({"fit": "", "n_per_class": 1}, "fit"), ({"fit": "toy", "n_per_class": 0}, "n_per_class")):
         r = api.post("/sample", json=body)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+
+
+def test_a_405_lists_every_method_of_the_path(api):
+    """schemathesis: OPTIONS /fits answered 405 with `Allow: POST` only (the first route Starlette tried)."""
+    for path, methods in (("/fits", {"GET", "POST"}), ("/fits/x", {"GET", "DELETE"})):
+        r = api.options(path)
+        assert r.status_code == 405 and set(r.headers["Allow"].split(", ")) == methods, r.headers
+
+
+def test_a_body_that_is_not_utf8_is_a_422_like_any_bad_json(api):
+    """A JSON body of invalid UTF-8 got FastAPI's undocumented bare 400."""
+    r = api.post("/sample", content=b"YU\x17v\xefK", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid", r.text
+
+
+def test_error_answers_of_html_routes_are_documented_as_json(spec):
+    """The gallery page documented its 401 as text/html; the error body is JSON."""
+    answer = spec["paths"]["/datasets/{name}/gallery"]["get"]["responses"]["401"]
+    assert list(answer["content"]) == ["application/json"]

@@ -50,7 +50,10 @@ class FeaturesResponse(BaseModel):
 )
 async def features(
     request: Request,
-    files: Annotated[list[UploadFile], File(description=f"Images (PNG, JPEG, ...), 1 to {MAX_IMAGES}.")],
+    files: Annotated[
+        list[UploadFile],
+        File(min_length=1, max_length=MAX_IMAGES, description=f"Images (PNG, JPEG, ...), 1 to {MAX_IMAGES}."),
+    ],
     settings: Settings = Depends(get_settings_dep),
 ) -> FeaturesResponse:
     """Resize each image to the encoder's input size and return its unit-norm feature and nearest anchor."""

@@ -35,15 +35,43 @@ MAX_CLASS_INDEX = 2**31
 MIN_INLINE_NORM, MAX_INLINE_NORM = 1e-6, 1e6
 
 
+def _one_source(schema: dict) -> None:
+    """The schema states what ``plan_generation`` checks: a ``sample_id``, or inline ``vectors`` with their
+    ``classes`` and ``fit`` (non-empty), never both."""
+    schema["examples"] = [{"sample_id": "3f2a...", "dataset": "cifar100-outliers", "images_per_vector": 1}]
+    props = schema.get("properties", {})
+    for name in ("vectors", "classes"):
+        for option in props.get(name, {}).get("anyOf", []):
+            if option.get("type") == "array":
+                option["minItems"] = 1
+    for option in props.get("vectors", {}).get("anyOf", []):
+        if option.get("type") == "array":
+            option.get("items", {})["minItems"] = 1
+    null = {"type": "null"}
+    schema["oneOf"] = [
+        {
+            "required": ["sample_id"],
+            "properties": {"sample_id": {"type": "string"}, "vectors": null, "classes": null, "fit": null},
+        },
+        {
+            "required": ["vectors", "classes", "fit"],
+            "properties": {
+                "sample_id": null,
+                "vectors": {"type": "array"},
+                "classes": {"type": "array"},
+                "fit": {"type": "string"},
+            },
+        },
+    ]
+
+
 class GenerateRequest(DecodeSettings):
     """Decode a stored sample (``sample_id``) or inline ``vectors`` + ``classes`` into images."""
 
     model_config = ConfigDict(
         extra="forbid",
         strict=True,  # `seed: false` or `steps: "50"` are mistakes, not numbers
-        json_schema_extra={
-            "examples": [{"sample_id": "3f2a...", "dataset": "cifar100-outliers", "images_per_vector": 1}]
-        },
+        json_schema_extra=lambda schema: _one_source(schema),
     )
 
     dataset: str = Field(description="Result-store dataset (one folder name) the images go into.")
@@ -55,7 +83,10 @@ class GenerateRequest(DecodeSettings):
         None, description="Class index of each inline vector (a class of `fit`)."
     )
     fit: str | None = Field(
-        None, description="Fit of the inline vectors (required with them): class names, dimension, anchor norms."
+        None,
+        min_length=1,
+        max_length=128,
+        description="Fit of the inline vectors (required with them): class names, dimension, anchor norms.",
     )
     images_per_vector: int = Field(1, ge=1, description="Images decoded from each vector, each with its own seed.")
     seed: int | None = Field(None, ge=0, description="Base seed; each image's seed derives from it and its id.")
