@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         2,
         ge=1,
         description="POST /fits, /sample and /features running at once per API process; more answer 429 with "
-        "Retry-After at once. Each peaks at a few hundred MB at the default caps: this bounds the API's memory.",
+        "Retry-After at once. With OODSYNTH_HEAVY_MEMORY_BUDGET_BYTES it bounds the API's memory.",
     )
     busy_retry_after_s: int = Field(5, ge=1, description="Retry-After of a 429 when the heavy routes are full.")
     heavy_memory_budget_bytes: int = Field(
@@ -140,7 +140,12 @@ class Settings(BaseSettings):
         "each request's size before sampling); a request past it answers 429 unless it would run alone.",
     )
     max_decode_steps: int = Field(200, ge=1, description="Cap on denoising steps per image.")
-    max_decode_pixels: int = Field(1024 * 1024, ge=64, description="Cap on height x width per image.")
+    max_decode_pixels: int = Field(
+        1024 * 1024,
+        ge=64,
+        description="Cap on pixels per image, as a side: height, width and output_size each at "
+        "most its square root (rounded down to a multiple of 8).",
+    )
 
 
 @lru_cache

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import get_settings
+from .redact import redact_url
 from .samplers import DEFAULT_METHOD
 
 DEMO_WORDS = ("cat", "dog", "ship", "truck")
@@ -213,7 +214,7 @@ def run_demo(
     if not redis_url:
         embedded = start_embedded_redis(home / "demo-redis")
         redis_url = embedded.url
-    echo(f"redis:  {redis_url}{' (embedded)' if embedded else ''}")
+    echo(f"redis:  {redact_url(redis_url)}{' (embedded)' if embedded else ''}")  # never the password
     procs = None
     try:
         echo(
