@@ -24,8 +24,6 @@ class ExportResult:
 
 def select_records(store, dataset: str, *, classes=None, verified_only=False, max_id_percentile=None):
     """The records to export and a phrase saying how they were chosen (for the card)."""
-    from ..training.outlier_dataset import verified_only as keep_verified
-
     available = store.datasets()
     if dataset not in available:
         raise InputError("dataset", f"{dataset!r} not found in {store.url} (available: {sorted(available)})")
@@ -43,6 +41,8 @@ def select_records(store, dataset: str, *, classes=None, verified_only=False, ma
 
         max_id_percentile = DEFAULT_MAX_ID_PERCENTILE
     if max_id_percentile is not None:
+        from ..training.outlier_dataset import verified_only as keep_verified  # loads torch: only when filtering
+
         n = len(records)
         records = keep_verified(records, max_id_percentile)
         chosen.append(f"{len(records)} of {n} verified at ID percentile <= {max_id_percentile:g}")
