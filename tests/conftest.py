@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-SLOW_MODULE = "pytestmark = pytest.mark.slow"
+
+
+def marked_slow_as_a_whole(source: str) -> bool:
+    """``pytestmark = pytest.mark.slow`` (alone or in a list) at the top level of a test module."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            return any(isinstance(n, ast.Attribute) and n.attr == "slow" for n in ast.walk(node.value))
+    return False
 
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
@@ -28,8 +36,7 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
         return None
     if not collection_path.name.startswith("test_"):
         return None
-    source = collection_path.read_text(encoding="utf-8")
-    return True if any(line.startswith(SLOW_MODULE) for line in source.splitlines()) else None
+    return True if marked_slow_as_a_whole(collection_path.read_text(encoding="utf-8")) else None
 
 
 @pytest.fixture(autouse=True, scope="module")
