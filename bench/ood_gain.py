@@ -73,14 +73,15 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def pick_rows(patterns: str | None, known: list[str]) -> list[str]:
-    """Rows matching comma-separated names or globs (``decoded:*``), in registry order."""
+    """Rows matching comma-separated names or globs (``decoded:*``), in the order given (a glob's rows in registry
+    order): each (split, seed) runs its rows in this order, so an interrupted run has the first ones."""
     if not patterns:
         return known
     wanted = [p.strip() for p in patterns.split(",") if p.strip()]
     unmatched = [p for p in wanted if not fnmatch.filter(known, p)]
     if unmatched:
         raise SystemExit(f"error: rows: {unmatched} match no row; known rows: {', '.join(known)}")
-    return [r for r in known if any(fnmatch.fnmatchcase(r, p) for p in wanted)]
+    return list(dict.fromkeys(r for p in wanted for r in known if fnmatch.fnmatchcase(r, p)))
 
 
 def main(argv: list[str] | None = None) -> int:

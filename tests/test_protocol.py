@@ -95,6 +95,10 @@ def test_seeds_are_seeds_and_counts_are_n_seeds():
         "density": "vmf",
         "sampler_params": {"x": {"y": 1}},
     }
+    known = ["ce", "noise", "decoded:a", "decoded:b", "vos"]
+    assert bench.pick_rows("vos,decoded:*,ce", known) == ["vos", "decoded:a", "decoded:b", "ce"]  # the order given
+    with pytest.raises(SystemExit, match="match no row"):
+        bench.pick_rows("nope", known)
     with pytest.raises(SystemExit, match="not both"):
         bench.main(["--seeds", "1", "--n-seeds", "2", "--out", "/nonexistent"])
 
