@@ -80,7 +80,7 @@ class SampleRequest(BaseModel):
         examples=[DEFAULT_METHOD],
     )
     n_per_class: int = Field(
-        ge=1,
+        json_schema_extra={"minimum": 1},  # stated, and checked by the library with its own message (every surface)
         description="Vectors per class; at least 1, at most settings max_n_per_class (default 10,000).",
         examples=[100],
     )

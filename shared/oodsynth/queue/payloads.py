@@ -145,8 +145,13 @@ class DecodeSettings(BaseModel):
     )
     steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="Classifier-free guidance scale.")
-    height: int = Field(512, ge=8, le=2048, multiple_of=8, description="Decode height in pixels (the VAE's 8).")
-    width: int = Field(512, ge=8, le=2048, multiple_of=8, description="Decode width in pixels (the VAE's 8).")
+    # multipleOf is stated in the schema and checked by _multiple_of_8, whose message every surface shares.
+    height: int = Field(
+        512, ge=8, le=2048, json_schema_extra={"multipleOf": 8}, description="Decode height in pixels (multiple of 8)."
+    )
+    width: int = Field(
+        512, ge=8, le=2048, json_schema_extra={"multipleOf": 8}, description="Decode width in pixels (multiple of 8)."
+    )
     output_size: int = Field(256, ge=8, le=2048, description="Stored images are resized to this square size.")
     scheduler: str = Field("pndm", description=f"One of {list(SCHEDULERS)}.")
     preset: str = Field(
@@ -161,6 +166,13 @@ class DecodeSettings(BaseModel):
     def _template(cls, v: str) -> str:
         if v.count(TOKEN_FIELD) != 1:
             raise ValueError(f"must contain {TOKEN_FIELD} exactly once, got {v!r}")
+        return v
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {v}")
         return v
 
     @field_validator("scheduler", "preset")
