@@ -104,6 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
         """404 (no route), 405, 408 (body too slow), 413 (body over the cap) ...: the same ``detail`` list shape."""
         if exc.status_code == 413:  # a streamed body passed the cap (limits.BodyLimitMiddleware)
             return too_large(body_limit(request.headers.get("content-type", "")))
+        if exc.status_code == 400:  # a body Starlette could not parse (malformed multipart): bad input, as bad JSON
+            return JSONResponse({"detail": [error(["body"], str(exc.detail), "body_invalid")]}, status_code=422)
         loc = ["body"] if exc.status_code == 408 else []  # 408: the body did not arrive in time (limits.py)
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:  # every method of the path, not only those of the route Starlette tried first

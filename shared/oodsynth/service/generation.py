@@ -128,14 +128,15 @@ def _check_inline_rows(req: GenerateRequest) -> np.ndarray:
 
 def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJob:
     """Inline vectors need a ``fit``: it names the classes, fixes the dimension and gives the anchor norms."""
-    vectors = _check_inline_rows(req)
     if req.fit is None:
+        _check_inline_rows(req)  # a bad row is named first; then the missing fit
         raise InputError(
             "fit",
             "inline vectors need a fit: it names the classes, fixes the dimension "
             "and gives the anchor norms the vectors are rescaled to",
         )
-    fit, _bank = fits.get(req.fit)
+    fit, _bank = fits.get(req.fit)  # first: an unknown fit is a 404, whatever the vectors
+    vectors = _check_inline_rows(req)
     if vectors.shape[1] != fit.dim:
         raise InputError("vectors", f"dimension {vectors.shape[1]} does not match fit {req.fit!r} ({fit.dim})")
     names = list(fit.class_names_)
