@@ -413,3 +413,18 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     assert "| ce | noise |" in (tmp_path / "h2h.md").read_text() and h2h["against"] == "noise"
     with pytest.raises(ValueError, match="against"):
         run_benchmark(["digits"], ["ce"], [0], SETTINGS, tmp_path, lambda p: lambda: None, against="no-such-row")
+    # a summary of cached cells counts the cells not run yet instead of listing them as failures
+    partial = run_benchmark(
+        ["digits"],
+        ["noise"],
+        [0, 5],
+        SETTINGS,
+        tmp_path,
+        lambda p: lambda: None,
+        log=lambda line: None,
+        cached_only=True,
+        name="partial",
+    )
+    assert len(partial["failures"]) == 2 and partial["summary"]["digits"]["noise"]["n_seeds"] == 1
+    md = (tmp_path / "partial.md").read_text()
+    assert "digits noise: 1" in md and "## failed cells" not in md

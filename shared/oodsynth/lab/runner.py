@@ -251,9 +251,16 @@ def write_results(
                 *target_lines(summary, profile, DEFAULT_ROW),
                 "",
             ]
-    if failures:
+    not_run = [f for f in failures if f["error"].startswith(CellNotRun.__name__)]
+    failed = [f for f in failures if f not in not_run]
+    if not_run:
+        by_row: dict[str, int] = {}
+        for f in not_run:
+            by_row[f"{f['profile']} {f['row']}"] = by_row.get(f"{f['profile']} {f['row']}", 0) + 1
+        md += ["## cells not run yet", "", "; ".join(f"{k}: {v}" for k, v in by_row.items()), ""]
+    if failed:
         md += ["## failed cells", ""]
-        md += [f"- {f['profile']} {f['row']} seed {f['seed']}: {f['error']}" for f in failures]
+        md += [f"- {f.get('split', f['profile'])} {f['row']} seed {f['seed']}: {f['error']}" for f in failed]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     if summary:
         plot_ood_gain(summary, out / f"{name}.png")
