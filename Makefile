@@ -31,9 +31,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# The quick loop while editing: no process-spawning or training tests (marked slow).
+# The quick loop while editing: no process-spawning or training tests (marked slow), on FAST_WORKERS
+# processes (pytest-xdist; each has its own Redis and temp folders).
+FAST_WORKERS ?= 2
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(FAST_WORKERS)
 
 # The documentation site (mkdocs-material) into site/; a broken link fails the build.
 docs: $(STAMP)
