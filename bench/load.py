@@ -7,7 +7,7 @@ then times, sequentially and at ``--concurrency`` clients:
 * ``POST /sample`` of 1,000 vectors (10 classes x 100) answered as JSON;
 * the same answered as ``.npz`` (``Accept: application/x-npz``);
 * ``POST /generate`` of a stored 10-vector sample: 10 images, one job (enqueue only: no worker runs);
-* ``GET /healthz`` (one Redis PING in the thread pool), the baseline: what the same server, client and
+* ``GET /healthz`` (one Redis round trip: INFO memory and a probe SET), the baseline: what the same server, client and
   machine give a request that does no work, so that /generate's latency is read against this stack's floor.
 
 Request counts are bounded, every request has a timeout, and the server and

@@ -67,7 +67,9 @@ def embed_uploads(embedder: ImageEmbedder, files: Sequence[tuple[str | None, byt
                         f"files[{i}]", f"{name} has {im.width}x{im.height} pixels, above the cap of {MAX_PIXELS}"
                     )
                 images.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        except UnidentifiedImageError:
+            raise InputError(f"files[{i}]", f"{name} is not a readable image (unknown image format)") from None
+        except (OSError, Image.DecompressionBombError) as exc:
             raise InputError(f"files[{i}]", f"{name} is not a readable image ({exc})") from None
     out = embedder.embed(images)
     names = embedder.class_names
