@@ -17,7 +17,7 @@ def test_peer_rows_are_registered_with_their_kinds_and_keys():
     names = [r.name for r in peer_rows()]
     assert names[:4] == ["vos", "npos", "mixup", "cutmix"]
     assert {"posthoc:msp", "posthoc:maxlogit", "posthoc:energy", "posthoc:mahalanobis"} <= set(names)
-    assert {"posthoc:knn", "posthoc:vim", "posthoc:react"} <= set(names)
+    assert {"posthoc:knn@k1", "posthoc:vim", "posthoc:react@percentile0.8"} <= set(names)
     for name in names:
         row = rows[name]
         assert row.baseline == "ce" and not row.uses_assets and not row.needs_decoder
@@ -34,7 +34,7 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        names = ["vos", "npos", "mixup", "cutmix", "posthoc:energy", "posthoc:msp", "posthoc:knn", "posthoc:vim"]
+        names = ["vos", "npos", "mixup", "cutmix", "posthoc:energy", "posthoc:msp", "posthoc:knn@k1", "posthoc:vim"]
         results = run_benchmark(
             ["digits"],
             names,
@@ -58,6 +58,6 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
     for metric in ("near_fpr95", "near_auroc", "far_fpr95", "far_auroc", "id_accuracy"):
         assert cells["posthoc:energy"][metric] == pytest.approx(cells["ce"][metric], abs=1e-9), metric
     assert cells["posthoc:msp"]["near_auroc"] != cells["posthoc:energy"]["near_auroc"]
-    assert cells["posthoc:knn"]["detector_params"] == POSTHOC_PARAMS["knn"]
+    assert cells["posthoc:knn@k1"]["detector_params"] == POSTHOC_PARAMS["knn"] == {"k": 1}
     # trained peers change the model: the same seed's CE and VOS differ (VOS draws from epoch 1 of 2)
     assert cells["vos"]["near_auroc"] != cells["ce"]["near_auroc"]

@@ -15,11 +15,12 @@ same L_ood and beta:
 Post-hoc peers (``posthoc:<detector>``) score the seed's CE-only detector (the
 ``ce`` row's model, trained once and cached: ``pretrained_detector``) with a
 pytorch-ood detector fitted on the ID training set (``training.detectors``),
-at the parameters in ``POSTHOC_PARAMS`` (fixed: the detectors' defaults,
-written out so the report can name them).
-
-A row's cache key names the settings it uses, not these parameters: a change
-to them is a new row name.
+at the parameters in ``POSTHOC_PARAMS``, chosen on the protocol's dev splits by
+``bench/posthoc_params.py`` (lowest mean of near and far FPR95 over both
+profiles' dev splits x dev seeds; bench/results/peers/posthoc_params_dev.md).
+A row with parameters names them (``posthoc:knn@k1``): the cell cache is keyed by
+the row name and the settings, so another parameter is another row, never a
+stale cell.
 """
 
 from __future__ import annotations
@@ -35,17 +36,23 @@ from .settings import FINETUNE_FIELDS, OUTLIER_FIELDS
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch
 MIXING_SHARE = (0.3, 0.7)
-# the post-hoc detectors and their fixed parameters (pytorch-ood keywords; D = the penultimate width)
+# the post-hoc detectors and their parameters (pytorch-ood keywords), chosen on the dev splits (bench/posthoc_params.py)
 POSTHOC_PARAMS: dict[str, dict] = {
     "msp": {},
     "maxlogit": {},
     "energy": {},
     "mahalanobis": {},
     "rmd": {},
-    "knn": {"k": 50},
-    "vim": {},  # d = D / 2 (training.detectors)
-    "react": {"percentile": 0.9},
+    "knn": {"k": 1},  # of 1, 5, 10, 50, 100: near/far FPR95 35.5/29.2 against 41.8/33.6 for k 50
+    "vim": {},  # d = D / 2 (training.detectors): of 8, 16, 32, 48 at the lab's D = 64, 32 won; D / 2 fits any width
+    "react": {"percentile": 0.8},  # of 0.8, 0.9, 0.95, 0.99: 42.9/26.7 against 39.3/37.5 for 0.9
 }
+
+
+def posthoc_name(detector: str) -> str:
+    """``posthoc:<detector>``, with its parameters when it has any (``posthoc:react@percentile0.8``)."""
+    params = POSTHOC_PARAMS[detector]
+    return f"posthoc:{detector}" + ("@" + "_".join(f"{k}{v}" for k, v in params.items()) if params else "")
 
 
 def _n_outliers(cell: Cell) -> int:
@@ -93,7 +100,8 @@ def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:
         report = evaluate_detectors(clf, cell.train, cell.test, cell.ood_sets, names=[name], params=params)
         return CellOutcome(report, name, {"detector_params": POSTHOC_PARAMS[name]})
 
-    run.__doc__ = f"{name} on the CE-only detector (post-hoc, fitted on the ID training set)."
+    params = ", ".join(f"{k} {v}" for k, v in POSTHOC_PARAMS[name].items())
+    run.__doc__ = f"{name}{f' ({params})' if params else ''} on the CE-only detector (post-hoc, fitted on ID train)."
     return run
 
 
@@ -104,6 +112,7 @@ def peer_rows() -> list[Row]:
     rows += [Row(k, mixing_row(k), uses=trained, uses_assets=False, kind="peer") for k in ("mixup", "cutmix")]
     # the from-scratch CE model: its key is the detector's alone, whatever the fine-tune settings
     rows += [
-        Row(f"posthoc:{n}", posthoc_row(n), uses=frozenset(), uses_assets=False, kind="posthoc") for n in POSTHOC_PARAMS
+        Row(posthoc_name(n), posthoc_row(n), uses=frozenset(), uses_assets=False, kind="posthoc")
+        for n in POSTHOC_PARAMS
     ]
     return rows
