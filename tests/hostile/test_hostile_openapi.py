@@ -71,3 +71,15 @@ def test_malformed_multipart_is_a_422_naming_the_body(api):
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"], r.text
+
+
+@pytest.mark.parametrize("template", ["A {token}", "{token}{token}", "no token", "{x} {token}\n", "{tok{token}en}"])
+def test_the_prompt_pattern_says_what_the_handler_checks(spec, api, template):
+    """schemathesis: a prompt_template without {token} was schema-valid and then refused."""
+    import re
+
+    pattern = spec["components"]["schemas"]["GenerateRequest"]["properties"]["prompt_template"]["pattern"]
+    r = api.post("/generate", json={"dataset": "d", "sample_id": "0" * 32, "prompt_template": template})
+    schema_valid = re.search(pattern, template) is not None
+    assert schema_valid == (template.count("{token}") == 1)
+    assert (r.status_code == 404) == schema_valid, r.text  # valid: only the sample is unknown

@@ -141,7 +141,11 @@ class DecodeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt_template: str = Field(
-        DEFAULT_PROMPT_TEMPLATE, max_length=MAX_PROMPT_CHARS, description="Must contain {token} once."
+        DEFAULT_PROMPT_TEMPLATE,
+        max_length=MAX_PROMPT_CHARS,
+        # the schema states what _template checks (with its own message): {token} exactly once
+        json_schema_extra={"pattern": r"^(?:(?!\{token\})[\s\S])*\{token\}(?:(?!\{token\})[\s\S])*$"},
+        description="Must contain {token} once.",
     )
     steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="Classifier-free guidance scale.")
