@@ -20,7 +20,7 @@ from services.embed_sampler.state import get_redis_dep
 
 # Proposals concentrated at the class mean (temperature at its bound) can never fall below the lowest ID
 # density (eps_percentile 0): the sampler runs until its time budget stops it.
-SPIN = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 65_536}
+SPIN = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 16_384}
 
 
 @pytest.fixture

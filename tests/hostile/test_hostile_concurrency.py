@@ -11,7 +11,7 @@ from hostile_helpers import first_error, post_fit
 
 from oodsynth.config import get_settings
 
-SPIN = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 65_536}
+SPIN = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 16_384}
 
 
 @pytest.fixture

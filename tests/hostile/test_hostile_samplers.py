@@ -25,6 +25,29 @@ def test_a_hopeless_rejection_sampler_stops_at_its_budget(api):
         json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 5, "params": {"temperature": 1e-308}},
     )
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", "params", "temperature"], r.text
-    spin = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 65_536}
+    spin = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 16_384}
     r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 5, "params": spin})
     assert r.status_code == 503 and first_error(r)["loc"] == ["sample_time_budget_s"], r.text
+
+
+def test_the_time_budget_holds_between_classes_of_one_round(api, settings_env):
+    """inverse_rejection at extreme settings ran 74 s against a 20 s budget: the budget was checked once per
+    round, and one round drew up to 65,536 proposals for every class. The batch is now at most 16,384 and the
+    budget is checked between classes too."""
+    import time
+
+    from toy_banks import toy_bank
+
+    settings_env(SAMPLE_TIME_BUDGET_S=1, MAX_BANK_BYTES=2**21, MAX_UPLOAD_BYTES=2**21)
+    bank = toy_bank(n_classes=100, n_per_class=5, dim=768, names=[f"c{i}" for i in range(100)])
+    r = post_fit(api, "wide", data=bank.to_bytes())
+    assert r.status_code == 201, r.text
+    spin = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 16_384}
+    start = time.monotonic()
+    r = api.post(
+        "/sample",
+        json={"fit": "wide", "method": "inverse_rejection", "n_per_class": 1, "params": spin, "include_vectors": False},
+    )
+    took = time.monotonic() - start
+    assert r.status_code == 503 and first_error(r)["loc"] == ["sample_time_budget_s"], r.text
+    assert took < 3.5, f"{took:.1f} s against a 1 s budget"

@@ -27,7 +27,9 @@ class InverseRejectionParams(BaseModel):
     temperature: float | None = Field(
         None, ge=1e-3, le=1e3, description="Proposal broadening; None picks it so the median proposal sits at eps."
     )
-    batch: int = Field(4096, ge=1, le=65_536, description="Proposals per class per round.")
+    batch: int = Field(
+        4096, ge=1, le=16_384, description="Proposals per class per round (16,384 x 768-d: 50 MB of float32)."
+    )
     max_rounds: int = Field(1000, ge=1, le=100_000, description="Give up (error) after this many rounds.")
 
 
@@ -67,6 +69,7 @@ class InverseRejectionSampler(Sampler):
             if todo.size == 0:
                 break
             for i in todo:  # classes differ in temperature, so proposals are drawn per class
+                check_deadline()  # per class too: a round over 100 classes of large batches is many seconds
                 X = fit.sample_stack(classes[i : i + 1], p.batch, rng, temperature=float(temps[i]), dtype=np.float32)
                 logp = fit.log_density_stack(X, classes[i : i + 1])[0]
                 log_accept = -np.logaddexp(0.0, logp - log_eps[i])
