@@ -51,9 +51,11 @@ def _local_peer(request: Request) -> bool:
     if request.client is None or request.client.host in LOCAL_PEERS:
         return True  # a unix socket, or the test client
     try:
-        return ipaddress.ip_address(request.client.host.split("%", 1)[0]).is_loopback
+        address = ipaddress.ip_address(request.client.host.split("%", 1)[0])
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return (mapped or address).is_loopback
 
 
 def check_local(request: Request, *, mutating: bool) -> None:

@@ -24,8 +24,11 @@ def test_the_local_only_guard_checks_the_peer_address_not_the_host_header(caps):
     with TestClient(create_app(), client=("203.0.113.7", 40000), raise_server_exceptions=False) as remote:
         r = remote.get("/fits", headers={"Host": "127.0.0.1"})
         assert r.status_code == 403 and first_error(r)["loc"] == ["header", "host"], r.text
-    with TestClient(create_app(), client=("127.0.0.1", 40000), raise_server_exceptions=False) as local:
-        assert local.get("/fits", headers={"Host": "127.0.0.1"}).status_code == 200
+    for peer in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        with TestClient(create_app(), client=(peer, 40000), raise_server_exceptions=False) as local:
+            assert local.get("/fits", headers={"Host": "127.0.0.1"}).status_code == 200, peer
+    with TestClient(create_app(), client=("::ffff:203.0.113.7", 40000), raise_server_exceptions=False) as remote:
+        assert remote.get("/fits", headers={"Host": "127.0.0.1"}).status_code == 403
 
 
 @pytest.mark.parametrize(
