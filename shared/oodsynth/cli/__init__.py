@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (register commands)
     export,  # noqa: F401  (export)
     gallery,  # noqa: F401  (gallery)
     generation,
+    plots,  # noqa: F401  (plot tsne, plot grid)
     training,
 )
 from .app import app
