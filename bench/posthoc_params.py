@@ -42,7 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", default="animals,digits")
     p.add_argument("--out", type=Path, default=Path("bench-results/ood_gain"), help="the lab's folder (its cache)")
     p.add_argument("--protocol", type=Path, default=ROOT / "bench" / "protocol" / "splits.toml")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and BLAS threads; the lab's default (1): a CE model trained under another count differs in its "
+        "last digits, and the cached model is the one the lab's posthoc rows then score",
+    )
     args = p.parse_args(argv)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     protocol = load_protocol(args.protocol)
     settings = LabSettings()
     splits = pick_splits("dev", args.profiles.split(","), protocol)
