@@ -12,8 +12,9 @@ same L_ood and beta:
   get (``outlier_ratio``), each a mix of two ID training images of different
   classes (``training.mixing``, share 0.3-0.7).
 
-Post-hoc peers (``posthoc:<detector>``) score the seed's CE-only detector (the
-``ce`` row's model, trained once and cached: ``pretrained_detector``) with a
+Post-hoc peers (``posthoc:<detector>``) score the seed's CE-only detector trained
+from scratch (``pretrained_detector``, cached: the ``ce`` row's very model when
+``finetune_epochs`` is 0 and both ran at one torch thread count) with a
 pytorch-ood detector fitted on the ID training set (``training.detectors``),
 at the parameters in ``POSTHOC_PARAMS``, chosen on the protocol's dev splits by
 ``bench/posthoc_params.py`` (lowest mean of near and far FPR95 over both
