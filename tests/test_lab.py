@@ -226,6 +226,8 @@ def test_pooled_report_pairs_by_split_and_seed_credits_noise_fairly_and_names_th
     assert ours["per_split_delta"]["animals:a"]["mean"] == pytest.approx(np.mean(diffs[:2]))
     table = markdown_table(summarise(cells), "animals")
     assert "| noise † |" in table and "test-1 (b)" in table and "Δ near FPR95 vs best peer (noise)" in table
+    ours_line = next(line for line in table.splitlines() if line.startswith("| ours |"))
+    assert "| -12.0 ± 2.2 (t -11.1) |" in ours_line  # ours − noise, paired
     lines = target_lines(summarise(cells), "animals", "ours")
     # near -8.5 (t far below -2.5), far -10, -12 against noise; no post-hoc row ran, which is a miss
     assert [line.split(":")[0] for line in lines] == ["- met", "- met", "- met", "- MISSED"]

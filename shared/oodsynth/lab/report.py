@@ -171,7 +171,7 @@ def markdown_table(summary: dict, profile: str) -> str:
         lines.append(
             f"| {row}{base}{mark} | {_ms(e['near_fpr95'])} | {_ms(e['near_auroc'])} | {_ms(e['far_fpr95'])} | "
             f"{_ms(e['far_auroc'])} | {_delta(e, 'near_fpr95')} | {_delta(e, 'near_auroc')} | "
-            f"{_delta(e, 'far_fpr95')} | {_delta(e, 'near_fpr95', 'peer')} | {_delta(e, 'far_fpr95', 'posthoc')} | "
+            f"{_delta(e, 'far_fpr95')} | {_delta(e, 'near_fpr95', 'peer_delta')} | {_delta(e, 'far_fpr95', 'posthoc_delta')} | "
             f"{100 * e['id_accuracy']['mean']:.1f} | {e['n_splits']} × {e['n_seeds'] // max(1, e['n_splits'])} |"
         )
     if any(e["noise_outliers"] for e in rows.values()):
