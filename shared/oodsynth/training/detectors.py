@@ -80,21 +80,18 @@ class Features:
 
 def model_parts(model) -> ModelParts:
     """Split an ``OODClassifier`` (or its ``model``) at the final linear layer."""
+    from functools import partial
+
     from ..encoding.encoder import TextAlignedEncoder
-    from .ood import FeatureClassifier, OODClassifier
+    from .ood import FeatureClassifier, OODClassifier, penultimate
 
     if isinstance(model, OODClassifier):
         model = model.model
-    if isinstance(model, FeatureClassifier):
-        return ModelParts(model, model.features, model.head, tuple(model.encoder.std.flatten().tolist()))
-    if isinstance(model, TextAlignedEncoder):
-        return ModelParts(
-            model,
-            lambda x: model.backbone((x - model.mean) / model.std),
-            model.head,
-            tuple(model.std.flatten().tolist()),
-        )
-    raise TypeError(f"model: expected an OODClassifier, FeatureClassifier or TextAlignedEncoder, got {type(model)}")
+    if not isinstance(model, (FeatureClassifier, TextAlignedEncoder)):
+        raise TypeError(f"model: expected an OODClassifier, FeatureClassifier or TextAlignedEncoder, got {type(model)}")
+    encoder = model.encoder if isinstance(model, FeatureClassifier) else model
+    # model.head, not head_of(model): a FeatureClassifier's features are unit already, and the detectors need the Linear
+    return ModelParts(model, partial(penultimate, model), model.head, tuple(encoder.std.flatten().tolist()))
 
 
 def _head_cpu(parts: ModelParts) -> nn.Linear:
