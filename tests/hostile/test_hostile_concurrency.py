@@ -38,9 +38,9 @@ def test_a_full_pool_answers_429_with_retry_after_at_once(one_slot):
             lambda: api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 2}),
             lambda: post_fit(api, "other"),
         ):
-            start = time.monotonic()
             r = call()
-            assert time.monotonic() - start < 0.5, "refused at once, not queued"
+            # at once, not queued: answered while the slot's holder still spins (it stops only at its 3 s budget)
+            assert worker.is_alive(), "the refusal waited for the running sample"
             assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
             assert "OODSYNTH_MAX_HEAVY_REQUESTS" in first_error(r)["msg"]
         assert api.get("/fits").status_code == 200  # cheap routes are not in the pool
@@ -55,7 +55,8 @@ def test_an_over_size_json_answer_is_refused_before_sampling(api):
     assert post_fit(api).status_code == 201
     start = time.monotonic()
     r = api.post("/sample", json={"fit": "toy", "method": "inverse_rejection", "n_per_class": 200, "params": SPIN})
-    assert time.monotonic() - start < 1.0  # the spinning sampler never ran
+    # the spinning sampler never ran: sampling would have taken the whole time budget
+    assert time.monotonic() - start < get_settings().sample_time_budget_s / 2
     assert r.status_code == 422 and first_error(r)["loc"] == ["body", "include_vectors"], r.text
 
 
