@@ -34,9 +34,9 @@ GRID: dict[str, list[dict]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from oodsynth.training.classifier import load_ood_classifier
     from oodsynth.training.detectors import build_detector, extract
     from oodsynth.training.metrics import ood_metrics
-    from oodsynth.training.ood import load_ood_classifier
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profiles", default="animals,digits")

@@ -14,7 +14,8 @@ from oodsynth.data import ImageData, load_dataset
 from oodsynth.errors import InputError
 from oodsynth.training.detectors import DETECTORS, build_detector, evaluate_detectors, extract, resolve_names
 from oodsynth.training.metrics import ood_metrics
-from oodsynth.training.ood import OODTrainConfig, train_ood
+from oodsynth.training.ood import train_ood
+from oodsynth.training.ood_config import OODTrainConfig
 
 pytestmark = pytest.mark.slow  # every test uses a trained classifier and fitted detectors
 
@@ -155,7 +156,7 @@ def test_errors_name_the_field(setup):
 
 def test_parts_split_both_model_kinds_at_the_final_layer(setup):
     from oodsynth.encoding.encoder import build_encoder
-    from oodsynth.training.ood import FeatureClassifier
+    from oodsynth.training.classifier import FeatureClassifier
 
     clf, _, test, _ = setup
     feature_model = FeatureClassifier(build_encoder("resnet18", 12, width=4), n_classes=8).eval()

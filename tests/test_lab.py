@@ -323,7 +323,7 @@ def test_decoded_inliers_join_the_id_side_with_their_own_labels(digits_lab_asset
 def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, one_thread):
     """finetune_epochs: the seed's CE-only detector is trained once, cached, and every row fine-tunes it."""
     from oodsynth.data import ProfileSplit
-    from oodsynth.training.ood import load_ood_classifier
+    from oodsynth.training.classifier import load_ood_classifier
 
     settings = SETTINGS.model_copy(update={"finetune_epochs": 1, "finetune_lr": 0.02})
     results = run_benchmark(

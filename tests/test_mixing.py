@@ -6,8 +6,10 @@ from torch.utils.data import Subset, TensorDataset
 
 from oodsynth.data import ImageData, image_tensors, load_dataset
 from oodsynth.errors import InputError
+from oodsynth.training.classifier import energy
 from oodsynth.training.mixing import draw_pairs, mixing_outliers
-from oodsynth.training.ood import OODTrainConfig, energy, train_ood
+from oodsynth.training.ood import train_ood
+from oodsynth.training.ood_config import OODTrainConfig
 
 
 def labelled_images(n_classes=4, per_class=10, size=8):

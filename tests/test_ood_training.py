@@ -14,8 +14,11 @@ from oodsynth.cli import app
 from oodsynth.data import ImageData, load_dataset
 from oodsynth.errors import InputError
 from oodsynth.store.results import ImageRecord, ResultStore
+from oodsynth.training.classifier import energy, load_ood_classifier
 from oodsynth.training.evaluation import evaluate
-from oodsynth.training.ood import OODTrainConfig, energy, load_ood_classifier, ood_loss, outlier_dataset, train_ood
+from oodsynth.training.ood import ood_loss, train_ood
+from oodsynth.training.ood_config import OODTrainConfig
+from oodsynth.training.outlier_dataset import outlier_dataset
 
 
 def write_outliers(root, dataset: str, n_per_class: int, class_names: list[str], size: int = 48, seed: int = 0):
@@ -484,7 +487,7 @@ def test_outlier_exposure_loss_flattens_the_outliers_softmax(tmp_path, digits):
 def test_virtual_outliers_start_after_the_warmup_and_npos_learns_its_outliers(tmp_path, digits):
     """Same seed, CE only against each in-training sampler: L_ood runs from the warm-up epoch on; NPOS moves the
     energy of its own outliers (drawn afresh from the trained features) away from the ID features'."""
-    from oodsynth.training.ood import head_of, penultimate
+    from oodsynth.training.classifier import head_of, penultimate
     from oodsynth.training.virtual_outliers import FeatureQueue, get_virtual_sampler
 
     small = ImageData(Subset(digits.dataset, range(320)), digits.class_names, 16)

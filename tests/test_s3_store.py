@@ -111,7 +111,7 @@ def test_write_retry_read_verify_on_s3(bucket_url):
     assert store.verify("ds").orphans == ["ds/cat/stray.png"]
     outliers = StoredOutliers(bucket_url, "ds", transform=lambda im: np.asarray(im)[0, 0, 0])
     assert len(outliers) == 4 and outliers.targets == [0, 1, 0, 2] and outliers[3] == (40, 2)
-    from oodsynth.training.ood import outlier_dataset
+    from oodsynth.training.outlier_dataset import outlier_dataset
 
     tensors = outlier_dataset(bucket_url, ["ds"], image_size=4)
     image, label = tensors[1]

@@ -8,7 +8,9 @@ from torch.utils.data import Subset
 
 from oodsynth.data import ImageData, load_dataset
 from oodsynth.errors import InputError
-from oodsynth.training.ood import OODTrainConfig, head_of, penultimate, train_ood
+from oodsynth.training.classifier import head_of, penultimate
+from oodsynth.training.ood import train_ood
+from oodsynth.training.ood_config import OODTrainConfig
 from oodsynth.training.virtual_outliers import (
     FeatureQueue,
     NPOSSampler,

@@ -93,8 +93,8 @@ def mixing_row(kind: str) -> Callable[[Cell], CellOutcome]:
 
 def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
+        from ..training.classifier import load_ood_classifier
         from ..training.detectors import evaluate_detectors
-        from ..training.ood import load_ood_classifier
 
         clf = load_ood_classifier(pretrained_detector(cell), device="cpu")
         params = {name: POSTHOC_PARAMS[name]}

@@ -57,7 +57,7 @@ def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, *, finetune: bool 
     """The detector's config. The outlier batch grows when needed so that an epoch is one pass over the ID
     images whatever the outlier count: a row and its CE pair then take exactly the same ID steps. With
     ``finetune_epochs`` (and ``finetune``) it fine-tunes the seed's pretrained CE-only detector."""
-    from ..training.ood import OODTrainConfig
+    from ..training.ood_config import OODTrainConfig
 
     s = cell.settings
     id_steps = math.ceil(len(cell.train) / s.batch_size)
@@ -87,7 +87,8 @@ def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, *, finetune: bool 
 def pretrained_detector(cell: Cell) -> Path:
     """The seed's CE-only detector trained from scratch (the ``ce`` row's model without fine-tuning): the
     checkpoint every fine-tuning row starts from, trained once and cached."""
-    from ..training.ood import CHECKPOINT_NAME, train_ood
+    from ..training.classifier import CHECKPOINT_NAME
+    from ..training.ood import train_ood
 
     scratch = cell.settings.model_copy(update=FROM_SCRATCH)
     path = cell.cache / f"pretrained-{cell.split.key}-s{cell.seed}-{scratch.key(frozenset())}.pt"
@@ -161,7 +162,7 @@ def row_ce(cell: Cell) -> CellOutcome:
     if cell.settings.finetune_epochs:
         return _train_and_evaluate(cell, None)
     # from scratch, the CE model is the seed's pretrained detector: trained once, shared with the post-hoc rows
-    from ..training.ood import load_ood_classifier
+    from ..training.classifier import load_ood_classifier
 
     clf = load_ood_classifier(pretrained_detector(cell), device="cpu")
     return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy", {"n_outliers": 0})

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
 from ..errors import InputError
-from ..training.ood import OOD_LOSSES
+from ..training.ood_config import OOD_LOSSES
 
 
 class LabSettings(BaseModel):

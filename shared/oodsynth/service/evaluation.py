@@ -130,7 +130,7 @@ def evaluate_scores(
     clf = enc = None
     image_size = class_names = None
     if checkpoint is not None:
-        from ..training.ood import load_ood_classifier
+        from ..training.classifier import load_ood_classifier
 
         clf = _load(load_ood_classifier, checkpoint, "checkpoint")
         image_size, class_names = clf.config.image_size, clf.class_names

@@ -18,7 +18,7 @@ _FIELD_NAMES = {"datasets": "outliers", "outlier_datasets": "outliers"}
 
 @dataclass
 class TrainOODResult:
-    classifier: Any  # training.ood.OODClassifier
+    classifier: Any  # training.classifier.OODClassifier
     checkpoint: Path
     kind: str  # "CE only" or "CE + 0.5 * L_ood on 2 outlier set(s)"
 
@@ -46,7 +46,8 @@ def train_ood_run(
     import pydantic
 
     from ..config import get_settings, parse_store_setting
-    from ..training.ood import OODTrainConfig, train_ood
+    from ..training.ood import train_ood
+    from ..training.ood_config import OODTrainConfig
     from .evaluation import load_data
 
     outliers = list(outliers or [])

@@ -83,7 +83,7 @@ def model_parts(model) -> ModelParts:
     from functools import partial
 
     from ..encoding.encoder import TextAlignedEncoder
-    from .ood import FeatureClassifier, OODClassifier, penultimate
+    from .classifier import FeatureClassifier, OODClassifier, penultimate
 
     if isinstance(model, OODClassifier):
         model = model.model

@@ -23,9 +23,9 @@ from ..data import ImageData
 from ..densities import ClassDensities
 from ..encoding.encoder import TextAlignedEncoder
 from ..encoding.features import extract_features
+from .classifier import OODClassifier, energy
 from .detectors import DETECTORS
 from .metrics import accuracy, ood_metrics
-from .ood import OODClassifier, energy
 
 HAND_WRITTEN_SCORES = ("phi", "density")
 SCORE_KINDS = (*DETECTORS, *HAND_WRITTEN_SCORES)

@@ -47,119 +47,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoints import read_checkpoint, restore_training, write_checkpoint
+from ..checkpoints import restore_training
 from ..data import ImageData
-from ..densities import DENSITY_KINDS
 from ..device import default_device
-from ..encoding.encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
 from ..errors import InputError
+from .classifier import (
+    CHECKPOINT_NAME,
+    EnergyHead,
+    FeatureClassifier,
+    OODClassifier,
+    build_classifier,
+    energy,
+    head_of,
+    penultimate,
+    read_ood_checkpoint,
+    save_ood_checkpoint,
+)
 from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_feature_outliers
-from .virtual_outliers import VIRTUAL_OUTLIERS, FeatureQueue, get_virtual_sampler
-
-CHECKPOINT_NAME = "ood.pt"
-OOD_LOSSES = ("energy_logistic", "outlier_exposure")
-
-
-class OODTrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal[ENCODER_ARCHS] = "resnet18"  # type: ignore[valid-type]
-    width: int = Field(64, ge=1)
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(128, ge=1, description="ID images per step")
-    ood_batch_size: int = Field(128, ge=1, description="outlier images per step")
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    beta: float = Field(
-        0.5,
-        ge=0,
-        description="weight of L_ood; 0 = CE-only baseline. 0.5 measured best of "
-        "2.5 / 0.5 / 0.25 in the OOD lab (2.5: near-OOD FPR95 13-20 points worse)",
-    )
-    ood_loss: Literal[OOD_LOSSES] = Field(
-        "energy_logistic",
-        description="energy_logistic: phi's logistic loss on "  # type: ignore[valid-type]
-        "the energy (DREAM-OOD); outlier_exposure: outliers' softmax to uniform (OE)",
-    )
-    phi_hidden: int = Field(16, ge=1)
-    seed: int = 0
-    num_workers: int = Field(0, ge=0)
-    dataset: str = ""
-    image_size: int = Field(32, ge=1)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    store: str | None = None
-    outlier_datasets: list[str] = Field(default_factory=list)
-    max_id_percentile: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] | None = Field(
-        "auto",
-        description="keep only verified outliers: re-encoded at or below this ID percentile "
-        "(oodsynth.decoding.verification); auto: DEFAULT_MAX_ID_PERCENTILE when every stored image is verified, else all; "
-        "None: all",
-    )
-    init_encoder: str | None = Field(
-        None,
-        description="text-aligned encoder checkpoint to start from; gives the "
-        "model a 768-d feature and an anchor-initialised head (needed for feature outliers)",
-    )
-    init_classifier: str | None = Field(
-        None,
-        description="train-ood checkpoint (a run folder or ood.pt; typically "
-        "CE only, beta 0) to fine-tune from; its architecture fields replace these",
-    )
-    redraw_every: int = Field(
-        0, ge=0, description="feature outliers: redraw them from the current features every this many epochs; 0 = never"
-    )
-    redraw_density: Literal[DENSITY_KINDS] = Field("gaussian_full", description="density kind refitted for a redraw")  # type: ignore[valid-type]
-    virtual_outliers: Literal[VIRTUAL_OUTLIERS] | None = Field(  # type: ignore[valid-type]
-        None,
-        description="outliers drawn in training on the penultimate features: vos (low-likelihood samples of "
-        "class Gaussians), npos (k-NN boundary perturbations); ood_batch_size of them per step; None = none",
-    )
-    virtual_params: dict = Field(default_factory=dict, description="the virtual-outlier sampler's parameters")
-
-    @field_validator("virtual_params")
-    @classmethod
-    def _virtual_params_known(cls, v: dict, info: ValidationInfo) -> dict:
-        """Fail when the config is made, not after the warm-up epochs: every parameter the sampler's own."""
-        method = info.data.get("virtual_outliers")
-        if v and method is None:
-            raise ValueError("given without virtual_outliers")
-        if method is not None:
-            try:
-                get_virtual_sampler(method, v)
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ValueError(f"{method}: {problems}") from None
-        return v
-
-
-class EnergyHead(nn.Module):
-    """phi: the energy (one number per image) -> logit of "in-distribution"."""
-
-    def __init__(self, hidden: int = 16):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    def forward(self, energy: torch.Tensor) -> torch.Tensor:
-        return self.net(energy.unsqueeze(1)).squeeze(1)
-
-
-def energy(logits: torch.Tensor) -> torch.Tensor:
-    """E(x) = -logsumexp(f(x)); low on ID data."""
-    return -torch.logsumexp(logits, dim=1)
+from .ood_config import OODTrainConfig
+from .outlier_dataset import outlier_dataset
+from .virtual_outliers import FeatureQueue, get_virtual_sampler
 
 
 def ood_loss(kind: str, logits: torch.Tensor, n_id: int, phi: EnergyHead) -> torch.Tensor:
@@ -170,126 +85,10 @@ def ood_loss(kind: str, logits: torch.Tensor, n_id: int, phi: EnergyHead) -> tor
     return F.binary_cross_entropy_with_logits(phi(energy(logits)), target)
 
 
-class FeatureClassifier(nn.Module):
-    """encoder (image -> unit feature z) then head (z -> logits); ``forward`` gives the logits."""
-
-    def __init__(self, encoder: TextAlignedEncoder, n_classes: int):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.dim, n_classes)
-
-    @torch.no_grad()
-    def init_head_from_anchors(self, anchors: torch.Tensor, temperature: float) -> None:
-        """Start as the anchor classifier cos(z, T(y))/t the encoder was trained with."""
-        self.head.weight.copy_(F.normalize(anchors.float(), dim=1) / temperature)
-        self.head.bias.zero_()
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder.embed(x)
-
-    def classify(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits of feature vectors of any norm (sampled vectors come scaled to the anchor norm)."""
-        return self.head(F.normalize(z, dim=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-@dataclass
-class OODClassifier:
-    """A trained classifier f and its phi; ``uses_outliers`` is False for a CE-only baseline (phi untrained)."""
-
-    model: TextAlignedEncoder | FeatureClassifier
-    phi: EnergyHead
-    class_names: list[str]
-    config: OODTrainConfig
-    epoch: int
-    history: list[dict]
-    uses_outliers: bool
-    outlier_note: str = ""  # which stored outliers were used (the verification filter's count), for the CLI
-
-
-def outlier_dataset(
-    store: str | Path, datasets: list[str], image_size: int, max_id_percentile: float | Literal["auto"] | None = None
-) -> Dataset:
-    """The store's outliers as tensors at the ID resolution (only the verified ones under a threshold)."""
-    from torchvision import transforms
-
-    from .outlier_dataset import StoredOutliers
-
-    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    ds = StoredOutliers(store, datasets, transform=transform, max_id_percentile=max_id_percentile)
-    if len(ds) == 0 and ds.threshold is not None:
-        raise InputError(
-            "max_id_percentile", f"no image of {datasets} in {store} is at or below ID percentile {ds.threshold:g}"
-        )
-    if len(ds) == 0:
-        raise InputError("outlier_datasets", f"{datasets} in {store} hold no images")
-    return ds
-
-
-def penultimate(model: TextAlignedEncoder | FeatureClassifier, x: torch.Tensor) -> torch.Tensor:
-    """The features the classification head reads (``head_of(model)(penultimate(model, x)) == model(x)``)."""
-    if isinstance(model, FeatureClassifier):
-        return model.features(x)
-    return model.backbone((x - model.mean) / model.std)
-
-
-def head_of(model: TextAlignedEncoder | FeatureClassifier) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The classification head: penultimate features -> logits."""
-    return model.classify if isinstance(model, FeatureClassifier) else model.head
-
-
 def _cycle(loader: DataLoader) -> Iterator:
     """Endless passes over a loader (a fresh shuffle each pass)."""
     while True:
         yield from loader
-
-
-def _save(
-    path: Path,
-    model,
-    phi,
-    optimizer,
-    scheduler,
-    config: OODTrainConfig,
-    class_names,
-    epoch,
-    history,
-    uses_outliers: bool,
-) -> None:
-    state = {
-        "kind": "ood_classifier",
-        "config": config.model_dump(mode="json"),
-        "model": model.state_dict(),
-        "phi": phi.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "class_names": list(class_names),
-        "epoch": epoch,
-        "history": history,
-        "uses_outliers": uses_outliers,
-    }
-    if isinstance(model, FeatureClassifier):  # the loader rebuilds it without the encoder file
-        state["feature_dim"] = model.encoder.dim
-    write_checkpoint(path, state)
-
-
-def _read(path: str | Path) -> dict:
-    return read_checkpoint(
-        path, kind="ood_classifier", default_name=CHECKPOINT_NAME, what="an OOD classifier checkpoint (from train-ood)"
-    )
-
-
-def _build(config: OODTrainConfig, n_classes: int, feature_dim: int | None = None):
-    """The plain classifier (old checkpoints), or encoder + head when ``feature_dim`` is given."""
-    torch.manual_seed(config.seed)
-    if feature_dim is None:
-        model = build_encoder(config.arch, n_classes, width=config.width, mean=config.mean, std=config.std)
-    else:
-        encoder = build_encoder(config.arch, feature_dim, width=config.width, mean=config.mean, std=config.std)
-        model = FeatureClassifier(encoder, n_classes)
-    return model, EnergyHead(config.phi_hidden)
 
 
 def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainConfig, FeatureClassifier, EnergyHead]:
@@ -313,7 +112,7 @@ def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainCon
         raise InputError("init_encoder", "feature outliers need a cosine-kernel encoder (features on the unit sphere)")
     enc = ckpt.config
     config = config.model_copy(update={"arch": enc.arch, "width": enc.width, "mean": enc.mean, "std": enc.std})
-    model, phi = _build(config, len(train.class_names), feature_dim=ckpt.anchors.shape[1])
+    model, phi = build_classifier(config, len(train.class_names), feature_dim=ckpt.anchors.shape[1])
     model.encoder.load_state_dict(ckpt.model.state_dict())
     model.init_head_from_anchors(torch.from_numpy(ckpt.anchors), enc.temperature)
     return config, model, phi
@@ -322,7 +121,7 @@ def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainCon
 def _from_classifier(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainConfig, nn.Module, EnergyHead]:
     """The model of ``config.init_classifier`` (weights only: a fresh optimiser, schedule and phi)."""
     try:
-        state = _read(config.init_classifier)
+        state = read_ood_checkpoint(config.init_classifier)
     except (FileNotFoundError, ValueError) as exc:
         raise InputError("init_classifier", f"{exc}") from exc
     if list(state["class_names"]) != list(train.class_names):
@@ -334,27 +133,9 @@ def _from_classifier(config: OODTrainConfig, train: ImageData) -> tuple[OODTrain
     if base.image_size != config.image_size:
         raise InputError("init_classifier", f"trained at image size {base.image_size}, the data is {config.image_size}")
     config = config.model_copy(update={k: getattr(base, k) for k in ("arch", "width", "mean", "std")})
-    model, phi = _build(config, len(train.class_names), state.get("feature_dim"))
+    model, phi = build_classifier(config, len(train.class_names), state.get("feature_dim"))
     model.load_state_dict(state["model"])
     return config, model, phi
-
-
-def load_ood_classifier(path: str | Path, device: str | torch.device | None = None) -> OODClassifier:
-    state = _read(path)
-    config = OODTrainConfig.model_validate(state["config"])
-    model, phi = _build(config, len(state["class_names"]), state.get("feature_dim"))
-    model.load_state_dict(state["model"])
-    phi.load_state_dict(state["phi"])
-    device = device or default_device()
-    return OODClassifier(
-        model.to(device).eval(),
-        phi.to(device).eval(),
-        list(state["class_names"]),
-        config,
-        int(state["epoch"]),
-        list(state["history"]),
-        bool(state["uses_outliers"]),
-    )
 
 
 class _VectorBatches:
@@ -431,7 +212,7 @@ def train_ood(
                 f"vectors have dim {feature_outliers.vectors.shape[1]}, the encoder's features {model.encoder.dim}",
             )
     else:
-        model, phi = _build(config, len(train.class_names))
+        model, phi = build_classifier(config, len(train.class_names))
     model.to(device)
     phi.to(device)
     optimizer = torch.optim.SGD(
@@ -460,7 +241,7 @@ def train_ood(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     start, history = 0, []
     if resume and path.exists():
-        state = _read(path)
+        state = read_ood_checkpoint(path)
         start, history = restore_training(state, model=model, phi=phi, optimizer=optimizer, scheduler=scheduler)
     id_iter = _cycle(id_loader)
     ood_iter = _cycle(ood_loader) if use_images else None
@@ -519,7 +300,7 @@ def train_ood(
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3f}", ood=f"{l_ood.item():.3f}")
         history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
-        _save(
+        save_ood_checkpoint(
             path,
             model,
             phi,

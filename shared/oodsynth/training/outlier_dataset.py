@@ -15,6 +15,7 @@ import json
 import os
 import tarfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
@@ -198,3 +199,20 @@ def verified_only(records: list[ImageRecord], max_id_percentile: float) -> list[
             "max_id_percentile", f"{missing} of {len(records)} images carry no {key} (decoded without verification)"
         )
     return [r for r in records if float(r.diagnostics[key]) <= max_id_percentile]
+
+
+def outlier_dataset(
+    store: str | Path, datasets: list[str], image_size: int, max_id_percentile: float | Literal["auto"] | None = None
+) -> Dataset:
+    """The store's outliers as tensors at the ID resolution (only the verified ones under a threshold)."""
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+    ds = StoredOutliers(store, datasets, transform=transform, max_id_percentile=max_id_percentile)
+    if len(ds) == 0 and ds.threshold is not None:
+        raise InputError(
+            "max_id_percentile", f"no image of {datasets} in {store} is at or below ID percentile {ds.threshold:g}"
+        )
+    if len(ds) == 0:
+        raise InputError("outlier_datasets", f"{datasets} in {store} hold no images")
+    return ds
