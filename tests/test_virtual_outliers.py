@@ -5,10 +5,12 @@ import torch
 from pydantic import ValidationError
 from torch.nn import functional as F
 from torch.utils.data import Subset
+from typer.testing import CliRunner
 
+from oodsynth.cli import app
 from oodsynth.data import ImageData, load_dataset
 from oodsynth.errors import InputError
-from oodsynth.training.classifier import head_of, penultimate
+from oodsynth.training.classifier import head_of, load_ood_classifier, penultimate
 from oodsynth.training.ood import train_ood
 from oodsynth.training.ood_config import OODTrainConfig
 from oodsynth.training.virtual_outliers import (
@@ -128,3 +130,37 @@ def test_before_the_warmup_ends_a_virtual_run_is_the_ce_run_step_for_step(digits
     for (name, a), b in zip(ce.model.state_dict().items(), waiting.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
     assert waiting.uses_outliers and all(h["ood"] == 0 for h in waiting.history)
+
+
+@pytest.mark.parametrize(
+    "extra, line_start, says",
+    [
+        (["--virtual-outliers", "gan"], "error: virtual_outliers: ", "'vos' or 'npos'"),
+        (["--virtual-outliers", "vos", "--virtual-param", "queue_size"], "error: virtual_param[0]: ", "NAME=VALUE"),
+        (["--virtual-outliers", "vos", "--virtual-param", "select=3"], "error: virtual_param: vos: select: ", "Extra"),
+        (["--virtual-outliers", "npos", "--virtual-param", "k=0"], "error: virtual_param: npos: k: ", "greater than"),
+        (["--virtual-param", "warmup=0"], "error: virtual_param: ", "without virtual_outliers"),
+    ],
+)
+def test_train_ood_cli_bad_virtual_options_are_one_line_naming_the_option(tmp_path, extra, line_start, says):
+    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--epochs", "1", *extra])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(line_start) and says in lines[0], lines[0]
+    assert not (tmp_path / "r" / "ood.pt").exists()
+
+
+@pytest.mark.slow  # trains a detector on the digits train split
+def test_train_ood_cli_trains_with_vos_virtual_outliers(tmp_path):
+    args = ["train-ood", "--out", str(tmp_path / "r"), "--epochs", "1", "--width", "4", "--batch-size", "64"]
+    args += ["--ood-batch-size", "16", "--lr", "0.05", "--device", "cpu", "--virtual-outliers", "vos"]
+    args += ["--virtual-param", "warmup=0", "--virtual-param", "queue_size=16", "--virtual-param", "candidates=500"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "(CE + 0.5 * L_ood on vos virtual outliers)" in res.output
+    clf = load_ood_classifier(tmp_path / "r", device="cpu")
+    assert clf.config.virtual_outliers == "vos" and clf.uses_outliers
+    assert clf.config.virtual_params == {"warmup": 0, "queue_size": 16, "candidates": 500}
+    # the queue fills within the epoch and the drawn outliers enter L_ood: a positive, finite loss
+    (last,) = clf.history
+    assert 0 < last["ood"] < 10 and 0 < last["ce"] < 10

@@ -205,6 +205,17 @@ def train_ood_cmd(
         0, help="With --feature-outliers: redraw them from the current features every N epochs (0 = never)."
     ),
     redraw_density: str = typer.Option("gaussian_full", help="Density kind refitted for a redraw."),
+    virtual_outliers: str | None = typer.Option(
+        None,
+        "--virtual-outliers",
+        help="vos|npos: also draw --ood-batch-size outliers per step from the penultimate features in training "
+        "(VOS: low-likelihood samples of class Gaussians; NPOS: k-NN boundary perturbations).",
+    ),
+    virtual_param: list[str] | None = typer.Option(
+        None,
+        "--virtual-param",
+        help="NAME=VALUE (repeatable): a parameter of the --virtual-outliers sampler, e.g. queue_size=200, warmup=0.",
+    ),
     beta: float = typer.Option(
         0.5, help="Weight of L_ood; 0 or no --outliers = CE-only baseline (0.5: measured best in the OOD lab)."
     ),
@@ -237,6 +248,8 @@ def train_ood_cmd(
         outliers=outliers,
         max_id_percentile=max_id_percentile if max_id_percentile is not None else None if all_outliers else "auto",
         feature_outliers=feature_outliers,
+        virtual_outliers=virtual_outliers,
+        virtual_params=virtual_param,
         image_size=image_size,
         augment=augment,
         resume=resume,

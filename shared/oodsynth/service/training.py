@@ -6,6 +6,8 @@ inputs (``outliers``, not the dataset layer's ``datasets``). Heavy imports happe
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +15,7 @@ from typing import Any, Literal
 from ..errors import InputError
 
 # the training layer's field names -> the names a user of train-ood gives them
-_FIELD_NAMES = {"datasets": "outliers", "outlier_datasets": "outliers"}
+_FIELD_NAMES = {"datasets": "outliers", "outlier_datasets": "outliers", "virtual_params": "virtual_param"}
 
 
 @dataclass
@@ -21,6 +23,23 @@ class TrainOODResult:
     classifier: Any  # training.classifier.OODClassifier
     checkpoint: Path
     kind: str  # "CE only" or "CE + 0.5 * L_ood on 2 outlier set(s)"
+
+
+def parse_virtual_params(specs: Sequence[str] | None) -> dict[str, Any]:
+    """``["queue_size=64", "warmup=0"]`` -> ``{"queue_size": 64, "warmup": 0}`` (values read as JSON, else text).
+
+    Names and values are checked against the sampler's own parameters when the config is made.
+    """
+    params: dict[str, Any] = {}
+    for i, spec in enumerate(specs or []):
+        name, sep, value = spec.partition("=")
+        if not (sep and name.strip()):
+            raise InputError(f"virtual_param[{i}]", f"{spec!r} is not NAME=VALUE (e.g. queue_size=64)")
+        try:
+            params[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name.strip()] = value
+    return params
 
 
 def train_ood_run(
@@ -32,6 +51,8 @@ def train_ood_run(
     outliers: list[str] | None = None,
     max_id_percentile: float | Literal["auto"] | None = "auto",
     feature_outliers: str | None = None,
+    virtual_outliers: str | None = None,
+    virtual_params: Sequence[str] | dict[str, Any] | None = None,
     image_size: int | None = None,
     augment: bool = True,
     resume: bool = False,
@@ -42,6 +63,8 @@ def train_ood_run(
     """Train a classifier with CE + beta * L_ood; ``config`` holds the other ``OODTrainConfig`` fields.
 
     ``store`` defaults to the settings' ``OODSYNTH_STORE``; ``max_id_percentile`` None keeps every image.
+    ``virtual_outliers`` (``vos`` or ``npos``) draws outliers from the penultimate features in training;
+    ``virtual_params`` are its sampler's parameters, a dict or ``NAME=VALUE`` strings as the CLI takes them.
     """
     import pydantic
 
@@ -51,6 +74,8 @@ def train_ood_run(
     from .evaluation import load_data
 
     outliers = list(outliers or [])
+    if not isinstance(virtual_params, dict):
+        virtual_params = parse_virtual_params(virtual_params)
     train = load_data(dataset, "train", data_root, image_size, augment)
     store_root = parse_store_setting(str(store)) if store else get_settings().store
     from ..training.outlier_dataset import is_export
@@ -70,9 +95,12 @@ def train_ood_run(
             store=str(store_root),
             outlier_datasets=outliers,
             max_id_percentile=max_id_percentile,
+            virtual_outliers=virtual_outliers,
+            virtual_params=virtual_params,
         )
     except pydantic.ValidationError as exc:
-        raise InputError.from_pydantic(exc) from None
+        error = InputError.from_pydantic(exc)
+        raise InputError(_FIELD_NAMES.get(error.field, error.field), error.message) from None
     try:
         clf = train_ood(
             cfg, train, out, feature_outliers=feature_outliers, resume=resume, device=device, progress=progress
@@ -81,6 +109,8 @@ def train_ood_run(
         raise InputError(_FIELD_NAMES.get(exc.field, exc.field), exc.message) from exc
     except ValueError as exc:  # an unreadable image or manifest in the store
         raise InputError("outliers", str(exc)) from exc
-    sets = [f"{len(outliers)} outlier set(s)"] + (["feature outliers"] if feature_outliers else [])
+    sets = [f"{len(outliers)} outlier set(s)"] if outliers else []
+    sets += ["feature outliers"] if feature_outliers else []
+    sets += [f"{virtual_outliers} virtual outliers"] if virtual_outliers else []
     kind = f"CE + {cfg.beta} * L_ood on {' + '.join(sets)}" if clf.uses_outliers else "CE only"
     return TrainOODResult(clf, Path(out) / "ood.pt", kind)
