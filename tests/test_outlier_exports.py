@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from oodsynth.cli import app
 from oodsynth.data import load_dataset
 from oodsynth.errors import InputError
 from oodsynth.service.export import export_dataset
 from oodsynth.service.training import train_ood_run
 from oodsynth.store.results import ImageRecord, ResultStore
 from oodsynth.training.detectors import evaluate_detectors
-from oodsynth.training.outlier_dataset import StoredOutliers
+from oodsynth.training.outlier_dataset import StoredOutliers, StreamedOutliers
 from tests.test_s3_store import bucket_url, s3_endpoint  # noqa: F401  (the moto server fixtures)
 
-pytestmark = pytest.mark.slow  # trains six small detectors
+pytestmark = pytest.mark.slow  # trains eight small detectors
 
 TINY = dict(width=8, epochs=2, batch_size=32, ood_batch_size=16, lr=0.05, device="cpu", progress=False)
 
@@ -96,3 +98,55 @@ def test_bad_export_sources_name_outliers(tmp_path):
     with pytest.raises(InputError) as exc:
         StoredOutliers(None, [str(tmp_path / "bad.tar")])
     assert exc.value.field == "outliers"
+
+
+def test_a_streamed_export_yields_the_held_set_in_a_buffer_order_and_trains(tmp_path):
+    train = load_dataset("digits", "train")
+    store, folder = tmp_path / "store", tmp_path / "shards"
+    write_verified(store, train.class_names)
+    export_dataset("blobs", folder, format="webdataset", shard_size=7, store=store, progress=False)
+    held = StoredOutliers(None, [str(folder)], max_id_percentile=10)
+    streamed = StreamedOutliers([str(folder)], max_id_percentile=10, buffer=8, seed=0)
+    assert 0 < len(held) < 96 and "streamed from 14 shard(s)" in streamed.verification
+
+    def pixels(images):
+        return [(np.asarray(img).tobytes(), c) for img, c in images]
+
+    in_memory = pixels(held[i] for i in range(len(held)))
+    first, second = pixels(streamed), pixels(streamed)
+    assert sorted(first) == sorted(in_memory) == sorted(second)  # the same kept images, each once a pass
+    assert first != in_memory and first != second  # the buffer's order, reshuffled each pass
+
+    runs = {}
+    for stream in (True, False):
+        runs[stream] = train_ood_run(
+            tmp_path / f"run-{stream}",
+            outliers=[str(folder)],
+            max_id_percentile=10,
+            stream_outliers=stream,
+            shuffle_buffer=16,
+            **TINY,
+        ).classifier
+    clf = runs[True]
+    assert clf.uses_outliers and clf.config.stream_outliers and "streamed from 14 shard(s)" in clf.outlier_note
+    assert len(clf.history) == 2 and all(0 < h["ood"] < 10 for h in clf.history)
+    state, held_state = clf.model.state_dict(), runs[False].model.state_dict()
+    assert not all(torch.equal(state[k], held_state[k]) for k in state)  # documented: not seed for seed
+
+
+def test_streaming_refuses_what_it_cannot_stream(tmp_path):
+    store = tmp_path / "store"
+    write_verified(store, [str(i) for i in range(10)], per_class=2)
+    export_dataset("blobs", tmp_path / "folder", store=store, progress=False)
+    export_dataset("blobs", tmp_path / "shards", format="webdataset", store=store, progress=False)
+    runner = CliRunner()
+    for source in ("blobs", str(tmp_path / "folder")):  # a store dataset, an imagefolder export
+        args = ["train-ood", "--out", str(tmp_path / "r"), "--store", str(store), "--outliers", source, "--stream"]
+        res = runner.invoke(app, [*args, "--epochs", "1", "--device", "cpu"])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: stream: "), res.output
+    with pytest.raises(InputError) as exc:  # no image at or below ID percentile 0: an error, not an endless wait
+        train_ood_run(
+            tmp_path / "r", outliers=[str(tmp_path / "shards")], max_id_percentile=0.0, stream_outliers=True, **TINY
+        )
+    assert exc.value.field == "outliers" and "no images" in exc.value.message

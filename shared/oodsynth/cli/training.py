@@ -187,6 +187,13 @@ def train_ood_cmd(
         "is verified, else all images.",
     ),
     all_outliers: bool = typer.Option(False, "--all-outliers", help="Use every stored outlier, verified or not."),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="Read webdataset exports in --outliers as they stream (shuffled shards, then a shuffle buffer) "
+        "instead of holding them in memory: for large remote sets. Not seed-for-seed the in-memory run.",
+    ),
+    shuffle_buffer: int = typer.Option(1000, help="With --stream: samples held in the shuffle buffer."),
     feature_outliers: str | None = typer.Option(
         None,
         "--feature-outliers",
@@ -268,6 +275,8 @@ def train_ood_cmd(
         init_classifier=init_classifier,
         redraw_every=redraw_every,
         redraw_density=redraw_density,
+        stream_outliers=stream,
+        shuffle_buffer=shuffle_buffer,
     )
     clf, last = result.classifier, result.classifier.history[-1]
     if clf.outlier_note:

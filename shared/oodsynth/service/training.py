@@ -15,7 +15,12 @@ from typing import Any, Literal
 from ..errors import InputError
 
 # the training layer's field names -> the names a user of train-ood gives them
-_FIELD_NAMES = {"datasets": "outliers", "outlier_datasets": "outliers", "virtual_params": "virtual_param"}
+_FIELD_NAMES = {
+    "datasets": "outliers",
+    "outlier_datasets": "outliers",
+    "virtual_params": "virtual_param",
+    "stream_outliers": "stream",
+}
 
 
 @dataclass

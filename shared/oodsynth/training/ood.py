@@ -8,7 +8,9 @@ to the uniform distribution, which asks nothing of the ID images' energies and
 leaves phi untrained. Each step takes one ID batch and one outlier batch; an
 epoch is as long as the longer of the two loaders and the shorter one is
 cycled (and reshuffled), so neither set is truncated. Outliers come from the result store
-(any number of its datasets) and are resized to the ID resolution.
+(any number of its datasets) and are resized to the ID resolution. Streamed outliers
+(``stream_outliers``: webdataset exports read through a shuffle buffer) have no length:
+the ID set sets the epoch and the stream is cycled.
 
 With beta = 0 or no outlier datasets it is plain CE training: the baseline.
 
@@ -52,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from ..checkpoints import restore_training
@@ -85,10 +87,15 @@ def ood_loss(kind: str, logits: torch.Tensor, n_id: int, phi: EnergyHead) -> tor
     return F.binary_cross_entropy_with_logits(phi(energy(logits)), target)
 
 
-def _cycle(loader: DataLoader) -> Iterator:
-    """Endless passes over a loader (a fresh shuffle each pass)."""
+def _cycle(loader: DataLoader, field: str) -> Iterator:
+    """Endless passes over a loader (a fresh shuffle each pass); a pass that yields nothing is an error, not a hang."""
     while True:
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise InputError(field, "a full pass yielded no images (none passed the filters)")
 
 
 def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainConfig, FeatureClassifier, EnergyHead]:
@@ -178,7 +185,15 @@ def train_ood(
     if outliers is None and config.outlier_datasets:
         if not config.store:
             raise InputError("store", "outlier_datasets are given but no result store folder")
-        outliers = outlier_dataset(config.store, config.outlier_datasets, config.image_size, config.max_id_percentile)
+        outliers = outlier_dataset(
+            config.store,
+            config.outlier_datasets,
+            config.image_size,
+            config.max_id_percentile,
+            stream=config.stream_outliers,
+            buffer=config.shuffle_buffer,
+            seed=config.seed + 1,
+        )
     if feature_outliers is not None:
         if not config.init_encoder:
             raise InputError(
@@ -229,22 +244,28 @@ def train_ood(
     # a fine-tune shuffles the outliers with their own generator, so that its ID batches match a CE-only fine-tune
     # of the same checkpoint step for step; from-scratch runs keep the shared one, so their measured tables reproduce
     ood_gen = torch.Generator().manual_seed(config.seed + 1) if config.init_classifier else gen
+    # a stream shuffles itself (shard order and buffer, from its own seed) and has no length: the ID set sets the epoch
+    streamed = isinstance(outliers, IterableDataset)
     ood_loader = (
         DataLoader(
-            outliers, batch_size=config.ood_batch_size, shuffle=True, generator=ood_gen, num_workers=config.num_workers
+            outliers,
+            batch_size=config.ood_batch_size,
+            shuffle=not streamed,
+            generator=None if streamed else ood_gen,
+            num_workers=config.num_workers,
         )
         if use_images
         else None
     )
-    # vectors are cheap: they never lengthen an epoch, only image outliers may
-    steps_per_epoch = max(len(id_loader), len(ood_loader)) if use_images else len(id_loader)
+    # vectors are cheap: they never lengthen an epoch, only image outliers held in memory may
+    steps_per_epoch = max(len(id_loader), len(ood_loader)) if use_images and not streamed else len(id_loader)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     start, history = 0, []
     if resume and path.exists():
         state = read_ood_checkpoint(path)
         start, history = restore_training(state, model=model, phi=phi, optimizer=optimizer, scheduler=scheduler)
-    id_iter = _cycle(id_loader)
-    ood_iter = _cycle(ood_loader) if use_images else None
+    id_iter = _cycle(id_loader, "dataset")
+    ood_iter = _cycle(ood_loader, "outliers") if use_images else None
     vectors = _VectorBatches(feature_outliers.unit_tensor(), config.ood_batch_size, gen) if use_features else None
     queue, virtual_from, virtual_gen = None, 0, None
     if virtual is not None:

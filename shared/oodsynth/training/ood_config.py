@@ -51,6 +51,12 @@ class OODTrainConfig(BaseModel):
         "(oodsynth.decoding.verification); auto: DEFAULT_MAX_ID_PERCENTILE when every stored image is verified, else all; "
         "None: all",
     )
+    stream_outliers: bool = Field(
+        False,
+        description="read webdataset exports as they stream (shuffled shards, then a shuffle buffer) instead of "
+        "holding the set: for large remote sets; not seed-for-seed the in-memory run",
+    )
+    shuffle_buffer: int = Field(1000, ge=1, description="streamed outliers: samples held in the shuffle buffer")
     init_encoder: str | None = Field(
         None,
         description="text-aligned encoder checkpoint to start from; gives the "

@@ -6,6 +6,10 @@ imagefolder folder (``train/metadata.jsonl``), a webdataset folder (``shards.txt
 machine that holds the published set alone can train on it. Every source yields its manifest rows, so the
 verification filter is the same for all, and an export lists its images in the store's order, so a run on it
 repeats a run on the store seed for seed.
+
+``StreamedOutliers`` reads webdataset shards as they stream instead (shards in a shuffled order, then a shuffle
+buffer), for sets too large to hold: memory is one buffer of PNG bytes, not the set, but the order is the
+buffer's, so a streamed run is not seed-for-seed the in-memory one.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from ..errors import InputError
 from ..store.results import ImageRecord, ResultStore
@@ -51,16 +56,29 @@ def _record_of(row: dict) -> ImageRecord:
     return ImageRecord.model_validate(row)
 
 
+def shard_urls(source: str, storage_options: dict | None = None) -> list[str] | None:
+    """The webdataset shard URLs of an export (``.tar`` URLs as given, or a folder's ``shards.txt``); None if it
+    is not a webdataset export."""
+    source = source.rstrip("/")
+    if source.endswith(".tar"):
+        return [source]
+    fs = _fs(source, storage_options)
+    try:
+        if fs.isfile(f"{source}/{SHARD_LIST}"):
+            return [f"{source}/{n}" for n in fs.cat_file(f"{source}/{SHARD_LIST}").decode().split()]
+    except (OSError, ValueError) as exc:
+        raise InputError("outliers", f"{source}: unreadable export ({exc})") from exc
+    return None
+
+
 def read_export(source: str, storage_options: dict | None = None) -> list[tuple[ImageRecord, tuple[str, Any]]]:
     """The records of an export, each with where its image is: ``("file", url)`` or ``("bytes", png)``."""
     source = source.rstrip("/")
+    urls = shard_urls(source, storage_options)
+    if urls is not None:
+        return _read_shards(urls, storage_options)
     fs = _fs(source, storage_options)
-    if source.endswith(".tar"):
-        return _read_shards([source], storage_options)
     try:
-        if fs.isfile(f"{source}/{SHARD_LIST}"):
-            names = fs.cat_file(f"{source}/{SHARD_LIST}").decode().split()
-            return _read_shards([f"{source}/{n}" for n in names], storage_options)
         for meta in (f"{source}/{IMAGEFOLDER_METADATA}", f"{source}/metadata.jsonl"):
             if fs.isfile(meta):
                 folder = meta.rsplit("/", 1)[0]
@@ -75,14 +93,18 @@ def read_export(source: str, storage_options: dict | None = None) -> list[tuple[
     )
 
 
-def _read_shards(urls: list[str], storage_options: dict | None) -> list[tuple[ImageRecord, tuple[str, Any]]]:
-    """Every sample of the shards, in order (the PNG bytes kept, decoded per item)."""
-    import webdataset as wds
-
+def _use_fsspec(urls: list[str], storage_options: dict | None) -> None:
     if any(u.startswith("s3://") for u in urls):
         from ..export.webdataset import use_fsspec_for_s3
 
         use_fsspec_for_s3(storage_options)
+
+
+def _read_shards(urls: list[str], storage_options: dict | None) -> list[tuple[ImageRecord, tuple[str, Any]]]:
+    """Every sample of the shards, in order (the PNG bytes kept, decoded per item)."""
+    import webdataset as wds
+
+    _use_fsspec(urls, storage_options)
     out = []
     try:
         for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
@@ -173,6 +195,82 @@ class StoredOutliers(Dataset):
         return (self.transform(image) if self.transform is not None else image), self.records[index].class_index
 
 
+class StreamedOutliers(IterableDataset):
+    """Images of webdataset exports as ``(transform(image) or image, class_index)``, read as they stream.
+
+    Each pass shuffles the shard order and then the samples through a ``buffer``-sample shuffle buffer, both
+    seeded by ``seed`` plus the pass number; memory holds the buffer's PNG bytes, never the set. The verification
+    filter is the in-memory one, applied per sample: a number keeps images at or below it (an image without the
+    field is an error); ``"auto"`` applies ``DEFAULT_MAX_ID_PERCENTILE`` to the images that carry the field and
+    keeps the others (a stream cannot first check that every image is verified); None keeps all.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        storage_options: dict | None = None,
+        max_id_percentile: float | Literal["auto"] | None = None,
+        buffer: int = 1000,
+        seed: int = 0,
+    ):
+        self.urls: list[str] = []
+        for source in sources:
+            urls = shard_urls(source, storage_options) if is_export(source) else None
+            if urls is None:
+                raise InputError("stream", f"{source}: streaming reads webdataset exports only (shards.txt or .tar)")
+            self.urls += urls
+        if not self.urls:
+            raise InputError("outliers", "give at least one webdataset export to stream")
+        if buffer < 1:
+            raise InputError("shuffle_buffer", f"must be at least 1, got {buffer}")
+        if isinstance(max_id_percentile, float | int) and not 0.0 <= max_id_percentile <= 100.0:
+            raise InputError("max_id_percentile", f"must lie in [0, 100], got {max_id_percentile}")
+        self.transform, self.storage_options, self.buffer, self.seed = transform, storage_options, buffer, seed
+        self.max_id_percentile, self.passes = max_id_percentile, 0
+        if max_id_percentile == "auto":
+            from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
+
+            self.threshold, self.keep_unverified = DEFAULT_MAX_ID_PERCENTILE, True
+        else:
+            self.threshold, self.keep_unverified = max_id_percentile, False
+        self.verification = f"streamed from {len(self.urls)} shard(s) through a {buffer}-sample shuffle buffer; " + (
+            "all images" if self.threshold is None else f"images verified at ID percentile <= {self.threshold:g}"
+        )
+
+    def _kept(self, record: ImageRecord) -> bool:
+        if self.threshold is None:
+            return True
+        key = _verified_key()
+        if key not in record.diagnostics:
+            if self.keep_unverified:
+                return True
+            raise InputError("max_id_percentile", f"{record.image_id} carries no {key} (decoded without verification)")
+        return float(record.diagnostics[key]) <= self.threshold
+
+    def _samples(self):
+        """The kept samples' records and PNG bytes, in this pass's order."""
+        import webdataset as wds
+
+        _use_fsspec(self.urls, self.storage_options)
+        seed, self.passes = self.seed + self.passes, self.passes + 1
+        stream = wds.WebDataset(self.urls, shardshuffle=len(self.urls), seed=seed, empty_check=False)
+        stream = stream.map(lambda s: (_record_of(json.loads(s["json"])), s["png"])).select(lambda s: self._kept(s[0]))
+        stream = stream.shuffle(self.buffer, initial=self.buffer, rng=random.Random(seed))
+        try:
+            yield from stream
+        except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError("outliers", f"{self.urls[0]}...: unreadable webdataset shards ({exc})") from exc
+
+    def __iter__(self):
+        for record, png in self._samples():
+            with Image.open(io.BytesIO(png)) as img:
+                image = img.convert("RGB")
+            yield (self.transform(image) if self.transform is not None else image), record.class_index
+
+
 def _verified_key() -> str:
     from ..decoding.verification import MANIFEST_PREFIX
 
@@ -202,12 +300,24 @@ def verified_only(records: list[ImageRecord], max_id_percentile: float) -> list[
 
 
 def outlier_dataset(
-    store: str | Path, datasets: list[str], image_size: int, max_id_percentile: float | Literal["auto"] | None = None
-) -> Dataset:
-    """The store's outliers as tensors at the ID resolution (only the verified ones under a threshold)."""
+    store: str | Path,
+    datasets: list[str],
+    image_size: int,
+    max_id_percentile: float | Literal["auto"] | None = None,
+    *,
+    stream: bool = False,
+    buffer: int = 1000,
+    seed: int = 0,
+) -> Dataset | IterableDataset:
+    """The store's outliers as tensors at the ID resolution (only the verified ones under a threshold).
+
+    ``stream``: webdataset exports read as they stream (``StreamedOutliers``), not held in memory.
+    """
     from torchvision import transforms
 
     transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+    if stream:
+        return StreamedOutliers(datasets, transform, max_id_percentile=max_id_percentile, buffer=buffer, seed=seed)
     ds = StoredOutliers(store, datasets, transform=transform, max_id_percentile=max_id_percentile)
     if len(ds) == 0 and ds.threshold is not None:
         raise InputError(
