@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from oodsynth.cli import app
@@ -116,6 +117,9 @@ def test_a_streamed_export_yields_the_held_set_in_a_buffer_order_and_trains(tmp_
     first, second = pixels(streamed), pixels(streamed)
     assert sorted(first) == sorted(in_memory) == sorted(second)  # the same kept images, each once a pass
     assert first != in_memory and first != second  # the buffer's order, reshuffled each pass
+    loader = DataLoader(streamed, batch_size=None, num_workers=2)  # the workers split the shards between them
+    by_workers = [pixels(loader) for _ in range(2)]
+    assert all(sorted(p) == sorted(in_memory) for p in by_workers) and by_workers[0] != by_workers[1]
 
     runs = {}
     for stream in (True, False):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import InputError
 from ..store.results import ImageRecord, ResultStore
@@ -253,10 +253,16 @@ class StreamedOutliers(IterableDataset):
         import webdataset as wds
 
         _use_fsspec(self.urls, self.storage_options)
-        seed, self.passes = self.seed + self.passes, self.passes + 1
+        worker = get_worker_info()
+        if worker is None:
+            seed, self.passes = self.seed + self.passes, self.passes + 1
+        else:  # workers get a fresh copy each pass; the loader's base seed varies per pass and is theirs in common,
+            # so they shuffle the shards alike and split them between them without overlap
+            seed = self.seed + worker.seed - worker.id
         stream = wds.WebDataset(self.urls, shardshuffle=len(self.urls), seed=seed, empty_check=False)
         stream = stream.map(lambda s: (_record_of(json.loads(s["json"])), s["png"])).select(lambda s: self._kept(s[0]))
-        stream = stream.shuffle(self.buffer, initial=self.buffer, rng=random.Random(seed))
+        buffer_rng = random.Random(seed + (worker.id if worker is not None else 0))
+        stream = stream.shuffle(self.buffer, initial=self.buffer, rng=buffer_rng)
         try:
             yield from stream
         except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
