@@ -76,6 +76,7 @@ def train_ood_run(
     from ..config import get_settings, parse_store_setting
     from ..training.ood import train_ood
     from ..training.ood_config import OODTrainConfig
+    from ..training.outlier_dataset import is_export
     from .evaluation import load_data
 
     outliers = list(outliers or [])
@@ -83,8 +84,6 @@ def train_ood_run(
         virtual_params = parse_virtual_params(virtual_params)
     train = load_data(dataset, "train", data_root, image_size, augment)
     store_root = parse_store_setting(str(store)) if store else get_settings().store
-    from ..training.outlier_dataset import is_export
-
     if any(not is_export(o) for o in outliers) and isinstance(store_root, Path) and not store_root.is_dir():
         raise InputError("store", f"result store {store_root} does not exist")
     for path_field in ("init_encoder", "init_classifier"):

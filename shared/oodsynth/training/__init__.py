@@ -1,4 +1,4 @@
-"""Training and scoring OOD detectors: CE + beta * L_ood, feature-space, virtual (VOS, NPOS) and mixing outliers, the stored-outlier dataset, post-hoc detectors, evaluation, metrics.
+"""Training and scoring OOD detectors: CE + beta * L_ood, feature-space, virtual (VOS, NPOS) and mixing outliers, the run config, the classifier and its checkpoint, the stored or streamed outlier dataset, post-hoc detectors, evaluation, metrics.
 
 Imports ``encoding``, ``densities``, ``store``, ``data`` and leaves.
 """
