@@ -187,14 +187,26 @@ def main(argv: list[str] | None = None) -> int:
         decoders[(split.profile, split.holdout)] = Path(folder)
     loaded: dict = {}
 
-    def assets_for(split: ProfileSplit):
-        def get():
-            if split.key not in loaded:
-                decoder = decoders.get((split.profile, split.holdout))
-                loaded[split.key] = profile_assets(split, cache, settings.density, decoder)
-            return loaded[split.key]
+    class SplitAssets:
+        """The split's assets, built on first call; ``tag`` (the decoder folder's name) is known before."""
 
-        return get
+        def __init__(self, split: ProfileSplit):
+            self.split = split
+            folder = decoders.get((split.profile, split.holdout))
+            self.tag = folder.name if folder else cache_path(profile_config(split.profile, split.holdout), home).name
+            self.folder = folder
+
+        def __call__(self):
+            if self.split.key not in loaded:
+                loaded[self.split.key] = profile_assets(self.split, cache, settings.density, self.folder)
+            return loaded[self.split.key]
+
+    from oodsynth.config import get_settings
+    from oodsynth.offline_decoder.assets import cache_path
+    from oodsynth.offline_decoder.training import profile_config
+
+    home = get_settings().home
+    assets_for = SplitAssets
 
     groups = {g: [s.label for p in protocol.splits.values() for s in p[g]] for g in ("dev", "test")}
     meta = {

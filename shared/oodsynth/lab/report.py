@@ -125,14 +125,15 @@ def summarise(cells: list[dict], against: str | None = None) -> dict:
 
 
 def _pair_with_best(profile: str, rows: dict, by: dict, twins: set) -> None:
-    """Name the best peer (lowest pooled near FPR95) and the best post-hoc detector (lowest pooled far FPR95),
-    and pair every row that is neither with them."""
+    """Name the best peer (lowest near FPR95) and the best post-hoc detector (lowest far FPR95), ranked by their
+    mean paired Δ to CE (so a row that ran on fewer or easier splits is not favoured), and pair every row that
+    is neither with them."""
     peers = {r: e for r, e in rows.items() if e["kind"] in PEER_KINDS and r not in twins}
     posthoc = {r: e for r, e in peers.items() if e["kind"] == "posthoc"}
     for prefix, pool, metric in (("peer", peers, "near_fpr95"), ("posthoc", posthoc, "far_fpr95")):
         if not pool:
             continue
-        best = min(pool, key=lambda r: pool[r][metric]["mean"])
+        best = min(pool, key=lambda r: (pool[r].get(f"delta_{metric}") or pool[r][metric])["mean"])
         for row, entry in rows.items():
             entry[f"best_{prefix}"] = best
             if row != best:

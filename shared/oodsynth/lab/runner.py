@@ -69,7 +69,9 @@ def run_cell(
     cached_only: bool = False,
 ) -> dict:
     """Run one cell, or return its cached result; the result is written to ``cell_path`` as JSON."""
-    path = cell_path(out, split, row, seed, settings, assets().tag if row.uses_assets else "")
+    # the tag names the assets; ``assets.tag``, where the caller knows it, spares building them to find a cell
+    tag = (getattr(assets, "tag", None) or assets().tag) if row.uses_assets else ""
+    path = cell_path(out, split, row, seed, settings, tag)
     labels = {"split": split.label, "split_name": split.name, "kind": row.kind, "noise_outliers": row.noise_outliers}
     if path.is_file():
         return {**json.loads(path.read_text()), **labels}
