@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import sys
 from pathlib import Path
 
@@ -62,14 +61,9 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_settings(items: list[str]) -> dict:
     """``KEY=VALUE`` items as lab-setting overrides: VALUE as JSON, else as a plain string (arch, density)."""
-    overrides = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
+    from oodsynth.service.assignments import read_value
+
+    return {key: read_value(value) for key, _, value in (item.partition("=") for item in items)}
 
 
 def pick_rows(patterns: str | None, known: list[str]) -> list[str]:

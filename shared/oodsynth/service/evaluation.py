@@ -6,11 +6,11 @@ inputs the same way; heavy imports (torch, the models) happen inside.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from .assignments import split_assignment
 
 DEFAULT_SCORES = ("energy", "phi")
 
@@ -94,16 +94,14 @@ def parse_detector_params(specs: Sequence[str] | None) -> dict[str, dict]:
 
     params: dict[str, dict] = {}
     for i, spec in enumerate(specs or []):
-        key, sep, value = spec.partition("=")
+        form = "DETECTOR.NAME=VALUE (e.g. knn.k=100)"
+        key, value = split_assignment(spec, f"param[{i}]", form)
         name, dot, param = key.partition(".")
-        if not (sep and dot and param):
-            raise InputError(f"param[{i}]", f"{spec!r} is not DETECTOR.NAME=VALUE (e.g. knn.k=100)")
+        if not (dot and param):
+            raise InputError(f"param[{i}]", f"{spec!r} is not {form}")
         if name not in DETECTORS:
             raise InputError(f"param[{i}]", f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
-        try:
-            params.setdefault(name, {})[param] = json.loads(value)
-        except json.JSONDecodeError:
-            params.setdefault(name, {})[param] = value
+        params.setdefault(name, {})[param] = value
     return params
 
 

@@ -6,13 +6,13 @@ inputs (``outliers``, not the dataset layer's ``datasets``). Heavy imports happe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InputError
+from .assignments import split_assignment
 
 # the training layer's field names -> the names a user of train-ood gives them
 _FIELD_NAMES = {
@@ -35,16 +35,10 @@ def parse_virtual_params(specs: Sequence[str] | None) -> dict[str, Any]:
 
     Names and values are checked against the sampler's own parameters when the config is made.
     """
-    params: dict[str, Any] = {}
-    for i, spec in enumerate(specs or []):
-        name, sep, value = spec.partition("=")
-        if not (sep and name.strip()):
-            raise InputError(f"virtual_param[{i}]", f"{spec!r} is not NAME=VALUE (e.g. queue_size=64)")
-        try:
-            params[name.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name.strip()] = value
-    return params
+    return dict(
+        split_assignment(spec, f"virtual_param[{i}]", "NAME=VALUE (e.g. queue_size=64)")
+        for i, spec in enumerate(specs or [])
+    )
 
 
 def train_ood_run(
