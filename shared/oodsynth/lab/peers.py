@@ -12,6 +12,8 @@ same L_ood and beta:
   get (``outlier_ratio``), each a mix of two ID training images of different
   classes (``training.mixing``, share 0.3-0.7).
 
+Trained peers are ranked by the same test-time score as the image rows (``LabSettings.test_score``).
+
 Post-hoc peers (``posthoc:<detector>``) score the seed's CE-only detector trained
 from scratch (``pretrained_detector``, cached: the ``ce`` row's very model when
 ``finetune_epochs`` is 0 and both ran at one torch thread count) with a
@@ -21,7 +23,9 @@ at the parameters in ``POSTHOC_PARAMS``, chosen on the protocol's dev splits by
 profiles' dev splits x dev seeds; bench/results/peers/posthoc_params_dev.md).
 A row with parameters names them (``posthoc:knn@k1``): the cell cache is keyed by
 the row name and the settings, so another parameter is another row, never a
-stale cell.
+stale cell. The fused scores of ``LAB_SCORES`` (``posthoc:energy+mahalanobis``)
+are post-hoc rows too: a row trained with outliers and scored by a fused score
+faces that very score on the CE-only model.
 """
 
 from __future__ import annotations
@@ -31,28 +35,21 @@ from collections.abc import Callable
 import torch
 
 from ..data import image_tensors
-from ..training.evaluation import evaluate
-from .rows import Cell, CellOutcome, Row, _ood_config, _train_and_evaluate, pretrained_detector
-from .settings import FINETUNE_FIELDS, OUTLIER_FIELDS
+from ..training.fusion import is_fused
+from .rows import Cell, CellOutcome, Row, _ood_config, _train_and_evaluate, evaluate_trained, pretrained_detector
+from .settings import FINETUNE_FIELDS, LAB_SCORES, OUTLIER_FIELDS, POSTHOC_PARAMS, detector_params
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch
 MIXING_SHARE = (0.3, 0.7)
-# the post-hoc detectors and their parameters (pytorch-ood keywords), chosen on the dev splits (bench/posthoc_params.py)
-POSTHOC_PARAMS: dict[str, dict] = {
-    "msp": {},
-    "maxlogit": {},
-    "energy": {},
-    "mahalanobis": {},
-    "rmd": {},
-    "knn": {"k": 1},  # of 1, 5, 10, 50, 100: near/far FPR95 35.5/29.2 against 41.8/33.6 for k 50
-    "vim": {},  # d = D / 2 (training.detectors): of 8, 16, 32, 48 at the lab's D = 64, 32 won; D / 2 fits any width
-    "react": {"percentile": 0.8},  # of 0.8, 0.9, 0.95, 0.99: 42.9/26.7 against 39.3/37.5 for 0.9
-}
+# every single detector, then the fused test-time scores (training.fusion) on the CE-only model: what a trained
+# row scored by a fused ``test_score`` faces without any outliers
+POSTHOC_DETECTORS = (*POSTHOC_PARAMS, *(s for s in LAB_SCORES if is_fused(s)))
 
 
 def posthoc_name(detector: str) -> str:
-    """``posthoc:<detector>``, with its parameters when it has any (``posthoc:react@percentile0.8``)."""
-    params = POSTHOC_PARAMS[detector]
+    """``posthoc:<detector>``, with its parameters when it has any (``posthoc:react@percentile0.8``,
+    ``posthoc:energy+knn@k1``)."""
+    params = {k: v for part in detector_params([detector]).values() for k, v in part.items()}
     return f"posthoc:{detector}" + ("@" + "_".join(f"{k}{v}" for k, v in params.items()) if params else "")
 
 
@@ -73,7 +70,7 @@ def virtual_row(method: str) -> Callable[[Cell], CellOutcome]:
         )
         clf = train_ood(config, cell.train, cell.work, device="cpu", progress=False)
         info = {"virtual_per_step": config.ood_batch_size, "queue_size": queue}
-        return CellOutcome(evaluate(clf, cell.test, cell.ood_sets, progress=False), "energy", info)
+        return evaluate_trained(cell, clf, info)
 
     run.__doc__ = f"{method.upper()}: virtual outliers drawn in training on the penultimate features."
     return run
@@ -97,11 +94,11 @@ def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:
         from ..training.detectors import evaluate_detectors
 
         clf = load_ood_classifier(pretrained_detector(cell), device="cpu")
-        params = {name: POSTHOC_PARAMS[name]}
+        params = detector_params([name])
         report = evaluate_detectors(clf, cell.train, cell.test, cell.ood_sets, names=[name], params=params)
-        return CellOutcome(report, name, {"detector_params": POSTHOC_PARAMS[name]})
+        return CellOutcome(report, name, {"detector_params": params if is_fused(name) else params[name]})
 
-    params = ", ".join(f"{k} {v}" for k, v in POSTHOC_PARAMS[name].items())
+    params = ", ".join(f"{k} {v}" for part in detector_params([name]).values() for k, v in part.items())
     run.__doc__ = f"{name}{f' ({params})' if params else ''} on the CE-only detector (post-hoc, fitted on ID train)."
     return run
 
@@ -109,11 +106,12 @@ def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:
 def peer_rows() -> list[Row]:
     """The peers: trained (vos, npos, mixup, cutmix), then one post-hoc row per detector; all paired with ``ce``."""
     trained = OUTLIER_FIELDS | FINETUNE_FIELDS
-    rows = [Row(m, virtual_row(m), uses=trained, uses_assets=False, kind="peer") for m in ("vos", "npos")]
-    rows += [Row(k, mixing_row(k), uses=trained, uses_assets=False, kind="peer") for k in ("mixup", "cutmix")]
+    peer = {"uses": trained, "uses_assets": False, "kind": "peer", "test_scored": True}
+    rows = [Row(m, virtual_row(m), **peer) for m in ("vos", "npos")]
+    rows += [Row(k, mixing_row(k), **peer) for k in ("mixup", "cutmix")]
     # the from-scratch CE model: its key is the detector's alone, whatever the fine-tune settings
     rows += [
         Row(posthoc_name(n), posthoc_row(n), uses=frozenset(), uses_assets=False, kind="posthoc")
-        for n in POSTHOC_PARAMS
+        for n in POSTHOC_DETECTORS
     ]
     return rows

@@ -18,10 +18,19 @@ from ..densities import ClassDensities
 from ..encoding.features import build_bank
 from ..encoding.training import EncoderTrainConfig, train_encoder
 from ..samplers import DEFAULT_METHOD
-from ..training.evaluation import EvaluationReport, evaluate, evaluate_density
+from ..training.evaluation import EvaluationReport, evaluate, evaluate_density, merge_reports
 from .assets import LabAssets, _atomic_write
 from .pools import decoded_inlier_pool, decoded_pool, smooth_noise
-from .settings import DECODED_FIELDS, FINETUNE_FIELDS, FROM_SCRATCH, INLIER_FIELDS, OUTLIER_FIELDS, LabSettings
+from .settings import (
+    DECODED_FIELDS,
+    FINETUNE_FIELDS,
+    FROM_SCRATCH,
+    INLIER_FIELDS,
+    LAB_SCORES,
+    OUTLIER_FIELDS,
+    LabSettings,
+    detector_params,
+)
 
 DEFAULT_ROW = f"decoded:{DEFAULT_METHOD}+verified"  # the shipped recipe: default sampler, decoded, verified
 
@@ -153,14 +162,29 @@ def _train_and_evaluate(
         ds = TensorDataset(x, torch.zeros(len(x), dtype=torch.int64))
     config = _ood_config(cell, beta, 0 if ds is None else len(ds))
     clf = train_ood(config, train, cell.work, outliers=ds, device="cpu", progress=False)
-    report = evaluate(clf, cell.test, cell.ood_sets, progress=False)
-    return CellOutcome(report, "energy", {"n_outliers": 0 if ds is None else len(ds), **info})
+    return evaluate_trained(cell, clf, {"n_outliers": 0 if ds is None else len(ds), **info})
+
+
+def evaluate_trained(cell: Cell, clf, info: dict | None = None, *, train=None, test=None, ood_sets=None) -> CellOutcome:
+    """A row's detector trained end to end, scored by energy (and phi) and by every one of ``LAB_SCORES`` (fitted
+    on the ID train set), ranked by the settings' ``test_score``: every score a dev-split choice can pick is in the
+    cell, so choosing one reruns nothing."""
+    from ..training.detectors import evaluate_detectors
+
+    train = cell.train if train is None else train
+    test = cell.test if test is None else test
+    ood_sets = cell.ood_sets if ood_sets is None else ood_sets
+    report = merge_reports(
+        evaluate(clf, test, ood_sets, progress=False),
+        evaluate_detectors(clf, train, test, ood_sets, names=list(LAB_SCORES), params=detector_params(LAB_SCORES)),
+    )
+    return CellOutcome(report, cell.settings.test_score, dict(info or {}))
 
 
 def row_ce(cell: Cell) -> CellOutcome:
-    """CE only: the baseline every row is paired with."""
+    """CE only, scored by energy: the baseline every row is paired with (other scores of it: the post-hoc rows)."""
     if cell.settings.finetune_epochs:
-        return _train_and_evaluate(cell, None)
+        return replace(_train_and_evaluate(cell, None), score="energy")
     # from scratch, the CE model is the seed's pretrained detector: trained once, shared with the post-hoc rows
     from ..training.classifier import load_ood_classifier
 
@@ -210,9 +234,9 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
         s = cell.settings
         pool = decoded_pool(cell.assets(), sampler, cell.seed, s, cell.cache)
-        keep = pool.choose(
-            s.per_class(len(cell.train), len(cell.train.class_names)), s.max_id_percentile if verified else None
-        )
+        per_class = s.per_class(len(cell.train), len(cell.train.class_names))
+        n_noise_per_class = round(s.noise_share * per_class)  # the outlier mix: this many of each class's are noise
+        keep = pool.choose(per_class - n_noise_per_class, s.max_id_percentile if verified else None)
         info = {
             "pool": len(pool.class_index),
             "sample_s": pool.sample_seconds,
@@ -230,6 +254,10 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
             from torchvision.transforms.functional import gaussian_blur
 
             images = gaussian_blur((images > 127).float(), [3, 3], [0.6, 0.6])
+        if n_noise_per_class:
+            n_noise = n_noise_per_class * len(cell.train.class_names)
+            images = torch.cat([_as_float_images(images, s.image_size), smooth_noise(n_noise, s.image_size, cell.seed)])
+            info["n_noise"] = n_noise
         return _train_and_evaluate(cell, images, info, inliers=s.decoded_inliers > 0)
 
     run.__doc__ = f"{sampler} vectors decoded by the trained decoder{', verified' if verified else ''}."
@@ -258,7 +286,7 @@ def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = N
     beta = s.beta if feature_outliers is not None else 0.0
     config = _ood_config(at_size, beta, n, finetune=False, init_encoder=str(assets.encoder_path))
     clf = train_ood(config, train, cell.work, feature_outliers=feature_outliers, device="cpu", progress=False)
-    return CellOutcome(evaluate(clf, test, ood_sets, progress=False), "energy", {"n_outliers": n, **(info or {})})
+    return evaluate_trained(cell, clf, {"n_outliers": n, **(info or {})}, train=train, test=test, ood_sets=ood_sets)
 
 
 def row_ce_init(cell: Cell) -> CellOutcome:
@@ -287,6 +315,7 @@ class Row:
     sampler: str | None = None  # the sampler whose parameters its key names (when it uses "sampler_params")
     kind: str = "ours"  # baseline (CE), peer (another method, the report's "best peer"), posthoc, ours
     noise_outliers: bool = False  # trained on noise: not credited on the far-OOD noise set
+    test_scored: bool = False  # ranked by the settings' test_score (trained end to end), not a fixed score
 
     @property
     def description(self) -> str:
@@ -307,23 +336,32 @@ def lab_rows() -> dict[str, Row]:
             uses_assets=False,
             kind="peer",
             noise_outliers=True,
+            test_scored=True,
         ),
-        Row("inliers", row_inliers, needs_decoder=True, uses=INLIER_FIELDS | FINETUNE_FIELDS),
+        Row("inliers", row_inliers, needs_decoder=True, uses=INLIER_FIELDS | FINETUNE_FIELDS, test_scored=True),
     ]
     for name in SAMPLERS:
         decoded = DECODED_FIELDS | FINETUNE_FIELDS
         rows += [
-            Row(f"decoded:{name}", decoded_row(name, False), needs_decoder=True, uses=decoded, sampler=name),
+            Row(
+                f"decoded:{name}",
+                decoded_row(name, False),
+                needs_decoder=True,
+                uses=decoded,
+                sampler=name,
+                test_scored=True,
+            ),
             Row(
                 f"decoded:{name}+verified",
                 decoded_row(name, True),
                 needs_decoder=True,
                 uses=decoded | {"max_id_percentile"},
                 sampler=name,
+                test_scored=True,
             ),
         ]
     if feature_outliers_available():
-        rows.append(Row("ce:init", row_ce_init, None, kind="baseline"))
+        rows.append(Row("ce:init", row_ce_init, None, kind="baseline", test_scored=True))
         rows += [
             Row(
                 f"feature:{name}",
@@ -331,6 +369,7 @@ def lab_rows() -> dict[str, Row]:
                 baseline="ce:init",
                 uses=OUTLIER_FIELDS | {"density", "sampler_params"},
                 sampler=name,
+                test_scored=True,
             )
             for name in SAMPLERS
         ]

@@ -19,10 +19,10 @@ from .rows import DEFAULT_ROW, Cell, CellOutcome, LabData, Row, lab_rows
 from .settings import LabSettings
 
 
-def metrics_of(outcome: CellOutcome) -> dict:
-    """near/far FPR95 and AUROC of the row's score (far = mean over the far sets; ``far_kinds``: per far set),
-    plus every raw number."""
-    sets = outcome.report.results[outcome.score]
+def score_metrics(report: dict, score: str) -> dict:
+    """near/far FPR95 and AUROC of one score of a report (``EvaluationReport.to_dict()``; far = mean over the far
+    sets; ``far_kinds``: per far set)."""
+    sets = {name: m for name, m in report["scores"][score].items() if name != "average"}
     near = [m for name, m in sets.items() if name.startswith("near:")]
     far = [m for name, m in sets.items() if name.startswith("far:")]
     summary = {
@@ -35,14 +35,28 @@ def metrics_of(outcome: CellOutcome) -> dict:
         for name, m in sets.items()
         if name.startswith("far:")
     }
+    return {**summary, "far_kinds": kinds, "score": score}
+
+
+def metrics_of(outcome: CellOutcome) -> dict:
+    """The metrics of the row's score (``score_metrics``), plus every raw number."""
+    report = outcome.report.to_dict()
     return {
-        **summary,
-        "far_kinds": kinds,
+        **score_metrics(report, outcome.score),
         "id_accuracy": outcome.report.id_accuracy,
-        "score": outcome.score,
-        "report": outcome.report.to_dict(),
+        "report": report,
         **outcome.info,
     }
+
+
+def rescored(cached: dict, row: Row, settings: LabSettings) -> dict | None:
+    """A cached cell ranked by the settings' ``test_score`` (a test-time choice in no cache key), or None when the
+    cell predates that score (then it runs again)."""
+    if not row.test_scored or cached.get("score") == settings.test_score:
+        return cached
+    if settings.test_score not in cached.get("report", {}).get("scores", {}):
+        return None
+    return {**cached, **score_metrics(cached["report"], settings.test_score)}
 
 
 def cell_path(out: Path, split: ProfileSplit, row: Row, seed: int, settings: LabSettings, assets_tag: str = "") -> Path:
@@ -73,8 +87,8 @@ def run_cell(
     tag = (getattr(assets, "tag", None) or assets().tag) if row.uses_assets else ""
     path = cell_path(out, split, row, seed, settings, tag)
     labels = {"split": split.label, "split_name": split.name, "kind": row.kind, "noise_outliers": row.noise_outliers}
-    if path.is_file():
-        return {**json.loads(path.read_text()), **labels}
+    if path.is_file() and (cached := rescored(json.loads(path.read_text()), row, settings)) is not None:
+        return {**cached, **labels}
     if cached_only:
         raise CellNotRun("not run yet (summary of cached cells only)")
     train, test, ood_sets = LabData.get(split, settings.image_size)

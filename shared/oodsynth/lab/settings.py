@@ -13,6 +13,28 @@ from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
 from ..errors import InputError
 from ..training.ood_config import OOD_LOSSES
 
+# the post-hoc detectors and their parameters (pytorch-ood keywords), chosen on the dev splits (bench/posthoc_params.py)
+POSTHOC_PARAMS: dict[str, dict] = {
+    "msp": {},
+    "maxlogit": {},
+    "energy": {},
+    "mahalanobis": {},
+    "rmd": {},
+    "knn": {"k": 1},  # of 1, 5, 10, 50, 100: near/far FPR95 35.5/29.2 against 41.8/33.6 for k 50
+    "vim": {},  # d = D / 2 (training.detectors): of 8, 16, 32, 48 at the lab's D = 64, 32 won; D / 2 fits any width
+    "react": {"percentile": 0.8},  # of 0.8, 0.9, 0.95, 0.99: 42.9/26.7 against 39.3/37.5 for 0.9
+}
+# the feature-space and fused scores (training.fusion) every cell trained end to end is also scored by, at
+# POSTHOC_PARAMS: the test-time scores that ``test_score`` chooses from on the dev splits
+LAB_SCORES = ("mahalanobis", "knn", "vim", "energy+mahalanobis", "energy+knn", "energy+vim")
+
+
+def detector_params(names: list[str] | tuple[str, ...]) -> dict[str, dict]:
+    """``POSTHOC_PARAMS`` of every detector in ``names``, fused ones (``energy+knn``) by their parts."""
+    from ..training.fusion import SEPARATOR
+
+    return {part: POSTHOC_PARAMS[part] for name in names for part in name.split(SEPARATOR)}
+
 
 class LabSettings(BaseModel):
     """What a cell depends on, beyond (profile, row, seed). Its hash names the cell cache."""
@@ -80,6 +102,19 @@ class LabSettings(BaseModel):
         "the outliers' alone rather than two training trajectories",
     )
     finetune_lr: float = Field(0.01, gt=0, description="the fine-tune's initial learning rate (cosine to 0)")
+    test_score: str = Field(
+        "energy",
+        description="the score that ranks every row trained end to end (ce excepted: it is CE with "
+        "energy; the post-hoc rows give it every other score): energy or one of LAB_SCORES. A test-time choice: "
+        "every trained cell holds all of LAB_SCORES, so it is in no cache key",
+    )
+    noise_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of a decoded row's outliers that are smooth noise instead (the outlier mix): the "
+        "same number of outliers in all",
+    )
     decode: dict = Field(
         default_factory=dict,
         description="decode settings over the decoder's recommended ones (4 DDIM steps, no guidance: the fewest "
@@ -97,6 +132,13 @@ class LabSettings(BaseModel):
                 get_sampler(name, params)
             except (InputError, ValidationError) as exc:  # unknown sampler or bad parameter, both with a clear text
                 raise ValueError(f"{name}: {exc}") from None
+        return v
+
+    @field_validator("test_score")
+    @classmethod
+    def _a_lab_score(cls, v: str) -> str:
+        if v not in ("energy", *LAB_SCORES):
+            raise ValueError(f"choose from energy, {', '.join(LAB_SCORES)}")
         return v
 
     def per_class(self, n_train: int, n_classes: int, ratio: float | None = None) -> int:
@@ -135,6 +177,7 @@ FINETUNE_FIELDS = frozenset(FROM_SCRATCH)
 OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio", "ood_loss"})
 INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
 DECODED_FIELDS = OUTLIER_FIELDS | {
+    "noise_share",
     "oversample",
     "density",
     "decode",

@@ -255,16 +255,26 @@ class Detector:
 
 
 def build_detector(name: str, model, **params) -> Detector:
-    """``DETECTORS[name]`` on ``model``, with pytorch-ood keyword ``params`` (e.g. ``k=100``, ``d=64``)."""
+    """``DETECTORS[name]`` on ``model``, with pytorch-ood keyword ``params`` (e.g. ``k=100``, ``d=64``); a fused
+    name (``energy+mahalanobis``, ``training.fusion``) takes ``params`` per part (``knn={"k": 1}``)."""
+    from .fusion import FusedDetector, is_fused
+
+    if is_fused(name):
+        return FusedDetector(name, model, params)
     return Detector(name, model, **params)
 
 
 def resolve_names(names: Iterable[str] | None) -> list[str]:
-    """Detector names with ``all`` expanded, duplicates dropped, order kept; unknown names name the field."""
+    """Detector names with ``all`` expanded, duplicates dropped, order kept; unknown names name the field. A fused
+    name (``energy+vim``) is one detector; ``all`` does not include fused ones."""
+    from .fusion import fused_parts, is_fused
+
     out: list[str] = []
     for name in names or ["all"]:
         for n in DETECTORS if name == "all" else [name]:
-            if n not in DETECTORS:
+            if is_fused(n):
+                fused_parts(n)  # names the field when a part is unknown
+            elif n not in DETECTORS:
                 raise InputError("score", f"unknown detector {n!r}; choose from all, {', '.join(DETECTORS)}")
             if n not in out:
                 out.append(n)
@@ -292,7 +302,10 @@ def evaluate_detectors(
     if not ood_sets:
         raise InputError("ood", "give at least one OOD dataset")
     names = resolve_names(names)
-    detectors = [build_detector(n, model, **(params or {}).get(n, {})) for n in names]
+    from .fusion import is_fused
+
+    params = params or {}  # per detector; a fused detector takes them all, per part
+    detectors = [build_detector(n, model, **(params if is_fused(n) else params.get(n, {}))) for n in names]
     if any(not d.fitted for d in detectors):
         train_feats = train if isinstance(train, Features) else extract(model, train, batch_size=batch_size)
         for det in detectors:
