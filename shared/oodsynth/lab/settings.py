@@ -26,7 +26,7 @@ POSTHOC_PARAMS: dict[str, dict] = {
 }
 # the feature-space and fused scores (training.fusion) every cell trained end to end is also scored by, at
 # POSTHOC_PARAMS: the test-time scores that ``test_score`` chooses from on the dev splits
-LAB_SCORES = ("mahalanobis", "knn", "vim", "energy+mahalanobis", "energy+knn", "energy+vim")
+LAB_SCORES = ("mahalanobis", "knn", "vim", "energy+mahalanobis", "energy+knn", "energy+vim", "energy+knn+mahalanobis")
 
 
 def detector_params(names: list[str] | tuple[str, ...]) -> dict[str, dict]:

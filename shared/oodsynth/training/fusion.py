@@ -4,8 +4,8 @@ A name such as ``energy+mahalanobis`` is one detector. Why fuse: a logit score (
 distance (Mahalanobis, KNN, ViM) fail on different inputs. Energy separates the held-out classes that the
 classifier's logits see as unfamiliar, but ranks uniform noise or inverted images as confidently in-distribution
 (a known failure of logit scores); a class-conditional distance catches exactly those, and is weaker near the
-class boundaries. Each part's outlier score is centred and scaled by its mean and standard deviation on the ID
-train set (what the detectors are fitted on), so neither part's units decide, and the sum is the fused score.
+class boundaries. Each part's outlier score is centred and scaled by its mean and standard deviation on ID train
+images it was not fitted on (two-fold cross-fitting), so neither part's units decide; the sum is the fused score.
 
 pytorch-ood has no such combination (its detectors are single scores), so it is written here; the parts are
 pytorch-ood's own through ``training.detectors``. Same interface as ``detectors.Detector``.
@@ -14,6 +14,7 @@ pytorch-ood's own through ``training.detectors``. Same interface as ``detectors.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import ImageData
@@ -47,21 +48,37 @@ class FusedDetector:
     def __init__(self, name: str, model, params: dict[str, dict] | None = None):
         from .detectors import build_detector
 
-        self.name, self.model = name, model
-        self.parts = [build_detector(p, model, **(params or {}).get(p, {})) for p in fused_parts(name)]
+        self.name, self.model, self.params = name, model, params or {}
+        self.parts = [build_detector(p, model, **self.params.get(p, {})) for p in fused_parts(name)]
         self.fitted = False
         self.scale: list[tuple[float, float]] = []
 
     def fit(self, train: ImageData | Dataset | DataLoader, *, batch_size: int = 256) -> FusedDetector:
-        """Fit every part on the ID train set, then each part's mean and std of its scores on that same set."""
-        from .detectors import Features, extract
+        """Fit every part on the ID train set; each part's scale is the mean and std of its scores on ID data it
+        was not fitted on (two folds of the train set, each scored by the part fitted on the other): in-sample
+        scores are biased, and degenerate for KNN, whose nearest train neighbour is the sample itself."""
+        from .detectors import Features, build_detector, extract
 
         feats = train if isinstance(train, Features) else extract(self.model, train, batch_size=batch_size)
+        order = np.random.default_rng(0).permutation(len(feats.labels))
+        folds = [torch.from_numpy(np.sort(f)) for f in np.array_split(order, 2)]
+
+        def subset(idx: torch.Tensor) -> Features:
+            return Features(feats.penultimate[idx], feats.logits[idx], feats.labels[idx])
+
         self.scale = []
         for part in self.parts:
-            s = part.fit(feats).score(feats)
-            sd = float(np.std(s))
-            self.scale.append((float(np.mean(s)), sd if np.isfinite(sd) and sd > 0 else 1.0))
+            part.fit(feats)
+            held_out = np.concatenate(
+                [
+                    build_detector(part.name, self.model, **self.params.get(part.name, {}))
+                    .fit(subset(fit_on))
+                    .score(subset(score_on))
+                    for fit_on, score_on in (folds, folds[::-1])
+                ]
+            )
+            sd = float(np.std(held_out))
+            self.scale.append((float(np.mean(held_out)), sd if np.isfinite(sd) and sd > 0 else 1.0))
         self.fitted = True
         return self
 
