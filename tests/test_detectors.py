@@ -167,3 +167,36 @@ def test_parts_split_both_model_kinds_at_the_final_layer(setup):
             torch.testing.assert_close(feats.logits, model(x))
         assert feats.penultimate.shape[1] == model.head.in_features
     assert build_detector("vim", feature_model).detector.d == 6  # half the 12-d feature
+
+
+def test_a_fused_detector_sums_its_parts_standardised_on_held_out_id_scores(setup):
+    clf, train, test, ood = setup
+    fused = build_detector("energy+knn", clf, knn={"k": 1}).fit(train)
+    energy, knn = fused.parts
+    assert (energy.name, knn.name) == ("energy", "knn") and knn.detector.k == 1
+    # k=1 in-sample distances are all zero (each train image is its own neighbour); the scale is cross-fitted
+    train_feats = extract(clf, train)
+    assert np.allclose(knn.score(train_feats), 0, atol=1e-5)
+    (mu_e, sd_e), (mu_k, sd_k) = fused.scale
+    assert sd_k > 0.01 and mu_k > 0.01 and sd_e > 0.01
+    feats = extract(clf, test)
+    expected = (energy.score(feats) - mu_e) / sd_e + (knn.score(feats) - mu_k) / sd_k
+    np.testing.assert_allclose(fused.score(feats), expected, rtol=1e-9)
+    # standardised, the ID test scores sit near 0 and 1 in each part, so the sum is not one part alone
+    assert abs(np.mean((knn.score(feats) - mu_k) / sd_k)) < 1.5
+    report = evaluate_detectors(
+        clf, train, test, {"digits:ood": ood}, names=["energy", "knn", "energy+knn"], params={"knn": {"k": 1}}
+    )
+    aurocs = {s: report.results[s]["digits:ood"]["auroc"] for s in report.results}
+    assert aurocs["energy+knn"] not in (aurocs["energy"], aurocs["knn"]) and 0.5 < aurocs["energy+knn"] <= 1
+
+
+def test_fused_names_are_checked_part_by_part(setup):
+    clf, _, _, _ = setup
+    assert resolve_names(["energy+mahalanobis", "energy"]) == ["energy+mahalanobis", "energy"]
+    for bad, words in (("energy+nope", "nope"), ("energy+energy", "two or more"), ("energy+odin", "gradients")):
+        with pytest.raises(InputError) as exc:
+            resolve_names([bad])
+        assert exc.value.field == "score" and words in exc.value.message
+    with pytest.raises(InputError, match="fitted"):
+        build_detector("energy+vim", clf).score(torch.zeros(2, 3, 16, 16))

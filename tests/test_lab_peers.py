@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
 from oodsynth.lab import LabSettings, lab_rows, run_benchmark
 from oodsynth.lab.peers import POSTHOC_PARAMS, peer_rows
+from oodsynth.lab.settings import LAB_SCORES
 
 # digits: 1,010 training images in 8 classes; outlier_ratio 0.032 gives 4 outliers per class
 SETTINGS = LabSettings(width=4, epochs=2, min_steps=0, batch_size=32, ood_batch_size=16, outlier_ratio=0.032)
@@ -35,6 +39,7 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
     torch.set_num_threads(1)
     try:
         names = ["vos", "npos", "mixup", "cutmix", "posthoc:energy", "posthoc:msp", "posthoc:knn@k1", "posthoc:vim"]
+        names.append("posthoc:energy+knn@k1")
         results = run_benchmark(
             ["digits"],
             names,
@@ -44,10 +49,31 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
             lambda split: lambda: pytest.fail("peer rows need no generation assets"),
             log=lambda line: None,
         )
+        # a test-time score is no cache key: the cached trained cells are ranked by it, nothing runs again
+        written = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")}
+        rescored = run_benchmark(
+            ["digits"],
+            ["mixup", "vos"],
+            [0],
+            SETTINGS.model_copy(update={"test_score": "energy+knn"}),
+            tmp_path,
+            lambda split: lambda: pytest.fail("no cell runs again"),
+            log=lambda line: None,
+        )
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")} == written
     finally:
         torch.set_num_threads(threads)
-    assert results["failures"] == []
+    assert results["failures"] == [] and rescored["failures"] == []
     cells = {c["row"]: c for c in results["cells"]}
+    again = {c["row"]: c for c in rescored["cells"]}
+    assert cells["mixup"]["score"] == "energy" and again["mixup"]["score"] == "energy+knn"
+    assert again["ce"]["score"] == "energy" and again["ce"]["near_fpr95"] == cells["ce"]["near_fpr95"]
+    for row in ("mixup", "vos"):
+        (cell_file,) = (tmp_path / "cells" / "digits").glob(f"*/{row}/*.json")
+        scores = json.loads(cell_file.read_text())["report"]["scores"]
+        assert set(scores) == set(LAB_SCORES) | {"energy", "phi"}
+        near = [m["fpr95"] for name, m in scores["energy+knn"].items() if name.startswith("near:")]
+        assert again[row]["near_fpr95"] == pytest.approx(np.mean(near)) != cells[row]["near_fpr95"]
     assert list(cells) == ["ce", *names]
     for c in cells.values():
         assert 0 <= c["near_fpr95"] <= 1 and 0 <= c["far_auroc"] <= 1 and c["id_accuracy"] > 0.3
