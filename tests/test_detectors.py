@@ -114,6 +114,19 @@ def test_evaluate_score_errors_name_the_option(setup):
     assert res.exit_code == 2 and "error: param[0]:" in res.output
     res = runner.invoke(app, ["evaluate", "--score", "all"])
     assert res.exit_code == 2 and "error: score:" in res.output
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(clf.run), "--score", "energy+vimm"])
+    assert res.exit_code == 2 and "error: score: 'energy+vimm': unknown detector 'vimm'" in res.output
+
+
+def test_evaluate_cli_runs_a_fused_score(setup, tmp_path):
+    clf, *_ = setup
+    out = tmp_path / "fused.json"
+    args = ["evaluate", "--checkpoint", str(clf.run), "--score", "energy+knn", "--param", "knn.k=5"]
+    res = CliRunner().invoke(app, [*args, "--score", "knn", "--ood", "digits:ood", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    scores = json.loads(out.read_text())["scores"]
+    fused, knn = scores["energy+knn"]["digits:ood"], scores["knn"]["digits:ood"]
+    assert 0.5 < fused["auroc"] <= 1 and fused["auroc"] != knn["auroc"]
 
 
 def test_evaluate_detectors_matches_the_cli_route(setup):

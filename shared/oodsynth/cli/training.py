@@ -320,7 +320,8 @@ def evaluate_cmd(
         None,
         "--score",
         help="all, a pytorch-ood detector (msp, maxlogit, energy, mahalanobis, knn, vim, react, ...: a wrong "
-        "name lists them all), phi or density (repeatable; default energy, and phi where it was trained). "
+        "name lists them all), a fused one (energy+mahalanobis: each part standardised on ID train, summed), "
+        "phi or density (repeatable; default energy, and phi where it was trained). "
         "density = max class log-density of the encoder feature; all = every score the inputs allow, one table.",
     ),
     param: list[str] | None = typer.Option(

@@ -244,8 +244,9 @@ def write_results(
         "Percent; mean ± std over every cell (splits × seeds); Δ = paired difference (same split, same seed) to "
         "the row's baseline (CE only unless named), to the best peer on near FPR95 (noise, density, VOS, NPOS, "
         "mixing, post-hoc; chosen by its pooled mean) and to the best post-hoc detector on far FPR95; t = mean / "
-        "standard error of the paired differences. Score: the row's own (energy for trained rows); far = mean "
-        "over the far-OOD sets.",
+        "standard error of the paired differences. Score: every row trained with outliers or peer training "
+        f"is ranked by the test-time score `{settings.test_score}` (LabSettings.test_score, chosen on the dev "
+        "splits), `ce` by energy, post-hoc and density rows by their own; far = mean over the far-OOD sets.",
         "",
     ]
     if run.get("commit"):

@@ -67,6 +67,7 @@ def resolve_scores(scores: Sequence[str] | None, *, phi_trained: bool | None, de
     """
     from ..training.detectors import DETECTORS
     from ..training.evaluation import SCORE_KINDS
+    from ..training.fusion import fused_parts, is_fused
 
     asked = list(scores or DEFAULT_SCORES)
     out: list[str] = []
@@ -74,6 +75,9 @@ def resolve_scores(scores: Sequence[str] | None, *, phi_trained: bool | None, de
         if s == "all":
             names = [*(DETECTORS if phi_trained is not None else []), *(["phi"] if phi_trained else [])]
             names += ["density"] if density else []
+        elif is_fused(s):  # energy+mahalanobis: one detector, each part checked
+            fused_parts(s)
+            names = [s]
         elif s not in SCORE_KINDS:
             raise InputError("score", f"unknown score {s!r}; choose from all, {', '.join(SCORE_KINDS)}")
         elif s == "phi" and phi_trained is False:
@@ -124,6 +128,7 @@ def evaluate_scores(
     """
     from ..training.detectors import DETECTORS, evaluate_detectors
     from ..training.evaluation import evaluate, evaluate_density, merge_reports
+    from ..training.fusion import is_fused
 
     clf = enc = None
     image_size = class_names = None
@@ -134,7 +139,7 @@ def evaluate_scores(
         image_size, class_names = clf.config.image_size, clf.class_names
     phi_trained = None if clf is None else clf.uses_outliers and clf.config.ood_loss == "energy_logistic"
     names = resolve_scores(scores, phi_trained=phi_trained, density=encoder is not None and densities is not None)
-    detectors = [n for n in names if n in DETECTORS]
+    detectors = [n for n in names if n in DETECTORS or is_fused(n)]
     if (detectors or "phi" in names) and clf is None:
         raise InputError("checkpoint", f"the {(detectors or ['phi'])[0]} score needs --checkpoint (a train-ood model)")
     if "density" in names:

@@ -1,0 +1,86 @@
+"""Choose the default recipe's test-time score and outlier mix on the dev splits, from cached dev cells.
+
+    nice -n 10 .venv/bin/python bench/ood_gain.py --splits dev --seeds 0-2 --out OUT \
+        --rows 'ce,posthoc:*,decoded:boundary_crossing+verified,noise,vos,npos,mixup,cutmix' \
+        --set test_score=energy+mahalanobis --versus noise_share=0.5          # the dev cells (every score in each)
+    .venv/bin/python bench/choose_defaults.py --out OUT                        # this: no cell runs
+
+Every candidate (``test_score`` x ``noise_share``) is summarised by ``bench/ood_gain.py --cached-only`` over both
+profiles' dev splits x dev seeds: a trained cell holds every score of ``LAB_SCORES``, so a candidate score costs
+no training. A candidate's figure is the default recipe's mean of near and far FPR95, averaged over the
+profiles (the criterion the post-hoc parameters were chosen by, ``bench/posthoc_params.py``); the lowest wins.
+Test splits are never read. Prints one markdown table (also OUT/choose_defaults.md) and the winner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT.parent / "shared"), str(ROOT.parent), str(ROOT)]
+
+import ood_gain  # noqa: E402
+
+from oodsynth.lab import DEFAULT_ROW  # noqa: E402
+from oodsynth.lab.protocol import load_protocol  # noqa: E402
+from oodsynth.lab.settings import LAB_SCORES  # noqa: E402
+
+ROWS = "ce,posthoc:*,decoded:boundary_crossing+verified,noise,vos,npos,mixup,cutmix"
+
+
+def pct(d: dict | None, key: str = "mean") -> str:
+    return "–" if not d else f"{100 * d[key]:+.1f}" + (f" (t {d['t']:+.1f})" if d.get("t") is not None else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="the dev run's OUT folder (its cells are read)")
+    p.add_argument("--profiles", default="animals,digits")
+    p.add_argument("--noise-shares", default="0,0.5", help="comma-separated noise_share values that were run")
+    args = p.parse_args(argv)
+    seeds = ",".join(map(str, load_protocol(ood_gain.PROTOCOL).dev_seeds))
+    profiles = args.profiles.split(",")
+    lines = [
+        "| test_score | noise_share | criterion | "
+        + " | ".join(
+            f"{pr} near / far FPR95 | {pr} Δ near, far vs CE | {pr} Δ near vs best peer | {pr} Δ far vs best post-hoc"
+            for pr in profiles
+        )
+        + " |",
+        "|" + "---|" * (3 + 4 * len(profiles)),
+    ]
+    ranked = []
+    for score in ("energy", *LAB_SCORES):
+        for share in args.noise_shares.split(","):
+            name = f"choose_{score}_{share}"
+            argv_ = ["--splits", "dev", "--seeds", seeds, "--profiles", args.profiles, "--out", str(args.out)]
+            argv_ += ["--rows", ROWS, "--cached-only", "--name", name]
+            argv_ += ["--set", f"test_score={score}", "--set", f"noise_share={share}"]
+            ood_gain.main(argv_)
+            summary = json.loads((args.out / f"{name}.json").read_text())["summary"]
+            cols, figures = [], []
+            for pr in profiles:
+                e = summary[pr][DEFAULT_ROW]
+                near, far = e["near_fpr95"]["mean"], e["far_fpr95"]["mean"]
+                figures.append((near + far) / 2)
+                cols += [
+                    f"{100 * near:.1f} / {100 * far:.1f}",
+                    f"{pct(e.get('delta_near_fpr95'))}, {pct(e.get('delta_far_fpr95'))}",
+                    pct(e.get("peer_delta_near_fpr95")) + f" ({e.get('best_peer')})",
+                    pct(e.get("posthoc_delta_far_fpr95")) + f" ({e.get('best_posthoc')})",
+                ]
+            criterion = sum(figures) / len(figures)
+            ranked.append((criterion, score, share))
+            lines.append(f"| {score} | {share} | {100 * criterion:.1f} | " + " | ".join(cols) + " |")
+    best = min(ranked)
+    text = "\n".join(lines) + f"\n\nWinner: test_score={best[1]}, noise_share={best[2]} ({100 * best[0]:.1f})\n"
+    (args.out / "choose_defaults.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
