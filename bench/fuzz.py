@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from load import start_server, stop  # noqa: E402
 
+CONFIG = Path(__file__).with_name("fuzz.toml")  # where the API answers 422 to schema-valid input, and why
 SMALL_CAPS = {
     "OODSYNTH_MAX_N_PER_CLASS": "20",
     "OODSYNTH_MAX_VECTORS_PER_SAMPLE": "100",
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             report = home / "events.ndjson"
             command = [
                 str(Path(sys.executable).with_name("schemathesis")),
+                "--config-file",
+                str(CONFIG),
                 "run",
                 f"{base}/openapi.json",
                 "--checks",
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     counts["failures"] = failures_from_summary(run.stdout)
     counts["generated"] = generated_from_summary(run.stdout)
     fivexx = sum(n for status, n in counts["statuses"].items() if status and int(status) >= 500)
-    print(f"\n{' '.join(command[:2])} <api>/openapi.json {' '.join(c for c in command[3:] if 'Bearer' not in c)}")
+    print(f"\n{' '.join(command[:4])} <api>/openapi.json {' '.join(c for c in command[5:] if 'Bearer' not in c)}")
     print(
         f"cases generated: {counts['generated']}; answered requests: {counts['cases']}; 5xx: {fivexx}; "
         f"failures by check: {counts['failures'] or 0}; "
