@@ -42,6 +42,13 @@ def test_the_time_budget_holds_between_classes_of_one_round(api, settings_env):
     bank = toy_bank(n_classes=100, n_per_class=5, dim=768, names=[f"c{i}" for i in range(100)])
     r = post_fit(api, "wide", data=bank.to_bytes())
     assert r.status_code == 201, r.text
+    # one round for one class of the same request, timed in the same test: the most the budget may be overrun
+    spin = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 1, "batch": 16_384}
+    one = {"fit": "wide", "method": "inverse_rejection", "n_per_class": 1, "params": spin, "include_vectors": False}
+    start = time.monotonic()
+    r = api.post("/sample", json={**one, "classes": ["c0"]})
+    step = time.monotonic() - start
+    assert r.status_code in (200, 422, 503), r.text
     spin = {"eps_percentile": 0, "temperature": 1e-3, "max_rounds": 100_000, "batch": 16_384}
     start = time.monotonic()
     r = api.post(
@@ -50,4 +57,5 @@ def test_the_time_budget_holds_between_classes_of_one_round(api, settings_env):
     )
     took = time.monotonic() - start
     assert r.status_code == 503 and first_error(r)["loc"] == ["sample_time_budget_s"], r.text
-    assert took < 3.5, f"{took:.1f} s against a 1 s budget"
+    bound = 1 + max(1.0, 3 * step)  # the budget, plus about one class's round
+    assert took < bound, f"{took:.1f} s against a 1 s budget (bound {bound:.1f} s; one class's round {step:.2f} s)"
