@@ -7,8 +7,9 @@
 
 Every candidate (``test_score`` x ``noise_share``) is summarised by ``bench/ood_gain.py --cached-only`` over both
 profiles' dev splits x dev seeds: a trained cell holds every score of ``LAB_SCORES``, so a candidate score costs
-no training. A candidate's figure is the default recipe's mean of near and far FPR95, averaged over the
-profiles (the criterion the post-hoc parameters were chosen by, ``bench/posthoc_params.py``); the lowest wins.
+no training. A candidate's figure is the default recipe's paired Δ FPR95 against CE on its weaker side, the
+larger of the near and the far Δ, averaged over the profiles: a gain on one side that costs the other is no
+gain, so a recipe counts only as much as its weaker side improves; the lowest wins.
 Test splits are never read. Prints one markdown table (also OUT/choose_defaults.md) and the winner.
 """
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = ",".join(map(str, load_protocol(ood_gain.PROTOCOL).dev_seeds))
     profiles = args.profiles.split(",")
     lines = [
-        "| test_score | noise_share | criterion | "
+        "| test_score | noise_share | weaker-side Δ vs CE | "
         + " | ".join(
             f"{pr} near / far FPR95 | {pr} Δ near, far vs CE | {pr} Δ near vs best peer | {pr} Δ far vs best post-hoc"
             for pr in profiles
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             for pr in profiles:
                 e = summary[pr][DEFAULT_ROW]
                 near, far = e["near_fpr95"]["mean"], e["far_fpr95"]["mean"]
-                figures.append((near + far) / 2)
+                figures.append(max(e["delta_near_fpr95"]["mean"], e["delta_far_fpr95"]["mean"]))
                 cols += [
                     f"{100 * near:.1f} / {100 * far:.1f}",
                     f"{pct(e.get('delta_near_fpr95'))}, {pct(e.get('delta_far_fpr95'))}",
@@ -74,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             criterion = sum(figures) / len(figures)
             ranked.append((criterion, score, share))
-            lines.append(f"| {score} | {share} | {100 * criterion:.1f} | " + " | ".join(cols) + " |")
+            lines.append(f"| {score} | {share} | {100 * criterion:+.1f} | " + " | ".join(cols) + " |")
     best = min(ranked)
-    text = "\n".join(lines) + f"\n\nWinner: test_score={best[1]}, noise_share={best[2]} ({100 * best[0]:.1f})\n"
+    text = "\n".join(lines) + f"\n\nWinner: test_score={best[1]}, noise_share={best[2]} ({100 * best[0]:+.1f})\n"
     (args.out / "choose_defaults.md").write_text(text)
     print(text)
     return 0

@@ -201,7 +201,8 @@ def run_benchmark(
                         f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
                         f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)"
                     )
-                write_results(out, settings, cells, failures, name, versus, against, meta)
+                if not cached_only:  # partial results survive an interruption; a summary only writes once
+                    write_results(out, settings, cells, failures, name, versus, against, meta)
     return write_results(out, settings, cells, failures, name, versus, against, meta)
 
 
