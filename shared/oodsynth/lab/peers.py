@@ -41,8 +41,8 @@ from .settings import FINETUNE_FIELDS, LAB_SCORES, OUTLIER_FIELDS, POSTHOC_PARAM
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch
 MIXING_SHARE = (0.3, 0.7)
-# every single detector, then the fused test-time scores (training.detectors.FusedDetector) on the CE-only model: what a trained
-# row scored by a fused ``test_score`` faces without any outliers
+# every single detector, then the fused test-time scores (training.detectors.FusedDetector) on the CE-only
+# model: what a trained row scored by a fused ``test_score`` faces without any outliers
 POSTHOC_DETECTORS = (*POSTHOC_PARAMS, *(s for s in LAB_SCORES if is_fused(s)))
 
 

@@ -24,8 +24,8 @@ POSTHOC_PARAMS: dict[str, dict] = {
     "vim": {},  # d = D / 2 (training.detectors): of 8, 16, 32, 48 at the lab's D = 64, 32 won; D / 2 fits any width
     "react": {"percentile": 0.8},  # of 0.8, 0.9, 0.95, 0.99: 42.9/26.7 against 39.3/37.5 for 0.9
 }
-# the feature-space and fused scores (training.detectors.FusedDetector) every cell trained end to end is also scored by, at
-# POSTHOC_PARAMS: the test-time scores that ``test_score`` chooses from on the dev splits
+# the feature-space and fused scores (training.detectors.FusedDetector) every cell trained end to end is also
+# scored by, at POSTHOC_PARAMS: the test-time scores that ``test_score`` chooses from on the dev splits
 LAB_SCORES = ("mahalanobis", "knn", "vim", "energy+mahalanobis", "energy+knn", "energy+vim", "energy+knn+mahalanobis")
 
 
@@ -114,7 +114,8 @@ class LabSettings(BaseModel):
         ge=0,
         lt=1,
         description="share of a decoded row's outliers that are smooth noise instead (the outlier mix): the "
-        "same number of outliers in all; 0.5 lost to 0 on the dev splits (bench/results/ood_protocol/choose_defaults.md)",
+        "same number of outliers in all; 0.5 lost to 0 on the dev splits "
+        "(bench/results/ood_protocol/choose_defaults.md)",
     )
     decode: dict = Field(
         default_factory=dict,
