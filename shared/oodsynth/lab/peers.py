@@ -46,10 +46,15 @@ MIXING_SHARE = (0.3, 0.7)
 POSTHOC_DETECTORS = (*POSTHOC_PARAMS, *(s for s in LAB_SCORES if is_fused(s)))
 
 
+def _flat_params(detector: str) -> dict:
+    """The detector's ``POSTHOC_PARAMS``, a fused one's parts' together (``energy+knn``: ``{"k": 1}``)."""
+    return {k: v for part in detector_params([detector]).values() for k, v in part.items()}
+
+
 def posthoc_name(detector: str) -> str:
     """``posthoc:<detector>``, with its parameters when it has any (``posthoc:react@percentile0.8``,
     ``posthoc:energy+knn@k1``)."""
-    params = {k: v for part in detector_params([detector]).values() for k, v in part.items()}
+    params = _flat_params(detector)
     return f"posthoc:{detector}" + ("@" + "_".join(f"{k}{v}" for k, v in params.items()) if params else "")
 
 
@@ -98,7 +103,7 @@ def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:
         report = evaluate_detectors(clf, cell.train, cell.test, cell.ood_sets, names=[name], params=params)
         return CellOutcome(report, name, {"detector_params": params if is_fused(name) else params[name]})
 
-    params = ", ".join(f"{k} {v}" for part in detector_params([name]).values() for k, v in part.items())
+    params = ", ".join(f"{k} {v}" for k, v in _flat_params(name).items())
     run.__doc__ = f"{name}{f' ({params})' if params else ''} on the CE-only detector (post-hoc, fitted on ID train)."
     return run
 

@@ -227,6 +227,17 @@ class Detector:
         self.fitted = True
         return self
 
+    def features(self, data: torch.Tensor | ImageData | Dataset | Features, *, batch_size: int = 256) -> Features:
+        """``data`` pushed through the model once (a batch of images, a dataset), or as given (``Features``)."""
+        if isinstance(data, Features):
+            return data
+        if isinstance(data, torch.Tensor):
+            with torch.no_grad():
+                device = next(self.parts.model.parameters()).device
+                f = self.parts.penultimate(data.to(device))
+                return Features(f.float().cpu(), self.parts.head(f).float().cpu(), torch.zeros(len(f)).long())
+        return extract(self.model, data, batch_size=batch_size)
+
     def score(self, data: torch.Tensor | ImageData | Dataset | Features, *, batch_size: int = 256) -> np.ndarray:
         """Outlier scores (higher = more OOD) of a batch of images, a dataset, or its extracted ``Features``."""
         if not self.fitted:
@@ -238,13 +249,7 @@ class Detector:
             device = next(self.parts.model.parameters()).device
             self.parts.model.eval()
             return np.concatenate([self.detector.predict(x.to(device)).detach().cpu().numpy() for x in batches])
-        if isinstance(data, torch.Tensor):
-            with torch.no_grad():
-                device = next(self.parts.model.parameters()).device
-                f = self.parts.penultimate(data.to(device))
-                data = Features(f.float().cpu(), self.parts.head(f).float().cpu(), torch.zeros(len(f)).long())
-        elif not isinstance(data, Features):
-            data = extract(self.model, data, batch_size=batch_size)
+        data = self.features(data, batch_size=batch_size)
         with torch.no_grad():
             if rep == "logits":
                 out = self.detector.predict_logits(data.logits)
@@ -390,6 +395,5 @@ class FusedDetector:
     def score(self, data, *, batch_size: int = 256) -> np.ndarray:
         if not self.fitted:
             raise InputError("score", f"{self.name} must be fitted on the ID train set first")
-        if not isinstance(data, Features) and not hasattr(data, "shape"):
-            data = extract(self.model, data, batch_size=batch_size)
+        data = self.parts[0].features(data, batch_size=batch_size)  # once, shared by every part
         return np.sum([(p.score(data) - mu) / sd for p, (mu, sd) in zip(self.parts, self.scale)], axis=0)
