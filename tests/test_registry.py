@@ -136,6 +136,55 @@ def test_sample_round_trip_with_ttl_and_nan_diagnostics(client, monkeypatch):
         assert exc.value.field == "sample_id" and "unknown or expired" in exc.value.message
 
 
+def test_sample_arrays_are_raw_hash_fields_split_into_chunks_and_an_npz_sample_is_read(client, monkeypatch):
+    monkeypatch.setattr(blobs, "CHUNK_BYTES", 1000)
+    rng = np.random.default_rng(2)
+    m, d = 9, 40
+    sample = StoredSample(
+        sample_id="ab" * 16,
+        fit_name="toy",
+        method="inverse_sgld",
+        params={"band": [1.0, 5.0]},
+        seed=3,
+        vectors=rng.normal(size=(m, d)).astype(np.float32),
+        class_index=rng.integers(0, 3, size=m),
+        class_names=["a", "b", "c"],
+        diagnostics={"log_density": rng.normal(size=m), "knn_distance": np.full(m, np.nan)},
+    )
+    samples = SampleRegistry(client, ttl_s=60, budget_bytes=2**20)
+    samples.put_stored(sample)
+    key = SampleRegistry.key(sample.sample_id)
+    assert int(client.hget(key, "vectors:n")) == 2  # 9 x 40 float32 = 1440 bytes in chunks of 1000
+    assert client.hget(key, "vectors:0") == sample.vectors[:, :].tobytes()[:1000]
+    assert int(client.hget("oodsynth:samples:bytes", sample.sample_id)) == sum(
+        len(v) for v in client.hgetall(key).values()
+    )
+
+    def same(got: StoredSample) -> None:
+        assert (got.sample_id, got.fit_name, got.method, got.params, got.seed) == (
+            sample.sample_id,
+            "toy",
+            "inverse_sgld",
+            {"band": [1.0, 5.0]},
+            3,
+        )
+        assert got.class_names == ["a", "b", "c"] and got.vectors.dtype == np.float32
+        np.testing.assert_array_equal(got.vectors, sample.vectors)
+        np.testing.assert_array_equal(got.class_index, sample.class_index)
+        assert list(got.diagnostics) == ["log_density", "knn_distance"]
+        np.testing.assert_array_equal(got.diagnostics["log_density"], sample.diagnostics["log_density"])
+        assert np.isnan(got.diagnostics["knn_distance"]).all()
+
+    same(samples.get(sample.sample_id))
+    client.hdel(key, "vectors:1")  # a torn or truncated part is no sample
+    with pytest.raises(NotFound):
+        samples.get(sample.sample_id)
+
+    client.delete(key)  # the same sample kept as one .npz
+    client.hset(key, mapping=blobs.chunk_fields("npz", sample.to_bytes()))
+    same(samples.get(sample.sample_id))
+
+
 def test_a_cache_drops_the_least_recently_used_fit_and_stale_versions(client):
     bank = make_bank()
     cache = FitCache(size=2)

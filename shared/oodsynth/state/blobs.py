@@ -5,6 +5,7 @@ values over 512 MB), read back in at most two round trips; and the strict JSON o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,14 +42,35 @@ def chunk_fields(part: str, data: bytes) -> dict[str, bytes]:
 def read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
     """The chunks of ``part`` joined; None when the key or part is missing (or was replaced between reads).
 
-    The count and the first chunk come in one round trip, so a value of one chunk (a sample of up to
-    ``CHUNK_BYTES``, which every ``/generate`` reads) costs one Redis call; the rest come in a second.
+    The count and the first chunk come in one round trip; the rest come in a second.
     """
-    n, first = client.hmget(key, [f"{part}:n", f"{part}:0"])
-    if n is None or first is None:
-        return None
-    count = int(n)
-    rest = client.hmget(key, [f"{part}:{i}" for i in range(1, count)]) if count > 1 else []
-    if any(c is None for c in rest):
-        return None  # replaced or expired between the two reads
-    return b"".join([first, *rest])
+    parts = read_parts(client, key, [part])
+    return None if parts is None else parts[part]
+
+
+def read_parts(
+    client: redis.Redis, key: str, parts: Sequence[str], fields: Sequence[str] = ()
+) -> dict[str, bytes | None] | None:
+    """Each of ``parts`` joined from its chunks, and each plain hash field of ``fields`` (None when absent).
+
+    Every count, first chunk and field comes in one ``HMGET``, so values of one chunk each (a sample of up to
+    ``CHUNK_BYTES``, which every ``/generate`` reads) cost one round trip; further chunks come in a second.
+    None when a part is missing or was replaced between the two reads.
+    """
+    names = [*fields, *(f"{part}:{i}" for part in parts for i in ("n", 0))]
+    values = dict(zip(names, client.hmget(key, names)))
+    counts = {}
+    for part in parts:
+        if values[f"{part}:n"] is None or values[f"{part}:0"] is None:
+            return None
+        counts[part] = int(values[f"{part}:n"])
+    rest_names = [f"{part}:{i}" for part in parts for i in range(1, counts[part])]
+    if rest_names:
+        rest = client.hmget(key, rest_names)
+        if any(c is None for c in rest):
+            return None  # replaced or expired between the two reads
+        values.update(zip(rest_names, rest))
+    out: dict[str, bytes | None] = {name: values[name] for name in fields}
+    for part in parts:
+        out[part] = b"".join(values[f"{part}:{i}"] for i in range(counts[part]))
+    return out
