@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--protocol", type=Path, default=PROTOCOL, help="the protocol file (splits and seeds)")
     p.add_argument(
-        "--seeds", default=None, help="seeds: 71, a range 70-72, or a list 0,2,5-9 (default: the protocol's)"
+        "--seeds",
+        default=None,
+        help="seeds: 71, a range 70-72, or a list 0,2,5-9 (default: the protocol's dev seeds when only dev splits run, else its test seeds)",
     )
     p.add_argument("--n-seeds", type=int, default=None, help="seeds 0..N-1 instead of --seeds")
     p.add_argument("--rows", default=None, help="comma-separated row names or globs (default: all)")
@@ -160,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds, row_names = [0], ["ce", "noise", DEFAULT_ROW]
     else:
         splits = pick_splits(args.splits, profiles, protocol)
-        seeds = list(range(args.n_seeds)) if args.n_seeds is not None else protocol.test_seeds
+        # the dev splits' own seeds when only dev splits run (tuning never touches a test seed), else the test seeds
+        only_dev = all(str(split.name).startswith("dev") for split in splits)
+        seeds = protocol.dev_seeds if only_dev else protocol.test_seeds
+        if args.n_seeds is not None:
+            seeds = list(range(args.n_seeds))
         if args.seeds is not None:
             seeds = parse_seeds(args.seeds)
         row_names = pick_rows(args.rows, list(rows))

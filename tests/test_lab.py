@@ -430,3 +430,31 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     assert len(partial["failures"]) == 2 and partial["summary"]["digits"]["noise"]["n_seeds"] == 1
     md = (tmp_path / "partial.md").read_text()
     assert "digits noise: 1" in md and "## failed cells" not in md
+
+
+def test_the_outlier_mix_keeps_the_count_and_keys_only_the_decoded_rows(digits_lab_assets, tmp_path, one_thread):
+    """noise_share and mixing_share replace that share of a decoded row's outliers: the same count in all."""
+    mixed = SETTINGS.model_copy(update={"noise_share": 0.25, "mixing_share": 0.25})
+    results = run_benchmark(
+        ["digits"],
+        ["decoded:knn_boundary"],
+        [0],
+        mixed,
+        tmp_path,
+        lambda p: lambda: digits_lab_assets,
+        log=lambda line: None,
+    )
+    assert results["failures"] == []
+    cell = next(c for c in results["cells"] if c["row"] == "decoded:knn_boundary")
+    # 4 outliers per class of 8 classes: 1 smooth noise, 1 cutmix, 2 decoded each
+    assert (cell["n_noise"], cell["n_mixed"], cell["n_outliers"]) == (8, 8, 32)
+    rows = lab_rows()
+    decoded, ce = rows["decoded:knn_boundary"], rows["ce"]
+    assert mixed.key(decoded.uses) != SETTINGS.key(decoded.uses)
+    mixup = mixed.model_copy(update={"mixing_kind": "mixup"})
+    assert mixup.key(decoded.uses) != mixed.key(decoded.uses)
+    assert mixed.key(ce.uses) == SETTINGS.key(ce.uses)  # CE has no outliers to mix
+    # no mixing outliers: the kind changes nothing, and the cells cached before the fields existed stay valid
+    assert SETTINGS.model_copy(update={"mixing_kind": "mixup"}).key() == SETTINGS.key()
+    with pytest.raises(ValueError, match="noise_share \\+ mixing_share"):
+        LabSettings(noise_share=0.5, mixing_share=0.5)

@@ -235,8 +235,10 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
         s = cell.settings
         pool = decoded_pool(cell.assets(), sampler, cell.seed, s, cell.cache)
         per_class = s.per_class(len(cell.train), len(cell.train.class_names))
-        n_noise_per_class = round(s.noise_share * per_class)  # the outlier mix: this many of each class's are noise
-        keep = pool.choose(per_class - n_noise_per_class, s.max_id_percentile if verified else None)
+        # the outlier mix: this many of each class's outliers are smooth noise, this many image-space mixes
+        n_noise_per_class = round(s.noise_share * per_class)
+        n_mixed_per_class = round(s.mixing_share * per_class)
+        keep = pool.choose(per_class - n_noise_per_class - n_mixed_per_class, s.max_id_percentile if verified else None)
         info = {
             "pool": len(pool.class_index),
             "sample_s": pool.sample_seconds,
@@ -254,14 +256,36 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
             from torchvision.transforms.functional import gaussian_blur
 
             images = gaussian_blur((images > 127).float(), [3, 3], [0.6, 0.6])
-        if n_noise_per_class:
-            n_noise = n_noise_per_class * len(cell.train.class_names)
-            images = torch.cat([_as_float_images(images, s.image_size), smooth_noise(n_noise, s.image_size, cell.seed)])
-            info["n_noise"] = n_noise
+        if n_noise_per_class or n_mixed_per_class:
+            images = torch.cat(
+                [
+                    _as_float_images(images, s.image_size),
+                    *_other_outliers(cell, n_noise_per_class, n_mixed_per_class, info),
+                ]
+            )
         return _train_and_evaluate(cell, images, info, inliers=s.decoded_inliers > 0)
 
     run.__doc__ = f"{sampler} vectors decoded by the trained decoder{', verified' if verified else ''}."
     return run
+
+
+def _other_outliers(cell: Cell, noise_per_class: int, mixed_per_class: int, info: dict) -> list[torch.Tensor]:
+    """The non-decoded part of a decoded row's outlier mix, float at the lab's image size: smooth noise, then
+    ``mixing_kind`` mixes of two ID training images of different classes (the mixing peer's maker and shares)."""
+    from ..training.mixing import mixing_outliers
+
+    s, n_classes = cell.settings, len(cell.train.class_names)
+    parts = []
+    if noise_per_class:
+        info["n_noise"] = noise_per_class * n_classes
+        parts.append(smooth_noise(info["n_noise"], s.image_size, cell.seed))
+    if mixed_per_class:
+        info["n_mixed"] = mixed_per_class * n_classes
+        x, y = image_tensors(cell.train)
+        parts.append(
+            _as_float_images(mixing_outliers(s.mixing_kind, x, y, info["n_mixed"], seed=cell.seed).images, s.image_size)
+        )
+    return parts
 
 
 def feature_outliers_available() -> bool:

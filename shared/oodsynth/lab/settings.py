@@ -7,7 +7,7 @@ import json
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
 from ..errors import InputError
@@ -117,6 +117,15 @@ class LabSettings(BaseModel):
         "same number of outliers in all; 0.5 lost to 0 on the dev splits "
         "(bench/results/ood_protocol/choose_defaults.md)",
     )
+    mixing_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of a decoded row's outliers that are image-space mixing outliers of two ID images of "
+        "different classes instead (``mixing_kind``; the outlier mix, with ``noise_share``): the same number of "
+        "outliers in all",
+    )
+    mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
     decode: dict = Field(
         default_factory=dict,
         description="decode settings over the decoder's recommended ones (4 DDIM steps, no guidance: the fewest "
@@ -135,6 +144,12 @@ class LabSettings(BaseModel):
             except (InputError, ValidationError) as exc:  # unknown sampler or bad parameter, both with a clear text
                 raise ValueError(f"{name}: {exc}") from None
         return v
+
+    @model_validator(mode="after")
+    def _a_share_left_for_decoded(self) -> LabSettings:
+        if self.noise_share + self.mixing_share >= 1:
+            raise ValueError("noise_share + mixing_share must stay below 1: a decoded row keeps some decoded outliers")
+        return self
 
     @field_validator("test_score")
     @classmethod
@@ -161,6 +176,8 @@ class LabSettings(BaseModel):
         row of one ``sampler`` that sampler's full parameters (its defaults included, so a changed default gets
         its own cells)."""
         data = self.model_dump(mode="json")
+        if not self.mixing_share:  # no mixing outliers: the recipe (and its cells) whatever the kind would be
+            del data["mixing_share"], data["mixing_kind"]
         if fields is not None:
             data = {k: v for k, v in data.items() if k in DETECTOR_FIELDS | fields}
             if "sampler_params" in data:
@@ -180,6 +197,8 @@ OUTLIER_FIELDS = frozenset({"ood_batch_size", "beta", "outlier_ratio", "ood_loss
 INLIER_FIELDS = frozenset({"oversample", "density", "decode", "decoded_inliers"})
 DECODED_FIELDS = OUTLIER_FIELDS | {
     "noise_share",
+    "mixing_share",
+    "mixing_kind",
     "oversample",
     "density",
     "decode",
