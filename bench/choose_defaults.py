@@ -2,10 +2,10 @@
 
     nice -n 10 .venv/bin/python bench/ood_gain.py --splits dev --seeds 0-2 --out OUT \
         --rows 'ce,posthoc:*,decoded:boundary_crossing+verified,noise,vos,npos,mixup,cutmix' \
-        --set test_score=energy+mahalanobis --versus noise_share=0.5          # the dev cells (every score in each)
+        --set test_score=energy+mahalanobis --versus noise_share=0.5 --versus mixing_share=0.5  # the dev cells
     .venv/bin/python bench/choose_defaults.py --out OUT                        # this: no cell runs
 
-Every candidate (``test_score`` x ``noise_share``) is summarised by ``bench/ood_gain.py --cached-only`` over both
+Every candidate (``test_score`` x outlier mix: ``noise_share``, ``mixing_share``) is summarised by ``bench/ood_gain.py --cached-only`` over both
 profiles' dev splits x dev seeds: a trained cell holds every score of ``LAB_SCORES``, so a candidate score costs
 no training. A candidate's figure is the default recipe's paired Δ FPR95 against CE on its weaker side, the
 larger of the near and the far Δ, averaged over the profiles: a gain on one side that costs the other is no
@@ -40,12 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the dev run's OUT folder (its cells are read)")
     p.add_argument("--profiles", default="animals,digits")
-    p.add_argument("--noise-shares", default="0,0.5", help="comma-separated noise_share values that were run")
+    p.add_argument(
+        "--mixes",
+        default="noise_share=0;noise_share=0.5;mixing_share=0.5",
+        help="the outlier mixes that were run: ';'-separated, each ','-separated KEY=VALUE settings",
+    )
     args = p.parse_args(argv)
     seeds = ",".join(map(str, load_protocol(ood_gain.PROTOCOL).dev_seeds))
     profiles = args.profiles.split(",")
     lines = [
-        "| test_score | noise_share | weaker-side Δ vs CE | "
+        "| test_score | outlier mix | weaker-side Δ vs CE | "
         + " | ".join(
             f"{pr} near / far FPR95 | {pr} Δ near, far vs CE | {pr} Δ near vs best peer | {pr} Δ far vs best post-hoc"
             for pr in profiles
@@ -55,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ranked = []
     for score in ("energy", *LAB_SCORES):
-        for share in args.noise_shares.split(","):
-            name = f"choose_{score}_{share}"
+        for mix in args.mixes.split(";"):
+            name = f"choose_{score}_{mix.replace('=', '').replace(',', '_')}"
             argv_ = ["--splits", "dev", "--seeds", seeds, "--profiles", args.profiles, "--out", str(args.out)]
             argv_ += ["--rows", ROWS, "--cached-only", "--name", name]
-            argv_ += ["--set", f"test_score={score}", "--set", f"noise_share={share}"]
+            argv_ += ["--set", f"test_score={score}"] + [a for kv in mix.split(",") for a in ("--set", kv)]
             ood_gain.main(argv_)
             summary = json.loads((args.out / f"{name}.json").read_text())["summary"]
             cols, figures = [], []
@@ -74,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                     pct(e.get("posthoc_delta_far_fpr95")) + f" ({e.get('best_posthoc')})",
                 ]
             criterion = sum(figures) / len(figures)
-            ranked.append((criterion, score, share))
-            lines.append(f"| {score} | {share} | {100 * criterion:+.1f} | " + " | ".join(cols) + " |")
+            ranked.append((criterion, score, mix))
+            lines.append(f"| {score} | {mix} | {100 * criterion:+.1f} | " + " | ".join(cols) + " |")
     best = min(ranked)
-    text = "\n".join(lines) + f"\n\nWinner: test_score={best[1]}, noise_share={best[2]} ({100 * best[0]:+.1f})\n"
+    text = "\n".join(lines) + f"\n\nWinner: test_score={best[1]}, {best[2]} ({100 * best[0]:+.1f})\n"
     (args.out / "choose_defaults.md").write_text(text)
     print(text)
     return 0

@@ -114,16 +114,17 @@ class LabSettings(BaseModel):
         ge=0,
         lt=1,
         description="share of a decoded row's outliers that are smooth noise instead (the outlier mix): the "
-        "same number of outliers in all; 0.5 lost to 0 on the dev splits "
+        "same number of outliers in all; 0.5 lost on the dev splits "
         "(bench/results/ood_protocol/choose_defaults.md)",
     )
     mixing_share: float = Field(
-        0.0,
+        0.5,
         ge=0,
         lt=1,
         description="share of a decoded row's outliers that are image-space mixing outliers of two ID images of "
         "different classes instead (``mixing_kind``; the outlier mix, with ``noise_share``): the same number of "
-        "outliers in all",
+        "outliers in all; 0.5 won on the dev splits over 0, and over a quarter each of noise and cutmix "
+        "(bench/results/ood_protocol/choose_defaults.md)",
     )
     mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
     decode: dict = Field(
