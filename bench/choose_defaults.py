@@ -1,15 +1,20 @@
 """Choose the default recipe's test-time score and outlier mix on the dev splits, from cached dev cells.
 
-    nice -n 10 .venv/bin/python bench/ood_gain.py --splits dev --seeds 0-2 --out OUT \
+    nice -n 10 .venv/bin/python bench/ood_gain.py --splits dev --out OUT \
         --rows 'ce,posthoc:*,decoded:boundary_crossing+verified,noise,vos,npos,mixup,cutmix' \
-        --set test_score=energy+mahalanobis --versus noise_share=0.5 --versus mixing_share=0.5  # the dev cells
+        --set mixing_share=0 --versus noise_share=0.5                     # the dev cells (every score in each)
+    D='ce,decoded:boundary_crossing+verified,cutmix'                   # two more outlier mixes, likewise:
+    nice -n 10 .venv/bin/python bench/ood_gain.py --splits dev --out OUT --rows "$D" --set mixing_share=0 \
+        --versus mixing_share=0.5
+    nice -n 10 .venv/bin/python bench/ood_gain.py --splits dev --out OUT --rows "$D" --set mixing_share=0 \
+        --versus noise_share=0.25 --versus mixing_share=0.25
     .venv/bin/python bench/choose_defaults.py --out OUT                        # this: no cell runs
 
-Every candidate (``test_score`` x outlier mix: ``noise_share``, ``mixing_share``) is summarised by ``bench/ood_gain.py --cached-only`` over both
-profiles' dev splits x dev seeds: a trained cell holds every score of ``LAB_SCORES``, so a candidate score costs
-no training. A candidate's figure is the default recipe's paired Δ FPR95 against CE on its weaker side, the
-larger of the near and the far Δ, averaged over the profiles: a gain on one side that costs the other is no
-gain, so a recipe counts only as much as its weaker side improves; the lowest wins.
+Every candidate (``test_score`` x outlier mix: ``noise_share``, ``mixing_share``) is summarised by
+``bench/ood_gain.py --cached-only`` over both profiles' dev splits x dev seeds: a trained cell holds every score of
+``LAB_SCORES``, so a candidate score costs no training. A candidate's figure is the default recipe's paired Δ FPR95
+against CE on its weaker side, the larger of the near and the far Δ, averaged over the profiles: a gain on one side
+that costs the other is no gain, so a recipe counts only as much as its weaker side improves; the lowest wins.
 Test splits are never read. Prints one markdown table (also OUT/choose_defaults.md) and the winner.
 """
 
@@ -30,6 +35,13 @@ from oodsynth.lab.protocol import load_protocol  # noqa: E402
 from oodsynth.lab.settings import LAB_SCORES  # noqa: E402
 
 ROWS = "ce,posthoc:*,decoded:boundary_crossing+verified,noise,vos,npos,mixup,cutmix"
+# every outlier mix that ran on the dev splits, each share given (the defaults move with the winner)
+MIXES = (
+    "noise_share=0,mixing_share=0",
+    "noise_share=0.5,mixing_share=0",
+    "noise_share=0,mixing_share=0.5",
+    "noise_share=0.25,mixing_share=0.25",
+)
 
 
 def pct(d: dict | None, key: str = "mean") -> str:
@@ -42,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", default="animals,digits")
     p.add_argument(
         "--mixes",
-        default="noise_share=0;noise_share=0.5;mixing_share=0.5",
+        default=";".join(MIXES),
         help="the outlier mixes that were run: ';'-separated, each ','-separated KEY=VALUE settings",
     )
     args = p.parse_args(argv)
