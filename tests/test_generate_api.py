@@ -286,3 +286,26 @@ def test_packed_vectors_round_trip_exactly_and_bad_text_names_the_vector():
     with pytest.raises(pydantic.ValidationError) as info:
         DecodeItem(**base, vector=pack_vector(bad_nan))
     assert info.value.errors()[0]["loc"] == ("vector", 5)
+
+
+def test_an_items_packed_vector_is_its_current_vector():
+    """``packed_vector`` gives the text packed from the float32 row an item was built from, and follows the
+    vector when it is replaced or changed in place afterwards."""
+    from oodsynth.queue.payloads import build_items, pack_vector
+
+    rows = np.random.default_rng(1).normal(size=(2, 768)).astype(np.float32)
+    items = build_items(
+        dataset="d",
+        vectors=rows,
+        class_index=np.array([0, 1]),
+        class_names=["cat", "dog"],
+        vector_ids=["s:0", "s:1"],
+        sampler="inline",
+        images_per_vector=2,
+    )
+    assert [item.packed_vector() for item in items] == [pack_vector(rows[i // 2]) for i in range(4)]
+    items[0].vector[3] = 0.5
+    items[1].vector = rows[1].tolist()
+    assert items[0].packed_vector() == pack_vector(items[0].vector) != pack_vector(rows[0])
+    assert items[1].packed_vector() == pack_vector(rows[1])
+    assert np.asarray(unpack_vector(items[0].packed_vector()), dtype=np.float32)[3] == np.float32(0.5)

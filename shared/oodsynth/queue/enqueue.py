@@ -2,7 +2,7 @@
 
 * Payloads are JSON, never pickle: whoever can write to Redis must not be able
   to run code on the GPU workers. They are written by orjson, with each vector
-  packed as base64 float32 (``jobs.pack_vector``) and stored without a zlib
+  packed as base64 float32 (``payloads.pack_vector``) and stored without a zlib
   pass (``PayloadSerializer``, ``CompactJob``: a fraction of the CPU of RQ's
   defaults), and read by RQ's ``JSONSerializer`` anywhere.
 * The job function (``oodsynth.worker.decode_job.decode_task``) is referenced by
@@ -41,7 +41,7 @@ from ..batching import batches
 from ..config import Settings, get_settings
 from ..errors import InputError, NotFound
 from ..redact import failure_line
-from .payloads import DecodeJob, pack_vector, wait_until_terminal
+from .payloads import DecodeJob, wait_until_terminal
 
 JOB_FUNCTION = "oodsynth.worker.decode_job.decode_task"
 REFUSED_KEY = "oodsynth:refused-jobs"  # entries the worker refused, newest first: JSON {id, queue, reason, at}
@@ -128,7 +128,7 @@ def enqueue_decode(
     shared = job.model_dump(mode="json", exclude={"items"})
     items = job.model_dump(mode="json", include={"items"}, exclude={"items": {"__all__": {"vector"}}})["items"]
     for item, model in zip(items, job.items):
-        item["vector"] = pack_vector(model.vector)
+        item["vector"] = model.packed_vector()
     data = []
     for part in batches(items, size):
         data.append(

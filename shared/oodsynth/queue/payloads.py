@@ -20,10 +20,11 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..decoding.presets import (  # noqa: F401  (the payload validates against them)
     DEFAULT_PRESET,
@@ -62,11 +63,19 @@ def image_id_for(
     id: the same request repeated names the same images (idempotent retries),
     a request that would draw different pixels names different ones.
     """
-    recipe = json.dumps(
+    return _image_id(dataset, vector_id, repeat, _recipe(seed, decode, model))
+
+
+def _recipe(seed: int | None, decode: Mapping[str, Any] | None, model: str | None) -> str:
+    """The part of an image id shared by every image of a request (computed once per request)."""
+    return json.dumps(
         {"seed": seed, "decode": dict(decode) if decode is not None else None, "model": model},
         sort_keys=True,
         separators=(",", ":"),
     )
+
+
+def _image_id(dataset: str, vector_id: str, repeat: int, recipe: str) -> str:
     digest = hashlib.sha256(f"{dataset}\x1f{vector_id}\x1f{repeat}\x1f{recipe}".encode()).hexdigest()[:20]
     return f"img-{digest}"
 
@@ -120,19 +129,36 @@ class DecodeItem(BaseModel):
     sampler_params: dict[str, Any] = Field(default_factory=dict)
     diagnostics: dict[str, Any] = Field(default_factory=dict)
 
+    # the vector it was built from and that vector's pack_vector text (build_items sets it from the float32 row)
+    _packed: tuple[list[float], str] | None = PrivateAttr(None)
+
     @field_validator("class_name")
     @classmethod
     def _class_name(cls, v: str) -> str:
         try:
-            return validate_name("class_name", v)
+            return _valid_class_name(v)
         except InputError as exc:
             raise ValueError(exc.message) from None
 
     @field_validator("vector", mode="before")
     @classmethod
-    def _packed(cls, v: object) -> object:
+    def _unpack(cls, v: object) -> object:
         """Queue payloads carry ``pack_vector`` text; a list of numbers is accepted too (older payloads)."""
         return unpack_vector(v) if isinstance(v, str) else v
+
+    def packed_vector(self) -> str:
+        """``pack_vector(self.vector)``: the text packed from the float32 row the item was built from while the
+        vector still equals it, which costs a list comparison instead of turning 768 Python floats back into
+        float32 (the largest part of enqueueing a job's payload)."""
+        if self._packed is not None and self._packed[0] == self.vector:
+            return self._packed[1]
+        return pack_vector(self.vector)
+
+
+@lru_cache(maxsize=1024)
+def _valid_class_name(name: str) -> str:
+    """``validate_name`` of a class name, once per name: every image of a class carries it."""
+    return validate_name("class_name", name)
 
 
 class DecodeSettings(BaseModel):
@@ -307,25 +333,27 @@ def build_items(
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     diagnostics = diagnostics or {}
+    recipe = _recipe(seed, decode, model)
     items = []
     for i, (vector, c, vector_id) in enumerate(zip(vectors, np.asarray(class_index), vector_ids)):
         diag = {name: _finite_or_none(values[i]) for name, values in diagnostics.items()}
         as_list = vector.tolist()
+        packed = (as_list, pack_vector(vector))
         for repeat in range(images_per_vector):
-            image_id = image_id_for(dataset, vector_id, repeat, seed=seed, decode=decode, model=model)
-            items.append(
-                DecodeItem(
-                    image_id=image_id,
-                    vector_id=vector_id,
-                    vector=as_list,
-                    class_index=int(c),
-                    class_name=str(class_names[int(c)]),
-                    seed=image_seed_for(image_id, seed),
-                    sampler=sampler,
-                    sampler_params=dict(sampler_params or {}),
-                    diagnostics=diag,
-                )
+            image_id = _image_id(dataset, vector_id, repeat, recipe)
+            item = DecodeItem(
+                image_id=image_id,
+                vector_id=vector_id,
+                vector=as_list,
+                class_index=int(c),
+                class_name=str(class_names[int(c)]),
+                seed=image_seed_for(image_id, seed),
+                sampler=sampler,
+                sampler_params=dict(sampler_params or {}),
+                diagnostics=diag,
             )
+            item._packed = packed
+            items.append(item)
     return items
 
 
