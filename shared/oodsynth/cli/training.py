@@ -194,6 +194,13 @@ def train_ood_cmd(
         "instead of holding them in memory: for large remote sets. Not seed-for-seed the in-memory run.",
     ),
     shuffle_buffer: int = typer.Option(1000, help="With --stream: samples held in the shuffle buffer."),
+    mixing_share: float = typer.Option(
+        0.0,
+        help="With --outliers: this share of the outliers are mixes of two ID images of different classes "
+        "(--mixing-kind), added to the given ones. 0.5 (with `evaluate --score knn`) is the OOD lab's default "
+        "recipe; 0: the given outliers alone.",
+    ),
+    mixing_kind: str = typer.Option("cutmix", help="cutmix or mixup."),
     feature_outliers: str | None = typer.Option(
         None,
         "--feature-outliers",
@@ -277,6 +284,8 @@ def train_ood_cmd(
         redraw_density=redraw_density,
         stream_outliers=stream,
         shuffle_buffer=shuffle_buffer,
+        mixing_share=mixing_share,
+        mixing_kind=mixing_kind,
     )
     clf, last = result.classifier, result.classifier.history[-1]
     if clf.outlier_note:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset, TensorDataset
 
 from ..errors import InputError
 
@@ -84,7 +85,16 @@ def cutmix(
     sides in the image's aspect, its place uniform; ``share`` reports the area x_a keeps after rounding."""
     a, b = draw_pairs(labels, n, generator)
     lam = _shares(n, share, generator)
-    height, width = images.shape[-2:]
+    box = _boxes(lam, *images.shape[-2:], generator)
+    mixed = torch.where(box.unsqueeze(1), images[b], images[a])
+    kept = 1 - box.flatten(1).float().mean(1)
+    return MixedOutliers(mixed, labels[a].long(), labels[b].long(), kept)
+
+
+def _boxes(lam: torch.Tensor, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutmix boxes (n, H, W), True inside: each covers 1 - lam of the image, its sides in the image's aspect, its
+    place uniform."""
+    n = len(lam)
     side = (1 - lam).sqrt()
     box_h = (side * height).round().long().clamp(1, height)
     box_w = (side * width).round().long().clamp(1, width)
@@ -92,15 +102,12 @@ def cutmix(
     left = (torch.rand(n, generator=generator) * (width - box_w + 1)).long()
     rows = torch.arange(height).view(1, -1, 1)
     cols = torch.arange(width).view(1, 1, -1)
-    box = (
+    return (
         (rows >= top.view(-1, 1, 1))
         & (rows < (top + box_h).view(-1, 1, 1))
         & (cols >= left.view(-1, 1, 1))
         & (cols < (left + box_w).view(-1, 1, 1))
-    )  # (n, H, W), True inside the pasted box
-    mixed = torch.where(box.unsqueeze(1), images[b], images[a])
-    kept = 1 - box.flatten(1).float().mean(1)
-    return MixedOutliers(mixed, labels[a].long(), labels[b].long(), kept)
+    )
 
 
 def mixing_outliers(
@@ -113,3 +120,78 @@ def mixing_outliers(
     if len(images) != len(labels):
         raise InputError("labels", f"{len(labels)} labels for {len(images)} images")
     return makers[kind](images, torch.as_tensor(labels), n, torch.Generator().manual_seed(seed), share)
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """The int64 labels of an image dataset: its ``targets`` (torchvision), a ``TensorDataset``'s second tensor, or
+    one pass over its items."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long()
+    if getattr(dataset, "targets", None) is not None:
+        return torch.as_tensor(dataset.targets).long()
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+class MixingDataset(Dataset):
+    """``n`` mixing outliers of an ID dataset, each made when it is read: ``(image, 0)``, like a stored outlier.
+
+    The pairs, shares and cutmix boxes are drawn once from ``seed`` (the same as ``mixing_outliers``); the images
+    come from the dataset on access, through its own transform, so a large ID set is never held in memory twice.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        dataset: Dataset,
+        n: int,
+        seed: int,
+        share: tuple[float, float] = DEFAULT_SHARE,
+        labels: torch.Tensor | None = None,
+    ):
+        if kind not in MIXING_KINDS:
+            raise InputError("mixing_kind", f"unknown mixing {kind!r}; choose one of {', '.join(MIXING_KINDS)}")
+        self.kind, self.dataset = kind, dataset
+        generator = torch.Generator().manual_seed(seed)
+        labels = dataset_labels(dataset) if labels is None else torch.as_tensor(labels).long()
+        self.first, self.second = draw_pairs(labels, n, generator)
+        self.share = _shares(n, share, generator)
+        height, width = dataset[0][0].shape[-2:]
+        self.boxes = _boxes(self.share, height, width, generator) if kind == "cutmix" else None
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x_a = self.dataset[int(self.first[index])][0]
+        x_b = self.dataset[int(self.second[index])][0]
+        if self.boxes is None:
+            return self.share[index] * x_a + (1 - self.share[index]) * x_b, 0
+        return torch.where(self.boxes[index], x_b, x_a), 0
+
+
+class _StreamWithMixes(IterableDataset):
+    """A stream of outlier images with a mix yielded whenever the mixes fall behind ``share`` of all yielded."""
+
+    def __init__(self, stream: IterableDataset, mixes: MixingDataset, share: float):
+        self.stream, self.mixes, self.share = stream, mixes, share
+
+    def __iter__(self):
+        owed, i = 0.0, 0
+        for item in self.stream:
+            yield item
+            owed += self.share / (1 - self.share)
+            while owed >= 1:
+                yield self.mixes[i % len(self.mixes)]
+                owed, i = owed - 1, i + 1
+
+
+def with_mixes(outliers: Dataset, id_dataset: Dataset, share: float, kind: str, seed: int) -> Dataset:
+    """``outliers`` plus as many mixes of ``id_dataset``'s images as make ``share`` of them all (the OOD lab's
+    outlier mix): concatenated to a sized set; interleaved into a stream, whose length is unknown, drawing from
+    one ID set's worth of pairs in turn."""
+    if share <= 0:
+        return outliers
+    if isinstance(outliers, IterableDataset):
+        return _StreamWithMixes(outliers, MixingDataset(kind, id_dataset, len(id_dataset), seed), share)
+    n_mixed = round(len(outliers) * share / (1 - share))
+    return ConcatDataset([outliers, MixingDataset(kind, id_dataset, n_mixed, seed)]) if n_mixed else outliers

@@ -74,6 +74,7 @@ from .classifier import (
     save_ood_checkpoint,
 )
 from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_feature_outliers
+from .mixing import with_mixes
 from .ood_config import OODTrainConfig
 from .outlier_dataset import outlier_dataset
 from .virtual_outliers import FeatureQueue, get_virtual_sampler
@@ -207,6 +208,9 @@ def train_ood(
             "the feature outliers do not record the sampler that drew them; "
             "pass a stored sample (or its .npz from 'oodsynth sample --out')",
         )
+    note = getattr(outliers, "verification", "")  # which stored outliers were used, for the CLI
+    if outliers is not None and config.beta > 0 and config.mixing_share > 0:
+        outliers = with_mixes(outliers, train.dataset, config.mixing_share, config.mixing_kind, seed=config.seed + 3)
     use_images = outliers is not None and config.beta > 0
     use_features = feature_outliers is not None and config.beta > 0
     virtual = (
@@ -344,5 +348,5 @@ def train_ood(
         config.epochs,
         history,
         use_images or use_features or virtual is not None,
-        getattr(outliers, "verification", ""),
+        note,
     )

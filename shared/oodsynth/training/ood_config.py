@@ -57,6 +57,15 @@ class OODTrainConfig(BaseModel):
         "holding the set: for large remote sets; not seed-for-seed the in-memory run",
     )
     shuffle_buffer: int = Field(1000, ge=1, description="streamed outliers: samples held in the shuffle buffer")
+    mixing_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="with outlier images: this share of the outliers are mixes of two ID training images of "
+        "different classes (``mixing_kind``), added to the stored ones; 0: the stored outliers alone. 0.5 is the "
+        "OOD lab's default recipe, chosen on its dev splits (bench/results/ood_protocol/choose_defaults.md)",
+    )
+    mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
     init_encoder: str | None = Field(
         None,
         description="text-aligned encoder checkpoint to start from; gives the "
