@@ -62,6 +62,17 @@ def test_the_checked_in_protocol_is_the_recorded_draw():
         assert [s.holdout for s in test] == [s.holdout for s in drawn]
         assert not {s.holdout for s in dev} & {s.holdout for s in test}
         assert [s.name for s in test] == [f"test-{i}" for i in range(len(test))]
+        # the confirm group: a second draw of four, its own seed, never a dev or a test split
+        confirm = groups["confirm"]
+        again = draw_splits(
+            profile,
+            4,
+            n_holdout=protocol.n_holdout[profile],
+            seed=protocol.confirm_draw_seed,
+            exclude=[s.holdout for s in dev + test],
+        )
+        assert [s.holdout for s in confirm] == [s.holdout for s in again] and protocol.confirm_draw_seed != 2026
+        assert [s.name for s in confirm] == [f"confirm-{i}" for i in range(4)]
 
 
 def test_pick_splits_by_group_name_holdout_and_draw():

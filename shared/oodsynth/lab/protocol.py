@@ -18,7 +18,7 @@ from pathlib import Path
 from ..data import OFFLINE_PROFILES, ProfileSplit, draw_splits
 from ..errors import InputError
 
-GROUPS = ("dev", "test")
+GROUPS = ("dev", "test", "confirm")  # confirm: a second test draw (its own draw seed), fixed before it ran
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Protocol:
     test_seeds: list[int]
     dev_seeds: list[int]
     draw_seed: int
+    confirm_draw_seed: int = 0
     sha: str = ""  # sha256 of the file (12 hex digits): results record which protocol they ran
     path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -66,6 +67,7 @@ def load_protocol(path: str | Path) -> Protocol:
         [int(s) for s in raw.get("test_seeds", [])],
         [int(s) for s in raw.get("dev_seeds", [])],
         int(raw.get("draw_seed", 0)),
+        int(raw.get("confirm_draw_seed", 0)),
         hashlib.sha256(text).hexdigest()[:12],
         path,
         raw,
@@ -75,7 +77,7 @@ def load_protocol(path: str | Path) -> Protocol:
 def pick_splits(spec: str, profiles: list[str], protocol: Protocol) -> list[ProfileSplit]:
     """Comma-separated items, each for every profile in ``profiles`` unless it names its profile:
 
-    ``test`` / ``dev`` (the protocol's groups), ``test-0`` (one by name), ``default`` (the profile's default
+    ``test`` / ``dev`` / ``confirm`` (the protocol's groups), ``test-0`` (one by name), ``default`` (the profile's default
     holdout), ``draw:N`` or ``draw:N@SEED`` (N random holdouts, the protocol's size, with the draw seed or SEED;
     never one of the protocol's splits), ``animals:cat+cow+dog`` or ``animals:2+3+4`` (an explicit holdout).
     """
@@ -131,7 +133,7 @@ def _resolve(item: str, profile: str, protocol: Protocol) -> list[ProfileSplit]:
         return [ProfileSplit(s.profile, s.holdout, f"draw-{i}") for i, s in enumerate(drawn)]
     raise InputError(
         "splits",
-        f"{item!r} is not a split: use dev, test, dev-0, test-3, default, draw:N[@SEED] or PROFILE:word+word",
+        f"{item!r} is not a split: use dev, test, confirm, dev-0, test-3, default, draw:N[@SEED] or PROFILE:word+word",
     )
 
 

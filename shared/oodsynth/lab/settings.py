@@ -110,21 +110,20 @@ class LabSettings(BaseModel):
         "own features) won on the dev splits (bench/results/ood_protocol/choose_defaults.md)",
     )
     noise_share: float = Field(
-        0.0,
+        0.25,
         ge=0,
         lt=1,
-        description="share of a decoded row's outliers that are smooth noise instead (the outlier mix): the "
-        "same number of outliers in all; 0.5 lost on the dev splits "
-        "(bench/results/ood_protocol/choose_defaults.md)",
+        description="share of a decoded row's outliers that are smooth noise instead (the outlier mix, with "
+        "``mixing_share``): the same number of outliers in all. A quarter each of noise and cutmix won on the dev "
+        "splits (bench/results/ood_protocol/choose_defaults.md)",
     )
     mixing_share: float = Field(
-        0.5,
+        0.25,
         ge=0,
         lt=1,
         description="share of a decoded row's outliers that are image-space mixing outliers of two ID images of "
         "different classes instead (``mixing_kind``; the outlier mix, with ``noise_share``): the same number of "
-        "outliers in all; 0.5 won on the dev splits over 0, and over a quarter each of noise and cutmix "
-        "(bench/results/ood_protocol/choose_defaults.md)",
+        "outliers in all",
     )
     mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
     decode: dict = Field(
