@@ -208,14 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     home = get_settings().home
     assets_for = SplitAssets
 
-    groups = {g: [s.label for p in protocol.splits.values() for s in p[g]] for g in ("dev", "test")}
+    # the test draws (test, confirm) only report; a run on them alone is a protocol result
+    tested = {s.label for p in protocol.splits.values() for g in ("test", "confirm") for s in p[g]}
     meta = {
         **git_state(Path(__file__).parent),
         "protocol": str(args.protocol),
         "protocol_sha": protocol.sha,
         "splits": [{"label": s.label, "name": s.name, "key": s.key} for s in splits],
         "seeds": seeds,
-        "test_only": all(s.label in groups["test"] for s in splits),
+        "test_only": all(s.label in tested for s in splits),
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
     results = run_benchmark(
