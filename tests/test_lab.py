@@ -448,6 +448,7 @@ def test_the_outlier_mix_keeps_the_count_and_keys_only_the_decoded_rows(digits_l
     cell = next(c for c in results["cells"] if c["row"] == "decoded:knn_boundary")
     # 4 outliers per class of 8 classes: 1 smooth noise, 1 cutmix, 2 decoded each
     assert (cell["n_noise"], cell["n_mixed"], cell["n_outliers"]) == (8, 8, 32)
+    assert cell["noise_outliers"] is True  # part noise: no far-OOD credit on the noise set
     rows = lab_rows()
     decoded, ce = rows["decoded:knn_boundary"], rows["ce"]
     unmixed = SETTINGS.model_copy(update={"noise_share": 0.0, "mixing_share": 0.0})

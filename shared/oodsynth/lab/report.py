@@ -176,7 +176,11 @@ def markdown_table(summary: dict, profile: str) -> str:
             f"{100 * e['id_accuracy']['mean']:.1f} | {e['n_splits']} × {e['n_seeds'] // max(1, e['n_splits'])} |"
         )
     if any(e["noise_outliers"] for e in rows.values()):
-        lines += ["", "† trained on noise outliers: its far figures leave the far-OOD noise set out."]
+        lines += [
+            "",
+            "† trained on noise outliers (alone or in its mix): its far figures, and its pair's in every Δ, "
+            "leave the far-OOD noise set out.",
+        ]
     kinds = sorted({k for e in rows.values() for k in e["far_kinds"]})
     if kinds:
         lines += [
