@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--seeds",
         default=None,
-        help="seeds: 71, a range 70-72, or a list 0,2,5-9 (default: the protocol's dev seeds when only dev splits run, else its test seeds)",
+        help="seeds: 71, a range 70-72, or a list 0,2,5-9 (default: the protocol's dev seeds when only dev splits "
+        "run, else its test seeds)",
     )
     p.add_argument("--n-seeds", type=int, default=None, help="seeds 0..N-1 instead of --seeds")
     p.add_argument("--rows", default=None, help="comma-separated row names or globs (default: all)")

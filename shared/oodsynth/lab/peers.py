@@ -36,11 +36,12 @@ import torch
 
 from ..data import image_tensors
 from ..training.detectors import is_fused
+from ..training.mixing import DEFAULT_SHARE
 from .rows import Cell, CellOutcome, Row, _ood_config, _train_and_evaluate, evaluate_trained, pretrained_detector
 from .settings import FINETUNE_FIELDS, LAB_SCORES, OUTLIER_FIELDS, POSTHOC_PARAMS, detector_params
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch
-MIXING_SHARE = (0.3, 0.7)
+MIXING_SHARE = DEFAULT_SHARE  # the first image's share, 0.3-0.7: both classes plainly present
 # every single detector, then the fused test-time scores (training.detectors.FusedDetector) on the CE-only
 # model: what a trained row scored by a fused ``test_score`` faces without any outliers
 POSTHOC_DETECTORS = (*POSTHOC_PARAMS, *(s for s in LAB_SCORES if is_fused(s)))

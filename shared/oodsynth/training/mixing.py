@@ -9,6 +9,9 @@ images); the share of the first image is drawn from ``share`` (default 0.3 to
 class's image, and calling it an outlier would fight the CE loss). The images
 are returned as a float tensor in the input's range, ready for ``train_ood``'s
 outlier dataset; ``first``, ``second`` and ``share`` record what each is.
+``MixingDataset`` makes the very same mixes on access from an ID dataset, and
+``with_mixes`` joins them to a stored or streamed outlier set at a share
+(``train-ood --mixing-share``).
 """
 
 from __future__ import annotations
@@ -146,14 +149,12 @@ class MixingDataset(Dataset):
         n: int,
         seed: int,
         share: tuple[float, float] = DEFAULT_SHARE,
-        labels: torch.Tensor | None = None,
     ):
         if kind not in MIXING_KINDS:
             raise InputError("mixing_kind", f"unknown mixing {kind!r}; choose one of {', '.join(MIXING_KINDS)}")
         self.kind, self.dataset = kind, dataset
         generator = torch.Generator().manual_seed(seed)
-        labels = dataset_labels(dataset) if labels is None else torch.as_tensor(labels).long()
-        self.first, self.second = draw_pairs(labels, n, generator)
+        self.first, self.second = draw_pairs(dataset_labels(dataset), n, generator)
         self.share = _shares(n, share, generator)
         height, width = dataset[0][0].shape[-2:]
         self.boxes = _boxes(self.share, height, width, generator) if kind == "cutmix" else None
