@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from torch.utils.data import IterableDataset, Subset, TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from oodsynth.data import ImageData, image_tensors, load_dataset
 from oodsynth.errors import InputError
 from oodsynth.training.classifier import energy
-from oodsynth.training.mixing import MixingDataset, draw_pairs, mixing_outliers, with_mixes
+from oodsynth.training.mixing import MixingDataset, draw_pairs, mixing_outliers
 from oodsynth.training.ood import train_ood
 from oodsynth.training.ood_config import OODTrainConfig
 
@@ -98,24 +98,3 @@ def test_a_mixing_dataset_makes_on_access_the_very_mixes_of_the_tensor_maker(kin
     lazy = MixingDataset(kind, TensorDataset(images, labels), 50, seed=3)
     assert len(lazy) == 50 and all(lazy[i][1] == 0 for i in range(50))
     assert torch.equal(torch.stack([lazy[i][0] for i in range(50)]), made.images)
-
-
-class _Stream(IterableDataset):
-    def __init__(self, n):
-        self.n = n
-
-    def __iter__(self):
-        return iter((torch.full((3, 8, 8), -1.0), 7) for _ in range(self.n))
-
-
-def test_mixes_join_a_held_set_or_a_stream_at_their_share():
-    images, labels = labelled_images()
-    id_set = TensorDataset(images, labels)
-    held = TensorDataset(torch.zeros(30, 3, 8, 8), torch.zeros(30, dtype=torch.long))
-    assert with_mixes(held, id_set, 0.0, "cutmix", seed=0) is held
-    joined = with_mixes(held, id_set, 0.25, "cutmix", seed=0)
-    assert len(joined) == 40 and joined[39][0].min() >= 1  # 30 stored, then 10 mixes of ID images (values >= 1)
-    streamed = list(with_mixes(_Stream(40), id_set, 0.5, "mixup", seed=0))
-    stored = [x for x, y in streamed if y == 7]
-    assert len(stored) == 40 and len(streamed) == 80  # one mix after each stored image
-    assert all(x.min() >= 1 for x, y in streamed if y == 0)

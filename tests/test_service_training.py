@@ -31,11 +31,17 @@ def test_a_run_says_what_it_trained(tmp_path):
     result = train_ood_run(tmp_path / "r", store=str(tmp_path / "store"), outliers=["blobs"], **TINY)
     assert result.kind == "CE + 0.5 * L_ood on 1 outlier set(s)" and result.checkpoint.is_file()
     assert result.classifier.config.outlier_datasets == ["blobs"] and result.classifier.uses_outliers
-    mixed = train_ood_run(tmp_path / "m", store=str(tmp_path / "store"), outliers=["blobs"], mixing_share=0.5, **TINY)
-    assert mixed.kind == "CE + 0.5 * L_ood on 1 outlier set(s) + cutmix mixes (0.5 of the outliers)"
+    mixed = train_ood_run(
+        tmp_path / "m", store=str(tmp_path / "store"), outliers=["blobs"], noise_share=0.25, mixing_share=0.25, **TINY
+    )
+    assert mixed.kind == (
+        "CE + 0.5 * L_ood on 1 outlier set(s) + smooth noise (0.25 of the outliers) + cutmix mixes (0.25 of the outliers)"
+    )
     assert mixed.classifier.history[-1]["ood"] != result.classifier.history[-1]["ood"]
     with pytest.raises(InputError) as exc:
-        train_ood_run(tmp_path / "x", store=str(tmp_path / "store"), outliers=["blobs"], mixing_share=1.0, **TINY)
+        train_ood_run(
+            tmp_path / "x", store=str(tmp_path / "store"), outliers=["blobs"], noise_share=0.5, mixing_share=0.5, **TINY
+        )
     assert exc.value.field == "mixing_share"
     base = train_ood_run(tmp_path / "b", beta=0.0, **TINY)
     assert base.kind == "CE only" and not base.classifier.uses_outliers

@@ -194,11 +194,14 @@ def train_ood_cmd(
         "instead of holding them in memory: for large remote sets. Not seed-for-seed the in-memory run.",
     ),
     shuffle_buffer: int = typer.Option(1000, help="With --stream: samples held in the shuffle buffer."),
+    noise_share: float = typer.Option(
+        0.0, help="With --outliers: this share of the outliers are smooth noise (blobs), added to the given ones."
+    ),
     mixing_share: float = typer.Option(
         0.0,
         help="With --outliers: this share of the outliers are mixes of two ID images of different classes "
-        "(--mixing-kind), added to the given ones. 0.5 (with `evaluate --score knn`) is the OOD lab's default "
-        "recipe; 0: the given outliers alone.",
+        "(--mixing-kind), added to the given ones. 0.25 each of noise and mixes (with `evaluate --score knn "
+        "--param knn.k=1`) is the OOD lab's default recipe; 0: the given outliers alone.",
     ),
     mixing_kind: str = typer.Option("cutmix", help="cutmix or mixup."),
     feature_outliers: str | None = typer.Option(
@@ -284,6 +287,7 @@ def train_ood_cmd(
         redraw_density=redraw_density,
         stream_outliers=stream,
         shuffle_buffer=shuffle_buffer,
+        noise_share=noise_share,
         mixing_share=mixing_share,
         mixing_kind=mixing_kind,
     )

@@ -23,8 +23,9 @@ Adding a row is one entry in ``ROW_BUILDERS`` (or one sampler in
 follow).
 """
 
+from ..training.outlier_mix import smooth_noise
 from .assets import LabAssets, fit_assets, fit_path, profile_assets, train_local_assets
-from .pools import DecodedPool, decoded_inlier_pool, decoded_pool, pool_path, smooth_noise
+from .pools import DecodedPool, decoded_inlier_pool, decoded_pool, pool_path
 from .report import METRICS, markdown_table, paired_deltas, summarise
 from .rows import (
     DEFAULT_ROW,

@@ -1,4 +1,4 @@
-"""Outliers for the lab's rows: decoded pools (sampled, decoded, re-encoded, cached) and the smooth-noise control."""
+"""Outliers for the lab's rows: decoded pools (sampled, decoded, re-encoded, cached)."""
 
 from __future__ import annotations
 
@@ -30,18 +30,6 @@ def _decoder(path: Path):
     if key not in _DECODERS:
         _DECODERS[key] = OutlierDecoder(path, device="cpu", n_slots=POOL_BATCH)
     return _DECODERS[key]
-
-
-def smooth_noise(n: int, image_size: int, seed: int) -> torch.Tensor:
-    """The noise control: grey 4x4 uniform noise upsampled to ``image_size`` (blobs).
-
-    Deliberately unlike the far-OOD ``noise`` set (per-pixel uniform noise), so
-    the control is not trained on a test distribution.
-    """
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 1, 4, 4, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x.expand(-1, 3, -1, -1).contiguous()
 
 
 @dataclass

@@ -19,8 +19,9 @@ from ..encoding.features import build_bank
 from ..encoding.training import EncoderTrainConfig, train_encoder
 from ..samplers import DEFAULT_METHOD
 from ..training.evaluation import EvaluationReport, evaluate, evaluate_density, merge_reports
+from ..training.outlier_mix import smooth_noise
 from .assets import LabAssets, _atomic_write
-from .pools import decoded_inlier_pool, decoded_pool, smooth_noise
+from .pools import decoded_inlier_pool, decoded_pool
 from .settings import (
     DECODED_FIELDS,
     FINETUNE_FIELDS,

@@ -108,6 +108,7 @@ def train_ood_run(
     except ValueError as exc:  # an unreadable image or manifest in the store
         raise InputError("outliers", str(exc)) from exc
     sets = [f"{len(outliers)} outlier set(s)"] if outliers else []
+    sets += [f"smooth noise ({cfg.noise_share:g} of the outliers)"] if outliers and cfg.noise_share else []
     sets += [f"{cfg.mixing_kind} mixes ({cfg.mixing_share:g} of the outliers)"] if outliers and cfg.mixing_share else []
     sets += ["feature outliers"] if feature_outliers else []
     sets += [f"{virtual_outliers} virtual outliers"] if virtual_outliers else []

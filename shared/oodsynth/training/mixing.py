@@ -9,9 +9,8 @@ images); the share of the first image is drawn from ``share`` (default 0.3 to
 class's image, and calling it an outlier would fight the CE loss). The images
 are returned as a float tensor in the input's range, ready for ``train_ood``'s
 outlier dataset; ``first``, ``second`` and ``share`` record what each is.
-``MixingDataset`` makes the very same mixes on access from an ID dataset, and
-``with_mixes`` joins them to a stored or streamed outlier set at a share
-(``train-ood --mixing-share``).
+``MixingDataset`` makes the very same mixes on access from an ID dataset
+(``training.outlier_mix`` joins them to stored outliers for ``train-ood``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import InputError
 
@@ -168,31 +167,3 @@ class MixingDataset(Dataset):
         if self.boxes is None:
             return self.share[index] * x_a + (1 - self.share[index]) * x_b, 0
         return torch.where(self.boxes[index], x_b, x_a), 0
-
-
-class _StreamWithMixes(IterableDataset):
-    """A stream of outlier images with a mix yielded whenever the mixes fall behind ``share`` of all yielded."""
-
-    def __init__(self, stream: IterableDataset, mixes: MixingDataset, share: float):
-        self.stream, self.mixes, self.share = stream, mixes, share
-
-    def __iter__(self):
-        owed, i = 0.0, 0
-        for item in self.stream:
-            yield item
-            owed += self.share / (1 - self.share)
-            while owed >= 1:
-                yield self.mixes[i % len(self.mixes)]
-                owed, i = owed - 1, i + 1
-
-
-def with_mixes(outliers: Dataset, id_dataset: Dataset, share: float, kind: str, seed: int) -> Dataset:
-    """``outliers`` plus as many mixes of ``id_dataset``'s images as make ``share`` of them all (the OOD lab's
-    outlier mix): concatenated to a sized set; interleaved into a stream, whose length is unknown, drawing from
-    one ID set's worth of pairs in turn."""
-    if share <= 0:
-        return outliers
-    if isinstance(outliers, IterableDataset):
-        return _StreamWithMixes(outliers, MixingDataset(kind, id_dataset, len(id_dataset), seed), share)
-    n_mixed = round(len(outliers) * share / (1 - share))
-    return ConcatDataset([outliers, MixingDataset(kind, id_dataset, n_mixed, seed)]) if n_mixed else outliers

@@ -74,9 +74,9 @@ from .classifier import (
     save_ood_checkpoint,
 )
 from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_feature_outliers
-from .mixing import with_mixes
 from .ood_config import OODTrainConfig
 from .outlier_dataset import outlier_dataset
+from .outlier_mix import with_outlier_mix
 from .virtual_outliers import FeatureQueue, get_virtual_sampler
 
 
@@ -209,8 +209,16 @@ def train_ood(
             "pass a stored sample (or its .npz from 'oodsynth sample --out')",
         )
     note = getattr(outliers, "verification", "")  # which stored outliers were used, for the CLI
-    if outliers is not None and config.beta > 0 and config.mixing_share > 0:
-        outliers = with_mixes(outliers, train.dataset, config.mixing_share, config.mixing_kind, seed=config.seed + 3)
+    if outliers is not None and config.beta > 0:
+        outliers = with_outlier_mix(
+            outliers,
+            train.dataset,
+            noise_share=config.noise_share,
+            mixing_share=config.mixing_share,
+            mixing_kind=config.mixing_kind,
+            image_size=config.image_size,
+            seed=config.seed + 3,
+        )
     use_images = outliers is not None and config.beta > 0
     use_features = feature_outliers is not None and config.beta > 0
     virtual = (

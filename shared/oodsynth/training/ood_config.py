@@ -57,13 +57,20 @@ class OODTrainConfig(BaseModel):
         "holding the set: for large remote sets; not seed-for-seed the in-memory run",
     )
     shuffle_buffer: int = Field(1000, ge=1, description="streamed outliers: samples held in the shuffle buffer")
+    noise_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="with outlier images: this share of the outliers are smooth noise (4x4 uniform noise upsampled), "
+        "added to the stored ones; 0.25 (with mixing_share 0.25) is the OOD lab's default recipe",
+    )
     mixing_share: float = Field(
         0.0,
         ge=0,
         lt=1,
         description="with outlier images: this share of the outliers are mixes of two ID training images of "
-        "different classes (``mixing_kind``), added to the stored ones; 0: the stored outliers alone. 0.5 is the "
-        "OOD lab's default recipe, chosen on its dev splits (bench/results/ood_protocol/choose_defaults.md)",
+        "different classes (``mixing_kind``), added to the stored ones; 0: the stored outliers alone. 0.25 (with "
+        "noise_share 0.25) is the OOD lab's default recipe (bench/results/ood_protocol/choose_defaults.md)",
     )
     mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
     init_encoder: str | None = Field(
@@ -100,4 +107,12 @@ class OODTrainConfig(BaseModel):
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise ValueError(f"{method}: {problems}") from None
+        return v
+
+    @field_validator("mixing_share")
+    @classmethod
+    def _stored_outliers_left(cls, v: float, info: ValidationInfo) -> float:
+        """Noise and mixes are shares of all the outliers: the stored ones must keep the rest."""
+        if v + info.data.get("noise_share", 0.0) >= 1:
+            raise ValueError("noise_share + mixing_share must stay below 1 (the stored outliers keep the rest)")
         return v

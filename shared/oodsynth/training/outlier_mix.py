@@ -1,0 +1,101 @@
+"""The outlier mix: stored outlier images plus a share of smooth noise and a share of ID mixes.
+
+The OOD lab's default recipe replaces part of its decoded outliers with smooth
+noise (blobs: cheap far-OOD coverage) and part with cutmix of two ID images of
+different classes (cheap near-boundary coverage), chosen on its dev splits
+(bench/results/ood_protocol/choose_defaults.md). ``with_outlier_mix`` gives
+``train-ood`` the same mix around any outlier set, held or streamed; the lab
+draws its noise with ``smooth_noise`` and its mixes with ``training.mixing``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset
+
+from ..errors import InputError
+from .mixing import MixingDataset
+
+NOISE_GRID = 4  # the noise is uniform on a 4x4 grid, upsampled: blobs, unlike per-pixel noise
+
+
+def _noise_grid(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 1, NOISE_GRID, NOISE_GRID, generator=torch.Generator().manual_seed(seed))
+
+
+def _upsample(grid: torch.Tensor, image_size: int) -> torch.Tensor:
+    x = F.interpolate(grid, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+def smooth_noise(n: int, image_size: int, seed: int) -> torch.Tensor:
+    """``n`` grey smooth-noise images (n, 3, S, S) in [0, 1]: uniform 4x4 noise upsampled to ``image_size``.
+
+    Deliberately unlike the far-OOD ``noise`` set of the lab (per-pixel uniform noise), so that a detector
+    trained on it is not trained on a test distribution.
+    """
+    return _upsample(_noise_grid(n, seed), image_size)
+
+
+class SmoothNoiseDataset(Dataset):
+    """``smooth_noise(n, image_size, seed)`` read one ``(image, 0)`` at a time: the grids are drawn at once (16
+    numbers an image), each image upsampled when read."""
+
+    def __init__(self, n: int, image_size: int, seed: int):
+        self.grids, self.image_size = _noise_grid(n, seed), image_size
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return _upsample(self.grids[index : index + 1], self.image_size)[0], 0
+
+
+class _StreamWithExtras(IterableDataset):
+    """A stream of outlier images with an extra (noise or a mix) yielded whenever the extras fall behind their
+    share of all yielded."""
+
+    def __init__(self, stream: IterableDataset, extras: list[tuple[Dataset, float]], stored_share: float):
+        self.stream, self.extras, self.stored_share = stream, extras, stored_share
+
+    def __iter__(self):
+        owed = [0.0] * len(self.extras)
+        drawn = [0] * len(self.extras)
+        for item in self.stream:
+            yield item
+            for j, (extra, share) in enumerate(self.extras):
+                owed[j] += share / self.stored_share
+                while owed[j] >= 1:
+                    yield extra[drawn[j] % len(extra)]
+                    owed[j], drawn[j] = owed[j] - 1, drawn[j] + 1
+
+
+def with_outlier_mix(
+    outliers: Dataset,
+    id_dataset: Dataset,
+    *,
+    noise_share: float = 0.0,
+    mixing_share: float = 0.0,
+    mixing_kind: str = "cutmix",
+    image_size: int,
+    seed: int,
+) -> Dataset:
+    """``outliers`` plus smooth noise and ``mixing_kind`` mixes of ``id_dataset``'s images, as many as make
+    ``noise_share`` and ``mixing_share`` of them all: concatenated to a held set; interleaved into a stream (whose
+    length is unknown), drawing in turn from one ID set's worth of each."""
+    if noise_share < 0 or mixing_share < 0 or noise_share + mixing_share >= 1:
+        raise InputError("mixing_share", "noise_share and mixing_share must be >= 0 and sum to less than 1")
+    if not noise_share and not mixing_share:
+        return outliers
+    stored = 1 - noise_share - mixing_share
+    streamed = isinstance(outliers, IterableDataset)
+    n_total = len(id_dataset) if streamed else len(outliers) / stored
+    extras = []
+    if noise_share and (n := len(id_dataset) if streamed else round(n_total * noise_share)):
+        extras.append((SmoothNoiseDataset(n, image_size, seed), noise_share))
+    if mixing_share and (n := len(id_dataset) if streamed else round(n_total * mixing_share)):
+        extras.append((MixingDataset(mixing_kind, id_dataset, n, seed + 1), mixing_share))
+    if streamed:
+        return _StreamWithExtras(outliers, extras, stored)
+    return ConcatDataset([outliers, *(extra for extra, _ in extras)]) if extras else outliers
