@@ -19,7 +19,8 @@ SETTINGS = LabSettings(width=4, epochs=2, min_steps=0, batch_size=32, ood_batch_
 def test_peer_rows_are_registered_with_their_kinds_and_keys():
     rows = lab_rows()
     names = [r.name for r in peer_rows()]
-    assert names[:4] == ["vos", "npos", "mixup", "cutmix"]
+    assert names[:5] == ["vos", "npos", "mixup", "cutmix", "noise+cutmix"]
+    assert lab_rows()["noise+cutmix"].noise_outliers  # no far credit on the noise set
     assert {"posthoc:msp", "posthoc:maxlogit", "posthoc:energy", "posthoc:mahalanobis"} <= set(names)
     assert {"posthoc:knn@k1", "posthoc:vim", "posthoc:react@percentile0.8"} <= set(names)
     for name in names:
@@ -39,7 +40,7 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
     torch.set_num_threads(1)
     try:
         names = ["vos", "npos", "mixup", "cutmix", "posthoc:energy", "posthoc:msp", "posthoc:knn@k1", "posthoc:vim"]
-        names.append("posthoc:energy+knn@k1")
+        names += ["posthoc:energy+knn@k1", "noise+cutmix"]
         results = run_benchmark(
             ["digits"],
             names,
@@ -78,7 +79,8 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
     for c in cells.values():
         assert 0 <= c["near_fpr95"] <= 1 and 0 <= c["far_auroc"] <= 1 and c["id_accuracy"] > 0.3
     # the image peers get as many outliers as the noise and decoded rows; the virtual ones as many per step
-    assert cells["mixup"]["n_outliers"] == cells["cutmix"]["n_outliers"] == 4 * 8
+    assert cells["mixup"]["n_outliers"] == cells["cutmix"]["n_outliers"] == cells["noise+cutmix"]["n_outliers"] == 4 * 8
+    assert cells["noise+cutmix"]["n_noise"] == cells["noise+cutmix"]["n_mixed"] == 16
     assert cells["vos"]["virtual_per_step"] == cells["npos"]["virtual_per_step"] == 16
     # the post-hoc rows score the ce row's own model: its energy score gives the ce row's numbers exactly
     for metric in ("near_fpr95", "near_auroc", "far_fpr95", "far_auroc", "id_accuracy"):

@@ -10,7 +10,9 @@ same L_ood and beta:
   per-class queue holds at most one epoch's images of a class);
 - ``mixup`` / ``cutmix``: a pool of as many outlier images as the decoded rows
   get (``outlier_ratio``), each a mix of two ID training images of different
-  classes (``training.mixing``, share 0.3-0.7).
+  classes (``training.mixing``, share 0.3-0.7);
+- ``noise+cutmix``: half smooth noise, half cutmix: the default recipe's outlier
+  mix without its decoded images (does the decoder add anything?).
 
 Trained peers are ranked by the same test-time score as the image rows (``LabSettings.test_score``).
 
@@ -94,6 +96,18 @@ def mixing_row(kind: str) -> Callable[[Cell], CellOutcome]:
     return run
 
 
+def row_noise_and_cutmix(cell: Cell) -> CellOutcome:
+    """Half smooth noise, half cutmix: the default recipe's outlier mix without its decoded images."""
+    from ..training.mixing import mixing_outliers
+    from ..training.outlier_mix import smooth_noise
+
+    n = _n_outliers(cell)
+    x, y = image_tensors(cell.train)
+    cut = mixing_outliers("cutmix", x, y, n - n // 2, seed=cell.seed, share=MIXING_SHARE).images
+    images = torch.cat([smooth_noise(n // 2, cell.settings.image_size, cell.seed), cut])
+    return _train_and_evaluate(cell, images, {"n_noise": n // 2, "n_mixed": n - n // 2})
+
+
 def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
         from ..training.classifier import load_ood_classifier
@@ -110,11 +124,14 @@ def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:
 
 
 def peer_rows() -> list[Row]:
-    """The peers: trained (vos, npos, mixup, cutmix), then one post-hoc row per detector; all paired with ``ce``."""
+    """The peers: trained (vos, npos, mixup, cutmix, noise+cutmix), then one post-hoc row per detector; all paired
+    with ``ce``."""
     trained = OUTLIER_FIELDS | FINETUNE_FIELDS
     peer = {"uses": trained, "uses_assets": False, "kind": "peer", "test_scored": True}
     rows = [Row(m, virtual_row(m), **peer) for m in ("vos", "npos")]
     rows += [Row(k, mixing_row(k), **peer) for k in ("mixup", "cutmix")]
+    # the ablation of the default recipe: its cheap parts alone, at the full outlier count
+    rows.append(Row("noise+cutmix", row_noise_and_cutmix, **peer, noise_outliers=True))
     # the from-scratch CE model: its key is the detector's alone, whatever the fine-tune settings
     rows += [
         Row(posthoc_name(n), posthoc_row(n), uses=frozenset(), uses_assets=False, kind="posthoc")
