@@ -269,14 +269,18 @@ class StoredSample:
             diagnostics={k: np.asarray(v) for k, v in result.diagnostics.items()},
         )
 
-    def to_bytes(self) -> bytes:
-        meta = {
+    def _identity(self) -> dict:
+        """What names the sample and how it was drawn: the ``meta`` of both of its stored forms."""
+        return {
             "sample_id": self.sample_id,
             "fit_name": self.fit_name,
             "method": self.method,
             "params": self.params,
             "seed": int(self.seed),
         }
+
+    def to_bytes(self) -> bytes:
+        meta = self._identity()
         arrays = {
             "vectors": np.asarray(self.vectors, dtype=np.float32),
             "class_index": np.asarray(self.class_index, dtype=np.int64),
@@ -317,11 +321,7 @@ class StoredSample:
         for row, name in zip(diagnostics, names):
             row[:] = self.diagnostics[name]
         meta = {
-            "sample_id": self.sample_id,
-            "fit_name": self.fit_name,
-            "method": self.method,
-            "params": self.params,
-            "seed": int(self.seed),
+            **self._identity(),
             "class_names": [str(n) for n in self.class_names],
             "shape": list(vectors.shape),
             "diagnostics": names,
