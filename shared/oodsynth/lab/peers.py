@@ -39,11 +39,19 @@ import torch
 from ..data import image_tensors
 from ..training.detectors import is_fused
 from ..training.mixing import DEFAULT_SHARE
-from .rows import Cell, CellOutcome, Row, _ood_config, _train_and_evaluate, evaluate_trained, pretrained_detector
+from .rows import (
+    Cell,
+    CellOutcome,
+    Row,
+    _ood_config,
+    _train_and_evaluate,
+    cheap_outliers,
+    evaluate_trained,
+    pretrained_detector,
+)
 from .settings import FINETUNE_FIELDS, LAB_SCORES, OUTLIER_FIELDS, POSTHOC_PARAMS, detector_params
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch
-MIXING_SHARE = DEFAULT_SHARE  # the first image's share, 0.3-0.7: both classes plainly present
 # every single detector, then the fused test-time scores (training.detectors.FusedDetector) on the CE-only
 # model: what a trained row scored by a fused ``test_score`` faces without any outliers
 POSTHOC_DETECTORS = (*POSTHOC_PARAMS, *(s for s in LAB_SCORES if is_fused(s)))
@@ -89,8 +97,8 @@ def mixing_row(kind: str) -> Callable[[Cell], CellOutcome]:
         from ..training.mixing import mixing_outliers
 
         x, y = image_tensors(cell.train)
-        mixed = mixing_outliers(kind, x, y, _n_outliers(cell), seed=cell.seed, share=MIXING_SHARE)
-        return _train_and_evaluate(cell, mixed.images, {"mixing_share": list(MIXING_SHARE)})
+        mixed = mixing_outliers(kind, x, y, _n_outliers(cell), seed=cell.seed, share=DEFAULT_SHARE)
+        return _train_and_evaluate(cell, mixed.images, {"mixing_share": list(DEFAULT_SHARE)})
 
     run.__doc__ = f"{kind} of two ID images of different classes as outlier images."
     return run
@@ -98,14 +106,9 @@ def mixing_row(kind: str) -> Callable[[Cell], CellOutcome]:
 
 def row_noise_and_cutmix(cell: Cell) -> CellOutcome:
     """Half smooth noise, half cutmix: the default recipe's outlier mix without its decoded images."""
-    from ..training.mixing import mixing_outliers
-    from ..training.outlier_mix import smooth_noise
-
-    n = _n_outliers(cell)
-    x, y = image_tensors(cell.train)
-    cut = mixing_outliers("cutmix", x, y, n - n // 2, seed=cell.seed, share=MIXING_SHARE).images
-    images = torch.cat([smooth_noise(n // 2, cell.settings.image_size, cell.seed), cut])
-    return _train_and_evaluate(cell, images, {"n_noise": n // 2, "n_mixed": n - n // 2})
+    n, info = _n_outliers(cell), {}
+    images = torch.cat(cheap_outliers(cell, n // 2, n - n // 2, "cutmix", info))
+    return _train_and_evaluate(cell, images, info)
 
 
 def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:

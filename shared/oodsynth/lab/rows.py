@@ -235,7 +235,8 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
     def run(cell: Cell) -> CellOutcome:
         s = cell.settings
         pool = decoded_pool(cell.assets(), sampler, cell.seed, s, cell.cache)
-        per_class = s.per_class(len(cell.train), len(cell.train.class_names))
+        n_classes = len(cell.train.class_names)
+        per_class = s.per_class(len(cell.train), n_classes)
         # the outlier mix: this many of each class's outliers are smooth noise, this many image-space mixes
         n_noise_per_class = round(s.noise_share * per_class)
         n_mixed_per_class = round(s.mixing_share * per_class)
@@ -261,7 +262,9 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
             images = torch.cat(
                 [
                     _as_float_images(images, s.image_size),
-                    *_other_outliers(cell, n_noise_per_class, n_mixed_per_class, info),
+                    *cheap_outliers(
+                        cell, n_noise_per_class * n_classes, n_mixed_per_class * n_classes, s.mixing_kind, info
+                    ),
                 ]
             )
         return _train_and_evaluate(cell, images, info, inliers=s.decoded_inliers > 0)
@@ -270,22 +273,20 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
     return run
 
 
-def _other_outliers(cell: Cell, noise_per_class: int, mixed_per_class: int, info: dict) -> list[torch.Tensor]:
-    """The non-decoded part of a decoded row's outlier mix, float at the lab's image size: smooth noise, then
-    ``mixing_kind`` mixes of two ID training images of different classes (the mixing peer's maker and shares)."""
+def cheap_outliers(cell: Cell, n_noise: int, n_mixed: int, kind: str, info: dict) -> list[torch.Tensor]:
+    """Outliers that need no generator, float at the lab's image size: ``n_noise`` smooth-noise images, then
+    ``n_mixed`` ``kind`` mixes of two ID training images of different classes (the mixing peer's maker and
+    shares); their counts go into ``info``. The decoded rows' outlier mix and the ``noise+cutmix`` peer."""
     from ..training.mixing import mixing_outliers
 
-    s, n_classes = cell.settings, len(cell.train.class_names)
-    parts = []
-    if noise_per_class:
-        info["n_noise"] = noise_per_class * n_classes
-        parts.append(smooth_noise(info["n_noise"], s.image_size, cell.seed))
-    if mixed_per_class:
-        info["n_mixed"] = mixed_per_class * n_classes
+    s, parts = cell.settings, []
+    if n_noise:
+        info["n_noise"] = n_noise
+        parts.append(smooth_noise(n_noise, s.image_size, cell.seed))
+    if n_mixed:
+        info["n_mixed"] = n_mixed
         x, y = image_tensors(cell.train)
-        parts.append(
-            _as_float_images(mixing_outliers(s.mixing_kind, x, y, info["n_mixed"], seed=cell.seed).images, s.image_size)
-        )
+        parts.append(_as_float_images(mixing_outliers(kind, x, y, n_mixed, seed=cell.seed).images, s.image_size))
     return parts
 
 
@@ -341,6 +342,11 @@ class Row:
     kind: str = "ours"  # baseline (CE), peer (another method, the report's "best peer"), posthoc, ours
     noise_outliers: bool = False  # trained on noise: not credited on the far-OOD noise set
     test_scored: bool = False  # ranked by the settings' test_score (trained end to end), not a fixed score
+
+    def trains_on_noise(self, settings: LabSettings) -> bool:
+        """Any smooth noise among its outliers (the noise rows, or an outlier mix with ``noise_share``): such a row
+        earns no far-OOD credit on the noise set."""
+        return self.noise_outliers or ("noise_share" in self.uses and settings.noise_share > 0)
 
     @property
     def description(self) -> str:

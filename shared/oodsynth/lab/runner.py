@@ -86,10 +86,12 @@ def run_cell(
     # the tag names the assets; ``assets.tag``, where the caller knows it, spares building them to find a cell
     tag = (getattr(assets, "tag", None) or assets().tag) if row.uses_assets else ""
     path = cell_path(out, split, row, seed, settings, tag)
-    # a row with any smooth noise among its outliers (the noise row, or an outlier mix with noise_share) earns no
-    # far-OOD credit on the noise set
-    noisy = row.noise_outliers or ("noise_share" in (row.uses or ()) and settings.noise_share > 0)
-    labels = {"split": split.label, "split_name": split.name, "kind": row.kind, "noise_outliers": noisy}
+    labels = {
+        "split": split.label,
+        "split_name": split.name,
+        "kind": row.kind,
+        "noise_outliers": row.trains_on_noise(settings),
+    }
     if path.is_file() and (cached := rescored(json.loads(path.read_text()), row, settings)) is not None:
         return {**cached, **labels}
     if cached_only:
