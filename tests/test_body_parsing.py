@@ -23,11 +23,12 @@ pytestmark = pytest.mark.slow  # a uvicorn server process
 REPO = Path(__file__).resolve().parents[1]
 BODY_TIMEOUT_S = 4.0
 # /healthz may wait for one GIL-held C call (decoding the 50 MB body, the longest one), never for the whole request
-# (20 s when the body was parsed on the event loop). Both bounds are relative to what this test measures on the
+# (20 s when the body was parsed on the event loop). The bound is relative to what this test measures on the
 # same machine at the same time: /healthz before the load, and the same decode in a fresh process right after
-# the request (a first decode, as the server's is: its memory is not yet mapped).
+# the request (a first decode, as the server's is: its memory is not yet mapped). It is not a share of the
+# request: on a fast machine the request is little more than that one decode, so /healthz may rightly wait
+# for most of it. Latency percentiles under load are measured by bench/load.py.
 HEALTHZ_DECODES = 4.0  # /healthz at worst: its own idle latency + this many decodes (CPU shared with the client)
-HEALTHZ_SHARE_OF_REQUEST = 0.75
 DECODE_ONCE = (
     "import sys, time, orjson\n"
     "body = open(sys.argv[1], 'rb').read()\n"
@@ -125,7 +126,7 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server, tmp_path)
     poster.join()
     decode_once = [sys.executable, "-c", DECODE_ONCE, str(tmp_path / "body.json")]
     decode = float(subprocess.run(decode_once, capture_output=True, text=True, check=True, timeout=60).stdout)
-    bound = min(idle + HEALTHZ_DECODES * decode, HEALTHZ_SHARE_OF_REQUEST * answer["seconds"])
+    bound = idle + HEALTHZ_DECODES * decode
     print(
         f"50 MB body: {answer['seconds']:.2f} s; /healthz max {max(latencies):.3f} s, median "
         f"{np.median(latencies):.3f} s over {len(latencies)} calls; idle /healthz {idle:.3f} s, decode "
@@ -137,7 +138,7 @@ def test_a_50_mb_body_and_stalled_uploads_do_not_stall_healthz(server, tmp_path)
     assert max(latencies) < bound, (
         f"/healthz took up to {max(latencies):.3f} s while a 50 MB body took {answer['seconds']:.2f} s "
         f"(median {np.median(latencies):.3f} s over {len(latencies)} calls; bound {bound:.3f} s: idle /healthz "
-        f"{idle:.3f} s + {HEALTHZ_DECODES:g} decodes of {decode:.3f} s, or {HEALTHZ_SHARE_OF_REQUEST:g} of the request)"
+        f"{idle:.3f} s + {HEALTHZ_DECODES:g} decodes of {decode:.3f} s)"
     )
 
     for conn in stalled:  # each stalled upload gets its 408 once BODY_TIMEOUT_S has passed
