@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "shared"), str(ROOT)]
 
 from oodsynth.lab import LabSettings  # noqa: E402
+from oodsynth.lab.cells import Cell, LabData, pretrained_detector  # noqa: E402
 from oodsynth.lab.protocol import load_protocol, pick_splits  # noqa: E402
-from oodsynth.lab.rows import Cell, LabData, pretrained_detector  # noqa: E402
 
 # pytorch-ood keywords; ViM's d stays below the penultimate width (64 at the lab's width 8)
 GRID: dict[str, list[dict]] = {

@@ -126,7 +126,7 @@ def digits_lab_assets(tiny_sd, tmp_path_factory):
 
     import torch
 
-    from oodsynth.data import random_anchors
+    from oodsynth.encoding.anchors import random_anchors
     from oodsynth.lab import train_local_assets
 
     dim = json.loads((tiny_sd / "text_encoder" / "config.json").read_text())["hidden_size"]

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from toy_banks import toy_bank
 
 from oodsynth.client import OodsynthClient, OodsynthError, sample_arrays
-from oodsynth.state.registry import SampleRegistry
+from oodsynth.state.samples import SampleRegistry
 from services.embed_sampler.app import create_app
 from services.embed_sampler.state import get_redis_dep
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from oodsynth.cli import app
 from oodsynth.cli import core as cli_core
 from oodsynth.client import OodsynthClient
-from oodsynth.state.registry import FitRegistry, SampleRegistry, StoredSample
+from oodsynth.state.fits import FitRegistry
+from oodsynth.state.samples import SampleRegistry, StoredSample
 
 SAMPLER = "inverse_rejection"
 runner = CliRunner()

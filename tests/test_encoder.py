@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from oodsynth.bank import load_bank
 from oodsynth.cli import app
-from oodsynth.data import DIGIT_WORDS, DataUnavailableError, load_dataset, random_anchors
+from oodsynth.data import DIGIT_WORDS, DataUnavailableError, load_dataset
+from oodsynth.encoding.anchors import random_anchors
 from oodsynth.encoding.encoder import build_encoder
 from oodsynth.encoding.features import build_bank, nearest_anchor
 from oodsynth.encoding.training import (

@@ -284,7 +284,7 @@ def test_a_sample_too_large_for_json_is_refused_before_sampling_and_a_stored_one
 
 
 def test_samples_expire_and_stay_within_a_byte_budget(api, redis_url, monkeypatch):
-    from oodsynth.state.registry import SampleRegistry
+    from oodsynth.state.samples import SampleRegistry
 
     assert post_fit(api).status_code == 201
     body = {"fit": "toy", "method": "inverse_rejection", "n_per_class": 10, "include_vectors": False}

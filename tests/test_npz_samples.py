@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from oodsynth.cli import app as cli_app
 from oodsynth.cli import core as cli_core
 from oodsynth.client import OodsynthClient, sample_arrays
-from oodsynth.state.registry import StoredSample
+from oodsynth.state.samples import StoredSample
 from services.embed_sampler.app import create_app
 
 NPZ = "application/x-npz"

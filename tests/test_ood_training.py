@@ -278,12 +278,12 @@ def test_fine_tune_errors_name_init_classifier(tmp_path, digits):
 @pytest.fixture(scope="module")
 def feature_setup(tmp_path_factory, digits):
     """A 1-epoch text-aligned encoder on 400 digits, its bank and fit, and a stored inverse_sgld sample."""
-    from oodsynth.data import random_anchors
     from oodsynth.densities import ClassDensities
+    from oodsynth.encoding.anchors import random_anchors
     from oodsynth.encoding.features import build_bank
     from oodsynth.encoding.training import EncoderTrainConfig, train_encoder
     from oodsynth.samplers import get_sampler
-    from oodsynth.state.registry import StoredSample
+    from oodsynth.state.samples import StoredSample
 
     root = tmp_path_factory.mktemp("feature")
     small = ImageData(Subset(digits.dataset, range(400)), digits.class_names, 16, digits.mean, digits.std)
@@ -353,7 +353,7 @@ def test_feature_outliers_train_the_head_and_reload(tmp_path, feature_setup):
 @pytest.mark.slow  # trains a detector
 def test_feature_outliers_from_a_sample_id_and_a_bare_npz_with_redraw(tmp_path, feature_setup, redis_url):
     from oodsynth.state.redis_conn import get_redis
-    from oodsynth.state.registry import SampleRegistry
+    from oodsynth.state.samples import SampleRegistry
     from oodsynth.training.feature_outliers import load_feature_outliers, redraw_feature_outliers
     from oodsynth.training.ood import _from_encoder
 

@@ -23,8 +23,9 @@ from toy_banks import toy_bank
 
 from oodsynth.config import get_settings
 from oodsynth.service import GenerateRequest, create_fit, draw_sample, enqueue_generation, plan_generation
+from oodsynth.state.fits import FitCache, FitRegistry
 from oodsynth.state.redis_conn import start_embedded_redis
-from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry
+from oodsynth.state.samples import SampleRegistry
 from oodsynth.store.results import ResultStore
 from oodsynth.worker.process import run_worker
 

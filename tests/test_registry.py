@@ -12,7 +12,8 @@ from oodsynth.errors import Conflict, InputError, NotFound
 from oodsynth.samplers import SampleResult
 from oodsynth.service.sampling import resolve_classes
 from oodsynth.state import blobs
-from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry, StoredSample
+from oodsynth.state.fits import FitCache, FitRegistry
+from oodsynth.state.samples import SampleRegistry, StoredSample
 
 make_bank = toy_bank
 

@@ -25,7 +25,8 @@ from oodsynth.config import get_settings
 from oodsynth.errors import InputError, Unavailable
 from oodsynth.samplers import SAMPLERS
 from oodsynth.service import create_fit, draw_sample
-from oodsynth.state.registry import FitCache, FitRegistry, SampleRegistry
+from oodsynth.state.fits import FitCache, FitRegistry
+from oodsynth.state.samples import SampleRegistry
 
 BUDGET_S = 3.0
 FLOAT_MAX = sys.float_info.max

@@ -13,7 +13,8 @@ from PIL import Image
 
 from oodsynth.errors import InputError
 from oodsynth.names import validate_name
-from oodsynth.queue.payloads import DecodeJob, image_id_for, image_seed_for
+from oodsynth.queue.image_ids import image_id_for, image_seed_for
+from oodsynth.queue.payloads import DecodeJob
 from oodsynth.store.results import LEGACY_MANIFEST, ImageRecord, ResultStore
 from oodsynth.training.outlier_dataset import StoredOutliers
 

@@ -15,7 +15,8 @@ from oodsynth.client import OodsynthClient
 from oodsynth.config import get_settings
 from oodsynth.errors import BY_STATUS, InputError, NotFound, OodsynthError, join_loc
 from oodsynth.service import GenerateRequest, create_fit, draw_sample, plan_generation
-from oodsynth.state.registry import FitRegistry, SampleRegistry
+from oodsynth.state.fits import FitRegistry
+from oodsynth.state.samples import SampleRegistry
 from services.embed_sampler.app import create_app
 
 SAMPLER = "inverse_rejection"

@@ -142,8 +142,8 @@ def test_decode_job_records_verification_in_the_manifest(redis_url, tiny_sd, dig
     from oodsynth.errors import NotFound
     from oodsynth.queue.payloads import DecodeJob, build_items
     from oodsynth.samplers import get_sampler
+    from oodsynth.state.fits import FitRegistry
     from oodsynth.state.redis_conn import get_redis
-    from oodsynth.state.registry import FitRegistry
     from oodsynth.store.results import ResultStore
     from oodsynth.worker.decode_job import DecoderCache, run_decode_job
 

@@ -11,7 +11,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from oodsynth.queue.payloads import image_id_for, image_seed_for
+from oodsynth.queue.image_ids import image_id_for, image_seed_for
 from oodsynth.store.results import ResultStore
 
 TASK = "oodsynth.worker.decode_job.decode_task"

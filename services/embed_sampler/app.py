@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from oodsynth.service import EmbedderCache
-from oodsynth.state.registry import FitCache
+from oodsynth.state.fits import FitCache
 
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware

@@ -23,8 +23,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from oodsynth.config import Settings, get_settings
+from oodsynth.state.fits import FitRegistry
 from oodsynth.state.redis_conn import redis_url
-from oodsynth.state.registry import FitRegistry, SampleRegistry
+from oodsynth.state.samples import SampleRegistry
 
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()

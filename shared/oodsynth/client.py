@@ -20,8 +20,8 @@ import numpy as np
 from .bank import FeatureBank
 from .config import get_settings
 from .errors import BY_STATUS, InputError, OodsynthError, join_loc
-from .queue.payloads import wait_until_terminal
-from .state.registry import StoredSample
+from .queue.waiting import wait_until_terminal
+from .state.samples import StoredSample
 
 NPZ = "application/x-npz"
 

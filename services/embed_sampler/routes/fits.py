@@ -18,7 +18,7 @@ from oodsynth.densities import DENSITY_KINDS
 from oodsynth.errors import NotFound
 from oodsynth.names import MAX_NAME_LENGTH
 from oodsynth.service import create_fit as create_fit_use_case
-from oodsynth.state.registry import FitRegistry
+from oodsynth.state.fits import FitRegistry
 
 from .. import observability as obs
 from ..auth import ADMIN, READ, WRITE

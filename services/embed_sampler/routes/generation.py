@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from oodsynth.config import Settings
 from oodsynth.queue import enqueue as rq_queue
 from oodsynth.service import GenerateRequest, enqueue_generation, plan_generation
-from oodsynth.state.registry import FitRegistry, SampleRegistry
+from oodsynth.state.fits import FitRegistry
+from oodsynth.state.samples import SampleRegistry
 
 from ..auth import READ, WRITE
 from ..body import OffLoopBodyRoute

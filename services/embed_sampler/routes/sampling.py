@@ -21,7 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from oodsynth.config import Settings
 from oodsynth.service import draw_sample
 from oodsynth.service.sampling import check_json_answer
-from oodsynth.state.registry import FitRegistry, SampleRegistry, StoredSample
+from oodsynth.state.fits import FitRegistry
+from oodsynth.state.samples import SampleRegistry, StoredSample
 
 from .. import observability as obs
 from ..auth import READ, WRITE

@@ -123,7 +123,7 @@ def fit(
         summary = _api_call(_api_client(api).fit, name, bank, density, replace=replace)
     else:
         from ..service import create_fit
-        from ..state.registry import FitRegistry
+        from ..state.fits import FitRegistry
 
         with progress_bar(f"fitting {density}", "class") as update:
             summary = create_fit(FitRegistry(_registry_client()), name, bank, density, replace=replace, progress=update)
@@ -174,7 +174,8 @@ def sample(
 def _sample_in_process(class_tokens, **request):
     from ..config import get_settings
     from ..service import draw_sample
-    from ..state.registry import FitRegistry, SampleRegistry
+    from ..state.fits import FitRegistry
+    from ..state.samples import SampleRegistry
 
     settings = get_settings()
     client = _registry_client()

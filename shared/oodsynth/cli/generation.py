@@ -70,7 +70,7 @@ def _worker_devices(spec: str) -> list[str]:
 
 def _load_sample(source: str):
     """A local ``.npz`` written by ``oodsynth sample --out``, or None for a sample id kept in Redis."""
-    from ..state.registry import StoredSample
+    from ..state.samples import StoredSample
 
     path = Path(source)
     if path.suffix != ".npz" and not path.is_file():
@@ -166,7 +166,8 @@ def generate(
 def _enqueue(req, local_sample) -> dict:
     from ..config import get_settings
     from ..service import enqueue_generation, plan_generation
-    from ..state.registry import FitRegistry, SampleRegistry
+    from ..state.fits import FitRegistry
+    from ..state.samples import SampleRegistry
 
     settings, client = get_settings(), _registry_client()
     job = plan_generation(req, FitRegistry(client), SampleRegistry(client), settings, sample=local_sample)

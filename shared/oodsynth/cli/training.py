@@ -43,7 +43,7 @@ def _anchors_for(
     if len(given) != 1:
         _fail("anchors", "give exactly one of --anchors FILE, --anchors-model DIR or --random-anchors DIM")
     if random_anchors is not None:
-        from ..data import random_anchors as make_random
+        from ..encoding.anchors import random_anchors as make_random
 
         if random_anchors < 1:
             _fail("random_anchors", f"dimension must be positive, got {random_anchors}")
@@ -309,7 +309,7 @@ def _load_fit(fit: str):
             return ClassDensities.from_bytes(Path(fit).read_bytes())
         except (ValueError, KeyError, OSError) as exc:
             _fail("fit", f"{fit} is not a saved fit ({exc})")
-    from ..state.registry import FitRegistry
+    from ..state.fits import FitRegistry
     from .core import _registry_client
 
     return FitRegistry(_registry_client()).get(fit)[0]  # NotFound names "fit"

@@ -139,8 +139,8 @@ class DecodeVerifier:
         if not fit_name or settings.encoder_checkpoint is None:
             return None
         from ..device import default_device
+        from ..state.fits import FitRegistry
         from ..state.redis_conn import get_redis
-        from ..state.registry import FitRegistry
 
         encoder = self._load(settings.encoder_checkpoint, settings.device or default_device())
         fit, _bank = FitRegistry(get_redis()).get(fit_name, field="verify_fit")

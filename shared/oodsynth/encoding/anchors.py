@@ -103,3 +103,10 @@ def load_anchors(path: str | Path) -> np.ndarray:
     if (np.linalg.norm(anchors, axis=1) == 0).any():
         raise ValueError("anchors: an anchor has zero norm")
     return anchors.astype(np.float32)
+
+
+def random_anchors(n_classes: int, dim: int, *, norm: float = 0.38, seed: int = 0) -> np.ndarray:
+    """Random directions with SD-like token-embedding norms (~0.38); a stand-in when no text encoder is at hand."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n_classes, dim)).astype(np.float32)
+    return a / np.linalg.norm(a, axis=1, keepdims=True) * norm

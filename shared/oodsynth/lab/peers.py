@@ -39,16 +39,16 @@ import torch
 from ..data import image_tensors
 from ..training.detectors import is_fused
 from ..training.mixing import DEFAULT_SHARE
-from .rows import (
+from .cells import (
     Cell,
     CellOutcome,
-    Row,
-    _ood_config,
-    _train_and_evaluate,
     cheap_outliers,
     evaluate_trained,
+    ood_config,
     pretrained_detector,
+    train_and_evaluate,
 )
+from .rows import Row
 from .settings import FINETUNE_FIELDS, LAB_SCORES, OUTLIER_FIELDS, POSTHOC_PARAMS, detector_params
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch
@@ -81,9 +81,7 @@ def virtual_row(method: str) -> Callable[[Cell], CellOutcome]:
         _, labels = image_tensors(cell.train)
         queue = min(VIRTUAL_QUEUE, int(torch.bincount(labels).min()))
         params = {"queue_size": queue}
-        config = _ood_config(
-            cell, cell.settings.beta, _n_outliers(cell), virtual_outliers=method, virtual_params=params
-        )
+        config = ood_config(cell, cell.settings.beta, _n_outliers(cell), virtual_outliers=method, virtual_params=params)
         clf = train_ood(config, cell.train, cell.work, device="cpu", progress=False)
         info = {"virtual_per_step": config.ood_batch_size, "queue_size": queue}
         return evaluate_trained(cell, clf, info)
@@ -98,7 +96,7 @@ def mixing_row(kind: str) -> Callable[[Cell], CellOutcome]:
 
         x, y = image_tensors(cell.train)
         mixed = mixing_outliers(kind, x, y, _n_outliers(cell), seed=cell.seed, share=DEFAULT_SHARE)
-        return _train_and_evaluate(cell, mixed.images, {"mixing_share": list(DEFAULT_SHARE)})
+        return train_and_evaluate(cell, mixed.images, {"mixing_share": list(DEFAULT_SHARE)})
 
     run.__doc__ = f"{kind} of two ID images of different classes as outlier images."
     return run
@@ -108,7 +106,7 @@ def row_noise_and_cutmix(cell: Cell) -> CellOutcome:
     """Half smooth noise, half cutmix: the default recipe's outlier mix without its decoded images."""
     n, info = _n_outliers(cell), {}
     images = torch.cat(cheap_outliers(cell, n // 2, n - n // 2, "cutmix", info))
-    return _train_and_evaluate(cell, images, info)
+    return train_and_evaluate(cell, images, info)
 
 
 def posthoc_row(name: str) -> Callable[[Cell], CellOutcome]:

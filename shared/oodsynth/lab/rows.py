@@ -1,191 +1,47 @@
-"""The lab's rows: one way of building a detector each, run on one ``Cell`` (profile, seed, settings, data)."""
+"""The lab's rows: one way of building a detector each, run on one ``Cell`` (``cells.py``), and their registry."""
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
-from ..data import ImageData, ProfileSplit, image_tensors
-from ..decoding.verification import images_to_tensor
 from ..densities import ClassDensities
 from ..encoding.features import build_bank
 from ..encoding.training import EncoderTrainConfig, train_encoder
 from ..samplers import DEFAULT_METHOD
-from ..training.evaluation import EvaluationReport, evaluate, evaluate_density, merge_reports
+from ..training.evaluation import evaluate, evaluate_density
 from ..training.outlier_mix import smooth_noise
-from .assets import LabAssets, _atomic_write
-from .pools import decoded_inlier_pool, decoded_pool
+from .cells import (
+    Cell,
+    CellOutcome,
+    LabData,
+    as_float_images,
+    cheap_outliers,
+    evaluate_trained,
+    ood_config,
+    pretrained_detector,
+    train_and_evaluate,
+)
+from .pools import decoded_pool
 from .settings import (
     DECODED_FIELDS,
     FINETUNE_FIELDS,
-    FROM_SCRATCH,
     INLIER_FIELDS,
-    LAB_SCORES,
     OUTLIER_FIELDS,
     LabSettings,
-    detector_params,
 )
 
 DEFAULT_ROW = f"decoded:{DEFAULT_METHOD}+verified"  # the shipped recipe: default sampler, decoded, verified
 
 
-@dataclass
-class Cell:
-    """Everything a row needs to run one seed."""
-
-    profile: str
-    seed: int
-    settings: LabSettings
-    train: ImageData
-    test: ImageData
-    ood_sets: dict[str, ImageData]
-    cache: Path
-    work: Path
-    assets: Callable[[], LabAssets]  # lazy: ce/noise rows never build the generation side
-    split: ProfileSplit | None = None  # None: the profile's default split
-
-    def __post_init__(self) -> None:
-        if self.split is None:
-            self.split = ProfileSplit.default(self.profile)
-
-
-@dataclass
-class CellOutcome:
-    report: EvaluationReport
-    score: str  # the score the row is ranked by
-    info: dict = field(default_factory=dict)
-
-
-def _ood_config(cell: Cell, beta: float, n_outliers: int = 0, *, finetune: bool = True, **extra):
-    """The detector's config. The outlier batch grows when needed so that an epoch is one pass over the ID
-    images whatever the outlier count: a row and its CE pair then take exactly the same ID steps. With
-    ``finetune_epochs`` (and ``finetune``) it fine-tunes the seed's pretrained CE-only detector."""
-    from ..training.ood_config import OODTrainConfig
-
-    s = cell.settings
-    id_steps = math.ceil(len(cell.train) / s.batch_size)
-    ood_batch_size = max(s.ood_batch_size, math.ceil(n_outliers / id_steps))
-    epochs, lr = s.epochs_for(len(cell.train)), s.lr
-    if finetune and s.finetune_epochs:
-        epochs, lr = s.finetune_epochs, s.finetune_lr
-        extra["init_classifier"] = str(pretrained_detector(cell))
-    return OODTrainConfig(
-        arch=s.arch,
-        width=s.width,
-        epochs=epochs,
-        batch_size=s.batch_size,
-        ood_batch_size=ood_batch_size,
-        lr=lr,
-        beta=beta,
-        ood_loss=s.ood_loss,
-        seed=cell.seed,
-        dataset=cell.profile,
-        image_size=s.image_size,
-        mean=cell.train.mean,
-        std=cell.train.std,
-        **extra,
-    )
-
-
-def pretrained_detector(cell: Cell) -> Path:
-    """The seed's CE-only detector trained from scratch (the ``ce`` row's model without fine-tuning): the
-    checkpoint every fine-tuning row starts from, trained once and cached."""
-    from ..training.classifier import CHECKPOINT_NAME
-    from ..training.ood import train_ood
-
-    scratch = cell.settings.model_copy(update=FROM_SCRATCH)
-    path = cell.cache / f"pretrained-{cell.split.key}-s{cell.seed}-{scratch.key(frozenset())}.pt"
-    if not path.is_file():
-        work = cell.work / "pretrained"
-        train_ood(
-            _ood_config(replace(cell, settings=scratch), 0.0, finetune=False),
-            cell.train,
-            work,
-            device="cpu",
-            progress=False,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, (work / CHECKPOINT_NAME).read_bytes())
-    return path
-
-
-def _as_float_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    return images_to_tensor(images.float() / 255 if images.dtype == torch.uint8 else images, image_size)
-
-
-def decoded_inliers(cell: Cell) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The seed's decoded ID images (float, labels, info): per class the first ``decoded_inliers`` share of the
-    ID training set that the encoder re-encodes to its own class (a reconstruction drawn as another class would
-    be a mislabelled ID image)."""
-    s = cell.settings
-    pool = decoded_inlier_pool(cell.assets(), cell.seed, s, cell.cache)
-    n_per_class = s.per_class(len(cell.train), len(cell.train.class_names), s.decoded_inliers)
-    faithful = pool.verification.id_class == pool.class_index
-    keep = np.sort(
-        np.concatenate(
-            [np.flatnonzero((pool.class_index == c) & faithful)[:n_per_class] for c in np.unique(pool.class_index)]
-        )
-    )
-    info = {
-        "inlier_pool": len(pool.class_index),
-        "inliers": len(keep),
-        "inlier_faithful_rate": float(faithful.mean()),
-        "inlier_median_id_percentile": float(np.median(pool.verification.id_percentile)),
-    }
-    x = _as_float_images(pool.images[torch.from_numpy(keep)], s.image_size)
-    return x, torch.from_numpy(pool.class_index[keep]).long(), info
-
-
-def _train_and_evaluate(
-    cell: Cell, outliers: torch.Tensor | None, info: dict | None = None, *, inliers: bool = False
-) -> CellOutcome:
-    """Train the detector (CE, plus beta * L_ood when ``outliers`` are given) and evaluate it; with ``inliers``
-    the seed's decoded ID images join the ID training set (the same epochs, so a few more steps)."""
-    from ..training.ood import train_ood
-
-    beta = cell.settings.beta if outliers is not None else 0.0
-    train, info = cell.train, dict(info or {})
-    if inliers:
-        x_in, y_in, inlier_info = decoded_inliers(cell)
-        x, y = image_tensors(cell.train)
-        train = replace(cell.train, dataset=TensorDataset(torch.cat([x, x_in]), torch.cat([y, y_in])))
-        info.update(inlier_info)
-    ds = None
-    if outliers is not None:
-        x = _as_float_images(outliers, cell.settings.image_size)
-        ds = TensorDataset(x, torch.zeros(len(x), dtype=torch.int64))
-    config = _ood_config(cell, beta, 0 if ds is None else len(ds))
-    clf = train_ood(config, train, cell.work, outliers=ds, device="cpu", progress=False)
-    return evaluate_trained(cell, clf, {"n_outliers": 0 if ds is None else len(ds), **info})
-
-
-def evaluate_trained(cell: Cell, clf, info: dict | None = None, *, train=None, test=None, ood_sets=None) -> CellOutcome:
-    """A row's detector trained end to end, scored by energy (and phi) and by every one of ``LAB_SCORES`` (fitted
-    on the ID train set), ranked by the settings' ``test_score``: every score a dev-split choice can pick is in the
-    cell, so choosing one reruns nothing."""
-    from ..training.detectors import evaluate_detectors
-
-    train = cell.train if train is None else train
-    test = cell.test if test is None else test
-    ood_sets = cell.ood_sets if ood_sets is None else ood_sets
-    report = merge_reports(
-        evaluate(clf, test, ood_sets, progress=False),
-        evaluate_detectors(clf, train, test, ood_sets, names=list(LAB_SCORES), params=detector_params(LAB_SCORES)),
-    )
-    return CellOutcome(report, cell.settings.test_score, dict(info or {}))
-
-
 def row_ce(cell: Cell) -> CellOutcome:
     """CE only, scored by energy: the baseline every row is paired with (other scores of it: the post-hoc rows)."""
     if cell.settings.finetune_epochs:
-        return replace(_train_and_evaluate(cell, None), score="energy")
+        return replace(train_and_evaluate(cell, None), score="energy")
     # from scratch, the CE model is the seed's pretrained detector: trained once, shared with the post-hoc rows
     from ..training.classifier import load_ood_classifier
 
@@ -221,14 +77,14 @@ def row_density(cell: Cell) -> CellOutcome:
 def row_noise(cell: Cell) -> CellOutcome:
     """The control: as many outliers as the decoded rows, but smooth random noise."""
     n = cell.settings.per_class(len(cell.train), len(cell.train.class_names)) * len(cell.train.class_names)
-    return _train_and_evaluate(cell, smooth_noise(n, cell.settings.image_size, cell.seed))
+    return train_and_evaluate(cell, smooth_noise(n, cell.settings.image_size, cell.seed))
 
 
 def row_inliers(cell: Cell) -> CellOutcome:
     """CE only, with the decoded ID images of the decoded rows (``decoded_inliers``) added: their control."""
     if cell.settings.decoded_inliers <= 0:
         raise ValueError("decoded_inliers: the inliers row needs decoded_inliers > 0 (--set decoded_inliers=0.1)")
-    return _train_and_evaluate(cell, None, inliers=True)
+    return train_and_evaluate(cell, None, inliers=True)
 
 
 def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
@@ -261,33 +117,16 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
         if n_noise_per_class or n_mixed_per_class:
             images = torch.cat(
                 [
-                    _as_float_images(images, s.image_size),
+                    as_float_images(images, s.image_size),
                     *cheap_outliers(
                         cell, n_noise_per_class * n_classes, n_mixed_per_class * n_classes, s.mixing_kind, info
                     ),
                 ]
             )
-        return _train_and_evaluate(cell, images, info, inliers=s.decoded_inliers > 0)
+        return train_and_evaluate(cell, images, info, inliers=s.decoded_inliers > 0)
 
     run.__doc__ = f"{sampler} vectors decoded by the trained decoder{', verified' if verified else ''}."
     return run
-
-
-def cheap_outliers(cell: Cell, n_noise: int, n_mixed: int, kind: str, info: dict) -> list[torch.Tensor]:
-    """Outliers that need no generator, float at the lab's image size: ``n_noise`` smooth-noise images, then
-    ``n_mixed`` ``kind`` mixes of two ID training images of different classes (the mixing peer's maker and
-    shares); their counts go into ``info``. The decoded rows' outlier mix and the ``noise+cutmix`` peer."""
-    from ..training.mixing import mixing_outliers
-
-    s, parts = cell.settings, []
-    if n_noise:
-        info["n_noise"] = n_noise
-        parts.append(smooth_noise(n_noise, s.image_size, cell.seed))
-    if n_mixed:
-        info["n_mixed"] = n_mixed
-        x, y = image_tensors(cell.train)
-        parts.append(_as_float_images(mixing_outliers(kind, x, y, n_mixed, seed=cell.seed).images, s.image_size))
-    return parts
 
 
 def feature_outliers_available() -> bool:
@@ -310,7 +149,7 @@ def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = N
     )
     n = 0 if feature_outliers is None else len(feature_outliers.vectors)
     beta = s.beta if feature_outliers is not None else 0.0
-    config = _ood_config(at_size, beta, n, finetune=False, init_encoder=str(assets.encoder_path))
+    config = ood_config(at_size, beta, n, finetune=False, init_encoder=str(assets.encoder_path))
     clf = train_ood(config, train, cell.work, feature_outliers=feature_outliers, device="cpu", progress=False)
     return evaluate_trained(cell, clf, {"n_outliers": n, **(info or {})}, train=train, test=test, ood_sets=ood_sets)
 
@@ -408,21 +247,3 @@ def lab_rows() -> dict[str, Row]:
 
     rows += peer_rows()
     return {r.name: r for r in rows}
-
-
-class LabData:
-    """A split's ID sets and OOD sets at one image size, loaded once per process."""
-
-    _cache: dict[tuple[str, str, int], tuple] = {}
-
-    @classmethod
-    def get(cls, split: ProfileSplit | str, image_size: int) -> tuple[ImageData, ImageData, dict[str, ImageData]]:
-        split = split if isinstance(split, ProfileSplit) else ProfileSplit.default(split)
-        key = (split.profile, split.key, image_size)
-        if key not in cls._cache:
-            cls._cache[key] = (
-                split.load("train", image_size),
-                split.load("test", image_size),
-                split.ood_sets(image_size),
-            )
-        return cls._cache[key]

@@ -14,8 +14,9 @@ import numpy as np
 
 from ..data import ProfileSplit
 from .assets import LabAssets, _atomic_write
+from .cells import Cell, CellOutcome, LabData
 from .report import markdown_table, summarise, target_lines
-from .rows import DEFAULT_ROW, Cell, CellOutcome, LabData, Row, lab_rows
+from .rows import DEFAULT_ROW, Row, lab_rows
 from .settings import LabSettings
 
 

@@ -41,7 +41,8 @@ from ..batching import batches
 from ..config import Settings, get_settings
 from ..errors import InputError, NotFound
 from ..redact import failure_line
-from .payloads import DecodeJob, wait_until_terminal
+from .payloads import DecodeJob
+from .waiting import wait_until_terminal
 
 JOB_FUNCTION = "oodsynth.worker.decode_job.decode_task"
 REFUSED_KEY = "oodsynth:refused-jobs"  # entries the worker refused, newest first: JSON {id, queue, reason, at}

@@ -1,14 +1,8 @@
-"""The JSON payload of one decode job (API -> Redis -> worker), and how images are named.
+"""The JSON payload of one decode job (API -> Redis -> worker), with the limits both sides enforce.
 
 A payload is plain JSON (RQ's JSONSerializer), validated again by the worker,
 so a job written by an older or foreign client fails loudly with the field
 named instead of decoding garbage.
-
-Image ids and seeds are derived from what the image *is* (dataset, vector id,
-repeat index, request seed, decode settings and model), never from time or
-position in the queue, so a retried or re-submitted job reproduces the same
-files and the store can skip images it already holds, while a request with a
-new seed or new decode settings names new images instead of being skipped.
 """
 
 from __future__ import annotations
@@ -16,10 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -36,8 +28,7 @@ from ..decoding.presets import (  # noqa: F401  (the payload validates against t
 from ..errors import InputError
 from ..names import validate_name
 from ..store.results import validate_dataset_name
-
-TERMINAL_JOB_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
+from .image_ids import image_recipe, image_seed_for, recipe_image_id
 
 # Limits of the job model itself, the same for the API (on the request) and the worker (on the payload).
 # The configurable caps (steps, pixels, images) are settings, checked by ``check_decode_limits`` on both sides.
@@ -45,45 +36,6 @@ MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; a longer template only inflates
 MAX_VECTOR_DIM = 16_384  # SD's text encoders take 768-1280; the cap keeps one item's vector bounded
 MAX_JOB_BYTES = 64 * 2**20  # a stored job payload (the worker refuses larger ones before deserialising)
 MAX_PIXELS_BOUND = 2048 * 2048  # no setting may raise the pixel cap past the model's own bound
-
-
-def image_id_for(
-    dataset: str,
-    vector_id: str,
-    repeat: int,
-    *,
-    seed: int | None = None,
-    decode: Mapping[str, Any] | None = None,
-    model: str | None = None,
-) -> str:
-    """Stable id of the ``repeat``-th image of a vector in a dataset.
-
-    The base ``seed``, the ``decode`` settings (prompt template, steps,
-    guidance, size, output size, scheduler) and the ``model`` are part of the
-    id: the same request repeated names the same images (idempotent retries),
-    a request that would draw different pixels names different ones.
-    """
-    return _image_id(dataset, vector_id, repeat, _recipe(seed, decode, model))
-
-
-def _recipe(seed: int | None, decode: Mapping[str, Any] | None, model: str | None) -> str:
-    """The part of an image id shared by every image of a request (computed once per request)."""
-    return json.dumps(
-        {"seed": seed, "decode": dict(decode) if decode is not None else None, "model": model},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-
-
-def _image_id(dataset: str, vector_id: str, repeat: int, recipe: str) -> str:
-    digest = hashlib.sha256(f"{dataset}\x1f{vector_id}\x1f{repeat}\x1f{recipe}".encode()).hexdigest()[:20]
-    return f"img-{digest}"
-
-
-def image_seed_for(image_id: str, base_seed: int | None) -> int:
-    """Per-image diffusion seed (63-bit), reproducible from the image id and the request seed."""
-    digest = hashlib.sha256(f"{image_id}\x1f{base_seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 PACKED_VECTOR_PREFIX = "f32le-b64:"
@@ -333,14 +285,14 @@ def build_items(
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     diagnostics = diagnostics or {}
-    recipe = _recipe(seed, decode, model)
+    recipe = image_recipe(seed, decode, model)
     items = []
     for i, (vector, c, vector_id) in enumerate(zip(vectors, np.asarray(class_index), vector_ids)):
         diag = {name: _finite_or_none(values[i]) for name, values in diagnostics.items()}
         as_list = vector.tolist()
         packed = (as_list, pack_vector(vector))
         for repeat in range(images_per_vector):
-            image_id = _image_id(dataset, vector_id, repeat, recipe)
+            image_id = recipe_image_id(dataset, vector_id, repeat, recipe)
             item = DecodeItem(
                 image_id=image_id,
                 vector_id=vector_id,
@@ -389,7 +341,7 @@ def job_from_sample(
     images_per_vector: int = 1,
     seed: int | None = None,
 ) -> DecodeJob:
-    """The ``DecodeJob`` for every vector of a stored sample (``oodsynth.state.registry.StoredSample``).
+    """The ``DecodeJob`` for every vector of a stored sample (``oodsynth.state.samples.StoredSample``).
 
     Vector ids are ``<sample_id>:<row>``, so re-submitting a sample with the
     same seed and settings reproduces the same image ids and seeds.
@@ -410,37 +362,3 @@ def job_from_sample(
         model=model,
     )
     return DecodeJob(dataset=dataset, model=model, items=items, verify_fit=sample.fit_name, **decode.decode_settings())
-
-
-def wait_until_terminal(
-    status_of: Callable[[str], dict[str, Any]],
-    job_ids: Sequence[str],
-    *,
-    timeout: float | None = None,
-    poll_s: float = 0.5,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Poll ``status_of(job_id)`` until every job is terminal; ``progress(done_images, total_images)`` after each poll.
-
-    The queue (in-process) and the HTTP client share this loop. Returns the
-    final states in ``job_ids`` order; raises ``TimeoutError`` naming the
-    unfinished jobs.
-    """
-    ids = list(dict.fromkeys(job_ids))
-    latest: dict[str, dict] = {}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        for job_id in ids:
-            if latest.get(job_id, {}).get("status") not in TERMINAL_JOB_STATES:
-                latest[job_id] = status_of(job_id)
-        if progress is not None:
-            counts = [s.get("progress") or {} for s in latest.values()]
-            progress(sum(int(c.get("done") or 0) for c in counts), sum(int(c.get("total") or 0) for c in counts))
-        pending = [j for j in ids if latest[j].get("status") not in TERMINAL_JOB_STATES]
-        if not pending:
-            return [latest[j] for j in ids]
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{len(pending)} of {len(ids)} jobs not finished after {timeout} s: {', '.join(pending[:5])}"
-            )
-        time.sleep(poll_s)

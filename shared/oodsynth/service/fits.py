@@ -8,7 +8,7 @@ from pathlib import Path
 from ..bank import BankError, FeatureBank, load_bank
 from ..config import get_settings
 from ..errors import InputError
-from ..state.registry import FitRegistry, fit_exists_error, validate_fit_name
+from ..state.fits import FitRegistry, fit_exists_error, validate_fit_name
 
 
 def create_fit(

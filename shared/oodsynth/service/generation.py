@@ -27,7 +27,8 @@ from ..queue.payloads import (
     job_from_sample,
     rescale_to_anchors,
 )
-from ..state.registry import FitRegistry, SampleRegistry, StoredSample
+from ..state.fits import FitRegistry
+from ..state.samples import SampleRegistry, StoredSample
 
 MAX_CLASS_INDEX = 2**31
 # Inline vectors are rescaled to their anchor's norm, so only their direction matters; a norm

@@ -11,7 +11,8 @@ import pydantic
 from ..config import Settings
 from ..errors import InputError
 from ..samplers import DEFAULT_METHOD
-from ..state.registry import FitRegistry, SampleRegistry, StoredSample
+from ..state.fits import FitRegistry
+from ..state.samples import SampleRegistry, StoredSample
 
 # What a sample request names; a sampler error about anything else is about one of its params.
 REQUEST_FIELDS = frozenset({"fit", "method", "n_per_class", "classes", "seed", "params", "scale_to_anchor"})

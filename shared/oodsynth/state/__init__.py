@@ -1,4 +1,5 @@
-"""The API's shared state in Redis: the registry of banks, fits and samples, and the Redis connection.
+"""The API's shared state in Redis: named fits with their banks (``fits``), drawn samples (``samples``), the
+blob layout both use (``blobs``) and the Redis connection (``redis_conn``).
 
 Imports leaves (``bank``, ``config``, ``names``, ``errors``).
 """

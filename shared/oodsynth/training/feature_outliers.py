@@ -38,7 +38,7 @@ class FeatureOutliers:
 
 
 def _from_npz(path: Path) -> FeatureOutliers:
-    from ..state.registry import StoredSample
+    from ..state.samples import StoredSample
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -57,7 +57,7 @@ def _from_registry(sample_id: str) -> FeatureOutliers:
     import redis
 
     from ..state.redis_conn import get_redis
-    from ..state.registry import SampleRegistry
+    from ..state.samples import SampleRegistry
 
     try:
         stored = SampleRegistry(get_redis()).get(sample_id)

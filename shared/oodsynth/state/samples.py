@@ -1,21 +1,11 @@
-"""Fits and samples kept in Redis, so every API replica, CLI and worker sees the same ones.
-
-A fit is stored as the density's own ``to_bytes()``, the feature bank's
-``to_bytes()`` and the summary JSON, in one Redis hash ``oodsynth:fit:<name>``
-together with a random ``version``. Decoding a large bank is slow, so each
-process keeps decoded fits in a small cache keyed by that version: a request
-costs one ``HGET`` while the fit is unchanged, and a refit under the same name
-(a new version) is picked up by every replica on its next request.
+"""Drawn samples kept in Redis for a while, so ``/generate`` can refer to one by id later.
 
 A sample is stored under ``oodsynth:sample:<id>`` with a TTL (setting
-``sample_ttl_s``), so ``/generate`` can refer to it later: its arrays as raw
-little-endian bytes and the rest as JSON (``StoredSample.to_fields``), read
-back in one round trip with no parsing beyond the JSON. Files and HTTP
-answers carry the same sample as one ``.npz`` (``StoredSample.to_bytes``, no
-pickle); a sample kept as such an ``.npz`` in Redis is read too.
-
-Redis caps one value at 512 MB; blobs are split across hash fields (``blobs.py``) so large banks and
-samples still fit.
+``sample_ttl_s``) and within a byte budget: its arrays as raw little-endian
+bytes and the rest as JSON (``StoredSample.to_fields``), read back in one round
+trip with no parsing beyond the JSON. Files and HTTP answers carry the same
+sample as one ``.npz`` (``StoredSample.to_bytes``, no pickle); a sample kept as
+such an ``.npz`` in Redis is read too.
 """
 
 from __future__ import annotations
@@ -23,10 +13,8 @@ from __future__ import annotations
 import io
 import json
 import re
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,18 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
-from ..bank import FeatureBank, load_bank
 from ..config import get_settings
-from ..errors import Conflict, NotFound
-from ..names import is_valid_name, normalize_name, validate_name
+from ..errors import NotFound
 from .blobs import chunk_fields, read_chunks, read_parts, to_json
 
-if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
-    from ..densities import ClassDensities
+if TYPE_CHECKING:  # imported lazily at run time: the samplers pull in scipy/torch
     from ..samplers import SampleResult
 
-FIT_PREFIX = "oodsynth:fit:"
-FIT_INDEX = "oodsynth:fits"
 SAMPLE_PREFIX = "oodsynth:sample:"
 SAMPLE_TIMES = "oodsynth:samples:times"  # sample id -> when it was stored (for the byte budget)
 SAMPLE_SIZES = "oodsynth:samples:bytes"  # sample id -> its stored size
@@ -53,186 +36,6 @@ _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # The arrays of a stored sample as its Redis hash keeps them (``StoredSample.to_fields``).
 SAMPLE_PARTS = ("vectors", "class_index", "diagnostics")
 SAMPLE_DTYPES = {"vectors": np.dtype("<f4"), "class_index": np.dtype("<i8"), "diagnostics": np.dtype("<f8")}
-
-
-def fit_exists_error(name: str) -> Conflict:
-    return Conflict("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)")
-
-
-def validate_fit_name(name: str) -> str:
-    """Fit names follow the one naming rule (``names.validate_name``), like dataset names."""
-    return validate_name("name", name)
-
-
-# ---------------------------------------------------------------- fits
-
-
-@dataclass
-class _CachedFit:
-    version: str
-    fit: ClassDensities
-    bank: FeatureBank
-
-
-class FitCache:
-    """Decoded fits by (Redis server, name), least recently used dropped first.
-
-    One rule invalidates an entry: its stored ``version`` changed (a refit or
-    delete anywhere). The API keeps one on ``app.state``; a CLI run needs none.
-    """
-
-    def __init__(self, size: int = 4):  # decoded banks can be ~150 MB each
-        self.size = size
-        self._entries: OrderedDict[tuple[str, str], _CachedFit] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str], version: str) -> _CachedFit | None:
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is None or hit.version != version:
-                return None
-            self._entries.move_to_end(key)
-            return hit
-
-    def put(self, key: tuple[str, str], entry: _CachedFit) -> None:
-        with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def drop(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-
-class FitRegistry:
-    """Named class-density fits with their banks, shared through Redis.
-
-    ``put`` writes atomically (one ``MULTI``), ``get`` returns the decoded
-    ``(fit, bank)`` from ``cache`` when its version is current.
-    """
-
-    def __init__(self, client: redis.Redis, *, cache: FitCache | None = None):
-        """``cache``: share one across registries (the API's ``app.state``); a private one otherwise."""
-        self.redis = client
-        self.cache = cache if cache is not None else FitCache()
-        # Cache entries are per server: two Redis servers may hold the same name.
-        kw = client.connection_pool.connection_kwargs
-        self._server = str(kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}")
-
-    @staticmethod
-    def key(name: str) -> str:
-        return FIT_PREFIX + normalize_name(name)  # one key for a composed and a decomposed spelling
-
-    def put(self, name: str, fit: ClassDensities, bank: FeatureBank, *, replace: bool = True) -> dict:
-        """Store ``fit`` and ``bank`` under ``name``; returns the stored summary.
-
-        With ``replace=False`` an existing name raises ``Conflict`` (checked
-        atomically with WATCH, so two concurrent creators cannot both win).
-        """
-        name = validate_fit_name(name)
-        version = uuid.uuid4().hex
-        summary = {
-            "name": name,
-            "version": version,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "n_bank": int(bank.features.shape[0]),
-            **fit.summary(),
-        }
-        fields: dict[str, bytes] = {
-            "version": version.encode(),
-            "summary": to_json(summary).encode(),
-            **chunk_fields("fit", fit.to_bytes()),
-            **chunk_fields("bank", bank.to_bytes()),
-        }
-        key = self.key(name)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    if not replace and pipe.exists(key):
-                        raise fit_exists_error(name)
-                    pipe.multi()
-                    pipe.delete(key)
-                    pipe.hset(key, mapping=fields)
-                    pipe.sadd(FIT_INDEX, name)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
-        self.cache.put((self._server, name), _CachedFit(version, fit, bank))
-        return summary
-
-    def exists(self, name: str) -> bool:
-        return is_valid_name(name) and bool(self.redis.exists(self.key(name)))
-
-    def get(self, name: str, *, field: str = "fit") -> tuple[ClassDensities, FeatureBank]:
-        """The decoded ``(fit, bank)``; ``NotFound`` blaming ``field`` when there is no such fit."""
-        from ..densities import ClassDensities
-
-        missing = NotFound(field, f"no fit named {name!r}")
-        if not is_valid_name(name):
-            raise missing
-        key = self.key(name)
-        version = self.redis.hget(key, "version")
-        if version is None:
-            raise missing
-        hit = self.cache.get((self._server, name), version.decode())
-        if hit is not None:
-            return hit.fit, hit.bank
-        for _ in range(3):  # a refit may land between reads; retry on a torn read
-            version_b = self.redis.hget(key, "version")
-            if version_b is None:
-                raise missing
-            fit_bytes = read_chunks(self.redis, key, "fit")
-            bank_bytes = read_chunks(self.redis, key, "bank")
-            if fit_bytes is None or bank_bytes is None or self.redis.hget(key, "version") != version_b:
-                continue
-            fit = ClassDensities.from_bytes(fit_bytes)
-            bank = load_bank(bank_bytes, min_per_class=1)
-            self.cache.put((self._server, name), _CachedFit(version_b.decode(), fit, bank))
-            return fit, bank
-        raise missing
-
-    def version(self, name: str) -> str:
-        """The current version (an etag); ``NotFound`` when absent."""
-        v = self.redis.hget(self.key(name), "version") if is_valid_name(name) else None
-        if v is None:
-            raise NotFound("fit", f"no fit named {name!r}")
-        return v.decode()
-
-    def summary(self, name: str, *, field: str = "fit") -> dict:
-        """The JSON summary stored with the fit, without decoding the arrays; ``NotFound`` when absent."""
-        raw = self.redis.hget(self.key(name), "summary") if is_valid_name(name) else None
-        if raw is None:
-            raise NotFound(field, f"no fit named {name!r}")
-        return json.loads(raw)
-
-    def list(self) -> list[str]:
-        names = sorted(n.decode() for n in self.redis.smembers(FIT_INDEX))
-        # Drop index entries whose hash vanished (e.g. a flushed key), so list() never lies.
-        with self.redis.pipeline(transaction=False) as pipe:
-            for n in names:
-                pipe.exists(self.key(n))
-            present = pipe.execute()
-        gone = [n for n, ok in zip(names, present) if not ok]
-        if gone:
-            self.redis.srem(FIT_INDEX, *gone)
-        return [n for n in names if n not in gone]
-
-    def delete(self, name: str) -> bool:
-        if not is_valid_name(name):
-            return False
-        with self.redis.pipeline() as pipe:
-            pipe.delete(self.key(name))
-            pipe.srem(FIT_INDEX, name)
-            removed, _ = pipe.execute()
-        self.cache.drop((self._server, name))
-        return bool(removed)
-
-
-# ---------------------------------------------------------------- samples
 
 
 @dataclass
