@@ -36,6 +36,13 @@ import sys
 from pathlib import Path
 
 PROTOCOL = Path(__file__).parent / "protocol" / "splits.toml"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` as the results record it: relative to the repository when inside it (the same on every clone)."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     tested = {s.label for p in protocol.splits.values() for g in ("test", "confirm") for s in p[g]}
     meta = {
         **git_state(Path(__file__).parent),
-        "protocol": str(args.protocol),
+        "protocol": repo_relative(args.protocol),
         "protocol_sha": protocol.sha,
         "splits": [{"label": s.label, "name": s.name, "key": s.key} for s in splits],
         "seeds": seeds,
