@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 from pathlib import Path
 
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads (1: measured 7x faster per step than 2 on a busy 2-core machine)",
+        default=None,
+        help="torch threads. Default 1 (measured 7x faster per step than 2 on a busy 2-core machine, and the "
+        "thread count the recorded cells ran with: float sums, so a cell's figures depend on it); --quick "
+        "defaults to every core (a check, not a recorded figure: 210 s against 295 s on 2 idle cores)",
     )
     p.add_argument(
         "--set",
@@ -178,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds is not None:
             seeds = parse_seeds(args.seeds)
         row_names = pick_rows(args.rows, list(rows))
-    torch.set_num_threads(args.threads)
+    threads = args.threads or ((os.cpu_count() or 1) if args.quick else 1)
+    torch.set_num_threads(threads)
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(args.threads)  # BLAS too: spinning OpenBLAS threads make the fit's SVDs many times slower here
+    threadpool_limits(threads)  # BLAS too: spinning OpenBLAS threads make the fit's SVDs many times slower here
     overrides = {**(QUICK if args.quick else {}), **parse_settings(args.set)}
     settings = LabSettings(**overrides)
     versus = None
@@ -224,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol_sha": protocol.sha,
         "splits": [{"label": s.label, "name": s.name, "key": s.key} for s in splits],
         "seeds": seeds,
+        "torch_threads": threads,  # the figures of cells run now depend on it (float sums)
         "test_only": all(s.label in tested for s in splits),
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
