@@ -224,3 +224,20 @@ def test_a_new_family_is_one_class_plus_one_registry_entry(monkeypatch):
     np.testing.assert_allclose(fit.score_samples(x, [0] * 5), expected, rtol=1e-7)
     again = ClassDensities.from_bytes(fit.to_bytes())
     np.testing.assert_array_equal(again.score_samples(x, [0] * 5), fit.score_samples(x, [0] * 5))
+
+
+@pytest.mark.parametrize("shape", [(60, 96), (300, 96), (12, 96)])
+def test_principal_axes_match_the_svd(shape):
+    """The full Gaussian's axes come from the smaller Gram matrix: the same variances and axes as the SVD."""
+    from oodsynth.densities.families import _principal_axes
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal(shape) * np.linspace(0.05, 3.0, shape[1])
+    X -= X.mean(axis=0)
+    power, basis = _principal_axes(X)
+    _, sv, vt = np.linalg.svd(X, full_matrices=False)
+    rank = min(shape[0] - 1, shape[1])  # centring removes one dimension when n <= D
+    assert power.shape == (rank,) and basis.shape == (shape[1], rank)
+    np.testing.assert_allclose(power, sv[:rank] ** 2, rtol=1e-10)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(rank), atol=1e-10)
+    np.testing.assert_allclose(np.abs((basis * vt[:rank].T).sum(axis=0)), 1.0, atol=1e-10)  # same axes, up to sign
