@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch threads. Default 1 (measured 7x faster per step than 2 on a busy 2-core machine, and the "
         "thread count the recorded cells ran with: float sums, so a cell's figures depend on it); --quick "
-        "defaults to every core (a check, not a recorded figure: 210 s against 295 s on 2 idle cores)",
+        "defaults to every core (a check, not a recorded figure: 165-174 s from nothing on 2 idle cores, 295 s on one)",
     )
     p.add_argument(
         "--set",
