@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(threads)  # BLAS too: spinning OpenBLAS threads make the fit's SVDs many times slower here
+    threadpool_limits(threads)  # BLAS too: spinning OpenBLAS threads slow the fit many times
     overrides = {**(QUICK if args.quick else {}), **parse_settings(args.set)}
     settings = LabSettings(**overrides)
     versus = None
