@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
 from ..errors import InputError
 from ..training.ood_config import OOD_LOSSES
+from ..training.outlier_mix import check_shares
 
 # the post-hoc detectors and their parameters (pytorch-ood keywords), chosen on the dev splits (bench/posthoc_params.py)
 POSTHOC_PARAMS: dict[str, dict] = {
@@ -147,8 +148,7 @@ class LabSettings(BaseModel):
 
     @model_validator(mode="after")
     def _a_share_left_for_decoded(self) -> LabSettings:
-        if self.noise_share + self.mixing_share >= 1:
-            raise ValueError("noise_share + mixing_share must stay below 1: a decoded row keeps some decoded outliers")
+        check_shares(self.noise_share, self.mixing_share)
         return self
 
     @field_validator("test_score")

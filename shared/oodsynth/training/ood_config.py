@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..densities import DENSITY_KINDS
 from ..encoding.encoder import ENCODER_ARCHS
+from .outlier_mix import check_shares
 from .virtual_outliers import VIRTUAL_OUTLIERS, get_virtual_sampler
 
 OOD_LOSSES = ("energy_logistic", "outlier_exposure")
@@ -112,7 +113,5 @@ class OODTrainConfig(BaseModel):
     @field_validator("mixing_share")
     @classmethod
     def _stored_outliers_left(cls, v: float, info: ValidationInfo) -> float:
-        """Noise and mixes are shares of all the outliers: the stored ones must keep the rest."""
-        if v + info.data.get("noise_share", 0.0) >= 1:
-            raise ValueError("noise_share + mixing_share must stay below 1 (the stored outliers keep the rest)")
+        check_shares(info.data.get("noise_share", 0.0), v)
         return v

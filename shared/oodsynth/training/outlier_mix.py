@@ -20,6 +20,15 @@ from .mixing import MixingDataset
 NOISE_GRID = 4  # the noise is uniform on a 4x4 grid, upsampled: blobs, unlike per-pixel noise
 
 
+def check_shares(noise_share: float, mixing_share: float) -> None:
+    """Noise and mixes are shares of all the outliers: the stored (or decoded) ones keep the rest. ``ValueError``
+    otherwise; the lab's settings, ``OODTrainConfig`` and ``with_outlier_mix`` all check with this."""
+    if noise_share < 0 or mixing_share < 0 or noise_share + mixing_share >= 1:
+        raise ValueError(
+            "noise_share + mixing_share must be >= 0 and stay below 1: the stored (or decoded) outliers keep the rest"
+        )
+
+
 def _noise_grid(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 1, NOISE_GRID, NOISE_GRID, generator=torch.Generator().manual_seed(seed))
 
@@ -84,8 +93,10 @@ def with_outlier_mix(
     """``outliers`` plus smooth noise and ``mixing_kind`` mixes of ``id_dataset``'s images, as many as make
     ``noise_share`` and ``mixing_share`` of them all: concatenated to a held set; interleaved into a stream (whose
     length is unknown), drawing in turn from one ID set's worth of each."""
-    if noise_share < 0 or mixing_share < 0 or noise_share + mixing_share >= 1:
-        raise InputError("mixing_share", "noise_share and mixing_share must be >= 0 and sum to less than 1")
+    try:
+        check_shares(noise_share, mixing_share)
+    except ValueError as exc:
+        raise InputError("mixing_share", str(exc)) from None
     if not noise_share and not mixing_share:
         return outliers
     stored = 1 - noise_share - mixing_share
