@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from oodsynth.data import ProfileSplit
     from oodsynth.lab import DEFAULT_ROW, QUICK, LabSettings, lab_rows, profile_assets, run_benchmark
-    from oodsynth.lab.protocol import git_state, load_protocol, pick_splits
+    from oodsynth.lab.protocol import TEST_GROUPS, git_state, load_protocol, pick_splits
 
     rows = lab_rows()
     if args.list_rows:
@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     home = get_settings().home
     assets_for = SplitAssets
 
-    # the test draws (test, confirm) only report; a run on them alone is a protocol result
-    tested = {s.label for p in protocol.splits.values() for g in ("test", "confirm") for s in p[g]}
+    # the test draws (test, confirm, final) only report; a run on them alone is a protocol result
+    tested = {s.label for p in protocol.splits.values() for g in TEST_GROUPS for s in p[g]}
     meta = {
         **git_state(Path(__file__).parent),
         "protocol": repo_relative(args.protocol),

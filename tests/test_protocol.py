@@ -73,6 +73,18 @@ def test_the_checked_in_protocol_is_the_recorded_draw():
         )
         assert [s.holdout for s in confirm] == [s.holdout for s in again] and protocol.confirm_draw_seed != 2026
         assert [s.name for s in confirm] == [f"confirm-{i}" for i in range(4)]
+        # the final group: a third draw of four, its own seed, never a dev, test or confirm split
+        final = groups["final"]
+        third = draw_splits(
+            profile,
+            4,
+            n_holdout=protocol.n_holdout[profile],
+            seed=protocol.final_draw_seed,
+            exclude=[s.holdout for s in dev + test + confirm],
+        )
+        assert [s.holdout for s in final] == [s.holdout for s in third]
+        assert protocol.final_draw_seed not in (protocol.draw_seed, protocol.confirm_draw_seed)
+        assert [s.name for s in final] == [f"final-{i}" for i in range(4)]
 
 
 def test_pick_splits_by_group_name_holdout_and_draw():

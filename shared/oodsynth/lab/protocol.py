@@ -18,7 +18,9 @@ from pathlib import Path
 from ..data import OFFLINE_PROFILES, ProfileSplit, draw_splits
 from ..errors import InputError
 
-GROUPS = ("dev", "test", "confirm")  # confirm: a second test draw (its own draw seed), fixed before it ran
+# confirm and final: a second and a third test draw (each its own draw seed), each fixed before any cell ran on it
+GROUPS = ("dev", "test", "confirm", "final")
+TEST_GROUPS = ("test", "confirm", "final")  # the draws that only report
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Protocol:
     dev_seeds: list[int]
     draw_seed: int
     confirm_draw_seed: int = 0
+    final_draw_seed: int = 0
     sha: str = ""  # sha256 of the file (12 hex digits): results record which protocol they ran
     path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -68,6 +71,7 @@ def load_protocol(path: str | Path) -> Protocol:
         [int(s) for s in raw.get("dev_seeds", [])],
         int(raw.get("draw_seed", 0)),
         int(raw.get("confirm_draw_seed", 0)),
+        int(raw.get("final_draw_seed", 0)),
         hashlib.sha256(text).hexdigest()[:12],
         path,
         raw,
@@ -77,7 +81,7 @@ def load_protocol(path: str | Path) -> Protocol:
 def pick_splits(spec: str, profiles: list[str], protocol: Protocol) -> list[ProfileSplit]:
     """Comma-separated items, each for every profile in ``profiles`` unless it names its profile:
 
-    ``test`` / ``dev`` / ``confirm`` (the protocol's groups), ``test-0`` (one by name), ``default`` (the profile's default
+    ``test`` / ``dev`` / ``confirm`` / ``final`` (the protocol's groups), ``test-0`` (one by name), ``default`` (the profile's default
     holdout), ``draw:N`` or ``draw:N@SEED`` (N random holdouts, the protocol's size, with the draw seed or SEED;
     never one of the protocol's splits), ``animals:cat+cow+dog`` or ``animals:2+3+4`` (an explicit holdout).
     """
@@ -133,7 +137,7 @@ def _resolve(item: str, profile: str, protocol: Protocol) -> list[ProfileSplit]:
         return [ProfileSplit(s.profile, s.holdout, f"draw-{i}") for i, s in enumerate(drawn)]
     raise InputError(
         "splits",
-        f"{item!r} is not a split: use dev, test, confirm, dev-0, test-3, default, draw:N[@SEED] or PROFILE:word+word",
+        f"{item!r} is not a split: use dev, test, confirm, final, dev-0, test-3, default, draw:N[@SEED] or PROFILE:word+word",
     )
 
 
