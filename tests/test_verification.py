@@ -133,7 +133,7 @@ def test_train_ood_cli_max_id_percentile(tmp_path):
             "4",
         ],
     )
-    assert res.exit_code == 2 and "max_id_percentile" in res.output and "at or below ID percentile 10" in res.output
+    assert res.exit_code == 2 and "max_id_percentile" in res.output and "verified at ID percentile <= 10" in res.output
 
 
 @pytest.mark.slow  # the digits encoder is trained for it

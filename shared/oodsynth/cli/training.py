@@ -186,6 +186,17 @@ def train_ood_cmd(
         "verified_id_percentile). Default: 10 (measured) when every image "
         "is verified, else all images.",
     ),
+    min_id_percentile: float = typer.Option(
+        0.0,
+        help="With --max-id-percentile, a band: also drop verified outliers below this ID percentile (the "
+        "decodings that re-encode as most OOD: blobs and decoder artefacts). Must lie below the maximum; "
+        "0: no lower bound.",
+    ),
+    max_margin: float | None = typer.Option(
+        None,
+        help="Keep only verified outliers that are ambiguous between two ID classes: re-encoded top-1 minus "
+        "top-2 anchor cosine (manifest field verified_margin, 0..2) at most this. Default: no margin filter.",
+    ),
     all_outliers: bool = typer.Option(False, "--all-outliers", help="Use every stored outlier, verified or not."),
     stream: bool = typer.Option(
         False,
@@ -257,6 +268,8 @@ def train_ood_cmd(
     """Train a classifier with L = CE + beta * L_ood on generated outliers from the store."""
     from ..service.training import train_ood_run
 
+    if all_outliers and (min_id_percentile or max_margin is not None):
+        _fail("all_outliers", "keeps every image: give no --min-id-percentile or --max-margin with it")
     result = train_ood_run(
         out,
         dataset=dataset,
@@ -264,6 +277,8 @@ def train_ood_cmd(
         store=store,
         outliers=outliers,
         max_id_percentile=max_id_percentile if max_id_percentile is not None else None if all_outliers else "auto",
+        min_id_percentile=min_id_percentile,
+        max_margin=max_margin,
         feature_outliers=feature_outliers,
         virtual_outliers=virtual_outliers,
         virtual_params=virtual_param,

@@ -8,10 +8,14 @@ re-encoded with the text-aligned encoder and checked against the fit:
 - ``id_percentile``: the highest ID percentile of its feature over all classes
   (an image that looks like a typical image of *any* ID class is no outlier),
   and ``id_class``, the class where that happens;
-- ``max_softmax``: the anchor classifier's confidence, max_j softmax(cos(z, T(y_j)) / t).
+- ``max_softmax``: the anchor classifier's confidence, max_j softmax(cos(z, T(y_j)) / t);
+- ``margin``: the anchor classifier's top-1 minus top-2 cosine, cos(z, T(y_(1))) - cos(z, T(y_(2))), in [0, 2]:
+  the samplers' ``margin`` units (``samplers.anchor_classifier``), free of the temperature. Small: the image is
+  ambiguous between two ID classes (the boundary outliers of HamOS and BOOD).
 
-An outlier is *verified* when its ``id_percentile`` is at most a threshold
-(``train-ood --max-id-percentile``). The fields go into the image's manifest
+An outlier is *verified* when it passes a ``Selection``: its ``id_percentile`` inside a band (at most
+``train-ood --max-id-percentile``, at least ``--min-id-percentile``: the lowest are blobs and decoder
+artefacts) and, optionally, its ``margin`` at most ``--max-margin``. The fields go into the image's manifest
 row (``VERIFICATION_KEYS``), so the filter needs no model at training time.
 """
 
@@ -29,31 +33,91 @@ from ..densities import ClassDensities
 from ..encoding.training import EncoderCheckpoint
 from ..errors import InputError
 
-VERIFICATION_KEYS = ("id_percentile", "id_class", "max_softmax")
+VERIFICATION_KEYS = ("id_percentile", "id_class", "max_softmax", "margin")
 # the manifest's diagnostics already hold the *vector's* id_percentile; the image's carry this prefix
 MANIFEST_PREFIX = "verified_"
 # train-ood's default threshold when every stored image is verified: of 10, 5 and 2, the only one under which no
 # sampler's decoded outliers made near-OOD FPR95 worse than CE only (bench/results/small_setting/: ood_gain.md,
 # ood_gain_threshold5.md, ood_gain_threshold2.md; docs/results.md)
 DEFAULT_MAX_ID_PERCENTILE = 10.0
+MAX_MARGIN = 2.0  # the widest top-1 minus top-2 cosine
+
+
+def _in_range(field: str, value: float, high: float) -> None:
+    if not 0.0 <= value <= high:  # NaN fails too
+        raise InputError(field, f"must lie in [0, {high:g}], got {value}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which verified images to keep: ID percentile in [``min_id_percentile``, ``max_id_percentile``] and, when
+    ``max_margin`` is set, top-2 margin at most it. The defaults keep what the single threshold kept: a minimum
+    of 0 is no lower bound (so a maximum of 0 stays valid), and no margin filter."""
+
+    min_id_percentile: float = 0.0
+    max_id_percentile: float = DEFAULT_MAX_ID_PERCENTILE
+    max_margin: float | None = None
+
+    def __post_init__(self) -> None:
+        _in_range("max_id_percentile", self.max_id_percentile, 100.0)
+        _in_range("min_id_percentile", self.min_id_percentile, 100.0)
+        if self.min_id_percentile > 0 and self.min_id_percentile >= self.max_id_percentile:
+            raise InputError(
+                "min_id_percentile",
+                f"must lie below max_id_percentile {self.max_id_percentile:g}, got {self.min_id_percentile:g}",
+            )
+        if self.max_margin is not None:
+            _in_range("max_margin", self.max_margin, MAX_MARGIN)
+
+    @classmethod
+    def of(cls, selection: Selection | float) -> Selection:
+        """A selection as given, or the band below a bare threshold (today's single ``max_id_percentile``)."""
+        return selection if isinstance(selection, Selection) else cls(max_id_percentile=float(selection))
+
+    def passes(self, verification: Verification) -> np.ndarray:
+        """Boolean mask of the images this selection keeps; an unknown (NaN) margin fails a margin filter."""
+        pct = verification.id_percentile
+        keep = (pct >= self.min_id_percentile) & (pct <= self.max_id_percentile)
+        if self.max_margin is not None:
+            keep &= verification.margin <= self.max_margin
+        return keep
+
+    def describe(self) -> str:
+        """The selection in words, for notes and errors: ``ID percentile <= 10``, ``... in [2, 10]; margin <= 0.1``."""
+        lo, hi = self.min_id_percentile, self.max_id_percentile
+        text = f"ID percentile in [{lo:g}, {hi:g}]" if lo > 0 else f"ID percentile <= {hi:g}"
+        return text if self.max_margin is None else f"{text}; top-2 margin <= {self.max_margin:g}"
 
 
 @dataclass
 class Verification:
-    """Per image: ``id_percentile`` (max over classes, 0..100), ``id_class``, ``max_softmax``."""
+    """Per image: ``id_percentile`` (max over classes, 0..100), ``id_class``, ``max_softmax``, ``margin`` (NaN where
+    unknown: images verified before margins were recorded)."""
 
     id_percentile: np.ndarray
     id_class: np.ndarray
     max_softmax: np.ndarray
+    margin: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.margin is None:
+            self.margin = np.full(len(self.id_percentile), np.nan)
 
     def __len__(self) -> int:
         return len(self.id_percentile)
 
-    def passes(self, max_id_percentile: float) -> np.ndarray:
-        """Boolean mask of the images that are verified outliers at this threshold."""
-        if not 0.0 <= max_id_percentile <= 100.0:
-            raise ValueError(f"max_id_percentile: must lie in [0, 100], got {max_id_percentile}")
-        return self.id_percentile <= max_id_percentile
+    @classmethod
+    def from_manifest(cls, rows: Sequence[dict]) -> Verification:
+        """The verification of manifest rows' diagnostics (``verified_*``; each must carry an ID percentile)."""
+
+        def column(key: str) -> np.ndarray:
+            return np.array([float(r.get(MANIFEST_PREFIX + key, np.nan)) for r in rows], dtype=np.float64)
+
+        return cls(column("id_percentile"), column("id_class"), column("max_softmax"), column("margin"))
+
+    def passes(self, selection: Selection | float) -> np.ndarray:
+        """Boolean mask of the images that are verified outliers under ``selection`` (or a bare threshold)."""
+        return Selection.of(selection).passes(self)
 
     def manifest_fields(self, i: int) -> dict[str, float]:
         """Image ``i``'s fields for its manifest row (``verified_id_percentile`` ...)."""
@@ -78,6 +142,14 @@ def images_to_tensor(images: Sequence[Image.Image] | torch.Tensor, image_size: i
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     return x.clamp_(0, 1)
+
+
+def _top2_margin(cos: torch.Tensor) -> np.ndarray:
+    """Top-1 minus top-2 cosine per row; NaN (unknown, failing a margin filter) with a single class."""
+    if cos.shape[1] < 2:
+        return np.full(len(cos), np.nan)
+    top2 = cos.topk(2, dim=1).values.double()
+    return (top2[:, 0] - top2[:, 1]).numpy()
 
 
 @torch.no_grad()
@@ -106,11 +178,13 @@ def verify_images(
         ]
     )
     anchors = F.normalize(torch.as_tensor(encoder.anchors, dtype=torch.float32), dim=1)
-    probs = torch.softmax(z @ anchors.T / encoder.config.temperature, dim=1)
+    cos = z @ anchors.T
+    probs = torch.softmax(cos / encoder.config.temperature, dim=1)
     return Verification(
         id_percentile=pct.max(axis=0),
         id_class=pct.argmax(axis=0).astype(np.int64),
         max_softmax=probs.max(dim=1).values.numpy().astype(np.float64),
+        margin=_top2_margin(cos),
     )
 
 
@@ -119,7 +193,8 @@ class DecodeVerifier:
 
     The worker verifies when it has an encoder (``OODSYNTH_ENCODER_CHECKPOINT``) and the job names the fit its
     vectors came from (``DecodeJob.verify_fit``); otherwise images are stored unverified, and
-    ``train-ood --max-id-percentile`` refuses them by name.
+    ``train-ood --max-id-percentile`` refuses them by name. Each image's fields are ``Verification.manifest_fields``
+    (``verified_margin`` included).
     """
 
     def __init__(self) -> None:

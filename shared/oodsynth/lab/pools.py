@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..decoding.verification import Verification, images_to_tensor, verify_images
+from ..decoding.verification import Selection, Verification, images_to_tensor, verify_images
 from .assets import LabAssets
 from .settings import LabSettings
 
@@ -43,13 +43,10 @@ class DecodedPool:
     sample_seconds: float
     decode_seconds: float
 
-    def choose(self, n_per_class: int, max_id_percentile: float | None) -> np.ndarray:
-        """Indices of the first ``n_per_class`` images per class (that pass verification, when a threshold is given)."""
-        ok = (
-            np.ones(len(self.class_index), bool)
-            if max_id_percentile is None
-            else self.verification.passes(max_id_percentile)
-        )
+    def choose(self, n_per_class: int, selection: Selection | float | None) -> np.ndarray:
+        """Indices of the first ``n_per_class`` images per class (that pass ``selection``, or a bare ID-percentile
+        threshold, when one is given)."""
+        ok = np.ones(len(self.class_index), bool) if selection is None else self.verification.passes(selection)
         keep = [np.flatnonzero((self.class_index == c) & ok)[:n_per_class] for c in np.unique(self.class_index)]
         return np.sort(np.concatenate(keep))
 
@@ -67,17 +64,33 @@ def pool_path(cache: Path, name: str, assets: LabAssets, settings: LabSettings, 
     return cache / assets.split.key / f"decoded-{name}-{tag}.pt"
 
 
-def _cached_pool(path: Path) -> DecodedPool | None:
+VERIFICATION_ARRAYS = ("id_percentile", "id_class", "max_softmax", "margin")
+
+
+def _cached_pool(path: Path, assets: LabAssets) -> DecodedPool | None:
+    """The pool cached at ``path``, if any. A pool cached before margins were recorded gets them once, from its
+    stored images re-encoded (decoding costs minutes, re-encoding a second), and is saved again with them."""
     if not path.is_file():
         return None
     state = torch.load(path, weights_only=True)
+    if "margin" not in state:
+        images = state["images"].float() / 255
+        state["margin"] = torch.from_numpy(verify_images(assets.encoder, assets.fit, images).margin)
+        _save(state, path)
     return DecodedPool(
         state["images"],
         state["class_index"].numpy(),
-        Verification(*(state[k].numpy() for k in ("id_percentile", "id_class", "max_softmax"))),
+        Verification(*(state[k].numpy() for k in VERIFICATION_ARRAYS)),
         float(state["sample_seconds"]),
         float(state["decode_seconds"]),
     )
+
+
+def _save(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: two benchmark processes may share the cache
 
 
 def _decode_verified(
@@ -101,21 +114,9 @@ def _decode_verified(
     pool = DecodedPool(
         (x * 255).round().to(torch.uint8), np.asarray(class_index), verification, sample_seconds, t2 - t1
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    torch.save(
-        {
-            "images": pool.images,
-            "class_index": torch.from_numpy(pool.class_index),
-            "id_percentile": torch.from_numpy(verification.id_percentile),
-            "id_class": torch.from_numpy(verification.id_class),
-            "max_softmax": torch.from_numpy(verification.max_softmax),
-            "sample_seconds": pool.sample_seconds,
-            "decode_seconds": pool.decode_seconds,
-        },
-        tmp,
-    )
-    tmp.replace(path)  # atomic: two benchmark processes may share the cache
+    arrays = {k: torch.from_numpy(getattr(verification, k)) for k in VERIFICATION_ARRAYS}
+    state = {"images": pool.images, "class_index": torch.from_numpy(pool.class_index), **arrays}
+    _save({**state, "sample_seconds": pool.sample_seconds, "decode_seconds": pool.decode_seconds}, path)
     return pool
 
 
@@ -123,7 +124,7 @@ def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettin
     """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
     path = pool_path(cache, f"{sampler}-s{seed}", assets, settings, n_pool, settings.sampler_key(sampler))
-    if (pool := _cached_pool(path)) is not None:
+    if (pool := _cached_pool(path, assets)) is not None:
         return pool
     t0 = time.process_time()
     result = settings.sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
@@ -137,7 +138,7 @@ def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cac
     n_classes = assets.fit.n_classes
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(labels), n_classes, settings.decoded_inliers)))
     path = pool_path(cache, f"inliers-s{seed}", assets, settings, n_pool)
-    if (pool := _cached_pool(path)) is not None:
+    if (pool := _cached_pool(path, assets)) is not None:
         return pool
     rng = np.random.default_rng([seed, 7])
     idx = np.concatenate(

@@ -32,6 +32,7 @@ from .settings import (
     FINETUNE_FIELDS,
     INLIER_FIELDS,
     OUTLIER_FIELDS,
+    SELECTION_FIELDS,
     LabSettings,
 )
 
@@ -96,19 +97,19 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
         # the outlier mix: this many of each class's outliers are smooth noise, this many image-space mixes
         n_noise_per_class = round(s.noise_share * per_class)
         n_mixed_per_class = round(s.mixing_share * per_class)
-        keep = pool.choose(per_class - n_noise_per_class - n_mixed_per_class, s.max_id_percentile if verified else None)
+        keep = pool.choose(per_class - n_noise_per_class - n_mixed_per_class, s.selection if verified else None)
         info = {
             "pool": len(pool.class_index),
             "sample_s": pool.sample_seconds,
             "decode_s": pool.decode_seconds,
-            "pool_pass_rate": float(pool.verification.passes(s.max_id_percentile).mean()),
+            "pool_pass_rate": float(pool.verification.passes(s.selection).mean()),
             "pool_median_id_percentile": float(np.median(pool.verification.id_percentile)),
             "kept_median_id_percentile": float(np.median(pool.verification.id_percentile[keep]))
             if len(keep)
             else float("nan"),
         }
         if len(keep) == 0:
-            raise ValueError(f"max_id_percentile: no decoded {sampler} outlier passes {s.max_id_percentile}")
+            raise ValueError(f"max_id_percentile: no decoded {sampler} outlier passes {s.selection.describe()}")
         images = pool.images[torch.from_numpy(keep)]
         if s.outlier_postprocess == "binarize":
             from torchvision.transforms.functional import gaussian_blur
@@ -225,7 +226,7 @@ def lab_rows() -> dict[str, Row]:
                 f"decoded:{name}+verified",
                 decoded_row(name, True),
                 needs_decoder=True,
-                uses=decoded | {"max_id_percentile"},
+                uses=decoded | SELECTION_FIELDS,
                 sampler=name,
                 test_scored=True,
             ),

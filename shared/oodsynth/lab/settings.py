@@ -7,9 +7,9 @@ import json
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
+from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE, MAX_MARGIN, Selection
 from ..errors import InputError
 from ..training.ood_config import OOD_LOSSES
 from ..training.outlier_mix import check_shares
@@ -71,6 +71,20 @@ class LabSettings(BaseModel):
         "verified row keeps the first ones that pass, the plain row the first ones",
     )
     max_id_percentile: float = Field(DEFAULT_MAX_ID_PERCENTILE, ge=0, le=100, description="verification threshold")
+    min_id_percentile: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="the verified rows' lower ID-percentile bound (below max_id_percentile): drops the decodings "
+        "that re-encode as most OOD, blobs and decoder artefacts; 0: no lower bound (the single threshold)",
+    )
+    max_margin: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_MARGIN,
+        description="the verified rows keep only decodings whose re-encoded top-1 minus top-2 anchor cosine is at "
+        "most this (ambiguous between two ID classes, after HamOS/BOOD); None: no margin filter",
+    )
     density: str = "gaussian_full"
     sampler_params: dict[str, dict] = Field(
         default_factory=dict,
@@ -151,6 +165,17 @@ class LabSettings(BaseModel):
         check_shares(self.noise_share, self.mixing_share)
         return self
 
+    @field_validator("min_id_percentile")
+    @classmethod
+    def _a_band(cls, v: float, info: ValidationInfo) -> float:
+        """A minimum at or above the maximum keeps nothing: fail at --set time, with Selection's own check."""
+        if "max_id_percentile" in info.data:
+            try:
+                Selection(v, info.data["max_id_percentile"])
+            except InputError as exc:
+                raise ValueError(exc.message) from None
+        return v
+
     @field_validator("test_score")
     @classmethod
     def _a_lab_score(cls, v: str) -> str:
@@ -161,6 +186,11 @@ class LabSettings(BaseModel):
     def per_class(self, n_train: int, n_classes: int, ratio: float | None = None) -> int:
         """Images per class that reach the detector: ``ratio`` (default ``outlier_ratio``) of the ID training set."""
         return max(1, round((self.outlier_ratio if ratio is None else ratio) * n_train / n_classes))
+
+    @property
+    def selection(self) -> Selection:
+        """What the verified rows keep of a decoded pool."""
+        return Selection(self.min_id_percentile, self.max_id_percentile, self.max_margin)
 
     def epochs_for(self, n_train: int) -> int:
         return max(self.epochs, math.ceil(self.min_steps / math.ceil(n_train / self.batch_size)))
@@ -178,6 +208,9 @@ class LabSettings(BaseModel):
         data = self.model_dump(mode="json")
         if not self.mixing_share:  # no mixing outliers: the recipe (and its cells) whatever the kind would be
             del data["mixing_share"], data["mixing_kind"]
+        for name, default in NO_FILTER.items():  # no band minimum or margin filter: the single threshold's keys
+            if data[name] == default:
+                del data[name]
         if fields is not None:
             data = {k: v for k, v in data.items() if k in DETECTOR_FIELDS | fields}
             if "sampler_params" in data:
@@ -189,6 +222,10 @@ class LabSettings(BaseModel):
         return self.sampler(name).params.model_dump(mode="json")
 
 
+# the selection beyond the single threshold, at its defaults: keyed as before these fields existed
+NO_FILTER = {"min_id_percentile": 0.0, "max_margin": None}
+# what a verified row keeps of its decoded pool (LabSettings.selection)
+SELECTION_FIELDS = frozenset({"min_id_percentile", "max_id_percentile", "max_margin"})
 FROM_SCRATCH = {"finetune_epochs": 0, "finetune_lr": 0.01}  # the settings' defaults: train from scratch
 DETECTOR_FIELDS = frozenset({"arch", "width", "image_size", "epochs", "min_steps", "batch_size", "lr"})
 # only the image rows fine-tune (density and feature rows start from the encoder), so only they key on it

@@ -191,6 +191,8 @@ def train_ood(
             config.outlier_datasets,
             config.image_size,
             config.max_id_percentile,
+            min_id_percentile=config.min_id_percentile,
+            max_margin=config.max_margin,
             stream=config.stream_outliers,
             buffer=config.shuffle_buffer,
             seed=config.seed + 1,

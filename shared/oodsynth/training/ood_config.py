@@ -52,6 +52,20 @@ class OODTrainConfig(BaseModel):
         "(oodsynth.decoding.verification); auto: DEFAULT_MAX_ID_PERCENTILE when every stored image is verified, else all; "
         "None: all",
     )
+    min_id_percentile: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="with the verification filter, a band: also drop outliers re-encoded below this ID percentile "
+        "(blobs, decoder artefacts); below max_id_percentile; 0: no lower bound",
+    )
+    max_margin: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="keep only verified outliers whose re-encoded top-1 minus top-2 anchor cosine is at most this "
+        "(ambiguous between two ID classes); None: no margin filter",
+    )
     stream_outliers: bool = Field(
         False,
         description="read webdataset exports as they stream (shuffled shards, then a shuffle buffer) instead of "

@@ -21,13 +21,16 @@ import random
 import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import InputError
 from ..store.results import ImageRecord, ResultStore
+
+if TYPE_CHECKING:
+    from ..decoding.verification import Selection
 
 IMAGEFOLDER_METADATA = "train/metadata.jsonl"
 SHARD_LIST = "shards.txt"
@@ -118,10 +121,11 @@ class StoredOutliers(Dataset):
     """Images of store datasets and exports as ``(transform(image) or image, class_index)``.
 
     ``root`` is a store folder or an ``s3://bucket/prefix`` URL (as ``OODSYNTH_STORE``); it is opened only
-    when a source is a store dataset name. ``max_id_percentile`` keeps only verified outliers (see
-    ``verified_only``); ``"auto"`` keeps those at or below ``DEFAULT_MAX_ID_PERCENTILE`` when every image is
-    verified, else all of them (``verification`` says which). The manifests are read once here, not per item;
-    images are read lazily (shards: kept as PNG bytes) so it works with ``DataLoader`` workers.
+    when a source is a store dataset name. ``max_id_percentile``, ``min_id_percentile`` and ``max_margin`` keep
+    only verified outliers (``resolve_selection``, ``verified_only``); ``"auto"`` keeps those at or below
+    ``DEFAULT_MAX_ID_PERCENTILE`` when every image is verified, else all of them (``verification`` says which).
+    The manifests are read once here, not per item; images are read lazily (shards: kept as PNG bytes) so it
+    works with ``DataLoader`` workers.
     """
 
     def __init__(
@@ -131,6 +135,8 @@ class StoredOutliers(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         storage_options: dict | None = None,
         max_id_percentile: float | Literal["auto"] | None = None,
+        min_id_percentile: float = 0.0,
+        max_margin: float | None = None,
     ):
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         if not names:
@@ -157,22 +163,17 @@ class StoredOutliers(Dataset):
             else:
                 items += [(r, ("store", r.path)) for r in self.store.records(n)]
         self.records: list[ImageRecord] = [r for r, _ in items]
+        self.selection = resolve_selection(max_id_percentile, min_id_percentile, max_margin, self.records)
+        self.threshold = None if self.selection is None else self.selection.max_id_percentile
         self.verification = "all images (no verification filter)"
-        if max_id_percentile == "auto":
-            from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
-
-            if self.records and not unverified_count(self.records):
-                max_id_percentile = DEFAULT_MAX_ID_PERCENTILE
-            else:
-                max_id_percentile = None
-                self.verification = "all images: some carry no verification (decoded without an encoder)"
-        self.threshold = max_id_percentile  # the ID-percentile filter applied, if any
-        if max_id_percentile is not None:
+        if self.selection is None and max_id_percentile == "auto":
+            self.verification = "all images: some carry no verification (decoded without an encoder)"
+        if self.selection is not None:
             n = len(self.records)
-            keep = {id(r) for r in verified_only(self.records, max_id_percentile)}
+            keep = {id(r) for r in verified_only(self.records, self.selection)}
             items = [(r, where) for r, where in items if id(r) in keep]
             self.records = [r for r, _ in items]
-            self.verification = f"{len(self.records)} of {n} images verified at ID percentile <= {max_id_percentile:g}"
+            self.verification = f"{len(self.records)} of {n} images verified at {self.selection.describe()}"
         self.sources = [where for _, where in items]
         self.targets = [r.class_index for r in self.records]
 
@@ -201,8 +202,9 @@ class StreamedOutliers(IterableDataset):
     Each pass shuffles the shard order and then the samples through a ``buffer``-sample shuffle buffer, both
     seeded by ``seed`` plus the pass number; memory holds the buffer's PNG bytes, never the set. The verification
     filter is the in-memory one, applied per sample: a number keeps images at or below it (an image without the
-    field is an error); ``"auto"`` applies ``DEFAULT_MAX_ID_PERCENTILE`` to the images that carry the field and
-    keeps the others (a stream cannot first check that every image is verified); None keeps all.
+    field is an error); ``"auto"`` without a band minimum or margin filter applies ``DEFAULT_MAX_ID_PERCENTILE``
+    to the images that carry the field and keeps the others (a stream cannot first check that every image is
+    verified); None keeps all.
     """
 
     def __init__(
@@ -213,6 +215,8 @@ class StreamedOutliers(IterableDataset):
         max_id_percentile: float | Literal["auto"] | None = None,
         buffer: int = 1000,
         seed: int = 0,
+        min_id_percentile: float = 0.0,
+        max_margin: float | None = None,
     ):
         self.urls: list[str] = []
         for source in sources:
@@ -224,29 +228,24 @@ class StreamedOutliers(IterableDataset):
             raise InputError("outliers", "give at least one webdataset export to stream")
         if buffer < 1:
             raise InputError("shuffle_buffer", f"must be at least 1, got {buffer}")
-        if isinstance(max_id_percentile, float | int) and not 0.0 <= max_id_percentile <= 100.0:
-            raise InputError("max_id_percentile", f"must lie in [0, 100], got {max_id_percentile}")
         self.transform, self.storage_options, self.buffer, self.seed = transform, storage_options, buffer, seed
         self.max_id_percentile, self.passes = max_id_percentile, 0
-        if max_id_percentile == "auto":
-            from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE
-
-            self.threshold, self.keep_unverified = DEFAULT_MAX_ID_PERCENTILE, True
-        else:
-            self.threshold, self.keep_unverified = max_id_percentile, False
+        self.selection = resolve_selection(max_id_percentile, min_id_percentile, max_margin)
+        self.threshold = None if self.selection is None else self.selection.max_id_percentile
+        self.keep_unverified = max_id_percentile == "auto" and not _asks_more(min_id_percentile, max_margin)
         self.verification = f"streamed from {len(self.urls)} shard(s) through a {buffer}-sample shuffle buffer; " + (
-            "all images" if self.threshold is None else f"images verified at ID percentile <= {self.threshold:g}"
+            "all images" if self.selection is None else f"images verified at {self.selection.describe()}"
         )
 
     def _kept(self, record: ImageRecord) -> bool:
-        if self.threshold is None:
+        if self.selection is None:
             return True
         key = _verified_key()
         if key not in record.diagnostics:
             if self.keep_unverified:
                 return True
             raise InputError("max_id_percentile", f"{record.image_id} carries no {key} (decoded without verification)")
-        return float(record.diagnostics[key]) <= self.threshold
+        return bool(verified_only([record], self.selection))
 
     def _samples(self):
         """The kept samples' records and PNG bytes, in this pass's order."""
@@ -289,20 +288,54 @@ def unverified_count(records: list[ImageRecord]) -> int:
     return sum(key not in r.diagnostics for r in records)
 
 
-def verified_only(records: list[ImageRecord], max_id_percentile: float) -> list[ImageRecord]:
-    """The records whose re-encoded image sits at or below ``max_id_percentile`` (``oodsynth.decoding.verification``).
+def _asks_more(min_id_percentile: float, max_margin: float | None) -> bool:
+    """Whether a band minimum or a margin filter is asked for (then the images must be verified)."""
+    return min_id_percentile != 0 or max_margin is not None
 
-    Images decoded without verification carry no such field: that is an error, not a silent pass.
+
+def resolve_selection(
+    max_id_percentile: float | Literal["auto"] | None,
+    min_id_percentile: float = 0.0,
+    max_margin: float | None = None,
+    records: list[ImageRecord] | None = None,
+) -> Selection | None:
+    """The selection train-ood applies, or None for every image. ``"auto"``: ``DEFAULT_MAX_ID_PERCENTILE`` when
+    every one of ``records`` (None: a stream, unknown) is verified or a minimum or margin filter asks for
+    verification, else none; None: none, or no upper bound when a minimum or margin filter is asked for."""
+    from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE, Selection
+
+    asked = _asks_more(min_id_percentile, max_margin)
+    if max_id_percentile == "auto":
+        all_verified = records is None or (bool(records) and not unverified_count(records))
+        if not (asked or all_verified):
+            return None
+        max_id_percentile = DEFAULT_MAX_ID_PERCENTILE
+    elif max_id_percentile is None:
+        if not asked:
+            return None
+        max_id_percentile = 100.0
+    return Selection(min_id_percentile, max_id_percentile, max_margin)
+
+
+def verified_only(records: list[ImageRecord], selection: Selection | float) -> list[ImageRecord]:
+    """The records whose re-encoded image passes ``selection`` (or sits at or below a bare ID-percentile threshold;
+    ``oodsynth.decoding.verification``).
+
+    Images decoded without verification carry no such field, nor images verified before margins were recorded a
+    margin under a margin filter: that is an error naming the filter, not a silent pass.
     """
-    if not 0.0 <= max_id_percentile <= 100.0:
-        raise InputError("max_id_percentile", f"must lie in [0, 100], got {max_id_percentile}")
-    key = _verified_key()
-    missing = unverified_count(records)
-    if missing:
-        raise InputError(
-            "max_id_percentile", f"{missing} of {len(records)} images carry no {key} (decoded without verification)"
-        )
-    return [r for r in records if float(r.diagnostics[key]) <= max_id_percentile]
+    from ..decoding.verification import MANIFEST_PREFIX, Selection, Verification
+
+    selection = Selection.of(selection)
+    checks = [("max_id_percentile", _verified_key(), "decoded without verification")]
+    if selection.max_margin is not None:
+        checks.append(("max_margin", f"{MANIFEST_PREFIX}margin", "verified before margins were recorded"))
+    for field, key, why in checks:
+        missing = sum(key not in r.diagnostics for r in records)
+        if missing:
+            raise InputError(field, f"{missing} of {len(records)} images carry no {key} ({why})")
+    keep = selection.passes(Verification.from_manifest([r.diagnostics for r in records]))
+    return [r for r, ok in zip(records, keep, strict=True) if ok]
 
 
 def outlier_dataset(
@@ -311,24 +344,35 @@ def outlier_dataset(
     image_size: int,
     max_id_percentile: float | Literal["auto"] | None = None,
     *,
+    min_id_percentile: float = 0.0,
+    max_margin: float | None = None,
     stream: bool = False,
     buffer: int = 1000,
     seed: int = 0,
 ) -> Dataset | IterableDataset:
-    """The store's outliers as tensors at the ID resolution (only the verified ones under a threshold).
+    """The store's outliers as tensors at the ID resolution (only the verified ones under a selection).
 
     ``stream``: webdataset exports read as they stream (``StreamedOutliers``), not held in memory.
     """
     from torchvision import transforms
 
     transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+    band = {"max_id_percentile": max_id_percentile, "min_id_percentile": min_id_percentile, "max_margin": max_margin}
     if stream:
-        return StreamedOutliers(datasets, transform, max_id_percentile=max_id_percentile, buffer=buffer, seed=seed)
-    ds = StoredOutliers(store, datasets, transform=transform, max_id_percentile=max_id_percentile)
-    if len(ds) == 0 and ds.threshold is not None:
+        return StreamedOutliers(datasets, transform, buffer=buffer, seed=seed, **band)
+    ds = StoredOutliers(store, datasets, transform=transform, **band)
+    if len(ds) == 0 and ds.selection is not None:
         raise InputError(
-            "max_id_percentile", f"no image of {datasets} in {store} is at or below ID percentile {ds.threshold:g}"
+            _tightest(ds.selection), f"no image of {datasets} in {store} is verified at {ds.selection.describe()}"
         )
     if len(ds) == 0:
         raise InputError("outlier_datasets", f"{datasets} in {store} hold no images")
     return ds
+
+
+def _tightest(selection: Selection) -> str:
+    """The field to loosen when a selection keeps nothing: the margin filter, else the band's minimum, else its
+    maximum."""
+    if selection.max_margin is not None:
+        return "max_margin"
+    return "min_id_percentile" if selection.min_id_percentile > 0 else "max_id_percentile"
