@@ -28,6 +28,7 @@ def test_id_images_verify_as_id_and_noise_as_outliers(digits_lab_assets):
     assert real.passes(5).mean() < 0.3 and fake.passes(5).mean() > 0.9
     # the encoder's own classifier is confident on ID images, and its class agrees with the densest class mostly
     assert np.all((real.max_softmax > 1 / 8) & (real.max_softmax <= 1))
+    assert np.all((real.margin >= 0) & (real.margin <= 2))  # top-1 minus top-2 anchor cosine
     labels = test.dataset.tensors[1][:200].numpy()
     assert np.mean(real.id_class == labels) > 0.5
     fields = real.manifest_fields(0)
