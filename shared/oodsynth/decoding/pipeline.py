@@ -14,11 +14,11 @@ The loaded pipeline is kept for the life of the object: a worker builds one
 (``oodsynth.decoding.presets.PRESETS``) picks the solver and step count and, for ``fast``,
 swaps in ``oodsynth.decoding.deep_cache.DeepCacheUNet`` for the UNet during the call
 (with ``compile_unet``, every preset runs on that stand-in's compiled steps).
+With ``init_images`` a decode starts from real images instead of pure noise (SDEdit, ``decoding.img2img``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,11 +29,20 @@ from PIL import Image
 from ..batching import slices
 from ..device import default_device
 from ..errors import InputError
-from .presets import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS, SCHEDULERS, TOKEN_FIELD, DecodePreset
+from .img2img import InitImages, check_strength, img2img_pipeline, init_batch
+from .presets import (
+    DEFAULT_PRESET,
+    DEFAULT_PROMPT_TEMPLATE,
+    DEFAULT_STRENGTH,
+    PRESETS,
+    SCHEDULERS,
+    TOKEN_FIELD,
+    DecodePreset,
+    check_decode_args,
+)
 
 PLACEHOLDER = "<oodsynth-{slot}>"
 DEFAULT_N_SLOTS = 64
-MAX_SEED = 2**63 - 1
 
 Progress = Callable[[int, int], None]
 
@@ -137,6 +146,7 @@ class OutlierDecoder:
         self._compile = compile_unet
         self._step_unets: dict[int, object] = {}  # cache branch -> DeepCacheUNet
         self._steps_compiled = False
+        self._img2img = None  # built on the first decode with init images
         if compile_unet:
             self._compile_unet()
 
@@ -271,7 +281,7 @@ class OutlierDecoder:
             height // self.pipe.vae_scale_factor,
             width // self.pipe.vae_scale_factor,
         )
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        generators = self.generators(seeds)
         latents = torch.cat([randn_tensor(shape, generator=g, dtype=torch.float32) for g in generators])
         return latents.to(device=self.device, dtype=self.dtype), generators
 
@@ -290,8 +300,15 @@ class OutlierDecoder:
         preset: str | DecodePreset = DEFAULT_PRESET,
         progress: Progress | None = None,
         output_type: str = "pil",
+        init_images: InitImages | None = None,
+        strength: float | None = None,
     ) -> list[Image.Image]:
         """Decode B vectors (B, D) into B PIL images, in chunks of at most ``n_slots``.
+
+        ``init_images`` (img2img, SDEdit): one start image per vector, a list of PIL images or a (B, 3, H, W)
+        tensor in [0, 1], resized to ``height`` x ``width``; each is noised to ``strength`` in (0, 1] of the
+        schedule (default 0.8; ``int(steps * strength)`` denoising steps run; 1.0 keeps little of the image)
+        and denoised towards its vector. Without them, every image starts from its seed's noise.
 
         ``preset`` (``oodsynth.decoding.presets.PRESETS``): ``exact`` runs the settings as
         given; ``fast`` changes the solver, the step count and reuses deep
@@ -301,46 +318,32 @@ class OutlierDecoder:
         """
         v = self._check_vectors(vectors)
         seeds = [int(s) for s in seeds]
-        if len(seeds) != len(v):
-            raise InputError("seeds", f"got {len(seeds)} seeds for {len(v)} vectors")
-        if any(s < 0 or s > MAX_SEED for s in seeds):
-            raise InputError("seeds", f"must lie in [0, {MAX_SEED}]")
-        for field, value in (("height", height), ("width", width)):
-            if int(value) <= 0 or int(value) % 8:
-                raise InputError(field, f"must be a positive multiple of 8, got {value}")
-        if int(steps) < 1:
-            raise InputError("steps", f"must be >= 1, got {steps}")
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise InputError("guidance_scale", f"must be a finite number >= 0, got {guidance_scale}")
-        if output_size is not None and int(output_size) <= 0:
-            raise InputError("output_size", f"must be positive, got {output_size}")
-        if output_type not in ("pil", "latent"):
-            raise InputError("output_type", f"must be 'pil' or 'latent', got {output_type!r}")
+        check_decode_args(len(v), seeds, height, width, steps, guidance_scale, output_size, output_type)
         self._check_template(prompt_template)
         plan = self.plan(preset, int(steps), scheduler)
         self.pipe.scheduler = self._scheduler(plan["scheduler"])
+        init, strength = self._init(init_images, strength, plan["steps"], len(v), int(height), int(width))
         p = self.resolve_preset(preset)
         stand_in = self._step_unet(p.cache_branch) if p.cache_interval > 1 or self._steps_compiled else None
 
         images: list = []
         for chunk in slices(len(v), self.n_slots):
             cond, uncond = self.prompt_embeds(v[chunk], prompt_template, guidance_scale)
-            latents, generators = self.initial_latents(seeds[chunk], int(height), int(width))
             call = dict(
                 prompt_embeds=cond,
                 negative_prompt_embeds=uncond,
-                latents=latents,
-                generator=generators,
                 num_inference_steps=plan["steps"],
                 guidance_scale=float(guidance_scale),
-                height=int(height),
-                width=int(width),
                 output_type=output_type,
             )
-            if stand_in is None:
-                out = self.pipe(**call).images
-            else:
-                out = self._call_with(stand_in, p.cache_interval, call)
+            if init is None:
+                latents, generators = self.initial_latents(seeds[chunk], int(height), int(width))
+                call.update(latents=latents, generator=generators, height=int(height), width=int(width))
+                pipe = self.pipe
+            else:  # the img2img pipeline draws the VAE sample and the noise from each image's own generator
+                call.update(image=init[chunk], strength=strength, generator=self.generators(seeds[chunk]))
+                pipe = self.img2img()
+            out = pipe(**call).images if stand_in is None else self._call_with(pipe, stand_in, p.cache_interval, call)
             if output_type == "pil" and output_size is not None:
                 size = (int(output_size), int(output_size))
                 out = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in out]
@@ -349,13 +352,36 @@ class OutlierDecoder:
                 progress(len(images), len(v))
         return images
 
-    def _call_with(self, unet, interval: int, call: dict) -> list:
-        """Run the pipeline once with ``unet`` standing in for its UNet (a fresh reuse schedule), then put it back."""
-        original = self.pipe.unet
+    def _call_with(self, pipe, unet, interval: int, call: dict) -> list:
+        """Run ``pipe`` once with ``unet`` standing in for its UNet (a fresh reuse schedule), then put it back."""
+        original = pipe.unet
         unet.reset(interval)
-        self.pipe.unet = unet
+        pipe.unet = unet
         try:
-            return self.pipe(**call).images
+            return pipe(**call).images
         finally:
-            self.pipe.unet = original
+            pipe.unet = original
             unet.reset()  # drop the kept feature: no activation outlives the call
+
+    # -- img2img ----------------------------------------------------------------------------------
+
+    def img2img(self):
+        """diffusers' img2img pipeline over this decoder's modules, on the scheduler the current decode uses."""
+        if self._img2img is None:
+            self._img2img = img2img_pipeline(self.pipe)
+        self._img2img.scheduler = self.pipe.scheduler
+        return self._img2img
+
+    def _init(self, init_images, strength, steps: int, n: int, height: int, width: int) -> tuple:
+        """(init images (n, 3, H, W) in [0, 1], strength), or (None, None) for text-to-image."""
+        if init_images is None:
+            if strength is not None:
+                raise InputError("strength", "only used with init_images (img2img)")
+            return None, None
+        strength = check_strength(DEFAULT_STRENGTH if strength is None else strength, steps)
+        return init_batch(init_images, n, height, width, self.pipe.image_processor), strength
+
+    @staticmethod
+    def generators(seeds: Sequence[int]) -> list:
+        """One CPU generator per image, seeded by the image's seed (the same draws in any batch, on any device)."""
+        return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]

@@ -1,4 +1,5 @@
-"""Decode presets and the decode vocabulary (schedulers, prompt template): torch-free constants.
+"""Decode presets, the decode vocabulary (schedulers, prompt template, img2img strength) and the checks of a
+decode's arguments: torch-free.
 
 The worker's pipeline (``decoding.pipeline``) applies them; the queue payload
 (``queue.payloads``) and the API validate against them without importing torch.
@@ -7,7 +8,10 @@ The worker's pipeline (``decoding.pipeline``) applies them; the queue payload
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from ..errors import InputError
 
 # The decode vocabulary (torch-free, so the API and the queue payload check it without importing torch). "dpm" is an alias of "dpm++" (DPM-Solver++ multistep); "euler_a"
 # is Euler ancestral (stochastic: it draws its noise from the per-image generators, so it
@@ -15,6 +19,25 @@ from dataclasses import dataclass
 SCHEDULERS = ("pndm", "ddim", "dpm++", "dpm", "euler", "euler_a")
 TOKEN_FIELD = "{token}"
 DEFAULT_PROMPT_TEMPLATE = "A high-quality image of the {token}"
+MAX_SEED = 2**63 - 1
+# img2img (SDEdit): the share of the noise schedule an init image is noised to; diffusers' own default.
+DEFAULT_STRENGTH = 0.8
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    """Denoising steps an img2img decode runs: diffusers' ``int(steps * strength)`` (capped at ``steps``)."""
+    return min(int(int(steps) * float(strength)), int(steps))
+
+
+def strength_error(strength: float, steps: int) -> str | None:
+    """Why ``strength`` cannot run at ``steps`` (the steps after the preset), or None when it can."""
+    if isinstance(strength, bool) or not (
+        isinstance(strength, int | float) and math.isfinite(strength) and 0.0 < strength <= 1.0
+    ):
+        return f"must lie in (0, 1], got {strength!r}"
+    if denoise_steps(steps, strength) < 1:
+        return f"{strength:g} of {steps} steps runs no denoising step; give strength >= {1 / steps:.3g} or more steps"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,3 +70,22 @@ PRESETS = {
     "fast": DecodePreset("fast", scheduler="dpm++", step_fraction=0.5, cache_interval=2),
 }
 DEFAULT_PRESET = "exact"
+
+
+def check_decode_args(n, seeds: Sequence[int], height, width, steps, guidance_scale, output_size, output_type) -> None:
+    """A library decode's seeds, sizes, steps and guidance, each named when out of range (the API's are pydantic's)."""
+    if len(seeds) != n:
+        raise InputError("seeds", f"got {len(seeds)} seeds for {n} vectors")
+    if any(s < 0 or s > MAX_SEED for s in seeds):
+        raise InputError("seeds", f"must lie in [0, {MAX_SEED}]")
+    for field, value in (("height", height), ("width", width)):
+        if int(value) <= 0 or int(value) % 8:
+            raise InputError(field, f"must be a positive multiple of 8, got {value}")
+    if int(steps) < 1:
+        raise InputError("steps", f"must be >= 1, got {steps}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise InputError("guidance_scale", f"must be a finite number >= 0, got {guidance_scale}")
+    if output_size is not None and int(output_size) <= 0:
+        raise InputError("output_size", f"must be positive, got {output_size}")
+    if output_type not in ("pil", "latent"):
+        raise InputError("output_type", f"must be 'pil' or 'latent', got {output_type!r}")
