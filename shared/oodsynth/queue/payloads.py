@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..decoding.presets import (  # noqa: F401  (the payload validates against them)
     DEFAULT_PRESET,
     DEFAULT_PROMPT_TEMPLATE,
+    DEFAULT_STRENGTH,
     PRESETS,
     SCHEDULERS,
     TOKEN_FIELD,
+    strength_error,
 )
 from ..errors import InputError
 from ..names import validate_name
@@ -80,6 +81,8 @@ class DecodeItem(BaseModel):
     sampler: str = Field(max_length=64)
     sampler_params: dict[str, Any] = Field(default_factory=dict)
     diagnostics: dict[str, Any] = Field(default_factory=dict)
+    # img2img: the store path of its init image (left out of a payload when unused: older workers read it)
+    init_image: str | None = Field(None, max_length=1024, exclude_if=lambda v: v is None)
 
     # the vector it was built from and that vector's pack_vector text (build_items sets it from the float32 row)
     _packed: tuple[list[float], str] | None = PrivateAttr(None)
@@ -113,6 +116,24 @@ def _valid_class_name(name: str) -> str:
     return validate_name("class_name", name)
 
 
+def dataset_name_field(v: str) -> str:
+    """``validate_dataset_name`` for a pydantic validator (pydantic adds the field itself)."""
+    try:
+        return validate_dataset_name(v)
+    except InputError as exc:
+        raise ValueError(exc.message) from None
+
+
+class InitImages(BaseModel):
+    """Where img2img starts: a result-store dataset; an image of class c starts from one of its class-c images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Annotated[str, AfterValidator(dataset_name_field)] = Field(
+        description="A dataset in the result store, its images under <dataset>/<class name>/."
+    )
+
+
 class DecodeSettings(BaseModel):
     """Diffusion settings shared by every image of a request (and checked before anything is queued)."""
 
@@ -142,6 +163,22 @@ class DecodeSettings(BaseModel):
         "given; 'fast' uses DPM-Solver++ at half the steps and reuses the UNet's deep features "
         "(one full pass every 2 steps).",
     )
+    # The img2img fields are left out of a dumped payload when unused, so a worker of the version before reads it.
+    init_images: InitImages | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="img2img (SDEdit): start each image from a real image of its class in this store dataset "
+        "(chosen by the image's seed), noised to `strength`, instead of from pure noise.",
+    )
+    strength: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        validate_default=True,
+        exclude_if=lambda v: v is None,
+        description=f"With init_images: how far the init image is noised (int(steps x strength) steps run; "
+        f"default {DEFAULT_STRENGTH}).",
+    )
 
     @field_validator("prompt_template")
     @classmethod
@@ -165,16 +202,43 @@ class DecodeSettings(BaseModel):
             raise ValueError(f"unknown {info.field_name} {v!r}; choose one of {list(choices)}")
         return v
 
-    def decode_settings(self) -> dict[str, Any]:
-        """The settings as keyword arguments of ``OutlierDecoder.decode`` (and the recipe of the image ids).
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, v: float | None, info) -> float | None:
+        """Only with init_images (then ``DEFAULT_STRENGTH`` when left out), and at least one step after the preset."""
+        if "init_images" not in info.data:
+            return v  # init_images failed: its own error says so
+        if info.data["init_images"] is None:
+            if v is not None:
+                raise ValueError("only used with init_images (img2img)")
+            return None
+        v = DEFAULT_STRENGTH if v is None else v
+        steps, preset = info.data.get("steps"), info.data.get("preset")
+        message = strength_error(v, PRESETS[preset].steps(steps)) if steps and preset in PRESETS else None
+        if message:
+            raise ValueError(message)
+        return v
 
-        The default preset is left out, so an ``exact`` job names the same
-        image ids as the same job made before presets existed (its stored
-        images are still found and skipped).
+    def decode_settings(self) -> dict[str, Any]:
+        """The settings as keyword arguments of ``OutlierDecoder.decode`` (the init images are the worker's to load).
+
+        The default preset and an unused strength are left out, so an
+        ``exact`` text-to-image job names the same image ids as the same job
+        made before presets and img2img existed (its stored images are still
+        found and skipped).
         """
-        settings = {name: getattr(self, name) for name in DecodeSettings.model_fields}
+        settings = {name: getattr(self, name) for name in DecodeSettings.model_fields if name != "init_images"}
         if settings["preset"] == DEFAULT_PRESET:
             del settings["preset"]
+        if settings["strength"] is None:
+            del settings["strength"]
+        return settings
+
+    def request_settings(self) -> dict[str, Any]:
+        """``decode_settings`` plus the init image set: a job's shared fields and the recipe of its image ids."""
+        settings = self.decode_settings()
+        if self.init_images is not None:
+            settings["init_images"] = self.init_images.model_dump()
         return settings
 
 
@@ -218,14 +282,6 @@ def check_job_limits(job: DecodeJob, settings) -> None:
             f"{len(job.items)} images in one job, over the cap of {settings.max_images_per_request} "
             "(settings OODSYNTH_MAX_IMAGES_PER_REQUEST)",
         )
-
-
-def dataset_name_field(v: str) -> str:
-    """``validate_dataset_name`` for a pydantic validator (pydantic adds the field itself)."""
-    try:
-        return validate_dataset_name(v)
-    except InputError as exc:
-        raise ValueError(exc.message) from None
 
 
 class DecodeJob(DecodeSettings):
@@ -309,29 +365,6 @@ def build_items(
     return items
 
 
-def inline_vector_ids(vectors: np.ndarray, class_index: np.ndarray) -> list[str]:
-    """Ids for vectors sent inline: a digest of the whole request's vectors and classes plus the row.
-
-    The same request sent twice gets the same ids (so the same image ids and
-    files); two equal rows of one request still get distinct ids.
-    """
-    h = hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(class_index, dtype=np.int64).tobytes())
-    digest = h.hexdigest()[:16]
-    return [f"inline-{digest}:{i}" for i in range(len(vectors))]
-
-
-def rescale_to_anchors(vectors: np.ndarray, class_index: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """Give each vector the norm of its class anchor ||T(y)||, the scale the text encoder expects."""
-    vectors = np.asarray(vectors, dtype=np.float64)  # float64: a huge row must not overflow to inf
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
-    if bad.size:
-        raise InputError("vectors", f"row {int(bad[0])} has zero or non-finite norm")
-    target = np.linalg.norm(np.asarray(anchors, dtype=np.float64)[np.asarray(class_index)], axis=1, keepdims=True)
-    return (vectors / norms * target).astype(np.float32)
-
-
 def job_from_sample(
     sample: Any,
     *,
@@ -347,6 +380,7 @@ def job_from_sample(
     same seed and settings reproduces the same image ids and seeds.
     """
     decode = decode or DecodeSettings()
+    settings = decode.request_settings()
     items = build_items(
         dataset=dataset,
         vectors=sample.vectors,
@@ -358,7 +392,7 @@ def job_from_sample(
         diagnostics=sample.diagnostics,
         images_per_vector=images_per_vector,
         seed=seed,
-        decode=decode.decode_settings(),
+        decode=settings,
         model=model,
     )
-    return DecodeJob(dataset=dataset, model=model, items=items, verify_fit=sample.fit_name, **decode.decode_settings())
+    return DecodeJob(dataset=dataset, model=model, items=items, verify_fit=sample.fit_name, **settings)

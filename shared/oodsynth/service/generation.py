@@ -7,6 +7,9 @@ check leaves the queue untouched. The job is split into RQ jobs of
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
+from functools import lru_cache
 from typing import Annotated
 
 import numpy as np
@@ -23,12 +26,11 @@ from ..queue.payloads import (
     build_items,
     check_decode_limits,
     dataset_name_field,
-    inline_vector_ids,
     job_from_sample,
-    rescale_to_anchors,
 )
 from ..state.fits import FitRegistry
 from ..state.samples import SampleRegistry, StoredSample
+from ..store.results import ResultStore
 
 MAX_CLASS_INDEX = 2**31
 # Inline vectors are rescaled to their anchor's norm, so only their direction matters; a norm
@@ -127,6 +129,29 @@ def _check_inline_rows(req: GenerateRequest) -> np.ndarray:
     return vectors
 
 
+def inline_vector_ids(vectors: np.ndarray, class_index: np.ndarray) -> list[str]:
+    """Ids for vectors sent inline: a digest of the whole request's vectors and classes plus the row.
+
+    The same request sent twice gets the same ids (so the same image ids and
+    files); two equal rows of one request still get distinct ids.
+    """
+    h = hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(class_index, dtype=np.int64).tobytes())
+    digest = h.hexdigest()[:16]
+    return [f"inline-{digest}:{i}" for i in range(len(vectors))]
+
+
+def rescale_to_anchors(vectors: np.ndarray, class_index: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Give each vector the norm of its class anchor ||T(y)||, the scale the text encoder expects."""
+    vectors = np.asarray(vectors, dtype=np.float64)  # float64: a huge row must not overflow to inf
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise InputError("vectors", f"row {int(bad[0])} has zero or non-finite norm")
+    target = np.linalg.norm(np.asarray(anchors, dtype=np.float64)[np.asarray(class_index)], axis=1, keepdims=True)
+    return (vectors / norms * target).astype(np.float32)
+
+
 def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJob:
     """Inline vectors need a ``fit``: it names the classes, fixes the dimension and gives the anchor norms."""
     if req.fit is None:
@@ -151,7 +176,7 @@ def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJo
     vectors = rescale_to_anchors(vectors, classes, fit.anchors_)
     if not np.isfinite(vectors).all():
         raise InputError("vectors", "rescaling to the anchor norms gave non-finite values")
-    decode = req.decode_settings()
+    decode = req.request_settings()
     items = build_items(
         dataset=req.dataset,
         vectors=vectors,
@@ -195,7 +220,7 @@ def plan_generation(
         raise InputError("sample_id", "give either sample_id or vectors (+ classes), not both or neither")
     if sample is None and req.sample_id is None:
         check_image_count(len(req.vectors), req.images_per_vector, settings)
-        return _inline_job(req, fits, settings.model)
+        return assign_init_images(_inline_job(req, fits, settings.model), _store(str(settings.store)))
     for name in ("classes", "fit"):
         if getattr(req, name) is not None:
             raise InputError(name, "only used with inline vectors; a stored sample carries its own")
@@ -204,7 +229,7 @@ def plan_generation(
         raise InputError("sample_id", "the sample holds no vectors")
     check_image_count(len(sample.vectors), req.images_per_vector, settings)
     try:
-        return job_from_sample(
+        job = job_from_sample(
             sample,
             dataset=req.dataset,
             model=settings.model,
@@ -214,6 +239,42 @@ def plan_generation(
         )
     except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
         raise InputError.from_pydantic(exc) from exc
+    return assign_init_images(job, _store(str(settings.store)))
+
+
+@lru_cache(maxsize=4)
+def _store(url: str) -> ResultStore:
+    """One store per URL: it keeps the init datasets' parsed manifest shards between requests."""
+    return ResultStore(url)
+
+
+def assign_init_images(job: DecodeJob, store: ResultStore) -> DecodeJob:
+    """Give each item of an img2img job its init image: one of its class's images in the init dataset.
+
+    The image is picked by the item's seed among the class's stored images in path order, so the same
+    request (and store) picks the same images; the path travels in the payload, so a retry starts from
+    the same image whatever the store holds by then.
+    """
+    if job.init_images is None:
+        return job
+    name = job.init_images.dataset
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for row in {row["image_id"]: row for row in reversed(store.manifest_rows(name))}.values():
+        by_class[row["class_name"]].append(row["path"])
+    if not by_class:
+        raise InputError("init_images.dataset", f"no dataset {name!r} with images in the result store")
+    missing = sorted({item.class_name for item in job.items} - set(by_class))
+    if missing:
+        raise InputError(
+            "init_images.dataset",
+            f"dataset {name!r} has no images of class {', '.join(map(repr, missing[:5]))} "
+            f"(it has {', '.join(map(repr, sorted(by_class)[:10]))})",
+        )
+    paths = {c: sorted(p) for c, p in by_class.items()}
+    for item in job.items:
+        choices = paths[item.class_name]
+        item.init_image = choices[item.seed % len(choices)]
+    return job
 
 
 def enqueue_generation(job: DecodeJob, connection: redis.Redis, settings: Settings) -> list[str]:

@@ -28,6 +28,7 @@ from ..config import Settings, get_settings
 from ..errors import InputError
 from ..queue.payloads import DecodeItem, DecodeJob, check_job_limits
 from ..store.results import ImageRecord, ResultStore
+from .init_images import load_init_images
 
 if TYPE_CHECKING:  # torch and diffusers load with the first decoder, not on import
     from ..decoding.pipeline import OutlierDecoder
@@ -102,8 +103,10 @@ def decode_fields(job: DecodeJob, decoder: OutlierDecoder) -> dict:
 
 
 def _record(job: DecodeJob, item: DecodeItem, job_id: str | None, decode: dict) -> ImageRecord:
+    if job.init_images is not None:  # img2img: which real image it started from, and how far it was noised
+        decode = {**decode, "init_image": item.init_image, "strength": job.strength}
     return ImageRecord(
-        **item.model_dump(exclude={"vector"}),
+        **item.model_dump(exclude={"vector", "init_image"}),
         model=job.model,
         decode=decode,
         # The placeholder stands for this image's own vector, an outlier of its class.
@@ -156,6 +159,7 @@ def run_decode_job(
                 np.asarray([item.vector for item in batch], dtype=np.float32),
                 [item.seed for item in batch],
                 **job.decode_settings(),
+                init_images=load_init_images(job, batch, store),
             )
             verified = VERIFIER.fields(settings, job.verify_fit, images)  # None: this worker/job does not verify
             records = [_record(job, item, job_id, decode) for item in batch]
