@@ -158,9 +158,26 @@ class OodsynthClient:
         )
 
     # ---- generation (queue)
-    def generate(self, dataset: str, *, sample_id: str | None = None, **fields: Any) -> dict:
-        """``POST /generate`` (202): ``{dataset, job_ids}``. Extra fields go into the body as given."""
+    def generate(
+        self,
+        dataset: str,
+        *,
+        sample_id: str | None = None,
+        init_dataset: str | None = None,
+        strength: float | None = None,
+        **fields: Any,
+    ) -> dict:
+        """``POST /generate`` (202): ``{dataset, job_ids}``. Extra fields go into the body as given.
+
+        ``init_dataset`` (img2img, SDEdit): start each image from a real image of its class stored in that
+        result-store dataset (``oodsynth import-images``), noised to ``strength`` in (0, 1] (server default 0.8);
+        the body's ``init_images: {"dataset": init_dataset}``.
+        """
         body = {"dataset": dataset, **({"sample_id": sample_id} if sample_id else {}), **fields}
+        if init_dataset is not None:
+            body["init_images"] = {"dataset": init_dataset}
+        if strength is not None:
+            body["strength"] = strength
         return self._call("POST", "/generate", json=body)
 
     def job(self, job_id: str) -> dict:

@@ -93,6 +93,10 @@ async def generate(
 
     Follow the returned jobs with `GET /jobs/{id}`; images land in the result
     store under `<dataset>/<class>/<image_id>.png` with a manifest row each.
+
+    With `init_images: {"dataset": NAME}` each image starts from a real image of its
+    class stored in that dataset (picked by the image's seed), noised to `strength`
+    (img2img, SDEdit); its manifest row's `decode` records `init_image` and `strength`.
     """
     return await anyio.to_thread.run_sync(
         _plan_and_enqueue, req, fits, samples, connection, settings, limiter=_enqueue_limiter()

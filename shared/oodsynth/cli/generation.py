@@ -1,4 +1,4 @@
-"""CLI commands ``worker``, ``generate``, ``wait``, ``make-tiny-model`` and ``demo``.
+"""CLI commands ``worker``, ``generate``, ``import-images``, ``wait``, ``make-tiny-model`` and ``demo``.
 
 ``generate`` and ``wait`` work in-process against Redis (the same use cases
 and queue the API uses) or, with ``--api URL``, through the HTTP API. Bad
@@ -124,6 +124,14 @@ def generate(
         "steps + deep-feature reuse (measured fidelity: bench/results/decode_presets/decode_presets.md).",
     ),
     seed: int | None = typer.Option(None, min=0, help="Base seed of the per-image seeds."),
+    init_dataset: str | None = typer.Option(
+        None,
+        help="img2img (SDEdit): start each image from a real image of its class in this result-store dataset "
+        "(<dataset>/<class name>/*.png; see 'oodsynth import-images') instead of from pure noise.",
+    ),
+    strength: float | None = typer.Option(
+        None, help="With --init-dataset: how far the init image is noised, in (0, 1] (default 0.8)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Wait for the jobs with a progress bar."),
     timeout: float | None = typer.Option(None, help="With --wait: give up after this many seconds."),
     api: str | None = typer.Option(None, help="API base URL; in-process against Redis when left out."),
@@ -148,6 +156,8 @@ def generate(
             output_size=output_size,
             scheduler=scheduler,
             preset=preset,
+            init_images={"dataset": init_dataset} if init_dataset is not None else None,
+            strength=strength,
         )
     except pydantic.ValidationError as exc:
         raise InputError.from_pydantic(exc) from None
@@ -172,6 +182,21 @@ def _enqueue(req, local_sample) -> dict:
     settings, client = get_settings(), _registry_client()
     job = plan_generation(req, FitRegistry(client), SampleRegistry(client), settings, sample=local_sample)
     return {"job_ids": enqueue_generation(job, client, settings), "n_images": len(job.items)}
+
+
+@app.command("import-images")
+def import_images(
+    folder: Path = typer.Argument(..., help="An image folder: one subfolder of images per class name."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Result-store dataset the images go into."),
+) -> None:
+    """Store real images as a result-store dataset: the init images of 'generate --init-dataset' (img2img)."""
+    from ..config import get_settings
+    from ..service.generation import import_image_folder
+    from ..store.results import ResultStore
+
+    out = import_image_folder(folder, dataset, ResultStore(get_settings().store))
+    counts = ", ".join(f"{name} {n}" for name, n in out["classes"].items())
+    typer.echo(f"{out['written']} images stored in {dataset!r}, {out['skipped']} already there ({counts})")
 
 
 @app.command("wait")

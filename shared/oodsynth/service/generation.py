@@ -3,22 +3,30 @@
 Everything is checked before anything is enqueued: a request that fails any
 check leaves the queue untouched. The job is split into RQ jobs of
 ``images_per_job`` images by ``oodsynth.queue.enqueue.enqueue_decode``.
+An img2img request (``init_images``) starts from real images stored as a dataset
+(``import_image_folder``); each item gets its init image here, before it is queued.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+import io
+import os
+from collections import Counter, defaultdict
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import pydantic
 import redis
+from PIL import Image as PILImage
 from pydantic import ConfigDict, Field, field_validator
 
+from ..batching import batches
 from ..config import Settings
 from ..errors import InputError
+from ..names import validate_name
 from ..queue.enqueue import enqueue_decode
 from ..queue.payloads import (
     DecodeJob,
@@ -30,7 +38,7 @@ from ..queue.payloads import (
 )
 from ..state.fits import FitRegistry
 from ..state.samples import SampleRegistry, StoredSample
-from ..store.results import ResultStore
+from ..store.results import ImageRecord, ResultStore, validate_dataset_name
 
 MAX_CLASS_INDEX = 2**31
 # Inline vectors are rescaled to their anchor's norm, so only their direction matters; a norm
@@ -280,3 +288,56 @@ def assign_init_images(job: DecodeJob, store: ResultStore) -> DecodeJob:
 def enqueue_generation(job: DecodeJob, connection: redis.Redis, settings: Settings) -> list[str]:
     """Queue ``job`` as RQ jobs of ``settings.images_per_job`` images, all or none."""
     return enqueue_decode(job, connection, settings=settings)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMPORT_BATCH = 256  # images per store write (one manifest shard each, so a large folder is written in linear time)
+
+
+def import_image_folder(folder: str | os.PathLike, dataset: str, store: ResultStore) -> dict:
+    """Store a folder of real images (one subfolder per class name) as a result-store dataset: img2img's init images.
+
+    Each image keeps its pixels (RGB PNG) under ``<dataset>/<class>/real-<digest>.png`` with a manifest row
+    (sampler ``real``, ``vector_id`` its file path in the folder). Ids are digests of class and bytes, so a
+    re-import stores nothing twice. Returns ``{"written", "skipped", "classes": {name: count}}``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError("folder", f"{root} is not a folder")
+    dataset = validate_dataset_name(dataset)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(c, f) for c in classes for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise InputError("folder", f"{root} holds no images in class subfolders ({', '.join(IMAGE_SUFFIXES)})")
+    names = {c: validate_name("folder", c) for c in classes}
+    written = 0
+    for k, part in enumerate(batches(files, IMPORT_BATCH)):
+        pairs = [_real_image(root, names, classes.index(c), f, f"import-{k}") for c, f in part]
+        written += sum(store.write_images(dataset, pairs))
+    counts = Counter(names[c] for c, _ in files)
+    return {"written": written, "skipped": len(files) - written, "classes": dict(counts)}
+
+
+def _real_image(
+    root: Path, names: dict[str, str], index: int, path: Path, job_id: str
+) -> tuple[ImageRecord, PILImage.Image]:
+    data = path.read_bytes()
+    try:
+        with PILImage.open(io.BytesIO(data)) as opened:
+            image = opened.convert("RGB")
+    except (PILImage.UnidentifiedImageError, OSError) as exc:
+        raise InputError("folder", f"{path} is not a readable image ({exc})") from None
+    name = names[path.parent.name]
+    digest = hashlib.sha256(name.encode() + b"\x1f" + data).hexdigest()[:20]
+    record = ImageRecord(
+        image_id=f"real-{digest}",
+        class_index=index,
+        class_name=name,
+        vector_id=f"file:{path.relative_to(root).as_posix()}",
+        sampler="real",
+        seed=0,
+        model="",
+        prompt="",
+        job_id=job_id,
+    )
+    return record, image
