@@ -82,6 +82,19 @@ class DecoderTrainConfig(BaseModel):
     unet_lr: float = Field(2e-3, gt=0)
     p_anchor: float = Field(0.35, ge=0, le=1, description="share of steps conditioned on the exact anchor")
     p_uncond: float = Field(0.1, ge=0, le=1, description="share conditioned on the empty prompt (for CFG)")
+    ema_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay of an exponential moving average of the UNet's weights, saved instead of the last "
+        "weights (diffusers' EMAModel, with its warm-up); 0: off",
+    )
+    snr_gamma: float | None = Field(
+        None,
+        gt=0,
+        description="min-SNR loss weighting (Hang et al. 2023): each timestep's v-loss weighted by "
+        "min(SNR, gamma) / (SNR + 1), so the easy low-noise steps stop dominating; None: plain v-loss",
+    )
     # recommended decode settings, recorded for callers
     decode_steps: int = Field(20, ge=1)
     guidance_scale: float = Field(2.0, ge=0)
@@ -209,12 +222,16 @@ def train_unet(
     config: DecoderTrainConfig,
     progress: bool = True,
 ) -> dict:
-    """v-prediction DDPM loss; each image conditioned on its own vector's states (or its anchor's, or none)."""
+    """v-prediction DDPM loss; each image conditioned on its own vector's states (or its anchor's, or none).
+    With ``ema_decay`` the saved weights are the moving average; with ``snr_gamma`` the loss is min-SNR weighted."""
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel, compute_snr
 
     from .models import SCHEDULER_CONFIG
 
-    alphas = DDPMScheduler.from_config(SCHEDULER_CONFIG).alphas_cumprod.float()
+    noise_scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
+    alphas = noise_scheduler.alphas_cumprod.float()
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True) if config.ema_decay else None
     gen = torch.Generator().manual_seed(config.seed + 1)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=1e-4)
     warmup = min(100, config.unet_steps // 10 + 1)
@@ -241,17 +258,25 @@ def train_unet(
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=cond).sample, target)
+        error = (unet(noisy, t, encoder_hidden_states=cond).sample - target).pow(2).mean(dim=(1, 2, 3))
+        if config.snr_gamma is not None:
+            snr = compute_snr(noise_scheduler, t)
+            error = error * torch.clamp(snr, max=config.snr_gamma) / (snr + 1)  # v-prediction's min-SNR weight
+        loss = error.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.step(unet.parameters())
         losses.append(loss.item())
         bar.update(1)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     bar.close()
+    if ema is not None:
+        ema.copy_to(unet.parameters())
     unet.eval()
     return {"final_loss": float(np.mean(losses[-100:]))}
 
