@@ -225,6 +225,10 @@ BAD = [
     ),
     ({"sample_id": None, "vectors": [[1e-30] * DIM], "classes": [0], "fit": "toy"}, 422, ["body", "vectors", 0]),
     ({"sample_id": None}, 422, ["body", "sample_id"]),  # neither source
+    # img2img: a strength goes with init images, in (0, 1]; the init dataset must hold images of the classes.
+    ({"strength": 0.5}, 422, ["body", "strength"]),
+    ({"init_images": {"dataset": "toy-real"}, "strength": 1.5}, 422, ["body", "strength"]),
+    ({"init_images": {"dataset": "toy-real"}}, 422, ["body", "init_images", "dataset"]),  # not in the store
 ]
 
 

@@ -142,9 +142,22 @@ def test_bad_payload_fails_with_the_field_named_in_the_failed_registry(env):
     assert not (env.store / "bad").exists() or ResultStore(env.store).records("bad") == []
 
 
-@pytest.mark.parametrize("fault", ["payload", "model", "dimension"])
+IMG2IMG_FAULTS = {  # an img2img payload's init image: outside its init dataset, gone, or a strength without one
+    "init_elsewhere": ({"dataset": "real"}, "private/cat/x.png", "is not an image of init dataset 'real'"),
+    "init_traversal": ({"dataset": "real"}, "real/../private/x.png", "is not an image of init dataset"),
+    "init_missing": (
+        {"dataset": "real"},
+        "real/cat/gone.png",
+        "init image real/cat/gone.png is not in the result store",
+    ),
+    "strength_alone": (None, None, "only used with init_images"),
+}
+
+
+@pytest.mark.parametrize("fault", ["payload", "model", "dimension", *IMG2IMG_FAULTS])
 def test_permanent_failures_are_not_retried(env, tmp_path, fault):
-    """Bad payload, another model, wrong dimension: failed registry after one attempt, despite Retry(max=3)."""
+    """Bad payload, another model, wrong dimension, a bad init image: failed registry after one attempt,
+    despite Retry(max=3)."""
     payload = _payload(f"noretry-{fault}", 1, str(env.model))
     if fault == "payload":
         payload["height"] = 60
@@ -152,6 +165,9 @@ def test_permanent_failures_are_not_retried(env, tmp_path, fault):
     elif fault == "model":
         payload["model"] = str(tmp_path / "some-other-model")
         expected = "this worker serves"
+    elif fault in IMG2IMG_FAULTS:
+        init_images, payload["items"][0]["init_image"], expected = IMG2IMG_FAULTS[fault]
+        payload.update(init_images=init_images, strength=0.5)
     else:
         payload["items"][0]["vector"] = payload["items"][0]["vector"][:16]
         expected = "dimension 16"
