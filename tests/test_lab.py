@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from oodsynth.lab import LabSettings, decoded_pool, lab_rows, run_benchmark, summarise
+from oodsynth.lab.cells import SHORTCUT_SET
 
 pytestmark = pytest.mark.slow  # trains detectors, encoders and decoded pools
 
@@ -40,7 +41,7 @@ def test_benchmark_cells_pair_cache_and_report(digits_lab_assets, tmp_path, one_
     results = run_benchmark(
         ["digits"], rows[1:], [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets, log=lambda line: None
     )
-    assert results["failures"] == []
+    assert results["failures"] == [], [f["error"] for f in results["failures"]]
     cells = {c["row"]: c for c in results["cells"]}
     assert list(cells) == rows  # the baseline ran first, although only the other rows were asked for
     for c in cells.values():
@@ -49,12 +50,21 @@ def test_benchmark_cells_pair_cache_and_report(digits_lab_assets, tmp_path, one_
     verified = cells["decoded:knn_boundary+verified"]
     assert verified["pool"] == 8 * 8 and 0 < verified["n_outliers"] <= 4 * 8
     assert verified["kept_median_id_percentile"] <= 50.0
+    # the decoder-shortcut probe: decoded cells score decoded reconstructions of ID test images against the real
+    # ones, outside the near and far pools; rows without decoded images carry no probe
+    stored = json.loads(next((tmp_path / "cells").rglob("decoded_knn_boundary+verified/*.json")).read_text())
+    report_sets = stored["report"]["scores"][verified["score"]]
+    assert SHORTCUT_SET in report_sets and verified["shortcut_auroc"] == report_sets[SHORTCUT_SET]["auroc"]
+    assert 0 <= verified["shortcut_auroc"] <= 1 and "shortcut_auroc" not in cells["noise"]
+    near = [m["fpr95"] for name, m in report_sets.items() if name.startswith("near:")]
+    assert verified["near_fpr95"] == pytest.approx(np.mean(near))
     # paired difference: noise minus CE of the same seed
     d = results["summary"]["digits"]["noise"]["delta_near_fpr95"]
     assert d["n"] == 1 and d["mean"] == pytest.approx(cells["noise"]["near_fpr95"] - cells["ce"]["near_fpr95"])
     # the three result files
     table = (tmp_path / "results.md").read_text()
     assert "| decoded:knn_boundary+verified |" in table and "## digits" in table
+    assert "Decoder shortcut:" in table and "decoded:knn_boundary+verified" in table.split("Decoder shortcut:")[1]
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["digits"]["ce"]["n_seeds"] == 1
     assert (tmp_path / "results.png").stat().st_size > 5_000
     # a rerun resumes from the cached cells: same numbers, no cell written again (no training)

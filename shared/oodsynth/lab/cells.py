@@ -18,7 +18,7 @@ from ..decoding.verification import images_to_tensor
 from ..training.evaluation import EvaluationReport, evaluate, merge_reports
 from ..training.outlier_mix import smooth_noise
 from .assets import LabAssets, _atomic_write
-from .pools import decoded_inlier_pool
+from .pools import decoded_inlier_pool, decoded_test_pool
 from .settings import FROM_SCRATCH, LAB_SCORES, LabSettings, detector_params
 
 
@@ -166,6 +166,28 @@ def evaluate_trained(cell: Cell, clf, info: dict | None = None, *, train=None, t
         evaluate_detectors(clf, train, test, ood_sets, names=list(LAB_SCORES), params=detector_params(LAB_SCORES)),
     )
     return CellOutcome(report, cell.settings.test_score, dict(info or {}))
+
+
+# The decoder-shortcut probe: an extra "OOD" set of every decoded cell, out of the near/far pools (their names start
+# with near: and far:). Its AUROC against the real ID test images is how well the detector tells the decoder's look
+# on ID content from real ID images: 50 is chance; a detector that learned "decoded => OOD" scores high.
+SHORTCUT_SET = "shortcut:decoded-id"
+SHORTCUT_PER_CLASS = 40  # decoded reconstructions per ID class (of its first test images)
+
+
+def with_shortcut_probe(cell: Cell) -> Cell:
+    """``cell`` with ``SHORTCUT_SET`` among its OOD sets: decoded reconstructions of its first ID test images."""
+    x, y = image_tensors(cell.test)
+    size = cell.assets().encoder.config.image_size
+    idx = np.concatenate(
+        [np.flatnonzero(y.numpy() == c)[:SHORTCUT_PER_CLASS] for c in range(len(cell.test.class_names))]
+    )
+    pool = decoded_test_pool(cell.assets(), images_to_tensor(x[idx], size), y[idx].numpy(), cell.settings, cell.cache)
+    decoded = as_float_images(pool.images, cell.settings.image_size)
+    probe = replace(
+        cell.test, dataset=TensorDataset(decoded, torch.from_numpy(pool.class_index).long()), name=SHORTCUT_SET
+    )
+    return replace(cell, ood_sets={**cell.ood_sets, SHORTCUT_SET: probe})
 
 
 def cheap_outliers(cell: Cell, n_noise: int, n_mixed: int, kind: str, info: dict) -> list[torch.Tensor]:

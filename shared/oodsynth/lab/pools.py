@@ -149,3 +149,16 @@ def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cac
     )
     vectors = assets.bank.features[idx] * np.linalg.norm(assets.anchors[labels[idx]], axis=1, keepdims=True)
     return _decode_verified(assets, vectors.astype(np.float32), labels[idx], seed + 500_000, settings, path)
+
+
+def decoded_test_pool(assets: LabAssets, images: torch.Tensor, labels: np.ndarray, settings: LabSettings, cache: Path):
+    """Real ID test images (float, at the encoder's size) encoded and decoded back: the decoder's reconstructions
+    of ID content that no detector trains on. Cached per split, decoder and decode settings (no seed: every
+    cell of a split scores the same images)."""
+    path = pool_path(cache, f"test-reconstructions-n{len(labels)}", assets, settings, len(labels))
+    if (pool := _cached_pool(path, assets)) is not None:
+        return pool
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(assets.encoder.model.embed(images), dim=1).numpy()
+    vectors = z * np.linalg.norm(assets.anchors[labels], axis=1, keepdims=True)
+    return _decode_verified(assets, vectors.astype(np.float32), labels, 900_000, settings, path)

@@ -15,6 +15,7 @@ import numpy as np
 METRICS = ("near_fpr95", "near_auroc", "far_fpr95", "far_auroc")
 PEER_KINDS = ("peer", "posthoc")
 TARGETS = {"near_vs_ce": -0.05, "near_t": -2.5, "far_vs_ce": -0.05, "near_vs_peer_t": -2.0}
+SHORTCUT_TARGET = 65.0  # percent: the decoder-shortcut probe's AUROC a decoded row should stay under
 
 
 def credited(cell: dict, metric: str, without_noise: bool = False) -> float:
@@ -81,6 +82,8 @@ def summarise(cells: list[dict], against: str | None = None) -> dict:
         for m in METRICS:
             entry[m] = _stats(group, m)
         entry["id_accuracy"] = _plain(c["id_accuracy"] for c in group)
+        if probed := [c["shortcut_auroc"] for c in group if "shortcut_auroc" in c]:
+            entry["shortcut_auroc"] = _plain(probed)  # the decoder-shortcut probe (cells.SHORTCUT_SET)
         kinds = sorted({k for c in group for k in c.get("far_kinds", {})})
         entry["far_kinds"] = {
             k: {
@@ -180,6 +183,14 @@ def markdown_table(summary: dict, profile: str) -> str:
             "",
             "† trained on noise outliers (alone or in its mix): its far figures, and its pair's in every Δ, "
             "leave the far-OOD noise set out.",
+        ]
+    probed = {row: e["shortcut_auroc"] for row, e in rows.items() if "shortcut_auroc" in e}
+    if probed:
+        lines += [
+            "",
+            "Decoder shortcut: AUROC of the row's score between decoded reconstructions of ID test images and the "
+            f"real ones (50 is chance; target ≤ {SHORTCUT_TARGET:.0f}): "
+            + "; ".join(f"{row} {_ms(v)}" for row, v in probed.items()),
         ]
     kinds = sorted({k for e in rows.values() for k in e["far_kinds"]})
     if kinds:

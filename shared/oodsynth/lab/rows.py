@@ -25,6 +25,7 @@ from .cells import (
     ood_config,
     pretrained_detector,
     train_and_evaluate,
+    with_shortcut_probe,
 )
 from .pools import decoded_pool
 from .settings import (
@@ -124,7 +125,7 @@ def decoded_row(sampler: str, verified: bool) -> Callable[[Cell], CellOutcome]:
                     ),
                 ]
             )
-        return train_and_evaluate(cell, images, info, inliers=s.decoded_inliers > 0)
+        return train_and_evaluate(with_shortcut_probe(cell), images, info, inliers=s.decoded_inliers > 0)
 
     run.__doc__ = f"{sampler} vectors decoded by the trained decoder{', verified' if verified else ''}."
     return run

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import ProfileSplit
 from .assets import LabAssets, _atomic_write
-from .cells import Cell, CellOutcome, LabData
+from .cells import SHORTCUT_SET, Cell, CellOutcome, LabData
 from .report import markdown_table, summarise, target_lines
 from .rows import DEFAULT_ROW, Row, lab_rows
 from .settings import LabSettings
@@ -36,7 +36,8 @@ def score_metrics(report: dict, score: str) -> dict:
         for name, m in sets.items()
         if name.startswith("far:")
     }
-    return {**summary, "far_kinds": kinds, "score": score}
+    shortcut = {"shortcut_auroc": float(sets[SHORTCUT_SET]["auroc"])} if SHORTCUT_SET in sets else {}
+    return {**summary, "far_kinds": kinds, "score": score, **shortcut}
 
 
 def metrics_of(outcome: CellOutcome) -> dict:
