@@ -210,11 +210,17 @@ def main(argv: list[str] | None = None) -> int:
 
         def __call__(self):
             if self.split.key not in loaded:
-                loaded[self.split.key] = profile_assets(self.split, cache, settings.density, self.folder)
+                loaded[self.split.key] = assets = profile_assets(self.split, cache, settings.density, self.folder)
+                if assets.decoder_dir is not None:  # every decoder a recorded result uses is judged by the gate
+                    meta.setdefault("decoders", {})[self.split.label] = {
+                        "decoder": assets.decoder_dir.name,
+                        **gate_record(assets.decoder_dir),
+                    }
             return loaded[self.split.key]
 
     from oodsynth.config import get_settings
     from oodsynth.offline_decoder.assets import cache_path
+    from oodsynth.offline_decoder.gate import gate_record
     from oodsynth.offline_decoder.training import profile_config
 
     home = get_settings().home

@@ -138,3 +138,23 @@ def test_bad_profile_and_size_are_refused(tmp_path):
         profile_config("cifar10")
     with pytest.raises(InputError, match="image_size"):
         train_decoder(profile_config("digits", image_size=20), tmp_path)
+
+
+def test_the_quality_gate_judges_the_decoder_on_its_own_split_once(tiny_digits):
+    """gate_record judges the decoder on the classes it was trained on (not the profile's default split), at its
+    recommended decode settings, writes the figures into decoder.json and reads them back afterwards."""
+    from oodsynth.offline_decoder.gate import QUALITY_GATE, gate_record
+
+    assets, _home = tiny_digits
+    meta_path = assets.decoder_dir / "decoder.json"
+    quality = gate_record(assets.decoder_dir, n_per_class=4, classifier_epochs=8)
+    assert quality["split"] == assets.config.split().label and len(quality["pairs"]) == 3
+    assert (quality["steps"], quality["guidance_scale"]) == (assets.config.decode_steps, assets.config.guidance_scale)
+    assert json.loads(meta_path.read_text())["quality"] == quality
+    # the same judge as test_decoded_anchors_are_recognised_by_an_independent_classifier, on a 3-class judge
+    assert quality["anchor_accuracy"] >= MIN_ANCHOR_ACCURACY and quality["judge_test_accuracy"] > 0.9
+    assert 0 <= quality["midpoint_either"] <= 1 and 0 <= quality["reconstruction_median_id_percentile"] <= 100
+    failed = {k for k, bound in QUALITY_GATE.items() if quality[k] < bound}
+    assert quality["passed"] == (not failed) and set(quality["failed"]) == failed
+    written = meta_path.stat().st_mtime_ns
+    assert gate_record(assets.decoder_dir) == quality and meta_path.stat().st_mtime_ns == written  # not judged again

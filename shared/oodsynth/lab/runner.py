@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ProfileSplit
+from ..offline_decoder.gate import gate_line
 from .assets import LabAssets, _atomic_write
 from .cells import SHORTCUT_SET, Cell, CellOutcome, LabData
 from .report import markdown_table, summarise, target_lines
@@ -265,6 +266,10 @@ def write_results(
             f"seeds {run.get('seeds')}.",
             "",
         ]
+    if run.get("decoders"):
+        md += ["Split decoders against the quality gate (`oodsynth.offline_decoder.gate`, in each `decoder.json`):", ""]
+        md += [f"- {split} ({q['decoder']}): {gate_line(q)}" for split, q in sorted(run["decoders"].items())]
+        md += [""]
     if versus is not None:
         md += [f"Rows named `[{versus[0]}]` ran with those settings changed (lab settings {versus[1].key()}).", ""]
     for profile in summary:
