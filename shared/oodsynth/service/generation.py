@@ -228,7 +228,7 @@ def plan_generation(
         raise InputError("sample_id", "give either sample_id or vectors (+ classes), not both or neither")
     if sample is None and req.sample_id is None:
         check_image_count(len(req.vectors), req.images_per_vector, settings)
-        return assign_init_images(_inline_job(req, fits, settings.model), _store(str(settings.store)))
+        return _with_init_images(_inline_job(req, fits, settings.model), settings)
     for name in ("classes", "fit"):
         if getattr(req, name) is not None:
             raise InputError(name, "only used with inline vectors; a stored sample carries its own")
@@ -247,7 +247,12 @@ def plan_generation(
         )
     except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
         raise InputError.from_pydantic(exc) from exc
-    return assign_init_images(job, _store(str(settings.store)))
+    return _with_init_images(job, settings)
+
+
+def _with_init_images(job: DecodeJob, settings: Settings) -> DecodeJob:
+    """An img2img job with its init images assigned; any other job as it is (the store is not opened for it)."""
+    return job if job.init_images is None else assign_init_images(job, _store(str(settings.store)))
 
 
 @lru_cache(maxsize=4)
