@@ -22,17 +22,17 @@ Adding a row is one entry in ``rows.lab_rows`` (or ``peers.peer_rows``, or one s
 ``oodsynth.samplers.SAMPLERS``: its decoded, verified and feature-space rows follow).
 
 Modules: ``settings`` (settings and cache keys), ``protocol`` (the splits file), ``assets`` (a split's encoder,
-fit and decoder), ``pools`` (decoded outliers), ``cells`` (what every row runs on), ``rows`` and ``peers`` (the
-rows), ``runner`` (cells cached and run), ``report`` (paired statistics, markdown). Imports ``training``,
-``offline_decoder``, ``plots`` and the layers below them.
+fit and decoder), ``pools`` (decoded outliers), ``cells`` (what every row runs on, and ``Row``), ``rows`` and
+``peers`` (the rows), ``runner`` (cells cached and run), ``report`` (paired statistics, markdown). Imports
+``training``, ``offline_decoder``, ``plots`` and the layers below them.
 """
 
 from ..training.outlier_mix import smooth_noise
 from .assets import LabAssets, fit_assets, fit_path, profile_assets, train_local_assets
-from .cells import Cell, CellOutcome, LabData, decoded_inliers, pretrained_detector
+from .cells import Cell, CellOutcome, LabData, Row, decoded_inliers, pretrained_detector
 from .pools import DecodedPool, decoded_inlier_pool, decoded_pool, pool_path
 from .report import METRICS, markdown_table, paired_deltas, summarise
-from .rows import DEFAULT_ROW, Row, feature_outliers_available, lab_rows
+from .rows import DEFAULT_ROW, feature_outliers_available, lab_rows
 from .runner import CellNotRun, cell_path, metrics_of, run_benchmark, run_cell, twin_name, write_results
 from .settings import FROM_SCRATCH, QUICK, LabSettings
 

@@ -1,6 +1,6 @@
-"""What every lab row runs on and shares: the ``Cell`` (one split, seed and settings with its data), the
-detector's config, training and evaluation, the seed's pretrained CE-only detector, and the outliers that need
-no generator."""
+"""What every lab row runs on and shares: the ``Cell`` (one split, seed and settings with its data), the ``Row``
+(here, below both ``rows`` and ``peers``, which define rows), the detector's config, training and evaluation, the
+seed's pretrained CE-only detector, and the outliers that need no generator."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from torch.utils.data import TensorDataset
 
 from ..data import ImageData, ProfileSplit, image_tensors
 from ..decoding.verification import images_to_tensor
-from ..training.evaluation import EvaluationReport, evaluate, merge_reports
+from ..training.evaluation import evaluate
 from ..training.outlier_mix import smooth_noise
+from ..training.report import EvaluationReport, merge_reports
 from .assets import LabAssets, _atomic_write
 from .pools import decoded_inlier_pool, decoded_test_pool
 from .settings import FROM_SCRATCH, LAB_SCORES, LabSettings, detector_params
@@ -47,6 +48,31 @@ class CellOutcome:
     report: EvaluationReport
     score: str  # the score the row is ranked by
     info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One way of building a detector: how it runs on a cell, what it is paired with and what keys its cells."""
+
+    name: str
+    run: Callable[[Cell], CellOutcome]
+    baseline: str | None = "ce"  # the row it is paired with by seed
+    needs_decoder: bool = False
+    uses: frozenset[str] = frozenset()  # settings beyond the detector's that its result depends on (cache key)
+    uses_assets: bool = True  # built from the generation side: its cache key names the assets
+    sampler: str | None = None  # the sampler whose parameters its key names (when it uses "sampler_params")
+    kind: str = "ours"  # baseline (CE), peer (another method, the report's "best peer"), posthoc, ours
+    noise_outliers: bool = False  # trained on noise: not credited on the far-OOD noise set
+    test_scored: bool = False  # ranked by the settings' test_score (trained end to end), not a fixed score
+
+    def trains_on_noise(self, settings: LabSettings) -> bool:
+        """Any smooth noise among its outliers (the noise rows, or an outlier mix with ``noise_share``): such a row
+        earns no far-OOD credit on the noise set."""
+        return self.noise_outliers or ("noise_share" in self.uses and settings.noise_share > 0)
+
+    @property
+    def description(self) -> str:
+        return (self.run.__doc__ or "").strip().split("\n")[0]
 
 
 def ood_config(cell: Cell, beta: float, n_outliers: int = 0, *, finetune: bool = True, **extra):

@@ -42,13 +42,13 @@ from ..training.mixing import DEFAULT_SHARE
 from .cells import (
     Cell,
     CellOutcome,
+    Row,
     cheap_outliers,
     evaluate_trained,
     ood_config,
     pretrained_detector,
     train_and_evaluate,
 )
-from .rows import Row
 from .settings import FINETUNE_FIELDS, LAB_SCORES, OUTLIER_FIELDS, POSTHOC_PARAMS, detector_params
 
 VIRTUAL_QUEUE = 1000  # features kept per class (both references), capped at the class's images in one epoch

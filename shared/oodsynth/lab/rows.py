@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from .cells import (
     Cell,
     CellOutcome,
     LabData,
+    Row,
     as_float_images,
     cheap_outliers,
     evaluate_trained,
@@ -27,6 +28,7 @@ from .cells import (
     train_and_evaluate,
     with_shortcut_probe,
 )
+from .peers import peer_rows
 from .pools import decoded_pool
 from .settings import (
     DECODED_FIELDS,
@@ -34,7 +36,6 @@ from .settings import (
     INLIER_FIELDS,
     OUTLIER_FIELDS,
     SELECTION_FIELDS,
-    LabSettings,
 )
 
 DEFAULT_ROW = f"decoded:{DEFAULT_METHOD}+verified"  # the shipped recipe: default sampler, decoded, verified
@@ -171,29 +172,6 @@ def feature_row(sampler: str) -> Callable[[Cell], CellOutcome]:
     return run
 
 
-@dataclass(frozen=True)
-class Row:
-    name: str
-    run: Callable[[Cell], CellOutcome]
-    baseline: str | None = "ce"  # the row it is paired with by seed
-    needs_decoder: bool = False
-    uses: frozenset[str] = frozenset()  # settings beyond the detector's that its result depends on (cache key)
-    uses_assets: bool = True  # built from the generation side: its cache key names the assets
-    sampler: str | None = None  # the sampler whose parameters its key names (when it uses "sampler_params")
-    kind: str = "ours"  # baseline (CE), peer (another method, the report's "best peer"), posthoc, ours
-    noise_outliers: bool = False  # trained on noise: not credited on the far-OOD noise set
-    test_scored: bool = False  # ranked by the settings' test_score (trained end to end), not a fixed score
-
-    def trains_on_noise(self, settings: LabSettings) -> bool:
-        """Any smooth noise among its outliers (the noise rows, or an outlier mix with ``noise_share``): such a row
-        earns no far-OOD credit on the noise set."""
-        return self.noise_outliers or ("noise_share" in self.uses and settings.noise_share > 0)
-
-    @property
-    def description(self) -> str:
-        return (self.run.__doc__ or "").strip().split("\n")[0]
-
-
 def lab_rows() -> dict[str, Row]:
     """Every row the lab knows now: the fixed ones, then per registered sampler its decoded/verified/feature rows."""
     from ..samplers import SAMPLERS
@@ -245,7 +223,5 @@ def lab_rows() -> dict[str, Row]:
             )
             for name in SAMPLERS
         ]
-    from .peers import peer_rows
-
     rows += peer_rows()
     return {r.name: r for r in rows}

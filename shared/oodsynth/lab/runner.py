@@ -15,9 +15,9 @@ import numpy as np
 from ..data import ProfileSplit
 from ..offline_decoder.gate import gate_line
 from .assets import LabAssets, _atomic_write
-from .cells import SHORTCUT_SET, Cell, CellOutcome, LabData
+from .cells import SHORTCUT_SET, Cell, CellOutcome, LabData, Row
 from .report import markdown_table, summarise, target_lines
-from .rows import DEFAULT_ROW, Row, lab_rows
+from .rows import DEFAULT_ROW, lab_rows
 from .settings import LabSettings
 
 

@@ -126,7 +126,8 @@ def evaluate_scores(
     augmentation); density needs ``encoder`` + ``densities``. ``all`` is every score the inputs allow.
     """
     from ..training.detectors import DETECTORS, evaluate_detectors, is_fused
-    from ..training.evaluation import evaluate, evaluate_density, merge_reports
+    from ..training.evaluation import evaluate, evaluate_density
+    from ..training.report import merge_reports
 
     clf = enc = None
     image_size = class_names = None

@@ -45,6 +45,8 @@ from tqdm.auto import tqdm
 
 from ..data import ImageData
 from ..errors import InputError
+from .metrics import accuracy
+from .report import EvaluationReport
 
 Representation = Literal["logits", "features", "maps", "inputs"]
 
@@ -293,14 +295,11 @@ def evaluate_detectors(
     params: dict[str, dict] | None = None,
     batch_size: int = 256,
     progress: bool = False,
-):
+) -> EvaluationReport:
     """An ``EvaluationReport`` (FPR95 / AUROC / AUPR per OOD set) for each detector, fitted on ``train``.
 
     Every dataset goes through the model once; the detectors share its ``Features``.
     """
-    from .evaluation import EvaluationReport
-    from .metrics import accuracy, ood_metrics
-
     if not ood_sets:
         raise InputError("ood", "give at least one OOD dataset")
     names = resolve_names(names)
@@ -314,13 +313,11 @@ def evaluate_detectors(
     report = EvaluationReport(
         accuracy(id_feats.logits.argmax(1).numpy(), id_feats.labels.numpy()), len(id_feats.labels)
     )
-    id_scores = {d.name: d.score(id_feats, batch_size=batch_size) for d in detectors}
+    # negated: the report's metrics take higher = more ID
+    id_scores = {d.name: -d.score(id_feats, batch_size=batch_size) for d in detectors}
     for set_name, data in ood_sets.items():
         feats = extract(model, data, batch_size=batch_size, progress=progress)
-        for det in detectors:
-            ood = det.score(feats, batch_size=batch_size)
-            m = ood_metrics(-id_scores[det.name], -ood)  # metrics take higher = more ID
-            report.results.setdefault(det.name, {})[set_name] = {**m, "n": float(len(ood))}
+        report.add_set(set_name, id_scores, {d.name: -d.score(feats, batch_size=batch_size) for d in detectors})
     return report
 
 

@@ -5,17 +5,14 @@ Every post-hoc detector comes from pytorch-ood through ``training.detectors`` (`
 from the logistic head trained on the energy together with the outliers (only for models trained with the
 energy-logistic loss; a baseline's phi never saw a label), and ``density``: the text-aligned encoder's unit
 feature scored by the fitted class densities (``densities/``, any kind), max over classes of the log-density;
-it needs no classifier at all. Inside this module scores are "higher = more ID". Results as JSON-ready dicts
-and rich tables, with the average over OOD sets as papers report it (in percent).
+it needs no classifier at all. Inside this module scores are "higher = more ID". Results go into a
+``training.report.EvaluationReport``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
-from rich.table import Table
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -25,13 +22,11 @@ from ..encoding.encoder import TextAlignedEncoder
 from ..encoding.features import extract_features
 from .classifier import OODClassifier, energy
 from .detectors import DETECTORS
-from .metrics import accuracy, ood_metrics
+from .metrics import accuracy
+from .report import EvaluationReport
 
 HAND_WRITTEN_SCORES = ("phi", "density")
 SCORE_KINDS = (*DETECTORS, *HAND_WRITTEN_SCORES)
-
-METRIC_NAMES = ("fpr95", "auroc", "aupr_in", "aupr_out")
-METRIC_LABELS = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-in ↑", "aupr_out": "AUPR-out ↑"}
 
 
 @torch.no_grad()
@@ -78,42 +73,6 @@ def density_scores(
     return {"density": score, "prediction": prediction, "label": labels}
 
 
-@dataclass
-class EvaluationReport:
-    id_accuracy: float
-    n_id: int
-    # results[score][ood_set] = {"fpr95", "auroc", "aupr_in", "aupr_out", "n"}
-    results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-
-    def average(self, score: str) -> dict[str, float]:
-        rows = list(self.results[score].values())
-        return {m: float(np.mean([r[m] for r in rows])) for m in METRIC_NAMES}
-
-    def to_dict(self) -> dict:
-        return {
-            "id_accuracy": self.id_accuracy,
-            "n_id": self.n_id,
-            "scores": {s: {**sets, "average": self.average(s)} for s, sets in self.results.items()},
-        }
-
-    def table(self, title: str = "OOD evaluation") -> Table:
-        table = Table(title=f"{title} (ID accuracy {100 * self.id_accuracy:.2f}%, n_id={self.n_id})")
-        for col in ("score", "OOD set", "n", *METRIC_LABELS.values()):
-            table.add_column(col, justify="right" if col not in ("score", "OOD set") else "left")
-        for score, sets in self.results.items():
-            for name, m in sets.items():
-                table.add_row(score, name, str(int(m["n"])), *(f"{100 * m[k]:.2f}" for k in METRIC_NAMES))
-            avg = self.average(score)
-            table.add_row(
-                score,
-                "[bold]average[/bold]",
-                "",
-                *(f"[bold]{100 * avg[k]:.2f}[/bold]" for k in METRIC_NAMES),
-                end_section=True,
-            )
-        return table
-
-
 def _report(scorer, kinds: list[str], id_data: ImageData, ood_sets: dict[str, ImageData]) -> EvaluationReport:
     """Score ID and every OOD set with ``scorer(data) -> dict`` and fill the metrics of each score kind."""
     if not ood_sets:
@@ -122,9 +81,7 @@ def _report(scorer, kinds: list[str], id_data: ImageData, ood_sets: dict[str, Im
     report = EvaluationReport(accuracy(id_scores["prediction"], id_scores["label"]), len(id_scores["label"]))
     for name, data in ood_sets.items():
         ood_scores = scorer(data)
-        for kind in kinds:
-            m = ood_metrics(id_scores[kind], ood_scores[kind])
-            report.results.setdefault(kind, {})[name] = {**m, "n": float(len(ood_scores[kind]))}
+        report.add_set(name, id_scores, {kind: ood_scores[kind] for kind in kinds})
     return report
 
 
@@ -158,11 +115,3 @@ def evaluate_density(
         id_data,
         ood_sets,
     )
-
-
-def merge_reports(*reports: EvaluationReport) -> EvaluationReport:
-    """One report holding every score of several reports on the same ID set (the first one's accuracy)."""
-    merged = EvaluationReport(reports[0].id_accuracy, reports[0].n_id)
-    for rep in reports:
-        merged.results.update(rep.results)
-    return merged
