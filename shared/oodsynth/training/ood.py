@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,7 +78,7 @@ from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_fea
 from .ood_config import OODTrainConfig
 from .outlier_dataset import outlier_dataset
 from .outlier_mix import with_outlier_mix
-from .virtual_outliers import FeatureQueue, get_virtual_sampler
+from .virtual_outliers import FeatureQueue, VirtualOutlierSampler, get_virtual_sampler
 
 
 def ood_loss(kind: str, logits: torch.Tensor, n_id: int, phi: EnergyHead) -> torch.Tensor:
@@ -164,25 +165,25 @@ class _VectorBatches:
         return self.vectors[rows]
 
 
-def train_ood(
-    config: OODTrainConfig,
-    train: ImageData,
-    out_dir: str | Path,
-    *,
-    outliers: Dataset | None = None,
-    feature_outliers: FeatureOutliers | str | Path | object | None = None,
-    resume: bool = False,
-    device: str | torch.device | None = None,
-    progress: bool | Callable[[int, int], None] = True,
-) -> OODClassifier:
-    """Train f (and phi) on ``train`` plus outlier images and/or feature-space outlier vectors.
+@dataclass
+class _Outliers:
+    """What a run trains on beside the ID images, each source only with beta > 0; ``note`` says which stored
+    outliers were used (the verification filter's count), for the CLI."""
 
-    ``outliers`` (default: the config's store datasets) are images. ``feature_outliers`` are vectors
-    in the encoder's feature space: a ``StoredSample`` (registry), a ``SampleResult``, a
-    ``FeatureOutliers`` or the path of an ``.npz`` with ``vectors`` and ``class_index`` (what
-    ``oodsynth sample --out`` writes); they need ``config.init_encoder``.
-    """
-    device = torch.device(device) if device else default_device()
+    images: Dataset | None
+    features: FeatureOutliers | None
+    virtual: VirtualOutlierSampler | None
+    note: str = ""
+
+    @property
+    def used(self) -> bool:
+        return self.images is not None or self.features is not None or self.virtual is not None
+
+
+def _prepare_outliers(
+    config: OODTrainConfig, train: ImageData, outliers: Dataset | None, feature_outliers
+) -> _Outliers:
+    """Load and check every outlier source before a model is built, so that a bad input fails fast."""
     if outliers is None and config.outlier_datasets:
         if not config.store:
             raise InputError("store", "outlier_datasets are given but no result store folder")
@@ -210,8 +211,10 @@ def train_ood(
             "the feature outliers do not record the sampler that drew them; "
             "pass a stored sample (or its .npz from 'oodsynth sample --out')",
         )
-    note = getattr(outliers, "verification", "")  # which stored outliers were used, for the CLI
-    if outliers is not None and config.beta > 0:
+    note = getattr(outliers, "verification", "")
+    if not config.beta > 0:
+        return _Outliers(None, None, None, note)
+    if outliers is not None:
         outliers = with_outlier_mix(
             outliers,
             train.dataset,
@@ -221,142 +224,220 @@ def train_ood(
             image_size=config.image_size,
             seed=config.seed + 3,
         )
-    use_images = outliers is not None and config.beta > 0
-    use_features = feature_outliers is not None and config.beta > 0
     virtual = (
         get_virtual_sampler(config.virtual_outliers, config.virtual_params)
-        if config.virtual_outliers is not None and config.beta > 0
+        if config.virtual_outliers is not None
         else None
     )
-    path = Path(out_dir) / CHECKPOINT_NAME
+    return _Outliers(outliers, feature_outliers, virtual, note)
+
+
+def _build_model(
+    config: OODTrainConfig, train: ImageData, features: FeatureOutliers | None, device: torch.device
+) -> tuple[OODTrainConfig, nn.Module, EnergyHead]:
+    """The model and phi on ``device``: fresh, or from the checkpoint the config names (which then sets the
+    architecture fields of the returned config)."""
     if config.init_encoder and config.init_classifier:
         raise InputError("init_classifier", "give init_encoder or init_classifier, not both")
     if config.init_classifier:
         config, model, phi = _from_classifier(config, train)
     elif config.init_encoder:
         config, model, phi = _from_encoder(config, train)
-        if use_features and feature_outliers.vectors.shape[1] != model.encoder.dim:
+        if features is not None and features.vectors.shape[1] != model.encoder.dim:
             raise InputError(
                 "feature_outliers",
-                f"vectors have dim {feature_outliers.vectors.shape[1]}, the encoder's features {model.encoder.dim}",
+                f"vectors have dim {features.vectors.shape[1]}, the encoder's features {model.encoder.dim}",
             )
     else:
         model, phi = build_classifier(config, len(train.class_names))
-    model.to(device)
-    phi.to(device)
-    optimizer = torch.optim.SGD(
-        list(model.parameters()) + list(phi.parameters()),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov and config.momentum > 0,
-        weight_decay=config.weight_decay,
-    )
+    return config, model.to(device), phi.to(device)
+
+
+def _loaders(
+    config: OODTrainConfig, train: ImageData, images: Dataset | None
+) -> tuple[DataLoader, DataLoader | None, torch.Generator]:
+    """The ID loader, the outlier images' loader (None without them) and the generator the ID batches draw from."""
     gen = torch.Generator().manual_seed(config.seed)
     id_loader = DataLoader(
         train.dataset, batch_size=config.batch_size, shuffle=True, generator=gen, num_workers=config.num_workers
     )
+    if images is None:
+        return id_loader, None, gen
     # a fine-tune shuffles the outliers with their own generator, so that its ID batches match a CE-only fine-tune
     # of the same checkpoint step for step; from-scratch runs keep the shared one, so their measured tables reproduce
     ood_gen = torch.Generator().manual_seed(config.seed + 1) if config.init_classifier else gen
     # a stream shuffles itself (shard order and buffer, from its own seed) and has no length: the ID set sets the epoch
-    streamed = isinstance(outliers, IterableDataset)
-    ood_loader = (
-        DataLoader(
-            outliers,
-            batch_size=config.ood_batch_size,
-            shuffle=not streamed,
-            generator=None if streamed else ood_gen,
-            num_workers=config.num_workers,
-        )
-        if use_images
-        else None
+    streamed = isinstance(images, IterableDataset)
+    ood_loader = DataLoader(
+        images,
+        batch_size=config.ood_batch_size,
+        shuffle=not streamed,
+        generator=None if streamed else ood_gen,
+        num_workers=config.num_workers,
     )
-    # vectors are cheap: they never lengthen an epoch, only image outliers held in memory may
-    steps_per_epoch = max(len(id_loader), len(ood_loader)) if use_images and not streamed else len(id_loader)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    return id_loader, ood_loader, gen
+
+
+class _Steps:
+    """One run's optimiser, schedule and batch sources: what every training step draws from and updates."""
+
+    def __init__(
+        self,
+        config: OODTrainConfig,
+        train: ImageData,
+        model: nn.Module,
+        phi: EnergyHead,
+        outliers: _Outliers,
+        device: torch.device,
+    ):
+        self.config, self.model, self.phi, self.outliers, self.device = config, model, phi, outliers, device
+        self.n_classes = len(train.class_names)
+        self.optimizer = torch.optim.SGD(
+            list(model.parameters()) + list(phi.parameters()),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+        id_loader, ood_loader, gen = _loaders(config, train, outliers.images)
+        # vectors are cheap: they never lengthen an epoch, only image outliers held in memory may
+        sized = ood_loader is not None and not isinstance(outliers.images, IterableDataset)
+        self.steps_per_epoch = max(len(id_loader), len(ood_loader)) if sized else len(id_loader)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=config.epochs * self.steps_per_epoch
+        )
+        self.id_iter = _cycle(id_loader, "dataset")
+        self.ood_iter = _cycle(ood_loader, "outliers") if ood_loader is not None else None
+        self.features = outliers.features
+        self.vectors = (
+            _VectorBatches(self.features.unit_tensor(), config.ood_batch_size, gen)
+            if self.features is not None
+            else None
+        )
+        self.queue: FeatureQueue | None = None
+        self.virtual_from, self.virtual_gen = 0, None
+        if outliers.virtual is not None:
+            self.virtual_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
+            self.virtual_from = (
+                0 if config.init_classifier else math.ceil(outliers.virtual.params.warmup * config.epochs)
+            )
+
+    def redraw(self, epoch: int, start: int, train: ImageData) -> None:
+        """Every ``redraw_every`` epochs (and on resuming), feature outliers drawn afresh in the current features."""
+        c = self.config
+        if (
+            self.vectors is not None
+            and c.redraw_every
+            and epoch > 0
+            and (epoch % c.redraw_every == 0 or epoch == start)
+        ):
+            self.features = redraw_feature_outliers(
+                self.model, train, self.features, c.redraw_density, seed=c.seed + epoch
+            )
+            self.vectors.replace(self.features.unit_tensor())
+
+    def step(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One ID batch and its outliers (images, vectors, virtual features), one update; the loss, CE and L_ood."""
+        virtual, device = self.outliers.virtual, self.device
+        x_id, y = next(self.id_iter)
+        x_id, y = x_id.to(device), y.to(device)
+        x_ood = next(self.ood_iter)[0].to(device) if self.ood_iter is not None else x_id[:0]
+        if virtual is None:
+            logits = self.model(torch.cat([x_id, x_ood]))
+        else:
+            features = penultimate(self.model, torch.cat([x_id, x_ood]))
+            logits = head_of(self.model)(features)
+            if self.queue is None:
+                self.queue = FeatureQueue(self.n_classes, virtual.params.queue_size, features.shape[1], device)
+            self.queue.push(features[: len(y)], y)
+        ce = F.cross_entropy(logits[: len(y)], y)
+        if self.vectors is not None:
+            logits = torch.cat([logits, self.model.classify(self.vectors.next().to(device))])
+        drawing = virtual is not None and epoch >= self.virtual_from and self.queue.full
+        if drawing:
+            virtual_features, _ = virtual.sample(self.queue, self.config.ood_batch_size, self.virtual_gen)
+            logits = torch.cat([logits, head_of(self.model)(virtual_features)])
+        if self.ood_iter is not None or self.vectors is not None or drawing:
+            l_ood = ood_loss(self.config.ood_loss, logits, len(y), self.phi)
+            loss = ce + self.config.beta * l_ood
+        else:
+            l_ood = torch.zeros((), device=device)
+            loss = ce
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, ce, l_ood
+
+    def epoch(self, epoch: int, bar: tqdm) -> dict[str, float]:
+        """One epoch of steps; its mean loss, CE and L_ood (a history entry)."""
+        self.model.train()
+        self.phi.train()
+        sums = {"loss": 0.0, "ce": 0.0, "ood": 0.0}
+        for _ in range(self.steps_per_epoch):
+            loss, ce, l_ood = self.step(epoch)
+            for k, v in (("loss", loss), ("ce", ce), ("ood", l_ood)):
+                sums[k] += v.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3f}", ood=f"{l_ood.item():.3f}")
+        return {k: v / self.steps_per_epoch for k, v in sums.items()}
+
+    def save(self, path: Path, class_names: list[str], epochs_done: int, history: list[dict]) -> None:
+        """The checkpoint after each epoch: everything ``resume`` restores."""
+        save_ood_checkpoint(
+            path,
+            self.model,
+            self.phi,
+            self.optimizer,
+            self.scheduler,
+            self.config,
+            class_names,
+            epochs_done,
+            history,
+            self.outliers.used,
+        )
+
+
+def train_ood(
+    config: OODTrainConfig,
+    train: ImageData,
+    out_dir: str | Path,
+    *,
+    outliers: Dataset | None = None,
+    feature_outliers: FeatureOutliers | str | Path | object | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool | Callable[[int, int], None] = True,
+) -> OODClassifier:
+    """Train f (and phi) on ``train`` plus outlier images and/or feature-space outlier vectors.
+
+    ``outliers`` (default: the config's store datasets) are images. ``feature_outliers`` are vectors
+    in the encoder's feature space: a ``StoredSample`` (registry), a ``SampleResult``, a
+    ``FeatureOutliers`` or the path of an ``.npz`` with ``vectors`` and ``class_index`` (what
+    ``oodsynth sample --out`` writes); they need ``config.init_encoder``.
+    """
+    device = torch.device(device) if device else default_device()
+    sources = _prepare_outliers(config, train, outliers, feature_outliers)
+    config, model, phi = _build_model(config, train, sources.features, device)
+    steps = _Steps(config, train, model, phi, sources, device)
+    path = Path(out_dir) / CHECKPOINT_NAME
     start, history = 0, []
     if resume and path.exists():
-        state = read_ood_checkpoint(path)
-        start, history = restore_training(state, model=model, phi=phi, optimizer=optimizer, scheduler=scheduler)
-    id_iter = _cycle(id_loader, "dataset")
-    ood_iter = _cycle(ood_loader, "outliers") if use_images else None
-    vectors = _VectorBatches(feature_outliers.unit_tensor(), config.ood_batch_size, gen) if use_features else None
-    queue, virtual_from, virtual_gen = None, 0, None
-    if virtual is not None:
-        virtual_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
-        virtual_from = 0 if config.init_classifier else math.ceil(virtual.params.warmup * config.epochs)
+        parts = {"model": model, "phi": phi, "optimizer": steps.optimizer, "scheduler": steps.scheduler}
+        start, history = restore_training(read_ood_checkpoint(path), **parts)
     bar = tqdm(
-        total=(config.epochs - start) * steps_per_epoch,
+        total=(config.epochs - start) * steps.steps_per_epoch,
         desc="train-ood",
         unit="step",
         disable=progress is not True,
         leave=False,
     )
     for epoch in range(start, config.epochs):
-        if use_features and config.redraw_every and epoch > 0 and (epoch % config.redraw_every == 0 or epoch == start):
-            feature_outliers = redraw_feature_outliers(
-                model, train, feature_outliers, config.redraw_density, seed=config.seed + epoch
-            )
-            vectors.replace(feature_outliers.unit_tensor())
-        model.train()
-        phi.train()
-        sums = {"loss": 0.0, "ce": 0.0, "ood": 0.0}
-        for _ in range(steps_per_epoch):
-            x_id, y = next(id_iter)
-            x_id, y = x_id.to(device), y.to(device)
-            x_ood = next(ood_iter)[0].to(device) if use_images else x_id[:0]
-            if virtual is None:
-                logits = model(torch.cat([x_id, x_ood]))
-            else:
-                features = penultimate(model, torch.cat([x_id, x_ood]))
-                logits = head_of(model)(features)
-                if queue is None:
-                    queue = FeatureQueue(len(train.class_names), virtual.params.queue_size, features.shape[1], device)
-                queue.push(features[: len(y)], y)
-            ce = F.cross_entropy(logits[: len(y)], y)
-            if use_features:
-                logits = torch.cat([logits, model.classify(vectors.next().to(device))])
-            drawing = virtual is not None and epoch >= virtual_from and queue.full
-            if drawing:
-                virtual_features, _ = virtual.sample(queue, config.ood_batch_size, virtual_gen)
-                logits = torch.cat([logits, head_of(model)(virtual_features)])
-            if use_images or use_features or drawing:
-                l_ood = ood_loss(config.ood_loss, logits, len(y), phi)
-                loss = ce + config.beta * l_ood
-            else:
-                l_ood = torch.zeros((), device=device)
-                loss = ce
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for k, v in (("loss", loss), ("ce", ce), ("ood", l_ood)):
-                sums[k] += v.item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3f}", ood=f"{l_ood.item():.3f}")
-        history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
-        save_ood_checkpoint(
-            path,
-            model,
-            phi,
-            optimizer,
-            scheduler,
-            config,
-            train.class_names,
-            epoch + 1,
-            history,
-            use_images or use_features or virtual is not None,
-        )
+        steps.redraw(epoch, start, train)
+        history.append({"epoch": epoch + 1, **steps.epoch(epoch, bar)})
+        steps.save(path, train.class_names, epoch + 1, history)
         if callable(progress):
             progress(epoch + 1, config.epochs)
     bar.close()
-    return OODClassifier(
-        model.eval(),
-        phi.eval(),
-        list(train.class_names),
-        config,
-        config.epochs,
-        history,
-        use_images or use_features or virtual is not None,
-        note,
-    )
+    classes = list(train.class_names)
+    return OODClassifier(model.eval(), phi.eval(), classes, config, config.epochs, history, sources.used, sources.note)
