@@ -101,12 +101,16 @@ def _decode_verified(
     settings: LabSettings,
     path: Path,
     sample_seconds: float = 0.0,
+    init_images: torch.Tensor | None = None,
 ) -> DecodedPool:
-    """Decode ``vectors`` (one image each, seeded per image), re-encode them, cache the pool at ``path``."""
+    """Decode ``vectors`` (one image each, seeded per image; SDEdit from ``init_images`` at the settings'
+    ``init_strength`` when given), re-encode them, cache the pool at ``path``."""
     t1 = time.process_time()
     seeds = [seed * 1_000_003 + i for i in range(len(vectors))]
     size = assets.encoder.config.image_size
     decode = {**{"steps": 20, "guidance_scale": 3.0}, **assets.decode, **settings.decode}
+    if init_images is not None:
+        decode.update(init_images=init_images, strength=settings.init_strength)
     images = _decoder(assets.decoder_dir).decode(vectors, seeds, **{"output_size": size, **decode})
     t2 = time.process_time()
     x = images_to_tensor(images, size)
@@ -123,12 +127,35 @@ def _decode_verified(
 def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
     """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
-    path = pool_path(cache, f"{sampler}-s{seed}", assets, settings, n_pool, settings.sampler_key(sampler))
+    init = settings.init_strength
+    name = f"{sampler}-s{seed}" + (f"-init{init:g}" if init else "")
+    path = pool_path(cache, name, assets, settings, n_pool, settings.sampler_key(sampler))
     if (pool := _cached_pool(path, assets)) is not None:
         return pool
     t0 = time.process_time()
     result = settings.sampler(sampler).sample(assets.fit, n_pool, seed=seed, bank=assets.bank)
-    return _decode_verified(assets, result.vectors, result.class_index, seed, settings, path, time.process_time() - t0)
+    starts = source_images(assets, result.class_index, seed) if init else None
+    return _decode_verified(
+        assets, result.vectors, result.class_index, seed, settings, path, time.process_time() - t0, starts
+    )
+
+
+_TRAIN_IMAGES: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+
+
+def source_images(assets: LabAssets, class_index: np.ndarray, seed: int) -> torch.Tensor:
+    """For each vector, a real ID training image of its source class (drawn with ``seed``), float in [0, 1] at
+    the encoder's size: where SDEdit starts. The split's training images are read once per process."""
+    from ..data import image_tensors
+
+    key = assets.split.key
+    if key not in _TRAIN_IMAGES:
+        x, y = image_tensors(assets.split.load("train", assets.encoder.config.image_size))
+        _TRAIN_IMAGES[key] = (x, y.numpy())
+    x, y = _TRAIN_IMAGES[key]
+    rng = np.random.default_rng([seed, 11])
+    picks = [int(rng.choice(np.flatnonzero(y == c))) for c in np.asarray(class_index)]
+    return x[picks]
 
 
 def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:

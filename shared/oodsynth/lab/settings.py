@@ -141,6 +141,14 @@ class LabSettings(BaseModel):
         "outliers in all",
     )
     mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
+    init_strength: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="0: decode every outlier from its seed's noise. s in (0, 1]: SDEdit, start from a real ID "
+        "training image of the vector's source class noised to strength s and denoise towards the vector "
+        "(OutlierDecoder.decode's init_images); int(steps * s) denoising steps run, so give ``decode`` enough steps",
+    )
     decode: dict = Field(
         default_factory=dict,
         description="decode settings over the decoder's recommended ones (4 DDIM steps, no guidance: the fewest "
@@ -208,7 +216,7 @@ class LabSettings(BaseModel):
         data = self.model_dump(mode="json")
         if not self.mixing_share:  # no mixing outliers: the recipe (and its cells) whatever the kind would be
             del data["mixing_share"], data["mixing_kind"]
-        for name, default in NO_FILTER.items():  # no band minimum or margin filter: the single threshold's keys
+        for name, default in KEYED_WHEN_SET.items():  # at its default, a later field keeps the earlier cells' keys
             if data[name] == default:
                 del data[name]
         if fields is not None:
@@ -222,8 +230,9 @@ class LabSettings(BaseModel):
         return self.sampler(name).params.model_dump(mode="json")
 
 
-# the selection beyond the single threshold, at its defaults: keyed as before these fields existed
-NO_FILTER = {"min_id_percentile": 0.0, "max_margin": None}
+# fields added after cells were cached, at their defaults (the selection beyond the single threshold, decoding from
+# noise): keyed as before these fields existed
+KEYED_WHEN_SET = {"min_id_percentile": 0.0, "max_margin": None, "init_strength": 0.0}
 # what a verified row keeps of its decoded pool (LabSettings.selection)
 SELECTION_FIELDS = frozenset({"min_id_percentile", "max_id_percentile", "max_margin"})
 FROM_SCRATCH = {"finetune_epochs": 0, "finetune_lr": 0.01}  # the settings' defaults: train from scratch
@@ -239,6 +248,7 @@ DECODED_FIELDS = OUTLIER_FIELDS | {
     "oversample",
     "density",
     "decode",
+    "init_strength",
     "outlier_postprocess",
     "decoded_inliers",
     "sampler_params",
