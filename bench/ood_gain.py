@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from oodsynth.data import ProfileSplit
-    from oodsynth.lab import DEFAULT_ROW, QUICK, LabSettings, lab_rows, profile_assets, run_benchmark
+    from oodsynth.lab import DEFAULT_ROW, QUICK, LabSettings, RunOptions, lab_rows, profile_assets, run_benchmark
     from oodsynth.lab.protocol import TEST_GROUPS, git_state, load_protocol, pick_splits
 
     rows = lab_rows()
@@ -238,20 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         "test_only": all(s.label in tested for s in splits),
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
-    results = run_benchmark(
-        splits,
-        row_names,
-        seeds,
-        settings,
-        args.out,
-        assets_for,
-        log=lambda line: print(line, flush=True),
+    options = RunOptions(
         name=args.name,
         cached_only=args.cached_only,
         versus=versus,
         against=args.against,
         meta=meta,
+        log=lambda line: print(line, flush=True),
     )
+    results = run_benchmark(splits, row_names, seeds, settings, args.out, assets_for, options)
     print((args.out / f"{args.name}.md").read_text())
     return 1 if results["failures"] else 0
 

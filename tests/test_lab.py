@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oodsynth.lab import LabSettings, decoded_pool, lab_rows, run_benchmark, summarise
+from oodsynth.lab import LabSettings, RunOptions, decoded_pool, lab_rows, run_benchmark, summarise
 from oodsynth.lab.cells import SHORTCUT_SET
 
 pytestmark = pytest.mark.slow  # trains detectors, encoders and decoded pools
@@ -39,7 +39,13 @@ def one_thread():
 def test_benchmark_cells_pair_cache_and_report(digits_lab_assets, tmp_path, one_thread):
     rows = ["ce", "noise", "decoded:knn_boundary+verified"]
     results = run_benchmark(
-        ["digits"], rows[1:], [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets, log=lambda line: None
+        ["digits"],
+        rows[1:],
+        [0],
+        SETTINGS,
+        tmp_path,
+        lambda p: lambda: digits_lab_assets,
+        RunOptions(log=lambda line: None),
     )
     assert results["failures"] == [], [f["error"] for f in results["failures"]]
     cells = {c["row"]: c for c in results["cells"]}
@@ -71,7 +77,13 @@ def test_benchmark_cells_pair_cache_and_report(digits_lab_assets, tmp_path, one_
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")}
     assert len(written) == 3
     again = run_benchmark(
-        ["digits"], rows, [0], SETTINGS, tmp_path, lambda p: lambda: digits_lab_assets, log=lambda line: None
+        ["digits"],
+        rows,
+        [0],
+        SETTINGS,
+        tmp_path,
+        lambda p: lambda: digits_lab_assets,
+        RunOptions(log=lambda line: None),
     )
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")} == written
     assert [c["near_fpr95"] for c in again["cells"]] == [c["near_fpr95"] for c in results["cells"]]
@@ -337,7 +349,7 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
 
     settings = SETTINGS.model_copy(update={"finetune_epochs": 1, "finetune_lr": 0.02})
     results = run_benchmark(
-        ["digits"], ["ce", "noise"], [0], settings, tmp_path, lambda p: lambda: None, log=lambda line: None
+        ["digits"], ["ce", "noise"], [0], settings, tmp_path, lambda p: lambda: None, RunOptions(log=lambda line: None)
     )
     assert results["failures"] == []
     split = ProfileSplit.default("digits")
@@ -350,7 +362,7 @@ def test_fine_tune_cells_start_from_one_pretrained_detector_per_seed(tmp_path, o
     assert clf.epoch == 2 and not clf.uses_outliers  # SETTINGS' 2 epochs from scratch
     mtime = pretrained[0].stat().st_mtime_ns
     again = run_benchmark(
-        ["digits"], ["ce", "noise"], [1], settings, tmp_path, lambda p: lambda: None, log=lambda line: None
+        ["digits"], ["ce", "noise"], [1], settings, tmp_path, lambda p: lambda: None, RunOptions(log=lambda line: None)
     )
     assert again["failures"] == [] and pretrained[0].stat().st_mtime_ns == mtime  # seed 0's is reused, not retrained
     assert len(list((tmp_path / "cache" / "digits").glob("pretrained-*.pt"))) == 2
@@ -375,8 +387,7 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
         SETTINGS,
         tmp_path,
         lambda p: lambda: None,
-        log=lambda line: None,
-        versus=("outlier_ratio=0.064", more),
+        RunOptions(log=lambda line: None, versus=("outlier_ratio=0.064", more)),
     )
     assert results["failures"] == []
     cells = {(c["row"], c["seed"]): c for c in results["cells"]}
@@ -400,7 +411,7 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
             SETTINGS,
             tmp_path,
             lambda p: lambda: None,
-            versus=("density=vmf", SETTINGS.model_copy(update={"density": "vmf"})),
+            RunOptions(versus=("density=vmf", SETTINGS.model_copy(update={"density": "vmf"}))),
         )
 
     # --against: every other row paired with one row by seed (from the cached cells); twins are left out of it.
@@ -411,11 +422,9 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
         SETTINGS,
         tmp_path,
         lambda p: lambda: None,
-        log=lambda line: None,
-        cached_only=True,
-        name="h2h",
-        versus=("outlier_ratio=0.064", more),
-        against="noise",
+        RunOptions(
+            log=lambda line: None, cached_only=True, name="h2h", versus=("outlier_ratio=0.064", more), against="noise"
+        ),
     )
     summary = h2h["summary"]["digits"]
     ce_minus_noise = [cells["ce", s]["near_fpr95"] - cells["noise", s]["near_fpr95"] for s in (0, 1)]
@@ -424,7 +433,9 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
     assert "against" not in summary["noise"] and "against" not in summary["noise [outlier_ratio=0.064]"]
     assert "| ce | noise |" in (tmp_path / "h2h.md").read_text() and h2h["against"] == "noise"
     with pytest.raises(ValueError, match="against"):
-        run_benchmark(["digits"], ["ce"], [0], SETTINGS, tmp_path, lambda p: lambda: None, against="no-such-row")
+        run_benchmark(
+            ["digits"], ["ce"], [0], SETTINGS, tmp_path, lambda p: lambda: None, RunOptions(against="no-such-row")
+        )
     # a summary of cached cells counts the cells not run yet instead of listing them as failures
     partial = run_benchmark(
         ["digits"],
@@ -433,9 +444,7 @@ def test_versus_runs_changed_rows_under_other_settings_and_pairs_them_by_seed(tm
         SETTINGS,
         tmp_path,
         lambda p: lambda: None,
-        log=lambda line: None,
-        cached_only=True,
-        name="partial",
+        RunOptions(log=lambda line: None, cached_only=True, name="partial"),
     )
     assert len(partial["failures"]) == 2 and partial["summary"]["digits"]["noise"]["n_seeds"] == 1
     md = (tmp_path / "partial.md").read_text()
@@ -452,7 +461,7 @@ def test_the_outlier_mix_keeps_the_count_and_keys_only_the_decoded_rows(digits_l
         mixed,
         tmp_path,
         lambda p: lambda: digits_lab_assets,
-        log=lambda line: None,
+        RunOptions(log=lambda line: None),
     )
     assert results["failures"] == []
     cell = next(c for c in results["cells"] if c["row"] == "decoded:knn_boundary")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from oodsynth.lab import LabSettings, lab_rows, run_benchmark
+from oodsynth.lab import LabSettings, RunOptions, lab_rows, run_benchmark
 from oodsynth.lab.peers import POSTHOC_PARAMS, peer_rows
 from oodsynth.lab.settings import LAB_SCORES
 
@@ -48,7 +48,7 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
             SETTINGS,
             tmp_path,
             lambda split: lambda: pytest.fail("peer rows need no generation assets"),
-            log=lambda line: None,
+            RunOptions(log=lambda line: None),
         )
         # a test-time score is no cache key: the cached trained cells are ranked by it, nothing runs again
         written = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")}
@@ -59,7 +59,7 @@ def test_every_peer_row_runs_end_to_end_on_the_row_budget(tmp_path):
             SETTINGS.model_copy(update={"test_score": "energy+knn"}),
             tmp_path,
             lambda split: lambda: pytest.fail("no cell runs again"),
-            log=lambda line: None,
+            RunOptions(log=lambda line: None),
         )
         assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*.json")} == written
     finally:

@@ -29,11 +29,11 @@ fit and decoder), ``pools`` (decoded outliers), ``cells`` (what every row runs o
 
 from ..training.outlier_mix import smooth_noise
 from .assets import LabAssets, fit_assets, fit_path, profile_assets, train_local_assets
-from .cells import Cell, CellOutcome, LabData, Row, decoded_inliers, pretrained_detector
+from .cells import Cell, CellNotRun, CellOutcome, LabData, Row, decoded_inliers, pretrained_detector
 from .pools import DecodedPool, decoded_inlier_pool, decoded_pool, pool_path
 from .report import METRICS, markdown_table, paired_deltas, summarise
 from .rows import DEFAULT_ROW, feature_outliers_available, lab_rows
-from .runner import CellNotRun, cell_path, metrics_of, run_benchmark, run_cell, twin_name, write_results
+from .runner import RunOptions, cell_path, metrics_of, run_benchmark, run_cell, twin_name, write_results
 from .settings import FROM_SCRATCH, QUICK, LabSettings
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "METRICS",
     "QUICK",
     "Row",
+    "RunOptions",
     "cell_path",
     "decoded_inlier_pool",
     "decoded_inliers",

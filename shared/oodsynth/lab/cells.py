@@ -50,6 +50,10 @@ class CellOutcome:
     info: dict = field(default_factory=dict)
 
 
+class CellNotRun(LookupError):
+    """A cell asked for with ``cached_only`` has no cached result."""
+
+
 @dataclass(frozen=True)
 class Row:
     """One way of building a detector: how it runs on a cell, what it is paired with and what keys its cells."""

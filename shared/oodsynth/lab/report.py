@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..offline_decoder.gate import gate_line
+from .cells import CellNotRun
+from .rows import DEFAULT_ROW
+from .settings import LabSettings
+
 METRICS = ("near_fpr95", "near_auroc", "far_fpr95", "far_auroc")
 PEER_KINDS = ("peer", "posthoc")
 TARGETS = {"near_vs_ce": -0.05, "near_t": -2.5, "far_vs_ce": -0.05, "near_vs_peer_t": -2.0}
@@ -161,6 +166,31 @@ def markdown_table(summary: dict, profile: str) -> str:
     """The pooled report of one profile, in percent: the main table (mean ± std over splits x seeds; paired Δ
     to CE, to the best peer and to the best post-hoc detector), far per kind, and a per-split breakdown."""
     rows = summary[profile]
+    lines = _main_table(rows)
+    if any(e["noise_outliers"] for e in rows.values()):
+        lines += [
+            "",
+            "† trained on noise outliers (alone or in its mix): its far figures, and its pair's in every Δ, "
+            "leave the far-OOD noise set out.",
+        ]
+    probed = {row: e["shortcut_auroc"] for row, e in rows.items() if "shortcut_auroc" in e}
+    if probed:
+        lines += [
+            "",
+            "Decoder shortcut: AUROC of the row's score between decoded reconstructions of ID test images and the "
+            f"real ones (50 is chance; target ≤ {SHORTCUT_TARGET:.0f}): "
+            + "; ".join(f"{row} {_ms(v)}" for row, v in probed.items()),
+        ]
+    lines += _far_kinds_table(rows) + _per_split_table(rows)
+    for prefix, other, title in (
+        ("twin_delta", "twin", "Each row paired with itself under the `--versus` settings (Δ = row − twin):"),
+        ("against_delta", "against", "Each row head to head with the `--against` row (Δ = row − that row):"),
+    ):
+        lines += _paired_table(rows, prefix, other, title)
+    return "\n".join(lines)
+
+
+def _main_table(rows: dict) -> list[str]:
     any_entry = next(iter(rows.values()))
     best_peer, best_posthoc = any_entry.get("best_peer"), any_entry.get("best_posthoc")
     lines = [
@@ -178,77 +208,128 @@ def markdown_table(summary: dict, profile: str) -> str:
             f"{_delta(e, 'far_fpr95')} | {_delta(e, 'near_fpr95', 'peer_delta')} | {_delta(e, 'far_fpr95', 'posthoc_delta')} | "
             f"{100 * e['id_accuracy']['mean']:.1f} | {e['n_splits']} × {e['n_seeds'] // max(1, e['n_splits'])} |"
         )
-    if any(e["noise_outliers"] for e in rows.values()):
-        lines += [
-            "",
-            "† trained on noise outliers (alone or in its mix): its far figures, and its pair's in every Δ, "
-            "leave the far-OOD noise set out.",
-        ]
-    probed = {row: e["shortcut_auroc"] for row, e in rows.items() if "shortcut_auroc" in e}
-    if probed:
-        lines += [
-            "",
-            "Decoder shortcut: AUROC of the row's score between decoded reconstructions of ID test images and the "
-            f"real ones (50 is chance; target ≤ {SHORTCUT_TARGET:.0f}): "
-            + "; ".join(f"{row} {_ms(v)}" for row, v in probed.items()),
-        ]
+    return lines
+
+
+def _far_kinds_table(rows: dict) -> list[str]:
     kinds = sorted({k for e in rows.values() for k in e["far_kinds"]})
-    if kinds:
-        lines += [
-            "",
-            "Far-OOD per kind, FPR95 (AUROC), mean over splits × seeds:",
-            "",
-            "| row | " + " | ".join(kinds) + " |",
-            "|" + "---|" * (len(kinds) + 1),
+    if not kinds:
+        return []
+    lines = [
+        "",
+        "Far-OOD per kind, FPR95 (AUROC), mean over splits × seeds:",
+        "",
+        "| row | " + " | ".join(kinds) + " |",
+        "|" + "---|" * (len(kinds) + 1),
+    ]
+    for row, e in rows.items():
+        cells = [
+            f"{100 * e['far_kinds'][k]['fpr95']['mean']:.1f} ({100 * e['far_kinds'][k]['auroc']['mean']:.1f})"
+            if k in e["far_kinds"]
+            else "–"
+            for k in kinds
         ]
-        for row, e in rows.items():
-            cells = [
-                f"{100 * e['far_kinds'][k]['fpr95']['mean']:.1f} ({100 * e['far_kinds'][k]['auroc']['mean']:.1f})"
-                if k in e["far_kinds"]
-                else "–"
-                for k in kinds
-            ]
-            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _per_split_table(rows: dict) -> list[str]:
     splits = sorted({s for e in rows.values() for s in e["per_split"]})
-    if len(splits) > 1:
-        names = {s: e["per_split"][s]["name"] for e in rows.values() for s in e["per_split"]}
-        lines += [
+    if len(splits) <= 1:
+        return []
+    names = {s: e["per_split"][s]["name"] for e in rows.values() for s in e["per_split"]}
+    lines = [
+        "",
+        "Per split: near FPR95 (Δ vs CE, paired over seeds):",
+        "",
+        "| row | " + " | ".join(f"{names[s] or s} ({s.split(':', 1)[-1]})" for s in splits) + " |",
+        "|" + "---|" * (len(splits) + 1),
+    ]
+    for row, e in rows.items():
+        cells = []
+        for s in splits:
+            if s not in e["per_split"]:
+                cells.append("–")
+                continue
+            d = (e.get("per_split_delta") or {}).get(s)
+            cells.append(
+                f"{100 * e['per_split'][s]['near_fpr95']['mean']:.1f}" + (f" ({100 * d['mean']:+.1f})" if d else "")
+            )
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_table(rows: dict, prefix: str, other: str, title: str) -> list[str]:
+    paired = [(row, e) for row, e in rows.items() if e.get(f"{prefix}_near_fpr95")]  # common cells only
+    if not paired:
+        return []
+    return [
+        "",
+        title,
+        "",
+        f"| row | {other} | Δ near FPR95 (mean ± std, t) | Δ near AUROC | Δ far FPR95 | cells |",
+        "|" + "---|" * 6,
+    ] + [
+        f"| {row} | {e[other]} | {_delta(e, 'near_fpr95', prefix)} | {_delta(e, 'near_auroc', prefix)} | "
+        f"{_delta(e, 'far_fpr95', prefix)} | {e[f'{prefix}_near_fpr95']['n']} |"
+        for row, e in paired
+    ]
+
+
+def results_markdown(
+    settings: LabSettings,
+    summary: dict,
+    failures: list[dict],
+    run: dict,
+    versus: tuple[str, LabSettings] | None = None,
+) -> str:
+    """A run's pooled report (``write_results``' <name>.md): how to read it, the code, protocol and decoders it
+    ran with (``run``), per profile its table and the default recipe's targets, and the cells not run or failed."""
+    md = [
+        f"# OOD gain (lab settings {settings.key()})",
+        "",
+        "Percent; mean ± std over every cell (splits × seeds); Δ = paired difference (same split, same seed) to "
+        "the row's baseline (CE only unless named), to the best peer on near FPR95 (noise, density, VOS, NPOS, "
+        "mixing, post-hoc; chosen by its pooled mean) and to the best post-hoc detector on far FPR95; t = mean / "
+        "standard error of the paired differences. Score: every row trained with outliers or peer training "
+        f"is ranked by the test-time score `{settings.test_score}` (LabSettings.test_score, chosen on the dev "
+        "splits), `ce` by energy, post-hoc and density rows by their own; far = mean over the far-OOD sets.",
+        "",
+    ]
+    if run.get("commit"):
+        md += [
+            f"Code: commit {run['commit'][:12]}{' with uncommitted changes' if run.get('dirty') else ''}; "
+            f"protocol {run.get('protocol', '')} (sha {run.get('protocol_sha', '')}); "
+            f"{'test splits only' if run.get('test_only') else 'not only test splits: not a protocol result'}; "
+            f"seeds {run.get('seeds')}.",
             "",
-            "Per split: near FPR95 (Δ vs CE, paired over seeds):",
-            "",
-            "| row | " + " | ".join(f"{names[s] or s} ({s.split(':', 1)[-1]})" for s in splits) + " |",
-            "|" + "---|" * (len(splits) + 1),
         ]
-        for row, e in rows.items():
-            cells = []
-            for s in splits:
-                if s not in e["per_split"]:
-                    cells.append("–")
-                    continue
-                d = (e.get("per_split_delta") or {}).get(s)
-                cells.append(
-                    f"{100 * e['per_split'][s]['near_fpr95']['mean']:.1f}" + (f" ({100 * d['mean']:+.1f})" if d else "")
-                )
-            lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    for prefix, other, title in (
-        ("twin_delta", "twin", "Each row paired with itself under the `--versus` settings (Δ = row − twin):"),
-        ("against_delta", "against", "Each row head to head with the `--against` row (Δ = row − that row):"),
-    ):
-        paired = [(row, e) for row, e in rows.items() if e.get(f"{prefix}_near_fpr95")]  # common cells only
-        if paired:
-            lines += [
+    if run.get("decoders"):
+        md += ["Split decoders against the quality gate (`oodsynth.offline_decoder.gate`, in each `decoder.json`):", ""]
+        md += [f"- {split} ({q['decoder']}): {gate_line(q)}" for split, q in sorted(run["decoders"].items())]
+        md += [""]
+    if versus is not None:
+        md += [f"Rows named `[{versus[0]}]` ran with those settings changed (lab settings {versus[1].key()}).", ""]
+    for profile in summary:
+        md += [f"## {profile}", "", markdown_table(summary, profile), ""]
+        if DEFAULT_ROW in summary[profile]:
+            md += [
+                f"Targets for the default recipe ({DEFAULT_ROW}):",
                 "",
-                title,
+                *target_lines(summary, profile, DEFAULT_ROW),
                 "",
-                f"| row | {other} | Δ near FPR95 (mean ± std, t) | Δ near AUROC | Δ far FPR95 | cells |",
-                "|" + "---|" * 6,
             ]
-            lines += [
-                f"| {row} | {e[other]} | {_delta(e, 'near_fpr95', prefix)} | {_delta(e, 'near_auroc', prefix)} | "
-                f"{_delta(e, 'far_fpr95', prefix)} | {e[f'{prefix}_near_fpr95']['n']} |"
-                for row, e in paired
-            ]
-    return "\n".join(lines)
+    not_run = [f for f in failures if f["error"].startswith(CellNotRun.__name__)]
+    failed = [f for f in failures if f not in not_run]
+    if not_run:
+        by_row: dict[str, int] = {}
+        for f in not_run:
+            by_row[f"{f['profile']} {f['row']}"] = by_row.get(f"{f['profile']} {f['row']}", 0) + 1
+        md += ["## cells not run yet", "", "; ".join(f"{k}: {v}" for k, v in by_row.items()), ""]
+    if failed:
+        md += ["## failed cells", ""]
+        md += [f"- {f.get('split', f['profile'])} {f['row']} seed {f['seed']}: {f['error']}" for f in failed]
+    return "\n".join(md) + "\n"
 
 
 def target_lines(summary: dict, profile: str, row: str) -> list[str]:

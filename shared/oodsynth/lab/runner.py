@@ -8,16 +8,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data import ProfileSplit
-from ..offline_decoder.gate import gate_line
 from .assets import LabAssets, _atomic_write
-from .cells import SHORTCUT_SET, Cell, CellOutcome, LabData, Row
-from .report import markdown_table, summarise, target_lines
-from .rows import DEFAULT_ROW, lab_rows
+from .cells import SHORTCUT_SET, Cell, CellNotRun, CellOutcome, LabData, Row
+from .report import results_markdown, summarise
+from .rows import lab_rows
 from .settings import LabSettings
 
 
@@ -71,10 +71,6 @@ def cell_path(out: Path, split: ProfileSplit, row: Row, seed: int, settings: Lab
     return out / "cells" / split.profile / split.key / safe / name
 
 
-class CellNotRun(LookupError):
-    """A cell asked for with ``cached_only`` has no cached result."""
-
-
 def run_cell(
     split: ProfileSplit,
     row: Row,
@@ -123,32 +119,20 @@ def run_cell(
     return result
 
 
-def run_benchmark(
-    splits: list[ProfileSplit | str],
-    row_names: list[str],
-    seeds: list[int],
-    settings: LabSettings,
-    out: Path,
-    assets_for: Callable[[ProfileSplit], Callable[[], LabAssets]],
-    *,
-    log: Callable[[str], None] = print,
-    name: str = "results",
-    cached_only: bool = False,
-    versus: tuple[str, LabSettings] | None = None,
-    against: str | None = None,
-    meta: dict | None = None,
-) -> dict:
-    """Every (split, seed, row) cell (cached), the results written after each cell; returns the results dict.
+@dataclass(frozen=True)
+class RunOptions:
+    """What a ``run_benchmark`` call records and how: one value instead of six keywords, passed through as is."""
 
-    ``splits``: ``ProfileSplit``s, or profile names for their default splits.
+    name: str = "results"  # the result files OUT/<name>.{json,md,png} (cells are shared by every name)
+    cached_only: bool = False  # summarise the cached cells, run nothing
+    versus: tuple[str, LabSettings] | None = None  # (label, other settings): rows also run under them, paired
+    against: str | None = None  # a row run too, every other row paired with it by seed
+    meta: dict | None = None  # recorded as the results' ``run`` (the code's commit, the protocol)
+    log: Callable[[str], None] = print
 
-    A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
-    ``versus`` = (label, other settings): every row whose cells those settings change is also run under them,
-    as the row "<row> [<label>]", and paired with it seed by seed (how one setting is ranked against another).
-    ``against`` = a row that is run too and that every other row is also paired with, seed by seed (how one
-    sampler is ranked against another under the same settings). ``meta`` (the code's commit, the protocol) is
-    recorded in the results file as ``run``.
-    """
+
+def _chosen_rows(row_names: list[str], against: str | None) -> tuple[dict[str, Row], list[str]]:
+    """Every row and the names to run: each asked row's baseline, the rows, then ``against``; unknown names fail."""
     rows = lab_rows()
     unknown = [r for r in row_names if r not in rows]
     if unknown:
@@ -160,6 +144,45 @@ def run_benchmark(
             [b for r in row_names if (b := rows[r].baseline)] + list(row_names) + ([against] if against else [])
         )
     )
+    return rows, chosen
+
+
+def _row_runs(
+    row: Row, rows: dict[str, Row], settings: LabSettings, versus: tuple[str, LabSettings] | None
+) -> tuple[str | None, list[tuple[str, LabSettings, str | None]]]:
+    """The row's twin name (or None) and its cells at one split and seed as (name, settings, baseline): the row,
+    then its twin under the ``versus`` settings where they change its cells."""
+    twin = twin_name(row, settings, versus) if versus is not None else None
+    runs = [(row.name, settings, row.baseline)]
+    if twin:  # paired with the baseline's twin, or with the baseline where versus leaves it alone
+        twin_baseline = row.baseline and (twin_name(rows[row.baseline], settings, versus) or row.baseline)
+        runs.append((twin, versus[1], twin_baseline))
+    return twin, runs
+
+
+def run_benchmark(
+    splits: list[ProfileSplit | str],
+    row_names: list[str],
+    seeds: list[int],
+    settings: LabSettings,
+    out: Path,
+    assets_for: Callable[[ProfileSplit], Callable[[], LabAssets]],
+    options: RunOptions | None = None,
+) -> dict:
+    """Every (split, seed, row) cell (cached), the results written after each cell; returns the results dict.
+
+    ``splits``: ``ProfileSplit``s, or profile names for their default splits.
+
+    A failing cell is recorded under ``failures`` and the others go on. Each row's baseline is run too.
+    ``options.versus`` = (label, other settings): every row whose cells those settings change is also run under
+    them, as the row "<row> [<label>]", and paired with it seed by seed (how one setting is ranked against
+    another). ``options.against`` = a row that is run too and that every other row is also paired with, seed by
+    seed (how one sampler is ranked against another under the same settings). ``options.meta`` (the code's commit,
+    the protocol) is recorded in the results file as ``run``.
+    """
+    o = options or RunOptions()
+    log, versus = o.log, o.versus
+    rows, chosen = _chosen_rows(row_names, o.against)
     if versus is not None and versus[1].density != settings.density:
         raise ValueError("versus: density changes the generation side (one per run); compare densities in two runs")
     splits = [s if isinstance(s, ProfileSplit) else ProfileSplit.default(s) for s in splits]
@@ -176,14 +199,10 @@ def run_benchmark(
             for row_name in chosen:
                 done += 1
                 row = rows[row_name]
-                twin = twin_name(row, settings, versus) if versus is not None else None
-                runs = [(row_name, settings, row.baseline)]
-                if twin:  # paired with the baseline's twin, or with the baseline where versus leaves it alone
-                    twin_baseline = row.baseline and (twin_name(rows[row.baseline], settings, versus) or row.baseline)
-                    runs.append((twin, versus[1], twin_baseline))
+                twin, runs = _row_runs(row, rows, settings, versus)
                 for name_, cell_settings, baseline in runs:
                     try:
-                        c = run_cell(split, row, seed, cell_settings, out, assets, cached_only=cached_only)
+                        c = run_cell(split, row, seed, cell_settings, out, assets, cached_only=o.cached_only)
                     except Exception as exc:  # one broken row must not lose the others; it is reported
                         failures.append(
                             {
@@ -209,9 +228,9 @@ def run_benchmark(
                         f"far FPR95 {100 * c['far_fpr95']:.1f} ID acc {100 * c['id_accuracy']:.1f} "
                         f"({c['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s total)"
                     )
-                if not cached_only:  # partial results survive an interruption; a summary only writes once
-                    write_results(out, settings, cells, failures, name, versus, against, meta)
-    return write_results(out, settings, cells, failures, name, versus, against, meta)
+                if not o.cached_only:  # partial results survive an interruption; a summary only writes once
+                    write_results(out, settings, cells, failures, o.name, versus, o.against, o.meta)
+    return write_results(out, settings, cells, failures, o.name, versus, o.against, o.meta)
 
 
 def twin_name(row: Row, settings: LabSettings, versus: tuple[str, LabSettings]) -> str | None:
@@ -246,52 +265,7 @@ def write_results(
     if against is not None:
         results["against"] = against
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
-    run = results["run"]
-    md = [
-        f"# OOD gain (lab settings {settings.key()})",
-        "",
-        "Percent; mean ± std over every cell (splits × seeds); Δ = paired difference (same split, same seed) to "
-        "the row's baseline (CE only unless named), to the best peer on near FPR95 (noise, density, VOS, NPOS, "
-        "mixing, post-hoc; chosen by its pooled mean) and to the best post-hoc detector on far FPR95; t = mean / "
-        "standard error of the paired differences. Score: every row trained with outliers or peer training "
-        f"is ranked by the test-time score `{settings.test_score}` (LabSettings.test_score, chosen on the dev "
-        "splits), `ce` by energy, post-hoc and density rows by their own; far = mean over the far-OOD sets.",
-        "",
-    ]
-    if run.get("commit"):
-        md += [
-            f"Code: commit {run['commit'][:12]}{' with uncommitted changes' if run.get('dirty') else ''}; "
-            f"protocol {run.get('protocol', '')} (sha {run.get('protocol_sha', '')}); "
-            f"{'test splits only' if run.get('test_only') else 'not only test splits: not a protocol result'}; "
-            f"seeds {run.get('seeds')}.",
-            "",
-        ]
-    if run.get("decoders"):
-        md += ["Split decoders against the quality gate (`oodsynth.offline_decoder.gate`, in each `decoder.json`):", ""]
-        md += [f"- {split} ({q['decoder']}): {gate_line(q)}" for split, q in sorted(run["decoders"].items())]
-        md += [""]
-    if versus is not None:
-        md += [f"Rows named `[{versus[0]}]` ran with those settings changed (lab settings {versus[1].key()}).", ""]
-    for profile in summary:
-        md += [f"## {profile}", "", markdown_table(summary, profile), ""]
-        if DEFAULT_ROW in summary[profile]:
-            md += [
-                f"Targets for the default recipe ({DEFAULT_ROW}):",
-                "",
-                *target_lines(summary, profile, DEFAULT_ROW),
-                "",
-            ]
-    not_run = [f for f in failures if f["error"].startswith(CellNotRun.__name__)]
-    failed = [f for f in failures if f not in not_run]
-    if not_run:
-        by_row: dict[str, int] = {}
-        for f in not_run:
-            by_row[f"{f['profile']} {f['row']}"] = by_row.get(f"{f['profile']} {f['row']}", 0) + 1
-        md += ["## cells not run yet", "", "; ".join(f"{k}: {v}" for k, v in by_row.items()), ""]
-    if failed:
-        md += ["## failed cells", ""]
-        md += [f"- {f.get('split', f['profile'])} {f['row']} seed {f['seed']}: {f['error']}" for f in failed]
-    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    (out / f"{name}.md").write_text(results_markdown(settings, summary, failures, results["run"], versus))
     if summary:
         plot_ood_gain(summary, out / f"{name}.png")
     return results
