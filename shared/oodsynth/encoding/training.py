@@ -159,6 +159,24 @@ def nearest_anchor_accuracy(
     return correct / max(total, 1)
 
 
+def _train_epoch(model, criterion, optimizer, scheduler, loader: DataLoader, device, bar: tqdm, epoch: int) -> float:
+    """One pass over the loader, one update per batch; the mean loss per image."""
+    model.train()
+    loss_sum = n = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        n += len(y)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    return loss_sum / max(n, 1)
+
+
 def train_encoder(
     config: EncoderTrainConfig,
     train: ImageData,
@@ -217,20 +235,8 @@ def train_encoder(
     total_steps = (config.epochs - start) * len(loader)
     bar = tqdm(total=total_steps, desc="train-encoder", unit="batch", disable=progress is not True, leave=False)
     for epoch in range(start, config.epochs):
-        model.train()
-        loss_sum = n = 0
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            n += len(y)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1)}
+        loss = _train_epoch(model, criterion, optimizer, scheduler, loader, device, bar, epoch)
+        record = {"epoch": epoch + 1, "loss": loss}
         if eval_data is not None:
             record["eval_accuracy"] = nearest_anchor_accuracy(model, eval_data, anchors_t)
         history.append(record)
