@@ -102,6 +102,42 @@ def test_verified_pool_keeps_only_outliers_below_the_threshold(digits_lab_assets
     assert torch.equal(cached.images, pool.images)
 
 
+def test_init_strength_decodes_from_a_real_image_of_the_source_class(digits_lab_assets, tmp_path, one_thread):
+    """SDEdit pools: each outlier starts from a real training image of its vector's class (drawn by the seed), so
+    at a low strength it stays close to that image; a pool of its own in the cache, keyed only on the decoded
+    rows, the noise pool untouched."""
+    from oodsynth.lab.pools import source_images
+
+    plain = SETTINGS.model_copy(update={"decode": {"steps": 20}})
+    sdedit = plain.model_copy(update={"init_strength": 0.1})  # 2 of 20 steps: the random-weight UNet keeps little
+    noise_pool = decoded_pool(digits_lab_assets, "knn_boundary", 1, plain, tmp_path)
+    pool = decoded_pool(digits_lab_assets, "knn_boundary", 1, sdedit, tmp_path)
+    assert len(list(tmp_path.rglob("decoded-knn_boundary-s1-init0.1-*.pt"))) == 1
+    starts = source_images(digits_lab_assets, pool.class_index, 1)
+    assert torch.equal(starts, source_images(digits_lab_assets, pool.class_index, 1))  # the seed draws them
+    train = digits_lab_assets.split.load("train", 16)
+    labels = np.array([int(train.dataset[i][1]) for i in range(len(train))])
+    # every start image is a real image of the vector's class: its nearest training image has that label
+    x = torch.stack([train.dataset[i][0] for i in range(len(train))]).flatten(1)
+    nearest = torch.cdist(starts.flatten(1), x).argmin(1).numpy()
+    assert (labels[nearest] == pool.class_index).all()
+    # the pool is the library's SDEdit of those starts: OutlierDecoder.decode with init_images and the strength
+    from oodsynth.decoding.verification import images_to_tensor
+    from oodsynth.lab.pools import _decoder
+
+    assets = digits_lab_assets
+    vectors = sdedit.sampler("knn_boundary").sample(assets.fit, len(pool.class_index) // 8, seed=1, bank=assets.bank)
+    decode = {"guidance_scale": 3.0, **assets.decode, **sdedit.decode, "output_size": 16}
+    seeds = [1_000_003 + i for i in range(len(pool.class_index))]
+    expected = _decoder(assets.decoder_dir).decode(vectors.vectors, seeds, init_images=starts, strength=0.1, **decode)
+    assert torch.equal((images_to_tensor(expected, 16) * 255).round().to(torch.uint8), pool.images)
+    assert not torch.equal(pool.images, noise_pool.images)
+    rows = lab_rows()
+    assert sdedit.key(rows["decoded:knn_boundary"].uses) != plain.key(rows["decoded:knn_boundary"].uses)
+    assert sdedit.key(rows["noise"].uses) == plain.key(rows["noise"].uses)
+    assert plain.key() == plain.model_copy(update={"init_strength": 0.0}).key()
+
+
 def test_sampler_params_draw_their_own_pool_and_key_only_the_rows_that_use_them(
     digits_lab_assets, tmp_path, one_thread
 ):
