@@ -21,7 +21,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class NpzError(InputError):
     """An ``.npz`` that cannot be read safely; ``field`` is the array's name, or ``file`` for the archive."""
 
 
-def _header(member: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+def _header(member: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from an ``.npy`` header (ValueError when the member is not one)."""
     version = np.lib.format.read_magic(member)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -70,7 +70,7 @@ def read_npz(
         counts = Counter(info.filename for info in archive.infolist())
         members = {name: _member(archive, name, counts) for name in names}
         declared_total = sum(info.file_size for info in members.values())
-        sizes = {}
+        sizes: dict[str, int] = {}
         for name, info in members.items():
             if declared_total > max_bytes:
                 raise NpzError(name, _too_large(max_bytes, name, info.file_size))
@@ -85,7 +85,7 @@ def read_npz(
             if sizes[name] > info.file_size:
                 raise NpzError(name, f"its header claims {sizes[name]} bytes, more than the member holds")
         if sum(sizes.values()) > max_bytes:
-            name = max(sizes, key=sizes.get)
+            name = max(sizes, key=sizes.__getitem__)
             raise NpzError(name, _too_large(max_bytes, name, sizes[name]))
         arrays = {}
         for name, info in members.items():

@@ -141,9 +141,11 @@ class ClassDensities:
 
     # ------------------------------------------------------------------ validation
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "quantile_values_"):
+    def _check_fitted(self) -> tuple[int, int]:
+        """``(n_classes, dim)``; RuntimeError when not fitted yet."""
+        if not hasattr(self, "quantile_values_") or self.n_classes is None or self.dim is None:
             raise RuntimeError("this ClassDensities is not fitted yet; call fit(bank) first")
+        return self.n_classes, self.dim
 
     def _check_classes(self, classes, m: int | None = None) -> np.ndarray:
         classes = np.asarray(classes)
@@ -201,11 +203,11 @@ class ClassDensities:
         temperature: float = 1.0,
     ):
         """Draw unit vectors from each class density: ``(X (M, D), y (M,))`` like scikit-learn's mixtures."""
-        self._check_fitted()
-        classes = self._check_classes(np.arange(self.n_classes) if classes is None else classes)
+        n_classes, dim = self._check_fitted()
+        drawn = self._check_classes(np.arange(n_classes) if classes is None else classes)
         rng = np.random.default_rng(seed)
-        X = self.sample_stack(classes, n_per_class, rng, temperature=temperature)
-        return X.reshape(-1, self.dim), np.repeat(classes, n_per_class)
+        X = self.sample_stack(drawn, n_per_class, rng, temperature=temperature)
+        return X.reshape(-1, dim), np.repeat(drawn, n_per_class)
 
     # ------------------------------------------------------------------ batched maths for samplers
     # All take X (K, n, D) with one class per leading row, ``classes`` (K,), and keep X's dtype.
@@ -246,15 +248,15 @@ class ClassDensities:
 
     def summary(self) -> dict:
         """JSON-ready description: per class kappa or variance and ID log-density quantiles."""
-        self._check_fitted()
+        n_classes, dim = self._check_fitted()
         classes = []
-        for c in range(self.n_classes):
+        for c in range(n_classes):
             entry = {"index": c, "name": self.class_names_[c], "n": int(self.n_per_class_[c]), **self.family.spread(c)}
             entry["logpdf_quantiles"] = {
                 str(q): float(np.interp(q, self.quantile_levels_, self.quantile_values_[c])) for q in REPORTED_QUANTILES
             }
             classes.append(entry)
-        return {"kind": self.kind, "dim": int(self.dim), "n_classes": int(self.n_classes), "classes": classes}
+        return {"kind": self.kind, "dim": int(dim), "n_classes": int(n_classes), "classes": classes}
 
     _ARRAYS = ("anchors_", "n_per_class_", "quantile_levels_", "quantile_values_")  # plus the family's ARRAYS
 

@@ -53,6 +53,13 @@ class DensityFamily:
 
     kind: ClassVar[str]
     ARRAYS: ClassVar[tuple[str, ...]] = ("means_", "centers_", "kappa_", "diag_", "basis_", "eig_")
+    # The stacked state, set by ``load`` (one attribute per name in ARRAYS).
+    means_: np.ndarray
+    centers_: np.ndarray
+    kappa_: np.ndarray
+    diag_: np.ndarray
+    basis_: np.ndarray
+    eig_: np.ndarray
 
     def __init__(self, params: DensityParams):
         self.params = params

@@ -160,6 +160,7 @@ class Sampler:
             raise InputError("fit", "expected a fitted ClassDensities")
         if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
             raise InputError("n_per_class", f"must be a positive integer, got {n_per_class!r}")
+        assert fit.n_classes is not None  # set by fit (quantile_values_ is there)
         cls = fit._check_classes(np.arange(fit.n_classes) if classes is None else list(classes))
         if cls.size == 0:
             raise InputError("classes", "empty list of classes")
@@ -174,7 +175,9 @@ class Sampler:
         if self.needs_bank and bank is None:
             raise InputError("bank", f"the {self.name} sampler needs the ID feature bank")
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % 2**31)
+            entropy = np.random.SeedSequence().entropy
+            assert isinstance(entropy, int)  # fresh OS entropy when none is given
+            seed = int(entropy % 2**31)
         rng = np.random.default_rng(seed)
         with time_budget(time_budget_s), threadpool_limits(self.blas_threads, user_api="blas"):
             unit, class_index = self._sample_all(fit, cls, int(n_per_class), rng, bank, progress)

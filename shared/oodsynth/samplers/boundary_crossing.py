@@ -96,11 +96,13 @@ class BoundaryCrossingSampler(Sampler):
     reports_margin = True
     Params = BoundaryCrossingParams
 
-    def _sample_block(self, fit: ClassDensities, classes, n, rng, bank: FeatureBank) -> np.ndarray:
+    def _sample_block(self, fit: ClassDensities, classes, n, rng, bank: FeatureBank | None) -> np.ndarray:
+        assert bank is not None  # needs_bank: sample() refuses a call without one
         p = self.params
+        _, dim = fit._check_fitted()
         dt = np.float32
         A = unit_anchors(fit.anchors_, dt)
-        X0 = np.empty((len(classes), n, fit.dim), dtype=dt)
+        X0 = np.empty((len(classes), n, dim), dtype=dt)
         direction = np.empty_like(X0)
         for k, c in enumerate(classes):
             feats = unit_class_features(bank, c)
@@ -110,7 +112,7 @@ class BoundaryCrossingSampler(Sampler):
             direction[k] = A[rivals[pick]] - A[int(c)]
         if p.jitter > 0:
             noise = to_tangent(X0, rng.standard_normal(X0.shape, dtype=dt))
-            X0 += noise * dt(p.jitter / np.sqrt(fit.dim - 1))
+            X0 += noise * dt(p.jitter / np.sqrt(dim - 1))
             X0 /= np.linalg.norm(X0, axis=-1, keepdims=True)
         X, _ = crossing_walk(X0, direction, p.step_size, p.steps_beyond)
         return X

@@ -54,12 +54,14 @@ class ClassInterpolationSampler(Sampler):
     reports_margin = True
     Params = ClassInterpolationParams
 
-    def _sample_block(self, fit: ClassDensities, classes, n, rng, bank: FeatureBank) -> np.ndarray:
+    def _sample_block(self, fit: ClassDensities, classes, n, rng, bank: FeatureBank | None) -> np.ndarray:
+        assert bank is not None  # needs_bank: sample() refuses a call without one
         p = self.params
-        if fit.n_classes < 2:
+        n_classes, dim = fit._check_fitted()
+        if n_classes < 2:
             raise InputError("method", "class_interpolation needs at least two classes")
         dt = np.float32
-        neighbours = nearest_classes(fit.means_, min(p.n_neighbors, fit.n_classes - 1))
+        neighbours = nearest_classes(fit.means_, min(p.n_neighbors, n_classes - 1))
         feats = {}
 
         def class_feats(c: int) -> np.ndarray:
@@ -67,7 +69,7 @@ class ClassInterpolationSampler(Sampler):
                 feats[c] = unit_class_features(bank, c)
             return feats[c]
 
-        out = np.empty((len(classes), n, fit.dim), dtype=dt)
+        out = np.empty((len(classes), n, dim), dtype=dt)
         for k, c in enumerate(classes):
             own = class_feats(int(c))
             a = own[rng.integers(len(own), size=n)]

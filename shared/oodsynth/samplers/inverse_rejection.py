@@ -79,10 +79,10 @@ class InverseRejectionSampler(Sampler):
                 counts[i] += len(take)
         else:
             if (counts < n).any():
-                i = int(np.argmin(counts))
+                worst = int(np.argmin(counts))
                 raise InputError(  # bad parameters for this fit: a 422, not a server error
                     "max_rounds",
-                    f"inverse_rejection class {int(classes[i])} accepted only {counts[i]} of {n} after "
+                    f"inverse_rejection class {int(classes[worst])} accepted only {counts[worst]} of {n} after "
                     f"{p.max_rounds} rounds; raise max_rounds or temperature",
                 )
         return np.stack([np.concatenate(k)[:n] for k in kept])

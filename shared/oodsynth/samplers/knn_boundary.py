@@ -105,7 +105,8 @@ class KnnBoundarySampler(Sampler):
         needed_per_point = math.ceil(n / n_points)
         draws = math.ceil(min(needed_per_point / p.keep_fraction, p.n_draws))  # a tiny keep_fraction gives inf
         keep = max(1, min(draws, round(draws * p.keep_fraction)))
-        kept, kept_dist = [], []
+        kept: list[np.ndarray] = []
+        kept_dist: list[np.ndarray] = []
         # Boundary points are perturbed a few at a time so one round's candidates stay
         # under CANDIDATE_BYTES whatever select x n_draws a request asks for.
         chunk = max(1, CANDIDATE_BYTES // (draws * ref.shape[1] * 4))

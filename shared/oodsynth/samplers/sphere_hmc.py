@@ -187,12 +187,13 @@ class SphereHMCSampler(Sampler):
 
     def _sample_block(self, fit: ClassDensities, classes, n, rng, bank=None) -> np.ndarray:
         p = self.params
-        if fit.n_classes < 2:
+        n_classes, dim = fit._check_fitted()
+        if n_classes < 2:
             raise InputError("method", "sphere_hmc needs at least two classes")
         A = unit_anchors(fit.anchors_, np.float64)
         means = np.asarray(fit.means_, dtype=np.float64)
         kappa_class = 1.0 / np.asarray(fit.class_variance(), dtype=np.float64)
-        neighbours = nearest_classes(means, min(p.n_neighbors, fit.n_classes - 1))
+        neighbours = nearest_classes(means, min(p.n_neighbors, n_classes - 1))
         K, m = len(classes), neighbours.shape[1]
         src = np.repeat(np.asarray(classes), m)
         partner = neighbours[np.asarray(classes)].ravel()
@@ -225,7 +226,7 @@ class SphereHMCSampler(Sampler):
         u, _, _ = subspace_hmc(
             u0,
             log_prob_grad,
-            fit.dim,
+            dim,
             p.step_size * scale,
             p.n_iter,
             p.n_leapfrog,
