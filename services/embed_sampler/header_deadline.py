@@ -32,12 +32,12 @@ class HeaderDeadlineMixin:
 
     _header_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-        super().connection_made(transport)  # type: ignore[misc]
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  # on the uvicorn protocol this is mixed into (the mixin's base is object)
         self._arm_header_deadline()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)  # type: ignore[misc]
+        super().data_received(data)  # type: ignore[misc]  # on the uvicorn protocol this is mixed into
         if self._request_in_progress():
             self._disarm_header_deadline()
         elif self._header_timer is None:  # the next request on a kept-alive connection has begun to arrive
@@ -45,17 +45,18 @@ class HeaderDeadlineMixin:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
-        super().connection_lost(exc)  # type: ignore[misc]
+        super().connection_lost(exc)  # type: ignore[misc]  # on the uvicorn protocol this is mixed into
 
     def _request_in_progress(self) -> bool:
         """The current request's headers are in (uvicorn made its cycle) and its response is not done."""
-        cycle = self.cycle  # type: ignore[attr-defined]
+        cycle = self.cycle  # type: ignore[attr-defined]  # set by the uvicorn protocol this is mixed into
         return cycle is not None and not cycle.response_complete
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()
         seconds = get_settings().header_timeout_s
-        self._header_timer = self.loop.call_later(seconds, self._header_deadline_passed, seconds)  # type: ignore[attr-defined]
+        loop = self.loop  # type: ignore[attr-defined]  # set by the uvicorn protocol this is mixed into
+        self._header_timer = loop.call_later(seconds, self._header_deadline_passed, seconds)
 
     def _disarm_header_deadline(self) -> None:
         if self._header_timer is not None:
@@ -64,32 +65,35 @@ class HeaderDeadlineMixin:
 
     def _header_deadline_passed(self, seconds: float) -> None:
         self._header_timer = None
-        if self._request_in_progress() or self.transport.is_closing():  # type: ignore[attr-defined]
+        transport = self.transport  # type: ignore[attr-defined]  # set by the uvicorn protocol this is mixed into
+        if self._request_in_progress() or transport.is_closing():
             return
         logger.info(
             "closing a connection whose request headers did not arrive within %g s "
             "(settings OODSYNTH_HEADER_TIMEOUT_S)",
             seconds,
         )
-        self.transport.close()  # type: ignore[attr-defined]
+        transport.close()
 
 
 class HeaderDeadlineH11Protocol(HeaderDeadlineMixin, H11Protocol):
     pass
 
 
+_with_httptools: type[asyncio.Protocol] | None = None
 try:  # httptools is an optional extra of uvicorn
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:
-    HttpToolsProtocol = None
-
-if HttpToolsProtocol is not None:
+    pass
+else:
 
     class HeaderDeadlineHttpToolsProtocol(HeaderDeadlineMixin, HttpToolsProtocol):  # module level: workers pickle it
         pass
+
+    _with_httptools = HeaderDeadlineHttpToolsProtocol
 
 
 def http_protocol() -> type[asyncio.Protocol]:
     """The protocol class for ``uvicorn.run(http=...)``: httptools' when installed (uvicorn's own "auto"
     choice), else h11's, each with the header deadline."""
-    return HeaderDeadlineH11Protocol if HttpToolsProtocol is None else HeaderDeadlineHttpToolsProtocol
+    return HeaderDeadlineH11Protocol if _with_httptools is None else _with_httptools

@@ -55,7 +55,7 @@ async def features(
         File(min_length=1, max_length=MAX_IMAGES, description=f"Images (PNG, JPEG, ...), 1 to {MAX_IMAGES}."),
     ],
     settings: Settings = Depends(get_settings_dep),
-) -> FeaturesResponse:
+) -> dict:  # a FeaturesResponse (response_model) as embed_uploads' dict
     """Resize each image to the encoder's input size and return its unit-norm feature and nearest anchor."""
     embedder = await run_in_threadpool(request.app.state.embedders.get, settings)
     uploads = [(f.filename, await f.read()) for f in files]

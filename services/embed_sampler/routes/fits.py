@@ -8,7 +8,7 @@ later ``/sample`` calls (and the samples other clients refer to) mean.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
@@ -28,7 +28,7 @@ from ..state import get_fits
 
 router = APIRouter(tags=["fits"])
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "No fit with that name."},
     409: {"description": "A fit with that name exists and replace was not requested."},
     422: {"description": "Bad input; `detail[].loc` names the field (e.g. `body.file.features`)."},
@@ -58,7 +58,7 @@ async def create_fit(
             description="Feature bank `.npz`: features (N,D) float32, labels (N,) int, anchors (C,D), class_names (C,)."
         ),
     ],
-    density: Annotated[Literal[DENSITY_KINDS], Form(description="Density family per class.")] = "vmf",
+    density: Annotated[Literal[DENSITY_KINDS], Form(description="Density family per class.")] = "vmf",  # type: ignore[valid-type]  # a Literal of a registry's keys, made at import; FastAPI checks the values
     replace: Annotated[bool, Query(description="Overwrite an existing fit of this name.")] = False,
     fits: FitRegistry = Depends(get_fits),
 ):

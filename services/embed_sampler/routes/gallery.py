@@ -8,7 +8,7 @@ are read from the result store. Read scope. Note that a browser sends no ``Autho
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, Response
@@ -25,7 +25,7 @@ router = APIRouter(tags=["gallery"])
 _stores: dict[str, ResultStore] = {}  # one per store URL: it keeps the parsed manifest shards between requests
 _lock = threading.Lock()
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such dataset or image in the store."},
     422: {"description": "Bad filter or page; `detail[].loc` names the query parameter."},
 }

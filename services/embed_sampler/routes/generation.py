@@ -47,7 +47,7 @@ def _enqueue_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown sample, fit or job id."},
     422: {"description": "Bad input; `detail[].loc` names the field. Nothing was enqueued."},
 }

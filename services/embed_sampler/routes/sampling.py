@@ -11,7 +11,7 @@ second pydantic pass, no Python float per number); non-finite numbers become ``n
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
@@ -34,7 +34,7 @@ from ..state import get_fits, get_samples, get_settings_dep
 router = APIRouter(tags=["sampling"], route_class=OffLoopBodyRoute)  # large JSON bodies parsed off the loop
 
 NPZ = "application/x-npz"
-NPZ_RESPONSE = {
+NPZ_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {NPZ: {"schema": {"type": "string", "format": "binary"}}},
         "description": "JSON, or with `Accept: application/x-npz` (or `format=npz`) the sample as an "
@@ -59,7 +59,7 @@ def npz_response(sample: StoredSample) -> Response:
     )
 
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown fit or sample id."},
     422: {"description": "Bad input; `detail[].loc` names the field (e.g. `body.params.sigma`)."},
 }
@@ -84,7 +84,7 @@ def render_sample(sample: StoredSample, include_vectors: bool, settings: Setting
     if include_vectors:
         check_json_answer(sample, settings)
     order = list(dict.fromkeys(sample.class_index.tolist()))  # classes in the order drawn
-    counts = np.bincount(sample.class_index, minlength=len(sample.class_names)) if sample.class_index.size else []
+    counts: np.ndarray | list[int] = np.bincount(sample.class_index, minlength=len(sample.class_names)) if sample.class_index.size else []
     body = {
         "sample_id": sample.sample_id,
         "fit": sample.fit_name,
