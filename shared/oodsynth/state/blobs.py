@@ -5,11 +5,12 @@ values over 512 MB), read back in at most two round trips; and the strict JSON o
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import redis
+from redis.typing import EncodableT, FieldT
 
 # Redis refuses values over 512 MB; stay well below it per hash field.
 CHUNK_BYTES = 256 * 1024 * 1024
@@ -31,6 +32,18 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, allow_nan=False)
 
 
+def as_bytes(reply: object) -> bytes:
+    """A reply of the registry's connections, which never decode responses (``decode_responses=False``): redis-py
+    types each as ``bytes | str`` (or a union with the reply shapes of other options), they are bytes."""
+    assert isinstance(reply, bytes), f"the registry's Redis replies are bytes, got {type(reply).__name__}"
+    return reply
+
+
+def hash_mapping(fields: Mapping[str, bytes]) -> Mapping[FieldT, EncodableT]:
+    """``fields`` as ``hset(mapping=...)`` takes them: its key type is invariant, so ``str`` keys need the cast."""
+    return cast("Mapping[FieldT, EncodableT]", fields)
+
+
 def chunk_fields(part: str, data: bytes) -> dict[str, bytes]:
     """``data`` as hash fields ``<part>:0``, ``<part>:1``, ... of at most ``CHUNK_BYTES`` each, and ``<part>:n``."""
     chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
@@ -44,33 +57,34 @@ def read_chunks(client: redis.Redis, key: str, part: str) -> bytes | None:
 
     The count and the first chunk come in one round trip; the rest come in a second.
     """
-    parts = read_parts(client, key, [part])
-    return None if parts is None else parts[part]
+    found = read_parts(client, key, [part])
+    return None if found is None else found[0][part]
 
 
 def read_parts(
     client: redis.Redis, key: str, parts: Sequence[str], fields: Sequence[str] = ()
-) -> dict[str, bytes | None] | None:
-    """Each of ``parts`` joined from its chunks, and each plain hash field of ``fields`` (None when absent).
+) -> tuple[dict[str, bytes], dict[str, bytes | None]] | None:
+    """``(parts, fields)``: each of ``parts`` joined from its chunks, and each plain hash field of ``fields`` (None
+    when absent).
 
     Every count, first chunk and field comes in one ``HMGET``, so values of one chunk each (a sample of up to
     ``CHUNK_BYTES``, which every ``/generate`` reads) cost one round trip; further chunks come in a second.
     None when a part is missing or was replaced between the two reads.
     """
     names = [*fields, *(f"{part}:{i}" for part in parts for i in ("n", 0))]
-    values = dict(zip(names, client.hmget(key, names)))
-    counts = {}
+    values = {name: None if v is None else as_bytes(v) for name, v in zip(names, client.hmget(key, names))}
+    counts: dict[str, int] = {}
+    chunks: dict[str, list[bytes]] = {}
     for part in parts:
-        if values[f"{part}:n"] is None or values[f"{part}:0"] is None:
+        count, first = values[f"{part}:n"], values[f"{part}:0"]
+        if count is None or first is None:
             return None
-        counts[part] = int(values[f"{part}:n"])
+        counts[part], chunks[part] = int(count), [first]
     rest_names = [f"{part}:{i}" for part in parts for i in range(1, counts[part])]
     if rest_names:
-        rest = client.hmget(key, rest_names)
-        if any(c is None for c in rest):
-            return None  # replaced or expired between the two reads
-        values.update(zip(rest_names, rest))
-    out: dict[str, bytes | None] = {name: values[name] for name in fields}
-    for part in parts:
-        out[part] = b"".join(values[f"{part}:{i}"] for i in range(counts[part]))
-    return out
+        rest_parts = [part for part in parts for _ in range(1, counts[part])]
+        for part, chunk in zip(rest_parts, client.hmget(key, rest_names)):
+            if chunk is None:
+                return None  # replaced or expired between the two reads
+            chunks[part].append(as_bytes(chunk))
+    return {part: b"".join(c) for part, c in chunks.items()}, {name: values[name] for name in fields}

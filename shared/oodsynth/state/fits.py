@@ -25,7 +25,7 @@ import redis
 from ..bank import FeatureBank, load_bank
 from ..errors import Conflict, NotFound
 from ..names import is_valid_name, normalize_name, validate_name
-from .blobs import chunk_fields, read_chunks, to_json
+from .blobs import as_bytes, chunk_fields, hash_mapping, read_chunks, to_json
 
 if TYPE_CHECKING:  # imported lazily at run time: the densities pull in scipy/torch
     from ..densities import ClassDensities
@@ -131,7 +131,7 @@ class FitRegistry:
                         raise fit_exists_error(name)
                     pipe.multi()
                     pipe.delete(key)
-                    pipe.hset(key, mapping=fields)
+                    pipe.hset(key, mapping=hash_mapping(fields))
                     pipe.sadd(FIT_INDEX, name)
                     pipe.execute()
                     break
@@ -154,7 +154,7 @@ class FitRegistry:
         version = self.redis.hget(key, "version")
         if version is None:
             raise missing
-        hit = self.cache.get((self._server, name), version.decode())
+        hit = self.cache.get((self._server, name), as_bytes(version).decode())
         if hit is not None:
             return hit.fit, hit.bank
         for _ in range(3):  # a refit may land between reads; retry on a torn read
@@ -167,7 +167,7 @@ class FitRegistry:
                 continue
             fit = ClassDensities.from_bytes(fit_bytes)
             bank = load_bank(bank_bytes, min_per_class=1)
-            self.cache.put((self._server, name), _CachedFit(version_b.decode(), fit, bank))
+            self.cache.put((self._server, name), _CachedFit(as_bytes(version_b).decode(), fit, bank))
             return fit, bank
         raise missing
 
@@ -176,7 +176,7 @@ class FitRegistry:
         v = self.redis.hget(self.key(name), "version") if is_valid_name(name) else None
         if v is None:
             raise NotFound("fit", f"no fit named {name!r}")
-        return v.decode()
+        return as_bytes(v).decode()
 
     def summary(self, name: str, *, field: str = "fit") -> dict:
         """The JSON summary stored with the fit, without decoding the arrays; ``NotFound`` when absent."""
@@ -186,7 +186,7 @@ class FitRegistry:
         return json.loads(raw)
 
     def list(self) -> list[str]:
-        names = sorted(n.decode() for n in self.redis.smembers(FIT_INDEX))
+        names = sorted(as_bytes(n).decode() for n in self.redis.smembers(FIT_INDEX))
         # Drop index entries whose hash vanished (e.g. a flushed key), so list() never lies.
         with self.redis.pipeline(transaction=False) as pipe:
             for n in names:

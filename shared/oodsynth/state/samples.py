@@ -24,7 +24,7 @@ import redis
 
 from ..config import get_settings
 from ..errors import NotFound
-from .blobs import chunk_fields, read_chunks, read_parts, to_json
+from .blobs import as_bytes, chunk_fields, hash_mapping, read_chunks, read_parts, to_json
 
 if TYPE_CHECKING:  # imported lazily at run time: the samplers pull in scipy/torch
     from ..samplers import SampleResult
@@ -35,7 +35,7 @@ SAMPLE_SIZES = "oodsynth:samples:bytes"  # sample id -> its stored size
 _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # The arrays of a stored sample as its Redis hash keeps them (``StoredSample.to_fields``).
 SAMPLE_PARTS = ("vectors", "class_index", "diagnostics")
-SAMPLE_DTYPES = {"vectors": np.dtype("<f4"), "class_index": np.dtype("<i8"), "diagnostics": np.dtype("<f8")}
+SAMPLE_DTYPES: dict[str, np.dtype] = {"vectors": np.dtype("<f4"), "class_index": np.dtype("<i8"), "diagnostics": np.dtype("<f8")}
 
 
 @dataclass
@@ -84,7 +84,7 @@ class StoredSample:
 
     def to_bytes(self) -> bytes:
         meta = self._identity()
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "vectors": np.asarray(self.vectors, dtype=np.float32),
             "class_index": np.asarray(self.class_index, dtype=np.int64),
             "class_names": np.asarray(self.class_names, dtype=str),
@@ -93,7 +93,7 @@ class StoredSample:
         for k, v in self.diagnostics.items():
             arrays[f"diagnostics.{k}"] = np.asarray(v, dtype=np.float64)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, allow_pickle=False, **arrays)  # none is an object array: stated, so mypy maps **arrays to the arrays
         return buf.getvalue()
 
     @classmethod
@@ -187,7 +187,7 @@ class SampleRegistry:
         fields = sample.to_fields()
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.hset(key, mapping=fields)
+            pipe.hset(key, mapping=hash_mapping(fields))
             pipe.expire(key, self.ttl_s)
             pipe.zadd(SAMPLE_TIMES, {sample.sample_id: time.time()})
             pipe.hset(SAMPLE_SIZES, sample.sample_id, sum(len(v) for v in fields.values()))
@@ -201,11 +201,11 @@ class SampleRegistry:
         if expired:
             self.redis.zrem(SAMPLE_TIMES, *expired)
             self.redis.hdel(SAMPLE_SIZES, *expired)
-        sizes = {k.decode(): int(v) for k, v in self.redis.hgetall(SAMPLE_SIZES).items()}
+        sizes = {as_bytes(k).decode(): int(v) for k, v in self.redis.hgetall(SAMPLE_SIZES).items()}
         total = sum(sizes.values())
         evict = []
         for raw in self.redis.zrange(SAMPLE_TIMES, 0, -1) if total > self.budget_bytes else []:
-            sample_id = raw.decode()
+            sample_id = as_bytes(raw).decode()
             if total <= self.budget_bytes:
                 break
             if sample_id != keep:
@@ -226,8 +226,11 @@ class SampleRegistry:
             raise missing
         key = self.key(sample_id)
         found = read_parts(self.redis, key, SAMPLE_PARTS, fields=["meta"])
-        if found is not None and found["meta"] is not None:
-            return StoredSample.from_fields(found.pop("meta"), found)
+        if found is not None:
+            arrays, plain = found
+            meta = plain["meta"]
+            if meta is not None:
+                return StoredSample.from_fields(meta, arrays)
         data = read_chunks(self.redis, key, "npz")  # a sample kept as one .npz
         if data is None:
             raise missing

@@ -150,7 +150,7 @@ class GuardedQueue(Queue):
     @staticmethod
     def _drop(connection: redis.Redis, queue_key: str, raw_id: bytes | str) -> None:
         """Take a refused entry out of the intermediate queue LMOVE put it in (LPOP left none)."""
-        connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, raw_id)
+        connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, raw_id)  # type: ignore[arg-type]  # redis-py types the value as str; LREM takes the raw bytes popped (a non-UTF-8 id too)
 
 
 class AllowlistWorker(SimpleWorker):
