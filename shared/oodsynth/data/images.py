@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ class ImageData:
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
+        assert isinstance(self.dataset, Sized)  # a map-style dataset
         return len(self.dataset)
 
 

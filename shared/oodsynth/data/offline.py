@@ -61,7 +61,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         try:
             from numpy._core.multiarray import _reconstruct  # numpy >= 2
         except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core.multiarray import _reconstruct
+            from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # numpy 1.x's name for the same function
         # Pickles written by numpy 1.x name numpy.core, those of 2.x numpy._core: map both to the object
         # directly instead of importing the deprecated numpy.core module.
         return {
@@ -204,6 +204,7 @@ def _far_images(
         test = load_profile_split(
             profile.name, "test", image_size=image_size, holdout=holdout, test_fraction=test_fraction, seed=seed
         )
+        assert isinstance(test.dataset, TensorDataset)  # the profiles' splits are tensors
         return 1.0 - test.dataset.tensors[0]
     other = OFFLINE_PROFILES[kind].arrays(image_size)[0]  # the other profile, all ten classes
     return other[:: max(1, len(other) // MAX_FAR_IMAGES)][:MAX_FAR_IMAGES]

@@ -38,10 +38,13 @@ def _token_embedding_table(encoder_dir: Path) -> np.ndarray:
                 for key in handle.keys():
                     if key.endswith(_EMBEDDING_KEY_SUFFIX):
                         return handle.get_tensor(key).float().numpy()
+    from torch import nn
     from transformers import CLIPTextModel  # .bin checkpoints: build the model once
 
     model = CLIPTextModel.from_pretrained(encoder_dir)
-    return model.get_input_embeddings().weight.detach().float().numpy()
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, nn.Embedding)  # CLIP's token embedding
+    return embeddings.weight.detach().float().numpy()
 
 
 def extract_anchors(model_dir: str | Path, words: list[str], multi_token: str = "mean") -> np.ndarray:

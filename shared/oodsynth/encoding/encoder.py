@@ -17,12 +17,14 @@ OOD training job uses it that way).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-ENCODER_ARCHS = ("resnet10", "resnet18", "resnet34", "resnet152", "efficientnet_v2_s")
+EncoderArch = Literal["resnet10", "resnet18", "resnet34", "resnet152", "efficientnet_v2_s"]
+ENCODER_ARCHS: tuple[EncoderArch, ...] = get_args(EncoderArch)
 CIFAR_RESNET_BLOCKS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
 
@@ -98,6 +100,9 @@ def _torchvision_backbone(arch: str, pretrained: bool) -> tuple[nn.Module, int]:
 class TextAlignedEncoder(nn.Module):
     """normalise -> backbone -> Linear(features, dim). ``forward`` gives h(x); ``embed`` gives h/||h||."""
 
+    mean: torch.Tensor  # buffers (1, 3, 1, 1)
+    std: torch.Tensor
+
     def __init__(self, backbone: nn.Module, backbone_dim: int, dim: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -129,6 +134,7 @@ def build_encoder(
         raise ValueError(f"dim: must be positive, got {dim}")
     if width < 1:
         raise ValueError(f"width: must be positive, got {width}")
+    backbone: nn.Module
     if arch in CIFAR_RESNET_BLOCKS:
         backbone = CifarResNet(CIFAR_RESNET_BLOCKS[arch], width=width)
         backbone_dim = backbone.out_features

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..bank import FeatureBank
 from ..data import ImageData
+from .encoder import TextAlignedEncoder
 from .training import EncoderCheckpoint, load_encoder
 
 
@@ -34,7 +35,7 @@ def nearest_anchor(features: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarra
 
 @torch.no_grad()
 def extract_features(
-    model: torch.nn.Module,
+    model: TextAlignedEncoder,
     data: ImageData,
     *,
     batch_size: int = 256,

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import read_checkpoint, restore_training, write_checkpoint
 from ..data import ImageData
 from ..device import default_device
-from .encoder import ENCODER_ARCHS, TextAlignedEncoder, build_encoder
+from .encoder import EncoderArch, TextAlignedEncoder, build_encoder
 
 CHECKPOINT_NAME = "encoder.pt"
 
@@ -38,7 +38,7 @@ class EncoderTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal[ENCODER_ARCHS] = "resnet18"  # type: ignore[valid-type]
+    arch: EncoderArch = "resnet18"
     width: int = Field(64, ge=1, description="CIFAR ResNet base width (64 = standard)")
     pretrained: bool = False
     kernel: Literal["cosine", "euclidean"] = "cosine"
@@ -59,6 +59,8 @@ class EncoderTrainConfig(BaseModel):
 
 class AnchorLoss(nn.Module):
     """CE over kernel similarities between features and all class anchors."""
+
+    anchors: torch.Tensor  # a buffer (C, D)
 
     def __init__(self, anchors: torch.Tensor, kernel: str = "cosine", temperature: float = 0.1):
         super().__init__()
@@ -226,7 +228,8 @@ def train_encoder(
         generator=torch.Generator().manual_seed(config.seed),
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * len(loader))
-    start, history = 0, []
+    start = 0
+    history: list[dict] = []
     if resume and path.exists():
         state = _read(path)
         if not torch.equal(state["anchors"], anchors_t):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bank import FeatureBank
 from ..data import ProfileSplit
 from ..densities import DENSITY_KINDS, ClassDensities
 from ..encoding.features import build_bank
@@ -23,7 +24,7 @@ class LabAssets:
     encoder: EncoderCheckpoint
     encoder_path: Path
     fit: ClassDensities
-    bank: object  # FeatureBank of the ID training features
+    bank: FeatureBank  # of the ID training features
     decoder_dir: Path | None = None
     decode: dict = field(default_factory=dict)  # decode settings that suit this decoder
 

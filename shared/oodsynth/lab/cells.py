@@ -117,6 +117,7 @@ def pretrained_detector(cell: Cell) -> Path:
     from ..training.ood import train_ood
 
     scratch = cell.settings.model_copy(update=FROM_SCRATCH)
+    assert cell.split is not None  # Cell.__post_init__ sets the default split
     path = cell.cache / f"pretrained-{cell.split.key}-s{cell.seed}-{scratch.key(frozenset())}.pt"
     if not path.is_file():
         work = cell.work / "pretrained"

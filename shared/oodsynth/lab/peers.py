@@ -33,6 +33,7 @@ faces that very score on the CE-only model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -104,7 +105,8 @@ def mixing_row(kind: str) -> Callable[[Cell], CellOutcome]:
 
 def row_noise_and_cutmix(cell: Cell) -> CellOutcome:
     """Half smooth noise, half cutmix: the default recipe's outlier mix without its decoded images."""
-    n, info = _n_outliers(cell), {}
+    n = _n_outliers(cell)
+    info: dict = {}
     images = torch.cat(cheap_outliers(cell, n // 2, n - n // 2, "cutmix", info))
     return train_and_evaluate(cell, images, info)
 
@@ -128,11 +130,11 @@ def peer_rows() -> list[Row]:
     """The peers: trained (vos, npos, mixup, cutmix, noise+cutmix), then one post-hoc row per detector; all paired
     with ``ce``."""
     trained = OUTLIER_FIELDS | FINETUNE_FIELDS
-    peer = {"uses": trained, "uses_assets": False, "kind": "peer", "test_scored": True}
-    rows = [Row(m, virtual_row(m), **peer) for m in ("vos", "npos")]
-    rows += [Row(k, mixing_row(k), **peer) for k in ("mixup", "cutmix")]
+    peer = partial(Row, uses=trained, uses_assets=False, kind="peer", test_scored=True)
+    rows = [peer(m, virtual_row(m)) for m in ("vos", "npos")]
+    rows += [peer(k, mixing_row(k)) for k in ("mixup", "cutmix")]
     # the ablation of the default recipe: its cheap parts alone, at the full outlier count
-    rows.append(Row("noise+cutmix", row_noise_and_cutmix, **peer, noise_outliers=True))
+    rows.append(peer("noise+cutmix", row_noise_and_cutmix, noise_outliers=True))
     # the from-scratch CE model: its key is the detector's alone, whatever the fine-tune settings
     rows += [
         Row(posthoc_name(n), posthoc_row(n), uses=frozenset(), uses_assets=False, kind="posthoc")

@@ -111,6 +111,7 @@ def _decode_verified(
     decode = {**{"steps": 20, "guidance_scale": 3.0}, **assets.decode, **settings.decode}
     if init_images is not None:
         decode.update(init_images=init_images, strength=settings.init_strength)
+    assert assets.decoder_dir is not None  # pools are decoded by the split's decoder
     images = _decoder(assets.decoder_dir).decode(vectors, seeds, **{"output_size": size, **decode})
     t2 = time.process_time()
     x = images_to_tensor(images, size)
@@ -126,7 +127,8 @@ def _decode_verified(
 
 def decoded_pool(assets: LabAssets, sampler: str, seed: int, settings: LabSettings, cache: Path) -> DecodedPool:
     """Sample ``oversample * n_per_class`` vectors per class, decode, re-encode; cached per (sampler, seed)."""
-    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), assets.fit.n_classes)))
+    n_classes, _ = assets.fit._check_fitted()
+    n_pool = int(np.ceil(settings.oversample * settings.per_class(len(assets.bank.labels), n_classes)))
     init = settings.init_strength
     name = f"{sampler}-s{seed}" + (f"-init{init:g}" if init else "")
     path = pool_path(cache, name, assets, settings, n_pool, settings.sampler_key(sampler))
@@ -150,8 +152,8 @@ def source_images(assets: LabAssets, class_index: np.ndarray, seed: int) -> torc
 
     key = assets.split.key
     if key not in _TRAIN_IMAGES:
-        x, y = image_tensors(assets.split.load("train", assets.encoder.config.image_size))
-        _TRAIN_IMAGES[key] = (x, y.numpy())
+        images, labels = image_tensors(assets.split.load("train", assets.encoder.config.image_size))
+        _TRAIN_IMAGES[key] = (images, labels.numpy())
     x, y = _TRAIN_IMAGES[key]
     rng = np.random.default_rng([seed, 11])
     picks = [int(rng.choice(np.flatnonzero(y == c))) for c in np.asarray(class_index)]
@@ -162,7 +164,7 @@ def decoded_inlier_pool(assets: LabAssets, seed: int, settings: LabSettings, cac
     """ID training features (random, ``oversample * decoded_inliers`` per ID image and class), decoded and
     re-encoded: the decoder's reconstructions of real ID images. Cached per seed."""
     labels = assets.bank.labels
-    n_classes = assets.fit.n_classes
+    n_classes, _ = assets.fit._check_fitted()
     n_pool = int(np.ceil(settings.oversample * settings.per_class(len(labels), n_classes, settings.decoded_inliers)))
     path = pool_path(cache, f"inliers-s{seed}", assets, settings, n_pool)
     if (pool := _cached_pool(path, assets)) is not None:

@@ -47,7 +47,8 @@ def load_protocol(path: str | Path) -> Protocol:
         raw = tomllib.loads(text.decode())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InputError("protocol", f"{path}: {exc}") from None
-    splits, n_holdout = {}, {}
+    splits: dict[str, dict[str, list[ProfileSplit]]] = {}
+    n_holdout: dict[str, int] = {}
     for profile in OFFLINE_PROFILES:
         if profile not in raw:
             continue

@@ -146,6 +146,7 @@ def _train_from_encoder(cell: Cell, feature_outliers=None, info: dict | None = N
 
     s, assets = cell.settings, cell.assets()
     size = assets.encoder.config.image_size
+    assert cell.split is not None  # Cell.__post_init__ sets the default split
     train, test, ood_sets = LabData.get(cell.split, size)
     at_size = replace(
         cell, settings=s.model_copy(update={"image_size": size}), train=train, test=test, ood_sets=ood_sets

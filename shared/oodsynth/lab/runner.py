@@ -155,6 +155,7 @@ def _row_runs(
     twin = twin_name(row, settings, versus) if versus is not None else None
     runs = [(row.name, settings, row.baseline)]
     if twin:  # paired with the baseline's twin, or with the baseline where versus leaves it alone
+        assert versus is not None  # a twin is versus' row
         twin_baseline = row.baseline and (twin_name(rows[row.baseline], settings, versus) or row.baseline)
         runs.append((twin, versus[1], twin_baseline))
     return twin, runs
@@ -185,15 +186,15 @@ def run_benchmark(
     rows, chosen = _chosen_rows(row_names, o.against)
     if versus is not None and versus[1].density != settings.density:
         raise ValueError("versus: density changes the generation side (one per run); compare densities in two runs")
-    splits = [s if isinstance(s, ProfileSplit) else ProfileSplit.default(s) for s in splits]
+    resolved = [s if isinstance(s, ProfileSplit) else ProfileSplit.default(s) for s in splits]
     out.mkdir(parents=True, exist_ok=True)
     cells, failures = [], []
-    total, done, t0 = len(splits) * len(chosen) * len(seeds), 0, time.perf_counter()
+    total, done, t0 = len(resolved) * len(chosen) * len(seeds), 0, time.perf_counter()
     log(f"settings {settings.key()}: {settings.model_dump()}")
-    log(f"{total} cells: splits {[s.label for s in splits]}, seeds {seeds}, rows {chosen}")
+    log(f"{total} cells: splits {[s.label for s in resolved]}, seeds {seeds}, rows {chosen}")
     # seeds outermost, then splits: an interrupted run still has every split and row at the first seeds
     for seed in seeds:
-        for split in splits:
+        for split in resolved:
             assets = assets_for(split)
             where = f"{split.label}{f' ({split.name})' if split.name else ''}"
             for row_name in chosen:
@@ -253,8 +254,9 @@ def write_results(
     from ..plots import plot_ood_gain
 
     summary = summarise(cells, against) if cells else {}
+    run = dict(meta or {})
     results = {
-        "run": dict(meta or {}),
+        "run": run,
         "settings": settings.model_dump(),
         "summary": summary,
         "cells": [{k: v for k, v in c.items() if k != "report"} for c in cells],
@@ -265,7 +267,7 @@ def write_results(
     if against is not None:
         results["against"] = against
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
-    (out / f"{name}.md").write_text(results_markdown(settings, summary, failures, results["run"], versus))
+    (out / f"{name}.md").write_text(results_markdown(settings, summary, failures, run, versus))
     if summary:
         plot_ood_gain(summary, out / f"{name}.png")
     return results

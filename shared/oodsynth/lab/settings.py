@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE, MAX_MARGIN, Selection
 from ..errors import InputError
-from ..training.ood_config import OOD_LOSSES
+from ..training.ood_config import OodLoss
 from ..training.outlier_mix import check_shares
 
 # the post-hoc detectors and their parameters (pytorch-ood keywords), chosen on the dev splits (bench/posthoc_params.py)
@@ -51,10 +51,9 @@ class LabSettings(BaseModel):
     ood_batch_size: int = Field(64, ge=1)
     lr: float = Field(0.05, gt=0)
     beta: float = Field(0.5, ge=0, description="weight of L_ood; 0.5 measured best of 2.5 / 0.5 / 0.25 here")
-    ood_loss: Literal[OOD_LOSSES] = Field(
+    ood_loss: OodLoss = Field(
         "energy_logistic",
-        description="L_ood of every row with "  # type: ignore[valid-type]
-        "outliers; rows are ranked by the energy score either way",
+        description="L_ood of every row with outliers; rows are ranked by the energy score either way",
     )
     # the outliers
     min_steps: int = Field(

@@ -56,8 +56,8 @@ def _apply_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[st
     """Classic BPE: repeatedly merge the lowest-ranked adjacent pair (what CLIPTokenizer does)."""
     symbols = list(symbols)
     while len(symbols) > 1:
-        pairs = [(ranks.get((a, b)), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
-        pairs = [(r, i) for r, i in pairs if r is not None]
+        ranked = [(ranks.get((a, b)), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        pairs = [(r, i) for r, i in ranked if r is not None]
         if not pairs:
             break
         rank = min(r for r, _ in pairs)
@@ -161,6 +161,7 @@ def write_tiny_clip_text(
     Token rows are drawn with norms of about ``row_norm`` (SD v1.x rows lie at 0.34-0.42).
     """
     import torch
+    from torch import nn
     from transformers import CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -174,7 +175,9 @@ def write_tiny_clip_text(
         model = CLIPTextModel(config)
         # SD v1.x token rows have norms of about 0.4; keep the random table in that range.
         with torch.no_grad():
-            model.get_input_embeddings().weight.normal_(0.0, row_norm / hidden_size**0.5)
+            embeddings = model.get_input_embeddings()
+            assert isinstance(embeddings, nn.Embedding)  # CLIP's token embedding
+            embeddings.weight.normal_(0.0, row_norm / hidden_size**0.5)
     model.save_pretrained(path / "text_encoder")
     return path
 
@@ -257,5 +260,5 @@ def make_tiny_pipeline(path: str | Path, words: list[str] | None = None, seed: i
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(path)
+    pipe.save_pretrained(path)  # type: ignore[attr-defined]  # diffusers' __init__ types the name as its dummy class
     return path

@@ -92,6 +92,7 @@ def head_of(model: TextAlignedEncoder | FeatureClassifier) -> Callable[[torch.Te
 def build_classifier(config: OODTrainConfig, n_classes: int, feature_dim: int | None = None):
     """The plain classifier (old checkpoints), or encoder + head when ``feature_dim`` is given."""
     torch.manual_seed(config.seed)
+    model: TextAlignedEncoder | FeatureClassifier
     if feature_dim is None:
         model = build_encoder(config.arch, n_classes, width=config.width, mean=config.mean, std=config.std)
     else:

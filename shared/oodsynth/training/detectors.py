@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from ..errors import InputError
 from .metrics import accuracy
 from .report import EvaluationReport
 
+if TYPE_CHECKING:  # pytorch-ood is imported when a detector is built
+    from pytorch_ood.api import Detector as OODDetector
+
 Representation = Literal["logits", "features", "maps", "inputs"]
 
 
@@ -56,7 +59,7 @@ class DetectorSpec:
     """How to build one pytorch-ood detector: its representation, a factory and what the defaults are."""
 
     representation: Representation
-    build: Callable[..., object]  # (parts: ModelParts, **params) -> a pytorch_ood Detector
+    build: Callable[..., OODDetector]  # (parts: ModelParts, **params)
     about: str
     defaults: dict = field(default_factory=dict)
 
@@ -262,7 +265,7 @@ class Detector:
         return out.detach().cpu().double().numpy()
 
 
-def build_detector(name: str, model, **params) -> Detector:
+def build_detector(name: str, model, **params) -> Detector | FusedDetector:
     """``DETECTORS[name]`` on ``model``, with pytorch-ood keyword ``params`` (e.g. ``k=100``, ``d=64``); a fused
     name (``energy+mahalanobis``, ``FusedDetector``) takes ``params`` per part (``knn={"k": 1}``)."""
     if is_fused(name):
@@ -358,7 +361,7 @@ class FusedDetector:
 
     def __init__(self, name: str, model, params: dict[str, dict] | None = None):
         self.name, self.model, self.params = name, model, params or {}
-        self.parts = [build_detector(p, model, **self.params.get(p, {})) for p in fused_parts(name)]
+        self.parts = [Detector(p, model, **self.params.get(p, {})) for p in fused_parts(name)]  # none is fused
         self.fitted = False
         self.scale: list[tuple[float, float]] = []
 

@@ -58,7 +58,8 @@ def score_images(
 def max_class_log_density(fit: ClassDensities, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the highest log-density over the fit's classes, and that class."""
     features = np.asarray(features, dtype=np.float64)
-    logp = np.stack([fit.score_samples(features, np.full(len(features), c)) for c in range(fit.n_classes)])
+    n_classes, _ = fit._check_fitted()
+    logp = np.stack([fit.score_samples(features, np.full(len(features), c)) for c in range(n_classes)])
     return logp.max(axis=0), logp.argmax(axis=0)
 
 

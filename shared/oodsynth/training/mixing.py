@@ -15,6 +15,7 @@ outlier dataset; ``first``, ``second`` and ``share`` record what each is.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 
 import torch
@@ -87,7 +88,8 @@ def cutmix(
     sides in the image's aspect, its place uniform; ``share`` reports the area x_a keeps after rounding."""
     a, b = draw_pairs(labels, n, generator)
     lam = _shares(n, share, generator)
-    box = _boxes(lam, *images.shape[-2:], generator)
+    height, width = images.shape[-2:]
+    box = _boxes(lam, height, width, generator)
     mixed = torch.where(box.unsqueeze(1), images[b], images[a])
     kept = 1 - box.flatten(1).float().mean(1)
     return MixedOutliers(mixed, labels[a].long(), labels[b].long(), kept)
@@ -129,8 +131,10 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     one pass over its items."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1].long()
-    if getattr(dataset, "targets", None) is not None:
-        return torch.as_tensor(dataset.targets).long()
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets).long()
+    assert isinstance(dataset, Sized)  # a map-style dataset
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 

@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
@@ -61,6 +60,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import restore_training
 from ..data import ImageData
 from ..device import default_device
+from ..encoding.encoder import TextAlignedEncoder
 from ..errors import InputError
 from .classifier import (
     CHECKPOINT_NAME,
@@ -104,6 +104,7 @@ def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainCon
     """Encoder + anchor-initialised head from ``config.init_encoder``; the architecture fields come from it."""
     from ..encoding.training import load_encoder
 
+    assert config.init_encoder is not None  # _build_model calls this only when it is set
     try:
         ckpt = load_encoder(config.init_encoder, device="cpu")
     except (FileNotFoundError, ValueError) as exc:
@@ -127,8 +128,11 @@ def _from_encoder(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainCon
     return config, model, phi
 
 
-def _from_classifier(config: OODTrainConfig, train: ImageData) -> tuple[OODTrainConfig, nn.Module, EnergyHead]:
+def _from_classifier(
+    config: OODTrainConfig, train: ImageData
+) -> tuple[OODTrainConfig, TextAlignedEncoder | FeatureClassifier, EnergyHead]:
     """The model of ``config.init_classifier`` (weights only: a fresh optimiser, schedule and phi)."""
+    assert config.init_classifier is not None  # _build_model calls this only when it is set
     try:
         state = read_ood_checkpoint(config.init_classifier)
     except (FileNotFoundError, ValueError) as exc:
@@ -234,7 +238,7 @@ def _prepare_outliers(
 
 def _build_model(
     config: OODTrainConfig, train: ImageData, features: FeatureOutliers | None, device: torch.device
-) -> tuple[OODTrainConfig, nn.Module, EnergyHead]:
+) -> tuple[OODTrainConfig, TextAlignedEncoder | FeatureClassifier, EnergyHead]:
     """The model and phi on ``device``: fresh, or from the checkpoint the config names (which then sets the
     architecture fields of the returned config)."""
     if config.init_encoder and config.init_classifier:
@@ -285,7 +289,7 @@ class _Steps:
         self,
         config: OODTrainConfig,
         train: ImageData,
-        model: nn.Module,
+        model: TextAlignedEncoder | FeatureClassifier,
         phi: EnergyHead,
         outliers: _Outliers,
         device: torch.device,
@@ -301,8 +305,10 @@ class _Steps:
         )
         id_loader, ood_loader, gen = _loaders(config, train, outliers.images)
         # vectors are cheap: they never lengthen an epoch, only image outliers held in memory may
-        sized = ood_loader is not None and not isinstance(outliers.images, IterableDataset)
-        self.steps_per_epoch = max(len(id_loader), len(ood_loader)) if sized else len(id_loader)
+        if ood_loader is not None and not isinstance(outliers.images, IterableDataset):
+            self.steps_per_epoch = max(len(id_loader), len(ood_loader))
+        else:
+            self.steps_per_epoch = len(id_loader)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=config.epochs * self.steps_per_epoch
         )
@@ -315,7 +321,8 @@ class _Steps:
             else None
         )
         self.queue: FeatureQueue | None = None
-        self.virtual_from, self.virtual_gen = 0, None
+        self.virtual_from = 0
+        self.virtual_gen: torch.Generator | None = None
         if outliers.virtual is not None:
             self.virtual_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
             self.virtual_from = (
@@ -331,6 +338,7 @@ class _Steps:
             and epoch > 0
             and (epoch % c.redraw_every == 0 or epoch == start)
         ):
+            assert self.features is not None  # the vectors are the features'
             self.features = redraw_feature_outliers(
                 self.model, train, self.features, c.redraw_density, seed=c.seed + epoch
             )
@@ -352,9 +360,11 @@ class _Steps:
             self.queue.push(features[: len(y)], y)
         ce = F.cross_entropy(logits[: len(y)], y)
         if self.vectors is not None:
+            assert isinstance(self.model, FeatureClassifier)  # feature outliers need init_encoder
             logits = torch.cat([logits, self.model.classify(self.vectors.next().to(device))])
-        drawing = virtual is not None and epoch >= self.virtual_from and self.queue.full
+        drawing = virtual is not None and epoch >= self.virtual_from and self.queue is not None and self.queue.full
         if drawing:
+            assert virtual is not None and self.queue is not None and self.virtual_gen is not None  # all set above
             virtual_features, _ = virtual.sample(self.queue, self.config.ood_batch_size, self.virtual_gen)
             logits = torch.cat([logits, head_of(self.model)(virtual_features)])
         if self.ood_iter is not None or self.vectors is not None or drawing:
@@ -421,7 +431,8 @@ def train_ood(
     config, model, phi = _build_model(config, train, sources.features, device)
     steps = _Steps(config, train, model, phi, sources, device)
     path = Path(out_dir) / CHECKPOINT_NAME
-    start, history = 0, []
+    start = 0
+    history: list[dict] = []
     if resume and path.exists():
         parts = {"model": model, "phi": phi, "optimizer": steps.optimizer, "scheduler": steps.scheduler}
         start, history = restore_training(read_ood_checkpoint(path), **parts)

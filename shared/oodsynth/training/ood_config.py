@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..densities import DENSITY_KINDS
-from ..encoding.encoder import ENCODER_ARCHS
+from ..encoding.encoder import EncoderArch
 from .outlier_mix import check_shares
 from .virtual_outliers import VIRTUAL_OUTLIERS, get_virtual_sampler
 
-OOD_LOSSES = ("energy_logistic", "outlier_exposure")
+OodLoss = Literal["energy_logistic", "outlier_exposure"]
+OOD_LOSSES: tuple[OodLoss, ...] = get_args(OodLoss)
 
 
 class OODTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal[ENCODER_ARCHS] = "resnet18"  # type: ignore[valid-type]
+    arch: EncoderArch = "resnet18"
     width: int = Field(64, ge=1)
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1, description="ID images per step")
@@ -32,9 +33,9 @@ class OODTrainConfig(BaseModel):
         description="weight of L_ood; 0 = CE-only baseline. 0.5 measured best of "
         "2.5 / 0.5 / 0.25 in the OOD lab (2.5: near-OOD FPR95 13-20 points worse)",
     )
-    ood_loss: Literal[OOD_LOSSES] = Field(
+    ood_loss: OodLoss = Field(
         "energy_logistic",
-        description="energy_logistic: phi's logistic loss on "  # type: ignore[valid-type]
+        description="energy_logistic: phi's logistic loss on "
         "the energy (DREAM-OOD); outlier_exposure: outliers' softmax to uniform (OE)",
     )
     phi_hidden: int = Field(16, ge=1)
@@ -101,8 +102,8 @@ class OODTrainConfig(BaseModel):
     redraw_every: int = Field(
         0, ge=0, description="feature outliers: redraw them from the current features every this many epochs; 0 = never"
     )
-    redraw_density: Literal[DENSITY_KINDS] = Field("gaussian_full", description="density kind refitted for a redraw")  # type: ignore[valid-type]
-    virtual_outliers: Literal[VIRTUAL_OUTLIERS] | None = Field(  # type: ignore[valid-type]
+    redraw_density: Literal[DENSITY_KINDS] = Field("gaussian_full", description="density kind refitted for a redraw")  # type: ignore[valid-type]  # a Literal of a registry's keys, made at import; pydantic checks the values
+    virtual_outliers: Literal[VIRTUAL_OUTLIERS] | None = Field(  # type: ignore[valid-type]  # a Literal of a registry's keys, made at import; pydantic checks the values
         None,
         description="outliers drawn in training on the penultimate features: vos (low-likelihood samples of "
         "class Gaussians), npos (k-NN boundary perturbations); ood_batch_size of them per step; None = none",

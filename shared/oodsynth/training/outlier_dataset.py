@@ -161,6 +161,7 @@ class StoredOutliers(Dataset):
             if is_export(n):
                 items += read_export(n, storage_options)
             else:
+                assert self.store is not None  # made above for the store datasets
                 items += [(r, ("store", r.path)) for r in self.store.records(n)]
         self.records: list[ImageRecord] = [r for r, _ in items]
         self.selection = resolve_selection(max_id_percentile, min_id_percentile, max_margin, self.records)
@@ -169,11 +170,11 @@ class StoredOutliers(Dataset):
         if self.selection is None and max_id_percentile == "auto":
             self.verification = "all images: some carry no verification (decoded without an encoder)"
         if self.selection is not None:
-            n = len(self.records)
+            total = len(self.records)
             keep = {id(r) for r in verified_only(self.records, self.selection)}
             items = [(r, where) for r, where in items if id(r) in keep]
             self.records = [r for r, _ in items]
-            self.verification = f"{len(self.records)} of {n} images verified at {self.selection.describe()}"
+            self.verification = f"{len(self.records)} of {total} images verified at {self.selection.describe()}"
         self.sources = [where for _, where in items]
         self.targets = [r.class_index for r in self.records]
 
@@ -183,6 +184,7 @@ class StoredOutliers(Dataset):
     def _open(self, index: int) -> Image.Image:
         kind, ref = self.sources[index]
         if kind == "store":
+            assert self.store is not None  # a store dataset's record
             return self.store.open_image(ref)
         if kind == "file":
             with _fs(ref, self.storage_options).open(ref, "rb") as f:
@@ -357,10 +359,24 @@ def outlier_dataset(
     from torchvision import transforms
 
     transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    band = {"max_id_percentile": max_id_percentile, "min_id_percentile": min_id_percentile, "max_margin": max_margin}
     if stream:
-        return StreamedOutliers(datasets, transform, buffer=buffer, seed=seed, **band)
-    ds = StoredOutliers(store, datasets, transform=transform, **band)
+        return StreamedOutliers(
+            datasets,
+            transform,
+            buffer=buffer,
+            seed=seed,
+            max_id_percentile=max_id_percentile,
+            min_id_percentile=min_id_percentile,
+            max_margin=max_margin,
+        )
+    ds = StoredOutliers(
+        store,
+        datasets,
+        transform=transform,
+        max_id_percentile=max_id_percentile,
+        min_id_percentile=min_id_percentile,
+        max_margin=max_margin,
+    )
     if len(ds) == 0 and ds.selection is not None:
         raise InputError(
             _tightest(ds.selection), f"no image of {datasets} in {store} is verified at {ds.selection.describe()}"

@@ -10,6 +10,8 @@ draws its noise with ``smooth_noise`` and its mixes with ``training.mixing``.
 
 from __future__ import annotations
 
+from collections.abc import Sized
+
 import torch
 from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset
@@ -80,6 +82,11 @@ class _StreamWithExtras(IterableDataset):
                     owed[j], drawn[j] = owed[j] - 1, drawn[j] + 1
 
 
+def _held_length(outliers: Dataset) -> int:
+    assert isinstance(outliers, Sized)  # a held (map-style) set
+    return len(outliers)
+
+
 def with_outlier_mix(
     outliers: Dataset,
     id_dataset: Dataset,
@@ -101,12 +108,13 @@ def with_outlier_mix(
         return outliers
     stored = 1 - noise_share - mixing_share
     streamed = isinstance(outliers, IterableDataset)
-    n_total = len(id_dataset) if streamed else len(outliers) / stored
-    extras = []
+    assert isinstance(id_dataset, Sized)  # map-style, as the held outliers are
+    n_total = len(id_dataset) if streamed else _held_length(outliers) / stored
+    extras: list[tuple[Dataset, float]] = []
     if noise_share and (n := len(id_dataset) if streamed else round(n_total * noise_share)):
         extras.append((SmoothNoiseDataset(n, image_size, seed), noise_share))
     if mixing_share and (n := len(id_dataset) if streamed else round(n_total * mixing_share)):
         extras.append((MixingDataset(mixing_kind, id_dataset, n, seed + 1), mixing_share))
-    if streamed:
+    if isinstance(outliers, IterableDataset):
         return _StreamWithExtras(outliers, extras, stored)
     return ConcatDataset([outliers, *(extra for extra, _ in extras)]) if extras else outliers
