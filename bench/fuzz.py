@@ -32,7 +32,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # tests.helpers: the toy bank the tests use
 
 from load import start_server, stop  # noqa: E402
 
@@ -103,11 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="write schemathesis's whole output (every failure, with curl)")
     args = parser.parse_args(argv)
 
-    from toy_banks import toy_bank
-
     from oodsynth.api_keys import new_api_key
     from oodsynth.demo import free_port
     from oodsynth.state.redis_conn import start_embedded_redis
+    from tests.helpers.toy_banks import toy_bank
 
     key, entry = new_api_key("admin")
     # The schema's own examples name class "apple" and class index 3 of fit "cifar100".

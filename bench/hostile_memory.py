@@ -37,7 +37,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "tests"))
 
 from load import rss_mb, start_server, stop  # noqa: E402  (bench/load.py: the same server harness)
 

@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the toy bank the tests use
+sys.path.insert(0, str(REPO))  # tests.helpers: the toy bank the tests use
 
 NPZ = "application/x-npz"
 
@@ -215,11 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sequential, args.concurrent = 5, 20
 
-    from toy_banks import toy_bank
-
     from oodsynth.api_keys import new_api_key
     from oodsynth.demo import free_port
     from oodsynth.state.redis_conn import start_embedded_redis
+    from tests.helpers.toy_banks import toy_bank
 
     key, entry = new_api_key("write")
     results: dict = {"method": args.method, "cpu_load_1m_at_start": os.getloadavg()[0], "runs": {}}

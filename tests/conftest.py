@@ -17,6 +17,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # 3 epochs took 22.7 CPU-s with two threads and 3.2 with one (same accuracy), the judge CNN 15 against 1.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Fixtures that live in tests/helpers/ and are shared by several folders: the moto S3 server and its buckets.
+pytest_plugins = ["tests.helpers.s3"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

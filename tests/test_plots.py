@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from PIL import Image
-from test_ood_training import write_outliers
 from typer.testing import CliRunner
 
 from oodsynth.bank import FeatureBank
 from oodsynth.cli import app
 from oodsynth.plots import plot_grid, tsne_embedding
+from tests.helpers.stores import write_outliers
 
 
 @pytest.fixture

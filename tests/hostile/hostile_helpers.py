@@ -6,7 +6,8 @@ import io
 import zipfile
 
 import numpy as np
-from toy_banks import toy_bank
+
+from tests.helpers.toy_banks import toy_bank
 
 
 def post_fit(api, name="toy", data: bytes | None = None, **kw):

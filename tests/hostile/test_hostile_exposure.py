@@ -11,10 +11,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from hostile_helpers import first_error, post_fit
-from servers import wait_healthy
 
 from oodsynth.config import get_settings
 from services.embed_sampler.app import create_app
+from tests.helpers.servers import wait_healthy
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/140.0"
 
@@ -61,9 +61,8 @@ def test_same_origin_and_non_browser_clients_still_change_state(api, headers):
 
 
 def test_the_projects_client_passes_the_csrf_check(api):
-    from toy_banks import toy_bank
-
     from oodsynth.client import OodsynthClient
+    from tests.helpers.toy_banks import toy_bank
 
     api.headers["User-Agent"] = BROWSER  # even when the transport looks like a browser
     client = OodsynthClient(http=api)

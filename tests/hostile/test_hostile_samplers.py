@@ -36,7 +36,7 @@ def test_the_time_budget_holds_between_classes_of_one_round(api, settings_env):
     budget is checked between classes too."""
     import time
 
-    from toy_banks import toy_bank
+    from tests.helpers.toy_banks import toy_bank
 
     settings_env(SAMPLE_TIME_BUDGET_S=1, MAX_BANK_BYTES=2**21, MAX_UPLOAD_BYTES=2**21)
     bank = toy_bank(n_classes=100, n_per_class=5, dim=768, names=[f"c{i}" for i in range(100)])

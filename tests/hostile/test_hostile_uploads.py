@@ -7,7 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 from hostile_helpers import bank_members, first_error, npz_of, post_fit
-from toy_banks import toy_bank
+
+from tests.helpers.toy_banks import toy_bank
 
 BOMB = np.zeros((2**19, 16), np.float32)  # 32 MiB of zeros: a few dozen KB compressed, 256x the 128 KiB cap
 
