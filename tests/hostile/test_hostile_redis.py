@@ -48,7 +48,9 @@ def test_a_full_redis_answers_503_with_the_reason_on_every_write_route(own_redis
 def test_healthz_reports_memory_pressure(own_redis):
     with TestClient(create_app(), raise_server_exceptions=False) as api:
         assert api.get("/healthz").json()["status"] == "ok"  # the API's connection is open: memory is steady
-        limit = int(int(own_redis.info("memory")["used_memory"]) / 0.93)
+        # 0.96 of the limit: used_memory moved by 3 % between this reading and the route's (0.93 read back as
+        # 0.899 once), so the margin to both bounds of the degraded band (0.9 and 1.0) is 4-6 %
+        limit = int(int(own_redis.info("memory")["used_memory"]) / 0.96)
         own_redis.config_set("maxmemory", limit)
         body = api.get("/healthz").json()
         assert body["status"] == "degraded" and body["redis"] == "memory_pressure", body
