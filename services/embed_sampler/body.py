@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
+from fastapi import params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
@@ -47,7 +48,9 @@ class OffLoopBodyRoute(APIRoute):
         body_field = self.body_field
         # One body model, not embedded: FastAPI validates the whole JSON document against it, and so can we.
         single_model = (
-            body_field is not None and len(self.dependant.body_params) == 1 and not body_field.field_info.embed
+            body_field is not None
+            and len(self.dependant.body_params) == 1
+            and not (isinstance(body_field.field_info, params.Body) and body_field.field_info.embed)
         )
 
         async def route(request: Request) -> Response:

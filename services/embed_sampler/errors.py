@@ -42,7 +42,7 @@ def locate(field: str | None, request: Request, exc: OodsynthError) -> list[str 
     loc = split_field(field)
     if isinstance(exc, Unavailable):  # a setting or service, not part of the request
         return loc
-    if getattr(exc, "section", None):  # e.g. the authorization header
+    if exc.section:  # e.g. the authorization header
         return [exc.section, *loc]
     head = loc[0] if loc else None
     section = "path" if head in request.path_params else "query" if head in request.query_params else "body"

@@ -22,12 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import get_settings
 from .redact import redact_url
 from .samplers import DEFAULT_METHOD
+
+if TYPE_CHECKING:
+    from .bank import FeatureBank
 
 DEMO_WORDS = ("cat", "dog", "ship", "truck")
 
@@ -87,7 +91,7 @@ class DemoModel:
     """What the demo decodes with and fits on: a pipeline folder, its ID bank and decode settings."""
 
     model_dir: Path
-    bank: object  # FeatureBank
+    bank: FeatureBank
     decode: dict
     description: str
 
@@ -285,10 +289,12 @@ def run_demo(
         report = store.verify(config.dataset)
         if not report.ok:
             raise RuntimeError(f"the result store disagrees with its manifest: {report}")
+        manifest = store.manifest_path(config.dataset)
+        assert isinstance(manifest, Path)  # a store on a local folder
         return DemoResult(
             dataset=config.dataset,
             store=store_root,
-            manifest=store.manifest_path(config.dataset),
+            manifest=manifest,
             images=images,
             job_ids=queued["job_ids"],
             api_url=api_url,

@@ -58,6 +58,8 @@ class OodsynthError(Exception):
     status = 500  # the HTTP status the API answers with
     type = "error"  # the ``detail[].type`` the API answers with
     exit_code = 1  # the CLI's exit status
+    section: str | None = None  # the request section the API names for ``field``; None: the API works it out
+    detail: object = None  # on an error the client rebuilt from an answer: that answer's ``detail``
 
     def __init__(self, field: str | None, message: str, *, errors: Sequence[tuple[str | None, str]] | None = None):
         super().__init__(field, message)

@@ -83,13 +83,15 @@ def plot_tsne(
     cmap = plt.get_cmap("tab10" if bank.n_classes <= 10 else "tab20")
     color = lambda c: cmap(int(c) % cmap.N)  # noqa: E731
     fig, ax = plt.subplots(figsize=(8, 8))
-    ax.scatter(*emb["features"].T, s=6, c=[color(c) for c in emb["feature_labels"]], alpha=0.5, label="ID features")
+    x, y = emb["features"].T  # (2, n): unpacked by name, as scatter takes x and y before its keywords
+    ax.scatter(x, y, s=6, c=[color(c) for c in emb["feature_labels"]], alpha=0.5, label="ID features")
     if len(emb["outliers"]):
-        ax.scatter(
-            *emb["outliers"].T, s=18, marker="x", c=[color(c) for c in emb["outlier_labels"]], label="outlier vectors"
-        )
+        x, y = emb["outliers"].T
+        ax.scatter(x, y, s=18, marker="x", c=[color(c) for c in emb["outlier_labels"]], label="outlier vectors")
+    x, y = emb["anchors"].T
     ax.scatter(
-        *emb["anchors"].T,
+        x,
+        y,
         s=220,
         marker="*",
         c=[color(c) for c in range(bank.n_classes)],

@@ -6,11 +6,15 @@ code (2 for bad input, missing or conflicting names; 1 when a service is
 unavailable), so commands never translate errors themselves.
 """
 
-import click
+from typing import TYPE_CHECKING
+
 import typer
 from typer.core import TyperGroup
 
 from ..errors import OodsynthError
+
+if TYPE_CHECKING:
+    from typer._click import Context  # typer vendors click; TyperGroup.invoke takes that click's Context
 
 
 def fail_line(field: str | None, message: str) -> str:
@@ -18,7 +22,7 @@ def fail_line(field: str | None, message: str) -> str:
 
 
 class _ErrorsAsOneLine(TyperGroup):
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: "Context"):
         try:
             return super().invoke(ctx)
         except OodsynthError as exc:

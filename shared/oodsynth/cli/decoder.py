@@ -34,7 +34,7 @@ def train_decoder_command(
     if out is not None and out.exists() and not force:
         raise InputError("out", f"{out} exists; pass --force to overwrite it")
     overrides = {"seed": seed} | ({"unet_steps": unet_steps} if unet_steps is not None else {})
-    config = profile_config(profile, **overrides)
+    config = profile_config(profile, holdout=None, **overrides)  # the profile's default split
     if threads is not None:
         torch.set_num_threads(threads)
     assets = ensure_profile_assets(profile, config=config, echo=lambda line: typer.echo(line, err=True))

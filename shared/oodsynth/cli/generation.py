@@ -42,15 +42,19 @@ def worker(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if gpus is not None and processes is not None:
         raise InputError("processes", "give --gpus (one process per device) or --processes, not both")
-    devices = _worker_devices(gpus) if gpus is not None else None
+    devices: list[str | None] | None = None  # one worker process per entry (None: no device named)
+    if gpus is not None:
+        devices = list(_worker_devices(gpus))
+    elif processes is not None:
+        devices = [None] * processes
     _registry_client()  # fail with a one-line error when Redis is unreachable (and share an embedded one)
-    if devices is not None or processes is not None:
+    if devices is not None:
         from ..worker.process import run_worker_processes
 
         child_args = [arg for q in queue or [] for arg in ("--queue", q)]
         child_args += ["--burst"] * burst + (["--max-jobs", str(max_jobs)] if max_jobs else [])
         child_args += ["--scheduler" if scheduler else "--no-scheduler", "--log-level", log_level]
-        code = run_worker_processes(child_args, devices or [None] * processes, recycle=bool(max_jobs) and not burst)
+        code = run_worker_processes(child_args, devices, recycle=bool(max_jobs) and not burst)
         raise typer.Exit(code)
     from ..worker.process import run_worker
 
@@ -156,7 +160,7 @@ def generate(
             output_size=output_size,
             scheduler=scheduler,
             preset=preset,
-            init_images={"dataset": init_dataset} if init_dataset is not None else None,
+            init_images={"dataset": init_dataset} if init_dataset is not None else None,  # type: ignore[arg-type]  # pydantic validates a dict into InitImages (strict models too), which keeps the error at init_images.dataset; its mypy plugin types a strict model's __init__ with the field types
             strength=strength,
         )
     except pydantic.ValidationError as exc:

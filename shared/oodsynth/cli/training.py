@@ -62,6 +62,7 @@ def _anchors_for(
         return a
     from ..encoding.anchors import extract_anchors
 
+    assert anchors_model is not None  # exactly one of the three was given, and it was neither of the others
     words = words or class_names
     if len(words) != len(class_names):
         _fail("words", f"{len(words)} words for {len(class_names)} classes")

@@ -28,8 +28,38 @@ attention masks, class or added embeddings, FreeU): anything else is refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol, cast
+
 import torch
 from torch import nn
+
+
+class _Block(Protocol):
+    """A diffusers down or up block: its resnet layers, called with the block's own keywords."""
+
+    resnets: nn.ModuleList
+
+    def __call__(self, *args: object, **kwargs: object) -> torch.Tensor | tuple: ...
+
+
+class _SDUNet(Protocol):
+    """What this module reads of a diffusers ``UNet2DConditionModel``.
+
+    mypy sees none of that class's attributes (they are set in an ``__init__`` wrapped by ``register_to_config``);
+    ``DeepCacheUNet._check`` tests the layout at run time, and the constructor then treats the module as this.
+    """
+
+    down_blocks: Sequence[_Block]
+    up_blocks: Sequence[_Block]
+    mid_block: nn.Module | None
+    num_upsamplers: int
+    time_embedding: nn.Module
+    time_embed_act: nn.Module | None
+    conv_in: nn.Module
+    conv_norm_out: nn.Module | None
+    conv_act: nn.Module | None
+    conv_out: nn.Module
 
 
 def _down_layers(block, hidden, emb, ehs, n_layers: int, xattn_kwargs) -> list[torch.Tensor]:
@@ -75,9 +105,9 @@ class DeepCacheUNet(nn.Module):
         super().__init__()
         unet = getattr(unet, "_orig_mod", unet)  # the plain module under a torch.compile wrapper
         self._check(unet, interval, branch)
-        self.unet = unet
+        self.unet = cast(_SDUNet, unet)
         self.interval, self.branch = int(interval), int(branch)
-        n_up = len(unet.up_blocks[-1].resnets)
+        n_up = len(self.unet.up_blocks[-1].resnets)
         self.enter = n_up - 2 - self.branch  # last up block's layer that consumes down block 0's layer `branch`
         self._full, self._shallow = self.full_step, self.shallow_step
         self.reset()
@@ -173,6 +203,7 @@ class DeepCacheUNet(nn.Module):
         hidden, kept = _up_layers(
             unet.up_blocks[-1], hidden, list(skips), emb, ehs, 0, xattn_kwargs, keep_at=self.enter
         )
+        assert kept is not None  # self.enter lies in 0..n_up-2 (_check), so layer `enter` runs
         return self._out(hidden), kept
 
     def shallow_step(self, sample, timestep, ehs, kept, xattn_kwargs=None) -> torch.Tensor:

@@ -79,7 +79,9 @@ class Selection:
         pct = verification.id_percentile
         keep = (pct >= self.min_id_percentile) & (pct <= self.max_id_percentile)
         if self.max_margin is not None:
-            keep &= verification.margin <= self.max_margin
+            margin = verification.margin
+            assert margin is not None  # Verification.__post_init__ fills a missing margin with NaN
+            keep &= margin <= self.max_margin
         return keep
 
     def describe(self) -> str:
@@ -205,9 +207,11 @@ class DecodeVerifier:
         from ..encoding.training import load_encoder
 
         key = (str(path), str(device))
-        if self._key != key:
-            self._encoder, self._key = load_encoder(path, device=device), key
-        return self._encoder
+        encoder = self._encoder
+        if self._key != key or encoder is None:  # the two are set together: a known key has its encoder
+            encoder = self._encoder = load_encoder(path, device=device)
+            self._key = key
+        return encoder
 
     def fields(self, settings, fit_name: str | None, images: Sequence[Image.Image]) -> list[dict] | None:
         """Per image, its manifest fields (``verified_*``); None when this worker or job does not verify."""

@@ -42,7 +42,7 @@ MAX_PIXELS_BOUND = 2048 * 2048  # no setting may raise the pixel cap past the mo
 PACKED_VECTOR_PREFIX = "f32le-b64:"
 
 
-def pack_vector(vector: np.ndarray) -> str:
+def pack_vector(vector: np.ndarray | Sequence[float]) -> str:
     """A vector as the queue payload carries it: its float32 little-endian bytes in base64, with a prefix.
 
     Exact for float32, 4/3 byte per byte, and about 30x cheaper to write than the decimal text plus the zlib

@@ -155,6 +155,7 @@ def evaluate_scores(
     ood = list(ood or default_ood_specs(dataset))
     if not ood:
         raise InputError("ood", "give at least one OOD set with --ood")
+    assert class_names is not None  # every score needs a checkpoint or an encoder, and both name the classes
     id_data = load_data(dataset, "test", data_root, image_size)
     if list(id_data.class_names) != class_names:
         raise InputError("dataset", f"{dataset} classes differ from the model's {class_names[:5]}...")
@@ -168,6 +169,7 @@ def evaluate_scores(
             )
         )
     if "phi" in names:
+        assert clf is not None  # checked above: phi needs --checkpoint
         report = evaluate(clf, id_data, ood_sets, batch_size=batch_size)
         report.results = {"phi": report.results["phi"]}
         reports.append(report)

@@ -41,14 +41,15 @@ class EmbedderCache:
             raise Unavailable("encoder_checkpoint", f"encoder checkpoint {file} does not exist")
         key = (str(file.resolve()), file.stat().st_mtime)
         with self._lock:
-            if self._key != key:
-                self._embedder, self._key = None, None
-                try:
-                    self._embedder = ImageEmbedder(file, device=settings.device)
-                except ValueError as exc:
-                    raise Unavailable("encoder_checkpoint", str(exc)) from None
-                self._key = key
-            return self._embedder
+            if self._key == key and self._embedder is not None:  # a known key has its embedder (set before the key)
+                return self._embedder
+            self._embedder, self._key = None, None
+            try:
+                embedder = self._embedder = ImageEmbedder(file, device=settings.device)
+            except ValueError as exc:
+                raise Unavailable("encoder_checkpoint", str(exc)) from None
+            self._key = key
+            return embedder
 
 
 def embed_uploads(embedder: ImageEmbedder, files: Sequence[tuple[str | None, bytes]]) -> dict:

@@ -112,16 +112,15 @@ def _check_inline_rows(req: GenerateRequest) -> np.ndarray:
     """The inline vectors as an array: one class each, one dimension, finite, with a sane norm."""
     if req.classes is None:
         raise InputError("classes", "give one class index per vector")
-    if len(req.vectors) == 0:
+    rows = req.vectors
+    if rows is None or len(rows) == 0:
         raise InputError("vectors", "give at least one vector")
-    if len(req.classes) != len(req.vectors):
-        raise InputError(
-            "classes", f"expected {len(req.vectors)} class indices (one per vector), got {len(req.classes)}"
-        )
-    dims = {len(v) for v in req.vectors}
+    if len(req.classes) != len(rows):
+        raise InputError("classes", f"expected {len(rows)} class indices (one per vector), got {len(req.classes)}")
+    dims = {len(v) for v in rows}
     if len(dims) != 1 or 0 in dims:
         raise InputError("vectors", f"rows must be non-empty and of one dimension, got dimensions {sorted(dims)}")
-    vectors = np.asarray(req.vectors, dtype=np.float64)
+    vectors = np.asarray(rows, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if bad.size:
         raise InputError(f"vectors[{int(bad[0])}]", f"{bad.size} vectors contain NaN or inf (first: row {int(bad[0])})")
@@ -226,13 +225,15 @@ def plan_generation(
     check_decode_limits(req, settings)
     if sample is None and (req.sample_id is None) == (req.vectors is None):
         raise InputError("sample_id", "give either sample_id or vectors (+ classes), not both or neither")
-    if sample is None and req.sample_id is None:
+    if sample is None and req.vectors is not None:  # inline vectors (the check above: then no sample_id)
         check_image_count(len(req.vectors), req.images_per_vector, settings)
         return _with_init_images(_inline_job(req, fits, settings.model), settings)
     for name in ("classes", "fit"):
         if getattr(req, name) is not None:
             raise InputError(name, "only used with inline vectors; a stored sample carries its own")
-    sample = sample if sample is not None else samples.get(req.sample_id)
+    if sample is None:
+        assert req.sample_id is not None  # the check above: neither a sample in hand nor vectors means a sample_id
+        sample = samples.get(req.sample_id)
     if len(sample.vectors) == 0:
         raise InputError("sample_id", "the sample holds no vectors")
     check_image_count(len(sample.vectors), req.images_per_vector, settings)

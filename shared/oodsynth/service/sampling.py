@@ -62,7 +62,8 @@ def draw_sample(
     check_n_per_class(n_per_class, settings)
     densities, bank = fits.get(fit)
     class_index = resolve_classes(densities.class_names_, classes)
-    total = n_per_class * (len(class_index) if class_index is not None else densities.n_classes)
+    n_classes, dim = densities._check_fitted()  # a stored fit is fitted
+    total = n_per_class * (len(class_index) if class_index is not None else n_classes)
     cap = settings.max_vectors_per_sample
     if total > cap:  # 100 classes x 10,000 x 768-d would be 3 GB in Redis and in the answer
         raise InputError(
@@ -71,10 +72,10 @@ def draw_sample(
             "(settings OODSYNTH_MAX_VECTORS_PER_SAMPLE); ask for fewer classes per request",
         )
     if json_answer:
-        check_json_size(total, densities.dim, settings)
+        check_json_size(total, dim, settings)
     sampler = get_sampler_checked(method, params)
     if admit is not None:
-        admit(total * densities.dim * PEAK_BYTES_PER_VALUE)
+        admit(total * dim * PEAK_BYTES_PER_VALUE)
     try:
         result = sampler.sample(
             densities,

@@ -23,6 +23,11 @@ _FIELD_NAMES = {
 }
 
 
+def _user_field(field: str | None) -> str | None:
+    """The name a user of train-ood gives a training-layer field (other names, and None, as they are)."""
+    return None if field is None else _FIELD_NAMES.get(field, field)
+
+
 @dataclass
 class TrainOODResult:
     classifier: Any  # training.classifier.OODClassifier
@@ -98,13 +103,13 @@ def train_ood_run(
         )
     except pydantic.ValidationError as exc:
         error = InputError.from_pydantic(exc)
-        raise InputError(_FIELD_NAMES.get(error.field, error.field), error.message) from None
+        raise InputError(_user_field(error.field), error.message) from None
     try:
         clf = train_ood(
             cfg, train, out, feature_outliers=feature_outliers, resume=resume, device=device, progress=progress
         )
     except InputError as exc:
-        raise InputError(_FIELD_NAMES.get(exc.field, exc.field), exc.message) from exc
+        raise InputError(_user_field(exc.field), exc.message) from exc
     except ValueError as exc:  # an unreadable image or manifest in the store
         raise InputError("outliers", str(exc)) from exc
     sets = [f"{len(outliers)} outlier set(s)"] if outliers else []

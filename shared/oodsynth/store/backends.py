@@ -41,7 +41,9 @@ LOCK = ".manifest.lock"
 
 class Backend(Protocol):
     url: str
-    root: Path | str
+
+    @property
+    def root(self) -> Path | str: ...  # read-only here: a Path for a folder, the URL for a bucket
 
     def read(self, key: str) -> bytes | None: ...
     def put(self, key: str, data: bytes) -> None: ...
@@ -133,7 +135,7 @@ class LocalBackend:
 
     def walk(self, folder: str) -> list[str]:
         base = self._path(folder)
-        out = []
+        out: list[str] = []
         for dirpath, _, files in os.walk(base):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             out.extend(f"{rel}/{name}" for name in files)

@@ -56,19 +56,20 @@ class DecoderCache:
         device = str(settings.device or default_device())
         key = (str(settings.model), device, settings.gpu_batch_size, settings.worker_compile)
         with self._lock:
-            if self._key != key:
-                self.clear()
-                log.info("loading pipeline %s", settings.model)
-                speedups = settings.worker_compile and device.startswith("cuda")  # compile is not worth it on CPU
-                self._decoder = OutlierDecoder(
-                    settings.model,
-                    device=device,
-                    n_slots=settings.gpu_batch_size,
-                    fuse_qkv=speedups,
-                    compile_unet=speedups,
-                )
-                self._key = key
-            return self._decoder
+            if self._key == key and self._decoder is not None:  # a known key has its decoder (set before the key)
+                return self._decoder
+            self.clear()
+            log.info("loading pipeline %s", settings.model)
+            speedups = settings.worker_compile and device.startswith("cuda")  # compile is not worth it on CPU
+            decoder = self._decoder = OutlierDecoder(
+                settings.model,
+                device=device,
+                n_slots=settings.gpu_batch_size,
+                fuse_qkv=speedups,
+                compile_unet=speedups,
+            )
+            self._key = key
+            return decoder
 
     def clear(self) -> None:
         if self._decoder is None:

@@ -17,19 +17,20 @@ from ..queue.payloads import DecodeItem, DecodeJob
 from ..store.results import ResultStore
 
 
-def init_image_path(job: DecodeJob, item: DecodeItem) -> str:
-    """The item's init image path, checked to be ``<init dataset>/<class folder>/<file>.png`` (nothing else)."""
+def init_image_path(dataset: str, item: DecodeItem) -> str:
+    """The item's init image path, checked to be ``<dataset>/<class folder>/<file>.png`` (nothing else)."""
     path = item.init_image
     parts = (path or "").split("/")
     if (
-        len(parts) != 3
-        or parts[0] != job.init_images.dataset
+        path is None
+        or len(parts) != 3
+        or parts[0] != dataset
         or any(p in ("", ".", "..") or "\\" in p for p in parts)
         or not parts[2].endswith(".png")
     ):
         raise InputError(
             "items",
-            f"image {item.image_id}: init_image {path!r} is not an image of init dataset {job.init_images.dataset!r}",
+            f"image {item.image_id}: init_image {path!r} is not an image of init dataset {dataset!r}",
         )
     return path
 
@@ -47,7 +48,7 @@ def load_init_images(job: DecodeJob, batch: Sequence[DecodeItem], store: ResultS
         return None
     images = []
     for item in batch:
-        path = init_image_path(job, item)
+        path = init_image_path(job.init_images.dataset, item)
         try:
             data = store.read_bytes(path)
         except FileNotFoundError:
