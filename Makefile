@@ -26,8 +26,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
-# Everything: ruff, then the whole suite (import contracts and the strict docs build included).
+# Everything: ruff and mypy, then the whole suite (import contracts and the strict docs build included).
 test: lint
 	$(BIN)/python -m pytest -q
 
