@@ -150,8 +150,8 @@ class LabSettings(BaseModel):
     )
     decode: dict = Field(
         default_factory=dict,
-        description="decode settings over the decoder's recommended ones (4 DDIM steps, no guidance: the fewest "
-        "that keep the verified pass rate, bench/lab_cost.py)",
+        description="decode settings over the decoder's recommended ones (its decoder.json: the settings its "
+        "quality gate was judged at)",
     )
 
     @field_validator("sampler_params")
