@@ -84,7 +84,9 @@ def render_sample(sample: StoredSample, include_vectors: bool, settings: Setting
     if include_vectors:
         check_json_answer(sample, settings)
     order = list(dict.fromkeys(sample.class_index.tolist()))  # classes in the order drawn
-    counts: np.ndarray | list[int] = np.bincount(sample.class_index, minlength=len(sample.class_names)) if sample.class_index.size else []
+    counts: np.ndarray | list[int] = (
+        np.bincount(sample.class_index, minlength=len(sample.class_names)) if sample.class_index.size else []
+    )
     body = {
         "sample_id": sample.sample_id,
         "fit": sample.fit_name,

@@ -35,7 +35,11 @@ SAMPLE_SIZES = "oodsynth:samples:bytes"  # sample id -> its stored size
 _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # The arrays of a stored sample as its Redis hash keeps them (``StoredSample.to_fields``).
 SAMPLE_PARTS = ("vectors", "class_index", "diagnostics")
-SAMPLE_DTYPES: dict[str, np.dtype] = {"vectors": np.dtype("<f4"), "class_index": np.dtype("<i8"), "diagnostics": np.dtype("<f8")}
+SAMPLE_DTYPES: dict[str, np.dtype] = {
+    "vectors": np.dtype("<f4"),
+    "class_index": np.dtype("<i8"),
+    "diagnostics": np.dtype("<f8"),
+}
 
 
 @dataclass
@@ -93,7 +97,9 @@ class StoredSample:
         for k, v in self.diagnostics.items():
             arrays[f"diagnostics.{k}"] = np.asarray(v, dtype=np.float64)
         buf = io.BytesIO()
-        np.savez(buf, allow_pickle=False, **arrays)  # none is an object array: stated, so mypy maps **arrays to the arrays
+        np.savez(
+            buf, allow_pickle=False, **arrays
+        )  # none is an object array: stated, so mypy maps **arrays to the arrays
         return buf.getvalue()
 
     @classmethod
