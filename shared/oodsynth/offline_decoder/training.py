@@ -286,43 +286,26 @@ def train_unet(
     return {"final_loss": float(np.mean(losses[-100:]))}
 
 
-def train_decoder(
-    config: DecoderTrainConfig,
-    out: str | Path,
-    *,
-    progress: bool = True,
-    echo: Callable[[str], None] | None = None,
-) -> TrainedDecoder:
-    """Run the whole chain for ``config.profile`` and write everything into ``out`` (see the module doc)."""
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+def _anchors(config: DecoderTrainConfig, out: Path, class_names: list[str], say) -> np.ndarray:
+    """Steps 1-2: the tiny CLIP text encoder whose vocabulary holds the class words, and their rows (anchors)."""
     from ..encoding.anchors import extract_anchors
-    from ..encoding.features import extract_features
-    from ..encoding.training import EncoderTrainConfig, train_encoder
-    from .models import TEMPLATE_WORDS, PromptConditioner, decoder_scheduler, decoder_unet, decoder_vae
+    from .models import TEMPLATE_WORDS
     from .tiny_model import write_tiny_clip_text
 
-    say = echo or (lambda _msg: None)
-    if config.image_size % 8:
-        raise InputError(
-            "image_size", f"must be a multiple of 8 (StableDiffusionPipeline's rule), got {config.image_size}"
-        )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    train = config.split().load("train", config.image_size)
-    class_names = list(train.class_names)
-    timings: dict[str, float] = {}
-    t0, cpu0 = time.perf_counter(), time.process_time()
-
-    # 1-2. text encoder and anchors
     words = list(dict.fromkeys(class_names + list(TEMPLATE_WORDS)))
     write_tiny_clip_text(out, words, seed=config.seed, row_norm=config.row_norm)
     anchors = extract_anchors(out, class_names, multi_token="error")
     np.save(out / ANCHORS_NAME, anchors)
     say(f"anchors: {len(class_names)} class words, row norms {np.linalg.norm(anchors, axis=1).mean():.3f}")
+    return anchors
 
-    # 3. image encoder
+
+def _image_encoder(config: DecoderTrainConfig, train, anchors: np.ndarray, out: Path, progress: bool, say):
+    """Step 3: the text-aligned encoder; returns each training image's feature scaled to its anchor's norm (the
+    UNet's conditioning), the labels and the encoder's figures."""
+    from ..encoding.features import extract_features
+    from ..encoding.training import EncoderTrainConfig, train_encoder
+
     enc_config = EncoderTrainConfig(
         arch=config.encoder_arch,
         width=config.encoder_width,
@@ -338,44 +321,79 @@ def train_decoder(
     torch.manual_seed(config.seed)
     encoder = train_encoder(enc_config, train, anchors, out / ENCODER_DIR, device="cpu", progress=progress)
     features, labels = extract_features(encoder.model, train, progress=False)
-    timings["encoder_s"] = time.perf_counter() - t0
-    anchor_t = torch.from_numpy(anchors)
-    labels_t = torch.from_numpy(labels)
-    feats_t = torch.from_numpy(features)
+    anchor_t, labels_t, feats_t = torch.from_numpy(anchors), torch.from_numpy(labels), torch.from_numpy(features)
     own_cos = (feats_t * F.normalize(anchor_t, dim=1)[labels_t]).sum(1)
     enc_acc = float(((feats_t @ F.normalize(anchor_t, dim=1).T).argmax(1) == labels_t).float().mean())
     say(f"encoder: train nearest-anchor accuracy {enc_acc:.3f}, cosine to own anchor {own_cos.mean():.2f}")
     vectors = feats_t * anchor_t.norm(dim=1)[labels_t].unsqueeze(1)  # scaled to the anchor norm
+    return vectors, labels_t, {"encoder_train_accuracy": enc_acc, "encoder_cosine_to_anchor": float(own_cos.mean())}
 
-    # 4. VAE
+
+def _vae_and_latents(config: DecoderTrainConfig, train, labels: torch.Tensor, progress: bool, say):
+    """Step 4: the VAE, and the training images' scaled latents (computed once for the UNet's whole training)."""
+    from .models import decoder_vae
+
     images, image_labels = image_tensors(train)
-    assert torch.equal(image_labels, labels_t)
+    assert torch.equal(image_labels, labels)
     pixels = _to_pixels(images)
     torch.manual_seed(config.seed)
     vae = decoder_vae(config.vae_channels, config.latent_channels, config.image_size)
-    t1 = time.perf_counter()
     vae_record = train_vae(vae, pixels, config, progress)
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
-    latents = latents * vae.config.scaling_factor
-    timings["vae_s"] = time.perf_counter() - t1
     say(f"vae: reconstruction MSE {vae_record['recon_mse']:.4f} (pixels in [-1, 1])")
+    return vae, latents * vae.config.scaling_factor, vae_record
 
-    # 5. UNet
+
+def _text_and_unet(config: DecoderTrainConfig, out: Path, anchors, vectors, latents, labels, progress: bool, say):
+    """Step 5: the UNet, trained on each image's own conditioning (text states computed once)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .models import PromptConditioner, decoder_unet
+
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder")
     conditioner = PromptConditioner(tokenizer, text_encoder)
     torch.manual_seed(config.seed)
     unet = decoder_unet(config.image_size, config.latent_channels, config.unet_channels, config.cross_attention_dim)
-    t2 = time.perf_counter()
     states = text_states(conditioner, vectors, progress=progress)
-    unet_record = train_unet(
-        unet, latents, states, labels_t, conditioner(anchor_t), conditioner.empty_states(), config, progress
-    )
-    del states
-    timings["unet_s"] = time.perf_counter() - t2
+    anchor_states = conditioner(torch.from_numpy(anchors))
+    unet_record = train_unet(unet, latents, states, labels, anchor_states, conditioner.empty_states(), config, progress)
     say(f"unet: final denoising loss {unet_record['final_loss']:.4f}")
+    return unet, tokenizer, text_encoder, unet_record
 
+
+def train_decoder(
+    config: DecoderTrainConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> TrainedDecoder:
+    """Run the whole chain for ``config.profile`` and write everything into ``out`` (see the module doc)."""
+    from diffusers import StableDiffusionPipeline
+
+    from .models import decoder_scheduler
+
+    say = echo or (lambda _msg: None)
+    if config.image_size % 8:
+        raise InputError(
+            "image_size", f"must be a multiple of 8 (StableDiffusionPipeline's rule), got {config.image_size}"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = config.split().load("train", config.image_size)
+    class_names = list(train.class_names)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    anchors = _anchors(config, out, class_names, say)
+    vectors, labels, encoder_record = _image_encoder(config, train, anchors, out, progress, say)
+    t1 = time.perf_counter()
+    vae, latents, vae_record = _vae_and_latents(config, train, labels, progress, say)
+    t2 = time.perf_counter()
+    unet, tokenizer, text_encoder, unet_record = _text_and_unet(
+        config, out, anchors, vectors, latents, labels, progress, say
+    )
+    t3 = time.perf_counter()
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -387,11 +405,15 @@ def train_decoder(
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out)  # type: ignore[attr-defined]  # diffusers' __init__ types the name as its dummy class
-    timings["total_s"] = time.perf_counter() - t0
-    timings["total_cpu_s"] = time.process_time() - cpu0
+    timings = {
+        "encoder_s": t1 - t0,
+        "vae_s": t2 - t1,
+        "unet_s": t3 - t2,
+        "total_s": time.perf_counter() - t0,
+        "total_cpu_s": time.process_time() - cpu0,
+    }
     record = {
-        "encoder_train_accuracy": enc_acc,
-        "encoder_cosine_to_anchor": float(own_cos.mean()),
+        **encoder_record,
         "n_train_images": len(train),
         "unet_parameters": sum(p.numel() for p in unet.parameters()),
         "vae_parameters": sum(p.numel() for p in vae.parameters()),
