@@ -95,28 +95,15 @@ def test_the_manifest_carries_the_margin_and_reads_back_as_the_same_verification
 
 def _store(root, margins=MARGIN):
     """A result store with the eight images' verification in their manifest rows (no margin where None)."""
-    from PIL import Image
+    from tests.helpers.stores import write_verified_images
 
-    from oodsynth.store.results import ImageRecord, ResultStore
-
-    store = ResultStore(root)
-    for i, (pct, c) in enumerate(zip(PCT, CLASSES, strict=True)):
+    rows = []
+    for i, pct in enumerate(PCT):
         diag = {"verified_id_percentile": pct, "verified_id_class": 0, "verified_max_softmax": 0.5}
         if margins is not None:
             diag["verified_margin"] = margins[i]
-        record = ImageRecord(
-            image_id=f"img-{i}",
-            class_index=int(c),
-            class_name=str(c),
-            vector_id=f"v{i}",
-            sampler="boundary_crossing",
-            seed=i,
-            model="test",
-            prompt="p",
-            diagnostics=diag,
-        )
-        assert store.write_image("dec", record, Image.new("RGB", (16, 16), (i * 20, 0, 0)))
-    return store
+        rows.append(diag)
+    return write_verified_images(root, rows, classes=list(CLASSES))
 
 
 def _ids(ds) -> list[int]:

@@ -51,28 +51,14 @@ def test_verification_checks_its_inputs(digits_lab_assets):
 
 
 def _store_with_verification(root, percentiles):
-    from PIL import Image
+    """One class ("zero"); image i verified at ``percentiles[i]`` (None: no verification fields)."""
+    from tests.helpers.stores import write_verified_images
 
-    from oodsynth.store.results import ImageRecord, ResultStore
-
-    store = ResultStore(root)
-    for i, pct in enumerate(percentiles):
-        diag = (
-            {} if pct is None else {"verified_id_percentile": pct, "verified_id_class": 0, "verified_max_softmax": 0.5}
-        )
-        record = ImageRecord(
-            image_id=f"img-{i}",
-            class_index=0,
-            class_name="zero",
-            vector_id=f"v{i}",
-            sampler="knn_boundary",
-            seed=i,
-            model="test",
-            prompt="p",
-            diagnostics=diag,
-        )
-        assert store.write_image("dec", record, Image.new("RGB", (16, 16), (i * 20, 0, 0)))
-    return store
+    verified = [
+        {} if pct is None else {"verified_id_percentile": pct, "verified_id_class": 0, "verified_max_softmax": 0.5}
+        for pct in percentiles
+    ]
+    return write_verified_images(root, verified, class_names=["zero"])
 
 
 def test_stored_outliers_keep_only_verified(tmp_path):

@@ -61,3 +61,24 @@ def make_store(root, dataset: str = "blobs", per_class: int = 4, seed: int = 0, 
             )
             assert store.write_image(dataset, record, img)
     return store
+
+
+def write_verified_images(root, diagnostics: list[dict], classes: list[int] | None = None, class_names=None):
+    """Dataset "dec": image i (a flat 16 px colour) with ``diagnostics[i]`` in its manifest row (the worker's
+    verification fields, or none), of class ``classes[i]`` (default 0) named ``class_names[c]`` (default str(c))."""
+    store = ResultStore(root)
+    for i, diag in enumerate(diagnostics):
+        c = 0 if classes is None else int(classes[i])
+        record = ImageRecord(
+            image_id=f"img-{i}",
+            class_index=c,
+            class_name=class_names[c] if class_names else str(c),
+            vector_id=f"v{i}",
+            sampler="boundary_crossing",
+            seed=i,
+            model="test",
+            prompt="p",
+            diagnostics=diag,
+        )
+        assert store.write_image("dec", record, Image.new("RGB", (16, 16), (i * 20, 0, 0)))
+    return store
