@@ -31,8 +31,8 @@ sys.path[:0] = [str(ROOT.parent / "shared"), str(ROOT.parent), str(ROOT)]
 
 import ood_gain  # noqa: E402
 
-from oodsynth.lab import DEFAULT_ROW  # noqa: E402
 from oodsynth.lab.protocol import load_protocol  # noqa: E402
+from oodsynth.lab.rows import DECODED_RECIPE  # noqa: E402
 from oodsynth.lab.settings import LAB_SCORES  # noqa: E402
 
 ROWS = "ce,posthoc:*,decoded:boundary_crossing+verified,noise,vos,npos,mixup,cutmix"
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = json.loads((args.out / f"{name}.json").read_text())["summary"]
             cols, figures, versus_ce = [], [], []
             for pr in profiles:
-                e = summary[pr][DEFAULT_ROW]
+                e = summary[pr][DECODED_RECIPE]
                 near, far = e["near_fpr95"]["mean"], e["far_fpr95"]["mean"]
                 versus_ce.append(max(e["delta_near_fpr95"]["mean"], e["delta_far_fpr95"]["mean"]))
                 targets = ("delta_near_fpr95", "delta_far_fpr95", "peer_delta_near_fpr95", "posthoc_delta_far_fpr95")

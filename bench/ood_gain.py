@@ -156,7 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from oodsynth.data import ProfileSplit
-    from oodsynth.lab import DEFAULT_ROW, QUICK, LabSettings, RunOptions, lab_rows, profile_assets, run_benchmark
+    from oodsynth.lab import (
+        DECODED_RECIPE,
+        DEFAULT_ROW,
+        QUICK,
+        LabSettings,
+        RunOptions,
+        lab_rows,
+        profile_assets,
+        run_benchmark,
+    )
     from oodsynth.lab.protocol import TEST_GROUPS, git_state, load_protocol, pick_splits
 
     rows = lab_rows()
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
     if args.quick:
         splits = pick_splits("animals:" + "+".join(ProfileSplit.default("animals").words), profiles, protocol)
-        seeds, row_names = [0], ["ce", "noise", DEFAULT_ROW]
+        seeds, row_names = [0], list(dict.fromkeys(["ce", "noise", DECODED_RECIPE, DEFAULT_ROW]))
     else:
         splits = pick_splits(args.splits, profiles, protocol)
         # the dev splits' own seeds when only dev splits run (tuning never touches a test seed), else the test seeds

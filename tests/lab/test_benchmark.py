@@ -292,6 +292,43 @@ def test_pooled_report_pairs_by_split_and_seed_credits_noise_fairly_and_names_th
     assert "not measured" in lines[3]
 
 
+def test_the_best_peer_is_paired_with_the_runner_up_and_marked_in_the_table():
+    """A recipe that is itself a peer (``noise+cutmix``) must still meet its strongest rival: the best peer is
+    paired with the second best, every other row with the best, and the table marks the exception."""
+    from oodsynth.lab.report import markdown_table
+
+    def cell(row, seed, near, kind):
+        return {
+            "profile": "animals",
+            "split": "animals:a",
+            "split_name": "test-0",
+            "row": row,
+            "seed": seed,
+            "baseline": None if row == "ce" else "ce",
+            "kind": kind,
+            "noise_outliers": False,
+            "seconds": 1.0,
+            "near_fpr95": near,
+            "near_auroc": 1 - near,
+            "far_fpr95": 0.5,
+            "far_auroc": 0.5,
+            "far_kinds": {},
+            "id_accuracy": 0.9,
+        }
+
+    near = {"ce": [0.6, 0.7, 0.5], "best": [0.40, 0.45, 0.35], "second": [0.50, 0.52, 0.41], "ours": [0.45] * 3}
+    kinds = {"ce": "baseline", "best": "peer", "second": "peer", "ours": "ours"}
+    cells = [cell(r, i, v, kinds[r]) for r, vs in near.items() for i, v in enumerate(vs)]
+    s = summarise(cells)["animals"]
+    assert s["ours"]["best_peer"] == "best" and s["second"]["best_peer"] == "best"
+    assert s["best"]["best_peer"] == "second"
+    assert s["best"]["peer_delta_near_fpr95"]["mean"] == pytest.approx(np.mean([-0.10, -0.07, -0.06]))
+    table = markdown_table(summarise(cells), "animals")
+    assert "Δ near FPR95 vs best peer (best)" in table
+    best_line = next(line for line in table.splitlines() if line.startswith("| best |"))
+    assert "(vs second)" in best_line
+
+
 def test_rows_registry():
     rows = lab_rows()
     assert list(rows)[:3] == ["ce", "density", "noise"]

@@ -32,7 +32,7 @@ from .assets import LabAssets, fit_assets, fit_path, profile_assets, train_local
 from .cells import Cell, CellNotRun, CellOutcome, LabData, Row, decoded_inliers, pretrained_detector
 from .pools import DecodedPool, decoded_inlier_pool, decoded_pool, pool_path
 from .report import METRICS, markdown_table, paired_deltas, summarise
-from .rows import DEFAULT_ROW, feature_outliers_available, lab_rows
+from .rows import DECODED_RECIPE, DEFAULT_ROW, feature_outliers_available, lab_rows
 from .runner import RunOptions, cell_path, metrics_of, run_benchmark, run_cell, twin_name, write_results
 from .settings import FROM_SCRATCH, QUICK, LabSettings
 
@@ -40,6 +40,7 @@ __all__ = [
     "Cell",
     "CellNotRun",
     "CellOutcome",
+    "DECODED_RECIPE",
     "DEFAULT_ROW",
     "DecodedPool",
     "FROM_SCRATCH",

@@ -10,6 +10,8 @@ own training distribution.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from ..offline_decoder.gate import gate_line
@@ -134,20 +136,21 @@ def summarise(cells: list[dict], against: str | None = None) -> dict:
 
 def _pair_with_best(profile: str, rows: dict, by: dict, twins: set) -> None:
     """Name the best peer (lowest near FPR95) and the best post-hoc detector (lowest far FPR95), ranked by their
-    mean paired Δ to CE (so a row that ran on fewer or easier splits is not favoured), and pair every row that
-    is neither with them."""
+    mean paired Δ to CE (so a row that ran on fewer or easier splits is not favoured), and pair every row with
+    the best one other than itself: the best peer is compared with the runner-up, so a recipe that is itself a
+    peer (``noise+cutmix``) still meets its strongest rival."""
     peers = {r: e for r, e in rows.items() if e["kind"] in PEER_KINDS and r not in twins}
     posthoc = {r: e for r, e in peers.items() if e["kind"] == "posthoc"}
     for prefix, pool, metric in (("peer", peers, "near_fpr95"), ("posthoc", posthoc, "far_fpr95")):
-        if not pool:
-            continue
-        best = min(pool, key=lambda r: (pool[r].get(f"delta_{metric}") or pool[r][metric])["mean"])
+        ranked = sorted(pool, key=lambda r: (pool[r].get(f"delta_{metric}") or pool[r][metric])["mean"])
         for row, entry in rows.items():
+            best = next((r for r in ranked if r != row), None)
+            if best is None:
+                continue
             entry[f"best_{prefix}"] = best
-            if row != best:
-                entry.update(
-                    {f"{prefix}_delta_{m}": d for m, d in paired_deltas(by[profile, row], by[profile, best]).items()}
-                )
+            entry.update(
+                {f"{prefix}_delta_{m}": d for m, d in paired_deltas(by[profile, row], by[profile, best]).items()}
+            )
 
 
 def _ms(e: dict) -> str:
@@ -191,8 +194,13 @@ def markdown_table(summary: dict, profile: str) -> str:
 
 
 def _main_table(rows: dict) -> list[str]:
-    any_entry = next(iter(rows.values()))
-    best_peer, best_posthoc = any_entry.get("best_peer"), any_entry.get("best_posthoc")
+    # the header names the best of each pool; the best itself is paired with the runner-up, marked in its cell
+    best_peer, best_posthoc = (
+        Counter(e[key] for e in rows.values() if key in e).most_common(1)[0][0]
+        if any(key in e for e in rows.values())
+        else None
+        for key in ("best_peer", "best_posthoc")
+    )
     lines = [
         "| row | near FPR95 ↓ | near AUROC ↑ | far FPR95 ↓ | far AUROC ↑ | Δ near FPR95 vs CE | Δ near AUROC vs CE "
         f"| Δ far FPR95 vs CE | Δ near FPR95 vs best peer ({best_peer or '–'}) "
@@ -205,10 +213,16 @@ def _main_table(rows: dict) -> list[str]:
         lines.append(
             f"| {row}{base}{mark} | {_ms(e['near_fpr95'])} | {_ms(e['near_auroc'])} | {_ms(e['far_fpr95'])} | "
             f"{_ms(e['far_auroc'])} | {_delta(e, 'near_fpr95')} | {_delta(e, 'near_auroc')} | "
-            f"{_delta(e, 'far_fpr95')} | {_delta(e, 'near_fpr95', 'peer_delta')} | {_delta(e, 'far_fpr95', 'posthoc_delta')} | "
+            f"{_delta(e, 'far_fpr95')} | {_delta(e, 'near_fpr95', 'peer_delta')}{_versus(e, 'best_peer', best_peer)} | "
+            f"{_delta(e, 'far_fpr95', 'posthoc_delta')}{_versus(e, 'best_posthoc', best_posthoc)} | "
             f"{100 * e['id_accuracy']['mean']:.1f} | {e['n_splits']} × {e['n_seeds'] // max(1, e['n_splits'])} |"
         )
     return lines
+
+
+def _versus(entry: dict, key: str, header: str | None) -> str:
+    """ " (vs X)" where the row was paired with another than the column's header (it is the header's row)."""
+    return f" (vs {entry[key]})" if entry.get(key) not in (None, header) else ""
 
 
 def _far_kinds_table(rows: dict) -> list[str]:
