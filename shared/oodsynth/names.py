@@ -16,7 +16,10 @@ import unicodedata
 
 from .errors import InputError
 
-MAX_NAME_LENGTH = 128
+MAX_NAME_LENGTH = 128  # bytes of the NFC form's UTF-8: one path component (<= 255) with room to spare
+MAX_COMPONENT_BYTES = 255  # what a file system (ext4, APFS, NTFS) or an S3 key segment holds in one component
+# Names the result store gives its own entries beside the class folders of a dataset (store/results.py).
+RESERVED_NAMES = frozenset({"manifest", "manifest.jsonl"})
 
 # Characters that read as '.', '/' or '\' but are their own code points, so NFKC keeps them (the
 # compatibility forms, e.g. fullwidth U+FF0E/U+FF0F or the leader dots U+2024/U+2025, fail the NFKC test).
@@ -51,13 +54,18 @@ def validate_name(field: str, value: object) -> str:
     """
     if not isinstance(value, str) or not value.strip():
         raise InputError(field, "must be a non-empty name")
-    if len(value) > MAX_NAME_LENGTH:
-        raise InputError(field, f"must be at most {MAX_NAME_LENGTH} characters (got {len(value)})")
+    if len(value) > MAX_NAME_LENGTH:  # every character is at least one byte: no need to encode a huge string
+        raise InputError(field, f"must be at most {MAX_NAME_LENGTH} bytes of UTF-8 (got {len(value)} characters)")
     value = normalize_name(value)
     for c in value:
         why = _refused_character(c)
         if why:
             raise InputError(field, f"must be printable plain text: it contains U+{ord(c):04X} ({why})")
+    size = len(value.encode("utf-8"))
+    if size > MAX_NAME_LENGTH:
+        raise InputError(field, f"must be at most {MAX_NAME_LENGTH} bytes of UTF-8 (got {size} bytes)")
+    if value.casefold() in RESERVED_NAMES:
+        raise InputError(field, f"{value!r} is reserved: the result store names its own files so")
     if "/" in value or "\\" in value:
         raise InputError(field, f"{value!r} must be one name, without path separators ('/' or '\\')")
     if value.startswith("."):  # covers '.' and '..', and hidden folders
@@ -65,6 +73,11 @@ def validate_name(field: str, value: object) -> str:
     if value != value.strip():
         raise InputError(field, f"{value!r} must not start or end with spaces")
     return value
+
+
+def component_fits(segment: str) -> bool:
+    """Whether ``segment`` can be one path component: at most 255 bytes of UTF-8 (the file system's limit)."""
+    return len(segment) <= MAX_COMPONENT_BYTES and len(segment.encode("utf-8", "surrogatepass")) <= MAX_COMPONENT_BYTES
 
 
 def is_valid_name(value: object) -> bool:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, Response
 
 from oodsynth.config import Settings
+from oodsynth.names import normalize_name
 from oodsynth.service.gallery import GalleryQuery, gallery_image, gallery_page, render_gallery
 from oodsynth.store.results import ResultStore
 
@@ -52,7 +53,7 @@ def gallery(
     settings: Settings = Depends(get_settings_dep),
 ) -> HTMLResponse:
     """HTML: images per class with sampler, verification and diagnostics; filter by class, sampler, verified."""
-    return HTMLResponse(render_gallery(gallery_page(_store(settings), name, query)))
+    return HTMLResponse(render_gallery(gallery_page(_store(settings), normalize_name(name), query)))
 
 
 @router.get(
@@ -64,5 +65,5 @@ def gallery(
 )
 def image(name: str, path: str, settings: Settings = Depends(get_settings_dep)) -> Response:
     """The PNG at ``<class>/<image_id>.png`` of the dataset (only paths its manifest lists)."""
-    data = gallery_image(_store(settings), name, path)
+    data = gallery_image(_store(settings), normalize_name(name), normalize_name(path))  # stored as NFC
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -10,6 +10,7 @@ import pydantic
 
 from ..config import Settings
 from ..errors import InputError
+from ..names import normalize_name
 from ..samplers import DEFAULT_METHOD
 from ..state.fits import FitRegistry
 from ..state.samples import SampleRegistry, StoredSample
@@ -140,7 +141,7 @@ def resolve_classes(class_names: Sequence[str], requested: Sequence[int | str] |
         return None
     if len(requested) == 0:
         raise InputError("classes", "give at least one class, or leave classes out for all of them")
-    by_name = {str(n): i for i, n in enumerate(class_names)}
+    by_name = {normalize_name(str(n)): i for i, n in enumerate(class_names)}
     out: list[int] = []
     for pos, item in enumerate(requested):
         if isinstance(item, (bool, np.bool_)):
@@ -150,9 +151,10 @@ def resolve_classes(class_names: Sequence[str], requested: Sequence[int | str] |
             if not 0 <= idx < len(class_names):
                 raise InputError(f"classes[{pos}]", f"class index {idx} is out of range [0, {len(class_names)})")
         elif isinstance(item, str):
-            if item not in by_name:
+            name = normalize_name(item)  # class names are stored NFC: a decomposed spelling names the same class
+            if name not in by_name:
                 raise InputError(f"classes[{pos}]", f"unknown class name {item!r}")
-            idx = by_name[item]
+            idx = by_name[name]
         else:
             raise InputError(f"classes[{pos}]", f"expected a class index or name, got {type(item).__name__}")
         if idx not in out:

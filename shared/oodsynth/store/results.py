@@ -39,7 +39,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from ..names import validate_name
+from ..names import RESERVED_NAMES, component_fits, validate_name
 from .backends import LOCK, TEMP_SUFFIX, Backend, open_backend
 
 LEGACY_MANIFEST = "manifest.jsonl"  # a single append-only manifest file: read, never written
@@ -48,6 +48,9 @@ SHARD_SUFFIX = ".jsonl"
 # An image without a row, created by another writer, is adopted after this long: far more than
 # the one PUT between an image and its row, so a live writer is never raced for its own row.
 ADOPT_AFTER_S = 600.0
+
+# The store's own entries in a dataset folder are names no dataset, class or fit may take.
+assert {SHARDS, LEGACY_MANIFEST} <= RESERVED_NAMES
 
 _UNSAFE = re.compile(r"[\\/\x00]")
 # Per process: (store url, dataset) -> manifest object key -> (version token, image_ids in it).
@@ -310,7 +313,13 @@ class ResultStore:
         return out
 
     def read_bytes(self, path: str) -> bytes:
-        """The bytes of a stored file, by its path relative to the root (``ImageRecord.path``)."""
+        """The bytes of a stored file, by its path relative to the root (``ImageRecord.path``).
+
+        A path with a component no file system holds (over 255 bytes) names nothing: FileNotFoundError,
+        not the disk's "File name too long" or the bucket's refusal.
+        """
+        if not all(component_fits(part) for part in path.split("/")):
+            raise FileNotFoundError(f"{self.url}/{path[:200]}...")
         data = self.backend.read(path)
         if data is None:
             raise FileNotFoundError(f"{self.url}/{path}")
