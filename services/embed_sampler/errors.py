@@ -20,11 +20,12 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from oodsynth.errors import OodsynthError, Unavailable, pydantic_message, split_field
+from oodsynth.errors import OodsynthError, Unavailable, join_loc, pydantic_message, split_field
 from oodsynth.redact import redact_paths
+from oodsynth.service.gallery_html import render_error
 
 from .limits import body_limit, too_large
 
@@ -88,16 +89,32 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def wants_html(request: Request) -> bool:
+    """A browser (``Accept: text/html``) asking for an HTML page (the gallery) gets its errors as a page too."""
+    route_class = getattr(request.scope.get("route"), "response_class", None)
+    route_class = getattr(route_class, "value", route_class)  # FastAPI's DefaultPlaceholder
+    html_route = isinstance(route_class, type) and issubclass(route_class, HTMLResponse)
+    return html_route and "text/html" in request.headers.get("accept", "")
+
+
+def answer(request: Request, detail: list[dict], status: int, headers: dict | None = None) -> Response:
+    """The ``detail`` list as JSON, or as an HTML page where ``wants_html``."""
+    if wants_html(request):
+        errors = [(join_loc(e["loc"]), str(e["msg"])) for e in detail]
+        return HTMLResponse(render_error(status, errors, dict(request.query_params)), status, headers=headers)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
         errors = []
         for e in exc.errors():
             e = {**e, "msg": pydantic_message(e)}  # the same text the library's InputError.from_pydantic gives
             if len(repr(e.get("input"))) > MAX_ECHOED_INPUT:  # never echo megabytes of rejected input back
                 e.pop("input", None)
             errors.append(jsonable_encoder(e))
-        return JSONResponse({"detail": json_safe(errors)}, status_code=422)
+        return answer(request, json_safe(errors), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -115,9 +132,9 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(OodsynthError)
-    async def _library_error(request: Request, exc: OodsynthError) -> JSONResponse:
+    async def _library_error(request: Request, exc: OodsynthError) -> Response:
         detail = [error(locate(field, request, exc), redact_paths(message), exc.type) for field, message in exc.errors]
-        return JSONResponse({"detail": detail}, status_code=exc.status, headers=getattr(exc, "headers", None))
+        return answer(request, detail, exc.status, getattr(exc, "headers", None))
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)

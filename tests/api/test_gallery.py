@@ -63,3 +63,95 @@ def test_page_filters_and_images(client):
 def test_errors_name_the_parameter(client, url, status, loc):
     r = client.get(url)
     assert r.status_code == status and r.json()["detail"][0]["loc"] == loc, r.text
+
+
+def _knn(text: str) -> list[float]:
+    return [float(v) for v in re.findall(r"k-NN ([0-9.e+-]+)", text)]
+
+
+def _pcts(text: str) -> list[float]:
+    return [float(v) for v in re.findall(r"\">ID pct ([0-9.e+-]+)", text)]  # the badge: the image's
+
+
+def test_sort_orders_the_page_and_missing_values_come_last(client):
+    asc = client.get("/datasets/blobs/gallery", params={"sort": "knn_distance", "per_page": 1000}).text
+    desc = client.get("/datasets/blobs/gallery", params={"sort": "knn_distance", "order": "desc", "per_page": 1000})
+    assert _knn(asc) == sorted(_knn(asc)) and _knn(desc.text) == sorted(_knn(asc), reverse=True)
+    cards = asc.split("<figure")[1:]
+    assert "k-NN" not in cards[-1] and "k-NN" in cards[0]  # make_store's first image per class has none: last
+    by_pct = client.get("/datasets/blobs/gallery", params={"sort": "id_percentile", "order": "desc"}).text
+    assert _pcts(by_pct) == sorted(_pcts(by_pct), reverse=True) and len(_pcts(by_pct)) == 90
+
+
+def test_range_filters_keep_only_images_inside_both_ranges(client):
+    r = client.get("/datasets/blobs/gallery", params={"id_min": 5, "id_max": 20, "knn_min": 2, "knn_max": 10})
+    assert r.status_code == 200
+    pcts, knn = _pcts(r.text), _knn(r.text)
+    assert pcts and all(5 <= p <= 20 for p in pcts) and all(2 <= k <= 10 for k in knn) and len(knn) == len(pcts)
+    assert f"{len(pcts)} images" in r.text
+
+
+def test_the_histogram_counts_every_matching_image_and_its_bars_link_to_their_range(client):
+    text = client.get("/datasets/blobs/gallery", params={"class": "dog", "per_page": 5}).text
+    counts = [int(c) for c in re.findall(r'data-count="(\d+)"', text)]
+    assert len(counts) == 20 and sum(counts) == 30  # every dog over all pages, not the 5 shown
+    assert (
+        re.search(r'<svg id="histogram"', text) and "<script src" not in text and "http" not in text.split("<main")[0]
+    )
+    href = re.search(r'<a href="([^"]+)"><title>ID percentile 5&ndash;10', text).group(1).replace("&amp;", "&")
+    narrowed = client.get(f"/datasets/blobs/gallery{href}").text
+    assert all(5 <= p <= 10 for p in _pcts(narrowed)) and "class=dog" in href
+
+
+def test_page_size_choices_and_jump_to_page(client):
+    text = client.get("/datasets/blobs/gallery", params={"per_page": 7, "page": 3, "sort": "margin"}).text
+    assert "page 3 of" in text and re.search(r"<option selected>7</option>", text)
+    jump = re.search(r'<form method="get" id="jump">(.*?)</form>', text, re.S).group(1)
+    hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', jump))
+    assert hidden == {"sort": "margin", "per_page": "7"}  # the jump form keeps the filters, not the page
+    assert 'rel="first"' in text and 'rel="last"' in text
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("page=99", "page"),
+        ("id_min=50&id_max=10", "id_max"),
+        ("knn_min=-1", "knn_min"),
+        ("knn_max=nan", "knn_max"),
+        ("id_max=101", "id_max"),
+        ("sort=size", "sort"),
+        ("order=up", "order"),
+        ("per_page=0", "per_page"),
+        ("class=cow", "class"),
+    ],
+)
+def test_a_browser_gets_bad_queries_as_a_page_naming_the_field(client, query, field):
+    r = client.get(f"/datasets/blobs/gallery?class=dog&{query}", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("text/html"), r.text
+    assert f'<li data-field="{field}">' in r.text and "<h1>422" in r.text
+    retry = re.search(r'id="retry" href="([^"]*)"|href="([^"]*)" id="retry"', r.text)
+    assert retry and f"{field}=" not in retry.group(0) and "page=" not in retry.group(0)
+    assert client.get(f"/datasets/blobs/gallery?{query}").json()["detail"][0]["loc"] == ["query", field]
+
+
+def test_a_browser_gets_a_missing_dataset_as_a_404_page(client):
+    r = client.get("/datasets/nope/gallery", headers={"Accept": "text/html"})
+    assert r.status_code == 404 and "<h1>404 · Not found" in r.text and '<li data-field="name">' in r.text
+
+
+def test_links_of_a_class_named_with_url_characters_reach_it(tmp_path, settings_env):
+    """A class named ``a#b?c%d`` (issue 32): its image src and filter links are percent-encoded and resolve."""
+    from tests.helpers.stores import write_verified_images
+
+    write_verified_images(tmp_path, [{"verified_id_percentile": 3.0}, {}], [0, 1], ["a#b?c%d", "plain"])
+    settings_env(STORE=tmp_path)
+    client = TestClient(create_app())
+    text = client.get("/datasets/dec/gallery", params={"class": "a#b?c%d"}).text
+    assert text.count("<figure") == 1
+    src = re.search(r'src="(images/[^"]+)"', text).group(1)
+    assert src.startswith("images/a%23b%3Fc%25d/")
+    assert client.get(f"/datasets/dec/{src}").content[:4] == b"\x89PNG"
+    href = re.search(r'<a href="([^"]+)"><title>ID percentile 0', text).group(1).replace("&amp;", "&")
+    assert "class=a%23b%3Fc%25d" in href
+    assert client.get(f"/datasets/dec/gallery{href}").text.count("<figure") == 1

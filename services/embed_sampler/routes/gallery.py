@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from oodsynth.config import Settings
 from oodsynth.names import normalize_name
-from oodsynth.service.gallery import GalleryQuery, gallery_image, gallery_page, render_gallery
+from oodsynth.service.gallery import GalleryQuery, gallery_image, gallery_page
+from oodsynth.service.gallery_html import render_gallery
 from oodsynth.store.results import ResultStore
 
 from ..auth import READ
@@ -26,9 +27,17 @@ router = APIRouter(tags=["gallery"])
 _stores: dict[str, ResultStore] = {}  # one per store URL: it keeps the parsed manifest shards between requests
 _lock = threading.Lock()
 
+_BOTH = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}},
+    "text/html": {"schema": {"type": "string"}},  # to a browser (Accept: text/html): the same errors as a page
+}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such dataset or image in the store."},
     422: {"description": "Bad filter or page; `detail[].loc` names the query parameter."},
+}
+PAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such dataset in the store.", "content": _BOTH},
+    422: {"description": "Bad filter, range or page; `detail[].loc` names the query parameter.", "content": _BOTH},
 }
 
 
@@ -44,7 +53,7 @@ def _store(settings: Settings) -> ResultStore:
     "/datasets/{name}/gallery",
     dependencies=[READ],
     response_class=HTMLResponse,
-    responses=ERROR_RESPONSES,
+    responses=PAGE_ERRORS,
     summary="A page of the dataset's images with their manifest fields",
 )
 def gallery(
@@ -52,7 +61,8 @@ def gallery(
     query: Annotated[GalleryQuery, Query()],
     settings: Settings = Depends(get_settings_dep),
 ) -> HTMLResponse:
-    """HTML: images per class with sampler, verification and diagnostics; filter by class, sampler, verified."""
+    """HTML: images with sampler, verification and diagnostics; filter by class, sampler, verified, ID percentile
+    and k-NN distance ranges; sort by ID percentile, k-NN distance or margin; a histogram of the ID percentiles."""
     return HTMLResponse(render_gallery(gallery_page(_store(settings), normalize_name(name), query)))
 
 

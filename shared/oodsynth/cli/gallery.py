@@ -17,16 +17,26 @@ def gallery_app(store, dataset: str):
     from typing import Annotated
 
     from fastapi import FastAPI, Query
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-    from ..errors import OodsynthError
-    from ..service.gallery import GalleryQuery, gallery_image, gallery_page, render_gallery
+    from ..errors import InputError, OodsynthError, join_loc, pydantic_message
+    from ..service.gallery import GalleryQuery, gallery_image, gallery_page
+    from ..service.gallery_html import render_error, render_gallery
 
     web = FastAPI(title=f"oodsynth gallery: {dataset}", docs_url=None, redoc_url=None)
 
     @web.exception_handler(OodsynthError)
-    async def typed(request, exc: OodsynthError):  # the one line the CLI prints, as a page
+    async def typed(request, exc: OodsynthError):  # a page for a browser, else the one line the CLI prints
+        if "text/html" in request.headers.get("accept", ""):
+            page = render_error(exc.status, exc.errors, dict(request.query_params))
+            return HTMLResponse(page, status_code=exc.status)
         return Response(f"{exc.field}: {exc.message}", status_code=exc.status, media_type="text/plain")
+
+    @web.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):  # a bad query parameter: 422 naming it, as above
+        errors = [(join_loc(e["loc"]), pydantic_message(e)) for e in exc.errors()]
+        return await typed(request, InputError(*errors[0], errors=errors))
 
     @web.get("/")
     def home():

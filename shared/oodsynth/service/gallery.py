@@ -1,21 +1,17 @@
-"""The gallery use case: a page of stored images with their manifest fields, filtered and paginated, as HTML.
+"""The gallery use case: a page of stored images with their manifest fields, filtered, sorted and paginated.
 
-One renderer for both surfaces: ``GET /datasets/{name}/gallery`` on the API and ``oodsynth gallery`` (a folder
-store, no API). The page links its images as ``images/<class>/<id>.png`` relative to itself, so both serve them
-at ``/datasets/{name}/images/...`` through ``gallery_image``. Server-rendered with Jinja2 (autoescaped); the
-only script is the filter form's submit on change. Torch-free, like the API.
+One query model and one selection for both surfaces: ``GET /datasets/{name}/gallery`` on the API and
+``oodsynth gallery`` (a folder store, no API); ``gallery_html`` renders the page. The page links its images as
+``images/<class>/<id>.png`` relative to itself, so both serve them at ``/datasets/{name}/images/...`` through
+``gallery_image``. Torch-free, like the API.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,8 +26,19 @@ MAX_PER_PAGE = 1000
 _IMAGE_PATH = re.compile(r"(?P<folder>[^/\\\x00]+)/[A-Za-z0-9_.\-]+\.png")  # store.results' class folder / image id
 
 
+SortKey = Literal["class", "id_percentile", "knn_distance", "margin", "vector_id_percentile"]
+# The manifest diagnostic each sort key reads; "class" sorts by class, then image id.
+SORT_FIELDS = {
+    "id_percentile": VERIFIED_KEY,  # the decoded image's, re-encoded (what "verified" judges)
+    "knn_distance": "knn_distance",
+    "margin": "margin",
+    "vector_id_percentile": "id_percentile",  # the sampled vector's, before decoding
+}
+PAGE_SIZES = (25, 50, 100, 200, 500, 1000)
+
+
 class GalleryQuery(BaseModel):
-    """The page's filters (query parameters); empty means any."""
+    """The page's filters, order and page (query parameters); empty means any."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -40,14 +47,29 @@ class GalleryQuery(BaseModel):
     verified: Literal["yes", "no"] | None = Field(
         None, description=f"yes: re-encoded at or below ID percentile {VERIFIED_AT:g}; no: above it or unverified."
     )
+    sort: SortKey = Field(
+        "class",
+        description="Order: by class; by the image's re-encoded ID percentile; by the vector's k-NN distance, "
+        "anchor margin or ID percentile. Images without the value come last.",
+    )
+    order: Literal["asc", "desc"] = Field("asc", description="Ascending or descending.")
+    id_min: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="Lowest image ID percentile.")
+    id_max: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="Highest image ID percentile.")
+    knn_min: float | None = Field(None, ge=0, allow_inf_nan=False, description="Lowest k-NN distance.")
+    knn_max: float | None = Field(None, ge=0, allow_inf_nan=False, description="Highest k-NN distance.")
     page: int = Field(1, ge=1)
     per_page: int = Field(100, ge=1, le=MAX_PER_PAGE)
 
-    @field_validator("class_name", "sampler", "verified", mode="before")
+    @field_validator("class_name", "sampler", "verified", "id_min", "id_max", "knn_min", "knn_max", mode="before")
     @classmethod
     def _any(cls, value: object) -> object:
         """The form sends "any" as an empty value."""
         return None if value == "" else value
+
+    def params(self, **change: Any) -> dict[str, Any]:
+        """The query string's parameters (defaults left out), with ``change`` applied: what links carry."""
+        values = {**self.model_dump(by_alias=True, exclude_defaults=True), **change}
+        return {k: v for k, v in values.items() if v is not None and v != ""}
 
 
 @dataclass
@@ -60,6 +82,7 @@ class GalleryPage:
     classes: list[str]
     samplers: list[str]
     class_names: dict[int, str]  # class index -> name, for the class pair of boundary samplers (target_class)
+    id_percentiles: list[float]  # the image ID percentile of every matching image that has one (the histogram's)
 
     @property
     def pages(self) -> int:
@@ -71,6 +94,56 @@ def is_verified(record: ImageRecord) -> bool:
     return value is not None and float(value) <= VERIFIED_AT
 
 
+def _value(record: ImageRecord, key: str) -> float | None:
+    """A numeric diagnostic, or None when absent or not a finite number."""
+    value = record.diagnostics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _in_range(value: float | None, low: float | None, high: float | None) -> bool:
+    if low is None and high is None:
+        return True
+    return value is not None and (low is None or value >= low) and (high is None or value <= high)
+
+
+def _check(query: GalleryQuery, dataset: str, classes: list[str], samplers: list[str]) -> None:
+    """Filter values that cannot match: an unknown class or sampler, an empty range; each names its field."""
+    if query.class_name and query.class_name not in classes:
+        raise InputError("class", f"no class {query.class_name!r} in {dataset} (classes: {classes[:20]})")
+    if query.sampler and query.sampler not in samplers:
+        raise InputError("sampler", f"no sampler {query.sampler!r} in {dataset} (samplers: {samplers})")
+    for low, high in (("id_min", "id_max"), ("knn_min", "knn_max")):
+        lo, hi = getattr(query, low), getattr(query, high)
+        if lo is not None and hi is not None and lo > hi:
+            raise InputError(high, f"{high}={hi:g} is below {low}={lo:g}")
+
+
+def _matches(query: GalleryQuery, r: ImageRecord) -> bool:
+    return (
+        (not query.class_name or r.class_name == query.class_name)
+        and (not query.sampler or r.sampler == query.sampler)
+        and (query.verified is None or is_verified(r) == (query.verified == "yes"))
+        and _in_range(_value(r, VERIFIED_KEY), query.id_min, query.id_max)
+        and _in_range(_value(r, "knn_distance"), query.knn_min, query.knn_max)
+    )
+
+
+def _sort(records: list[ImageRecord], query: GalleryQuery) -> None:
+    """In place: by the chosen key (missing values last, in either order), ties by class and image id."""
+    records.sort(key=lambda r: (r.class_index, r.image_id))
+    if query.sort == "class":
+        if query.order == "desc":
+            records.reverse()
+        return
+    key = SORT_FIELDS[query.sort]
+    present = [r for r in records if _value(r, key) is not None]
+    missing = [r for r in records if _value(r, key) is None]
+    present.sort(key=lambda r: _value(r, key) or 0.0, reverse=query.order == "desc")  # stable: ties keep order
+    records[:] = present + missing
+
+
 def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery) -> GalleryPage:
     """The records of one page; a filter value that matches nothing known names its field."""
     if dataset not in store.datasets():
@@ -78,25 +151,16 @@ def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery) -> Galle
     records = store.records(dataset)
     classes = sorted({r.class_name for r in records})
     samplers = sorted({r.sampler for r in records})
-    if query.class_name and query.class_name not in classes:
-        raise InputError("class", f"no class {query.class_name!r} in {dataset} (classes: {classes[:20]})")
-    if query.sampler and query.sampler not in samplers:
-        raise InputError("sampler", f"no sampler {query.sampler!r} in {dataset} (samplers: {samplers})")
-    chosen = [
-        r
-        for r in records
-        if (not query.class_name or r.class_name == query.class_name)
-        and (not query.sampler or r.sampler == query.sampler)
-        and (query.verified is None or is_verified(r) == (query.verified == "yes"))
-    ]
-    chosen.sort(key=lambda r: (r.class_index, r.image_id))
+    _check(query, dataset, classes, samplers)
+    chosen = [r for r in records if _matches(query, r)]
+    _sort(chosen, query)
     start = (query.page - 1) * query.per_page
     if chosen and start >= len(chosen):
         raise InputError("page", f"page {query.page} is past the last ({math.ceil(len(chosen) / query.per_page)})")
     names = {r.class_index: r.class_name for r in records}
-    return GalleryPage(
-        dataset, store.url, query, chosen[start : start + query.per_page], len(chosen), classes, samplers, names
-    )
+    percentiles = [v for v in (_value(r, VERIFIED_KEY) for r in chosen) if v is not None]
+    page = chosen[start : start + query.per_page]
+    return GalleryPage(dataset, store.url, query, page, len(chosen), classes, samplers, names, percentiles)
 
 
 def gallery_image(store: ResultStore, dataset: str, path: str) -> bytes:
@@ -113,60 +177,3 @@ def gallery_image(store: ResultStore, dataset: str, path: str) -> bytes:
         return store.read_bytes(f"{dataset}/{path}")
     except FileNotFoundError:
         raise NotFound("path", f"no image {path!r} in dataset {dataset!r}") from None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return "" if value is None else str(value)
-
-
-@lru_cache(maxsize=1)
-def _template():
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    env = Environment(
-        loader=FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["fmt"] = _fmt
-    return env.get_template("gallery.html")
-
-
-def render_gallery(page: GalleryPage) -> str:
-    """The HTML page (images linked relative to it, as ``images/<class>/<id>.png``)."""
-    q = page.query
-
-    def link(**change) -> str:
-        params = {"class": q.class_name, "sampler": q.sampler, "verified": q.verified, "per_page": q.per_page}
-        params.update(change)
-        return "?" + urlencode({k: v for k, v in params.items() if v not in (None, "")})
-
-    cards = []
-    for r in page.records:
-        diag = r.diagnostics
-        target = diag.get("target_class")
-        cards.append(
-            {
-                "src": "images/" + r.path.split("/", 1)[1],
-                "record": r,
-                "verified": is_verified(r),
-                "verified_pct": diag.get(VERIFIED_KEY),
-                "fields": {k: v for k, v in r.model_dump().items() if k not in ("diagnostics", "decode")},
-                "diagnostics": diag,
-                "decode": r.decode,
-                "pair": page.class_names.get(int(target), str(target)) if isinstance(target, (int, float)) else None,
-            }
-        )
-    return _template().render(
-        page=page,
-        q=q,
-        cards=cards,
-        verified_at=VERIFIED_AT,
-        prev_link=link(page=q.page - 1) if q.page > 1 else None,
-        next_link=link(page=q.page + 1) if q.page < page.pages else None,
-    )
