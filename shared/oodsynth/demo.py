@@ -53,6 +53,9 @@ class DemoConfig:
     dataset: str = "demo"
     seed: int = 0
     timeout_s: float = 600.0
+    # The worker re-encodes each image with the decoder's encoder (the bank's), so the gallery and train-ood
+    # see verified and rejected outliers; the tiny model has no encoder and its images stay unverified.
+    verify: bool = True
 
 
 @dataclass
@@ -94,6 +97,7 @@ class DemoModel:
     bank: FeatureBank
     decode: dict
     description: str
+    encoder: Path | None = None  # the checkpoint the bank's features came from: the worker verifies with it
 
 
 def demo_model(home: Path, config: DemoConfig, echo: Callable[[str], None]) -> DemoModel:
@@ -116,7 +120,8 @@ def demo_model(home: Path, config: DemoConfig, echo: Callable[[str], None]) -> D
         decode["steps"] = config.steps
     if config.size:
         decode["height"] = decode["width"] = config.size
-    return DemoModel(assets.decoder_dir, bank, decode, f"the trained {config.profile} decoder")
+    description = f"the trained {config.profile} decoder"
+    return DemoModel(assets.decoder_dir, bank, decode, description, assets.encoder_checkpoint)
 
 
 def toy_bank(model_dir: Path, config: DemoConfig):
@@ -243,6 +248,8 @@ def run_demo(
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "HF_HUB_OFFLINE": "1",
         }
+        if config.verify and model.encoder is not None:
+            env["OODSYNTH_ENCODER_CHECKPOINT"] = str(model.encoder)
         procs = _Processes(log_dir, env)
         port = free_port()
         api_url = f"http://127.0.0.1:{port}"
