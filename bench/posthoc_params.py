@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, settings_grid in GRID.items():
                 for setting in settings_grid:
                     det = build_detector(name, clf, **setting).fit(feats["train"])
-                    id_score = -det.score(feats["id"])
-                    fpr = {s: ood_metrics(id_score, -det.score(feats[s]))["fpr95"] for s in ood_sets}
+                    id_score = det.score(feats["id"])  # higher = more ID (training.api.SCORE_SIGN)
+                    fpr = {s: ood_metrics(id_score, det.score(feats[s]))["fpr95"] for s in ood_sets}
                     near = np.mean([v for s, v in fpr.items() if s.startswith("near:")])
                     far = np.mean([v for s, v in fpr.items() if s.startswith("far:")])
                     figures.setdefault((name, repr(setting)), []).append((near, far))

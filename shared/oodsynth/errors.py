@@ -7,6 +7,7 @@ through the API, the CLI and the Python client:
 error      HTTP     CLI (one line ``error: <field>: <message>``)
 ========== ======== ===========================================
 InputError 422      exit 2
+NoOODSets  422      exit 2 (an InputError on ``ood``)
 NotFound   404      exit 2
 Conflict   409      exit 2
 Unavailable 503     exit 1
@@ -102,6 +103,16 @@ class InputError(OodsynthError, ValueError):
     exit_code = 2
 
 
+class NoOODSets(InputError):
+    """An evaluation was asked for without an OOD set, or with an empty one (HTTP 422, CLI exit 2; field ``ood``)."""
+
+    def __init__(self, message: str = "give at least one OOD set (--ood)", *, errors=None):
+        super().__init__("ood", message, errors=errors)
+
+    def __reduce__(self):  # picklable: the field is fixed
+        return NoOODSets, (self.message,)
+
+
 class NotFound(OodsynthError, KeyError):
     """A named thing (fit, sample, job) does not exist or has expired (HTTP 404, CLI exit 2)."""
 
@@ -166,6 +177,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "InputError",
+    "NoOODSets",
     "NotFound",
     "OodsynthError",
     "TooBusy",

@@ -135,7 +135,7 @@ def test_evaluate_detectors_matches_the_cli_route(setup):
     report = evaluate_detectors(clf, train, test, {"digits:ood": ood}, names=["energy", "react"])
     assert list(report.results) == ["energy", "react"]
     react = build_detector("react", clf).fit(train)
-    expected = ood_metrics(-react.score(test), -react.score(ood))
+    expected = ood_metrics(react.score(test), react.score(ood))  # higher = more ID, as the report takes them
     assert {k: report.results["react"]["digits:ood"][k] for k in expected} == expected
 
 
@@ -191,7 +191,8 @@ def test_a_fused_detector_sums_its_parts_standardised_on_held_out_id_scores(setu
     train_feats = extract(clf, train)
     assert np.allclose(knn.score(train_feats), 0, atol=1e-5)
     (mu_e, sd_e), (mu_k, sd_k) = fused.scale
-    assert sd_k > 0.01 and mu_k > 0.01 and sd_e > 0.01
+    # higher = more ID: a held-out k=1 distance, negated, sits below zero
+    assert sd_k > 0.01 and mu_k < -0.01 and sd_e > 0.01
     feats = extract(clf, test)
     expected = (energy.score(feats) - mu_e) / sd_e + (knn.score(feats) - mu_k) / sd_k
     np.testing.assert_allclose(fused.score(feats), expected, rtol=1e-9)

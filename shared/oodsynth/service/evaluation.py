@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, NoOODSets
 from .assignments import split_assignment
 
 DEFAULT_SCORES = ("energy", "phi")
@@ -154,7 +154,7 @@ def evaluate_scores(
         image_size, class_names = image_size or enc.config.image_size, enc.class_names
     ood = list(ood or default_ood_specs(dataset))
     if not ood:
-        raise InputError("ood", "give at least one OOD set with --ood")
+        raise NoOODSets("give at least one OOD set with --ood")
     assert class_names is not None  # every score needs a checkpoint or an encoder, and both name the classes
     id_data = load_data(dataset, "test", data_root, image_size)
     if list(id_data.class_names) != class_names:

@@ -5,8 +5,8 @@ Every post-hoc detector comes from pytorch-ood through ``training.detectors`` (`
 from the logistic head trained on the energy together with the outliers (only for models trained with the
 energy-logistic loss; a baseline's phi never saw a label), and ``density``: the text-aligned encoder's unit
 feature scored by the fitted class densities (``densities/``, any kind), max over classes of the log-density;
-it needs no classifier at all. Inside this module scores are "higher = more ID". Results go into a
-``training.report.EvaluationReport``.
+it needs no classifier at all. Every score is higher = more ID (``api.SCORE_SIGN``); ``PhiScore`` and
+``DensityScore`` are the two as ``api.Detector`` objects. Results go into a ``training.report.EvaluationReport``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from ..data import ImageData
 from ..densities import ClassDensities
 from ..encoding.encoder import TextAlignedEncoder
 from ..encoding.features import extract_features
+from ..errors import InputError
+from .api import require_ood_sets
 from .classifier import OODClassifier, energy
 from .detectors import DETECTORS
 from .metrics import accuracy
@@ -33,9 +35,8 @@ SCORE_KINDS = (*DETECTORS, *HAND_WRITTEN_SCORES)
 def score_images(
     clf: OODClassifier, data: ImageData, *, batch_size: int = 256, progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """Per image: ``energy`` score (pytorch-ood's, negated: logsumexp f), ``phi`` (P(ID)), ``prediction``, ``label``."""
-    from pytorch_ood.detector import EnergyBased
-
+    """Per image: ``energy`` score (-E(x) = logsumexp f, higher = more ID), ``phi`` (P(ID)), ``prediction``,
+    ``label``."""
     device = next(clf.model.parameters()).device
     clf.model.eval()
     clf.phi.eval()
@@ -48,7 +49,7 @@ def score_images(
         leave=False,
     ):
         logits = clf.model(x.to(device))
-        out["energy"].append((-EnergyBased.score(logits)).cpu().numpy())
+        out["energy"].append((-energy(logits)).cpu().numpy())
         out["phi"].append(torch.sigmoid(clf.phi(energy(logits))).cpu().numpy())
         out["prediction"].append(logits.argmax(1).cpu().numpy())
         out["label"].append(np.asarray(y))
@@ -68,16 +69,51 @@ def density_scores(
 ) -> dict[str, np.ndarray]:
     """Per image: ``density`` score (max class log-density of its encoder feature), ``prediction``, ``label``."""
     if encoder.dim != fit.dim:
-        raise ValueError(f"fit: its dimension {fit.dim} differs from the encoder's output {encoder.dim}")
+        raise InputError("fit", f"its dimension {fit.dim} differs from the encoder's output {encoder.dim}")
     features, labels = extract_features(encoder, data, batch_size=batch_size, progress=progress)
     score, prediction = max_class_log_density(fit, features)
     return {"density": score, "prediction": prediction, "label": labels}
 
 
+class PhiScore:
+    """The trained score as an ``api.Detector``: P(ID) from the logistic head phi on the energy. Meaningful only
+    for a model trained with outliers and the energy-logistic loss (a baseline's phi never saw a label)."""
+
+    name = "phi"
+
+    def __init__(self, clf: OODClassifier):
+        self.clf = clf
+
+    def fit(self, train=None, *, batch_size: int = 256) -> PhiScore:
+        """Nothing to fit: phi was trained with the model."""
+        return self
+
+    def score(self, data: ImageData, *, batch_size: int = 256) -> np.ndarray:
+        return score_images(self.clf, data, batch_size=batch_size, progress=False)["phi"]
+
+
+class DensityScore:
+    """The density score as an ``api.Detector``: the max class log-density of the encoder's feature under a fit of
+    ``densities/`` (made beforehand from a feature bank, hence no ``fit`` here)."""
+
+    name = "density"
+
+    def __init__(self, encoder: TextAlignedEncoder, fit: ClassDensities):
+        if encoder.dim != fit.dim:
+            raise InputError("fit", f"its dimension {fit.dim} differs from the encoder's output {encoder.dim}")
+        self.encoder, self.densities = encoder, fit
+
+    def fit(self, train=None, *, batch_size: int = 256) -> DensityScore:
+        """Nothing to fit: the class densities were fitted on a feature bank."""
+        return self
+
+    def score(self, data: ImageData, *, batch_size: int = 256) -> np.ndarray:
+        return density_scores(self.encoder, self.densities, data, batch_size=batch_size, progress=False)["density"]
+
+
 def _report(scorer, kinds: list[str], id_data: ImageData, ood_sets: dict[str, ImageData]) -> EvaluationReport:
     """Score ID and every OOD set with ``scorer(data) -> dict`` and fill the metrics of each score kind."""
-    if not ood_sets:
-        raise ValueError("ood_sets: give at least one OOD dataset")
+    require_ood_sets(ood_sets)
     id_scores = scorer(id_data)
     report = EvaluationReport(accuracy(id_scores["prediction"], id_scores["label"]), len(id_scores["label"]))
     for name, data in ood_sets.items():

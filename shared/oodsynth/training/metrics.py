@@ -1,4 +1,4 @@
-"""OOD detection metrics with ID as the positive class and scores where higher means "more ID".
+"""OOD detection metrics with ID as the positive class and scores where higher means "more ID" (``api.SCORE_SIGN``).
 
 Conventions (as in the energy-score / DREAM-OOD papers):
 
@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import NoOODSets
+
 
 def _check(name: str, scores) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0 and name == "ood_scores":
+        raise NoOODSets("an OOD set holds no image: no ood_scores")
     if s.size == 0:
         raise ValueError(f"{name}: no scores")
     if not np.isfinite(s).all():

@@ -1,7 +1,7 @@
 """The evaluation report: per score and OOD set, FPR95 / AUROC / AUPR-in / AUPR-out against the ID test set.
 
 Below both ``evaluation`` (the project's own scores) and ``detectors`` (pytorch-ood's), which fill it the same
-way: one ``add_set`` per OOD set, with scores where higher means "more ID" (``metrics``' convention). As
+way: one ``add_set`` per OOD set, with scores where higher means "more ID" (``api.SCORE_SIGN``). As
 JSON-ready dicts and rich tables, with the average over OOD sets as papers report it (in percent).
 """
 
