@@ -200,23 +200,9 @@ def _wait_healthy(url: str, procs: _Processes, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"the API at {url} did not become healthy within {timeout_s:.0f} s")
 
 
-def run_demo(
-    config: DemoConfig | None = None,
-    *,
-    echo: Callable[[str], None] = print,
-    progress: Callable[[int, int], None] | None = None,
-) -> DemoResult:
-    """Start Redis, the API and a worker; fit, sample, generate, wait; stop everything; return the outputs."""
-    from .client import OodsynthClient
+def _redis(home: Path, settings, echo: Callable[[str], None]):
+    """The Redis to use: the configured one, else an embedded server (returned, to be stopped)."""
     from .state.redis_conn import start_embedded_redis
-    from .store.results import ResultStore
-
-    config = config or DemoConfig()
-    settings = get_settings()
-    home = Path(settings.home).resolve()
-    store_root = Path(settings.store).resolve()
-    log_dir = home / "demo-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
 
     embedded = None
     redis_url = os.environ.get("OODSYNTH_REDIS_URL") or settings.redis_url
@@ -224,88 +210,133 @@ def run_demo(
         embedded = start_embedded_redis(home / "demo-redis")
         redis_url = embedded.url
     echo(f"redis:  {redact_url(redis_url)}{' (embedded)' if embedded else ''}")  # never the password
+    return redis_url, embedded
+
+
+def _demo_env(model: DemoModel, config: DemoConfig, redis_url: str, store_root: Path, home: Path) -> dict[str, str]:
+    """The API's and the worker's environment: this Redis, model, store and home, offline."""
+    env = {
+        **os.environ,
+        "OODSYNTH_REDIS_URL": redis_url,
+        "OODSYNTH_MODEL": str(model.model_dir),
+        "OODSYNTH_STORE": str(store_root),
+        "OODSYNTH_HOME": str(home),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    if config.verify and model.encoder is not None:
+        env["OODSYNTH_ENCODER_CHECKPOINT"] = str(model.encoder)
+    return env
+
+
+def _start_services(procs: _Processes, log_dir: Path, echo: Callable[[str], None]) -> str:
+    """Start the API and a worker; the API's URL once it answers."""
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    cli = [sys.executable, "-c", "from oodsynth.cli import main; main()"]
+    procs.start("api", [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)])
+    # The worker loads the pipeline while the API fits and samples.
+    procs.start("worker", [*cli, "worker", "--log-level", "WARNING"])
+    _wait_healthy(api_url, procs)
+    echo(f"api:    {api_url}  (docs at {api_url}/docs; logs in {log_dir})")
+    return api_url
+
+
+def _fit_sample_generate(
+    api_url: str,
+    model: DemoModel,
+    config: DemoConfig,
+    procs: _Processes,
+    echo: Callable[[str], None],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[dict], list[str]]:
+    """Through the API as a user would: fit the bank, sample outlier vectors, queue their images and wait for
+    them (the children checked alive while waiting); the jobs' states and ids."""
+    from .client import OodsynthClient
+
+    bank = model.bank
+    with OodsynthClient(api_url) as client:
+        fit = client.fit("demo", bank.to_bytes(), config.density, replace=True)
+        echo(f"fit:    {fit['kind']} on {fit['n_classes']} classes ({', '.join(bank.class_names)}), dim {fit['dim']}")
+        sample = client.sample("demo", config.method, config.n_per_class, seed=config.seed, include_vectors=False)
+        pct = sample["diagnostics_summary"].get("id_percentile", {}).get("mean")
+        echo(
+            f"sample: {sample['n']} outlier vectors by {config.method}"
+            + (f", mean ID percentile {pct:.2f}" if pct is not None else "")
+        )
+        queued = client.generate(
+            config.dataset,
+            sample_id=sample["sample_id"],
+            images_per_vector=config.images_per_vector,
+            **model.decode,
+            output_size=config.output_size,
+            seed=config.seed,
+        )
+        echo(f"queue:  {queued['n_images']} images in {len(queued['job_ids'])} jobs")
+
+        def watch(done: int, total: int) -> None:
+            procs.check_alive()
+            if progress is not None:
+                progress(done, total)
+
+        states = client.wait(queued["job_ids"], timeout=config.timeout_s, poll_s=0.5, progress=watch)
+    return states, queued["job_ids"]
+
+
+def _collect(config: DemoConfig, store_root: Path, states: list[dict], job_ids: list[str], api_url: str) -> DemoResult:
+    """The finished jobs' images, once the store agrees with its manifest."""
+    from .store.results import ResultStore
+
+    failed = [s for s in states if s["status"] != "finished"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs did not finish: {failed[0]['status']}: {failed[0].get('error')}")
+    store = ResultStore(store_root)
+    images = [store_root / p for s in states for p in s["result"]["images"]]
+    report = store.verify(config.dataset)
+    if not report.ok:
+        raise RuntimeError(f"the result store disagrees with its manifest: {report}")
+    manifest = store.manifest_path(config.dataset)
+    assert isinstance(manifest, Path)  # a store on a local folder
+    return DemoResult(
+        dataset=config.dataset,
+        store=store_root,
+        manifest=manifest,
+        images=images,
+        job_ids=job_ids,
+        api_url=api_url,
+    )
+
+
+def run_demo(
+    config: DemoConfig | None = None,
+    *,
+    echo: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+) -> DemoResult:
+    """Start Redis, the API and a worker; fit, sample, generate, wait; stop everything; return the outputs."""
+    config = config or DemoConfig()
+    settings = get_settings()
+    home = Path(settings.home).resolve()
+    store_root = Path(settings.store).resolve()
+    log_dir = home / "demo-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    redis_url, embedded = _redis(home, settings, echo)
     procs = None
     try:
-        echo(
-            "model:  building/loading "
-            + (
-                "the tiny random-weight SD pipeline"
-                if config.profile is None
-                else f"the trained {config.profile} decoder (trained once, then cached)"
-            )
-            + " ..."
+        what = (
+            "the tiny random-weight SD pipeline"
+            if config.profile is None
+            else f"the trained {config.profile} decoder (trained once, then cached)"
         )
+        echo(f"model:  building/loading {what} ...")
         model = demo_model(home, config, echo)
-        model_dir = model.model_dir
-        echo(f"model:  {model.description}: {model_dir}")
-        env = {
-            **os.environ,
-            "OODSYNTH_REDIS_URL": redis_url,
-            "OODSYNTH_MODEL": str(model_dir),
-            "OODSYNTH_STORE": str(store_root),
-            "OODSYNTH_HOME": str(home),
-            "PYTHONUNBUFFERED": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "HF_HUB_OFFLINE": "1",
-        }
-        if config.verify and model.encoder is not None:
-            env["OODSYNTH_ENCODER_CHECKPOINT"] = str(model.encoder)
-        procs = _Processes(log_dir, env)
-        port = free_port()
-        api_url = f"http://127.0.0.1:{port}"
-        cli = [sys.executable, "-c", "from oodsynth.cli import main; main()"]
-        procs.start("api", [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)])
-        # The worker loads the pipeline while the API fits and samples.
-        procs.start("worker", [*cli, "worker", "--log-level", "WARNING"])
-        _wait_healthy(api_url, procs)
-        echo(f"api:    {api_url}  (docs at {api_url}/docs; logs in {log_dir})")
-
-        bank = model.bank
-        with OodsynthClient(api_url) as client:
-            fit = client.fit("demo", bank.to_bytes(), config.density, replace=True)
-            echo(
-                f"fit:    {fit['kind']} on {fit['n_classes']} classes ({', '.join(bank.class_names)}), dim {fit['dim']}"
-            )
-            sample = client.sample("demo", config.method, config.n_per_class, seed=config.seed, include_vectors=False)
-            pct = sample["diagnostics_summary"].get("id_percentile", {}).get("mean")
-            echo(
-                f"sample: {sample['n']} outlier vectors by {config.method}"
-                + (f", mean ID percentile {pct:.2f}" if pct is not None else "")
-            )
-            queued = client.generate(
-                config.dataset,
-                sample_id=sample["sample_id"],
-                images_per_vector=config.images_per_vector,
-                **model.decode,
-                output_size=config.output_size,
-                seed=config.seed,
-            )
-            echo(f"queue:  {queued['n_images']} images in {len(queued['job_ids'])} jobs")
-
-            def watch(done: int, total: int) -> None:
-                procs.check_alive()
-                if progress is not None:
-                    progress(done, total)
-
-            states = client.wait(queued["job_ids"], timeout=config.timeout_s, poll_s=0.5, progress=watch)
-        failed = [s for s in states if s["status"] != "finished"]
-        if failed:
-            raise RuntimeError(f"{len(failed)} jobs did not finish: {failed[0]['status']}: {failed[0].get('error')}")
-        store = ResultStore(store_root)
-        images = [store_root / p for s in states for p in s["result"]["images"]]
-        report = store.verify(config.dataset)
-        if not report.ok:
-            raise RuntimeError(f"the result store disagrees with its manifest: {report}")
-        manifest = store.manifest_path(config.dataset)
-        assert isinstance(manifest, Path)  # a store on a local folder
-        return DemoResult(
-            dataset=config.dataset,
-            store=store_root,
-            manifest=manifest,
-            images=images,
-            job_ids=queued["job_ids"],
-            api_url=api_url,
-        )
+        echo(f"model:  {model.description}: {model.model_dir}")
+        procs = _Processes(log_dir, _demo_env(model, config, redis_url, store_root, home))
+        api_url = _start_services(procs, log_dir, echo)
+        states, job_ids = _fit_sample_generate(api_url, model, config, procs, echo, progress)
+        return _collect(config, store_root, states, job_ids, api_url)
     finally:
         if procs is not None:
             procs.stop()
