@@ -7,11 +7,18 @@ same API. Run it with ``oodsynth serve`` or ``uvicorn services.embed_sampler.app
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
+from oodsynth.config import get_settings
+from oodsynth.errors import OodsynthError
 from oodsynth.service import EmbedderCache
 from oodsynth.state.fits import FitCache
 
+from .docs import install_docs
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .observability import MetricsMiddleware
@@ -39,8 +46,33 @@ TAGS = [
 ]
 
 
+log = logging.getLogger("oodsynth.api")
+
+
+@asynccontextmanager
+async def check_settings_at_start(app: FastAPI) -> AsyncIterator[None]:
+    """Read the settings before the first request, as ``oodsynth serve`` does: under plain uvicorn a bad
+    setting (a store URL, a bucket name) stops the start with one line naming its variable, instead of
+    every route, ``/healthz`` included, answering 500."""
+    try:
+        get_settings()
+    except OodsynthError as exc:
+        for field, message in exc.errors:
+            log.error("bad setting %s: %s", field, message)
+        raise SystemExit(f"error: {exc}") from None
+    yield
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="oodsynth embed_sampler", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS)
+    app = FastAPI(
+        title="oodsynth embed_sampler",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=check_settings_at_start,
+        docs_url=None,  # install_docs serves /docs and /redoc with their assets from a package (offline)
+        redoc_url=None,
+    )
     app.state.fit_cache = FitCache()  # decoded fits, dropped when their stored version changes
     app.state.embedders = EmbedderCache()  # the encoder checkpoint, reloaded when the file changes
     install_error_handlers(app)
@@ -50,6 +82,7 @@ def create_app() -> FastAPI:
         document_errors(module.router)  # 401/403/408/413/429/503 from what each route is built with
         app.include_router(module.router)
     install_openapi(app)
+    install_docs(app)
     return app
 
 

@@ -61,7 +61,9 @@ class FeatureBank:
             raise BankError("anchors", f"dimension {a.shape[1]} does not match features dimension {f.shape[1]}")
         if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
             raise BankError("anchors", "expected finite floats")
-        if np.any(np.linalg.norm(a, axis=1) == 0):
+        _check_norms("features", f)
+        norms = _check_norms("anchors", a)
+        if np.any(norms == 0):
             raise BankError("anchors", "an anchor has zero norm")
         if names.ndim != 1 or names.shape[0] != a.shape[0]:
             raise BankError("class_names", f"expected {a.shape[0]} names (one per anchor), got shape {names.shape}")
@@ -113,6 +115,20 @@ class FeatureBank:
         buf = io.BytesIO()
         self.save(buf)
         return buf.getvalue()
+
+
+# Largest row norm of features and anchors: finite float32 rows (3e38) still overflow once squared or summed
+# (the fit and /sample then give NaN or null vectors); text-encoder rows have norms near 1.
+MAX_ROW_NORM = 1e6
+
+
+def _check_norms(field: str, rows: np.ndarray) -> np.ndarray:
+    """Row norms in float64 (no overflow), refused past ``MAX_ROW_NORM``."""
+    norms = np.linalg.norm(rows.astype(np.float64, copy=False), axis=1)
+    big = np.flatnonzero(~(norms <= MAX_ROW_NORM))
+    if big.size:
+        raise BankError(field, f"row {int(big[0])} has norm {norms[big[0]]:.3g}, above {MAX_ROW_NORM:g}")
+    return norms
 
 
 def _normalized_names(class_names) -> np.ndarray:

@@ -12,13 +12,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import InputError
+from .errors import InputError, OodsynthError, Unavailable, pydantic_message
 
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 # S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens.
+# "s3:/bucket/p", "s3:bucket", "https:/host": a URL with a slash missing, which Path() would take for a folder.
+_NEAR_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:/|(?:s3|s3a|gs|gcs|az|abfs|http|https|file):)", re.IGNORECASE)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -34,6 +36,12 @@ def parse_store_setting(value: Any) -> Path | str:
     """
     if isinstance(value, str) and _URL.match(value):
         return normalise_url(value)
+    if isinstance(value, str) and _NEAR_URL.match(value):
+        raise InputError(
+            "store",
+            f"{value!r} is neither a URL nor a plain folder: write s3://bucket/prefix (two slashes), "
+            f"or ./{value} for a local folder of that name",
+        )
     return Path(value) if isinstance(value, str) else value
 
 
@@ -150,4 +158,20 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings; a bad one is ``Unavailable`` naming its variable (the API answers 503, the CLI
+    prints one line), not a pydantic traceback or a 500."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        errors = [(setting_name(e["loc"]), _setting_message(e)) for e in exc.errors(include_url=False)]
+        raise Unavailable(*errors[0], errors=errors) from None
+
+
+def _setting_message(error: Any) -> str:
+    raised = (error.get("ctx") or {}).get("error")
+    return raised.message if isinstance(raised, OodsynthError) else pydantic_message(error)
+
+
+def setting_name(loc: tuple) -> str:
+    """``("store",)`` -> ``OODSYNTH_STORE``: the variable an operator sets."""
+    return "OODSYNTH_" + "_".join(str(p) for p in loc).upper() if loc else "settings"

@@ -28,7 +28,9 @@ def failure_line(exc_string: str | None) -> str | None:
     return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
 
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@:]*):[^@/]*@")
+# The user part runs to the last '@' of the URL's token: a password may hold '@', '/' or ':' (a parser that
+# stops at the first would show the rest of the secret).
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):\S*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 

@@ -42,6 +42,7 @@ from ..config import Settings, get_settings
 from ..errors import InputError, NotFound
 from ..redact import failure_line
 from .payloads import DecodeJob
+from .registry_read import BAD_ENTRY, live_workers, queue_names, worker_summary
 from .waiting import wait_until_terminal
 
 JOB_FUNCTION = "oodsynth.worker.decode_job.decode_task"
@@ -192,11 +193,15 @@ def job_status(job_id: str, connection: redis.Redis | None = None) -> dict[str, 
 
 
 def queue_stats(connection: redis.Redis | None = None) -> dict[str, Any]:
-    """Per-queue counts (queued and each registry), the live workers with their current job, refused entries."""
+    """Per-queue counts (queued and each registry), the live workers with their current job, refused entries.
+
+    Registry entries that are not ours or not readable (junk written to Redis) are skipped and counted under
+    ``skipped_entries``, never a failure of the whole answer (``registry_read``).
+    """
     connection = connection if connection is not None else connect()
-    names = {get_settings().queue_name} | {q.name for q in Queue.all(connection=connection, serializer=JSONSerializer)}
+    registered, junk_queues = queue_names(connection)
     queues = []
-    for name in sorted(names):
+    for name in sorted({get_settings().queue_name, *registered}):
         recover_abandoned_jobs(connection, name)
         q = get_queue(connection, name)
         queues.append(
@@ -210,20 +215,10 @@ def queue_stats(connection: redis.Redis | None = None) -> dict[str, Any]:
                 "scheduled": q.scheduled_job_registry.count,
             }
         )
-    workers = []
-    for w in Worker.all(connection=connection, serializer=JSONSerializer):
-        workers.append(
-            {
-                "name": w.name,
-                "state": w.get_state(),
-                "current_job": w.get_current_job_id(),
-                "queues": w.queue_names(),
-                "hostname": w.hostname,
-                "pid": w.pid,
-                "last_heartbeat": w.last_heartbeat.isoformat() if w.last_heartbeat else None,
-            }
-        )
-    return {"queues": queues, "workers": workers, "refused_jobs": refused_jobs(connection)}
+    found, junk_workers = live_workers(connection)
+    workers = [s for s in map(worker_summary, found) if s is not None]
+    skipped = junk_queues + junk_workers + len(found) - len(workers)
+    return {"queues": queues, "workers": workers, "refused_jobs": refused_jobs(connection), "skipped_entries": skipped}
 
 
 def refused_jobs(connection: redis.Redis, latest: int = 5) -> dict:
@@ -232,7 +227,16 @@ def refused_jobs(connection: redis.Redis, latest: int = 5) -> dict:
         pipe.llen(REFUSED_KEY)
         pipe.lrange(REFUSED_KEY, 0, latest - 1)
         count, entries = pipe.execute()
-    return {"count": int(count), "latest": [orjson.loads(e) for e in entries]}
+    return {"count": int(count), "latest": [e for e in map(_refused_entry, entries) if e is not None]}
+
+
+def _refused_entry(raw: bytes) -> dict | None:
+    """One refused-job entry as written by the worker; None for anything else in the list."""
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 # -- abandoned jobs -----------------------------------------------------------------------
@@ -248,7 +252,10 @@ def _pid_alive(pid: int) -> bool:
 
 def _worker_gone(name: str, connection: redis.Redis, here: str) -> bool:
     """True when the worker is provably dead: its key expired, it said so, or (same host) its pid is gone."""
-    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=connection)
+    try:
+        worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=connection)
+    except (*BAD_ENTRY, UnicodeDecodeError):  # a junk hash under a worker's name: no live worker wrote it
+        return True
     if worker is None or worker.death_date is not None:
         return True
     if worker.hostname != here or not worker.pid:
@@ -256,7 +263,7 @@ def _worker_gone(name: str, connection: redis.Redis, here: str) -> bool:
     if not _pid_alive(worker.pid):
         return True
     # Same host and pid, but a newer worker owns that pid (a restarted container is pid 1 again).
-    for other in Worker.all(connection=connection):
+    for other in live_workers(connection)[0]:
         if other.name != name and other.hostname == here and other.pid == worker.pid:
             if other.birth_date and worker.birth_date and other.birth_date > worker.birth_date:
                 return True

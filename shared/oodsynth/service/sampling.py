@@ -9,7 +9,7 @@ import numpy as np
 import pydantic
 
 from ..config import Settings
-from ..errors import InputError
+from ..errors import InputError, split_field
 from ..names import normalize_name
 from ..samplers import DEFAULT_METHOD
 from ..state.fits import FitRegistry
@@ -89,13 +89,31 @@ def draw_sample(
             time_budget_s=settings.sample_time_budget_s,
         )
     except InputError as exc:  # a parameter combination the sampler cannot run with on this fit
-        field = "fit" if exc.field == "bank" else exc.field if exc.field in REQUEST_FIELDS else f"params.{exc.field}"
+        field = blamed_field(exc.field, sampler.Params.model_fields)
         raise InputError(field, f"{method} cannot run with these inputs: {exc.message}") from exc
     except ValueError as exc:  # an untyped check inside a sampler: still the caller's parameters
         raise InputError("params", f"{method} cannot run with these inputs: {exc}") from exc
     stored = StoredSample.from_result(result, fit, densities.class_names_)
     samples.put_stored(stored)
     return stored
+
+
+# Fields of the stored fit's data a sampler or density may name: the request field for them is the fit.
+FIT_DATA_FIELDS = frozenset({"bank", "features", "labels", "anchors", "class_names"})
+
+
+def blamed_field(field: str | None, params: Mapping[str, Any]) -> str:
+    """The request field a sampler's error is about: one of its params, a request field, the fit, or params.
+
+    A sampler checks internal arrays too (``X``, ``features``): naming ``params.X`` would send the
+    caller looking for a parameter that does not exist.
+    """
+    root = str(split_field(field)[0]) if split_field(field) else ""
+    if root in params:
+        return f"params.{field}"
+    if root in REQUEST_FIELDS:
+        return str(field)
+    return "fit" if root in FIT_DATA_FIELDS else "params"
 
 
 # Peak memory of one /sample per number of its vectors: 932 MB over idle for 50,000 x 768 with inverse_rejection,

@@ -21,19 +21,26 @@ same settings work for MinIO, moto and AWS, or from ``storage_options``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import functools
 import glob
+import logging
 import math
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from ..config import is_url, normalise_url
+from ..errors import Unavailable
+
+log = logging.getLogger("oodsynth.store")
+F = TypeVar("F", bound=Callable[..., Any])
 
 TEMP_SUFFIX = ".tmp"
 LOCK = ".manifest.lock"
@@ -55,6 +62,42 @@ class Backend(Protocol):
     def lock(self, dataset: str) -> ContextManager[None]: ...
 
 
+STORE_RETRY_AFTER_S = 30
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What a store that cannot be reached raises: OS errors, and botocore's and aiohttp's own (S3)."""
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        import aiohttp
+        import botocore.exceptions as boto  # type: ignore[import-untyped]  # botocore ships no stubs
+
+        errors += [boto.BotoCoreError, boto.ClientError, aiohttp.ClientError]
+    except ImportError:  # no s3 extra: a local store only
+        pass
+    return tuple(errors)
+
+
+def unavailable_on_failure(method: F) -> F:
+    """A backend call that fails for any reason but "no such object" is ``Unavailable`` (the API's 503 with
+    Retry-After), naming the store: an unreachable endpoint or a full or read-only disk is not the caller's
+    fault, and must not read as a 500."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except _transport_errors() as exc:
+            log.warning("result store %s: %s: %s", self.url, type(exc).__name__, exc)
+            error = Unavailable("store", f"the result store cannot be used now ({type(exc).__name__}); retry later")
+            error.headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+            raise error from exc
+
+    return cast(F, call)
+
+
 def open_backend(root: str | os.PathLike, storage_options: dict | None = None) -> Backend:
     """The backend for a store root: ``s3://...`` -> S3, anything else -> a local folder."""
     if isinstance(root, str) and is_url(root):
@@ -72,11 +115,16 @@ class LocalBackend:
     def _path(self, key: str) -> Path:
         return self.root / key
 
+    @unavailable_on_failure
     def read(self, key: str) -> bytes | None:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # a name no file system holds names nothing
+                return None
+            raise
 
     def _write_temp(self, target: Path, data: bytes) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,10 +140,12 @@ class LocalBackend:
         _fsync_dir(target.parent)  # the rename is durable before anything can point at it
         _remove_stale_temps(target)
 
+    @unavailable_on_failure
     def put(self, key: str, data: bytes) -> None:
         target = self._path(key)
         self._publish(self._write_temp(target, data), target)
 
+    @unavailable_on_failure
     def put_new(self, key: str, data: bytes, owner: str) -> bool:
         """Create ``key`` unless it exists. Exact only under ``lock`` (the caller holds it)."""
         target = self._path(key)
@@ -107,11 +157,13 @@ class LocalBackend:
         self._publish(temp, target)
         return True
 
+    @unavailable_on_failure
     def owner_and_age(self, key: str) -> tuple[str | None, float]:
         """No owner is recorded locally; under the lock a creator always commits its row before
         releasing it, so an existing image without a row was abandoned: report it as infinitely old."""
         return None, math.inf
 
+    @unavailable_on_failure
     def versions(self, folder: str) -> dict[str, str]:
         """Files directly in ``folder`` (no dot-files) -> a token that changes when the file changes."""
         try:
@@ -126,6 +178,7 @@ class LocalBackend:
             out[entry.name] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
         return out
 
+    @unavailable_on_failure
     def children(self, folder: str) -> list[str]:
         path = self._path(folder) if folder else self.root
         try:
@@ -133,6 +186,7 @@ class LocalBackend:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    @unavailable_on_failure
     def walk(self, folder: str) -> list[str]:
         base = self._path(folder)
         out: list[str] = []
@@ -171,15 +225,18 @@ class S3Backend:
     def _path(self, key: str) -> str:
         return f"{self._base}/{key}" if key else self._base
 
+    @unavailable_on_failure
     def read(self, key: str) -> bytes | None:
         try:
             return self.fs.cat_file(self._path(key))
         except FileNotFoundError:
             return None
 
+    @unavailable_on_failure
     def put(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._path(key), data)
 
+    @unavailable_on_failure
     def put_new(self, key: str, data: bytes, owner: str) -> bool:
         """A conditional PUT (``If-None-Match: *``): S3 itself decides which writer created it."""
         try:
@@ -188,12 +245,14 @@ class S3Backend:
             return False
         return True
 
+    @unavailable_on_failure
     def owner_and_age(self, key: str) -> tuple[str | None, float]:
         path = self._path(key)
         owner = self.fs.metadata(path).get("writer")
         modified = self.fs.info(path)["LastModified"]
         return owner, (datetime.now(UTC) - modified).total_seconds()
 
+    @unavailable_on_failure
     def versions(self, folder: str) -> dict[str, str]:
         try:
             entries = self.fs.ls(self._path(folder), detail=True)
@@ -205,12 +264,14 @@ class S3Backend:
             if e["type"] == "file" and not e["name"].rsplit("/", 1)[-1].startswith(".")
         }
 
+    @unavailable_on_failure
     def children(self, folder: str) -> list[str]:
         try:
             return sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(self._path(folder), detail=False))
         except FileNotFoundError:
             return []
 
+    @unavailable_on_failure
     def walk(self, folder: str) -> list[str]:
         prefix = self._base + "/"
         return [p.removeprefix(prefix) for p in self.fs.find(self._path(folder))]
