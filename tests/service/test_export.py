@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -37,6 +36,8 @@ def same_row(exported: dict, stored: dict) -> bool:
 
 def test_imagefolder_loads_with_datasets_and_torchvision(tmp_path):
     import datasets
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard, DatasetCardData
     from torchvision.datasets import ImageFolder
 
     store = make_store(tmp_path / "store")
@@ -46,8 +47,12 @@ def test_imagefolder_loads_with_datasets_and_torchvision(tmp_path):
     rows = loaded["train"]
     stored = manifest(store)
     assert len(rows) == len(stored) == 12
-    assert set(rows.column_names) == {"image", *next(iter(stored.values()))}  # every manifest field is a column
+    # every manifest field is a column, and the label a ClassLabel of the class names by the generator's index
+    assert set(rows.column_names) == {"image", "label", *next(iter(stored.values()))}
+    assert rows.features["label"] == datasets.ClassLabel(names=list(CLASSES))
+    assert rows["label"] == rows["class_index"] and rows.features["label"].int2str(rows["label"]) == rows["class_name"]
     assert rows.features["diagnostics"]["verified_id_percentile"].dtype == "float64"
+    assert rows.features["sampler_params"]["steps_beyond"].dtype == "float64"
     for row in rows:
         assert same_row(row, stored[row["image_id"]]), row["image_id"]
         original = store.open_image(stored[row["image_id"]]["path"])
@@ -57,6 +62,34 @@ def test_imagefolder_loads_with_datasets_and_torchvision(tmp_path):
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| 1 | dog | 4 |" in card and "CIFAR-10 (Krizhevsky 2009)" in card and "`knn_boundary` (6)" in card
     assert '"preset": "fast"' in card and "ID dataset: cifar10" in card
+    # the card: its YAML round-trips through DatasetCardData and declares what load_dataset gives
+    data = DatasetCard.load(tmp_path / "out" / "README.md").data
+    assert isinstance(data, DatasetCardData) and DatasetCardData(**data.to_dict()).to_dict() == data.to_dict()
+    assert data.license == "unknown" and "- License: `unknown` (CIFAR-10" in card  # one license, the text's
+    assert data.task_categories == ["image-classification"] and data.size_categories == ["n<1K"]
+    assert data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "train/**"}]}]
+    info = DatasetInfosDict.from_dataset_card_data(data)["default"]
+    assert info.features == rows.features and info.splits["train"].num_examples == 12
+    # the hub's way in (the card's configs and features) gives the same dataset
+    from_card = datasets.load_dataset(str(tmp_path / "out"), cache_dir=str(tmp_path / "hf2"))["train"]
+    assert from_card.features == rows.features and from_card["image_id"] == rows["image_id"]
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [(None, "cc-by-4.0"), ("MIT", "mit"), ("Terms of the lab, see LICENSE.txt", "other")],
+)
+def test_card_names_one_license(tmp_path, given, expected):
+    from huggingface_hub import DatasetCard
+
+    make_store(tmp_path / "store")
+    export_dataset(
+        "blobs", tmp_path / "o", store=tmp_path / "store", id_dataset="digits", license=given, progress=False
+    )
+    card = DatasetCard.load(tmp_path / "o" / "README.md")
+    assert card.data.license == expected and f"- License: `{expected}`" in card.text
+    if expected == "other":
+        assert card.data.license_name == "terms-of-the-lab-see-license-txt" and given in card.text
 
 
 def test_webdataset_shards_read_back_with_webdataset(tmp_path):
@@ -77,18 +110,22 @@ def test_webdataset_shards_read_back_with_webdataset(tmp_path):
 
 
 def test_filters_choose_the_images(tmp_path):
+    import pyarrow.parquet as pq
+
     store = make_store(tmp_path / "store")
     by_id = {r.image_id: r for r in store.records("blobs")}
     res = export_dataset("blobs", tmp_path / "a", store=tmp_path / "store", max_id_percentile=15, progress=False)
     expected = {i for i, r in by_id.items() if r.diagnostics["verified_id_percentile"] <= 15}
     assert 0 < res.n_images == len(expected) < 12
-    rows = [json.loads(line) for line in (tmp_path / "a" / "train" / "metadata.jsonl").read_text().splitlines()]
+    rows = pq.read_table(tmp_path / "a" / "train" / "metadata.parquet").to_pylist()
     assert {r["image_id"] for r in rows} == expected
     res = export_dataset("blobs", tmp_path / "b", store=tmp_path / "store", verified_only=True, progress=False)
     assert res.n_images == sum(r.diagnostics["verified_id_percentile"] <= 10 for r in by_id.values())
     res = export_dataset("blobs", tmp_path / "c", store=tmp_path / "store", classes=["dog", "ship"], progress=False)
     assert res.per_class == {"dog": 4, "ship": 4}
-    assert sorted(p.name for p in (tmp_path / "c" / "train").iterdir()) == ["dog", "metadata.jsonl", "ship"]
+    assert sorted(p.name for p in (tmp_path / "c" / "train").iterdir()) == ["dog", "metadata.parquet", "ship"]
+    rows = pq.read_table(tmp_path / "c" / "train" / "metadata.parquet").to_pylist()
+    assert {r["label"] for r in rows} == {1, 2}  # the label keeps the class index of the whole dataset
 
 
 def test_cli_export_and_its_errors(tmp_path):
@@ -143,7 +180,7 @@ def test_s3_round_trip(tmp_path, bucket_url):
     assert len(samples) == 12 and all(s["json"] == stored[s["json"]["image_id"]] for s in samples)
     folder_url = f"{bucket_url}/exports/hf"
     export_dataset("blobs", folder_url, store=f"{bucket_url}/store", progress=False)
-    # datasets reads a remote imagefolder's images but not its metadata.jsonl's relative file names: copy it down
+    # datasets reads a remote imagefolder's images but not its metadata's relative file names: copy it down
     import fsspec
 
     fsspec.filesystem("s3", use_listings_cache=False).get(folder_url + "/", str(tmp_path / "hf-copy"), recursive=True)

@@ -2,7 +2,10 @@
 
 ``webdataset.WebDataset(urls)`` reads them; written with webdataset's own ``ShardWriter`` straight to the output
 (a folder, or S3 through fsspec: ``use_fsspec_for_s3`` registers the ``s3`` scheme in webdataset's URL table,
-its documented extension point, for reading and writing alike). The ``.json`` is the manifest row as stored.
+its documented extension point, for reading and writing alike). The ``.json`` is the manifest row as stored,
+with the model named portably (``portable_row``). The card declares the features ``datasets``' webdataset
+builder reads (``load_dataset(OUT)`` or the hub id): ``png`` an image, ``json`` the typed manifest, ``cls`` the
+label as a ClassLabel.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import math
 
 from ..errors import InputError
 from ..store.results import ImageRecord
-from .base import DatasetCard, Exporter
+from .base import DatasetCard, Exporter, manifest_columns
+from .features import class_names, image_feature, label_features, row_features, string_feature
+from .portable import portable_row
 
 DEFAULT_SHARD_SIZE = 1000
 SHARD_PATTERN = "{dataset}-%06d.tar"
@@ -51,6 +56,7 @@ class WebDatasetExporter(Exporter):
             self.output.fs.makedirs(self.output.url, exist_ok=True)
         self.shard_size = shard_size
         self.shards: list[str] = []
+        self.records: list[ImageRecord] = []  # rows only (for the card's features), never the images
         self.writer = wds.ShardWriter(
             self.output.path(SHARD_PATTERN.format(dataset=dataset)),
             maxcount=shard_size,
@@ -61,12 +67,22 @@ class WebDatasetExporter(Exporter):
 
     def add(self, record: ImageRecord, png: bytes) -> None:
         self.writer.write(
-            {"__key__": f"{self.n:08d}", "png": png, "json": record.model_dump(), "cls": record.class_index}
+            {
+                "__key__": f"{self.n:08d}",
+                "png": png,
+                "json": portable_row(record.model_dump()),
+                "cls": record.class_index,
+            }
         )
+        self.records.append(record)
         self.n += 1
 
     def finish(self, card: DatasetCard) -> list[str]:
         self.writer.close()
         card.extra.setdefault("Shards", f"{len(self.shards)} of up to {self.shard_size} images")
         listing = self.output.write("shards.txt", "".join(f"{s}\n" for s in self.shards))
+        keys = {"__key__": string_feature(), "__url__": string_feature(), "png": image_feature()}
+        columns = {"json": row_features(manifest_columns(self.records))} if self.records else {}
+        card.features = label_features(card.class_names or class_names(self.records), columns, keys, label="cls")
+        card.configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "*.tar"}]}]
         return [*self.shards, listing, self.output.write("README.md", card.render())]

@@ -64,22 +64,33 @@ def export_dataset(
     id_dataset: str | None = None,
     encoder: str | None = None,
     license: str | None = None,
+    openood_label: str = "ood",
     storage_options: dict | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Export ``dataset`` of ``store`` (default: the settings' ``OODSYNTH_STORE``) to ``out`` in ``format``."""
+    """Export ``dataset`` of ``store`` (default: the settings' ``OODSYNTH_STORE``) to ``out`` in ``format``.
+
+    ``format``: ``imagefolder`` (Hugging Face ``datasets``, torchvision), ``webdataset`` (tar shards of
+    ``shard_size``) or ``openood`` (an OpenOOD image list; ``openood_label`` "ood" writes -1, "class" the class).
+    """
     from collections import Counter
 
     from tqdm.auto import tqdm
 
     from ..config import get_settings, parse_store_setting
     from ..export import EXPORTERS, DatasetCard
+    from ..export.features import class_names
+    from ..export.openood import LABELS as OPENOOD_LABELS
     from ..store.results import ResultStore
 
     if format not in EXPORTERS:
         raise InputError("format", f"unknown format {format!r}; choose from {', '.join(EXPORTERS)}")
     if shard_size is not None and format != "webdataset":
         raise InputError("shard_size", "only the webdataset format has shards")
+    if openood_label != "ood" and format != "openood":
+        raise InputError("openood_label", "only the openood format has image-list labels")
+    if openood_label not in OPENOOD_LABELS:
+        raise InputError("openood_label", f"unknown {openood_label!r}; choose from {', '.join(OPENOOD_LABELS)}")
     root = parse_store_setting(str(store)) if store else get_settings().store
     if isinstance(root, Path) and not root.is_dir():
         raise InputError("store", f"result store {root} does not exist")
@@ -87,9 +98,11 @@ def export_dataset(
     records, selection = select_records(
         source, dataset, classes=classes, verified_only=verified_only, max_id_percentile=max_id_percentile
     )
-    options = {}
+    options: dict = {}
     if format == "webdataset":
         options = {"dataset": dataset, **({"shard_size": shard_size} if shard_size is not None else {})}
+    elif format == "openood":
+        options = {"label": openood_label}
     exporter = EXPORTERS[format](out, storage_options, **options)
     for record in tqdm(records, desc=f"export {dataset}", unit="image", disable=not progress, leave=False):
         exporter.add(record, source.read_bytes(record.path))
@@ -103,6 +116,9 @@ def export_dataset(
         license=license,
         selection=selection,
         layout=exporter.layout,
+        class_names=class_names(source.records(dataset))
+        if classes or verified_only or max_id_percentile is not None
+        else None,
     )
     files = exporter.finish(card)
     per_class = dict(Counter(r.class_name for r in records))

@@ -1,7 +1,7 @@
 """A torch ``Dataset`` over generated outliers: store datasets, and exports of them, for the training job.
 
 A source is a store dataset name (one folder name: no '/'), or an export from ``oodsynth export``: an
-imagefolder folder (``train/metadata.jsonl``), a webdataset folder (``shards.txt``), or shard URLs
+imagefolder folder (``train/metadata.parquet``, or an older export's ``train/metadata.jsonl``), a webdataset folder (``shards.txt``), or shard URLs
 (``.../x-{000000..000003}.tar``), each local or ``s3://``. Exports need no result store and no Redis: a
 machine that holds the published set alone can train on it. Every source yields its manifest rows, so the
 verification filter is the same for all, and an export lists its images in the store's order, so a run on it
@@ -32,7 +32,7 @@ from ..store.results import ImageRecord, ResultStore
 if TYPE_CHECKING:
     from ..decoding.verification import Selection
 
-IMAGEFOLDER_METADATA = "train/metadata.jsonl"
+IMAGEFOLDER_METADATA = "train/metadata.parquet"
 SHARD_LIST = "shards.txt"
 
 
@@ -82,10 +82,10 @@ def read_export(source: str, storage_options: dict | None = None) -> list[tuple[
         return _read_shards(urls, storage_options)
     fs = _fs(source, storage_options)
     try:
-        for meta in (f"{source}/{IMAGEFOLDER_METADATA}", f"{source}/metadata.jsonl"):
+        for meta in (f"{source}/{IMAGEFOLDER_METADATA}", f"{source}/train/metadata.jsonl", f"{source}/metadata.jsonl"):
             if fs.isfile(meta):
                 folder = meta.rsplit("/", 1)[0]
-                rows = [json.loads(line) for line in fs.cat_file(meta).decode().splitlines() if line.strip()]
+                rows = _metadata_rows(fs, meta)
                 return [(_record_of(r), ("file", f"{folder}/{r['file_name']}")) for r in rows]
     except (OSError, ValueError, KeyError) as exc:
         raise InputError("outliers", f"{source}: unreadable export ({exc})") from exc
@@ -94,6 +94,17 @@ def read_export(source: str, storage_options: dict | None = None) -> list[tuple[
         f"{source} is neither an imagefolder export ({IMAGEFOLDER_METADATA}) nor webdataset shards ({SHARD_LIST}, "
         "or .tar URLs); store datasets are given by name",
     )
+
+
+def _metadata_rows(fs, meta: str) -> list[dict]:
+    """The rows of an imagefolder export's metadata (Parquet, or JSON Lines), without the ``label`` column."""
+    if meta.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with fs.open(meta, "rb") as f:
+            rows = pq.read_table(f).to_pylist()
+        return [{k: v for k, v in r.items() if k != "label"} for r in rows]
+    return [json.loads(line) for line in fs.cat_file(meta).decode().splitlines() if line.strip()]
 
 
 def _use_fsspec(urls: list[str], storage_options: dict | None) -> None:
