@@ -21,6 +21,7 @@ from .bank import FeatureBank
 from .config import get_settings
 from .errors import BY_STATUS, InputError, OodsynthError, join_loc
 from .queue.waiting import wait_until_terminal
+from .samplers import DEFAULT_METHOD
 from .state.samples import StoredSample
 
 NPZ = "application/x-npz"
@@ -114,8 +115,8 @@ class OodsynthClient:
     def sample(
         self,
         fit: str,
-        method: str,
-        n_per_class: int,
+        method: str = DEFAULT_METHOD,
+        n_per_class: int | None = None,
         *,
         classes: Sequence[int | str] | None = None,
         seed: int | None = None,
@@ -126,12 +127,14 @@ class OodsynthClient:
     ) -> dict:
         """``POST /sample`` as JSON; the answer's ``sample_id`` can be passed to ``generate``.
 
-        ``sample_npz`` takes the same arguments and returns the vectors as arrays (5x smaller, no float parsing).
+        ``method`` defaults like the CLI's ``--method``; ``n_per_class`` is required, like ``--n-per-class``
+        (``client.sample("fit", n_per_class=100)``). ``sample_npz`` takes the same arguments and returns the
+        vectors as arrays (5x smaller, no float parsing).
         """
         body = {
             "fit": fit,
             "method": method,
-            "n_per_class": n_per_class,
+            "n_per_class": _required_n(n_per_class),
             "classes": list(classes) if classes is not None else None,
             "seed": seed,
             "params": params or {},
@@ -141,9 +144,11 @@ class OodsynthClient:
         }
         return self._call("POST", "/sample", json=body)
 
-    def sample_npz(self, fit: str, method: str, n_per_class: int, **options: Any) -> StoredSample:
+    def sample_npz(
+        self, fit: str, method: str = DEFAULT_METHOD, n_per_class: int | None = None, **options: Any
+    ) -> StoredSample:
         """``POST /sample`` answered as ``.npz`` (``Accept: application/x-npz``): a ``StoredSample`` of arrays."""
-        body = {"fit": fit, "method": method, "n_per_class": n_per_class, **options}
+        body = {"fit": fit, "method": method, "n_per_class": _required_n(n_per_class), **options}
         body = {k: list(v) if k == "classes" and v is not None else v for k, v in body.items()}
         return StoredSample.from_bytes(self._send("POST", "/sample", json=body, headers={"Accept": NPZ}).content)
 
@@ -205,6 +210,13 @@ class OodsynthClient:
     # ---- operations
     def health(self) -> dict:
         return self._call("GET", "/healthz")
+
+
+def _required_n(n_per_class: int | None) -> int:
+    """``n_per_class`` has no default (a default count would be a guess), like the CLI's ``--n-per-class``."""
+    if n_per_class is None:
+        raise InputError("n_per_class", "required: the number of vectors per class")
+    return n_per_class
 
 
 def sample_arrays(response: dict) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import typer
 
+from ..api_keys import SCOPES
+from ..densities import DENSITY_KINDS
 from ..errors import InputError, NotFound, Unavailable
 from ..samplers import DEFAULT_METHOD, SAMPLERS
 from .app import app
@@ -114,7 +116,7 @@ def _api_call(fn, *args, **kwargs):
 def fit(
     bank: Path = typer.Argument(..., help="Feature bank .npz (features, labels, anchors, class_names)."),
     name: str = typer.Option(..., "--name", "-n", help="Fit name (1-64 of letters, digits, _ . -)."),
-    density: str = typer.Option("vmf", help="vmf, gaussian_isotropic, gaussian_diagonal or gaussian_full."),
+    density: str = typer.Option("vmf", help=f"Class density: {', '.join(DENSITY_KINDS)}."),
     replace: bool = typer.Option(False, help="Overwrite an existing fit of this name."),
     api: str | None = typer.Option(None, help="API base URL; in-process against Redis when left out."),
 ) -> None:
@@ -199,7 +201,10 @@ def _sample_over_api(api, class_tokens, **request):
 
 @app.command("api-key")
 def api_key(
-    scope: str = typer.Option("write", help="read (GETs), write (fits, sample, generate, features) or admin."),
+    scope: str = typer.Option(
+        "write",
+        help=f"{', '.join(SCOPES)}: read (GETs), write (fits, sample, generate, features), admin (everything).",
+    ),
 ) -> None:
     """Print a new API key (for the client: OODSYNTH_API_KEY) and its entry for the server's OODSYNTH_API_KEYS."""
     from ..api_keys import new_api_key

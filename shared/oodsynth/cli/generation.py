@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ..decoding.presets import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS
+from ..decoding.presets import DEFAULT_PRESET, DEFAULT_PROMPT_TEMPLATE, PRESETS, SCHEDULERS
 from ..errors import InputError, Unavailable
 from . import core
 from .app import app
@@ -24,7 +24,7 @@ def worker(
     burst: bool = typer.Option(False, help="Exit when the queues are empty."),
     max_jobs: int | None = typer.Option(None, min=1, help="Exit after this many jobs (process recycling)."),
     scheduler: bool = typer.Option(True, help="Also run RQ's scheduler (moves retries waiting out a back-off)."),
-    log_level: str = typer.Option("INFO", help="Logging level."),
+    log_level: str = typer.Option("INFO", help="Logging level: DEBUG, INFO, WARNING or ERROR."),
     gpus: str | None = typer.Option(
         None,
         help="'all' or device ids '0,1,...': one worker process per CUDA device "
@@ -121,7 +121,7 @@ def generate(
     height: int = typer.Option(512, help="Decode height (multiple of 8)."),
     width: int = typer.Option(512, help="Decode width (multiple of 8)."),
     output_size: int = typer.Option(256, help="Stored image size."),
-    scheduler: str = typer.Option("pndm", help="pndm, ddim, dpm++, dpm, euler or euler_a."),
+    scheduler: str = typer.Option("pndm", help=f"Solver: {', '.join(SCHEDULERS)}."),
     preset: str = typer.Option(
         DEFAULT_PRESET,
         help=f"{' or '.join(PRESETS)}: 'fast' = DPM-Solver++ at half the "

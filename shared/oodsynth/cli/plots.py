@@ -27,9 +27,9 @@ def plot_tsne_cmd(
     sample: Path | None = typer.Option(
         None, help="Outlier vectors: an .npz with vectors and class_index (what `oodsynth sample --out` writes)."
     ),
-    max_per_class: int = typer.Option(200, min=1),
-    perplexity: float = typer.Option(30.0, min=1.0),
-    seed: int = typer.Option(0),
+    max_per_class: int = typer.Option(200, min=1, help="ID features and outliers drawn per class at most."),
+    perplexity: float = typer.Option(30.0, min=1.0, help="t-SNE perplexity (below the number of points)."),
+    seed: int = typer.Option(0, help="Seed of the subsampling and of t-SNE."),
 ) -> None:
     """t-SNE of ID features, anchors and sampled outlier vectors in one picture."""
     from ..bank import BankError, load_bank
@@ -60,7 +60,7 @@ def plot_grid_cmd(
     store: str | None = typer.Option(
         None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."
     ),
-    per_class: int = typer.Option(8, min=1),
+    per_class: int = typer.Option(8, min=1, help="Images per class (one row each)."),
     classes: list[str] | None = typer.Option(None, "--classes", help="Class names to show (repeatable)."),
 ) -> None:
     """Generated images per class from the result store, one row per class."""
