@@ -17,14 +17,13 @@ OOD training job uses it that way).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-EncoderArch = Literal["resnet10", "resnet18", "resnet34", "resnet152", "efficientnet_v2_s"]
-ENCODER_ARCHS: tuple[EncoderArch, ...] = get_args(EncoderArch)
+from .recipe import ENCODER_ARCHS
+
 CIFAR_RESNET_BLOCKS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -28,33 +28,26 @@ from tqdm.auto import tqdm
 from ..checkpoints import read_checkpoint, restore_training, write_checkpoint
 from ..data import ImageData
 from ..device import default_device
-from .encoder import EncoderArch, TextAlignedEncoder, build_encoder
+from .encoder import TextAlignedEncoder, build_encoder
+from .recipe import BatchSize, Epochs, TrainingRun
 
 CHECKPOINT_NAME = "encoder.pt"
 
 
-class EncoderTrainConfig(BaseModel):
-    """Everything needed to rebuild and continue a training run."""
+class EncoderTrainConfig(TrainingRun):
+    """Everything needed to rebuild and continue a training run: the run's recipe (``encoding.recipe``) and the
+    encoder's own loss and optimiser settings."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    arch: EncoderArch = "resnet18"
-    width: int = Field(64, ge=1, description="CIFAR ResNet base width (64 = standard)")
+    epochs: Epochs = 200
+    batch_size: BatchSize = 256
     pretrained: bool = False
     kernel: Literal["cosine", "euclidean"] = "cosine"
     temperature: float = Field(0.1, gt=0)
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    seed: int = 0
     num_workers: int = Field(0, ge=0)
     dataset: str = ""
-    image_size: int = Field(32, ge=1)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 class AnchorLoss(nn.Module):

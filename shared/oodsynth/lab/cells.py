@@ -92,18 +92,15 @@ def ood_config(cell: Cell, beta: float, n_outliers: int = 0, *, finetune: bool =
     if finetune and s.finetune_epochs:
         epochs, lr = s.finetune_epochs, s.finetune_lr
         extra["init_classifier"] = str(pretrained_detector(cell))
-    return OODTrainConfig(
-        arch=s.arch,
-        width=s.width,
+    return OODTrainConfig.from_recipe(
+        s,
         epochs=epochs,
-        batch_size=s.batch_size,
-        ood_batch_size=ood_batch_size,
         lr=lr,
+        ood_batch_size=ood_batch_size,
         beta=beta,
         ood_loss=s.ood_loss,
         seed=cell.seed,
         dataset=cell.profile,
-        image_size=s.image_size,
         mean=cell.train.mean,
         std=cell.train.std,
         **extra,

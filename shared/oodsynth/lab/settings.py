@@ -5,11 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE, MAX_MARGIN, Selection
+from ..encoding.recipe import (
+    RECIPE_MIXING_SHARE,
+    RECIPE_NOISE_SHARE,
+    EncoderArch,
+    Epochs,
+    ImageSize,
+    LearningRate,
+    ModelRecipe,
+    Width,
+)
 from ..errors import InputError
 from ..training.ood_config import OodLoss
 from ..training.outlier_mix import check_shares
@@ -37,19 +47,22 @@ def detector_params(names: list[str] | tuple[str, ...]) -> dict[str, dict]:
     return {part: POSTHOC_PARAMS[part] for name in names for part in name.split(SEPARATOR)}
 
 
-class LabSettings(BaseModel):
-    """What a cell depends on, beyond (profile, row, seed). Its hash names the cell cache."""
+class LabSettings(ModelRecipe):
+    """What a cell depends on, beyond (profile, row, seed). Its hash names the cell cache.
+
+    The detector's model and steps are ``encoding.recipe.ModelRecipe``'s fields (declared there, once, for the
+    encoder, the trainer and the lab); ``ood_config`` hands them to the trainer with ``OODTrainConfig.from_recipe``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    # the detector: small enough that one animals cell takes ~15-40 s on 2 cores
-    arch: str = "resnet10"
-    width: int = Field(8, ge=1)
-    image_size: int = Field(16, ge=8)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(128, ge=1)
+    # the detector: small enough that one animals cell takes ~15-40 s on 2 cores (batch size: the recipe's 128)
+    arch: EncoderArch = "resnet10"
+    width: Width = 8
+    image_size: Annotated[ImageSize, Field(ge=8)] = 16
+    epochs: Epochs = 8
+    lr: LearningRate = 0.05
     ood_batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.05, gt=0)
     beta: float = Field(0.5, ge=0, description="weight of L_ood; 0.5 measured best of 2.5 / 0.5 / 0.25 here")
     ood_loss: OodLoss = Field(
         "energy_logistic",
@@ -124,7 +137,7 @@ class LabSettings(BaseModel):
         "own features) won on the dev splits (bench/results/ood_protocol/choose_defaults.md)",
     )
     noise_share: float = Field(
-        0.25,
+        RECIPE_NOISE_SHARE,
         ge=0,
         lt=1,
         description="share of a decoded row's outliers that are smooth noise instead (the outlier mix, with "
@@ -132,7 +145,7 @@ class LabSettings(BaseModel):
         "splits (bench/results/ood_protocol/choose_defaults.md)",
     )
     mixing_share: float = Field(
-        0.25,
+        RECIPE_MIXING_SHARE,
         ge=0,
         lt=1,
         description="share of a decoded row's outliers that are image-space mixing outliers of two ID images of "

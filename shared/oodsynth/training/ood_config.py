@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from ..densities import DENSITY_KINDS
-from ..encoding.encoder import EncoderArch
+from ..encoding.recipe import TrainingRun
 from .outlier_mix import check_shares
 from .virtual_outliers import VIRTUAL_OUTLIERS, get_virtual_sampler
 
@@ -15,15 +15,11 @@ OodLoss = Literal["energy_logistic", "outlier_exposure"]
 OOD_LOSSES: tuple[OodLoss, ...] = get_args(OodLoss)
 
 
-class OODTrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OODTrainConfig(TrainingRun):
+    """One ``train-ood`` run: the recipe (``encoding.recipe``: arch, width, image size, epochs, batch size, lr, seed,
+    normalisation, at the trainer's defaults) and what CE + beta * L_ood adds to it."""
 
-    arch: EncoderArch = "resnet18"
-    width: int = Field(64, ge=1)
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(128, ge=1, description="ID images per step")
     ood_batch_size: int = Field(128, ge=1, description="outlier images per step")
-    lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
@@ -39,12 +35,8 @@ class OODTrainConfig(BaseModel):
         "the energy (DREAM-OOD); outlier_exposure: outliers' softmax to uniform (OE)",
     )
     phi_hidden: int = Field(16, ge=1)
-    seed: int = 0
     num_workers: int = Field(0, ge=0)
     dataset: str = ""
-    image_size: int = Field(32, ge=1)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     store: str | None = None
     outlier_datasets: list[str] = Field(default_factory=list)
     max_id_percentile: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] | None = Field(
