@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import typer
 
 from ..errors import InputError
 from .app import app
+from .training_options import ARCH, DATA_ROOT, DATASET, DEVICE, OOD_OPTIONS, SEED, choice
 
 
 def _fail(option: str, message: str) -> NoReturn:
@@ -75,26 +76,26 @@ def _anchors_for(
 @app.command("train-encoder")
 def train_encoder_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder; the checkpoint is OUT/encoder.pt."),
-    dataset: str = typer.Option("digits", help="digits, cifar10, cifar100, imagefolder:<path> or a folder."),
-    data_root: Path | None = typer.Option(None, help="Where CIFAR lives or is downloaded to."),
+    dataset: str = DATASET,
+    data_root: Path | None = DATA_ROOT,
     anchors: Path | None = typer.Option(None, help="Anchors T(y): a (C, D) .npy or a bank .npz, in class order."),
     anchors_model: Path | None = typer.Option(None, help="SD model folder: anchors are its token rows for --words."),
     words: list[str] | None = typer.Option(None, "--words", help="Prompt word per class (default: class names)."),
     random_anchors: int | None = typer.Option(None, help="Random unit anchors of this dimension (a stand-in)."),
-    arch: str = typer.Option("resnet18", help="resnet18, resnet34, resnet152 or efficientnet_v2_s."),
+    arch: str = ARCH,
     width: int = typer.Option(64, help="CIFAR ResNet base width (64 = standard)."),
-    epochs: int = typer.Option(200),
-    batch_size: int = typer.Option(256),
-    lr: float = typer.Option(0.1),
-    momentum: float = typer.Option(0.9),
-    weight_decay: float = typer.Option(5e-4),
+    epochs: int = typer.Option(200, help="Passes over the training set."),
+    batch_size: int = typer.Option(256, help="Images per step."),
+    lr: float = typer.Option(0.1, help="Initial learning rate (SGD with Nesterov momentum, cosine to 0)."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(5e-4, help="SGD weight decay."),
     temperature: float = typer.Option(0.1, help="t in cos(T(y_j), z)/t."),
-    kernel: str = typer.Option("cosine", help="cosine or euclidean."),
+    kernel: str = choice("cosine", ("cosine", "euclidean"), "Similarity of a feature to the class anchors."),
     image_size: int | None = typer.Option(None, help="Input size (digits: default 16)."),
     augment: bool = typer.Option(True, help="Random crop/flip for CIFAR and folders."),
-    seed: int = typer.Option(0),
+    seed: int = SEED,
     resume: bool = typer.Option(False, help="Continue from OUT/encoder.pt."),
-    device: str | None = typer.Option(None, help="torch device; auto when left out."),
+    device: str | None = DEVICE,
 ) -> None:
     """Train the text-aligned encoder (CE over cos(T(y_j), z)/t) with a checkpoint per epoch."""
     import pydantic
@@ -138,10 +139,10 @@ def train_encoder_cmd(
 def features_cmd(
     checkpoint: Path = typer.Option(..., help="Encoder checkpoint (file or run folder)."),
     out: Path = typer.Option(..., "--out", help="Bank file to write (.npz)."),
-    dataset: str = typer.Option("digits"),
-    split: str = typer.Option("train", help="train or test."),
-    data_root: Path | None = typer.Option(None),
-    batch_size: int = typer.Option(256, min=1),
+    dataset: str = DATASET,
+    split: str = choice("train", ("train", "test"), "The split to encode."),
+    data_root: Path | None = DATA_ROOT,
+    batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
 ) -> None:
     """Encode a dataset into a feature bank (.npz): unit features, labels, anchors, class names."""
     from ..encoding.features import build_bank, nearest_anchor
@@ -168,145 +169,47 @@ def features_cmd(
 
 @app.command("train-ood")
 def train_ood_cmd(
-    out: Path = typer.Option(..., "--out", help="Run folder; the checkpoint is OUT/ood.pt."),
-    dataset: str = typer.Option("digits"),
-    data_root: Path | None = typer.Option(None),
-    store: str | None = typer.Option(
-        None, help="Result store folder or s3://bucket/prefix (default: settings OODSYNTH_STORE)."
-    ),
-    outliers: list[str] | None = typer.Option(
-        None,
-        "--outliers",
-        help="Outliers (repeatable): a store dataset name, or an `oodsynth export` of one (its folder or "
-        "s3:// prefix, imagefolder or webdataset, or .tar shard URLs); exports need no store or Redis.",
-    ),
-    max_id_percentile: float | None = typer.Option(
-        None,
-        help="Keep only verified outliers: images whose re-encoded "
-        "feature sits at or below this ID percentile (manifest field "
-        "verified_id_percentile). Default: 10 (measured) when every image "
-        "is verified, else all images.",
-    ),
-    min_id_percentile: float = typer.Option(
-        0.0,
-        help="With --max-id-percentile, a band: also drop verified outliers below this ID percentile (the "
-        "decodings that re-encode as most OOD: blobs and decoder artefacts). Must lie below the maximum; "
-        "0: no lower bound.",
-    ),
-    max_margin: float | None = typer.Option(
-        None,
-        help="Keep only verified outliers that are ambiguous between two ID classes: re-encoded top-1 minus "
-        "top-2 anchor cosine (manifest field verified_margin, 0..2) at most this. Default: no margin filter.",
-    ),
-    all_outliers: bool = typer.Option(False, "--all-outliers", help="Use every stored outlier, verified or not."),
-    stream: bool = typer.Option(
-        False,
-        "--stream",
-        help="Read webdataset exports in --outliers as they stream (shuffled shards, then a shuffle buffer) "
-        "instead of holding them in memory: for large remote sets. Not seed-for-seed the in-memory run.",
-    ),
-    shuffle_buffer: int = typer.Option(1000, help="With --stream: samples held in the shuffle buffer."),
-    noise_share: float = typer.Option(
-        0.0, help="With --outliers: this share of the outliers are smooth noise (blobs), added to the given ones."
-    ),
-    mixing_share: float = typer.Option(
-        0.0,
-        help="With --outliers: this share of the outliers are mixes of two ID images of different classes "
-        "(--mixing-kind), added to the given ones. 0.25 each of noise and mixes (with `evaluate --score knn "
-        "--param knn.k=1`) is the OOD lab's default recipe; 0: the given outliers alone.",
-    ),
-    mixing_kind: str = typer.Option("cutmix", help="cutmix or mixup."),
-    feature_outliers: str | None = typer.Option(
-        None,
-        "--feature-outliers",
-        help="SAMPLE_ID|FILE.npz: sampled vectors fed straight to the head (no decoding); needs --init-encoder.",
-    ),
-    init_encoder: Path | None = typer.Option(
-        None, help="Text-aligned encoder run folder to start from (768-d feature + anchor head)."
-    ),
-    init_classifier: Path | None = typer.Option(
-        None,
-        help="train-ood run folder (typically CE only, --beta 0) to "
-        "fine-tune from, Outlier Exposure's protocol: --epochs more epochs "
-        "at --lr; its architecture replaces --arch and --width.",
-    ),
-    redraw_every: int = typer.Option(
-        0, help="With --feature-outliers: redraw them from the current features every N epochs (0 = never)."
-    ),
-    redraw_density: str = typer.Option("gaussian_full", help="Density kind refitted for a redraw."),
-    virtual_outliers: str | None = typer.Option(
-        None,
-        "--virtual-outliers",
-        help="vos|npos: also draw --ood-batch-size outliers per step from the penultimate features in training "
-        "(VOS: low-likelihood samples of class Gaussians; NPOS: k-NN boundary perturbations).",
-    ),
-    virtual_param: list[str] | None = typer.Option(
-        None,
-        "--virtual-param",
-        help="NAME=VALUE (repeatable): a parameter of the --virtual-outliers sampler, e.g. queue_size=200, warmup=0.",
-    ),
-    beta: float = typer.Option(
-        0.5, help="Weight of L_ood; 0 or no --outliers = CE-only baseline (0.5: measured best in the OOD lab)."
-    ),
-    ood_loss: str = typer.Option(
-        "energy_logistic",
-        help="L_ood: energy_logistic (phi on the energy, DREAM-OOD) "
-        "or outlier_exposure (outliers' softmax to uniform, OE).",
-    ),
-    arch: str = typer.Option("resnet18"),
-    width: int = typer.Option(64),
-    epochs: int = typer.Option(100),
-    batch_size: int = typer.Option(128),
-    ood_batch_size: int = typer.Option(128),
-    lr: float = typer.Option(0.1),
-    weight_decay: float = typer.Option(5e-4),
-    image_size: int | None = typer.Option(None),
-    augment: bool = typer.Option(True),
-    seed: int = typer.Option(0),
-    resume: bool = typer.Option(False),
-    device: str | None = typer.Option(None),
+    out: Path = OOD_OPTIONS["out"],
+    dataset: str = DATASET,
+    data_root: Path | None = DATA_ROOT,
+    store: str | None = OOD_OPTIONS["store"],
+    outliers: list[str] | None = OOD_OPTIONS["outliers"],
+    max_id_percentile: float | None = OOD_OPTIONS["max_id_percentile"],
+    min_id_percentile: float = OOD_OPTIONS["min_id_percentile"],
+    max_margin: float | None = OOD_OPTIONS["max_margin"],
+    all_outliers: bool = OOD_OPTIONS["all_outliers"],
+    stream: bool = OOD_OPTIONS["stream"],
+    shuffle_buffer: int = OOD_OPTIONS["shuffle_buffer"],
+    noise_share: float = OOD_OPTIONS["noise_share"],
+    mixing_share: float = OOD_OPTIONS["mixing_share"],
+    mixing_kind: str = OOD_OPTIONS["mixing_kind"],
+    feature_outliers: str | None = OOD_OPTIONS["feature_outliers"],
+    init_encoder: Path | None = OOD_OPTIONS["init_encoder"],
+    init_classifier: Path | None = OOD_OPTIONS["init_classifier"],
+    redraw_every: int = OOD_OPTIONS["redraw_every"],
+    redraw_density: str = OOD_OPTIONS["redraw_density"],
+    virtual_outliers: str | None = OOD_OPTIONS["virtual_outliers"],
+    virtual_param: list[str] | None = OOD_OPTIONS["virtual_param"],
+    beta: float = OOD_OPTIONS["beta"],
+    ood_loss: str = OOD_OPTIONS["ood_loss"],
+    arch: str = ARCH,
+    width: int = OOD_OPTIONS["width"],
+    epochs: int = OOD_OPTIONS["epochs"],
+    batch_size: int = OOD_OPTIONS["batch_size"],
+    ood_batch_size: int = OOD_OPTIONS["ood_batch_size"],
+    lr: float = OOD_OPTIONS["lr"],
+    weight_decay: float = OOD_OPTIONS["weight_decay"],
+    image_size: int | None = OOD_OPTIONS["image_size"],
+    augment: bool = OOD_OPTIONS["augment"],
+    seed: int = SEED,
+    resume: bool = OOD_OPTIONS["resume"],
+    device: str | None = DEVICE,
 ) -> None:
     """Train a classifier with L = CE + beta * L_ood on generated outliers from the store."""
+    options = dict(locals())  # first: every option by name, before any other local
     from ..service.training import train_ood_run
 
-    if all_outliers and (min_id_percentile or max_margin is not None):
-        _fail("all_outliers", "keeps every image: give no --min-id-percentile or --max-margin with it")
-    result = train_ood_run(
-        out,
-        dataset=dataset,
-        data_root=data_root,
-        store=store,
-        outliers=outliers,
-        max_id_percentile=max_id_percentile if max_id_percentile is not None else None if all_outliers else "auto",
-        min_id_percentile=min_id_percentile,
-        max_margin=max_margin,
-        feature_outliers=feature_outliers,
-        virtual_outliers=virtual_outliers,
-        virtual_params=virtual_param,
-        image_size=image_size,
-        augment=augment,
-        resume=resume,
-        device=device,
-        arch=arch,
-        width=width,
-        epochs=epochs,
-        batch_size=batch_size,
-        ood_batch_size=ood_batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        beta=beta,
-        seed=seed,
-        ood_loss=ood_loss,
-        init_encoder=init_encoder,
-        init_classifier=init_classifier,
-        redraw_every=redraw_every,
-        redraw_density=redraw_density,
-        stream_outliers=stream,
-        shuffle_buffer=shuffle_buffer,
-        noise_share=noise_share,
-        mixing_share=mixing_share,
-        mixing_kind=mixing_kind,
-    )
+    result = train_ood_run(**_train_ood_arguments(options))
     clf, last = result.classifier, result.classifier.history[-1]
     if clf.outlier_note:
         typer.echo(f"outliers: {clf.outlier_note}")
@@ -314,6 +217,17 @@ def train_ood_cmd(
         f"ood model: {result.checkpoint} ({result.kind}) after {clf.epoch} epochs; "
         f"ce {last['ce']:.4f}, L_ood {last['ood']:.4f}"
     )
+
+
+def _train_ood_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """train-ood's options as ``train_ood_run`` takes them: the verification filter resolved, two names mapped."""
+    o = dict(options)
+    all_outliers, max_id = o.pop("all_outliers"), o.pop("max_id_percentile")
+    if all_outliers and (o["min_id_percentile"] or o["max_margin"] is not None):
+        _fail("all_outliers", "keeps every image: give no --min-id-percentile or --max-margin with it")
+    o["max_id_percentile"] = max_id if max_id is not None else None if all_outliers else "auto"
+    o["stream_outliers"], o["virtual_params"] = o.pop("stream"), o.pop("virtual_param")
+    return o
 
 
 def _load_fit(fit: str):
@@ -358,9 +272,9 @@ def evaluate_cmd(
     ),
     encoder: Path | None = typer.Option(None, help="Text-aligned encoder checkpoint (for --score density)."),
     fit: str | None = typer.Option(None, help="Stored fit name or fit file (for --score density)."),
-    data_root: Path | None = typer.Option(None),
+    data_root: Path | None = DATA_ROOT,
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
-    batch_size: int = typer.Option(256, min=1),
+    batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
 ) -> None:
     """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for pytorch-ood's detectors, phi and density.
 
