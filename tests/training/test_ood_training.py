@@ -289,10 +289,10 @@ def feature_config(setup, **kw):
 
 
 def test_feature_model_starts_as_the_anchor_classifier(feature_setup):
-    from oodsynth.training.ood import _from_encoder
+    from oodsynth.training.ood_model import from_encoder
 
     setup = feature_setup
-    _, model, _ = _from_encoder(feature_config(setup), setup["small"])
+    _, model, _ = from_encoder(feature_config(setup), setup["small"])
     model.eval()
     x = torch.stack([setup["small"].dataset[i][0] for i in range(8)])
     with torch.no_grad():
@@ -332,7 +332,7 @@ def test_feature_outliers_from_a_sample_id_and_a_bare_npz_with_redraw(tmp_path, 
     from oodsynth.state.redis_conn import get_redis
     from oodsynth.state.samples import SampleRegistry
     from oodsynth.training.feature_outliers import load_feature_outliers, redraw_feature_outliers
-    from oodsynth.training.ood import _from_encoder
+    from oodsynth.training.ood_model import from_encoder
 
     setup = feature_setup
     sample_id = SampleRegistry(get_redis()).put_stored(setup["stored"])
@@ -380,7 +380,7 @@ def test_feature_outliers_from_a_sample_id_and_a_bare_npz_with_redraw(tmp_path, 
             device="cpu",
         )
 
-    _, model, _ = _from_encoder(feature_config(setup), setup["small"])
+    _, model, _ = from_encoder(feature_config(setup), setup["small"])
     stored = load_feature_outliers(setup["stored"])
     redrawn = redraw_feature_outliers(model, setup["small"], stored, "gaussian_diagonal", seed=1)
     assert redrawn.method == "inverse_sgld" and redrawn.vectors.shape == stored.vectors.shape
