@@ -31,8 +31,12 @@ def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
 def test_the_site_builds_strict(tmp_path):
     build = mkdocs_build(REPO / "mkdocs.yml", tmp_path / "site")
     assert build.returncode == 0, build.stderr[-4000:]
-    for page in ("index", "results/index", "operations/index", "configuration/index", "lab/index"):
+    for page in ("index", "quickstart/index", "reference/index", "results/index", "operations/index", "lab/index"):
         assert (tmp_path / "site" / f"{page}.html").is_file(), page
+    reference = (tmp_path / "site" / "reference" / "index.html").read_text(encoding="utf-8")
+    for name in ("oodsynth.client.OodsynthClient.sample", "oodsynth.bank.FeatureBank", "oodsynth.errors.InputError"):
+        assert f'id="{name}"' in reference, name  # mkdocstrings rendered it from the docstrings
+    assert "Upload a bank" in reference  # a docstring's text (OodsynthClient.fit), not only the names
 
 
 def test_a_broken_link_fails_the_build(tmp_path):
