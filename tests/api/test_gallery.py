@@ -6,8 +6,10 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from oodsynth.service.gallery import VERIFIED_AT
+from oodsynth.store.results import ResultStore
 from services.embed_sampler.app import create_app
 from tests.helpers.stores import make_store
 
@@ -34,7 +36,7 @@ def test_the_verified_filter_uses_train_oods_default_threshold():
 def test_page_filters_and_images(client):
     r = client.get("/datasets/blobs/gallery", params={"class": "dog", "sampler": "knn_boundary", "per_page": 7})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert r.text.count('<figure class="card" data-class="dog" data-sampler="knn_boundary">') == 7
+    assert r.text.count('<figure class="card" data-class="dog" data-sampler="knn_boundary" ') == 7
     assert "15 images" in r.text and "page 1 of 3" in r.text and 'rel="next"' in r.text
     src = re.search(r'src="(images/[^"]+)"', r.text).group(1)
     png = client.get(f"/datasets/blobs/{src}")
@@ -155,3 +157,18 @@ def test_links_of_a_class_named_with_url_characters_reach_it(tmp_path, settings_
     href = re.search(r'<a href="([^"]+)"><title>ID percentile 0', text).group(1).replace("&amp;", "&")
     assert "class=a%23b%3Fc%25d" in href
     assert client.get(f"/datasets/dec/gallery{href}").text.count("<figure") == 1
+
+
+def test_images_written_after_a_page_was_served_show_up(tmp_path, settings_env):
+    """The page keeps the dataset's rows between requests, until a manifest shard changes."""
+    from tests.helpers.stores import write_verified_images
+
+    write_verified_images(tmp_path, [{"verified_id_percentile": 3.0}])
+    settings_env(STORE=tmp_path)
+    client = TestClient(create_app())
+    assert "1 image " in client.get("/datasets/dec/gallery").text
+    store = ResultStore(tmp_path)
+    record = store.records("dec")[0].model_copy(update={"image_id": "img-new", "job_id": "job-later"})
+    assert store.write_image("dec", record, Image.new("RGB", (16, 16)))
+    text = client.get("/datasets/dec/gallery").text
+    assert "2 images" in text and text.count("<figure") == 2

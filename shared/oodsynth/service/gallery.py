@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -120,47 +121,83 @@ def _check(query: GalleryQuery, dataset: str, classes: list[str], samplers: list
             raise InputError(high, f"{high}={hi:g} is below {low}={lo:g}")
 
 
-def _matches(query: GalleryQuery, r: ImageRecord) -> bool:
-    return (
-        (not query.class_name or r.class_name == query.class_name)
-        and (not query.sampler or r.sampler == query.sampler)
-        and (query.verified is None or is_verified(r) == (query.verified == "yes"))
-        and _in_range(_value(r, VERIFIED_KEY), query.id_min, query.id_max)
-        and _in_range(_value(r, "knn_distance"), query.knn_min, query.knn_max)
-    )
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A record with the values the page filters and sorts on, read once (not per request)."""
+
+    record: ImageRecord
+    values: dict[str, float | None]  # SORT_FIELDS' diagnostics
+    pct: float | None  # the image's ID percentile (values[VERIFIED_KEY])
+
+    def matches(self, query: GalleryQuery) -> bool:
+        r, pct = self.record, self.pct
+        return (
+            (not query.class_name or r.class_name == query.class_name)
+            and (not query.sampler or r.sampler == query.sampler)
+            and (query.verified is None or (pct is not None and pct <= VERIFIED_AT) == (query.verified == "yes"))
+            and _in_range(pct, query.id_min, query.id_max)
+            and _in_range(self.values["knn_distance"], query.knn_min, query.knn_max)
+        )
 
 
-def _sort(records: list[ImageRecord], query: GalleryQuery) -> None:
-    """In place: by the chosen key (missing values last, in either order), ties by class and image id."""
-    records.sort(key=lambda r: (r.class_index, r.image_id))
+def _sort(rows: list[_Row], query: GalleryQuery) -> list[_Row]:
+    """By the chosen key (missing values last, in either order), ties by class and image id (the rows' order)."""
     if query.sort == "class":
-        if query.order == "desc":
-            records.reverse()
-        return
+        return rows[::-1] if query.order == "desc" else rows
     key = SORT_FIELDS[query.sort]
-    present = [r for r in records if _value(r, key) is not None]
-    missing = [r for r in records if _value(r, key) is None]
-    present.sort(key=lambda r: _value(r, key) or 0.0, reverse=query.order == "desc")  # stable: ties keep order
-    records[:] = present + missing
+    present = [row for row in rows if row.values[key] is not None]
+    missing = [row for row in rows if row.values[key] is None]
+    present.sort(key=lambda row: row.values[key] or 0.0, reverse=query.order == "desc")  # stable: ties keep order
+    return present + missing
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    versions: dict[str, str]  # the manifest objects' version tokens it was read at
+    rows: list[_Row]  # by class, then image id
+    classes: list[str]
+    samplers: list[str]
+    names: dict[int, str]
+
+
+_SNAPSHOTS: dict[tuple[str, str], _Snapshot] = {}  # (store url, dataset) -> its rows, per process
+_SNAPSHOTS_LOCK = threading.Lock()
+
+
+def _snapshot(store: ResultStore, dataset: str) -> _Snapshot:
+    """The dataset's rows, validated and read once per manifest version: a page of a 10,000-image dataset then
+    costs a listing of its shards and one pass over plain values (the first paint target is 1 s)."""
+    versions = store._manifest_versions(dataset)  # one listing; the store re-reads only changed shards
+    with _SNAPSHOTS_LOCK:
+        cached = _SNAPSHOTS.get((store.url, dataset))
+    if cached is not None and cached.versions == versions:
+        return cached
+    records = sorted(store.records(dataset), key=lambda r: (r.class_index, r.image_id))
+    values = [{key: _value(r, key) for key in SORT_FIELDS.values()} for r in records]
+    rows = [_Row(r, v, v[VERIFIED_KEY]) for r, v in zip(records, values)]
+    names = {r.class_index: r.class_name for r in records}
+    classes, samplers = sorted({r.class_name for r in records}), sorted({r.sampler for r in records})
+    snapshot = _Snapshot(versions, rows, classes, samplers, names)
+    with _SNAPSHOTS_LOCK:
+        _SNAPSHOTS[(store.url, dataset)] = snapshot
+    return snapshot
 
 
 def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery) -> GalleryPage:
     """The records of one page; a filter value that matches nothing known names its field."""
     if dataset not in store.datasets():
         raise NotFound("name", f"no dataset {dataset!r} in the store")
-    records = store.records(dataset)
-    classes = sorted({r.class_name for r in records})
-    samplers = sorted({r.sampler for r in records})
-    _check(query, dataset, classes, samplers)
-    chosen = [r for r in records if _matches(query, r)]
-    _sort(chosen, query)
+    snap = _snapshot(store, dataset)
+    _check(query, dataset, snap.classes, snap.samplers)
+    chosen = _sort([row for row in snap.rows if row.matches(query)], query)
     start = (query.page - 1) * query.per_page
     if chosen and start >= len(chosen):
         raise InputError("page", f"page {query.page} is past the last ({math.ceil(len(chosen) / query.per_page)})")
-    names = {r.class_index: r.class_name for r in records}
-    percentiles = [v for v in (_value(r, VERIFIED_KEY) for r in chosen) if v is not None]
-    page = chosen[start : start + query.per_page]
-    return GalleryPage(dataset, store.url, query, page, len(chosen), classes, samplers, names, percentiles)
+    percentiles = [pct for pct in (row.pct for row in chosen) if pct is not None]
+    page = [row.record for row in chosen[start : start + query.per_page]]
+    return GalleryPage(
+        dataset, store.url, query, page, len(chosen), snap.classes, snap.samplers, snap.names, percentiles
+    )
 
 
 def gallery_image(store: ResultStore, dataset: str, path: str) -> bytes:
