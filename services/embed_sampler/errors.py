@@ -98,8 +98,9 @@ def wants_html(request: Request) -> bool:
 
 
 def answer(request: Request, detail: list[dict], status: int, headers: dict | None = None) -> Response:
-    """The ``detail`` list as JSON, or as an HTML page where ``wants_html``."""
-    if wants_html(request):
+    """The ``detail`` list as JSON, or, for the answers the page documents both ways (404, 422), as an HTML page
+    where ``wants_html``."""
+    if status in (404, 422) and wants_html(request):
         errors = [(join_loc(e["loc"]), str(e["msg"])) for e in detail]
         return HTMLResponse(render_error(status, errors, dict(request.query_params)), status, headers=headers)
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
