@@ -172,3 +172,13 @@ def test_images_written_after_a_page_was_served_show_up(tmp_path, settings_env):
     assert store.write_image("dec", record, Image.new("RGB", (16, 16)))
     text = client.get("/datasets/dec/gallery").text
     assert "2 images" in text and text.count("<figure") == 2
+
+
+def test_the_gallery_keeps_the_rows_of_a_few_datasets_only(tmp_path):
+    from oodsynth.service import gallery
+
+    for i in range(gallery.MAX_SNAPSHOTS + 2):
+        make_store(tmp_path / f"s{i}", per_class=1)
+        gallery.gallery_page(ResultStore(tmp_path / f"s{i}"), "blobs", gallery.GalleryQuery())
+    kept = [url for url, _ in gallery._SNAPSHOTS]
+    assert len(kept) == gallery.MAX_SNAPSHOTS and kept[-1] == ResultStore(tmp_path / f"s{i}").url

@@ -160,7 +160,8 @@ class _Snapshot:
     names: dict[int, str]
 
 
-_SNAPSHOTS: dict[tuple[str, str], _Snapshot] = {}  # (store url, dataset) -> its rows, per process
+_SNAPSHOTS: dict[tuple[str, str], _Snapshot] = {}  # (store url, dataset) -> its rows, per process, latest last
+MAX_SNAPSHOTS = 4  # datasets kept at once (each holds its manifest's rows)
 _SNAPSHOTS_LOCK = threading.Lock()
 
 
@@ -169,9 +170,10 @@ def _snapshot(store: ResultStore, dataset: str) -> _Snapshot:
     costs a listing of its shards and one pass over plain values (the first paint target is 1 s)."""
     versions = store._manifest_versions(dataset)  # one listing; the store re-reads only changed shards
     with _SNAPSHOTS_LOCK:
-        cached = _SNAPSHOTS.get((store.url, dataset))
-    if cached is not None and cached.versions == versions:
-        return cached
+        cached = _SNAPSHOTS.pop((store.url, dataset), None)
+        if cached is not None and cached.versions == versions:
+            _SNAPSHOTS[(store.url, dataset)] = cached  # now the most recently read
+            return cached
     records = sorted(store.records(dataset), key=lambda r: (r.class_index, r.image_id))
     values = [{key: _value(r, key) for key in SORT_FIELDS.values()} for r in records]
     rows = [_Row(r, v, v[VERIFIED_KEY]) for r, v in zip(records, values)]
@@ -180,6 +182,8 @@ def _snapshot(store: ResultStore, dataset: str) -> _Snapshot:
     snapshot = _Snapshot(versions, rows, classes, samplers, names)
     with _SNAPSHOTS_LOCK:
         _SNAPSHOTS[(store.url, dataset)] = snapshot
+        while len(_SNAPSHOTS) > MAX_SNAPSHOTS:
+            del _SNAPSHOTS[next(iter(_SNAPSHOTS))]  # the least recently read
     return snapshot
 
 
