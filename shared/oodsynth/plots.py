@@ -196,3 +196,42 @@ def plot_ood_gain(summary: dict, out: str | Path, *, metrics: tuple[str, ...] = 
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str, out: str | Path) -> Path:
+    """ROC curves of several scores on one OOD set: ``curves[score] = (fpr, tpr, auroc)``, ID the positive class
+    (``training.metrics.roc_curve``); the chance line dashed, the 95 % TPR of FPR95 dotted."""
+    if not curves:
+        raise InputError("scores", "no curves to plot")
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    for name, (fpr, tpr, auc) in sorted(curves.items(), key=lambda kv: -kv[1][2]):
+        ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({100 * auc:.1f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
+    ax.axhline(0.95, ls=":", color="0.4", lw=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR (OOD accepted)", ylabel="TPR (ID accepted)", title=title)
+    ax.legend(fontsize=6 if len(curves) > 8 else 8, loc="lower right", ncol=2 if len(curves) > 12 else 1)
+    return _save(fig, out)
+
+
+def plot_score_histograms(
+    id_scores: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray], title: str, out: str | Path
+) -> Path:
+    """One panel per score: its ID test scores against one OOD set's (higher = more ID), as densities."""
+    names = [n for n in ood_scores if n in id_scores]
+    if not names:
+        raise InputError("scores", "no scores to plot")
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        both = np.concatenate([id_scores[name], ood_scores[name]])
+        bins = np.linspace(both.min(), both.max(), 41) if np.ptp(both) > 0 else 10
+        ax.hist(id_scores[name], bins=bins, density=True, alpha=0.55, label="ID")
+        ax.hist(ood_scores[name], bins=bins, density=True, alpha=0.55, label="OOD")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{title} (higher = more ID)", fontsize=9)
+    return _save(fig, out)

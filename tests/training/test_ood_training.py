@@ -147,6 +147,12 @@ def test_train_ood_then_evaluate_gives_finite_metrics(tmp_path, digits):
             assert np.isfinite(metrics[name]) and 0 <= metrics[name] <= 1
         sets = [m for name, m in result["scores"][score].items() if name != "average"]  # near- and far-OOD sets
         assert result["scores"][score]["average"]["auroc"] == pytest.approx(np.mean([m["auroc"] for m in sets]))
+    # the pictures beside the JSON: per OOD set a ROC figure and a histogram figure, both PNG
+    sets = sorted(name for name in result["scores"]["energy"] if name != "average")
+    safe = [name.replace(":", "-") for name in sets]
+    assert result["plots"] == [f"eval.{kind}.{name}.png" for name in safe for kind in ("roc", "hist")]
+    for name in result["plots"]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_errors_name_the_option(tmp_path):

@@ -273,7 +273,15 @@ def evaluate_cmd(
     encoder: Path | None = typer.Option(None, help="Text-aligned encoder checkpoint (for --score density)."),
     fit: str | None = typer.Option(None, help="Stored fit name or fit file (for --score density)."),
     data_root: Path | None = DATA_ROOT,
-    json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_out: Path | None = typer.Option(
+        None,
+        "--json",
+        help="Write the results as JSON here, and beside it per OOD set the ROC curves (JSON.roc.SET.png) and the "
+        "score histograms (JSON.hist.SET.png).",
+    ),
+    all_sets: bool = typer.Option(
+        False, "--all", help="After the summary (averages over the OOD sets), a row per score and OOD set."
+    ),
     batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
 ) -> None:
     """ID accuracy and FPR95 / AUROC / AUPR-in / AUPR-out per OOD set, for pytorch-ood's detectors, phi and density.
@@ -300,7 +308,12 @@ def evaluate_cmd(
         batch_size=batch_size,
         params=params,
     )
-    Console().print(report.table(f"evaluate {checkpoint or encoder}"))
+    Console().print(report.table(f"evaluate {checkpoint or encoder}", full=all_sets))
+    for note in report.notes():
+        typer.echo(f"note: {note}")
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
-        typer.echo(f"results: {json_out}")
+        plots = report.write_plots(json_out.with_suffix(""))
+        json_out.write_text(
+            json.dumps({**report.to_dict(), "notes": report.notes(), "plots": [p.name for p in plots]}, indent=2)
+        )
+        typer.echo(f"results: {json_out}; {len(plots)} plots beside it ({', '.join(p.name for p in plots[:2])}, ...)")

@@ -58,10 +58,15 @@ def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95) -> float:
     return float(fps[k] / len(neg))
 
 
-def auroc(id_scores, ood_scores) -> float:
+def roc_curve(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct threshold, highest first, from (0, 0) to (1, 1): the curve ``auroc`` integrates."""
     pos, neg = _check("id_scores", id_scores), _check("ood_scores", ood_scores)
     tps, fps = _curve(pos, neg)
-    tpr, fpr = np.r_[0, tps] / len(pos), np.r_[0, fps] / len(neg)
+    return np.r_[0, fps] / len(neg), np.r_[0, tps] / len(pos)
+
+
+def auroc(id_scores, ood_scores) -> float:
+    fpr, tpr = roc_curve(id_scores, ood_scores)
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
