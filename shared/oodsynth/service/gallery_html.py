@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .gallery import PAGE_SIZES, VERIFIED_AT, VERIFIED_KEY, GalleryPage, GalleryQuery, is_verified
+from ..store.results import ImageRecord, class_folder
+from .gallery import PAGE_SIZES, VERIFIED_AT, VERIFIED_KEY, GalleryPage, is_verified
 
 HIST_BINS = 20  # of 5 percentile points each
 HIST_W, HIST_H = 240, 48
@@ -55,9 +56,11 @@ def query_link(params: dict[str, Any]) -> str:
     return "?" + urlencode(params, quote_via=quote)
 
 
-def image_link(path: str) -> str:
-    """``images/<class folder>/<id>.png`` from the record's store path, each segment percent-encoded."""
-    _dataset, folder, name = path.split("/", 2)
+def image_link(record: ImageRecord) -> str:
+    """``images/<class folder>/<id>.png``, each segment percent-encoded: the record's place in the store (its
+    ``path``; a row without one, where ``ResultStore.write_image`` would have put it)."""
+    parts = record.path.split("/")
+    folder, name = parts[1:] if len(parts) == 3 else (class_folder(record.class_name), f"{record.image_id}.png")
     return f"images/{quote(folder, safe='')}/{quote(name, safe='')}"
 
 
@@ -86,11 +89,11 @@ def histogram(page: GalleryPage) -> list[Bar]:
     return bars
 
 
-def _card(page: GalleryPage, r) -> dict[str, Any]:
+def _card(page: GalleryPage, r: ImageRecord) -> dict[str, Any]:
     diag = r.diagnostics
     target = diag.get("target_class")
     return {
-        "src": image_link(r.path),
+        "src": image_link(r),
         "record": r,
         "verified": is_verified(r),
         "verified_pct": diag.get(VERIFIED_KEY),
@@ -137,4 +140,4 @@ def render_error(status: int, errors: Iterable[tuple[str | None, str]], params: 
     )
 
 
-__all__ = ["GalleryQuery", "histogram", "image_link", "query_link", "render_error", "render_gallery"]
+__all__ = ["histogram", "image_link", "query_link", "render_error", "render_gallery"]
