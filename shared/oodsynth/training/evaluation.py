@@ -11,6 +11,8 @@ it needs no classifier at all. Every score is higher = more ID (``api.SCORE_SIGN
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -21,9 +23,9 @@ from ..densities import ClassDensities
 from ..encoding.encoder import TextAlignedEncoder
 from ..encoding.features import extract_features
 from ..errors import InputError
-from .api import require_ood_sets
+from .api import Detector, require_ood_sets
 from .classifier import OODClassifier, energy
-from .detectors import DETECTORS
+from .detectors import DETECTORS, FusedDetector, PytorchOODDetector
 from .metrics import accuracy
 from .report import EvaluationReport
 
@@ -152,3 +154,7 @@ def evaluate_density(
         id_data,
         ood_sets,
     )
+
+
+if TYPE_CHECKING:  # mypy holds every score to the one contract
+    _SCORES: tuple[type[Detector], ...] = (PytorchOODDetector, FusedDetector, PhiScore, DensityScore)

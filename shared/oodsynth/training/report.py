@@ -24,8 +24,7 @@ LOWER_IS_BETTER = {"fpr95"}
 # why two scores can coincide on every set: one is a monotone function of the other, so they rank alike
 WHY_EQUAL = {
     frozenset({"phi", "energy"}): "phi is a learned function of the energy alone, P(ID) = sigmoid(phi(E(x))); "
-    "trained monotone, it orders every image as the energy does, so every rank metric is the energy's",
-    frozenset({"maxlogit", "energy"}): "with one dominant logit, logsumexp f is the largest logit plus a near-constant",
+    "monotone over these energies, it orders every image as the energy does, so every rank metric is the energy's",
 }
 
 
