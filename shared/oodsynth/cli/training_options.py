@@ -44,7 +44,10 @@ def choice(default: str | None, choices: Sequence[str], help: str, *decls: str) 
 
 
 ARCH = choice("resnet18", ENCODER_ARCHS, "Backbone (CIFAR ResNets by base width; the others torchvision's).")
-DATASET = typer.Option("digits", help="ID dataset: digits, animals, cifar10, cifar100, imagefolder:<path>.")
+DATASET = typer.Option(
+    "digits",
+    help="ID dataset: an offline profile (digits, animals), cifar10, cifar100, imagefolder:<path> or a folder.",
+)
 DATA_ROOT = typer.Option(None, help="Where CIFAR lives or is downloaded to (offline profiles need none).")
 DEVICE = typer.Option(None, help="torch device (cpu, cuda, cuda:1); auto when left out.")
 SEED = typer.Option(0, help="Seeds the weights, the batches and every drawn outlier.")
