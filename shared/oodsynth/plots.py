@@ -204,8 +204,12 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str
     if not curves:
         raise InputError("scores", "no curves to plot")
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    drawn: list[tuple[np.ndarray, np.ndarray]] = []
     for name, (fpr, tpr, auc) in sorted(curves.items(), key=lambda kv: -kv[1][2]):
-        ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({100 * auc:.1f})")
+        # a curve that coincides with one drawn already (phi = energy) is dashed over it, so both stay visible
+        same = any(np.array_equal(fpr, f) and np.array_equal(tpr, t) for f, t in drawn)
+        ax.plot(fpr, tpr, lw=1.2, ls=(0, (4, 3)) if same else "-", label=f"{name} ({100 * auc:.1f})")
+        drawn.append((fpr, tpr))
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
     ax.axhline(0.95, ls=":", color="0.4", lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR (OOD accepted)", ylabel="TPR (ID accepted)", title=title)

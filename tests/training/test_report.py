@@ -34,7 +34,7 @@ def test_the_summary_marks_the_best_of_each_column(report):
     # measured on this seed: energy AUROC 0.917 near, 0.667 far; knn 0.623 near, 0.986 far
     assert avg["knn"]["auroc"] > avg["energy"]["auroc"] and avg["knn"]["fpr95"] < avg["energy"]["fpr95"]
     table = report.table("t")
-    assert cells(table, 0) == ["energy", "knn", "phi"] and cells(table, 1) == ["average of 2"] * 3
+    assert cells(table, 0) == ["energy", "knn", "phi"] and cells(table, 1) == ["average of 2 sets"] * 3
     auroc_col, fpr_col = cells(table, 4), cells(table, 3)
     assert auroc_col[1] == f"[bold green]{100 * avg['knn']['auroc']:.2f}[/bold green]"
     assert fpr_col[1].startswith("[bold green]") and not auroc_col[0].startswith("[bold")

@@ -82,7 +82,9 @@ class EvaluationReport:
             table.add_column(col, justify="right" if col not in ("score", "OOD set") else "left")
         best = self.best() if self.results else {}
         for score in self.results:
-            table.add_row(score, f"average of {len(self.results[score])}", "", *_marked(self.average(score), best))
+            n_sets = len(self.results[score])
+            label = f"average of {n_sets} sets" if n_sets > 1 else "average (1 set)"
+            table.add_row(score, label, "", *_marked(self.average(score), best))
         for name in sets if full else []:
             table.add_section()
             best_here = self.best(name)
