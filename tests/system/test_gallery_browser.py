@@ -117,7 +117,11 @@ def browser():
 
 
 def first_paint_ms(browser) -> float:
-    return browser.execute_script("return performance.getEntriesByName('first-contentful-paint')[0].startTime")
+    """The page's first contentful paint, from navigation start (the entry may land just after the load event)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    script = "const e = performance.getEntriesByName('first-contentful-paint')[0]; return e ? e.startTime : null"
+    return WebDriverWait(browser, 10).until(lambda d: d.execute_script(script))
 
 
 def loaded_images(browser, n: int) -> list[int]:
