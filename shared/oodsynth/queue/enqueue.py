@@ -41,6 +41,7 @@ from ..batching import batches
 from ..config import Settings, get_settings
 from ..errors import InputError, NotFound
 from ..redact import failure_line
+from .job_hash import CheckedJob
 from .payloads import DecodeJob
 from .registry_read import BAD_ENTRY, live_workers, queue_names, worker_summary
 from .waiting import wait_until_terminal
@@ -70,7 +71,7 @@ class PayloadSerializer(JSONSerializer):
 PAYLOAD_ZLIB_LEVEL = 0
 
 
-class CompactJob(Job):
+class CompactJob(CheckedJob):
     """An RQ job whose payload is stored (zlib level 0) instead of compressed at RQ's default level 6.
 
     The payload is mostly base64 float32 vectors, which zlib cannot shrink by much: level 1 saved 27 % of
@@ -155,7 +156,7 @@ def enqueue_decode(
 def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job:
     """The RQ job; ``NotFound`` when unknown (or expired)."""
     try:
-        job = Job.fetch(
+        job = CheckedJob.fetch(  # its hash checked before RQ reads it: a zlib bomb is never inflated past the cap
             job_id, connection=connection if connection is not None else connect(), serializer=JSONSerializer
         )
         job.args  # noqa: B018  (decode the payload now: a job written without JSON is not ours)

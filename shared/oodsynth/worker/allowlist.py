@@ -70,6 +70,9 @@ def record_refusal(connection: redis.Redis, job_id: bytes | str, queue: str, rea
 
 def refusal_reason(job: Job) -> str | None:
     """Why ``job`` must not run, or None when it is a plain call of an allowed function."""
+    problems = getattr(job, "hash_problems", None)  # CheckedJob: fields RQ must not act on (queue.job_hash)
+    if problems:
+        return f"refused: bad job fields: {'; '.join(problems)[:400]}"
     try:
         size = len(job.data)
         if size > MAX_JOB_BYTES:
@@ -145,6 +148,11 @@ class GuardedQueue(Queue):
             if fetched is None:  # the job hash is gone (expired or deleted): nothing to run
                 cls._drop(connection, queue_key, raw_id)
                 continue
+            job, queue = fetched
+            if job.origin != queue.name:  # RQ clears the intermediate entry of job.origin's queue: it must be ours
+                problem = f"origin: {_shown(job.origin or '')!r} is not the queue the job was taken from"
+                setattr(job, "hash_problems", [*getattr(job, "hash_problems", []), problem])  # noqa: B010 (a plain Job too)
+                job.origin = queue.name
             return fetched
 
     @staticmethod
@@ -159,6 +167,19 @@ class AllowlistWorker(SimpleWorker):
     Build it with ``queue_class=GuardedQueue`` (``oodsynth.worker.process.build_worker`` does).
     """
 
+    PUBSUB_SLEEP_S = 1.0
+
+    def subscribe(self) -> None:
+        """RQ's subscription to its command channel, its thread waking each second instead of each minute: a
+        worker that stops before the thread has seen its subscription otherwise waits out the whole 60 s
+        (redis-py's ``get_message`` waits for the subscription first; the thread's join has no timeout)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ declares it None
+            sleep_time=self.PUBSUB_SLEEP_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
     def execute_job(self, job: Job, queue: Queue):
         reason = refusal_reason(job)
         if reason is None:
@@ -170,7 +191,7 @@ class AllowlistWorker(SimpleWorker):
             log.exception("job %s: could not record its failure; dropped from the queue", _shown(job.id))
             try:
                 GuardedQueue._drop(self.connection, queue.key, job.id)
-                queue.started_job_registry.remove(job)
+                queue.started_job_registry.remove_executions(job)
             except Exception:
                 log.exception("job %s: could not drop it from the registries", _shown(job.id))
         self.set_state(WorkerStatus.IDLE)
@@ -182,6 +203,7 @@ class AllowlistWorker(SimpleWorker):
         job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
         job.webhooks = []
         job.retries_left = 0
+        job.origin = queue.name  # the queue it came from: a junk origin would leave it in the intermediate queue
         job._func_name, job._instance, job._args, job._kwargs = "<refused>", None, (), {}
         execution = self.prepare_execution(job)
         self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)

@@ -27,6 +27,7 @@ from rq.serializers import JSONSerializer
 from ..config import get_settings
 from ..errors import InputError
 from ..queue.enqueue import recover_abandoned_jobs
+from ..queue.job_hash import CheckedJob
 from ..state.redis_conn import get_redis
 from .allowlist import AllowlistWorker, GuardedQueue
 from .decode_job import DECODERS
@@ -42,8 +43,12 @@ def build_worker(queues: Sequence[str] | None = None, *, preload: bool = True) -
     if preload:
         decoder = DECODERS.get(settings)
         log.info("pipeline %s loaded on %s (%s)", decoder.model, decoder.device, decoder.dtype)
-    rq_queues = [GuardedQueue(name, connection=connection, serializer=JSONSerializer) for name in names]
-    return AllowlistWorker(rq_queues, connection=connection, serializer=JSONSerializer, queue_class=GuardedQueue)
+    rq_queues = [
+        GuardedQueue(name, connection=connection, serializer=JSONSerializer, job_class=CheckedJob) for name in names
+    ]
+    return AllowlistWorker(
+        rq_queues, connection=connection, serializer=JSONSerializer, queue_class=GuardedQueue, job_class=CheckedJob
+    )
 
 
 def run_worker(
