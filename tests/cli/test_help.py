@@ -84,3 +84,16 @@ def test_the_clients_defaults_are_the_clis():
     with pytest.raises(InputError) as exc:  # no default count, like --n-per-class; refused before any request
         OodsynthClient("http://127.0.0.1:9").sample("fit")
     assert exc.value.field == "n_per_class"
+
+
+def test_generate_defaults_are_the_servers():
+    """``client.generate`` sends only what it is given, so the server's defaults apply: the CLI's must be the same."""
+    from oodsynth.service import GenerateRequest
+
+    (cmd,) = [c for p, c in commands() if p == "generate"]
+    fields = GenerateRequest.model_fields
+    compared = {p.name for p in cmd.params if p.name in fields and not fields[p.name].is_required()}
+    assert {"steps", "guidance_scale", "height", "width", "output_size", "scheduler", "preset"} <= compared
+    for name in compared:
+        cli_default = param("generate", name).default
+        assert cli_default == fields[name].default, (name, cli_default, fields[name].default)
