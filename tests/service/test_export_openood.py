@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -91,3 +92,14 @@ def test_webdataset_card_loads_with_datasets(tmp_path):
     assert all(stored[j["image_id"]].class_index == c for j, c in zip(rows["json"], rows["cls"]))
     data = DatasetCard.load(tmp_path / "w" / "README.md").data
     assert data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "*.tar"}]}]
+
+
+def test_a_missing_export_library_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    from oodsynth.errors import Unavailable
+
+    make_store(tmp_path / "store")
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # what an install without the export extra looks like
+    with pytest.raises(Unavailable) as exc:
+        export_dataset("blobs", tmp_path / "w", format="webdataset", store=tmp_path / "store", progress=False)
+    assert exc.value.field == "format" and "oodsynth[export]" in exc.value.message and "webdataset" in exc.value.message
+    assert not (tmp_path / "w").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, Unavailable
 
 
 @dataclass
@@ -51,6 +51,22 @@ def select_records(store, dataset: str, *, classes=None, verified_only=False, ma
     return records, "; ".join(chosen)
 
 
+# What each format imports beyond the core: the card and the typed columns for all, the tar writer for shards.
+EXPORT_LIBRARIES = ("huggingface_hub", "datasets", "pyarrow")
+FORMAT_LIBRARIES = {"webdataset": ("webdataset",)}
+
+
+def require_export_libraries(format: str) -> None:
+    """Say which package is missing before any file is written, not halfway through the export."""
+    from importlib import import_module
+
+    for name in (*EXPORT_LIBRARIES, *FORMAT_LIBRARIES.get(format, ())):
+        try:
+            import_module(name)
+        except ImportError:
+            raise Unavailable("format", f"exporting needs the {name} package: pip install 'oodsynth[export]'") from None
+
+
 def export_dataset(
     dataset: str,
     out: str | Path,
@@ -85,6 +101,7 @@ def export_dataset(
 
     if format not in EXPORTERS:
         raise InputError("format", f"unknown format {format!r}; choose from {', '.join(EXPORTERS)}")
+    require_export_libraries(format)
     if shard_size is not None and format != "webdataset":
         raise InputError("shard_size", "only the webdataset format has shards")
     if openood_label != "ood" and format != "openood":
