@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from oodsynth.cli import app
 from oodsynth.cli.training import _train_ood_arguments
-from oodsynth.cli.training_options import MIXING_KIND_CHOICES, OOD_LOSS_CHOICES, VIRTUAL_CHOICES
+from oodsynth.cli.training_options import MIXING_KIND_CHOICES, OOD_LOSS_CHOICES, RECIPE_CHOICES, VIRTUAL_CHOICES
 from oodsynth.errors import InputError
 
 COMMANDS = ("train-encoder", "features", "train-ood", "evaluate")
@@ -18,9 +18,11 @@ COMMANDS = ("train-encoder", "features", "train-ood", "evaluate")
 def test_the_torch_free_choices_equal_their_registries():
     from oodsynth.training.mixing import MIXING_KINDS
     from oodsynth.training.ood_config import OOD_LOSSES
+    from oodsynth.training.outlier_mix import CHEAP_RECIPES
     from oodsynth.training.virtual_outliers import VIRTUAL_OUTLIERS
 
     assert (OOD_LOSS_CHOICES, MIXING_KIND_CHOICES, VIRTUAL_CHOICES) == (OOD_LOSSES, MIXING_KINDS, VIRTUAL_OUTLIERS)
+    assert RECIPE_CHOICES == tuple(CHEAP_RECIPES)
 
 
 def options(command: str) -> dict:
@@ -62,10 +64,12 @@ def test_help_lists_the_choices_and_a_wrong_one_is_one_line():
 
 def test_train_ood_hands_the_filter_and_the_renamed_options_on():
     base = {"min_id_percentile": 0.0, "max_margin": None, "stream": True, "virtual_param": ["k=3"], "seed": 4}
+    base["recipe"] = "noise"
     got = _train_ood_arguments({**base, "all_outliers": False, "max_id_percentile": None})
     assert got == {"min_id_percentile": 0.0, "max_margin": None, "seed": 4, "max_id_percentile": "auto"} | {
         "stream_outliers": True,
         "virtual_params": ["k=3"],
+        "outlier_recipe": "noise",
     }
     assert _train_ood_arguments({**base, "all_outliers": True, "max_id_percentile": None})["max_id_percentile"] is None
     assert _train_ood_arguments({**base, "all_outliers": False, "max_id_percentile": 7.5})["max_id_percentile"] == 7.5

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import IterableDataset, TensorDataset
 
 from oodsynth.errors import InputError
-from oodsynth.training.outlier_mix import SmoothNoiseDataset, smooth_noise, with_outlier_mix
+from oodsynth.training.outlier_mix import SmoothNoiseDataset, cheap_recipe_outliers, smooth_noise, with_outlier_mix
 
 
 def id_images(n_classes=4, per_class=10, size=8):
@@ -58,3 +58,27 @@ def test_shares_that_leave_no_stored_outlier_are_refused():
     with pytest.raises(InputError) as exc:
         with_outlier_mix(Stream(1), id_images(), noise_share=0.5, mixing_share=0.5, image_size=8, seed=0)
     assert exc.value.field == "mixing_share"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "n", "expected"),
+    [
+        ("noise+cutmix", 11, ["noise"] * 5 + ["mix"] * 6),  # the lab's row: n // 2 noise, the rest cutmix
+        ("noise", 4, ["noise"] * 4),
+        ("cutmix", 3, ["mix"] * 3),
+        ("mixup", 3, ["mix"] * 3),
+    ],
+)
+def test_a_cheap_recipe_makes_the_lab_rows_outliers_without_a_stored_set(recipe, n, expected):
+    made = cheap_recipe_outliers(recipe, id_images(), n, image_size=8, seed=0)
+    assert [kind_of(made[i][0]) for i in range(len(made))] == expected
+    assert all(made[i][1] == 0 for i in range(len(made)))
+
+
+def test_a_cheap_recipe_refuses_an_unknown_name_and_an_empty_count():
+    with pytest.raises(InputError) as err:
+        cheap_recipe_outliers("blobs", id_images(), 4, image_size=8, seed=0)
+    assert err.value.field == "recipe" and "noise+cutmix" in err.value.message
+    with pytest.raises(InputError) as err:
+        cheap_recipe_outliers("noise", id_images(), 0, image_size=8, seed=0)
+    assert err.value.field == "outlier_ratio"

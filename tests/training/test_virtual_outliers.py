@@ -164,3 +164,33 @@ def test_train_ood_cli_trains_with_vos_virtual_outliers(tmp_path):
     # the queue fills within the epoch and the drawn outliers enter L_ood: a positive, finite loss
     (last,) = clf.history
     assert 0 < last["ood"] < 10 and 0 < last["ce"] < 10
+
+
+@pytest.mark.slow  # trains a detector on the digits train split
+def test_train_ood_cli_trains_on_a_cheap_recipe_without_a_store(tmp_path):
+    """``--recipe noise+cutmix``: the lab's recommended recipe, 0.1 outliers per ID image, no store and no Redis."""
+    args = ["train-ood", "--out", str(tmp_path / "r"), "--epochs", "1", "--width", "4", "--batch-size", "64"]
+    args += ["--ood-batch-size", "16", "--lr", "0.05", "--device", "cpu", "--recipe", "noise+cutmix"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "(CE + 0.5 * L_ood on noise+cutmix (0.1 per ID image))" in res.output
+    clf = load_ood_classifier(tmp_path / "r", device="cpu")
+    assert clf.config.outlier_recipe == "noise+cutmix" and clf.uses_outliers
+    (last,) = clf.history
+    assert 0 < last["ood"] < 10 and 0 < last["ce"] < 10
+
+
+@pytest.mark.parametrize(
+    ("extra", "line_start"),
+    [
+        (["--recipe", "blobs"], "error: recipe: Input should be"),
+        (["--recipe", "noise", "--outliers", "some-set", "--store", "."], "error: recipe: makes its own outliers"),
+        (["--recipe", "noise", "--outlier-ratio", "0"], "error: outlier_ratio: "),
+    ],
+)
+def test_train_ood_cli_bad_recipe_options_are_one_line_naming_the_option(tmp_path, extra, line_start):
+    res = CliRunner().invoke(app, ["train-ood", "--out", str(tmp_path / "r"), "--epochs", "1", *extra])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(line_start), lines[0]
+    assert not (tmp_path / "r" / "ood.pt").exists()

@@ -183,6 +183,8 @@ def train_ood_cmd(
     noise_share: float = OOD_OPTIONS["noise_share"],
     mixing_share: float = OOD_OPTIONS["mixing_share"],
     mixing_kind: str = OOD_OPTIONS["mixing_kind"],
+    recipe: str | None = OOD_OPTIONS["recipe"],
+    outlier_ratio: float = OOD_OPTIONS["outlier_ratio"],
     feature_outliers: str | None = OOD_OPTIONS["feature_outliers"],
     init_encoder: Path | None = OOD_OPTIONS["init_encoder"],
     init_classifier: Path | None = OOD_OPTIONS["init_classifier"],
@@ -227,6 +229,7 @@ def _train_ood_arguments(options: dict[str, Any]) -> dict[str, Any]:
         _fail("all_outliers", "keeps every image: give no --min-id-percentile or --max-margin with it")
     o["max_id_percentile"] = max_id if max_id is not None else None if all_outliers else "auto"
     o["stream_outliers"], o["virtual_params"] = o.pop("stream"), o.pop("virtual_param")
+    o["outlier_recipe"] = o.pop("recipe")
     return o
 
 

@@ -19,6 +19,7 @@ from ..errors import InputError
 OOD_LOSS_CHOICES = ("energy_logistic", "outlier_exposure")  # training.ood_config.OOD_LOSSES
 MIXING_KIND_CHOICES = ("mixup", "cutmix")  # training.mixing.MIXING_KINDS
 VIRTUAL_CHOICES = ("vos", "npos")  # training.virtual_outliers.VIRTUAL_OUTLIERS
+RECIPE_CHOICES = ("noise", "cutmix", "mixup", "noise+cutmix")  # training.outlier_mix.CHEAP_RECIPES
 
 
 def _listed(choices: Sequence[str]) -> str:
@@ -97,6 +98,15 @@ OOD_OPTIONS = {
         "outliers alone.",
     ),
     "mixing_kind": choice("cutmix", MIXING_KIND_CHOICES, "The mixing of --mixing-share."),
+    "recipe": choice(
+        None,
+        RECIPE_CHOICES,
+        "Outliers made without a generator or a store, as the OOD lab's row of that name: smooth noise, cutmix or "
+        "mixup of two ID images of different classes, or half noise and half cutmix (noise+cutmix); --outlier-ratio "
+        "of them per ID image. "
+        "Not with --outliers.",
+    ),
+    "outlier_ratio": typer.Option(0.1, help="With --recipe: outliers per ID training image (the OOD lab's 0.1)."),
     "feature_outliers": typer.Option(
         None,
         "--feature-outliers",

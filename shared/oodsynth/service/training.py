@@ -20,6 +20,7 @@ _FIELD_NAMES = {
     "outlier_datasets": "outliers",
     "virtual_params": "virtual_param",
     "stream_outliers": "stream",
+    "outlier_recipe": "recipe",
 }
 
 
@@ -115,6 +116,7 @@ def train_ood_run(
     sets = [f"{len(outliers)} outlier set(s)"] if outliers else []
     sets += [f"smooth noise ({cfg.noise_share:g} of the outliers)"] if outliers and cfg.noise_share else []
     sets += [f"{cfg.mixing_kind} mixes ({cfg.mixing_share:g} of the outliers)"] if outliers and cfg.mixing_share else []
+    sets += [f"{cfg.outlier_recipe} ({cfg.outlier_ratio:g} per ID image)"] if cfg.outlier_recipe else []
     sets += ["feature outliers"] if feature_outliers else []
     sets += [f"{virtual_outliers} virtual outliers"] if virtual_outliers else []
     kind = f"CE + {cfg.beta} * L_ood on {' + '.join(sets)}" if clf.uses_outliers else "CE only"

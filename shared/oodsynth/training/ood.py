@@ -77,7 +77,7 @@ from .feature_outliers import FeatureOutliers, load_feature_outliers, redraw_fea
 from .ood_config import OODTrainConfig
 from .ood_model import build_model
 from .outlier_dataset import outlier_dataset
-from .outlier_mix import with_outlier_mix
+from .outlier_mix import cheap_recipe_outliers, with_outlier_mix
 from .virtual_outliers import FeatureQueue, VirtualOutlierSampler, get_virtual_sampler
 
 
@@ -163,6 +163,14 @@ def _prepare_outliers(
             "redraw_every",
             "the feature outliers do not record the sampler that drew them; "
             "pass a stored sample (or its .npz from 'oodsynth sample --out')",
+        )
+    if outliers is None and config.outlier_recipe is not None:
+        outliers = cheap_recipe_outliers(
+            config.outlier_recipe,
+            train.dataset,
+            round(config.outlier_ratio * len(train)),
+            image_size=config.image_size,
+            seed=config.seed + 3,
         )
     note = getattr(outliers, "verification", "")
     if not config.beta > 0:

@@ -8,10 +8,12 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from ..densities import DENSITY_KINDS
 from ..encoding.recipe import TrainingRun
-from .outlier_mix import check_shares
+from .outlier_mix import CHEAP_RECIPES, check_shares
 from .virtual_outliers import VIRTUAL_OUTLIERS, get_virtual_sampler
 
 OodLoss = Literal["energy_logistic", "outlier_exposure"]
+CheapRecipe = Literal["noise", "cutmix", "mixup", "noise+cutmix"]
+assert set(get_args(CheapRecipe)) == set(CHEAP_RECIPES)  # one list of the generator-free recipes
 OOD_LOSSES: tuple[OodLoss, ...] = get_args(OodLoss)
 
 
@@ -81,6 +83,16 @@ class OODTrainConfig(TrainingRun):
         "noise_share 0.25) is the OOD lab's default recipe (bench/results/ood_protocol/choose_defaults.md)",
     )
     mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
+    outlier_recipe: CheapRecipe | None = Field(
+        None,
+        description="outliers made without a generator and without a stored set, as the OOD lab's row of that "
+        "name: smooth noise, cutmix or mixup of two ID images of different classes, or half noise and half "
+        "cutmix (noise+cutmix); "
+        "outlier_ratio of them per ID image; None: the stored outliers (outlier_datasets) or none",
+    )
+    outlier_ratio: float = Field(
+        0.1, gt=0, le=10, description="with a recipe: outliers per ID training image (the OOD lab's 0.1)"
+    )
     init_encoder: str | None = Field(
         None,
         description="text-aligned encoder checkpoint to start from; gives the "
@@ -115,6 +127,13 @@ class OODTrainConfig(TrainingRun):
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise ValueError(f"{method}: {problems}") from None
+        return v
+
+    @field_validator("outlier_recipe")
+    @classmethod
+    def _one_outlier_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("outlier_datasets"):
+            raise ValueError("makes its own outliers: give it or stored outlier datasets, not both")
         return v
 
     @field_validator("mixing_share")

@@ -6,6 +6,8 @@ different classes (cheap near-boundary coverage), chosen on its dev splits
 (bench/results/ood_protocol/choose_defaults.md). ``with_outlier_mix`` gives
 ``train-ood`` the same mix around any outlier set, held or streamed; the lab
 draws its noise with ``smooth_noise`` and its mixes with ``training.mixing``.
+``cheap_recipe_outliers`` makes the lab's generator-free rows (``noise``, ``cutmix``, ``mixup``, ``noise+cutmix``)
+for ``train-ood --recipe``: the same outliers without any stored set.
 """
 
 from __future__ import annotations
@@ -118,3 +120,27 @@ def with_outlier_mix(
     if isinstance(outliers, IterableDataset):
         return _StreamWithExtras(outliers, extras, stored)
     return ConcatDataset([outliers, *(extra for extra, _ in extras)]) if extras else outliers
+
+
+# The lab's generator-free rows as train-ood recipes: (share of smooth noise, the mixing of the rest or None).
+CHEAP_RECIPES: dict[str, tuple[float, str | None]] = {
+    "noise": (1.0, None),
+    "cutmix": (0.0, "cutmix"),
+    "mixup": (0.0, "mixup"),
+    "noise+cutmix": (0.5, "cutmix"),
+}
+
+
+def cheap_recipe_outliers(recipe: str, id_dataset: Dataset, n: int, *, image_size: int, seed: int) -> Dataset:
+    """``n`` outliers made without a generator, as the lab's row of that name makes them (``lab.peers``): the
+    noise share's count rounded down is smooth noise, the rest mixes of two ID images of different classes."""
+    if recipe not in CHEAP_RECIPES:
+        raise InputError("recipe", f"unknown recipe {recipe!r}; choose one of {', '.join(CHEAP_RECIPES)}")
+    if n < 1:
+        raise InputError("outlier_ratio", f"gives {n} outliers for {len(id_dataset)} ID images: raise it")  # type: ignore[arg-type]  # map-style
+    noise_share, mixing = CHEAP_RECIPES[recipe]
+    n_noise = int(n * noise_share)
+    parts: list[Dataset] = [SmoothNoiseDataset(n_noise, image_size, seed)] if n_noise else []
+    if mixing is not None and n - n_noise:
+        parts.append(MixingDataset(mixing, id_dataset, n - n_noise, seed + 1))
+    return ConcatDataset(parts)
