@@ -37,6 +37,7 @@ from rq.worker import WorkerStatus
 
 from ..queue.enqueue import JOB_FUNCTION, REFUSED_KEPT, REFUSED_KEY
 from ..queue.payloads import MAX_JOB_BYTES
+from .scheduler_locks import release_dead_scheduler_locks
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,15 @@ class AllowlistWorker(SimpleWorker):
     """
 
     PUBSUB_SLEEP_S = 1.0
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance (clean registries, start the scheduler if this worker can take its lock), after
+        releasing the locks of dead schedulers: a killed worker's lock must not hold retries for minutes."""
+        try:
+            release_dead_scheduler_locks(self.connection, self.queue_names())
+        except redis.exceptions.RedisError:
+            log.exception("could not check the scheduler locks")
+        super().run_maintenance_tasks()
 
     def subscribe(self) -> None:
         """RQ's subscription to its command channel, its thread waking each second instead of each minute: a

@@ -31,6 +31,7 @@ from ..queue.job_hash import CheckedJob
 from ..state.redis_conn import get_redis
 from .allowlist import AllowlistWorker, GuardedQueue
 from .decode_job import DECODERS
+from .scheduler_locks import MAINTENANCE_INTERVAL_S, WORKER_TTL_S, release_dead_scheduler_locks
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,13 @@ def build_worker(queues: Sequence[str] | None = None, *, preload: bool = True) -
         GuardedQueue(name, connection=connection, serializer=JSONSerializer, job_class=CheckedJob) for name in names
     ]
     return AllowlistWorker(
-        rq_queues, connection=connection, serializer=JSONSerializer, queue_class=GuardedQueue, job_class=CheckedJob
+        rq_queues,
+        connection=connection,
+        serializer=JSONSerializer,
+        queue_class=GuardedQueue,
+        job_class=CheckedJob,
+        worker_ttl=WORKER_TTL_S,  # its dequeue wakes every 15 s, so maintenance runs that often (scheduler_locks)
+        maintenance_interval=MAINTENANCE_INTERVAL_S,
     )
 
 
@@ -70,6 +77,8 @@ def run_worker(
         if recovered:
             log.warning("requeued %d abandoned jobs from %s: %s", len(recovered), name, ", ".join(recovered))
     worker = build_worker(queues)
+    if with_scheduler:  # a killed worker's scheduler lock: released now, so this worker's scheduler starts at once
+        release_dead_scheduler_locks(connection, worker.queue_names())
     return worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=with_scheduler, logging_level=logging_level)
 
 
