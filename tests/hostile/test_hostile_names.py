@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from urllib.parse import quote
 
@@ -102,3 +103,34 @@ def test_nfd_dataset_and_class_in_gallery_urls_find_the_nfc_store(gallery):
     assert r.status_code == 200, r.text
     r = gallery.get(f"/datasets/{quote(nfd_dataset)}/images/{quote(nfd_class)}/t-0.png")
     assert r.status_code == 200 and r.content[:4] == b"\x89PNG", r.text
+
+
+HOSTILE_SEGMENTS = [
+    "a" * 256,
+    "猫" * 90,
+    "%FF%FE",
+    "%00",
+    "%2E%2E",
+    "x" * 20000,
+    "%C0%AF",
+    "manifest",
+    "%F0%9F%98%80" * 70,
+]
+
+
+def test_no_route_answers_500_for_any_path_segment(gallery, redis_url):
+    """An image path segment over 255 bytes gave 500; every route, every hostile segment, must stay below 500."""
+    from fastapi.routing import APIRoute
+
+    failures = []
+    for route in gallery.app.routes:
+        if not isinstance(route, APIRoute) or "{" not in route.path:
+            continue
+        for segment in HOSTILE_SEGMENTS:
+            for template in (route.path, route.path.replace("{name}", "blobs")):
+                path = re.sub(r"\{[^}]+\}", segment, template)
+                for method in route.methods:
+                    status = gallery.request(method, path).status_code
+                    if status >= 500:
+                        failures.append((method, path[:60], status))
+    assert not failures, failures
