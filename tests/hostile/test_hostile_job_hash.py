@@ -142,3 +142,18 @@ def test_mutated_job_hashes_then_a_valid_job(queue, tiny_sd, settings_env):
     state = job_status(job_id, queue.connection)
     assert state["status"] == "finished" and state["result"]["written"] == 2, state
     print(f"{MUTATIONS} mutated hashes in {elapsed:.1f} s ({MUTATIONS / elapsed:.0f}/s)")
+
+
+def test_a_bomb_or_junk_in_a_jobs_result_stream_is_skipped(queue):
+    """``GET /jobs/{id}`` reads the latest result, whose ``exc_string`` RQ inflates with no bound."""
+    import base64
+
+    queue.connection.hset("rq:job:r", mapping={"data": b"{}", "origin": queue.name, "status": "failed"})
+    stream = "rq:results:r"
+    bomb = base64.b64encode(_bomb()).decode()
+    job = CheckedJob.fetch("r", connection=queue.connection, serializer=JSONSerializer)
+    for payload in ({"type": 2, "exc_string": bomb}, {"type": 2, "exc_string": "\xff"}, {"type": "x"}):
+        queue.connection.xadd(stream, payload)
+        assert job.latest_result() is None
+    queue.connection.xadd(stream, {"type": 2, "exc_string": base64.b64encode(zlib.compress(b"Error: x")).decode()})
+    assert job.latest_result().exc_string == "Error: x"

@@ -16,18 +16,23 @@ to ``MAX_JOB_BYTES``; nothing past it is ever held.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import math
 import zlib
 from collections.abc import Callable
 from typing import Any
 
 from rq.job import JOB_ID_PATTERN, Job, JobStatus
+from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import parse_timeout, str_to_date
 
 from .payloads import MAX_JOB_BYTES
 from .registry_read import QUEUE_NAME
+
+log = logging.getLogger(__name__)
 
 MAX_TIMEOUT_S = 7 * 24 * 3600  # a job may run a week; far past the settings' default hour
 MAX_TTL_S = 366 * 24 * 3600  # results and failures are kept at most a year (RQ's -1: forever)
@@ -208,8 +213,24 @@ def check_job_hash(raw: dict) -> tuple[dict[bytes, bytes], bytes, list[str]]:
     return clean, data, problems
 
 
+def check_result(payload: dict) -> None:
+    """Raise ValueError unless RQ can read this result entry within the caps (``exc_string`` is zlib in base64,
+    inflated by ``Result.restore`` with no bound)."""
+    exc = payload.get(b"exc_string")
+    if exc:
+        if len(exc) > 2 * MAX_EXC_INFO_BYTES:
+            raise ValueError("exc_string: too long")
+        raw = base64.b64decode(exc, validate=True)
+        if inflate_bounded(raw, MAX_EXC_INFO_BYTES) is raw:
+            raise ValueError("exc_string: not zlib")
+    value = payload.get(b"return_value")
+    if value and len(value) > MAX_JOB_BYTES:
+        raise ValueError("return_value: too long")
+
+
 class CheckedJob(Job):
-    """An RQ job whose hash is checked field by field before RQ reads it (``check_job_hash``)."""
+    """An RQ job whose hash is checked field by field before RQ reads it (``check_job_hash``), and whose
+    latest result is checked before RQ inflates it (``check_result``)."""
 
     hash_problems: list[str] = []
 
@@ -218,3 +239,22 @@ class CheckedJob(Job):
         super().restore(clean)
         self.data = data
         self.hash_problems = problems
+
+    def latest_result(self, timeout: int = 0) -> Result | None:
+        """RQ's latest result of this job; None when the entry is not one RQ wrote (junk, a bomb)."""
+        if timeout:
+            return super().latest_result(timeout)
+        entries = self.connection.xrevrange(Result.get_key(self.id), "+", "-", count=1)
+        if not entries:
+            return None
+        result_id, payload = entries[0]
+        try:
+            if not isinstance(result_id, bytes) or not isinstance(payload, dict):
+                raise TypeError("not a result entry")  # a bytes-mode client (RQ's) gives bytes and a dict
+            check_result(payload)
+            return Result.restore(
+                self.id, result_id.decode(), payload, connection=self.connection, serializer=self.serializer
+            )
+        except Exception as exc:  # whatever RQ's parsers raise on bytes it did not write
+            log.warning("job %s: unreadable result entry skipped (%s)", self.id, type(exc).__name__)
+            return None
