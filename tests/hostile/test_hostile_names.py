@@ -134,3 +134,16 @@ def test_no_route_answers_500_for_any_path_segment(gallery, redis_url):
                     if status >= 500:
                         failures.append((method, path[:60], status))
     assert not failures, failures
+
+
+def test_the_store_writes_nfd_names_under_their_nfc_spelling(tmp_path):
+    nfd_dataset, nfd_class = (unicodedata.normalize("NFD", s) for s in ("café", "thé"))
+    store = ResultStore(tmp_path)
+    record = ImageRecord(
+        image_id="t-0", class_index=0, class_name=nfd_class, vector_id="v", sampler="s", seed=0, model="m", prompt="p"
+    )
+    assert store.write_image(nfd_dataset, record, Image.new("RGB", (8, 8)))
+    assert store.datasets() == ["café"] and (tmp_path / "café" / "thé" / "t-0.png").exists()
+    (row,) = store.manifest_rows("café")
+    assert row["dataset"] == "café" and row["path"] == "café/thé/t-0.png"
+    assert store.verify(nfd_dataset).ok

@@ -39,7 +39,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from ..names import RESERVED_NAMES, component_fits, validate_name
+from ..names import RESERVED_NAMES, component_fits, normalize_name, validate_name
 from .backends import LOCK, TEMP_SUFFIX, Backend, open_backend
 
 LEGACY_MANIFEST = "manifest.jsonl"  # a single append-only manifest file: read, never written
@@ -68,7 +68,8 @@ def validate_dataset_name(name: str) -> str:
 
 def class_folder(class_name: str) -> str:
     """Folder name for a class: separators and unprintable characters replaced (``a/b`` -> ``a_b``)."""
-    safe = "".join(c if c.isprintable() else "_" for c in _UNSAFE.sub("_", class_name)).strip() or "_"
+    name = normalize_name(class_name)  # a decomposed spelling of a class writes into its composed folder
+    safe = "".join(c if c.isprintable() else "_" for c in _UNSAFE.sub("_", name)).strip() or "_"
     return "_" + safe if safe.startswith(".") else safe
 
 
@@ -191,7 +192,7 @@ class ResultStore:
         Per item: True when this call stored it (or adopted an abandoned copy), False when it was
         already stored by someone else.
         """
-        validate_dataset_name(dataset)
+        dataset = validate_dataset_name(dataset)  # NFC: the folder, the lock and every row name one spelling
         prepared = []
         for record, image in items:  # encode outside the lock: writers serialise only on the commit
             rel = self.relative_path(dataset, record.class_name, record.image_id)
