@@ -127,3 +127,11 @@ def test_sampler_errors_name_real_fields():
     assert blamed_field("bank", params) == "fit"
     assert blamed_field("n_per_class", params) == "n_per_class"
     assert blamed_field(None, params) == "params"
+
+
+def test_a_bank_the_density_cannot_fit_blames_the_array_not_density(api):
+    """A zero-norm feature row answered 422 naming ``density``, a form field the caller had right."""
+    features = np.array(bank_members()["features.npy"])
+    features[0] = 0
+    r = post_fit(api, "zero", npz_of(bank_members(**{"features.npy": features})))
+    assert r.status_code == 422 and first_error(r)["loc"] == ["body", "file", "features"], r.text

@@ -10,6 +10,8 @@ from ..config import get_settings
 from ..errors import InputError
 from ..state.fits import FitRegistry, fit_exists_error, validate_fit_name
 
+BANK_ARRAYS = frozenset({"features", "labels", "anchors", "class_names"})  # what a fit's data error names
+
 
 def create_fit(
     fits: FitRegistry,
@@ -52,5 +54,7 @@ def create_fit(
     try:
         densities = ClassDensities(kind=density).fit(feature_bank, progress=progress)
     except ValueError as exc:  # e.g. a full covariance that cannot be estimated from this bank
-        raise InputError("density", f"cannot fit {density!r} to this bank: {getattr(exc, 'message', exc)}") from exc
+        array = getattr(exc, "field", None)  # an array of the bank (zero-norm features) is the bank's fault
+        blamed = f"{bank_field}.{array}" if array in BANK_ARRAYS else "density"
+        raise InputError(blamed, f"cannot fit {density!r} to this bank: {getattr(exc, 'message', exc)}") from exc
     return fits.put(name, densities, feature_bank, replace=replace)
