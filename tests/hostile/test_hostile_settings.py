@@ -80,9 +80,12 @@ def test_queue_survives_junk_in_redis(api, redis_url):
     client.hset(b"rq:worker:junk", mapping={b"birth": b"yesterday", b"last_heartbeat": b"\xff", b"pid": b"x"})
     client.hset(b"rq:worker:junk", mapping={b"queues": b"\xff,\x00", b"state": b"\xfe", b"current_job": b"\xff"})
     client.set(b"rq:worker:\xff", b"a string, not a hash")
-    client.lpush("oodsynth:refused", b"not json", b"\xff")
+    client.lpush("oodsynth:refused-jobs", b"not json", b"\xff")
+    started = f"rq:wip:{get_settings().queue_name}"
+    client.zadd(started, {b"\xff\xfe": 1, b"nocolon": 1, b"a:b:c": 5, b"x" * 3000: 1, b"job:exec": 1e12})
     r = api.get("/queue")
     assert r.status_code == 200, r.text
+    assert not set(client.zrange(started, 0, -1)) & {b"\xff\xfe", b"nocolon", b"a:b:c", b"x" * 3000}
     assert "default" in {q["name"] for q in r.json()["queues"]} or r.json()["queues"]
 
 

@@ -43,7 +43,7 @@ from ..errors import InputError, NotFound
 from ..redact import failure_line
 from .job_hash import CheckedJob
 from .payloads import DecodeJob
-from .registry_read import BAD_ENTRY, live_workers, queue_names, worker_summary
+from .registry_read import BAD_ENTRY, live_workers, purge_started_junk, queue_names, worker_summary
 from .waiting import wait_until_terminal
 
 JOB_FUNCTION = "oodsynth.worker.decode_job.decode_task"
@@ -280,6 +280,7 @@ def recover_abandoned_jobs(connection: redis.Redis | None = None, queue_name: st
     """
     connection = connection if connection is not None else connect()
     registry = get_queue(connection, queue_name).started_job_registry
+    purge_started_junk(connection, registry.key)
     here = socket.gethostname()
     abandoned: list[Execution] = []
     for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):

@@ -67,6 +67,27 @@ def live_workers(connection: redis.Redis) -> tuple[list[BaseWorker], int]:
     return workers, junk
 
 
+# A started-registry entry: "<job id>:<execution id>" (RQ's composite key); anything else RQ cannot parse.
+STARTED_ENTRY = re.compile(r"^[A-Za-z0-9_-]{1,128}:[A-Za-z0-9_-]{1,128}$")
+
+
+def purge_started_junk(connection: redis.Redis, key: str) -> int:
+    """Remove the entries of a started registry that are not RQ's composite keys (RQ's parser raises on them,
+    taking ``GET /queue`` and the recovery of abandoned jobs down); how many were removed."""
+    junk = []
+    for raw, _ in connection.zscan_iter(key, count=1000):
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            text = ""
+        if not STARTED_ENTRY.match(text):
+            junk.append(raw)
+    if junk:
+        log.warning("removed %d unreadable entries from %s", len(junk), key)
+        return int(connection.zrem(key, *junk))
+    return 0
+
+
 def worker_summary(w: BaseWorker) -> dict[str, Any] | None:
     """What ``/queue`` shows of one worker; None when its hash holds junk."""
     try:
