@@ -182,3 +182,19 @@ def test_the_gallery_keeps_the_rows_of_a_few_datasets_only(tmp_path):
         gallery.gallery_page(ResultStore(tmp_path / f"s{i}"), "blobs", gallery.GalleryQuery())
     kept = [url for url, _ in gallery._SNAPSHOTS]
     assert len(kept) == gallery.MAX_SNAPSHOTS and kept[-1] == ResultStore(tmp_path / f"s{i}").url
+
+
+def test_the_class_filter_finds_an_nfc_stored_class_by_its_nfd_spelling(tmp_path, settings_env):
+    """Names are stored in NFC (issue 32): ``class=`` in NFD (e + combining acute) must show the same images."""
+    import unicodedata
+
+    from tests.helpers.stores import write_verified_images
+
+    nfc = unicodedata.normalize("NFC", "caf\u00e9")
+    write_verified_images(tmp_path, [{"verified_id_percentile": 3.0}, {}], [0, 1], [nfc, "plain"])
+    settings_env(STORE=tmp_path)
+    client = TestClient(create_app())
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    for spelling in (nfc, nfd):
+        assert client.get("/datasets/dec/gallery", params={"class": spelling}).text.count("<figure") == 1

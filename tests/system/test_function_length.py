@@ -1,4 +1,4 @@
-"""No library function over 80 lines (the house rule): every function of ``shared/oodsynth`` and ``services``,
+"""No library function over 80 lines and no module over 400 (the house rules): every function of ``shared/oodsynth`` and ``services``,
 decorators included, counted from its ``def`` (or first decorator) to its last line."""
 
 from __future__ import annotations
@@ -34,3 +34,13 @@ def test_no_library_function_is_over_80_lines():
     assert len(lengths) > 500  # the walk found the library
     too_long = {name: n for name, n in lengths.items() if n > LIMIT}
     assert not too_long, f"split these into named stages: {too_long}"
+
+
+MODULE_LIMIT = 400  # lines: a module past it holds more than one idea (the house rule since the regroup)
+
+
+def test_no_library_module_is_over_400_lines():
+    paths = [*(REPO / "shared" / "oodsynth").rglob("*.py"), *(REPO / "services").rglob("*.py")]
+    assert len(paths) > 100  # the walk found the library
+    too_long = {str(p.relative_to(REPO)): n for p in paths if (n := len(p.read_text().splitlines())) > MODULE_LIMIT}
+    assert not too_long, f"split these by idea: {too_long}"

@@ -41,7 +41,7 @@ def select_records(store, dataset: str, *, classes=None, verified_only=False, ma
 
         max_id_percentile = DEFAULT_MAX_ID_PERCENTILE
     if max_id_percentile is not None:
-        from ..training.outlier_dataset import verified_only as keep_verified  # loads torch: only when filtering
+        from ..training.outlier_selection import verified_only as keep_verified  # loads torch: only when filtering
 
         n = len(records)
         records = keep_verified(records, max_id_percentile)

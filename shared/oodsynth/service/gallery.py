@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,6 +67,12 @@ class GalleryQuery(BaseModel):
     def _any(cls, value: object) -> object:
         """The form sends "any" as an empty value."""
         return None if value == "" else value
+
+    @field_validator("class_name")
+    @classmethod
+    def _nfc(cls, value: str | None) -> str | None:
+        """Class names are stored in NFC: an NFD spelling of the same name must find its images."""
+        return None if value is None else unicodedata.normalize("NFC", value)
 
     def params(self, **change: Any) -> dict[str, Any]:
         """The query string's parameters (defaults left out), with ``change`` applied: what links carry."""

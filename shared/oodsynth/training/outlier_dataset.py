@@ -28,9 +28,10 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import InputError
 from ..store.results import ImageRecord, ResultStore
+from .outlier_selection import asks_more, resolve_selection, tightest_field, verified_key, verified_only
 
 if TYPE_CHECKING:
-    from ..decoding.verification import Selection
+    pass
 
 IMAGEFOLDER_METADATA = "train/metadata.parquet"
 SHARD_LIST = "shards.txt"
@@ -245,7 +246,7 @@ class StreamedOutliers(IterableDataset):
         self.max_id_percentile, self.passes = max_id_percentile, 0
         self.selection = resolve_selection(max_id_percentile, min_id_percentile, max_margin)
         self.threshold = None if self.selection is None else self.selection.max_id_percentile
-        self.keep_unverified = max_id_percentile == "auto" and not _asks_more(min_id_percentile, max_margin)
+        self.keep_unverified = max_id_percentile == "auto" and not asks_more(min_id_percentile, max_margin)
         self.verification = f"streamed from {len(self.urls)} shard(s) through a {buffer}-sample shuffle buffer; " + (
             "all images" if self.selection is None else f"images verified at {self.selection.describe()}"
         )
@@ -253,7 +254,7 @@ class StreamedOutliers(IterableDataset):
     def _kept(self, record: ImageRecord) -> bool:
         if self.selection is None:
             return True
-        key = _verified_key()
+        key = verified_key()
         if key not in record.diagnostics:
             if self.keep_unverified:
                 return True
@@ -287,68 +288,6 @@ class StreamedOutliers(IterableDataset):
             with Image.open(io.BytesIO(png)) as img:
                 image = img.convert("RGB")
             yield (self.transform(image) if self.transform is not None else image), record.class_index
-
-
-def _verified_key() -> str:
-    from ..decoding.verification import MANIFEST_PREFIX
-
-    return f"{MANIFEST_PREFIX}id_percentile"
-
-
-def unverified_count(records: list[ImageRecord]) -> int:
-    """How many records carry no re-encoded ID percentile (decoded without verification)."""
-    key = _verified_key()
-    return sum(key not in r.diagnostics for r in records)
-
-
-def _asks_more(min_id_percentile: float, max_margin: float | None) -> bool:
-    """Whether a band minimum or a margin filter is asked for (then the images must be verified)."""
-    return min_id_percentile != 0 or max_margin is not None
-
-
-def resolve_selection(
-    max_id_percentile: float | Literal["auto"] | None,
-    min_id_percentile: float = 0.0,
-    max_margin: float | None = None,
-    records: list[ImageRecord] | None = None,
-) -> Selection | None:
-    """The selection train-ood applies, or None for every image. ``"auto"``: ``DEFAULT_MAX_ID_PERCENTILE`` when
-    every one of ``records`` (None: a stream, unknown) is verified or a minimum or margin filter asks for
-    verification, else none; None: none, or no upper bound when a minimum or margin filter is asked for."""
-    from ..decoding.verification import DEFAULT_MAX_ID_PERCENTILE, Selection
-
-    asked = _asks_more(min_id_percentile, max_margin)
-    if max_id_percentile == "auto":
-        all_verified = records is None or (bool(records) and not unverified_count(records))
-        if not (asked or all_verified):
-            return None
-        max_id_percentile = DEFAULT_MAX_ID_PERCENTILE
-    elif max_id_percentile is None:
-        if not asked:
-            return None
-        max_id_percentile = 100.0
-    return Selection(min_id_percentile, max_id_percentile, max_margin)
-
-
-def verified_only(records: list[ImageRecord], selection: Selection | float) -> list[ImageRecord]:
-    """The records whose re-encoded image passes ``selection`` (or sits at or below a bare ID-percentile threshold;
-    ``oodsynth.decoding.verification``).
-
-    Images decoded without verification carry no such field, nor images verified before margins were recorded a
-    margin under a margin filter: that is an error naming the filter, not a silent pass.
-    """
-    from ..decoding.verification import MANIFEST_PREFIX, Selection, Verification
-
-    selection = Selection.of(selection)
-    checks = [("max_id_percentile", _verified_key(), "decoded without verification")]
-    if selection.max_margin is not None:
-        checks.append(("max_margin", f"{MANIFEST_PREFIX}margin", "verified before margins were recorded"))
-    for field, key, why in checks:
-        missing = sum(key not in r.diagnostics for r in records)
-        if missing:
-            raise InputError(field, f"{missing} of {len(records)} images carry no {key} ({why})")
-    keep = selection.passes(Verification.from_manifest([r.diagnostics for r in records]))
-    return [r for r, ok in zip(records, keep, strict=True) if ok]
 
 
 def outlier_dataset(
@@ -390,16 +329,8 @@ def outlier_dataset(
     )
     if len(ds) == 0 and ds.selection is not None:
         raise InputError(
-            _tightest(ds.selection), f"no image of {datasets} in {store} is verified at {ds.selection.describe()}"
+            tightest_field(ds.selection), f"no image of {datasets} in {store} is verified at {ds.selection.describe()}"
         )
     if len(ds) == 0:
         raise InputError("outlier_datasets", f"{datasets} in {store} hold no images")
     return ds
-
-
-def _tightest(selection: Selection) -> str:
-    """The field to loosen when a selection keeps nothing: the margin filter, else the band's minimum, else its
-    maximum."""
-    if selection.max_margin is not None:
-        return "max_margin"
-    return "min_id_percentile" if selection.min_id_percentile > 0 else "max_id_percentile"
