@@ -3,7 +3,8 @@
 import pytest
 
 from oodsynth.errors import InputError
-from oodsynth.service.training import train_ood_run
+from oodsynth.service.training import resolve_recipe, train_ood_run
+from oodsynth.training.outlier_mix import CHEAP_RECIPES, RECOMMENDED_RECIPE
 from tests.helpers.stores import write_outliers
 
 TINY = dict(width=4, epochs=1, batch_size=64, ood_batch_size=8, lr=0.05, device="cpu", progress=False)
@@ -45,3 +46,24 @@ def test_a_run_says_what_it_trained(tmp_path):
     assert exc.value.field == "mixing_share"
     base = train_ood_run(tmp_path / "b", beta=0.0, **TINY)
     assert base.kind == "CE only" and not base.classifier.uses_outliers
+
+
+@pytest.mark.parametrize(
+    ("recipe", "other_sources", "beta", "expected"),
+    [
+        ("auto", False, 0.5, RECOMMENDED_RECIPE),  # nothing else gives outliers: the lab's recommended recipe
+        ("auto", True, 0.5, None),  # stored, feature or virtual outliers, or a fine-tune: as they were
+        ("auto", False, 0.0, None),  # beta 0 is the CE baseline
+        ("none", False, 0.5, None),  # the bare run
+        ("cutmix", False, 0.5, "cutmix"),
+    ],
+)
+def test_train_ood_without_outliers_trains_the_recommended_recipe(recipe, other_sources, beta, expected):
+    assert resolve_recipe(recipe, other_sources=other_sources, beta=beta) == expected
+
+
+def test_the_recommended_recipe_is_a_cheap_recipe_the_lab_runs_as_a_row():
+    from oodsynth.lab import DEFAULT_ROW, lab_rows
+
+    assert RECOMMENDED_RECIPE is None or (RECOMMENDED_RECIPE in CHEAP_RECIPES and RECOMMENDED_RECIPE in lab_rows())
+    assert RECOMMENDED_RECIPE in (DEFAULT_ROW, None)  # the product trains what the lab's default row trains

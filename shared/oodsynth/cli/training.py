@@ -183,7 +183,7 @@ def train_ood_cmd(
     noise_share: float = OOD_OPTIONS["noise_share"],
     mixing_share: float = OOD_OPTIONS["mixing_share"],
     mixing_kind: str = OOD_OPTIONS["mixing_kind"],
-    recipe: str | None = OOD_OPTIONS["recipe"],
+    recipe: str = OOD_OPTIONS["recipe"],
     outlier_ratio: float = OOD_OPTIONS["outlier_ratio"],
     feature_outliers: str | None = OOD_OPTIONS["feature_outliers"],
     init_encoder: Path | None = OOD_OPTIONS["init_encoder"],
@@ -207,7 +207,8 @@ def train_ood_cmd(
     resume: bool = OOD_OPTIONS["resume"],
     device: str | None = DEVICE,
 ) -> None:
-    """Train a classifier with L = CE + beta * L_ood on generated outliers from the store."""
+    """Train a classifier with L = CE + beta * L_ood on generated outliers from the store, or (given none) on the
+    OOD lab's recommended generator-free recipe (--recipe)."""
     options = dict(locals())  # first: every option by name, before any other local
     from ..service.training import train_ood_run
 

@@ -99,12 +99,12 @@ OOD_OPTIONS = {
     ),
     "mixing_kind": choice("cutmix", MIXING_KIND_CHOICES, "The mixing of --mixing-share."),
     "recipe": choice(
-        None,
-        RECIPE_CHOICES,
+        "auto",
+        ("auto", "none", *RECIPE_CHOICES),
         "Outliers made without a generator or a store, as the OOD lab's row of that name: smooth noise, cutmix or "
         "mixup of two ID images of different classes, or half noise and half cutmix (noise+cutmix); --outlier-ratio "
-        "of them per ID image. "
-        "Not with --outliers.",
+        "of them per ID image. auto: the OOD lab's recommended recipe when no other outliers are given (and beta > 0), "
+        "none: the bare CE run. Not with --outliers.",
     ),
     "outlier_ratio": typer.Option(0.1, help="With --recipe: outliers per ID training image (the OOD lab's 0.1)."),
     "feature_outliers": typer.Option(

@@ -47,6 +47,17 @@ def parse_virtual_params(specs: Sequence[str] | None) -> dict[str, Any]:
     )
 
 
+def resolve_recipe(recipe: str | None, *, other_sources: bool, beta: float) -> str | None:
+    """``"auto"``: the recipe the OOD lab recommends (``RECOMMENDED_RECIPE``) when nothing else gives the run
+    outliers and L_ood is on, else none (a run on stored, feature or virtual outliers, a fine-tune, or beta 0 is
+    what it was); ``"none"``: the bare CE run; a recipe name: that recipe."""
+    from ..training.outlier_mix import RECOMMENDED_RECIPE
+
+    if recipe == "auto":
+        return RECOMMENDED_RECIPE if not other_sources and beta > 0 else None
+    return None if recipe in (None, "none") else recipe
+
+
 def train_ood_run(
     out: Path,
     *,
@@ -80,6 +91,11 @@ def train_ood_run(
     from .evaluation import load_data
 
     outliers = list(outliers or [])
+    config["outlier_recipe"] = resolve_recipe(
+        config.get("outlier_recipe", "auto"),
+        other_sources=bool(outliers or feature_outliers or virtual_outliers or config.get("init_classifier")),
+        beta=config.get("beta", 0.5),
+    )
     if not isinstance(virtual_params, dict):
         virtual_params = parse_virtual_params(virtual_params)
     train = load_data(dataset, "train", data_root, image_size, augment)

@@ -130,6 +130,10 @@ CHEAP_RECIPES: dict[str, tuple[float, str | None]] = {
     "noise+cutmix": (0.5, "cutmix"),
 }
 
+# What train-ood trains when it is given no outliers: the OOD lab's default recipe when that is one of the above
+# (chosen on the dev splits: bench/results/decoded_outliers/choose_recipe.md), None when it needs stored outliers.
+RECOMMENDED_RECIPE: str | None = "mixup"
+
 
 def cheap_recipe_outliers(recipe: str, id_dataset: Dataset, n: int, *, image_size: int, seed: int) -> Dataset:
     """``n`` outliers made without a generator, as the lab's row of that name makes them (``lab.peers``): the
