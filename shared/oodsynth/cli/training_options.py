@@ -94,7 +94,7 @@ OOD_OPTIONS = {
         0.0,
         help="With --outliers: this share of the outliers are mixes of two ID images of different classes "
         f"(--mixing-kind), added to the given ones. {RECIPE_NOISE_SHARE:g} of noise and {RECIPE_MIXING_SHARE:g} of "
-        "mixes (with `evaluate --score knn --param knn.k=1`) is the OOD lab's default recipe; 0: the given "
+        "mixes (with `evaluate --score knn --param knn.k=1`) is the OOD lab's decoded recipe; 0: the given "
         "outliers alone.",
     ),
     "mixing_kind": choice("cutmix", MIXING_KIND_CHOICES, "The mixing of --mixing-share."),

@@ -24,10 +24,11 @@ BatchSize = Annotated[int, Field(ge=1, description="ID images per step")]
 LearningRate = Annotated[float, Field(gt=0, description="initial learning rate (SGD, cosine to 0)")]
 Channels = tuple[float, float, float]
 
-# The outlier mix's shares in the recipe, declared once: the lab's defaults (LabSettings.noise_share and
-# mixing_share) and what train-ood's help names as the recipe. A quarter each of smooth noise and cutmix won on the
-# dev splits (bench/results/ood_protocol/choose_defaults.md). OODTrainConfig's own default stays 0 for both (the
-# bare run, as train-ood's) until the CLI's default recipe changes.
+# The decoded recipe's outlier mix, declared once: the lab's defaults (LabSettings.noise_share and mixing_share)
+# and what train-ood's help names for a run on stored outliers. A quarter each of smooth noise and cutmix won on the
+# dev splits (bench/results/ood_protocol/choose_defaults.md). OODTrainConfig's own default stays 0 for both: a run
+# on stored outliers gets them alone unless asked; without stored outliers train-ood trains the lab's recommended
+# generator-free recipe instead (training.outlier_mix.RECOMMENDED_RECIPE).
 RECIPE_NOISE_SHARE = 0.25
 RECIPE_MIXING_SHARE = 0.25
 

@@ -11,7 +11,7 @@ same L_ood and beta:
 - ``mixup`` / ``cutmix``: a pool of as many outlier images as the decoded rows
   get (``outlier_ratio``), each a mix of two ID training images of different
   classes (``training.mixing``, share 0.3-0.7);
-- ``noise+cutmix``: half smooth noise, half cutmix: the default recipe's outlier
+- ``noise+cutmix``: half smooth noise, half cutmix: the decoded recipe's outlier
   mix without its decoded images (does the decoder add anything?).
 
 Trained peers are ranked by the same test-time score as the image rows (``LabSettings.test_score``).
@@ -104,7 +104,7 @@ def mixing_row(kind: str) -> Callable[[Cell], CellOutcome]:
 
 
 def row_noise_and_cutmix(cell: Cell) -> CellOutcome:
-    """Half smooth noise, half cutmix: the default recipe's outlier mix without its decoded images."""
+    """Half smooth noise, half cutmix: the decoded recipe's outlier mix without its decoded images."""
     n = _n_outliers(cell)
     info: dict = {}
     images = torch.cat(cheap_outliers(cell, n // 2, n - n // 2, "cutmix", info))
@@ -133,7 +133,7 @@ def peer_rows() -> list[Row]:
     peer = partial(Row, uses=trained, uses_assets=False, kind="peer", test_scored=True)
     rows = [peer(m, virtual_row(m)) for m in ("vos", "npos")]
     rows += [peer(k, mixing_row(k)) for k in ("mixup", "cutmix")]
-    # the ablation of the default recipe: its cheap parts alone, at the full outlier count
+    # the ablation of the decoded recipe: its cheap parts alone, at the full outlier count
     rows.append(peer("noise+cutmix", row_noise_and_cutmix, noise_outliers=True))
     # the from-scratch CE model: its key is the detector's alone, whatever the fine-tune settings
     rows += [

@@ -72,7 +72,7 @@ class OODTrainConfig(TrainingRun):
         ge=0,
         lt=1,
         description="with outlier images: this share of the outliers are smooth noise (4x4 uniform noise upsampled), "
-        "added to the stored ones; 0.25 (with mixing_share 0.25) is the OOD lab's default recipe",
+        "added to the stored ones; 0.25 (with mixing_share 0.25) is the OOD lab's decoded recipe",
     )
     mixing_share: float = Field(
         0.0,
@@ -80,7 +80,7 @@ class OODTrainConfig(TrainingRun):
         lt=1,
         description="with outlier images: this share of the outliers are mixes of two ID training images of "
         "different classes (``mixing_kind``), added to the stored ones; 0: the stored outliers alone. 0.25 (with "
-        "noise_share 0.25) is the OOD lab's default recipe (bench/results/ood_protocol/choose_defaults.md)",
+        "noise_share 0.25) is the OOD lab's decoded recipe (bench/results/ood_protocol/choose_defaults.md)",
     )
     mixing_kind: Literal["mixup", "cutmix"] = Field("cutmix", description="the mixing of ``mixing_share``")
     outlier_recipe: CheapRecipe | None = Field(

@@ -1,6 +1,6 @@
 """The outlier mix: stored outlier images plus a share of smooth noise and a share of ID mixes.
 
-The OOD lab's default recipe replaces part of its decoded outliers with smooth
+The OOD lab's decoded recipe replaces part of its decoded outliers with smooth
 noise (blobs: cheap far-OOD coverage) and part with cutmix of two ID images of
 different classes (cheap near-boundary coverage), chosen on its dev splits
 (bench/results/ood_protocol/choose_defaults.md). ``with_outlier_mix`` gives
