@@ -11,6 +11,11 @@ runs on the loop. Bad JSON and invalid fields answer the same 422 as FastAPI's
 own path. Small bodies stay on the loop: a thread hop costs more than they do (one that is not UTF-8 is
 answered with the same 422, where FastAPI would give a bare 400).
 
+A body over ``OFF_LOOP_BYTES`` takes its decoded size (``decoded_bytes``, estimated from the body before it is
+decoded) from the process's memory budget (``limits.MEMORY``, settings ``heavy_memory_budget_bytes``) until
+its answer is made: past the budget it answers 429 with ``Retry-After`` instead of being decoded, so eight
+16 MiB bodies of small numbers no longer take the API to gigabytes.
+
 Decoding is orjson's, not ``json.loads``: the GIL is held through each C call
 (decode, then validation), so the loop can still wait for one call; orjson
 makes the decode of 50 MB of floats 5x shorter (0.3 s against 1.4 s here).
@@ -31,7 +36,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .limits import MEMORY
+
 OFF_LOOP_BYTES = 256 * 1024  # decoding this much takes a few ms; larger bodies go to a thread
+# A decoded JSON number costs a list slot (8 bytes) and a float (24) from orjson, and pydantic's validated copy
+# as much again: 64 bytes for a value that can take 2 bytes of body ("1,"), 25x measured (bench/hostile_bodies.py).
+BYTES_PER_VALUE = 64
+
+
+def decoded_bytes(body: bytes) -> int:
+    """An upper estimate of the memory a JSON body takes once decoded and validated, from its separators
+    (one value per comma, at most), counted in C before anything is decoded."""
+    return len(body) + (body.count(b",") + 1) * BYTES_PER_VALUE
 
 
 def _is_json(content_type: str) -> bool:
@@ -54,14 +70,19 @@ class OffLoopBodyRoute(APIRoute):
         )
 
         async def route(request: Request) -> Response:
-            if body_field is not None and _is_json(request.headers.get("content-type", "")):
-                body = await request.body()  # bounded by BodyLimitMiddleware (size) and its deadline (time)
-                # Starlette's Request.json() returns this cached value, so FastAPI does not decode again.
-                if len(body) > OFF_LOOP_BYTES:
-                    request._json = await run_in_threadpool(_decode, body, body_field if single_model else None)
-                elif not _is_utf8(body):  # FastAPI would answer its bare 400; bad JSON is a 422 everywhere else
-                    _decode(body, None)
-            return await handler(request)
+            ticket = MEMORY.ticket()
+            try:
+                if body_field is not None and _is_json(request.headers.get("content-type", "")):
+                    body = await request.body()  # bounded by BodyLimitMiddleware (size) and its deadline (time)
+                    # Starlette's Request.json() returns this cached value, so FastAPI does not decode again.
+                    if len(body) > OFF_LOOP_BYTES:
+                        ticket.admit(decoded_bytes(body))  # 429 before decoding when the budget is taken
+                        request._json = await run_in_threadpool(_decode, body, body_field if single_model else None)
+                    elif not _is_utf8(body):  # FastAPI would answer its bare 400; bad JSON is a 422 everywhere else
+                        _decode(body, None)
+                return await handler(request)  # the decoded body lives until the answer is made
+            finally:
+                ticket.release()
 
         return route
 

@@ -21,6 +21,7 @@ from oodsynth.config import get_settings
 from oodsynth.queue.payloads import MAX_PIXELS_BOUND, pixel_side
 
 from .auth import ADMIN, READ, WRITE
+from .body import OffLoopBodyRoute
 from .limits import HEAVY
 from .schemas import ErrorBody
 
@@ -56,10 +57,18 @@ def document_errors(router: APIRouter) -> None:
             )
         if route.body_field is not None:
             extra[408] = _error("The request body did not arrive within OODSYNTH_BODY_TIMEOUT_S.")
-            extra[413] = _error("The request body is over OODSYNTH_MAX_REQUEST_BYTES / OODSYNTH_MAX_UPLOAD_BYTES.")
+            bank = " or the bank's arrays would inflate past OODSYNTH_MAX_BANK_BYTES" if route.path == "/fits" else ""
+            extra[413] = _error(
+                f"The request body is over OODSYNTH_MAX_REQUEST_BYTES / OODSYNTH_MAX_UPLOAD_BYTES{bank}."
+            )
+        busy = []
         if HEAVY in route.dependencies:
+            busy.append("every slot for fits, samples and features is busy")
+        if isinstance(route, OffLoopBodyRoute) and route.body_field is not None:
+            busy.append("a large body would take the memory budget past OODSYNTH_HEAVY_MEMORY_BUDGET_BYTES")
+        if busy:
             extra[429] = {
-                **_error("Every slot for fits, samples and features is busy; retry after `Retry-After` seconds."),
+                **_error(f"{'; or '.join(busy).capitalize()}: retry after `Retry-After` seconds."),
                 "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
             }
         if route.path != "/healthz":

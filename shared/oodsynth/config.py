@@ -125,9 +125,10 @@ class Settings(BaseSettings):
         "first byte of its next request (closed after it): no slow-header clients holding connections.",
     )
     max_bank_bytes: int = Field(
-        1 * 2**30,
+        256 * 2**20,
         ge=1024,
-        description="Largest decompressed feature bank (.npz members, checked before decompressing).",
+        description="Largest feature bank once inflated (the .npz's arrays, judged from the zip directory and the "
+        ".npy headers before any array is read); a bank over it answers 413. 256 MiB holds 80,000 x 768 float32.",
     )
     max_json_values: int = Field(
         2_000_000,
@@ -144,8 +145,9 @@ class Settings(BaseSettings):
     heavy_memory_budget_bytes: int = Field(
         1 * 2**30,
         ge=2**20,
-        description="Memory the /sample requests in flight in one API process may take together (estimated from "
-        "each request's size before sampling); a request past it answers 429 unless it would run alone.",
+        description="Memory the /sample requests and the large JSON bodies (over 256 KiB) in flight in one API "
+        "process may take together (estimated from each request's size before sampling, and from each body's bytes "
+        "before decoding); a request past it answers 429 unless it would run alone.",
     )
     max_decode_steps: int = Field(200, ge=1, description="Cap on denoising steps per image.")
     max_decode_pixels: int = Field(

@@ -14,6 +14,7 @@ Unavailable 503     exit 1
 Unauthorized 401    exit 2
 Forbidden  403      exit 2
 TooBusy    429      exit 1
+TooLarge   413      exit 2
 ========== ======== ===========================================
 
 ``field`` is written the way a user names it: ``n_per_class``,
@@ -168,8 +169,17 @@ class TooBusy(OodsynthError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class TooLarge(OodsynthError):
+    """An input is over a configured size limit, judged from its declared size before it is read or inflated
+    (HTTP 413, CLI exit 2); the message names the limit and its setting."""
+
+    status = 413
+    type = "too_large"
+    exit_code = 2
+
+
 BY_STATUS: dict[int, type[OodsynthError]] = {
-    cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable, Unauthorized, Forbidden, TooBusy)
+    cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable, Unauthorized, Forbidden, TooBusy, TooLarge)
 }
 
 __all__ = [
@@ -181,6 +191,7 @@ __all__ = [
     "NotFound",
     "OodsynthError",
     "TooBusy",
+    "TooLarge",
     "Unauthorized",
     "Unavailable",
     "join_loc",

@@ -25,7 +25,7 @@ from typing import IO, BinaryIO
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, TooLarge
 
 READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 
@@ -58,8 +58,9 @@ def read_npz(
     source: str | Path | bytes | BinaryIO, names: Iterable[str], *, max_bytes: int, field: str = "file"
 ) -> dict[str, np.ndarray]:
     """The arrays ``names`` of an ``.npz``; ``NpzError`` (field = the array, or ``field`` for the archive) when a
-    member is missing, ambiguous, not an ``.npy``, holds objects, or the members together would take more than
-    ``max_bytes`` once inflated. Nothing is decompressed or allocated before every member has passed."""
+    member is missing, ambiguous, not an ``.npy`` or holds objects; ``TooLarge`` (413, field ``field``) when the
+    members together would take more than ``max_bytes`` once inflated, judged from the zip directory's sizes and
+    the ``.npy`` headers' shapes and dtypes. Nothing is decompressed or allocated before every member has passed."""
     names = list(names)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -71,9 +72,10 @@ def read_npz(
         members = {name: _member(archive, name, counts) for name in names}
         declared_total = sum(info.file_size for info in members.values())
         sizes: dict[str, int] = {}
+        if declared_total > max_bytes:  # the zip directory's sizes: nothing of any member is read
+            name = max(members, key=lambda n: members[n].file_size)
+            raise TooLarge(field, _too_large(max_bytes, declared_total, name, members[name].file_size))
         for name, info in members.items():
-            if declared_total > max_bytes:
-                raise NpzError(name, _too_large(max_bytes, name, info.file_size))
             try:
                 with archive.open(info) as member:
                     shape, dtype = _header(member)
@@ -84,9 +86,9 @@ def read_npz(
             sizes[name] = math.prod(shape) * dtype.itemsize
             if sizes[name] > info.file_size:
                 raise NpzError(name, f"its header claims {sizes[name]} bytes, more than the member holds")
-        if sum(sizes.values()) > max_bytes:
+        if sum(sizes.values()) > max_bytes:  # the .npy headers' shapes and dtypes: no array is allocated yet
             name = max(sizes, key=sizes.__getitem__)
-            raise NpzError(name, _too_large(max_bytes, name, sizes[name]))
+            raise TooLarge(field, _too_large(max_bytes, sum(sizes.values()), name, sizes[name]))
         arrays = {}
         for name, info in members.items():
             try:
@@ -97,8 +99,8 @@ def read_npz(
         return arrays
 
 
-def _too_large(max_bytes: int, name: str, declared: int) -> str:
+def _too_large(max_bytes: int, total: int, name: str, declared: int) -> str:
     return (
-        f"the .npz would decompress to over {max_bytes} bytes (settings OODSYNTH_MAX_BANK_BYTES); "
-        f"{name} alone declares {declared} bytes"
+        f"the .npz's arrays would take {total} bytes once inflated, over the limit of {max_bytes} bytes "
+        f"(settings OODSYNTH_MAX_BANK_BYTES); {name} alone declares {declared} bytes"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..bank import BankError, FeatureBank, load_bank
 from ..config import get_settings
-from ..errors import InputError
+from ..errors import InputError, TooLarge
 from ..state.fits import FitRegistry, fit_exists_error, validate_fit_name
 
 BANK_ARRAYS = frozenset({"features", "labels", "anchors", "class_names"})  # what a fit's data error names
@@ -29,7 +29,8 @@ def create_fit(
     ``bank_field`` is what the caller calls the bank (``file`` for the API's
     upload), so a malformed array is blamed as ``<bank_field>.<array>``.
     Cheap checks (name, density, an existing fit) run before the bank is read, and the
-    bank's members (``max_bank_bytes``, default from settings) each before it is decompressed (``oodsynth.npz``).
+    bank's members (``max_bank_bytes``, default from settings) each before it is decompressed (``oodsynth.npz``):
+    a bank whose arrays would expand past it is ``TooLarge`` (413) on ``bank_field``.
     """
     from ..densities import DENSITY_KINDS, ClassDensities  # scipy/torch: only when fitting
 
@@ -51,6 +52,8 @@ def create_fit(
     except BankError as exc:
         field = bank_field if exc.field == "file" else f"{bank_field}.{exc.field}"
         raise InputError(field, exc.message) from exc
+    except TooLarge as exc:  # 413: the archive's declared arrays are over the limit; nothing was inflated
+        raise TooLarge(bank_field, exc.message) from exc
     try:
         densities = ClassDensities(kind=density).fit(feature_bank, progress=progress)
     except ValueError as exc:  # e.g. a full covariance that cannot be estimated from this bank
