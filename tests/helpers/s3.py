@@ -8,6 +8,7 @@ hosts; worker processes inherit them. tests/conftest.py loads this module as a p
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,7 +26,7 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def bucket_url(s3_endpoint, monkeypatch, tmp_path) -> str:
+def bucket_url(s3_endpoint, monkeypatch, tmp_path) -> Iterator[str]:
     """A fresh bucket per test, as ``s3://<bucket>/runs``, with the AWS_* variables pointing at moto."""
     for key, value in {
         "AWS_ENDPOINT_URL": s3_endpoint,
@@ -38,7 +39,13 @@ def bucket_url(s3_endpoint, monkeypatch, tmp_path) -> str:
     }.items():
         monkeypatch.setenv(key, value)
     import fsspec
+    import s3fs
 
+    # fsspec caches filesystem instances by their arguments, and an S3 one keeps the endpoint of the environment it
+    # was made in: a test that pointed AWS_ENDPOINT_URL elsewhere (an unreachable store) would hand its dead
+    # endpoint to every later test that makes the same filesystem.
+    s3fs.S3FileSystem.clear_instance_cache()
     bucket = f"oodsynth-{uuid.uuid4().hex[:12]}"
     fsspec.filesystem("s3", use_listings_cache=False).mkdir(bucket)
-    return f"s3://{bucket}/runs"
+    yield f"s3://{bucket}/runs"
+    s3fs.S3FileSystem.clear_instance_cache()
