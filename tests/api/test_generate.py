@@ -18,6 +18,7 @@ from oodsynth.bank import FeatureBank
 from oodsynth.config import get_settings
 from oodsynth.queue.enqueue import JOB_FUNCTION, queue_stats
 from oodsynth.queue.payloads import PACKED_VECTOR_PREFIX, DecodeJob, unpack_vector
+from oodsynth.worker.allowlist import AllowlistWorker
 from services.embed_sampler.app import create_app
 from tests.helpers.toy_banks import toy_bank
 
@@ -251,13 +252,13 @@ def test_bad_input_names_the_field_and_enqueues_nothing(api, redis_url):
 def test_failed_job_reports_error_text(api, redis_url, settings_env):
     """A job whose payload the worker rejects ends failed with the validation text, not a log line."""
     settings_env(JOB_RETRIES=0)
-    from rq import SimpleWorker
 
     queue = _queue(redis_url)
     job = queue.enqueue(
         JOB_FUNCTION, {"dataset": "a/b", "model": "m", "items": []}, meta={"progress": {"done": 0, "total": 0}}
     )
-    SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
+    # the product's worker: its pubsub thread wakes each second (plain RQ's can hold a burst run's exit for 60 s)
+    AllowlistWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
     state = api.get(f"/jobs/{job.id}").json()
     assert state["status"] == "failed" and state["error"].startswith(
         "oodsynth.errors.InputError: dataset: 'a/b' must be"

@@ -13,7 +13,7 @@ import redis
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from typer.testing import CliRunner
@@ -25,6 +25,7 @@ from oodsynth.decoding.pipeline import OutlierDecoder
 from oodsynth.errors import InputError
 from oodsynth.queue.payloads import unpack_vector
 from oodsynth.store.results import ResultStore
+from oodsynth.worker.allowlist import AllowlistWorker
 from services.embed_sampler.app import create_app
 from tests.helpers.toy_banks import toy_bank
 
@@ -191,7 +192,8 @@ def test_generate_from_real_images_records_each_init_image_and_reproduces_its_pi
     ] == [it["init_image"] for it in items]
 
     queue = Queue(get_settings().queue_name, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
-    SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
+    # the product's worker: its pubsub thread wakes each second (plain RQ's can hold a burst run's exit for 60 s)
+    AllowlistWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
     job = Job.fetch(job_ids[0], connection=queue.connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string
     rows = {rec.image_id: rec for rec in store.records("sdedit")}
