@@ -153,6 +153,24 @@ def test_train_ood_then_evaluate_gives_finite_metrics(tmp_path, digits):
     assert result["plots"] == [f"eval.{kind}.{name}.png" for name in safe for kind in ("roc", "hist")]
     for name in result["plots"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # asked for no score, evaluate leads with the OOD lab's test score: KNN with k 1, the same as asked by name
+    assert list(result["scores"]) == ["knn", "energy", "phi"]
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--score",
+            "knn",
+            "--param",
+            "knn.k=1",
+            "--json",
+            str(tmp_path / "k1.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "k1.json").read_text())["scores"]["knn"] == result["scores"]["knn"]
 
 
 def test_cli_errors_name_the_option(tmp_path):

@@ -268,11 +268,14 @@ def evaluate_cmd(
         "--score",
         help="all, a pytorch-ood detector (msp, maxlogit, energy, mahalanobis, knn, vim, react, ...: a wrong "
         "name lists them all), a fused one (energy+mahalanobis: each part standardised on ID train, summed), "
-        "phi or density (repeatable; default energy, and phi where it was trained). "
+        "phi or density (repeatable; default knn (k 1: the OOD lab's test score), energy, and phi where it was "
+        "trained). "
         "density = max class log-density of the encoder feature; all = every score the inputs allow, one table.",
     ),
     param: list[str] | None = typer.Option(
-        None, "--param", help="Detector setting DETECTOR.NAME=VALUE, e.g. knn.k=100 or vim.d=64 (repeatable)."
+        None,
+        "--param",
+        help="Detector setting DETECTOR.NAME=VALUE, e.g. knn.k=100 or vim.d=64 (repeatable); knn's k is 1 unless given.",
     ),
     encoder: Path | None = typer.Option(None, help="Text-aligned encoder checkpoint (for --score density)."),
     fit: str | None = typer.Option(None, help="Stored fit name or fit file (for --score density)."),

@@ -12,7 +12,11 @@ from pathlib import Path
 from ..errors import InputError, NoOODSets
 from .assignments import split_assignment
 
-DEFAULT_SCORES = ("energy", "phi")
+# The scores evaluate gives when asked for none: the OOD lab's test-time score first (KNN on the model's own
+# penultimate features, k 1: lab.settings test_score and POSTHOC_PARAMS, chosen on the dev splits), then energy and
+# phi, the trainer's own. RECIPE_PARAMS are those parameters, used wherever the user sets none for that detector.
+DEFAULT_SCORES = ("knn", "energy", "phi")
+RECIPE_PARAMS: dict[str, dict] = {"knn": {"k": 1}}
 
 
 def load_data(
@@ -163,6 +167,7 @@ def evaluate_scores(
     reports = []
     if detectors:
         train = load_data(dataset, "train", data_root, image_size)
+        params = {**RECIPE_PARAMS, **(params or {})}
         reports.append(
             evaluate_detectors(
                 clf, train, id_data, ood_sets, names=detectors, params=params, batch_size=batch_size, progress=True
