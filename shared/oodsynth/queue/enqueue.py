@@ -241,7 +241,8 @@ def _refused_entry(raw: bytes) -> dict | None:
 
 
 # -- abandoned jobs -----------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has that pid (one we may not signal is alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -261,7 +262,7 @@ def _worker_gone(name: str, connection: redis.Redis, here: str) -> bool:
         return True
     if worker.hostname != here or not worker.pid:
         return False  # another machine: only RQ's timeout-based cleanup can tell
-    if not _pid_alive(worker.pid):
+    if not pid_alive(worker.pid):
         return True
     # Same host and pid, but a newer worker owns that pid (a restarted container is pid 1 again).
     for other in live_workers(connection)[0]:

@@ -14,7 +14,6 @@ maintenance (``MAINTENANCE_INTERVAL_S``, with a dequeue that wakes as often).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -24,6 +23,8 @@ from rq.exceptions import SchedulerNotFound
 from rq.scheduler import RQScheduler
 from rq.scripts import release_lock
 
+from ..queue.enqueue import pid_alive
+
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 15  # RQ's default is 600
@@ -31,19 +32,9 @@ WORKER_TTL_S = MAINTENANCE_INTERVAL_S + 15  # RQ's blocking dequeue waits worker
 STALE_AFTER_S = 30.0  # a live scheduler writes its heartbeat every second; 30 s leaves room for clock skew
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def holder_dead(scheduler: RQScheduler, here: str, now: datetime | None = None) -> bool:
     """Whether the scheduler that holds a lock is provably dead (a live one is never judged dead)."""
-    if scheduler.hostname == here and not _pid_alive(scheduler.pid):
+    if scheduler.hostname == here and not pid_alive(scheduler.pid):
         return True
     beat = scheduler.last_heartbeat
     if beat is None:
