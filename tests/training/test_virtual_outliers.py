@@ -177,6 +177,8 @@ def test_train_ood_cli_trains_on_a_cheap_recipe_without_a_store(tmp_path):
     clf = load_ood_classifier(tmp_path / "r", device="cpu")
     assert clf.config.outlier_recipe == "noise+cutmix" and clf.uses_outliers
     (last,) = clf.history
+    # measured, seed 0: ce 1.2005 / 1.2068 and L_ood 0.4879 / 0.4862 at 1 / 2 torch threads; the bounds only ask
+    # that both losses are finite and positive (margin over 0.48 below, 8.7 above)
     assert 0 < last["ood"] < 10 and 0 < last["ce"] < 10
 
 
