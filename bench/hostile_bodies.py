@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from hostile_memory import PeakRSS  # noqa: E402  (the same RSS sampler)
-from load import rss_mb, start_server, stop  # noqa: E402  (bench/load.py: the same server harness)
+from load import rss_mb, served_api  # noqa: E402  (bench/load.py: the same server harness)
 
 
 def compact_body(mib: float, dim: int = 768) -> bytes:
@@ -68,34 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    from oodsynth.demo import free_port
-    from oodsynth.state.redis_conn import start_embedded_redis
-
     body = compact_body(args.mib) if args.compact else inline_body(args.mib, invalid=args.invalid)
     print(f"body {len(body) / 2**20:.2f} MiB")
     headers = {"content-type": "application/json"}
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        redis_server = start_embedded_redis(home / "redis")
-        port = free_port()
-        proc = start_server(home, redis_server.url, "", port)
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-                client.post("/generate", content=b'{"dataset": "d"}', headers=headers)  # warm the route
-                time.sleep(1.0)
-                idle = rss_mb(proc.pid)
-                with PeakRSS(proc.pid) as one:
-                    one_status = client.post("/generate", content=body, headers=headers).status_code
-                time.sleep(1.0)
+    with served_api() as (proc, port):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+            client.post("/generate", content=b'{"dataset": "d"}', headers=headers)  # warm the route
+            time.sleep(1.0)
+            idle = rss_mb(proc.pid)
+            with PeakRSS(proc.pid) as one:
+                one_status = client.post("/generate", content=body, headers=headers).status_code
+            time.sleep(1.0)
 
-                def send(_: int) -> int:
-                    return client.post("/generate", content=body, headers=headers).status_code
+            def send(_: int) -> int:
+                return client.post("/generate", content=body, headers=headers).status_code
 
-                with PeakRSS(proc.pid) as mix, ThreadPoolExecutor(args.bodies) as pool:
-                    statuses = Counter(pool.map(send, range(args.bodies)))
-        finally:
-            stop(proc)
-            redis_server.stop()
+            with PeakRSS(proc.pid) as mix, ThreadPoolExecutor(args.bodies) as pool:
+                statuses = Counter(pool.map(send, range(args.bodies)))
     result = {
         "body_mib": round(len(body) / 2**20, 2),
         "invalid": args.invalid,

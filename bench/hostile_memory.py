@@ -24,7 +24,6 @@ import argparse
 import io
 import json
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -38,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from load import rss_mb, start_server, stop  # noqa: E402  (bench/load.py: the same server harness)
+from load import rss_mb, served_api  # noqa: E402  (bench/load.py: the same server harness)
 
 
 def heavy_bank(classes: int, per_class: int, dim: int = 768, seed: int = 0) -> bytes:
@@ -118,52 +117,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    from oodsynth.demo import free_port
-    from oodsynth.state.redis_conn import start_embedded_redis
-
     bank, bomb = heavy_bank(args.classes, args.bank_per_class), zip_bomb(args.bomb_gib)
     print(f"bank {len(bank) / 2**20:.1f} MB; zip bomb {len(bomb) / 2**20:.2f} MB inflating to {args.bomb_gib} GiB")
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        redis_server = start_embedded_redis(home / "redis")
-        port = free_port()
-        proc = start_server(home, redis_server.url, "", port)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=600) as client:
-                r = client.post("/fits", data={"name": "heavy"}, files={"file": ("b.npz", bank, "application/x-npz")})
-                assert r.status_code == 201, r.text
-                body = {"fit": "heavy", "method": args.method, "n_per_class": args.n_per_class, "seed": 0}
-                client.post("/sample", json={**body, "n_per_class": 1}, params={"format": "npz"})  # warm caches
-                time.sleep(1.0)
-                idle = rss_mb(proc.pid)
-                with PeakRSS(proc.pid) as one:
-                    start = time.monotonic()
-                    r = client.post("/sample", json=body, params={"format": "npz"})
-                    one_s = time.monotonic() - start
-                assert r.status_code == 200, r.text[:300]
-                time.sleep(1.0)
+    with served_api() as (proc, port):
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=600) as client:
+            r = client.post("/fits", data={"name": "heavy"}, files={"file": ("b.npz", bank, "application/x-npz")})
+            assert r.status_code == 201, r.text
+            body = {"fit": "heavy", "method": args.method, "n_per_class": args.n_per_class, "seed": 0}
+            client.post("/sample", json={**body, "n_per_class": 1}, params={"format": "npz"})  # warm caches
+            time.sleep(1.0)
+            idle = rss_mb(proc.pid)
+            with PeakRSS(proc.pid) as one:
+                start = time.monotonic()
+                r = client.post("/sample", json=body, params={"format": "npz"})
+                one_s = time.monotonic() - start
+            assert r.status_code == 200, r.text[:300]
+            time.sleep(1.0)
 
-                def heavy(i: int) -> int:
-                    return client.post("/sample", json={**body, "seed": i}, params={"format": "npz"}).status_code
+            def heavy(i: int) -> int:
+                return client.post("/sample", json={**body, "seed": i}, params={"format": "npz"}).status_code
 
-                def upload() -> int:
-                    files = {"file": ("bomb.npz", bomb, "application/octet-stream")}
-                    return client.post("/fits", data={"name": "bomb"}, files=files).status_code
+            def upload() -> int:
+                files = {"file": ("bomb.npz", bomb, "application/octet-stream")}
+                return client.post("/fits", data={"name": "bomb"}, files=files).status_code
 
-                with PeakRSS(proc.pid) as mix, ThreadPoolExecutor(args.heavy + 1) as pool:
-                    start = time.monotonic()
-                    futures = [pool.submit(upload)] + [pool.submit(heavy, i) for i in range(args.heavy)]
-                    bomb_status, *heavy_status = [f.result() for f in futures]
-                    mix_s = time.monotonic() - start
-                # The bomb again once the pool is free, so its own check is measured (not only the 429).
-                time.sleep(1.0)
-                before_bomb = rss_mb(proc.pid)
-                with PeakRSS(proc.pid) as alone:
-                    bomb_alone = upload()
-        finally:
-            stop(proc)
-            redis_server.stop()
+            with PeakRSS(proc.pid) as mix, ThreadPoolExecutor(args.heavy + 1) as pool:
+                start = time.monotonic()
+                futures = [pool.submit(upload)] + [pool.submit(heavy, i) for i in range(args.heavy)]
+                bomb_status, *heavy_status = [f.result() for f in futures]
+                mix_s = time.monotonic() - start
+            # The bomb again once the pool is free, so its own check is measured (not only the 429).
+            time.sleep(1.0)
+            before_bomb = rss_mb(proc.pid)
+            with PeakRSS(proc.pid) as alone:
+                bomb_alone = upload()
     results = {
         "idle_mb": idle,
         "one_heavy_peak_mb": one.peak,

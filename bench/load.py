@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -106,6 +108,25 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def served_api(api_keys: str = "") -> Iterator[tuple[subprocess.Popen, int]]:
+    """An API process (and its port) with its own home and embedded Redis, both stopped on exit: the harness the
+    hostile benchmarks share."""
+    from oodsynth.demo import free_port
+    from oodsynth.state.redis_conn import start_embedded_redis
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        redis_server = start_embedded_redis(home / "redis")
+        port = free_port()
+        proc = start_server(home, redis_server.url, api_keys, port)
+        try:
+            yield proc, port
+        finally:
+            stop(proc)
+            redis_server.stop()
 
 
 def cpu_seconds(pid: int) -> float:
