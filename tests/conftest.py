@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.once import folder_built_once  # filelock only: no numpy or torch before the settings below
+
 # Before numpy loads: idle OpenBLAS threads spin, and on a 2-core machine shared with Redis, worker
 # processes and torch, two of them made a 400x128 SVD 30x slower (0.64 s against 0.02 s with one).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -114,17 +116,22 @@ TINY_SD_WORDS = ["cat", "ship", "horse"]  # every test that decodes uses a subse
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    """One tiny random-weight SD pipeline folder for the whole session (each word is one token)."""
+def tiny_sd(tmp_path_factory, worker_id) -> Path:
+    """One tiny random-weight SD pipeline folder for the whole session (each word is one token; seeded, so the
+    same weights whichever worker writes it)."""
     from oodsynth.offline_decoder.tiny_model import make_tiny_pipeline
 
-    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), words=TINY_SD_WORDS)
+    with folder_built_once(tmp_path_factory, worker_id, "tiny-sd") as folder:
+        if not (folder / "model_index.json").is_file():
+            make_tiny_pipeline(folder, words=TINY_SD_WORDS)
+        return folder
 
 
 @pytest.fixture(scope="session")
-def digits_lab_assets(tiny_sd, tmp_path_factory):
+def digits_lab_assets(tiny_sd, tmp_path_factory, worker_id):
     """The OOD lab's generation side on digits, small: an encoder (3 epochs), a diagonal Gaussian fit, the tiny
-    decoder. One torch thread while it trains (several times faster than two on a busy 2-core machine)."""
+    decoder. One torch thread while it trains (several times faster than two on a busy 2-core machine). The
+    encoder is trained once per run: a second xdist worker finds it in the shared folder and only fits."""
     import json
 
     import torch
@@ -136,15 +143,16 @@ def digits_lab_assets(tiny_sd, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train_local_assets(
-            "digits",
-            tmp_path_factory.mktemp("lab-assets"),
-            tiny_sd,
-            anchors=random_anchors(8, dim, seed=0),
-            density="gaussian_diagonal",
-            epochs=3,
-            width=8,
-            decode={"height": 32, "width": 32, "steps": 2},
-        )
+        with folder_built_once(tmp_path_factory, worker_id, "lab-assets") as folder:
+            return train_local_assets(
+                "digits",
+                folder,
+                tiny_sd,
+                anchors=random_anchors(8, dim, seed=0),
+                density="gaussian_diagonal",
+                epochs=3,
+                width=8,
+                decode={"height": 32, "width": 32, "steps": 2},
+            )
     finally:
         torch.set_num_threads(threads)

@@ -253,3 +253,76 @@ def test_the_worker_health_check_sees_a_live_worker(redis_url):
     finally:
         worker.register_death()
     assert not worker_alive_here(worker.connection)
+
+
+IMAGES = {"api": ("services/embed_sampler", "api"), "worker": ("services/diffusion_worker", "worker")}
+TARGET = {"python_version": "3.11", "python_full_version": "3.11.11", "sys_platform": "linux"}
+TARGET |= {
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+}
+
+
+def _lock(path) -> dict[str, tuple[str, list[str]]]:
+    """``{name: (version, hashes)}`` of a ``uv pip compile --generate-hashes`` file."""
+    from packaging.utils import canonicalize_name
+
+    entries: dict[str, tuple[str, list[str]]] = {}
+    name = ""
+    for line in path.read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9][\w.-]*)==([^\s\\]+)", line):
+            name = canonicalize_name(match[1])
+            entries[name] = (match[2], [])
+        elif match := re.match(r"^\s+--hash=sha256:([0-9a-f]{64})", line):
+            entries[name][1].append(match[1])
+    return entries
+
+
+def _project_requirements(extra: str) -> list:
+    """The project's requirements with ``extra``, its own ``oodsynth[...]`` references followed."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    found, todo, seen = [], [extra], set()
+    found += [Requirement(r) for r in project["dependencies"]]
+    while todo:
+        for text in project["optional-dependencies"][todo.pop()]:
+            requirement = Requirement(text)
+            if requirement.name == "oodsynth":
+                todo += [e for e in requirement.extras if e not in seen]
+                seen |= requirement.extras
+            else:
+                found.append(requirement)
+    return found
+
+
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_images_install_a_hashed_lock_that_satisfies_the_project(compose, service):
+    """A rebuild installs what was pinned: every package of the image at an exact version with its hashes
+    (pip --require-hashes), the project itself without dependencies, and every requirement of the project's
+    extra satisfied by the lock (API: torch is the CPU build the Dockerfile pins from PyTorch's index)."""
+    from packaging.utils import canonicalize_name
+
+    folder, extra = IMAGES[service]
+    build = compose["services"][service]["build"]
+    dockerfile = (REPO / build["context"] / build["dockerfile"]).read_text()
+    assert f"COPY {folder}/requirements.lock ./" in dockerfile
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in dockerfile
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert all("--no-deps" in line for line in installs), installs  # nothing resolved at build time
+    lock = _lock(REPO / folder / "requirements.lock")
+    assert lock and all(re.fullmatch(r"[\w.+!-]+", v) and hashes for v, hashes in lock.values())
+    for requirement in _project_requirements(extra):
+        if requirement.marker is not None and not requirement.marker.evaluate(TARGET):
+            continue
+        name = canonicalize_name(requirement.name)
+        if service == "api" and name == "torch":
+            pinned = re.search(r"torch==([\d.]+)\+cpu", dockerfile)[1]
+            assert requirement.specifier.contains(pinned), (pinned, requirement)
+            assert "torch" not in lock and "nvidia-cudnn-cu13" not in lock  # the CPU build needs no CUDA wheels
+            continue
+        assert name in lock, f"{service}: {name} is not in the lock (make lock)"
+        assert requirement.specifier.contains(lock[name][0], prereleases=True), (requirement, lock[name][0])
+    assert ("fastapi-offline" in lock) == (service == "api")  # /docs without a CDN
