@@ -7,6 +7,10 @@ configured every route is open to this machine only: ``oodsynth serve`` binds
 to 127.0.0.1, and ``check_local`` refuses foreign peers and Host names (DNS
 rebinding) and cross-site requests on mutating routes (CSRF). No key: 401 with ``WWW-Authenticate: Bearer``; a key whose scope does
 not cover the route: 403. Both use the API's one error shape.
+
+The dependency's value is the caller, a ``KeyGrant`` (scope and tenant); a route that reads or creates owned
+objects takes it as a parameter too (``caller: KeyGrant = READ``): FastAPI runs one dependency once per request.
+With no keys configured the caller is ``LOCAL``, admin of tenant ``default``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from oodsynth.api_keys import allows, hash_key, parse_api_keys
+from oodsynth.api_keys import LOCAL, KeyGrant, allows, hash_key, parse_api_keys
 from oodsynth.config import Settings
 from oodsynth.errors import Forbidden, Unauthorized
 
@@ -29,7 +33,7 @@ bearer = HTTPBearer(auto_error=False, description="An API key from OODSYNTH_API_
 
 
 @lru_cache(maxsize=8)
-def configured_keys(text: str) -> dict[str, str]:
+def configured_keys(text: str) -> dict[str, KeyGrant]:
     return parse_api_keys(text)
 
 
@@ -91,24 +95,26 @@ def check_local(request: Request, *, mutating: bool) -> None:
 
 
 def require(scope: str):
-    """A route dependency that lets through keys whose scope covers ``scope`` (everyone when no keys are set)."""
+    """A route dependency that lets through keys whose scope covers ``scope`` (everyone when no keys are set),
+    and yields the caller."""
 
     async def check(  # async: a plain def would cost a thread hop on every request (state.py)
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),
         settings: Settings = Depends(get_settings_dep),
-    ) -> None:
+    ) -> KeyGrant:
         keys = configured_keys(settings.api_keys)
         if not keys:
             check_local(request, mutating=scope != "read")
-            return
+            return LOCAL
         if credentials is None:
             raise Unauthorized("authorization", "send an API key as 'Authorization: Bearer <key>'")
         granted = keys.get(hash_key(credentials.credentials))
         if granted is None:
             raise Unauthorized("authorization", "unknown API key")
-        if not allows(granted, scope):
-            raise Forbidden("authorization", f"this key has scope {granted!r}; the route needs {scope!r}")
+        if not allows(granted.scope, scope):
+            raise Forbidden("authorization", f"this key has scope {granted.scope!r}; the route needs {scope!r}")
+        return granted
 
     return Depends(check)
 

@@ -106,8 +106,8 @@ class Settings(BaseSettings):
     # -- security and bounds (oodsynth.api_keys, oodsynth.limits)
     api_keys: str = Field(
         "",
-        description="Server: API keys as '<scope>:<sha256 hex>' entries (scope read, write or admin), comma-separated; "
-        "empty: no keys, and `oodsynth serve` binds to 127.0.0.1 only.",
+        description="Server: API keys as '<scope>:<sha256 hex>[:<tenant>]' entries (scope read, write or admin; "
+        "tenant default when left out), comma-separated; empty: no keys, and `oodsynth serve` binds to 127.0.0.1 only.",
     )
     api_key: SecretStr | None = Field(None, description="Client and CLI: the API key sent as 'Authorization: Bearer'.")
     sample_time_budget_s: float = Field(60.0, gt=0, description="Wall-clock budget of one POST /sample.")

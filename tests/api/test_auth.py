@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from oodsynth.api_keys import hash_key, new_api_key, parse_api_keys
+from oodsynth.api_keys import KeyGrant, hash_key, new_api_key, parse_api_keys
 from oodsynth.client import OodsynthClient
 from oodsynth.config import get_settings
 from oodsynth.errors import Forbidden, InputError, Unauthorized
@@ -84,10 +84,29 @@ def test_scopes(api, keys, method, template):
 def test_keys_are_stored_as_hashes_and_malformed_entries_are_named():
     key, entry = new_api_key("admin")
     assert key not in entry and entry == f"admin:{hash_key(key)}"
-    assert parse_api_keys(f" {entry}\nread:{'a' * 64} ") == {hash_key(key): "admin", "a" * 64: "read"}
+    assert parse_api_keys(f" {entry}\nread:{'a' * 64} ") == {
+        hash_key(key): KeyGrant("admin", "default"),
+        "a" * 64: KeyGrant("read", "default"),
+    }
     with pytest.raises(InputError) as exc:
         parse_api_keys(f"{entry},write:{key}")
     assert exc.value.field == "api_keys[1]" and key not in exc.value.message
+
+
+def test_an_entry_may_name_its_tenant_and_a_malformed_tenant_is_named():
+    key, entry = new_api_key("write", tenant="lab-a")
+    assert entry == f"write:{hash_key(key)}:lab-a"
+    assert parse_api_keys(f"{entry},read:{'b' * 64}:lab_2") == {
+        hash_key(key): KeyGrant("write", "lab-a"),
+        "b" * 64: KeyGrant("read", "lab_2"),
+    }
+    for tenant in ("", "-lab", "lab/a", "x" * 33, "lab.a", "é"):
+        with pytest.raises(InputError) as exc:
+            parse_api_keys(f"read:{'c' * 64},admin:{'d' * 64}:{tenant}")
+        assert exc.value.field == "api_keys[1]", tenant
+    with pytest.raises(InputError) as exc:
+        new_api_key("read", tenant="../x")
+    assert exc.value.field == "tenant"
 
 
 def test_client_sends_its_key_and_gets_typed_errors(api, keys, monkeypatch):

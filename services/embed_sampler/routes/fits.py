@@ -2,7 +2,9 @@
 
 ``POST /fits`` refuses to overwrite an existing name with 409 unless the
 request says ``?replace=true``: silently replacing a fit would change what
-later ``/sample`` calls (and the samples other clients refer to) mean.
+later ``/sample`` calls (and the samples other clients refer to) mean. Fits belong to the creating key's
+tenant; a key below admin lists and reads only its tenant's, and another tenant's answers 404 as a missing one.
+Names are one namespace for every tenant (``oodsynth.state.fits``): a name another tenant holds is a 409.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from oodsynth.api_keys import KeyGrant
 from oodsynth.densities import DENSITY_KINDS
 from oodsynth.errors import NotFound
 from oodsynth.names import MAX_NAME_LENGTH
@@ -61,6 +64,7 @@ async def create_fit(
     density: Annotated[Literal[DENSITY_KINDS], Form(description="Density family per class.")] = "vmf",  # type: ignore[valid-type]  # a Literal of a registry's keys, made at import; FastAPI checks the values
     replace: Annotated[bool, Query(description="Overwrite an existing fit of this name.")] = False,
     fits: FitRegistry = Depends(get_fits),
+    caller: KeyGrant = WRITE,
 ):
     """Validate the bank, fit one density per class on the unit sphere, store both in Redis.
 
@@ -70,7 +74,7 @@ async def create_fit(
     data = await file.read()
     start = time.perf_counter()
     summary = await run_in_threadpool(
-        create_fit_use_case, fits, name, data, density, replace=replace, bank_field="file"
+        create_fit_use_case, fits, name, data, density, replace=replace, bank_field="file", caller=caller
     )
     obs.FIT_SECONDS.labels(density).observe(time.perf_counter() - start)
     obs.FITS.labels(density).inc()
@@ -80,8 +84,8 @@ async def create_fit(
 
 
 @router.get("/fits", dependencies=[READ], response_model=FitList, summary="List stored fits")
-def list_fits(fits: FitRegistry = Depends(get_fits)) -> FitList:
-    return FitList(fits=fits.list())
+def list_fits(fits: FitRegistry = Depends(get_fits), caller: KeyGrant = READ) -> FitList:
+    return FitList(fits=fits.list(caller))
 
 
 @router.get(
@@ -96,9 +100,10 @@ def get_fit(
     response: Response,
     if_none_match: Annotated[str | None, Header()] = None,
     fits: FitRegistry = Depends(get_fits),
+    caller: KeyGrant = READ,
 ):
     """Per-class κ (vMF) or mean variance (Gaussian) and ID log-density quantiles."""
-    summary = fits.summary(name, field="name")
+    summary = fits.summary(name, field="name", caller=caller)
     etag = f'"{summary["version"]}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})

@@ -2,7 +2,8 @@
 
 The page and its filters come from ``oodsynth.service.gallery`` (also behind ``oodsynth gallery``); the images
 are read from the result store. Read scope. Note that a browser sends no ``Authorization`` header for
-``<img>``: with API keys configured, view the page through a proxy that adds it.
+``<img>``: with API keys configured, view the page through a proxy that adds it. A key below admin sees only its
+tenant's images (``oodsynth.service.gallery``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, Response
 
+from oodsynth.api_keys import KeyGrant
 from oodsynth.config import Settings
 from oodsynth.names import normalize_name
 from oodsynth.service.gallery import GalleryQuery, gallery_image, gallery_page
@@ -60,10 +62,11 @@ def gallery(
     name: str,
     query: Annotated[GalleryQuery, Query()],
     settings: Settings = Depends(get_settings_dep),
+    caller: KeyGrant = READ,
 ) -> HTMLResponse:
     """HTML: images with sampler, verification and diagnostics; filter by class, sampler, verified, ID percentile
     and k-NN distance ranges; sort by ID percentile, k-NN distance or margin; a histogram of the ID percentiles."""
-    return HTMLResponse(render_gallery(gallery_page(_store(settings), normalize_name(name), query)))
+    return HTMLResponse(render_gallery(gallery_page(_store(settings), normalize_name(name), query, caller)))
 
 
 @router.get(
@@ -73,7 +76,7 @@ def gallery(
     responses={200: {"content": {"image/png": {}}, "description": "The stored PNG."}, **ERROR_RESPONSES},
     summary="One stored image of the dataset",
 )
-def image(name: str, path: str, settings: Settings = Depends(get_settings_dep)) -> Response:
+def image(name: str, path: str, settings: Settings = Depends(get_settings_dep), caller: KeyGrant = READ) -> Response:
     """The PNG at ``<class>/<image_id>.png`` of the dataset (only paths its manifest lists)."""
-    data = gallery_image(_store(settings), normalize_name(name), normalize_name(path))  # stored as NFC
+    data = gallery_image(_store(settings), normalize_name(name), normalize_name(path), caller)  # stored as NFC
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -2,7 +2,9 @@
 
 ``POST /generate`` checks everything before it enqueues anything: a request
 that fails any check leaves the queue untouched. The work is split into RQ
-jobs of ``images_per_job`` images (see ``oodsynth.queue.enqueue``).
+jobs of ``images_per_job`` images (see ``oodsynth.queue.enqueue``). Jobs belong to the tenant of the key
+that queued them: another tenant's job, fit or sample answers 404 as a missing one, and ``/queue`` names no job,
+host or process to a key below admin.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from oodsynth.api_keys import KeyGrant
 from oodsynth.config import Settings
 from oodsynth.queue import enqueue as rq_queue
 from oodsynth.service import GenerateRequest, enqueue_generation, plan_generation
@@ -88,6 +91,7 @@ async def generate(
     samples: SampleRegistry = Depends(get_samples),
     connection: redis.Redis = Depends(get_redis_dep),
     settings: Settings = Depends(get_settings_dep),
+    caller: KeyGrant = WRITE,
 ):
     """Every image gets its own vector, seed and stable id, so a retried job rewrites the same files.
 
@@ -99,15 +103,20 @@ async def generate(
     (img2img, SDEdit); its manifest row's `decode` records `init_image` and `strength`.
     """
     return await anyio.to_thread.run_sync(
-        _plan_and_enqueue, req, fits, samples, connection, settings, limiter=_enqueue_limiter()
+        _plan_and_enqueue, req, fits, samples, connection, settings, caller, limiter=_enqueue_limiter()
     )
 
 
 def _plan_and_enqueue(
-    req: GenerateRequest, fits: FitRegistry, samples: SampleRegistry, connection: redis.Redis, settings: Settings
+    req: GenerateRequest,
+    fits: FitRegistry,
+    samples: SampleRegistry,
+    connection: redis.Redis,
+    settings: Settings,
+    caller: KeyGrant,
 ) -> GenerateResponse:
     """Plan and enqueue in one thread hop (each hop costs about as much as a small request's work)."""
-    job = plan_generation(req, fits, samples, settings)
+    job = plan_generation(req, fits, samples, settings, caller=caller)
     job_ids = enqueue_generation(job, connection, settings)
     return GenerateResponse(dataset=req.dataset, job_ids=job_ids, n_images=len(job.items))
 
@@ -119,15 +128,17 @@ def _plan_and_enqueue(
     responses=ERROR_RESPONSES,
     summary="State of one job",
 )
-async def get_job(job_id: str, connection: redis.Redis = Depends(get_redis_dep)):
+async def get_job(job_id: str, connection: redis.Redis = Depends(get_redis_dep), caller: KeyGrant = READ):
     """Status, images done of total, the result (image paths) and the latest error text."""
-    return await run_in_threadpool(rq_queue.job_status, job_id, connection)
+    return await run_in_threadpool(rq_queue.job_status, job_id, connection, caller)
 
 
 @router.get("/queue", dependencies=[READ], summary="Queue depth per registry and the live workers")
-async def get_queue_stats(connection: redis.Redis = Depends(get_redis_dep)) -> dict:
+async def get_queue_stats(connection: redis.Redis = Depends(get_redis_dep), caller: KeyGrant = READ) -> dict:
     """Per queue: queued/started/finished/failed/deferred/scheduled counts; workers with their current job.
 
-    Started jobs whose worker is provably gone are handed to RQ's cleanup first (retried or failed).
+    Started jobs whose worker is provably gone are handed to RQ's cleanup first (retried or failed). A key below
+    admin gets the counts only: ``workers`` and ``refused_jobs`` as numbers, no job ids, host names or PIDs.
     """
-    return await run_in_threadpool(rq_queue.queue_stats, connection)
+    stats = await run_in_threadpool(rq_queue.queue_stats, connection)
+    return stats if caller.sees_all else rq_queue.queue_counts(stats)

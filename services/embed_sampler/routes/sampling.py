@@ -3,7 +3,8 @@
 Sampling and rendering run in the threadpool: a large request (100 classes x
 10,000 vectors) takes seconds of numpy work that must not block the event loop.
 Responses are rendered straight to JSON by orjson from the numpy arrays (no
-second pydantic pass, no Python float per number); non-finite numbers become ``null``. ``Accept: application/x-npz`` (or
+second pydantic pass, no Python float per number); non-finite numbers become ``null``. A sample belongs to the
+tenant of the key that drew it; another tenant's fit or sample answers 404 as a missing one. ``Accept: application/x-npz`` (or
 ``?format=npz``) answers with the sample's ``.npz`` instead: 3 MB for 1,000
 768-d vectors, against about 15 MB of JSON, and no float formatting.
 """
@@ -18,6 +19,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from oodsynth.api_keys import KeyGrant
 from oodsynth.config import Settings
 from oodsynth.service import draw_sample
 from oodsynth.service.sampling import check_json_answer
@@ -118,6 +120,7 @@ async def sample(
     fits: FitRegistry = Depends(get_fits),
     samples: SampleRegistry = Depends(get_samples),
     settings: Settings = Depends(get_settings_dep),
+    caller: KeyGrant = WRITE,
 ):
     """Run a sampler on the fit's classes; the sample is kept under `sample_id` for `/generate`.
 
@@ -137,6 +140,7 @@ async def sample(
             settings,
             json_answer=req.include_vectors and not as_npz,  # an over-size JSON answer is refused before sampling
             admit=ticket.admit,
+            caller=caller,
             **req.model_dump(exclude={"include_vectors"}),
         )
         obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
@@ -162,9 +166,10 @@ async def get_sample(
     format: Format = None,
     samples: SampleRegistry = Depends(get_samples),
     settings: Settings = Depends(get_settings_dep),
+    caller: KeyGrant = READ,
 ):
     """The sample as `POST /sample` returned it (until it expires after `result_ttl_s`)."""
-    stored = await run_in_threadpool(samples.get, sample_id)
+    stored = await run_in_threadpool(samples.get, sample_id, caller=caller)
     if wants_npz(request, format):
         return await run_in_threadpool(npz_response, stored)
     return await run_in_threadpool(render_sample, stored, include_vectors, settings)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from ..api_keys import SCOPES
+from ..api_keys import DEFAULT_TENANT, SCOPES
 from ..densities import DENSITY_KINDS
 from ..errors import InputError, NotFound, Unavailable
 from ..samplers import DEFAULT_METHOD, SAMPLERS
@@ -205,10 +205,14 @@ def api_key(
         "write",
         help=f"{', '.join(SCOPES)}: read (GETs), write (fits, sample, generate, features), admin (everything).",
     ),
+    tenant: str = typer.Option(
+        DEFAULT_TENANT,
+        help="Whose fits, samples, jobs and images the key creates and (below admin) alone reads: a slug.",
+    ),
 ) -> None:
     """Print a new API key (for the client: OODSYNTH_API_KEY) and its entry for the server's OODSYNTH_API_KEYS."""
     from ..api_keys import new_api_key
 
-    key, entry = new_api_key(scope)
+    key, entry = new_api_key(scope, tenant)
     typer.echo(f"OODSYNTH_API_KEY={key}")
     typer.echo(f"OODSYNTH_API_KEYS entry: {entry}")

@@ -37,6 +37,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp
 
+from ..api_keys import LOCAL, KeyGrant
 from ..batching import batches
 from ..config import Settings, get_settings
 from ..errors import InputError, NotFound
@@ -153,6 +154,10 @@ def enqueue_decode(
 
 
 # -- status -----------------------------------------------------------------------------
+def no_job(job_id: str) -> NotFound:
+    return NotFound("job_id", f"no job {job_id[:100]!r} (unknown, expired or not a job id)")
+
+
 def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job:
     """The RQ job; ``NotFound`` when unknown (or expired)."""
     try:
@@ -162,7 +167,7 @@ def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job:
         job.args  # noqa: B018  (decode the payload now: a job written without JSON is not ours)
         return job
     except (NoSuchJobError, ValueError, DeserializationError):  # ValueError: not a job id RQ accepts ('*', NUL)
-        raise NotFound("job_id", f"no job {job_id[:100]!r} (unknown, expired or not a job id)") from None
+        raise no_job(job_id) from None
 
 
 def _error_text(job: Job) -> str | None:
@@ -172,9 +177,13 @@ def _error_text(job: Job) -> str | None:
     return None
 
 
-def job_status(job_id: str, connection: redis.Redis | None = None) -> dict[str, Any]:
-    """``{id, status, progress: {done, total}, result, error, dataset, retries_left}``; NotFound if unknown."""
+def job_status(job_id: str, connection: redis.Redis | None = None, caller: KeyGrant = LOCAL) -> dict[str, Any]:
+    """``{id, status, progress: {done, total}, result, error, dataset, retries_left}``; NotFound if unknown, or
+    when the caller does not see the payload's tenant (the same answer: a job of another tenant is not there)."""
     job = fetch_job(job_id, connection)
+    payload = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+    if not caller.sees(payload.get("tenant")):
+        raise no_job(job_id)
     status = job.get_status(refresh=False)
     meta = job.get_meta(refresh=False)
     progress = dict(meta.get("progress") or {})
@@ -220,6 +229,16 @@ def queue_stats(connection: redis.Redis | None = None) -> dict[str, Any]:
     workers = [s for s in map(worker_summary, found) if s is not None]
     skipped = junk_queues + junk_workers + len(found) - len(workers)
     return {"queues": queues, "workers": workers, "refused_jobs": refused_jobs(connection), "skipped_entries": skipped}
+
+
+def queue_counts(stats: dict[str, Any]) -> dict[str, Any]:
+    """``queue_stats`` without what names a job, a host or a process: the answer for callers below admin."""
+    return {
+        "queues": stats["queues"],
+        "workers": len(stats["workers"]),
+        "refused_jobs": {"count": stats["refused_jobs"]["count"]},
+        "skipped_entries": stats["skipped_entries"],
+    }
 
 
 def refused_jobs(connection: redis.Redis, latest: int = 5) -> dict:

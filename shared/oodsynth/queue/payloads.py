@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ..api_keys import TENANT_PATTERN
 from ..decoding.presets import (  # noqa: F401  (the payload validates against them)
     DEFAULT_PRESET,
     DEFAULT_PROMPT_TEMPLATE,
@@ -295,6 +296,7 @@ class DecodeJob(DecodeSettings):
         description="the fit the vectors came from: a worker with an encoder "
         "re-encodes each image and records its ID percentile (oodsynth.decoding.verification)",
     )
+    tenant: str | None = Field(None, pattern=TENANT_PATTERN, exclude_if=lambda v: v is None)  # None: default, left out
 
     @field_validator("dataset")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..api_keys import LOCAL, KeyGrant
 from ..bank import BankError, FeatureBank, load_bank
 from ..config import get_settings
 from ..errors import InputError, TooLarge
@@ -23,6 +24,7 @@ def create_fit(
     bank_field: str = "bank",
     progress: Callable[[int, int], None] | None = None,
     max_bank_bytes: int | None = None,
+    caller: KeyGrant = LOCAL,
 ) -> dict:
     """Validate, fit and store; returns the stored summary.
 
@@ -30,15 +32,16 @@ def create_fit(
     upload), so a malformed array is blamed as ``<bank_field>.<array>``.
     Cheap checks (name, density, an existing fit) run before the bank is read, and the
     bank's members (``max_bank_bytes``, default from settings) each before it is decompressed (``oodsynth.npz``):
-    a bank whose arrays would expand past it is ``TooLarge`` (413) on ``bank_field``.
+    a bank whose arrays would expand past it is ``TooLarge`` (413) on ``bank_field``. The fit belongs to the
+    caller's tenant; a name another tenant holds is taken, replace or not (``FitRegistry.put``).
     """
     from ..densities import DENSITY_KINDS, ClassDensities  # scipy/torch: only when fitting
 
     name = validate_fit_name(name)
     if density not in DENSITY_KINDS:
         raise InputError("density", f"unknown density {density!r}; choose one of {', '.join(DENSITY_KINDS)}")
-    if not replace and fits.exists(name):
-        raise fit_exists_error(name)
+    if fits.exists(name) and not (replace and fits.sees(name, caller)):
+        raise fit_exists_error(name, own=fits.sees(name, caller))
     if isinstance(bank, (str, Path)) and not Path(bank).is_file():
         raise InputError(bank_field, f"no such file: {bank}")
     if isinstance(bank, bytes) and not bank:
@@ -60,4 +63,4 @@ def create_fit(
         array = getattr(exc, "field", None)  # an array of the bank (zero-norm features) is the bank's fault
         blamed = f"{bank_field}.{array}" if array in BANK_ARRAYS else "density"
         raise InputError(blamed, f"cannot fit {density!r} to this bank: {getattr(exc, 'message', exc)}") from exc
-    return fits.put(name, densities, feature_bank, replace=replace)
+    return fits.put(name, densities, feature_bank, replace=replace, caller=caller)

@@ -4,6 +4,11 @@ One query model and one selection for both surfaces: ``GET /datasets/{name}/gall
 ``oodsynth gallery`` (a folder store, no API); ``gallery_html`` renders the page. The page links its images as
 ``images/<class>/<id>.png`` relative to itself, so both serve them at ``/datasets/{name}/images/...`` through
 ``gallery_image``. Torch-free, like the API.
+
+A dataset's images belong to the tenants of the jobs that wrote them: each manifest row records its job's tenant
+(none: default's, as every row written before tenants and every imported image). Admin sees every row; any other
+caller sees only its tenant's rows, and a dataset with none of them does not exist for it (404). Rows, not
+datasets, carry the owner, so two tenants that pick one dataset name never see each other's images.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..api_keys import LOCAL, KeyGrant
 from ..errors import InputError, NotFound
 from ..store.results import ImageRecord, ResultStore
 
@@ -165,6 +171,26 @@ class _Snapshot:
     classes: list[str]
     samplers: list[str]
     names: dict[int, str]
+    owners: dict[str, str | None]  # image path -> the tenant its row records
+
+
+def _summarised(versions: dict[str, str], rows: list[_Row]) -> _Snapshot:
+    records = [row.record for row in rows]
+    return _Snapshot(
+        versions,
+        rows,
+        classes=sorted({r.class_name for r in records}),
+        samplers=sorted({r.sampler for r in records}),
+        names={r.class_index: r.class_name for r in records},
+        owners={r.path: r.tenant for r in records},
+    )
+
+
+def _visible(snap: _Snapshot, caller: KeyGrant) -> _Snapshot:
+    """The snapshot as the caller sees it: every row for admin, else only its tenant's rows."""
+    return (
+        snap if caller.sees_all else _summarised(snap.versions, [r for r in snap.rows if caller.sees(r.record.tenant)])
+    )
 
 
 _SNAPSHOTS: dict[tuple[str, str], _Snapshot] = {}  # (store url, dataset) -> its rows, per process, latest last
@@ -183,10 +209,7 @@ def _snapshot(store: ResultStore, dataset: str) -> _Snapshot:
             return cached
     records = sorted(store.records(dataset), key=lambda r: (r.class_index, r.image_id))
     values = [{key: _value(r, key) for key in SORT_FIELDS.values()} for r in records]
-    rows = [_Row(r, v, v[VERIFIED_KEY]) for r, v in zip(records, values)]
-    names = {r.class_index: r.class_name for r in records}
-    classes, samplers = sorted({r.class_name for r in records}), sorted({r.sampler for r in records})
-    snapshot = _Snapshot(versions, rows, classes, samplers, names)
+    snapshot = _summarised(versions, [_Row(r, v, v[VERIFIED_KEY]) for r, v in zip(records, values)])
     with _SNAPSHOTS_LOCK:
         _SNAPSHOTS[(store.url, dataset)] = snapshot
         while len(_SNAPSHOTS) > MAX_SNAPSHOTS:
@@ -194,11 +217,14 @@ def _snapshot(store: ResultStore, dataset: str) -> _Snapshot:
     return snapshot
 
 
-def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery) -> GalleryPage:
-    """The records of one page; a filter value that matches nothing known names its field."""
+def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery, caller: KeyGrant = LOCAL) -> GalleryPage:
+    """The records of one page the caller sees; a filter value that matches nothing known names its field."""
+    missing = NotFound("name", f"no dataset {dataset!r} in the store")
     if dataset not in store.datasets():
-        raise NotFound("name", f"no dataset {dataset!r} in the store")
-    snap = _snapshot(store, dataset)
+        raise missing
+    snap = _visible(_snapshot(store, dataset), caller)
+    if not snap.rows and not caller.sees_all:
+        raise missing
     _check(query, dataset, snap.classes, snap.samplers)
     chosen = _sort([row for row in snap.rows if row.matches(query)], query)
     start = (query.page - 1) * query.per_page
@@ -211,17 +237,24 @@ def gallery_page(store: ResultStore, dataset: str, query: GalleryQuery) -> Galle
     )
 
 
-def gallery_image(store: ResultStore, dataset: str, path: str) -> bytes:
+def gallery_image(store: ResultStore, dataset: str, path: str, caller: KeyGrant = LOCAL) -> bytes:
     """The PNG at ``<class>/<image_id>.png`` below ``dataset``; 404 for anything else.
 
     Checked by shape, not against the manifest (a set of every path per image request would cost O(images)):
     one class folder that is not hidden, one image id of the id alphabet, ``.png``; so only stored images
-    are reachable, never a manifest shard, a temp file or anything outside the dataset.
+    are reachable, never a manifest shard, a temp file or anything outside the dataset. A caller below admin
+    also needs the image's row to be its tenant's, looked up in the dataset's snapshot (read once per version).
     """
+    missing = NotFound("path", f"no image {path!r} in dataset {dataset!r}")
     match = _IMAGE_PATH.fullmatch(path)
     if match is None or match["folder"].startswith(".") or dataset not in store.datasets():
-        raise NotFound("path", f"no image {path!r} in dataset {dataset!r}")
+        raise missing
+    key = f"{dataset}/{path}"
+    if not caller.sees_all:
+        owners = _snapshot(store, dataset).owners
+        if key not in owners or not caller.sees(owners[key]):
+            raise missing
     try:
-        return store.read_bytes(f"{dataset}/{path}")
+        return store.read_bytes(key)
     except FileNotFoundError:
-        raise NotFound("path", f"no image {path!r} in dataset {dataset!r}") from None
+        raise missing from None

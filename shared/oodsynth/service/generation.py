@@ -5,6 +5,8 @@ check leaves the queue untouched. The job is split into RQ jobs of
 ``images_per_job`` images by ``oodsynth.queue.enqueue.enqueue_decode``.
 An img2img request (``init_images``) starts from real images stored as a dataset
 (``import_image_folder``); each item gets its init image here, before it is queued.
+The caller's tenant must see the fit, the sample and the init images it names, and owns the
+jobs and the images they write (``DecodeJob.tenant``, recorded in every manifest row).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import redis
 from PIL import Image as PILImage
 from pydantic import ConfigDict, Field, field_validator
 
+from ..api_keys import DEFAULT_TENANT, LOCAL, KeyGrant
 from ..batching import batches
 from ..config import Settings
 from ..errors import InputError
@@ -159,7 +162,7 @@ def rescale_to_anchors(vectors: np.ndarray, class_index: np.ndarray, anchors: np
     return (vectors / norms * target).astype(np.float32)
 
 
-def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJob:
+def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str, caller: KeyGrant) -> DecodeJob:
     """Inline vectors need a ``fit``: it names the classes, fixes the dimension and gives the anchor norms."""
     if req.fit is None:
         _check_inline_rows(req)  # a bad row is named first; then the missing fit
@@ -168,7 +171,7 @@ def _inline_job(req: GenerateRequest, fits: FitRegistry, model: str) -> DecodeJo
             "inline vectors need a fit: it names the classes, fixes the dimension "
             "and gives the anchor norms the vectors are rescaled to",
         )
-    fit, _bank = fits.get(req.fit)  # first: an unknown fit is a 404, whatever the vectors
+    fit, _bank = fits.get(req.fit, caller=caller)  # first: an unknown fit is a 404, whatever the vectors
     vectors = _check_inline_rows(req)
     if vectors.shape[1] != fit.dim:
         raise InputError("vectors", f"dimension {vectors.shape[1]} does not match fit {req.fit!r} ({fit.dim})")
@@ -216,8 +219,9 @@ def plan_generation(
     settings: Settings,
     *,
     sample: StoredSample | None = None,
+    caller: KeyGrant = LOCAL,
 ) -> DecodeJob:
-    """The whole request as one validated ``DecodeJob`` for ``settings.model``.
+    """The whole request as one validated ``DecodeJob`` for ``settings.model``, owned by the caller's tenant.
 
     ``sample`` is a sample already in hand (a local ``.npz``); otherwise
     ``req.sample_id`` is looked up in ``samples``.
@@ -227,13 +231,13 @@ def plan_generation(
         raise InputError("sample_id", "give either sample_id or vectors (+ classes), not both or neither")
     if sample is None and req.vectors is not None:  # inline vectors (the check above: then no sample_id)
         check_image_count(len(req.vectors), req.images_per_vector, settings)
-        return _with_init_images(_inline_job(req, fits, settings.model), settings)
+        return _with_init_images(_owned(_inline_job(req, fits, settings.model, caller), caller), settings, caller)
     for name in ("classes", "fit"):
         if getattr(req, name) is not None:
             raise InputError(name, "only used with inline vectors; a stored sample carries its own")
     if sample is None:
         assert req.sample_id is not None  # the check above: neither a sample in hand nor vectors means a sample_id
-        sample = samples.get(req.sample_id)
+        sample = samples.get(req.sample_id, caller=caller)
     if len(sample.vectors) == 0:
         raise InputError("sample_id", "the sample holds no vectors")
     check_image_count(len(sample.vectors), req.images_per_vector, settings)
@@ -248,12 +252,18 @@ def plan_generation(
         )
     except pydantic.ValidationError as exc:  # e.g. a stored sample with non-finite vectors
         raise InputError.from_pydantic(exc) from exc
-    return _with_init_images(job, settings)
+    return _with_init_images(_owned(job, caller), settings, caller)
 
 
-def _with_init_images(job: DecodeJob, settings: Settings) -> DecodeJob:
+def _owned(job: DecodeJob, caller: KeyGrant) -> DecodeJob:
+    """The job with its tenant recorded; default's is left unrecorded (what no tenant means), as before tenants."""
+    job.tenant = None if caller.tenant == DEFAULT_TENANT else caller.tenant
+    return job
+
+
+def _with_init_images(job: DecodeJob, settings: Settings, caller: KeyGrant) -> DecodeJob:
     """An img2img job with its init images assigned; any other job as it is (the store is not opened for it)."""
-    return job if job.init_images is None else assign_init_images(job, _store(str(settings.store)))
+    return job if job.init_images is None else assign_init_images(job, _store(str(settings.store)), caller)
 
 
 @lru_cache(maxsize=4)
@@ -262,19 +272,20 @@ def _store(url: str) -> ResultStore:
     return ResultStore(url)
 
 
-def assign_init_images(job: DecodeJob, store: ResultStore) -> DecodeJob:
+def assign_init_images(job: DecodeJob, store: ResultStore, caller: KeyGrant = LOCAL) -> DecodeJob:
     """Give each item of an img2img job its init image: one of its class's images in the init dataset.
 
     The image is picked by the item's seed among the class's stored images in path order, so the same
     request (and store) picks the same images; the path travels in the payload, so a retry starts from
-    the same image whatever the store holds by then.
+    the same image whatever the store holds by then. Only images the caller sees are candidates.
     """
     if job.init_images is None:
         return job
     name = job.init_images.dataset
     by_class: dict[str, list[str]] = defaultdict(list)
     for row in {row["image_id"]: row for row in reversed(store.manifest_rows(name))}.values():
-        by_class[row["class_name"]].append(row["path"])
+        if caller.sees(row.get("tenant")):
+            by_class[row["class_name"]].append(row["path"])
     if not by_class:
         raise InputError("init_images.dataset", f"no dataset {name!r} with images in the result store")
     missing = sorted({item.class_name for item in job.items} - set(by_class))

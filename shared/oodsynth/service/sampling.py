@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pydantic
 
+from ..api_keys import LOCAL, KeyGrant
 from ..config import Settings
 from ..errors import InputError, split_field
 from ..names import normalize_name
@@ -53,15 +54,17 @@ def draw_sample(
     json_answer: bool = False,
     admit: Callable[[int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    caller: KeyGrant = LOCAL,
 ) -> StoredSample:
     """Run ``method`` on the fit's classes under the settings' caps; the sample is kept in ``samples``.
 
     ``json_answer``: the caller will spell the vectors out as JSON, so a request whose answer would pass
     ``max_json_values`` is refused from its size, before anything is sampled. ``admit(nbytes)`` is called
     with the request's estimated peak memory once its size is known, before sampling (it may refuse).
+    The fit must be one the caller sees; the sample belongs to the caller's tenant.
     """
     check_n_per_class(n_per_class, settings)
-    densities, bank = fits.get(fit)
+    densities, bank = fits.get(fit, caller=caller)
     class_index = resolve_classes(densities.class_names_, classes)
     n_classes, dim = densities._check_fitted()  # a stored fit is fitted
     total = n_per_class * (len(class_index) if class_index is not None else n_classes)
@@ -94,7 +97,7 @@ def draw_sample(
     except ValueError as exc:  # an untyped check inside a sampler: still the caller's parameters
         raise InputError("params", f"{method} cannot run with these inputs: {exc}") from exc
     stored = StoredSample.from_result(result, fit, densities.class_names_)
-    samples.put_stored(stored)
+    samples.put_stored(stored, caller=caller)
     return stored
 
 

@@ -8,6 +8,11 @@ costs one ``HGET`` while the fit is unchanged, and a refit under the same name
 (a new version) is picked up by every replica on its next request.
 
 Redis caps one value at 512 MB; blobs are split across hash fields (``blobs.py``) so large banks still fit.
+
+The hash's ``tenant`` field names the tenant that created the fit (none: stored before tenants, so ``default``);
+a caller that does not see it (``KeyGrant.sees``) is told the fit does not exist. Fit names stay one namespace
+for every tenant: per-tenant names would change every key and the cache, so a name another tenant holds is
+refused as taken (409), which says no more than that the name is in use.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from ..api_keys import LOCAL, KeyGrant
 from ..bank import FeatureBank, load_bank
 from ..errors import Conflict, NotFound
 from ..names import is_valid_name, normalize_name, validate_name
@@ -34,8 +40,14 @@ FIT_PREFIX = "oodsynth:fit:"
 FIT_INDEX = "oodsynth:fits"
 
 
-def fit_exists_error(name: str) -> Conflict:
+def fit_exists_error(name: str, *, own: bool = True) -> Conflict:
+    if not own:  # another tenant's: the name is taken, and says nothing else about the fit
+        return Conflict("name", f"a fit named {name!r} already exists and is not yours to replace; choose another name")
     return Conflict("name", f"a fit named {name!r} already exists (replace it with replace=true / --replace)")
+
+
+def _owner(raw: bytes | str | None) -> str | None:
+    return None if raw is None else as_bytes(raw).decode()
 
 
 def validate_fit_name(name: str) -> str:
@@ -101,11 +113,14 @@ class FitRegistry:
     def key(name: str) -> str:
         return FIT_PREFIX + normalize_name(name)  # one key for a composed and a decomposed spelling
 
-    def put(self, name: str, fit: ClassDensities, bank: FeatureBank, *, replace: bool = True) -> dict:
-        """Store ``fit`` and ``bank`` under ``name``; returns the stored summary.
+    def put(
+        self, name: str, fit: ClassDensities, bank: FeatureBank, *, replace: bool = True, caller: KeyGrant = LOCAL
+    ) -> dict:
+        """Store ``fit`` and ``bank`` under ``name``, owned by the caller's tenant; returns the stored summary.
 
         With ``replace=False`` an existing name raises ``Conflict`` (checked
-        atomically with WATCH, so two concurrent creators cannot both win).
+        atomically with WATCH, so two concurrent creators cannot both win), and so does
+        a fit the caller does not see. A replaced fit keeps its owner.
         """
         name = validate_fit_name(name)
         version = uuid.uuid4().hex
@@ -127,11 +142,15 @@ class FitRegistry:
             while True:
                 try:
                     pipe.watch(key)
-                    if not replace and pipe.exists(key):
-                        raise fit_exists_error(name)
+                    owner: str | None = caller.tenant
+                    if pipe.exists(key):
+                        owner = _owner(pipe.hget(key, "tenant"))  # a replaced fit keeps its owner
+                        if not replace or not caller.sees(owner):
+                            raise fit_exists_error(name, own=caller.sees(owner))
                     pipe.multi()
                     pipe.delete(key)
-                    pipe.hset(key, mapping=hash_mapping(fields))
+                    owned = fields if owner is None else {**fields, "tenant": owner.encode()}  # None: default's
+                    pipe.hset(key, mapping=hash_mapping(owned))
                     pipe.sadd(FIT_INDEX, name)
                     pipe.execute()
                     break
@@ -143,17 +162,26 @@ class FitRegistry:
     def exists(self, name: str) -> bool:
         return is_valid_name(name) and bool(self.redis.exists(self.key(name)))
 
-    def get(self, name: str, *, field: str = "fit") -> tuple[ClassDensities, FeatureBank]:
-        """The decoded ``(fit, bank)``; ``NotFound`` blaming ``field`` when there is no such fit."""
+    def _fields(self, name: str, caller: KeyGrant, *fields: str) -> list | None:
+        """The hash's ``fields`` when the fit exists and the caller sees it, else None."""
+        if not is_valid_name(name):
+            return None
+        *values, owner = self.redis.hmget(self.key(name), [*fields, "tenant"])
+        return values if values[0] is not None and caller.sees(_owner(owner)) else None
+
+    def sees(self, name: str, caller: KeyGrant) -> bool:
+        """Does the fit exist for this caller (its own tenant's, or any for admin)?"""
+        return self._fields(name, caller, "version") is not None
+
+    def get(self, name: str, *, field: str = "fit", caller: KeyGrant = LOCAL) -> tuple[ClassDensities, FeatureBank]:
+        """The decoded ``(fit, bank)``; ``NotFound`` blaming ``field`` when there is no such fit for the caller."""
         from ..densities import ClassDensities
 
         missing = NotFound(field, f"no fit named {name!r}")
-        if not is_valid_name(name):
+        found = self._fields(name, caller, "version")
+        if found is None:
             raise missing
-        key = self.key(name)
-        version = self.redis.hget(key, "version")
-        if version is None:
-            raise missing
+        key, version = self.key(name), found[0]
         hit = self.cache.get((self._server, name), as_bytes(version).decode())
         if hit is not None:
             return hit.fit, hit.bank
@@ -178,24 +206,25 @@ class FitRegistry:
             raise NotFound("fit", f"no fit named {name!r}")
         return as_bytes(v).decode()
 
-    def summary(self, name: str, *, field: str = "fit") -> dict:
+    def summary(self, name: str, *, field: str = "fit", caller: KeyGrant = LOCAL) -> dict:
         """The JSON summary stored with the fit, without decoding the arrays; ``NotFound`` when absent."""
-        raw = self.redis.hget(self.key(name), "summary") if is_valid_name(name) else None
-        if raw is None:
+        found = self._fields(name, caller, "summary")
+        if found is None:
             raise NotFound(field, f"no fit named {name!r}")
-        return json.loads(raw)
+        return json.loads(found[0])
 
-    def list(self) -> list[str]:
+    def list(self, caller: KeyGrant = LOCAL) -> list[str]:
+        """The names of the fits the caller sees."""
         names = sorted(as_bytes(n).decode() for n in self.redis.smembers(FIT_INDEX))
         # Drop index entries whose hash vanished (e.g. a flushed key), so list() never lies.
         with self.redis.pipeline(transaction=False) as pipe:
             for n in names:
-                pipe.exists(self.key(n))
-            present = pipe.execute()
-        gone = [n for n, ok in zip(names, present) if not ok]
+                pipe.hmget(self.key(n), ["version", "tenant"])
+            found = pipe.execute()
+        gone = [n for n, (version, _) in zip(names, found) if version is None]
         if gone:
             self.redis.srem(FIT_INDEX, *gone)
-        return [n for n in names if n not in gone]
+        return [n for n, (version, owner) in zip(names, found) if version is not None and caller.sees(_owner(owner))]
 
     def delete(self, name: str) -> bool:
         if not is_valid_name(name):

@@ -6,6 +6,10 @@ bytes and the rest as JSON (``StoredSample.to_fields``), read back in one round
 trip with no parsing beyond the JSON. Files and HTTP answers carry the same
 sample as one ``.npz`` (``StoredSample.to_bytes``, no pickle); a sample kept as
 such an ``.npz`` in Redis is read too.
+
+The hash's ``tenant`` field names the tenant that drew the sample (none: stored before tenants, so ``default``);
+it is Redis's bookkeeping, not part of the sample, so neither of its forms carries it. A caller that does not see
+the tenant (``KeyGrant.sees``) is told the sample does not exist.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
+from ..api_keys import LOCAL, KeyGrant
 from ..config import get_settings
 from ..errors import NotFound
 from .blobs import as_bytes, chunk_fields, hash_mapping, read_chunks, read_parts, to_json
@@ -188,9 +193,10 @@ class SampleRegistry:
     def key(sample_id: str) -> str:
         return SAMPLE_PREFIX + sample_id
 
-    def put_stored(self, sample: StoredSample) -> str:
+    def put_stored(self, sample: StoredSample, *, caller: KeyGrant = LOCAL) -> str:
+        """Keep ``sample``, owned by the caller's tenant; returns its id."""
         key = self.key(sample.sample_id)
-        fields = sample.to_fields()
+        fields = {**sample.to_fields(), "tenant": caller.tenant.encode()}
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=hash_mapping(fields))
@@ -225,19 +231,24 @@ class SampleRegistry:
                 pipe.execute()
         return evict
 
-    def get(self, sample_id: str, *, field: str = "sample_id") -> StoredSample:
-        """The stored sample; ``NotFound`` blaming ``field`` when unknown or expired."""
+    def get(self, sample_id: str, *, field: str = "sample_id", caller: KeyGrant = LOCAL) -> StoredSample:
+        """The stored sample; ``NotFound`` blaming ``field`` when unknown, expired or not the caller's to see."""
         missing = NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
         if not _is_sample_id(sample_id):
             raise missing
         key = self.key(sample_id)
-        found = read_parts(self.redis, key, SAMPLE_PARTS, fields=["meta"])
+        found = read_parts(self.redis, key, SAMPLE_PARTS, fields=["meta", "tenant"])
         if found is not None:
             arrays, plain = found
-            meta = plain["meta"]
+            meta, owner = plain["meta"], plain["tenant"]
             if meta is not None:
+                if not caller.sees(None if owner is None else owner.decode()):
+                    raise missing
                 return StoredSample.from_fields(meta, arrays)
-        data = read_chunks(self.redis, key, "npz")  # a sample kept as one .npz
+        kept_by = self.redis.hget(key, "tenant")  # a sample kept as one .npz (stored before tenants: none)
+        if not caller.sees(None if kept_by is None else as_bytes(kept_by).decode()):
+            raise missing
+        data = read_chunks(self.redis, key, "npz")
         if data is None:
             raise missing
         return StoredSample.from_bytes(data)

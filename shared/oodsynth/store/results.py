@@ -106,6 +106,8 @@ class ImageRecord(BaseModel):
     )  # what decoded it: preset, scheduler, steps run, sizes ({}: older rows)
     job_id: str | None = None
     created_at: str = Field(default_factory=_utcnow)
+    # The tenant of the job that wrote the row; None (left out of the row): default's, as every older row.
+    tenant: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 @dataclass

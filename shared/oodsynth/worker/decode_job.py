@@ -113,6 +113,7 @@ def _record(job: DecodeJob, item: DecodeItem, job_id: str | None, decode: dict) 
         # The placeholder stands for this image's own vector, an outlier of its class.
         prompt=job.prompt(f"<outlier:{item.class_name}>"),
         job_id=job_id,
+        tenant=job.tenant,
     )
 
 
