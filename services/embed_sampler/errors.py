@@ -57,7 +57,11 @@ def redis_refusal(exc: redis.exceptions.RedisError) -> str:
     """What a client may read about a command Redis refused (the server's own text stays in the log)."""
     text = str(exc)
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
-        return "Redis is out of memory (maxmemory reached): writes are refused until space is freed; retry later"
+        return (
+            "Redis is out of memory (maxmemory reached): writes are refused until space is freed. Delete what is no "
+            "longer needed (DELETE /samples/{sample_id}, DELETE /fits/{name}: both work while it is full) or raise "
+            "its maxmemory, then retry"
+        )
     if isinstance(exc, redis.exceptions.ReadOnlyError):
         return "Redis is read-only (a replica, or writes are disabled): retry later"
     if isinstance(exc, redis.exceptions.BusyLoadingError):

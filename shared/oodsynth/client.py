@@ -157,6 +157,10 @@ class OodsynthClient:
         path = f"/samples/{quote(sample_id, safe='')}"
         return StoredSample.from_bytes(self._send("GET", path, headers={"Accept": NPZ}).content)
 
+    def delete_sample(self, sample_id: str) -> None:
+        """``DELETE /samples/{id}``: free a sample before it expires."""
+        self._call("DELETE", f"/samples/{quote(sample_id, safe='')}")
+
     def get_sample(self, sample_id: str, *, include_vectors: bool = True) -> dict:
         return self._call(
             "GET", f"/samples/{quote(sample_id, safe='')}", params={"include_vectors": str(include_vectors).lower()}

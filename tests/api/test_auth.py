@@ -28,6 +28,7 @@ SCOPE_OF = {
     ("POST", "/generate"): "write",
     ("POST", "/features"): "write",
     ("DELETE", "/fits/{name}"): "admin",
+    ("DELETE", "/samples/{sample_id}"): "write",
 }
 ORDER = ["read", "write", "admin"]
 

@@ -113,6 +113,15 @@ def test_samples_are_drawn_from_and_read_by_their_tenant_only(api):
                 sample_id,
                 MISSING_SAMPLE,
             )
+    # another tenant cannot delete it either (404 as a missing one); its own tenant can
+    assert_hidden(
+        call(api, "b", "DELETE", f"/samples/{sample_id}"),
+        call(api, "b", "DELETE", f"/samples/{MISSING_SAMPLE}"),
+        sample_id,
+        MISSING_SAMPLE,
+    )
+    assert call(api, "a", "DELETE", f"/samples/{sample_id}").status_code == 204
+    assert call(api, "admin", "GET", f"/samples/{sample_id}").status_code == 404
 
 
 def _payloads(redis_url, job_ids: list[str]) -> list[dict]:

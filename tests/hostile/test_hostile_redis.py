@@ -38,9 +38,17 @@ def test_a_full_redis_answers_503_with_the_reason_on_every_write_route(own_redis
             assert r.status_code == 503, r.text
             assert first_error(r)["loc"] == ["redis"] and "out of memory" in first_error(r)["msg"], r.text
             assert int(r.headers["Retry-After"]) > 0
+            assert "DELETE /samples/{sample_id}" in first_error(r)["msg"]  # it says what frees space
         health = api.get("/healthz")
         assert health.status_code == 503 and health.json()["redis"] == "out_of_memory", health.text
         assert api.get("/fits").json() == {"fits": ["kept"]}  # reads still work
+        # Deleting works while Redis is full (it refused the writes above): a client can always free its space.
+        sample_id = sample.json()["sample_id"]
+        assert api.delete(f"/samples/{sample_id}").status_code == 204
+        assert api.get(f"/samples/{sample_id}").status_code == 404
+        assert api.delete(f"/samples/{sample_id}").status_code == 404
+        assert api.delete("/fits/kept").status_code == 204
+        assert api.get("/fits").json() == {"fits": []}
         own_redis.config_set("maxmemory", 0)
         assert api.get("/healthz").json()["status"] == "ok"
 

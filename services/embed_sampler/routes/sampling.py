@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from oodsynth.api_keys import KeyGrant
 from oodsynth.config import Settings
+from oodsynth.errors import NotFound
 from oodsynth.service import draw_sample
 from oodsynth.service.sampling import check_json_answer
 from oodsynth.state.fits import FitRegistry
@@ -173,3 +174,16 @@ async def get_sample(
     if wants_npz(request, format):
         return await run_in_threadpool(npz_response, stored)
     return await run_in_threadpool(render_sample, stored, include_vectors, settings)
+
+
+@router.delete(
+    "/samples/{sample_id}",
+    status_code=204,
+    responses={404: ERROR_RESPONSES[404]},
+    summary="Delete a stored sample",
+)
+def delete_sample(sample_id: str, samples: SampleRegistry = Depends(get_samples), caller: KeyGrant = WRITE) -> Response:
+    """Free a sample before it expires (it works when Redis is full); another tenant's answers 404 as a missing one."""
+    if not samples.delete(sample_id, caller=caller):
+        raise NotFound("sample_id", f"no sample {sample_id!r} (unknown or expired)")
+    return Response(status_code=204)

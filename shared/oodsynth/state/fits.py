@@ -229,7 +229,9 @@ class FitRegistry:
     def delete(self, name: str) -> bool:
         if not is_valid_name(name):
             return False
-        with self.redis.pipeline() as pipe:
+        # No MULTI: a full Redis (maxmemory, noeviction) refuses every command queued in a transaction, even DEL,
+        # and deleting is how space is freed. Both commands are idempotent; a retry finishes a half-done delete.
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(self.key(name))
             pipe.srem(FIT_INDEX, name)
             removed, _ = pipe.execute()

@@ -231,6 +231,24 @@ class SampleRegistry:
                 pipe.execute()
         return evict
 
+    def delete(self, sample_id: str, *, caller: KeyGrant = LOCAL) -> bool:
+        """Forget a sample the caller sees; False when unknown, expired or another tenant's. Only DEL, ZREM and
+        HDEL, which Redis runs even when full (maxmemory with noeviction): a client can always free its space."""
+        if not _is_sample_id(sample_id):
+            return False
+        key = self.key(sample_id)
+        owner = self.redis.hget(key, "tenant")
+        if not self.redis.exists(key) or not caller.sees(None if owner is None else as_bytes(owner).decode()):
+            return False
+        # No MULTI: a full Redis refuses every command queued in a transaction, even DEL. The three are idempotent,
+        # and an index entry left by a failure in between is dropped by the next put's budget pass.
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(key)
+            pipe.zrem(SAMPLE_TIMES, sample_id)
+            pipe.hdel(SAMPLE_SIZES, sample_id)
+            removed, _, _ = pipe.execute()
+        return bool(removed)
+
     def get(self, sample_id: str, *, field: str = "sample_id", caller: KeyGrant = LOCAL) -> StoredSample:
         """The stored sample; ``NotFound`` blaming ``field`` when unknown, expired or not the caller's to see."""
         missing = NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
