@@ -2,7 +2,7 @@
 
 FastAPI answers request-validation failures with that shape already; one
 handler gives the library's typed errors (``oodsynth.errors``) the same shape
-and their status (422/404/409/503), with ``loc`` rooted where the field came
+and their status (422/404/409/410/503), with ``loc`` rooted where the field came
 from (``path``, ``query`` or ``body``). Anything unexpected becomes a JSON 500
 without a traceback; a lost Redis, or one that refuses commands (out of memory, read-only), a 503 with
 ``Retry-After`` and the reason; paths are redacted from messages

@@ -4,9 +4,9 @@ Routes declare what is theirs (404, 409, 422, the npz answer); the answers that
 come from shared machinery are added here from what each route is built with:
 an API-key scope gives 401 and 403 (and the keyless local-only guard 403), a
 request body 408 and 413, a slot of the bounded pool (``limits.HEAVY``) 429,
-and Redis 503 everywhere. The schema's numeric maxima are the settings' caps
-the handlers enforce (read when the document is first built), not the models'
-absolute bounds.
+a stored sample read by id 410 (evicted for its tenant's budget), and Redis 503
+everywhere. The schema's numeric maxima are the settings' caps the handlers
+enforce (read when the document is first built), not the models' absolute bounds.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def _json_errors(route: APIRoute, answer: dict) -> dict:
     return {**rest, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
 
 
+SAMPLE_ID_ROUTES = ("/samples/{sample_id}", "/generate")  # they read a stored sample by id: 410 once it is evicted
+
+
 def document_errors(router: APIRouter) -> None:
     """Add the shared error answers to each of the router's routes (a route's own description wins).
 
@@ -71,6 +74,11 @@ def document_errors(router: APIRouter) -> None:
                 **_error(f"{'; or '.join(busy).capitalize()}: retry after `Retry-After` seconds."),
                 "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
             }
+        if route.path in SAMPLE_ID_ROUTES:
+            extra[410] = _error(
+                "The sample was evicted to keep its tenant within OODSYNTH_SAMPLE_BUDGET_BYTES: newer samples of the "
+                "same tenant replaced it (another tenant's answers 404)."
+            )
         if route.path != "/healthz":
             extra[503] = _error("Redis is unreachable or refuses writes (out of memory), or a service is missing.")
         for status, answer in extra.items():

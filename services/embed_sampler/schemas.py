@@ -149,6 +149,11 @@ class SampleResponse(BaseModel):
         description="Per-vector log_density, id_percentile, knn_distance, cos_to_mean (null unless include_vectors)."
     )
     diagnostics_summary: dict[str, DiagnosticStats] = Field(description="Mean/min/max of each diagnostic.")
+    evicted: list[str] | None = Field(
+        None,
+        description="POST /sample only, and only when it evicted any: ids of the caller's own samples evicted to "
+        "keep its tenant within OODSYNTH_SAMPLE_BUDGET_BYTES (they answer 410 from now on).",
+    )
 
 
 class ClassSummary(BaseModel):

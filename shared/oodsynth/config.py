@@ -100,7 +100,12 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     sample_ttl_s: int = Field(24 * 3600, ge=1, description="How long the API keeps a drawn sample in Redis.")
     sample_budget_bytes: int = Field(
-        512 * 2**20, ge=1024, description="Total bytes of samples kept in Redis; the oldest are dropped beyond it."
+        512 * 2**20,
+        ge=1024,
+        description="Bytes of samples kept in Redis per tenant, each tenant the whole of it (a share would shrink "
+        "every tenant's whenever a key for a new one is added); beyond it a put evicts that tenant's oldest, never "
+        "another's, and the evicted answer 410. Redis must hold about tenants x this; its maxmemory (503) is the "
+        "backstop.",
     )
     encoder_checkpoint: Path | None = Field(None, description="Encoder checkpoint that enables POST /features.")
     # -- security and bounds (oodsynth.api_keys, oodsynth.limits)

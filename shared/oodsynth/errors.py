@@ -10,6 +10,7 @@ InputError 422      exit 2
 NoOODSets  422      exit 2 (an InputError on ``ood``)
 NotFound   404      exit 2
 Conflict   409      exit 2
+Gone       410      exit 2
 Unavailable 503     exit 1
 Unauthorized 401    exit 2
 Forbidden  403      exit 2
@@ -130,6 +131,15 @@ class Conflict(OodsynthError):
     exit_code = 2
 
 
+class Gone(OodsynthError):
+    """A named thing existed but was removed on purpose before it expired, e.g. a sample evicted to keep its tenant
+    within its byte budget (HTTP 410, CLI exit 2): unlike a 404, the name was right; the message says why."""
+
+    status = 410
+    type = "gone"
+    exit_code = 2
+
+
 class Unavailable(OodsynthError, RuntimeError):
     """A service the request needs is down or unreachable: Redis, the API, a download (HTTP 503, CLI exit 1)."""
 
@@ -179,13 +189,15 @@ class TooLarge(OodsynthError):
 
 
 BY_STATUS: dict[int, type[OodsynthError]] = {
-    cls.status: cls for cls in (InputError, NotFound, Conflict, Unavailable, Unauthorized, Forbidden, TooBusy, TooLarge)
+    cls.status: cls
+    for cls in (InputError, NotFound, Conflict, Gone, Unavailable, Unauthorized, Forbidden, TooBusy, TooLarge)
 }
 
 __all__ = [
     "BY_STATUS",
     "Conflict",
     "Forbidden",
+    "Gone",
     "InputError",
     "NoOODSets",
     "NotFound",

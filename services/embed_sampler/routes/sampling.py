@@ -4,7 +4,8 @@ Sampling and rendering run in the threadpool: a large request (100 classes x
 10,000 vectors) takes seconds of numpy work that must not block the event loop.
 Responses are rendered straight to JSON by orjson from the numpy arrays (no
 second pydantic pass, no Python float per number); non-finite numbers become ``null``. A sample belongs to the
-tenant of the key that drew it; another tenant's fit or sample answers 404 as a missing one. ``Accept: application/x-npz`` (or
+tenant of the key that drew it; another tenant's fit or sample answers 404 as a missing one, and a sample evicted to
+keep its tenant within OODSYNTH_SAMPLE_BUDGET_BYTES answers its tenant 410. ``Accept: application/x-npz`` (or
 ``?format=npz``) answers with the sample's ``.npz`` instead: 3 MB for 1,000
 768-d vectors, against about 15 MB of JSON, and no float formatting.
 """
@@ -21,7 +22,6 @@ from fastapi.concurrency import run_in_threadpool
 
 from oodsynth.api_keys import KeyGrant
 from oodsynth.config import Settings
-from oodsynth.errors import NotFound
 from oodsynth.service import draw_sample
 from oodsynth.service.sampling import check_json_answer
 from oodsynth.state.fits import FitRegistry
@@ -82,8 +82,11 @@ def _stats(values: np.ndarray) -> dict:
     return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
 
 
-def render_sample(sample: StoredSample, include_vectors: bool, settings: Settings) -> Response:
-    """The ``SampleResponse`` JSON of a stored sample (``InputError`` when it is too large for JSON)."""
+def render_sample(
+    sample: StoredSample, include_vectors: bool, settings: Settings, evicted: list[str] | None = None
+) -> Response:
+    """The ``SampleResponse`` JSON of a stored sample (``InputError`` when it is too large for JSON); ``evicted``:
+    the ids the put evicted (``POST /sample`` only)."""
     if include_vectors:
         check_json_answer(sample, settings)
     order = list(dict.fromkeys(sample.class_index.tolist()))  # classes in the order drawn
@@ -104,6 +107,8 @@ def render_sample(sample: StoredSample, include_vectors: bool, settings: Setting
         "diagnostics": {k: np.ascontiguousarray(v) for k, v in sample.diagnostics.items()} if include_vectors else None,
         "diagnostics_summary": {k: _stats(v) for k, v in sample.diagnostics.items()},
     }
+    if evicted:  # absent when none: GET /samples/{id} then answers exactly what POST /sample did
+        body["evicted"] = evicted
     return render_json(body)
 
 
@@ -127,10 +132,12 @@ async def sample(
 
     Each vector comes with its log-density, ID percentile, k-NN distance to
     the ID bank (null unless the method uses the bank or `knn_diagnostics`)
-    and cosine to its class mean.
+    and cosine to its class mean. `evicted` (absent when none) lists the caller's tenant's samples dropped to keep it
+    within OODSYNTH_SAMPLE_BUDGET_BYTES (they answer 410 from now on).
     """
     start = time.perf_counter()
     as_npz = wants_npz(request, format)
+    evicted: list[str] = []
     ticket = MEMORY.ticket()  # the request's share of the memory budget, taken once its size is known
     try:
         stored = await run_until_disconnect(
@@ -142,13 +149,14 @@ async def sample(
             json_answer=req.include_vectors and not as_npz,  # an over-size JSON answer is refused before sampling
             admit=ticket.admit,
             caller=caller,
+            on_evicted=evicted.extend,
             **req.model_dump(exclude={"include_vectors"}),
         )
         obs.SAMPLE_SECONDS.labels(req.method).observe(time.perf_counter() - start)
         obs.SAMPLES_DRAWN.labels(req.method).inc(len(stored.vectors))
         if as_npz:
             return await run_in_threadpool(npz_response, stored)
-        return await run_in_threadpool(render_sample, stored, req.include_vectors, settings)
+        return await run_in_threadpool(render_sample, stored, req.include_vectors, settings, evicted)
     finally:
         ticket.release()
 
@@ -183,7 +191,8 @@ async def get_sample(
     summary="Delete a stored sample",
 )
 def delete_sample(sample_id: str, samples: SampleRegistry = Depends(get_samples), caller: KeyGrant = WRITE) -> Response:
-    """Free a sample before it expires (it works when Redis is full); another tenant's answers 404 as a missing one."""
+    """Free a sample before it expires (it works when Redis is full); another tenant's answers 404 as a missing one,
+    and one evicted for its tenant's budget 410."""
     if not samples.delete(sample_id, caller=caller):
-        raise NotFound("sample_id", f"no sample {sample_id!r} (unknown or expired)")
+        raise samples.absent(sample_id, caller=caller)
     return Response(status_code=204)

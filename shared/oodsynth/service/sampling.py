@@ -55,13 +55,15 @@ def draw_sample(
     admit: Callable[[int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     caller: KeyGrant = LOCAL,
+    on_evicted: Callable[[list[str]], None] | None = None,
 ) -> StoredSample:
     """Run ``method`` on the fit's classes under the settings' caps; the sample is kept in ``samples``.
 
     ``json_answer``: the caller will spell the vectors out as JSON, so a request whose answer would pass
     ``max_json_values`` is refused from its size, before anything is sampled. ``admit(nbytes)`` is called
     with the request's estimated peak memory once its size is known, before sampling (it may refuse).
-    The fit must be one the caller sees; the sample belongs to the caller's tenant.
+    The fit must be one the caller sees; the sample belongs to the caller's tenant. ``on_evicted(ids)`` hears which
+    of that tenant's samples were evicted to keep it within its budget.
     """
     check_n_per_class(n_per_class, settings)
     densities, bank = fits.get(fit, caller=caller)
@@ -97,7 +99,9 @@ def draw_sample(
     except ValueError as exc:  # an untyped check inside a sampler: still the caller's parameters
         raise InputError("params", f"{method} cannot run with these inputs: {exc}") from exc
     stored = StoredSample.from_result(result, fit, densities.class_names_)
-    samples.put_stored(stored, caller=caller)
+    evicted = samples.store(stored, caller=caller)
+    if on_evicted is not None:
+        on_evicted(evicted)
     return stored
 
 

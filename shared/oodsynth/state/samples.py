@@ -9,7 +9,9 @@ such an ``.npz`` in Redis is read too.
 
 The hash's ``tenant`` field names the tenant that drew the sample (none: stored before tenants, so ``default``);
 it is Redis's bookkeeping, not part of the sample, so neither of its forms carries it. A caller that does not see
-the tenant (``KeyGrant.sees``) is told the sample does not exist.
+the tenant (``KeyGrant.sees``) is told the sample does not exist. Each tenant's samples have a budget of their own
+(``sample_budget``): a sample evicted to keep its tenant within it answers its tenant ``Gone`` (410), not
+``NotFound``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,14 @@ import redis
 
 from ..api_keys import LOCAL, KeyGrant
 from ..config import get_settings
-from ..errors import NotFound
+from ..errors import Gone, NotFound
 from .blobs import as_bytes, chunk_fields, hash_mapping, read_chunks, read_parts, to_json
+from .sample_budget import SampleBudget
 
 if TYPE_CHECKING:  # imported lazily at run time: the samplers pull in scipy/torch
     from ..samplers import SampleResult
 
 SAMPLE_PREFIX = "oodsynth:sample:"
-SAMPLE_TIMES = "oodsynth:samples:times"  # sample id -> when it was stored (for the byte budget)
-SAMPLE_SIZES = "oodsynth:samples:bytes"  # sample id -> its stored size
 _SAMPLE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # The arrays of a stored sample as its Redis hash keeps them (``StoredSample.to_fields``).
 SAMPLE_PARTS = ("vectors", "class_index", "diagnostics")
@@ -177,17 +178,18 @@ class StoredSample:
 
 
 class SampleRegistry:
-    """Drawn samples by id, kept for ``ttl_s`` so later requests can decode them, within a byte budget.
+    """Drawn samples by id, kept for ``ttl_s`` so later requests can decode them, each tenant's within a byte budget.
 
-    Each sample also has an entry in an index (id -> time, id -> bytes); after each put, entries past
-    their TTL are dropped from the index and, while the samples kept total more than ``budget_bytes``,
-    the oldest are deleted. So Redis holds at most about ``budget_bytes`` of samples, whatever the load.
+    Each sample also has an entry in its tenant's index (id -> time, id -> bytes); before each put, the tenant's
+    entries past their TTL are dropped and, while its samples and the new one total more than ``budget_bytes``, its
+    oldest are evicted (``SampleBudget``). So Redis holds at most about tenants x ``budget_bytes`` of samples.
     """
 
     def __init__(self, client: redis.Redis, ttl_s: int | None = None, budget_bytes: int | None = None):
         self.redis = client
         self.ttl_s = int(ttl_s or get_settings().sample_ttl_s)
         self.budget_bytes = int(budget_bytes or get_settings().sample_budget_bytes)
+        self.budget = SampleBudget(client, self.ttl_s, self.budget_bytes, self.key)
 
     @staticmethod
     def key(sample_id: str) -> str:
@@ -195,65 +197,61 @@ class SampleRegistry:
 
     def put_stored(self, sample: StoredSample, *, caller: KeyGrant = LOCAL) -> str:
         """Keep ``sample``, owned by the caller's tenant; returns its id."""
+        self.store(sample, caller=caller)
+        return sample.sample_id
+
+    def store(self, sample: StoredSample, *, caller: KeyGrant = LOCAL) -> list[str]:
+        """Keep ``sample``, owned by the caller's tenant, after evicting that tenant's oldest samples as its budget
+        needs (room is made first, so Redis never holds the new one on top of a full budget); the ids evicted."""
         key = self.key(sample.sample_id)
         fields = {**sample.to_fields(), "tenant": caller.tenant.encode()}
+        nbytes = sum(len(v) for v in fields.values())
+        evicted = self.budget.make_room(caller.tenant, nbytes)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=hash_mapping(fields))
             pipe.expire(key, self.ttl_s)
-            pipe.zadd(SAMPLE_TIMES, {sample.sample_id: time.time()})
-            pipe.hset(SAMPLE_SIZES, sample.sample_id, sum(len(v) for v in fields.values()))
+            self.budget.record(pipe, caller.tenant, sample.sample_id, nbytes)
             pipe.execute()
-        self._enforce_budget(keep=sample.sample_id)
-        return sample.sample_id
-
-    def _enforce_budget(self, keep: str) -> list[str]:
-        """Forget expired entries, then delete the oldest samples (never ``keep``) until within the budget."""
-        expired = self.redis.zrangebyscore(SAMPLE_TIMES, "-inf", time.time() - self.ttl_s)
-        if expired:
-            self.redis.zrem(SAMPLE_TIMES, *expired)
-            self.redis.hdel(SAMPLE_SIZES, *expired)
-        sizes = {as_bytes(k).decode(): int(v) for k, v in self.redis.hgetall(SAMPLE_SIZES).items()}
-        total = sum(sizes.values())
-        evict = []
-        for raw in self.redis.zrange(SAMPLE_TIMES, 0, -1) if total > self.budget_bytes else []:
-            sample_id = as_bytes(raw).decode()
-            if total <= self.budget_bytes:
-                break
-            if sample_id != keep:
-                evict.append(sample_id)
-                total -= sizes.get(sample_id, 0)
-        if evict:
-            with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(*(self.key(s) for s in evict))
-                pipe.zrem(SAMPLE_TIMES, *evict)
-                pipe.hdel(SAMPLE_SIZES, *evict)
-                pipe.execute()
-        return evict
+        return evicted
 
     def delete(self, sample_id: str, *, caller: KeyGrant = LOCAL) -> bool:
-        """Forget a sample the caller sees; False when unknown, expired or another tenant's. Only DEL, ZREM and
+        """Forget a sample the caller sees; False when unknown, expired, evicted or another tenant's. Only DEL, ZREM and
         HDEL, which Redis runs even when full (maxmemory with noeviction): a client can always free its space."""
         if not _is_sample_id(sample_id):
             return False
         key = self.key(sample_id)
-        owner = self.redis.hget(key, "tenant")
-        if not self.redis.exists(key) or not caller.sees(None if owner is None else as_bytes(owner).decode()):
+        raw_owner = self.redis.hget(key, "tenant")
+        owner = None if raw_owner is None else as_bytes(raw_owner).decode()
+        if not self.redis.exists(key) or not caller.sees(owner):
             return False
         # No MULTI: a full Redis refuses every command queued in a transaction, even DEL. The three are idempotent,
         # and an index entry left by a failure in between is dropped by the next put's budget pass.
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(key)
-            pipe.zrem(SAMPLE_TIMES, sample_id)
-            pipe.hdel(SAMPLE_SIZES, sample_id)
+            self.budget.forget(pipe, owner, sample_id)
             removed, _, _ = pipe.execute()
         return bool(removed)
 
+    def absent(self, sample_id: str, *, field: str = "sample_id", caller: KeyGrant = LOCAL) -> Gone | NotFound:
+        """Why the caller cannot have the sample: ``Gone`` when it was evicted to keep the caller's tenant within its
+        budget, else ``NotFound`` (unknown, expired, or another tenant's: never say which of those)."""
+        eviction = self.budget.eviction(sample_id) if _is_sample_id(sample_id) else None
+        if eviction is None or not caller.sees(eviction.tenant):
+            return NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(eviction.at))
+        return Gone(
+            field,
+            f"sample {sample_id!r} was evicted at {when} to keep tenant {eviction.tenant!r} within "
+            f"OODSYNTH_SAMPLE_BUDGET_BYTES ({self.budget_bytes} bytes of samples per tenant): newer samples of the "
+            "same tenant replaced it; draw it again (POST /sample with the same fit, method, params and seed)",
+        )
+
     def get(self, sample_id: str, *, field: str = "sample_id", caller: KeyGrant = LOCAL) -> StoredSample:
-        """The stored sample; ``NotFound`` blaming ``field`` when unknown, expired or not the caller's to see."""
-        missing = NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
+        """The stored sample; ``NotFound`` blaming ``field`` when unknown, expired or not the caller's to see, ``Gone``
+        when it was evicted to keep the caller's tenant within its budget."""
         if not _is_sample_id(sample_id):
-            raise missing
+            raise self.absent(sample_id, field=field, caller=caller)
         key = self.key(sample_id)
         found = read_parts(self.redis, key, SAMPLE_PARTS, fields=["meta", "tenant"])
         if found is not None:
@@ -261,14 +259,13 @@ class SampleRegistry:
             meta, owner = plain["meta"], plain["tenant"]
             if meta is not None:
                 if not caller.sees(None if owner is None else owner.decode()):
-                    raise missing
+                    raise NotFound(field, f"no sample {sample_id!r} (unknown or expired)")
                 return StoredSample.from_fields(meta, arrays)
         kept_by = self.redis.hget(key, "tenant")  # a sample kept as one .npz (stored before tenants: none)
-        if not caller.sees(None if kept_by is None else as_bytes(kept_by).decode()):
-            raise missing
-        data = read_chunks(self.redis, key, "npz")
+        sees = caller.sees(None if kept_by is None else as_bytes(kept_by).decode())
+        data = read_chunks(self.redis, key, "npz") if sees else None
         if data is None:
-            raise missing
+            raise self.absent(sample_id, field=field, caller=caller)
         return StoredSample.from_bytes(data)
 
     def exists(self, sample_id: str) -> bool:
