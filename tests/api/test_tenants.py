@@ -252,6 +252,7 @@ def _first_id(store: ResultStore, dataset: str) -> str:
     return next(r.image_id for r in store.records(dataset) if r.class_name == "cat")
 
 
+@pytest.mark.slow  # it decodes with the tiny pipeline, whose session fixture costs the fast loop 12 s to build
 def test_a_generate_job_writes_its_tenants_rows(api, tiny_sd, settings_env, redis_url):
     """The whole path: lab-a's /generate, a real worker on the tiny SD, then the gallery per key."""
     settings = settings_env(MODEL=tiny_sd, DEVICE="cpu", GPU_BATCH_SIZE=2)
