@@ -9,9 +9,11 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # uv installs the same pins and the same project as pip would, several times faster (whole set-up about 40 s
 # instead of about 3 minutes, most of it unpacking torch's 5 GB): it unpacks wheels in parallel. uv does not read
 # pip's configuration, so it is handed pip's local indexes (where those torch builds lie), ahead of PyPI.
+# --compile-bytecode, as pip does by default: with PYTHONDONTWRITEBYTECODE set (as on these machines) every process
+# would otherwise compile torch and the rest from source on each start, 8 of the 23 s a test collection took.
 PIP_INDEXES := $(shell $(PY) -m pip config get global.extra-index-url 2>/dev/null)
 UV_VERSION := uv==0.13.10
-UV_INSTALL := $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
+UV_INSTALL := $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --index-strategy unsafe-best-match \
 	$(addprefix --extra-index-url ,$(PIP_INDEXES))
 
 .PHONY: setup demo lint test test-fast docs bench lock clean
