@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 # torch and torchvision come from this machine's local files; install them first,
 # pinned, so the project's ranges are already satisfied and no other build is fetched.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-# uv installs the same pins and the same project as pip would, several times faster (whole set-up about 40 s
-# instead of about 3 minutes, most of it unpacking torch's 5 GB): it unpacks wheels in parallel. uv does not read
+# uv installs the same pins and the same project as pip would, several times faster (whole set-up 57 s instead
+# of about 3 minutes, most of it unpacking torch's 5 GB): it unpacks wheels in parallel. uv does not read
 # pip's configuration, so it is handed pip's local indexes (where those torch builds lie), ahead of PyPI.
 # --compile-bytecode, as pip does by default: with PYTHONDONTWRITEBYTECODE set (as on these machines) every process
 # would otherwise compile torch and the rest from source on each start, 8 of the 23 s a test collection took.
